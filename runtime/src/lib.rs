@@ -1,0 +1,1 @@
+//! `bbc-runtime`: tensors and their IO.

@@ -1,0 +1,1 @@
+//! `bbc`: the command-line compiler and its embedding facade.
