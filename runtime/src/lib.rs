@@ -1,1 +1,25 @@
 //! `bbc-runtime`: tensors and their IO.
+//!
+//! - [`Tensor`]: the one tensor type, a dynamic-rank f32 array.
+//! - [`checkpoint`]: safetensors reading (F32/F16/BF16 as f32, header-only
+//!   listing) and atomic F32 saving.
+//! - [`npy`]: `.npy` reading (float32/float64) and atomic writing.
+//! - [`rng`]: seeded, order-independent random initialisation.
+//! - [`error`]: [`IoError`], naming the file and the problem.
+//!
+//! This crate never prints and returns errors instead of panicking on bad
+//! input files.
+
+mod atomic;
+pub mod checkpoint;
+pub mod error;
+pub mod npy;
+pub mod rng;
+
+pub use checkpoint::{save, save_with_metadata, Checkpoint, DType, EntryInfo};
+pub use error::IoError;
+pub use npy::{read_npy, write_npy};
+pub use rng::Rng;
+
+/// A dynamic-rank array of f32 values, in row-major (C) order unless noted.
+pub type Tensor = ndarray::ArrayD<f32>;
