@@ -1,4 +1,8 @@
 //! `bbc-compiler`: elaboration of `.bb` specs into the Graph IR, the op table, the verifier,
 //! and the reference interpreter (the oracle every pass and backend is checked against).
 
+pub mod elab;
+pub mod interp;
+pub mod ir;
 pub mod ops;
+pub mod weights;

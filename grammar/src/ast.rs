@@ -81,9 +81,13 @@ pub struct ModelDef {
     pub span: Span,
 }
 
+/// `model name = base(k=v, ...);`, or with its own parameters,
+/// `model name(phi: int) = base(width=1.1 ** phi);` (a rule-generated family member).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelVariant {
     pub name: Ident,
+    /// The variant's own parameters, usable in `args`; empty for `model name = base(...)`.
+    pub params: Vec<ParamDecl>,
     pub base: Ident,
     pub args: Vec<Arg>,
     pub span: Span,

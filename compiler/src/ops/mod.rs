@@ -9,6 +9,7 @@
 //! contributes all its elements), followed by its owned parameters in [`OpDef::params`] order.
 
 mod activation;
+mod common;
 mod conv;
 mod elementwise;
 mod layout;

@@ -1,0 +1,601 @@
+//! Elaboration: from parsed `.bb` files to a Graph IR for one model.
+//!
+//! [`Program::load`] reads a spec and its imports; [`Program::elaborate`] evaluates one model
+//! at compile time (loops unrolled, blocks inlined, parameters named by path, shapes checked)
+//! and returns the graph with its parameter table, or every diagnostic found.
+
+mod builtins;
+mod einops;
+mod eval;
+mod value;
+
+pub use builtins::{make_divisible, round_half_even};
+pub use eval::MAX_STEPS;
+
+use crate::ir::{self, Graph};
+use bbc_grammar::ast::{self, Item};
+use bbc_grammar::{did_you_mean, Diagnostic, FileId, Frame, Phase, SourceMap, Span};
+use eval::{BodyKind, Ctx, Elab};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use value::{ArgValue, Callable, Hint, Value};
+
+/// Stable diagnostic codes, grouped by phase (E01xx syntax codes live in the parser).
+pub mod codes {
+    pub const UNKNOWN_NAME: &str = "E0201";
+    pub const DUPLICATE_ITEM: &str = "E0202";
+    pub const BAD_ARG: &str = "E0203";
+    pub const IMPORT: &str = "E0204";
+    pub const IMPORT_CYCLE: &str = "E0205";
+    pub const UNKNOWN_MODEL: &str = "E0206";
+    pub const UNKNOWN_DIM: &str = "E0207";
+    pub const TYPE: &str = "E0301";
+    pub const ASSERT: &str = "E0302";
+    pub const UNNAMED: &str = "E0303";
+    pub const DUPLICATE_PATH: &str = "E0304";
+    pub const MISSING_DIM: &str = "E0305";
+    pub const BAD_PATH: &str = "E0306";
+    pub const MISPLACED: &str = "E0307";
+    pub const OVERFLOW: &str = "E0308";
+    pub const DIV_ZERO: &str = "E0309";
+    pub const INDEX: &str = "E0310";
+    pub const LIMIT: &str = "E0311";
+    pub const NO_OUTPUT: &str = "E0312";
+    pub const BAD_VALUE: &str = "E0313";
+    pub const SHAPE: &str = "E0401";
+    pub const TOO_LARGE: &str = "E0402";
+}
+
+/// One loaded file's global names: items, imports and evaluated top-level `let`s.
+pub struct Module {
+    pub file: FileId,
+    items: HashMap<String, Value>,
+}
+
+impl Module {
+    fn get(&self, name: &str) -> Option<Value> {
+        self.items.get(name).cloned()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.items.keys().cloned().collect()
+    }
+}
+
+/// Reads source files; the default reads from disk, tests can serve text from memory.
+pub trait Loader {
+    fn read(&self, path: &Path) -> std::io::Result<String>;
+}
+
+pub struct FsLoader;
+
+impl Loader for FsLoader {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// Serves files from a map (for tests and embedding).
+pub struct MemLoader(pub HashMap<PathBuf, String>);
+
+impl Loader for MemLoader {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        self.0
+            .get(path)
+            .cloned()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+    }
+}
+
+struct Parsed {
+    file: FileId,
+    ast: Rc<ast::File>,
+    /// `(alias, module index, import span)` for each import, in order.
+    imports: Vec<(Option<String>, usize, Span)>,
+}
+
+/// A spec and everything it imports, parsed.
+pub struct Program {
+    pub sources: SourceMap,
+    parsed: Vec<Parsed>,
+}
+
+/// Which model to build, and the size parameters to bind.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub model: Option<String>,
+    pub dims: Vec<(String, i64)>,
+}
+
+/// Where a parameter or buffer was declared.
+#[derive(Clone, Debug)]
+pub struct ParamSite {
+    pub span: Span,
+    pub chain: Vec<Frame>,
+}
+
+/// An elaborated model: its graph and the declaring site of every state_dict key.
+pub struct Elaborated {
+    pub model: String,
+    pub graph: Graph,
+    pub params: BTreeMap<String, ParamSite>,
+}
+
+fn io_diag(path: &Path, err: &std::io::Error, at: Option<Span>) -> Diagnostic {
+    let d = Diagnostic::new(
+        Phase::Resolution,
+        codes::IMPORT,
+        format!("cannot read `{}`: {err}", path.display()),
+    );
+    match at {
+        Some(span) => d.at(span, "imported here"),
+        None => d,
+    }
+}
+
+impl Program {
+    /// Loads the spec at `path` and, recursively, its imports.
+    pub fn load(path: &Path, loader: &dyn Loader) -> Result<Program, Vec<Diagnostic>> {
+        let mut prog = Program {
+            sources: SourceMap::new(),
+            parsed: Vec::new(),
+        };
+        let mut by_path = HashMap::new();
+        let mut stack = Vec::new();
+        let mut diags = Vec::new();
+        prog.load_file(path, None, loader, &mut by_path, &mut stack, &mut diags);
+        if diags.is_empty() {
+            Ok(prog)
+        } else {
+            Err(diags)
+        }
+    }
+
+    /// Loads a spec from text (imports are resolved against the current directory).
+    pub fn from_source(name: &str, text: &str) -> Result<Program, Vec<Diagnostic>> {
+        let loader = MemLoader(HashMap::from([(PathBuf::from(name), text.to_string())]));
+        Program::load(Path::new(name), &loader)
+    }
+
+    fn load_file(
+        &mut self,
+        path: &Path,
+        at: Option<Span>,
+        loader: &dyn Loader,
+        by_path: &mut HashMap<PathBuf, usize>,
+        stack: &mut Vec<PathBuf>,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<usize> {
+        let key = normalize(path);
+        if let Some(&i) = by_path.get(&key) {
+            return Some(i);
+        }
+        if stack.contains(&key) {
+            let cycle: Vec<String> = stack
+                .iter()
+                .chain([&key])
+                .map(|p| p.display().to_string())
+                .collect();
+            let mut d = Diagnostic::new(Phase::Resolution, codes::IMPORT_CYCLE, "import cycle")
+                .with_note(format!("cycle: {}", cycle.join(" -> ")));
+            if let Some(span) = at {
+                d = d.at(span, "this import closes the cycle");
+            }
+            diags.push(d);
+            return None;
+        }
+        let text = match loader.read(path) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(io_diag(path, &e, at));
+                return None;
+            }
+        };
+        let file = self.sources.add(path.display().to_string(), text);
+        let ast = match bbc_grammar::parse(&self.sources, file) {
+            Ok(ast) => Rc::new(ast),
+            Err(ds) => {
+                diags.extend(ds);
+                return None;
+            }
+        };
+        stack.push(key.clone());
+        let dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let mut imports = Vec::new();
+        for item in &ast.items {
+            if let Item::Import {
+                path: p,
+                path_span,
+                alias,
+                ..
+            } = item
+            {
+                if let Some(i) = self.load_file(
+                    &dir.join(p),
+                    Some(*path_span),
+                    loader,
+                    by_path,
+                    stack,
+                    diags,
+                ) {
+                    imports.push((alias.as_ref().map(|a| a.name.clone()), i, *path_span));
+                }
+            }
+        }
+        stack.pop();
+        let index = self.parsed.len();
+        self.parsed.push(Parsed { file, ast, imports });
+        by_path.insert(key, index);
+        Some(index)
+    }
+
+    fn root(&self) -> &Parsed {
+        self.parsed
+            .last()
+            .expect("a loaded program has its root file last")
+    }
+
+    /// Models and model variants of the root file, in source order.
+    pub fn models(&self) -> Vec<String> {
+        self.root()
+            .ast
+            .items
+            .iter()
+            .filter_map(|i| match i {
+                Item::Model(m) => Some(m.name.name.clone()),
+                Item::Variant(v) => Some(v.name.name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Elaborates one model of the root file.
+    pub fn elaborate(&self, opts: &Options) -> Result<Elaborated, Vec<Diagnostic>> {
+        let dims: HashMap<String, i64> = opts.dims.iter().cloned().collect();
+        let mut e = Elab::new(&self.sources, Vec::new(), dims);
+        for (index, parsed) in self.parsed.iter().enumerate() {
+            let module = self.build_module(&mut e, index, parsed);
+            e.modules.push(module);
+            self.eval_lets(&mut e, index, parsed);
+        }
+        if !e.diags.is_empty() {
+            return Err(e.diags);
+        }
+        let root = self.parsed.len() - 1;
+        let models = self.models();
+        let name = match &opts.model {
+            Some(m) => m.clone(),
+            None => match models.last() {
+                Some(m) => m.clone(),
+                None => {
+                    let d = Diagnostic::new(
+                        Phase::Resolution,
+                        codes::UNKNOWN_MODEL,
+                        format!("`{}` defines no model", self.sources.name(self.root().file)),
+                    )
+                    .with_help("add `model name(...) { ... }`");
+                    return Err(vec![d]);
+                }
+            },
+        };
+        let Some(Value::Callable(entry)) = e.modules[root].get(&name).filter(|v| {
+            matches!(
+                v,
+                Value::Callable(Callable::Model { .. } | Callable::Variant { .. })
+            )
+        }) else {
+            let mut d = Diagnostic::new(
+                Phase::Resolution,
+                codes::UNKNOWN_MODEL,
+                format!("no model named `{name}`"),
+            )
+            .with_note(format!("models in this file: {}", models.join(", ")));
+            if let Some(s) = did_you_mean(&name, models.iter().map(String::as_str)) {
+                d = d.with_help(format!("did you mean `{s}`?"));
+            }
+            return Err(vec![d]);
+        };
+        e.graph.name = name.clone();
+        self.run_model(&mut e, entry, Vec::new(), 0);
+        if e.diags.is_empty() {
+            let mut declared: Vec<&str> = Vec::new();
+            let unused: Vec<String> = e
+                .dims
+                .iter()
+                .filter(|(_, (_, used))| !used)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in unused {
+                declared.clear();
+                let names: Vec<String> = e
+                    .graph
+                    .inputs
+                    .iter()
+                    .map(|&i| e.graph.node(i).name.clone())
+                    .collect();
+                let mut d = Diagnostic::new(
+                    Phase::Resolution,
+                    codes::UNKNOWN_DIM,
+                    format!("model `{name}` has no size parameter `{k}`"),
+                )
+                .with_note(format!("inputs: {}", names.join(", ")));
+                d = d.with_help("size parameters are the named dims of `input` statements, e.g. `input x: f32[B=1, 3, H=224, W=224];`");
+                e.diags.push(d);
+            }
+            if e.graph.outputs.is_empty() && e.diags.is_empty() {
+                e.diags.push(
+                    Diagnostic::new(
+                        Phase::Elaboration,
+                        codes::NO_OUTPUT,
+                        format!("model `{name}` has no outputs"),
+                    )
+                    .with_help("add `output name = expr;`"),
+                );
+            }
+        }
+        if !e.diags.is_empty() {
+            return Err(e.diags);
+        }
+        let problems = ir::verify(&e.graph);
+        if !problems.is_empty() {
+            let d = Diagnostic::new(
+                Phase::Elaboration,
+                "E0000",
+                "internal error: the elaborated graph is invalid",
+            )
+            .with_note(problems.join("\n"))
+            .with_help("this is a bug in bbc; please report it with the spec");
+            return Err(vec![d]);
+        }
+        let params = e
+            .params
+            .iter()
+            .map(|(k, o)| {
+                (
+                    k.clone(),
+                    ParamSite {
+                        span: o.span,
+                        chain: o.chain.clone(),
+                    },
+                )
+            })
+            .collect();
+        Ok(Elaborated {
+            model: name,
+            graph: e.graph,
+            params,
+        })
+    }
+
+    fn build_module(&self, e: &mut Elab, index: usize, parsed: &Parsed) -> Module {
+        let mut items: HashMap<String, Value> = HashMap::new();
+        let mut spans: HashMap<String, Span> = HashMap::new();
+        let mut define =
+            |e: &mut Elab, name: &ast::Ident, v: Value, items: &mut HashMap<String, Value>| {
+                if let Some(prev) = spans.get(&name.name) {
+                    let d = Diagnostic::new(
+                        Phase::Resolution,
+                        codes::DUPLICATE_ITEM,
+                        format!("`{}` is defined twice", name.name),
+                    )
+                    .at(name.span, "defined again here")
+                    .with_secondary(*prev, "first defined here");
+                    e.report(d);
+                    return;
+                }
+                spans.insert(name.name.clone(), name.span);
+                items.insert(name.name.clone(), v);
+            };
+        for (alias, m, span) in &parsed.imports {
+            match alias {
+                Some(a) => {
+                    let ident = ast::Ident {
+                        name: a.clone(),
+                        span: *span,
+                    };
+                    define(e, &ident, Value::Module(*m), &mut items);
+                }
+                None => {
+                    let mut names: Vec<(String, Value)> = e.modules[*m]
+                        .items
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    names.sort_by(|a, b| a.0.cmp(&b.0));
+                    for (k, v) in names {
+                        let ident = ast::Ident {
+                            name: k,
+                            span: *span,
+                        };
+                        define(e, &ident, v, &mut items);
+                    }
+                }
+            }
+        }
+        for item in &parsed.ast.items {
+            match item {
+                Item::Fn(f) => define(
+                    e,
+                    &f.name,
+                    Value::Callable(Callable::Fn {
+                        module: index,
+                        def: Rc::new(f.clone()),
+                    }),
+                    &mut items,
+                ),
+                Item::Block(b) => define(
+                    e,
+                    &b.name,
+                    Value::Callable(Callable::Block {
+                        module: index,
+                        def: Rc::new(b.clone()),
+                    }),
+                    &mut items,
+                ),
+                Item::Model(m) => define(
+                    e,
+                    &m.name,
+                    Value::Callable(Callable::Model {
+                        module: index,
+                        def: Rc::new(m.clone()),
+                    }),
+                    &mut items,
+                ),
+                Item::Variant(v) => define(
+                    e,
+                    &v.name,
+                    Value::Callable(Callable::Variant {
+                        module: index,
+                        def: Rc::new(v.clone()),
+                    }),
+                    &mut items,
+                ),
+                Item::Let { pat, .. } => {
+                    fn idents(p: &ast::Pattern, out: &mut Vec<ast::Ident>) {
+                        match p {
+                            ast::Pattern::Ident(i) => out.push(i.clone()),
+                            ast::Pattern::Wildcard(_) => {}
+                            ast::Pattern::Tuple(ps, _) => ps.iter().for_each(|p| idents(p, out)),
+                        }
+                    }
+                    let mut names = Vec::new();
+                    idents(pat, &mut names);
+                    for n in names {
+                        define(e, &n, Value::Poison, &mut items);
+                    }
+                }
+                Item::Import { .. } => {}
+            }
+        }
+        Module {
+            file: parsed.file,
+            items,
+        }
+    }
+
+    fn eval_lets(&self, e: &mut Elab, index: usize, parsed: &Parsed) {
+        for item in &parsed.ast.items {
+            if let Item::Let { pat, value, .. } = item {
+                let mut ctx = Ctx::new(index, BodyKind::Fn);
+                let v = e.eval(&mut ctx, value, Hint::None).unwrap_or(Value::Poison);
+                if e.bind_pattern(&mut ctx, pat, v).is_err() {
+                    continue;
+                }
+                for frame in ctx.frames {
+                    for (k, v) in frame {
+                        e.modules[index].items.insert(k, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs a model (following variant chains), binding `overrides` over its defaults.
+    fn run_model(&self, e: &mut Elab, entry: Callable, overrides: Vec<ArgValue>, depth: usize) {
+        match entry {
+            Callable::Variant { module, def } => {
+                if depth > 16 {
+                    e.error(
+                        Phase::Resolution,
+                        codes::UNKNOWN_MODEL,
+                        def.name.span,
+                        "model variants refer to each other in a cycle",
+                        "in this variant",
+                    );
+                    return;
+                }
+                let base = match e.modules[module].get(&def.base.name) {
+                    Some(Value::Callable(
+                        c @ (Callable::Model { .. } | Callable::Variant { .. }),
+                    )) => c,
+                    _ => {
+                        let models: Vec<String> = self.models();
+                        let mut d = Diagnostic::new(
+                            Phase::Resolution,
+                            codes::UNKNOWN_MODEL,
+                            format!("`{}` is not a model", def.base.name),
+                        )
+                        .at(def.base.span, "a variant must name a model");
+                        if let Some(s) =
+                            did_you_mean(&def.base.name, models.iter().map(String::as_str))
+                        {
+                            d = d.with_help(format!("did you mean `{s}`?"));
+                        }
+                        e.report(d);
+                        return;
+                    }
+                };
+                let mut ctx = Ctx::new(module, BodyKind::Fn);
+                // Overrides that name the variant's own parameters bind them; the rest pass on.
+                let (own, overrides): (Vec<ArgValue>, Vec<ArgValue>) =
+                    overrides.into_iter().partition(|o| {
+                        def.params
+                            .iter()
+                            .any(|p| o.name.as_deref() == Some(&p.name.name))
+                    });
+                if e.bind_params(&mut ctx, &def.name.name, &def.params, own, def.name.span)
+                    .is_err()
+                {
+                    return;
+                }
+                let mut args = Vec::new();
+                for a in &def.args {
+                    let (name, expr) = match &a.kind {
+                        ast::ArgKind::Keyword(k, v) => (Some(k.name.clone()), v),
+                        ast::ArgKind::Positional(v) | ast::ArgKind::Spread(v) => (None, v),
+                    };
+                    let Ok(value) = e.eval(&mut ctx, expr, Hint::None) else {
+                        return;
+                    };
+                    args.push(ArgValue {
+                        name,
+                        value,
+                        span: a.span,
+                    });
+                }
+                // Outer overrides win over this variant's settings.
+                args.retain(|a| {
+                    !overrides
+                        .iter()
+                        .any(|o| o.name.is_some() && o.name == a.name)
+                });
+                args.extend(overrides);
+                self.run_model(e, base, args, depth + 1);
+            }
+            Callable::Model { module, def } => {
+                let mut ctx = Ctx::new(module, BodyKind::Model);
+                if e.bind_params(
+                    &mut ctx,
+                    &def.name.name,
+                    &def.params,
+                    overrides,
+                    def.name.span,
+                )
+                .is_err()
+                {
+                    return;
+                }
+                let _ = e.exec_body(&mut ctx, &def.body);
+            }
+            _ => unreachable!("run_model is given models and variants only"),
+        }
+    }
+}
+
+/// Lexically normalised path (resolves `.` and `..`), used to recognise a file imported twice.
+fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}

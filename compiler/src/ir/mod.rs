@@ -1,0 +1,173 @@
+//! The Graph IR: a petgraph DAG of op applications where every value has a static shape and
+//! dtype, a stable name derived from the source's parameter paths, and the source location
+//! (with its chain of block instantiations) that produced it.
+//!
+//! One node is one value. Parameters and buffers are nodes too (like FX's `get_attr`): their
+//! name is their state_dict key. An edge's weight is the operand position at its consumer.
+
+mod text;
+mod verify;
+
+pub use text::{parse_text, print_text};
+pub use verify::verify;
+
+use crate::ops::{Attrs, Init, OpDef, ParamKind, Shape};
+use bbc_grammar::Location;
+use petgraph::stable_graph::{NodeIndex, StableDiGraph};
+use petgraph::visit::EdgeRef;
+use petgraph::Direction;
+
+pub type ValueId = NodeIndex;
+
+/// Element type of a value. Everything computes in f32 today; the type is carried so that
+/// checkpoints and future integer inputs (token ids) are checked, not assumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum NodeKind {
+    /// A graph input, fed by the caller.
+    Input,
+    /// A learned parameter or saved buffer; `Node::name` is its state_dict key.
+    Param { kind: ParamKind, init: Init },
+    /// An application of an op from the table to this node's inputs.
+    Op { op: &'static OpDef, attrs: Attrs },
+}
+
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Unique in the graph; for params the state_dict key.
+    pub name: String,
+    pub kind: NodeKind,
+    pub shape: Shape,
+    pub dtype: DType,
+    /// Where the value was written in the source, if it came from source.
+    pub loc: Option<Location>,
+    /// Call sites of the enclosing block instantiations, innermost first.
+    pub chain: Vec<Location>,
+}
+
+impl Node {
+    pub fn op(&self) -> Option<&'static OpDef> {
+        match &self.kind {
+            NodeKind::Op { op, .. } => Some(op),
+            _ => None,
+        }
+    }
+
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// A named graph output.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Output {
+    pub name: String,
+    pub value: ValueId,
+}
+
+/// Checkpoint key rewriting declared by the model (`rename` / `ignore`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct KeyRules {
+    /// `(regex, replacement)`, applied in order to every checkpoint key.
+    pub renames: Vec<(String, String)>,
+    /// Keys matching any of these (after renaming) are dropped.
+    pub ignores: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Graph {
+    pub name: String,
+    pub nodes: StableDiGraph<Node, usize>,
+    pub inputs: Vec<ValueId>,
+    pub outputs: Vec<Output>,
+    pub key_rules: KeyRules,
+}
+
+impl Graph {
+    pub fn new(name: impl Into<String>) -> Graph {
+        Graph {
+            name: name.into(),
+            ..Graph::default()
+        }
+    }
+
+    pub fn add(&mut self, node: Node, inputs: &[ValueId]) -> ValueId {
+        let id = self.nodes.add_node(node);
+        for (pos, &src) in inputs.iter().enumerate() {
+            self.nodes.add_edge(src, id, pos);
+        }
+        id
+    }
+
+    pub fn node(&self, id: ValueId) -> &Node {
+        &self.nodes[id]
+    }
+
+    /// Operands of `id` in position order.
+    pub fn inputs(&self, id: ValueId) -> Vec<ValueId> {
+        let mut edges: Vec<(usize, ValueId)> = self
+            .nodes
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| (*e.weight(), e.source()))
+            .collect();
+        edges.sort_unstable();
+        edges.into_iter().map(|(_, src)| src).collect()
+    }
+
+    /// Parameter and buffer nodes, sorted by key.
+    pub fn params(&self) -> Vec<ValueId> {
+        let mut ps: Vec<ValueId> = self
+            .nodes
+            .node_indices()
+            .filter(|&n| matches!(self.nodes[n].kind, NodeKind::Param { .. }))
+            .collect();
+        ps.sort_by(|a, b| self.nodes[*a].name.cmp(&self.nodes[*b].name));
+        ps
+    }
+
+    /// Nodes in a deterministic topological order (ties broken by insertion order).
+    pub fn topo_order(&self) -> Vec<ValueId> {
+        let mut indegree: std::collections::HashMap<ValueId, usize> = self
+            .nodes
+            .node_indices()
+            .map(|n| (n, self.nodes.edges_directed(n, Direction::Incoming).count()))
+            .collect();
+        let mut ready: std::collections::BTreeSet<ValueId> = indegree
+            .iter()
+            .filter(|(_, &d)| d == 0)
+            .map(|(&n, _)| n)
+            .collect();
+        let mut order = Vec::with_capacity(indegree.len());
+        while let Some(n) = ready.pop_first() {
+            order.push(n);
+            for e in self.nodes.edges_directed(n, Direction::Outgoing) {
+                let d = indegree
+                    .get_mut(&e.target())
+                    .expect("edge to a node of this graph");
+                *d -= 1;
+                if *d == 0 {
+                    ready.insert(e.target());
+                }
+            }
+        }
+        order
+    }
+
+    pub fn find(&self, name: &str) -> Option<ValueId> {
+        self.nodes
+            .node_indices()
+            .find(|&n| self.nodes[n].name == name)
+    }
+}
