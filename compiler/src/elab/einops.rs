@@ -239,6 +239,6 @@ pub fn apply(
         let def = ops::lookup("identity").expect("identity op");
         return e.emit_op(def, Attrs::new(), &[x], span, hint);
     }
-    let _ = hint;
+    e.name_value(cur, &hint);
     Ok(Value::Tensor(cur))
 }

@@ -89,6 +89,15 @@ impl Ctx {
     }
 }
 
+/// An op call's arguments matched to its signature.
+struct BoundOpArgs {
+    /// Per tensor argument, its values; `None` where it was not given.
+    tensors: Vec<Option<Vec<ValueId>>>,
+    attrs: Attrs,
+    /// A tensor argument is missing: the call is a partial application (a layer value).
+    missing_tensor: bool,
+}
+
 /// State of a `seq` body being applied: the running value and the next element index.
 struct SeqState {
     current: Value,
@@ -242,6 +251,14 @@ impl<'s> Elab<'s> {
         } else {
             let n = *count - 1;
             self.unique(format!("{base}_{n}"))
+        }
+    }
+
+    /// Gives a value built from several ops the name its binding asked for.
+    pub fn name_value(&mut self, id: ValueId, hint: &Hint) {
+        if let Hint::Path(p) = hint {
+            let name = self.fresh_name(&p.join("."));
+            self.graph.nodes[id].name = name;
         }
     }
 
@@ -834,13 +851,13 @@ impl<'s> Elab<'s> {
         self.chain.pop();
     }
 
-    /// Matches arguments to an op's signature; `None` in the tensor list means "not given".
+    /// Matches arguments to an op's signature.
     fn bind_op_args(
         &mut self,
         op: &'static OpDef,
         args: &[ArgValue],
         span: Span,
-    ) -> R<(Vec<Option<Vec<ValueId>>>, Attrs, bool)> {
+    ) -> R<BoundOpArgs> {
         let mut slots: Vec<Option<&ArgValue>> = vec![None; op.args.len()];
         let mut next = 0;
         for a in args {
@@ -948,7 +965,7 @@ impl<'s> Elab<'s> {
                     tensors.push(None);
                 }
                 (_, Some(a)) => {
-                    let attr = self.to_attr(op.name, spec, &a.value, a.span)?;
+                    let attr = self.arg_attr(op.name, spec, &a.value, a.span)?;
                     attrs.insert(spec.name.to_string(), attr);
                 }
                 (_, None) => match spec.default {
@@ -980,7 +997,11 @@ impl<'s> Elab<'s> {
                 }
             }
         }
-        Ok((tensors, attrs, missing_tensor))
+        Ok(BoundOpArgs {
+            tensors,
+            attrs,
+            missing_tensor,
+        })
     }
 
     fn arg_type_error(
@@ -1003,7 +1024,7 @@ impl<'s> Elab<'s> {
         )
     }
 
-    fn to_attr(&mut self, op: &str, spec: &ops::ArgSpec, v: &Value, span: Span) -> R<Attr> {
+    fn arg_attr(&mut self, op: &str, spec: &ops::ArgSpec, v: &Value, span: Span) -> R<Attr> {
         let ints = |v: &Value| -> Option<Vec<i64>> {
             match v {
                 Value::Int(i) => Some(vec![*i]),
@@ -1077,7 +1098,11 @@ impl<'s> Elab<'s> {
         span: Span,
         hint: Hint,
     ) -> R<Value> {
-        let (tensors, attrs, missing) = self.bind_op_args(op, &args, span)?;
+        let BoundOpArgs {
+            tensors,
+            attrs,
+            missing_tensor: missing,
+        } = self.bind_op_args(op, &args, span)?;
         if missing {
             return Ok(self.new_layer(
                 LayerKind::Partial {
@@ -2039,7 +2064,7 @@ impl<'s> Elab<'s> {
 
     /// `zeros()`, `ones()`, `fill(v)` as a constant value, if `e` is one of them.
     fn try_init_fill(&mut self, ctx: &mut Ctx, e: &Expr) -> R<Option<f64>> {
-        if let ExprKind::Call { callee, args } = &e.kind {
+        if let ExprKind::Call { callee, .. } = &e.kind {
             if let ExprKind::Ident(f) = &callee.kind {
                 if matches!(f.as_str(), "zeros" | "ones" | "fill") && ctx.get(f).is_none() {
                     return match self.init_spec(ctx, e)? {
@@ -2047,11 +2072,7 @@ impl<'s> Elab<'s> {
                         Init::Ones => Ok(Some(1.0)),
                         Init::Fill(v) => Ok(Some(v)),
                         _ => unreachable!("zeros/ones/fill give constant inits"),
-                    }
-                    .map(|v| {
-                        let _ = args;
-                        v
-                    });
+                    };
                 }
             }
         }
