@@ -5,4 +5,5 @@ pub mod elab;
 pub mod interp;
 pub mod ir;
 pub mod ops;
+pub mod stats;
 pub mod weights;

@@ -1,4 +1,4 @@
-//! The parser: `.bb` text to the owned [`ast::File`].
+//! The parser: `.bb` text to the owned [`File`](crate::ast::File).
 //!
 //! Three stages, each of which must survive any input without panicking or hanging:
 //! 1. [`prescan`], a tiny lexer that rejects what pest handles badly: unterminated strings

@@ -335,10 +335,16 @@ impl<'s> Elab<'s> {
             Segment::Unnamed(sp) => Some(*sp),
             _ => None,
         }) {
-            let d = Diagnostic::new(Phase::Elaboration, codes::UNNAMED, "parameterised call needs a name")
-                .at(unnamed, "this call owns parameters but has no name")
-                .with_secondary(span, format!("declares `{}` here", Self::joined(key_path)))
+            let leaf = match key_path.last() {
+                Some(Segment::Name(n)) => n.as_str(),
+                _ => "?",
+            };
+            let mut d = Diagnostic::new(Phase::Elaboration, codes::UNNAMED, "parameterised call needs a name")
+                .at(unnamed, format!("this call owns parameters (`{leaf}`, ...) but has no name"))
                 .with_help("bind it (`name = ...;`) or tag it (`... @\"name\"`); the name becomes its state_dict path");
+            if span != unnamed {
+                d = d.with_secondary(span, format!("`{leaf}` is declared here"));
+            }
             return Err(self.report(d));
         }
         let key = Self::joined(key_path);
@@ -431,20 +437,8 @@ impl<'s> Elab<'s> {
             ExprKind::None => Ok(Value::None),
             ExprKind::Str(s) => Ok(Value::str(self.interpolate(ctx, s)?)),
             ExprKind::Ident(name) => self.lookup(ctx, name, e.span),
-            ExprKind::List(items) => {
-                let vals = items
-                    .iter()
-                    .map(|i| self.eval(ctx, i, Hint::None))
-                    .collect::<R<Vec<_>>>()?;
-                Ok(Value::list(vals))
-            }
-            ExprKind::Tuple(items) => {
-                let vals = items
-                    .iter()
-                    .map(|i| self.eval(ctx, i, Hint::None))
-                    .collect::<R<Vec<_>>>()?;
-                Ok(Value::Tuple(Rc::new(vals)))
-            }
+            ExprKind::List(items) => Ok(Value::list(self.eval_all(ctx, items)?)),
+            ExprKind::Tuple(items) => Ok(Value::Tuple(Rc::new(self.eval_all(ctx, items)?))),
             ExprKind::Comprehension { elem, clauses } => {
                 let mut out = Vec::new();
                 ctx.frames.push(HashMap::new());
@@ -467,14 +461,15 @@ impl<'s> Elab<'s> {
                     let r = self.eval(ctx, rhs, Hint::None)?;
                     return Ok(Value::Bool(self.expect_bool(&r, rhs.span)?));
                 }
-                let l = self.eval(ctx, lhs, Hint::None)?;
-                let r = self.eval(ctx, rhs, Hint::None)?;
-                self.binary(*op, l, r, e.span, hint)
+                // Both sides are evaluated even if one fails, to report both sides' mistakes.
+                let l = self.eval(ctx, lhs, Hint::None);
+                let r = self.eval(ctx, rhs, Hint::None);
+                self.binary(*op, l?, r?, e.span, hint)
             }
             ExprKind::Call { callee, args } => {
-                let f = self.eval(ctx, callee, Hint::None)?;
-                let args = self.eval_args(ctx, args)?;
-                self.call_value(ctx, f, args, e.span, hint)
+                let f = self.eval(ctx, callee, Hint::None);
+                let args = self.eval_args(ctx, args);
+                self.call_value(ctx, f?, args?, e.span, hint)
             }
             ExprKind::Index { base, index } => {
                 let b = self.eval(ctx, base, Hint::None)?;
@@ -544,6 +539,15 @@ impl<'s> Elab<'s> {
                 self.eval(ctx, expr, hint)
             }
         }
+    }
+
+    /// Evaluates every expression, reporting each failure, and fails if any did.
+    fn eval_all(&mut self, ctx: &mut Ctx, items: &[Expr]) -> R<Vec<Value>> {
+        let results: Vec<R<Value>> = items
+            .iter()
+            .map(|i| self.eval(ctx, i, Hint::None))
+            .collect();
+        results.into_iter().collect()
     }
 
     fn new_layer(&mut self, kind: LayerKind, hint: Hint, span: Span) -> Value {
@@ -666,12 +670,18 @@ impl<'s> Elab<'s> {
         }
     }
 
+    /// Evaluates call arguments; after a failed one the rest are still evaluated, so that
+    /// their own mistakes are reported in the same run.
     fn eval_args(&mut self, ctx: &mut Ctx, args: &[Arg]) -> R<Vec<ArgValue>> {
         let mut out = Vec::new();
+        let mut failed = false;
         for a in args {
             match &a.kind {
                 ArgKind::Positional(e) => {
-                    let value = self.eval(ctx, e, Hint::None)?;
+                    let Ok(value) = self.eval(ctx, e, Hint::None) else {
+                        failed = true;
+                        continue;
+                    };
                     out.push(ArgValue {
                         name: None,
                         value,
@@ -691,7 +701,10 @@ impl<'s> Elab<'s> {
                             "repeated here",
                         ));
                     }
-                    let value = self.eval(ctx, e, Hint::None)?;
+                    let Ok(value) = self.eval(ctx, e, Hint::None) else {
+                        failed = true;
+                        continue;
+                    };
                     out.push(ArgValue {
                         name: Some(k.name.clone()),
                         value,
@@ -699,7 +712,10 @@ impl<'s> Elab<'s> {
                     });
                 }
                 ArgKind::Spread(e) => {
-                    let v = self.eval(ctx, e, Hint::None)?;
+                    let Ok(v) = self.eval(ctx, e, Hint::None) else {
+                        failed = true;
+                        continue;
+                    };
                     for item in self.iterate(&v, e.span)? {
                         out.push(ArgValue {
                             name: None,
@@ -709,6 +725,9 @@ impl<'s> Elab<'s> {
                     }
                 }
             }
+        }
+        if failed {
+            return Err(Reported);
         }
         Ok(out)
     }
@@ -1859,6 +1878,58 @@ impl<'s> Elab<'s> {
         }
     }
 
+    /// One dimension of an `input`: a `--dim` override, a default, a bound name, or a value.
+    fn input_dim(&mut self, ctx: &mut Ctx, d: &InputDim) -> R<usize> {
+        let size = match (&d.name, &d.value) {
+            (Some(n), default) => {
+                if let Some((v, used)) = self.dims.get_mut(&n.name) {
+                    *used = true;
+                    let v = *v;
+                    ctx.set(&n.name, Value::Int(v));
+                    v
+                } else if let Some(e) = default {
+                    let v = self.eval(ctx, e, Hint::None)?;
+                    let v = self.expect_int(&v, e.span, "a dimension")?;
+                    ctx.set(&n.name, Value::Int(v));
+                    v
+                } else if let Some(v) = ctx
+                    .get(&n.name)
+                    .cloned()
+                    .or_else(|| self.global(ctx.module, &n.name))
+                {
+                    self.expect_int(&v, n.span, "a dimension")?
+                } else {
+                    let d = Diagnostic::new(
+                        Phase::Elaboration,
+                        codes::MISSING_DIM,
+                        format!("size parameter `{}` has no value", n.name),
+                    )
+                    .at(n.span, "no default here")
+                    .with_help(format!(
+                        "pass `--dim {}=N`, or give a default: `{}=1`",
+                        n.name, n.name
+                    ));
+                    return Err(self.report(d));
+                }
+            }
+            (None, Some(e)) => {
+                let v = self.eval(ctx, e, Hint::None)?;
+                self.expect_int(&v, e.span, "a dimension")?
+            }
+            (None, None) => unreachable!("the parser gives every input dim a name or a value"),
+        };
+        if size <= 0 {
+            return Err(self.error(
+                Phase::Shape,
+                codes::SHAPE,
+                d.span,
+                format!("input dimension must be positive, found {size}"),
+                "here",
+            ));
+        }
+        Ok(size as usize)
+    }
+
     fn input(
         &mut self,
         ctx: &mut Ctx,
@@ -1885,56 +1956,23 @@ impl<'s> Elab<'s> {
                 "only f32 inputs are supported",
             ));
         }
+        // Every dim is evaluated even after a failure; a failed named dim is bound to
+        // `Poison` so later uses of it stay silent.
         let mut shape = Vec::new();
+        let mut failed = false;
         for d in dims {
-            let size = match (&d.name, &d.value) {
-                (Some(n), default) => {
-                    if let Some((v, used)) = self.dims.get_mut(&n.name) {
-                        *used = true;
-                        let v = *v;
-                        ctx.set(&n.name, Value::Int(v));
-                        v
-                    } else if let Some(e) = default {
-                        let v = self.eval(ctx, e, Hint::None)?;
-                        let v = self.expect_int(&v, e.span, "a dimension")?;
-                        ctx.set(&n.name, Value::Int(v));
-                        v
-                    } else if let Some(v) = ctx
-                        .get(&n.name)
-                        .cloned()
-                        .or_else(|| self.global(ctx.module, &n.name))
-                    {
-                        self.expect_int(&v, n.span, "a dimension")?
-                    } else {
-                        let d = Diagnostic::new(
-                            Phase::Elaboration,
-                            codes::MISSING_DIM,
-                            format!("size parameter `{}` has no value", n.name),
-                        )
-                        .at(n.span, "no default here")
-                        .with_help(format!(
-                            "pass `--dim {}=N`, or give a default: `{}=1`",
-                            n.name, n.name
-                        ));
-                        return Err(self.report(d));
+            match self.input_dim(ctx, d) {
+                Ok(size) => shape.push(size),
+                Err(Reported) => {
+                    failed = true;
+                    if let Some(n) = &d.name {
+                        ctx.set(&n.name, Value::Poison);
                     }
                 }
-                (None, Some(e)) => {
-                    let v = self.eval(ctx, e, Hint::None)?;
-                    self.expect_int(&v, e.span, "a dimension")?
-                }
-                (None, None) => unreachable!("the parser gives every input dim a name or a value"),
-            };
-            if size <= 0 {
-                return Err(self.error(
-                    Phase::Shape,
-                    codes::SHAPE,
-                    d.span,
-                    format!("input dimension must be positive, found {size}"),
-                    "here",
-                ));
             }
-            shape.push(size as usize);
+        }
+        if failed {
+            return Err(Reported);
         }
         self.check_numel(&shape, span, "input")?;
         if self.graph.find(&name.name).is_some() {

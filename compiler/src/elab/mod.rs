@@ -252,6 +252,14 @@ impl Program {
 
     /// Elaborates one model of the root file.
     pub fn elaborate(&self, opts: &Options) -> Result<Elaborated, Vec<Diagnostic>> {
+        if let Some((k, v)) = opts.dims.iter().find(|(_, v)| *v <= 0) {
+            let d = Diagnostic::new(
+                Phase::Elaboration,
+                codes::BAD_VALUE,
+                format!("size parameter `{k}` must be positive, got {v}"),
+            );
+            return Err(vec![d]);
+        }
         let dims: HashMap<String, i64> = opts.dims.iter().cloned().collect();
         let mut e = Elab::new(&self.sources, Vec::new(), dims);
         for (index, parsed) in self.parsed.iter().enumerate() {

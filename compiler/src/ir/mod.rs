@@ -5,9 +5,11 @@
 //! One node is one value. Parameters and buffers are nodes too (like FX's `get_attr`): their
 //! name is their state_dict key. An edge's weight is the operand position at its consumer.
 
+mod dot;
 mod text;
 mod verify;
 
+pub use dot::to_dot;
 pub use text::{parse_text, print_text};
 pub use verify::verify;
 

@@ -2,7 +2,7 @@
 //! axis of NC…, timm LayerNorm2d), `batch_norm2d` (running statistics) and `group_norm`.
 //! Statistics use the biased variance and are computed in f64, two-pass.
 
-use super::common::{at_least, contiguous, expect_rank, numel, X};
+use super::common::{at_least, contiguous, expect_rank, materialize, numel, X};
 use super::{arg, ArgType, Attrs, AttrsExt, Default, Init, OpDef, ParamKind, ParamSpec, Shape};
 use ndarray::{ArrayD, IxDyn};
 
@@ -42,15 +42,15 @@ pub static OPS: &[OpDef] = &[
         eval: |a, xs| {
             let v = View::around_axis1(xs[0].shape());
             // Statistics at every (n, position): the transposed problem of layer_norm.
-            let mut x = xs[0].to_owned();
-            x.swap_axes(1, xs[0].ndim() - 1);
-            let x = x.as_standard_layout().into_owned();
+            let mut xt = xs[0].view();
+            xt.swap_axes(1, xs[0].ndim() - 1);
+            let x = materialize(xt);
             let t = View { outer: v.outer * v.inner, c: v.c, inner: 1 };
             let mut inputs = xs.to_vec();
             inputs[0] = &x;
             let mut y = normalize(a, &inputs, t, 1);
             y.swap_axes(1, xs[0].ndim() - 1);
-            y.as_standard_layout().into_owned()
+            materialize(y.view())
         },
     },
     OpDef {

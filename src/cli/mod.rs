@@ -1,0 +1,242 @@
+//! The `bbc` subcommands (one module each) and what they share: the spec/model/dims options,
+//! loading and elaborating a spec with diagnostics rendered against its sources, the error
+//! type the binary turns into exit code 1, and small output helpers.
+
+pub mod check;
+pub mod graph;
+pub mod ir;
+pub mod models;
+pub mod run;
+pub mod stats;
+pub mod weights;
+
+use bbc::compiler::elab::{Elaborated, Loader, Options, Program};
+use bbc::grammar::{Diagnostic, SourceMap};
+use clap::Args;
+use std::cell::RefCell;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A user error: the complete text to print on stderr (exit code 1).
+#[derive(Debug)]
+pub struct CliError(pub String);
+
+impl CliError {
+    /// A plain `error: ...` message.
+    pub fn msg(message: impl std::fmt::Display) -> CliError {
+        CliError(format!("error: {message}\n"))
+    }
+
+    /// Compiler diagnostics, rendered with source snippets where the sources are known.
+    pub fn diags(diags: &[Diagnostic], sources: Option<&SourceMap>) -> CliError {
+        CliError(bbc::render(diags, sources))
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+/// The spec and which model of it to build; shared by every spec command.
+#[derive(Args, Debug, Clone)]
+pub struct SpecArgs {
+    /// The `.bb` spec file.
+    #[arg(value_name = "SPEC")]
+    pub spec: PathBuf,
+
+    /// Model or variant to build [default: the last model in the file].
+    #[arg(short, long, value_name = "NAME")]
+    pub model: Option<String>,
+
+    /// Binds a size parameter (a named dim of an `input`), e.g. `--dim B=8`; repeatable.
+    #[arg(short = 'd', long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
+    pub dims: Vec<(String, i64)>,
+}
+
+/// Parses `NAME=VALUE` with an identifier name and an integer value.
+fn parse_dim(s: &str) -> Result<(String, i64), String> {
+    let Some((name, value)) = s.split_once('=') else {
+        return Err(format!("expected NAME=VALUE (e.g. B=8), got `{s}`"));
+    };
+    let name = name.trim();
+    let ident = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if !ident {
+        return Err(format!("`{name}` is not a size-parameter name"));
+    }
+    let value: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| format!("the value of `{name}` must be an integer, got `{value}`"))?;
+    Ok((name.to_string(), value))
+}
+
+/// Reads files from disk and remembers every file read, in order, so that the source map of a
+/// failed load can be rebuilt (`Program::load` assigns file ids in read order).
+#[derive(Default)]
+struct RecordingLoader {
+    read: RefCell<Vec<(String, String)>>,
+}
+
+impl Loader for RecordingLoader {
+    fn read(&self, path: &Path) -> std::io::Result<String> {
+        let text = std::fs::read_to_string(path)?;
+        self.read
+            .borrow_mut()
+            .push((path.display().to_string(), text.clone()));
+        Ok(text)
+    }
+}
+
+/// Loads a spec and its imports; errors are rendered against the files that were read.
+pub fn load(spec: &Path) -> Result<Program, CliError> {
+    let loader = RecordingLoader::default();
+    Program::load(spec, &loader).map_err(|diags| {
+        let mut sources = SourceMap::new();
+        for (name, text) in loader.read.take() {
+            sources.add(name, text);
+        }
+        CliError::diags(&diags, Some(&sources))
+    })
+}
+
+/// Elaborates `model` (or the default) of a loaded program.
+pub fn elaborate(
+    program: &Program,
+    model: Option<&str>,
+    dims: &[(String, i64)],
+) -> Result<Elaborated, CliError> {
+    let opts = Options {
+        model: model.map(str::to_string),
+        dims: dims.to_vec(),
+    };
+    program
+        .elaborate(&opts)
+        .map_err(|d| CliError::diags(&d, Some(&program.sources)))
+}
+
+impl SpecArgs {
+    /// Loads the spec and elaborates the selected model.
+    pub fn build(&self) -> Result<(Program, Elaborated), CliError> {
+        let program = load(&self.spec)?;
+        let model = elaborate(&program, self.model.as_deref(), &self.dims)?;
+        Ok((program, model))
+    }
+}
+
+/// Writes to stdout; a closed pipe (`bbc ir x.bb | head`) ends the output quietly.
+pub fn print(text: &str) -> CliResult {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(CliError::msg(format!("cannot write to stdout: {e}"))),
+    }
+}
+
+/// Writes a text file atomically: a temporary file in the same folder, then a rename.
+pub fn write_text(path: &Path, text: &str) -> CliResult {
+    let fail = |e: std::io::Error| CliError::msg(format!("cannot write `{}`: {e}", path.display()));
+    let name = path
+        .file_name()
+        .ok_or_else(|| CliError::msg(format!("`{}` is not a file path", path.display())))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = std::fs::File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(fail(e));
+    }
+    Ok(())
+}
+
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A shape as `[1, 3, 224, 224]`.
+pub fn shape(dims: &[usize]) -> String {
+    let dims: Vec<String> = dims.iter().map(usize::to_string).collect();
+    format!("[{}]", dims.join(", "))
+}
+
+/// Lays out rows as left-aligned columns (right-aligned where `right[i]`), two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>], right: &[bool]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i > 0 {
+                s.push_str("  ");
+            }
+            let pad = w.saturating_sub(cell.chars().count());
+            if right.get(i).copied().unwrap_or(false) {
+                s.push_str(&" ".repeat(pad));
+                s.push_str(cell);
+            } else {
+                s.push_str(cell);
+                if i + 1 < cells.len() {
+                    s.push_str(&" ".repeat(pad));
+                }
+            }
+        }
+        s.push('\n');
+        s
+    };
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    let mut out = line(&header);
+    let total: usize = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+    out.push_str(&"-".repeat(total));
+    out.push('\n');
+    for row in rows {
+        out.push_str(&line(row));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dims_parse() {
+        assert_eq!(parse_dim("B=8"), Ok(("B".to_string(), 8)));
+        assert!(parse_dim("B").is_err());
+        assert!(parse_dim("B=x").is_err());
+        assert!(parse_dim("=3").is_err());
+        assert!(parse_dim("1x=3").is_err());
+    }
+
+    #[test]
+    fn thousands_groups_digits() {
+        assert_eq!(thousands(0), "0");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(3_695_520), "3,695,520");
+    }
+}

@@ -1,0 +1,33 @@
+//! `bbc models`: list the models and variants a spec defines.
+
+use super::{load, print, CliResult};
+use clap::Args;
+use std::path::PathBuf;
+
+/// List the models and variants a spec defines.
+///
+/// One per line, in source order; the one built when `--model` is not given (the last) is
+/// marked `(default)`.
+#[derive(Args, Debug)]
+pub struct ModelsArgs {
+    /// The `.bb` spec file.
+    #[arg(value_name = "SPEC")]
+    pub spec: PathBuf,
+}
+
+pub fn main(args: &ModelsArgs) -> CliResult {
+    let program = load(&args.spec)?;
+    let models = program.models();
+    if models.is_empty() {
+        eprintln!("note: `{}` defines no model", args.spec.display());
+    }
+    let mut out = String::new();
+    for (i, name) in models.iter().enumerate() {
+        out.push_str(name);
+        if i + 1 == models.len() {
+            out.push_str("  (default)");
+        }
+        out.push('\n');
+    }
+    print(&out)
+}

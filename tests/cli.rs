@@ -1,0 +1,506 @@
+//! End-to-end tests of the `bbc` binary on the bundled specs and reference fixtures: every
+//! subcommand on every model, checkpoint checks, runs against PyTorch outputs, and the error
+//! paths (exit code 1 with a diagnostic, or 2 for usage errors, and never a panic).
+
+use bbc::runtime::read_npy;
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const SPECS: &[&str] = &[
+    "specs/convnext.bb",
+    "specs/deep_sets.bb",
+    "specs/spatial_broadcast_decoder.bb",
+];
+
+/// Models cheap enough to run with the interpreter at their default dims.
+const TINY: &[(&str, &str)] = &[
+    ("specs/convnext.bb", "convnext_test"),
+    ("specs/convnext.bb", "convnext_test_linear"),
+    ("specs/deep_sets.bb", "deep_sets_sum"),
+    ("specs/deep_sets.bb", "deep_sets_mean"),
+    ("specs/deep_sets.bb", "deep_sets_masked"),
+    ("specs/spatial_broadcast_decoder.bb", "sbd_test"),
+];
+
+const FIXTURES: &str = "tests/fixtures/reference";
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn bbc(args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_bbc"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the bbc binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked"),
+        "bbc {args:?} panicked:\n{stderr}"
+    );
+    out
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `bbc`, requires success, and returns stdout.
+fn ok(args: &[&str]) -> String {
+    let out = bbc(args);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "bbc {args:?} failed:\n{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
+}
+
+/// Runs `bbc`, requires exit code `code`, and returns stderr.
+fn fails(args: &[&str], code: i32) -> String {
+    let out = bbc(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "bbc {args:?}: expected exit {code}\nstdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stderr(&out)
+}
+
+/// A fresh scratch folder for one test, removed when dropped.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn join(&self, p: impl AsRef<Path>) -> PathBuf {
+        self.0.join(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(name: &str) -> Scratch {
+    let dir = std::env::temp_dir().join(format!("bbc-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    Scratch(dir)
+}
+
+fn models(spec: &str) -> Vec<String> {
+    ok(&["models", spec])
+        .lines()
+        .map(|l| l.trim_end_matches("(default)").trim().to_string())
+        .collect()
+}
+
+fn max_abs_diff(a: &bbc::runtime::Tensor, b: &bbc::runtime::Tensor) -> f64 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())))
+}
+
+#[test]
+fn help_is_available_for_every_subcommand() {
+    let top = ok(&["--help"]);
+    for sub in ["check", "ir", "weights", "stats", "graph", "run", "models"] {
+        assert!(top.contains(sub), "`{sub}` missing from --help:\n{top}");
+        let help = ok(&[sub, "--help"]);
+        assert!(help.contains("Usage: bbc"), "{help}");
+    }
+    assert!(ok(&["run", "--help"]).contains("reference interpreter"));
+    fails(&[], 2);
+    fails(&["frobnicate"], 2);
+}
+
+#[test]
+fn models_lists_every_model_and_marks_the_default() {
+    let out = ok(&["models", "specs/convnext.bb"]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"convnext_test"), "{out}");
+    assert_eq!(lines.iter().filter(|l| l.contains("(default)")).count(), 1);
+    assert!(lines.last().is_some_and(|l| l.starts_with("convnext_atto")));
+}
+
+#[test]
+fn check_weights_stats_ir_graph_succeed_on_every_model() {
+    for spec in SPECS {
+        let names = models(spec);
+        assert!(!names.is_empty(), "{spec} has no models");
+        let all = ok(&["check", spec, "--all-models"]);
+        assert_eq!(
+            all.lines().filter(|l| l.starts_with("ok: ")).count(),
+            names.len()
+        );
+        for m in &names {
+            let check = ok(&["check", spec, "--model", m]);
+            assert!(check.starts_with(&format!("ok: {m} (")), "{check}");
+            let weights = ok(&["weights", spec, "--model", m]);
+            assert!(weights.contains(" keys, "), "{weights}");
+            let stats = ok(&["stats", spec, "--model", m]);
+            assert!(stats.contains("activations (peak)"), "{stats}");
+            ok(&["stats", spec, "--model", m, "--depth", "2"]);
+            let ir = ok(&["ir", spec, "--model", m]);
+            assert!(ir.starts_with(&format!("graph {m} {{")), "{ir}");
+            check_dot(&ok(&["graph", spec, "--model", m]));
+        }
+    }
+}
+
+/// Balanced braces, and every edge joins nodes the file defines.
+fn check_dot(dot: &str) {
+    assert!(dot.trim_start().starts_with("digraph"), "{dot}");
+    assert_eq!(dot.matches('{').count(), dot.matches('}').count(), "{dot}");
+    assert!(dot.trim_end().ends_with('}'));
+    let mut defined = HashSet::new();
+    let mut edges = Vec::new();
+    for line in dot.lines().map(str::trim) {
+        if let Some((a, b)) = line.split_once(" -> ") {
+            edges.push((a.to_string(), b.trim_end_matches(';').to_string()));
+        } else if let Some((id, _)) = line.split_once(" [label=") {
+            defined.insert(id.to_string());
+        }
+    }
+    assert!(!defined.is_empty() && !edges.is_empty(), "{dot}");
+    for (a, b) in edges {
+        assert!(defined.contains(&a), "edge from undefined `{a}`");
+        assert!(defined.contains(&b), "edge to undefined `{b}`");
+    }
+}
+
+#[test]
+fn run_succeeds_on_tiny_models_with_random_weights_and_inputs() {
+    let dir = scratch("tiny");
+    for (spec, m) in TINY {
+        let out_dir = dir.join(m);
+        let out_dir = out_dir.to_string_lossy();
+        let out = ok(&[
+            "run",
+            spec,
+            "--model",
+            m,
+            "--interp",
+            "--output-dir",
+            &out_dir,
+        ]);
+        let name = out.split(':').next().unwrap_or_default().to_string();
+        let y = read_npy(dir.join(m).join(format!("{name}.npy"))).expect("output written");
+        assert!(y.iter().all(|v| v.is_finite()), "{m}: {out}");
+        assert!(out.contains(" std "), "{out}");
+    }
+}
+
+#[test]
+fn convnext_atto_has_the_timm_parameter_count() {
+    let out = ok(&["weights", "specs/convnext.bb", "--model", "convnext_atto"]);
+    let last = out.lines().last().unwrap_or_default();
+    assert!(last.starts_with("128 keys"), "{last}");
+    assert!(last.contains("3,695,520 parameters"), "{last}");
+    assert!(out.contains("stem.0.weight"), "{out}");
+    assert!(out.contains("specs/convnext.bb:"), "{out}");
+}
+
+#[test]
+fn weights_against_checkpoints() {
+    let good = format!("{FIXTURES}/convnext_atto/weights.safetensors");
+    let out = ok(&[
+        "weights",
+        "specs/convnext.bb",
+        "--model",
+        "convnext_atto",
+        "--against",
+        &good,
+    ]);
+    assert!(
+        out.starts_with("ok: ") && out.contains("(128 keys)"),
+        "{out}"
+    );
+
+    let bad = format!("{FIXTURES}/convnext_test/weights.safetensors");
+    let err = fails(
+        &[
+            "weights",
+            "specs/convnext.bb",
+            "--model",
+            "convnext_atto",
+            "--against",
+            &bad,
+        ],
+        1,
+    );
+    assert!(err.contains("error[E050"), "{err}");
+    assert!(err.contains("specs/convnext.bb:"), "{err}");
+
+    let missing = fails(
+        &[
+            "weights",
+            "specs/convnext.bb",
+            "--against",
+            "no/such.safetensors",
+        ],
+        1,
+    );
+    assert!(missing.contains("E0505"), "{missing}");
+}
+
+#[test]
+fn saved_weights_check_and_reproduce_the_seeded_run() {
+    let dir = scratch("save");
+    let w = dir.join("w.safetensors");
+    let w = w.to_string_lossy();
+    let spec = "specs/spatial_broadcast_decoder.bb";
+    ok(&[
+        "weights", spec, "--model", "sbd_test", "--seed", "7", "--save", &w,
+    ]);
+    ok(&["weights", spec, "--model", "sbd_test", "--against", &w]);
+    let a = ok(&["run", spec, "--model", "sbd_test", "--seed", "7"]);
+    let b = ok(&[
+        "run",
+        spec,
+        "--model",
+        "sbd_test",
+        "--seed",
+        "7",
+        "--weights",
+        &w,
+    ]);
+    assert_eq!(a, b);
+    let c = ok(&["run", spec, "--model", "sbd_test", "--seed", "8"]);
+    assert_ne!(a, c);
+}
+
+#[test]
+fn ir_and_graph_write_files() {
+    let dir = scratch("files");
+    let ir = dir.join("m.ir");
+    let dot = dir.join("m.dot");
+    let spec = "specs/deep_sets.bb";
+    ok(&["ir", spec, "-o", &ir.to_string_lossy()]);
+    ok(&["graph", spec, "-o", &dot.to_string_lossy()]);
+    assert_eq!(std::fs::read_to_string(&ir).ok(), Some(ok(&["ir", spec])));
+    assert_eq!(
+        std::fs::read_to_string(&dot).ok(),
+        Some(ok(&["graph", spec]))
+    );
+}
+
+#[test]
+fn run_reproduces_deep_sets_sum() {
+    let dir = scratch("deep_sets_sum");
+    let y = dir.join("y.npy");
+    let case = format!("{FIXTURES}/deep_sets_sum");
+    ok(&[
+        "run",
+        "specs/deep_sets.bb",
+        "--model",
+        "deep_sets_sum",
+        "--weights",
+        &format!("{case}/weights.safetensors"),
+        "--input",
+        &format!("{case}/x.npy"),
+        "--output",
+        &y.to_string_lossy(),
+    ]);
+    let actual = read_npy(&y).expect("written");
+    let expected = read_npy(root().join(&case).join("y.npy")).expect("fixture");
+    assert!(max_abs_diff(&actual, &expected) <= 1e-5);
+}
+
+#[test]
+fn run_reproduces_every_reference_fixture() {
+    let dir = scratch("fixtures");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(root().join(FIXTURES))
+        .expect("fixtures")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("case.json").exists())
+        .collect();
+    cases.sort();
+    assert!(!cases.is_empty());
+    for case in cases {
+        let text = std::fs::read_to_string(case.join("case.json")).expect("case.json");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let name = case
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let mut args: Vec<String> = vec![
+            "run".into(),
+            v["spec"].as_str().expect("spec").into(),
+            "--model".into(),
+            v["model"].as_str().expect("model").into(),
+            "--weights".into(),
+            case.join("weights.safetensors").to_string_lossy().into(),
+            "--output-dir".into(),
+            dir.join(&name).to_string_lossy().into(),
+        ];
+        if let Some(dims) = v["dims"].as_object() {
+            for (k, n) in dims {
+                args.push("--dim".into());
+                args.push(format!("{k}={n}"));
+            }
+        }
+        for i in v["inputs"].as_array().expect("inputs") {
+            let i = i.as_str().expect("input name");
+            args.push("--input".into());
+            args.push(format!("{i}={}", case.join(format!("{i}.npy")).display()));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        ok(&args);
+        let tol = v["tolerance"].as_f64().expect("tolerance");
+        for o in v["outputs"].as_array().expect("outputs") {
+            let o = o.as_str().expect("output name");
+            let expected = read_npy(case.join(format!("{o}.npy"))).expect("fixture");
+            let actual = read_npy(dir.join(&name).join(format!("{o}.npy"))).expect("written");
+            let scale = expected
+                .iter()
+                .fold(1.0f64, |m, v| m.max(f64::from(v.abs())));
+            let err = max_abs_diff(&actual, &expected);
+            assert!(err <= tol * scale, "{name}/{o}: error {err:e}");
+        }
+    }
+}
+
+#[test]
+fn user_errors_exit_1_with_a_diagnostic() {
+    let err = fails(&["check", "specs/no_such_spec.bb"], 1);
+    assert!(
+        err.contains("error[E0204]") && err.contains("no_such_spec.bb"),
+        "{err}"
+    );
+
+    let dir = scratch("errors");
+    let bad = dir.join("bad.bb");
+    std::fs::write(&bad, "bb 0.1;\nmodel m( {\n").expect("write");
+    let err = fails(&["check", &bad.to_string_lossy()], 1);
+    assert!(err.contains("error[E01"), "{err}");
+    assert!(err.contains("model m( {"), "the snippet is shown: {err}");
+
+    let err = fails(
+        &["check", "specs/deep_sets.bb", "--model", "deep_set_sum"],
+        1,
+    );
+    assert!(
+        err.contains("E0206") && err.contains("did you mean `deep_sets_sum`"),
+        "{err}"
+    );
+
+    let err = fails(&["check", "specs/deep_sets.bb", "--dim", "Q=3"], 1);
+    assert!(err.contains("E0207"), "{err}");
+}
+
+#[test]
+fn bad_dims_are_usage_errors() {
+    for dim in ["B", "B=x", "=3", "B=1.5"] {
+        let err = fails(&["check", "specs/deep_sets.bb", "--dim", dim], 2);
+        assert!(err.contains("--dim"), "{err}");
+    }
+    fails(&["stats", "specs/deep_sets.bb", "--depth", "0"], 2);
+    fails(
+        &[
+            "check",
+            "specs/deep_sets.bb",
+            "--all-models",
+            "--model",
+            "x",
+        ],
+        2,
+    );
+}
+
+#[test]
+fn run_input_errors_exit_1() {
+    let x = format!("{FIXTURES}/deep_sets_sum/x.npy");
+    let err = fails(
+        &[
+            "run",
+            "specs/convnext.bb",
+            "--model",
+            "convnext_test",
+            "--input",
+            &x,
+        ],
+        1,
+    );
+    assert!(
+        err.contains("[1, 3, 224, 224]") && err.contains("[2, 5, 3]"),
+        "{err}"
+    );
+
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_sum",
+            "--input",
+            "missing.npy",
+        ],
+        1,
+    );
+    assert!(err.contains("missing.npy"), "{err}");
+
+    // Two inputs: a bare path is ambiguous, an unknown name is reported.
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_masked",
+            "--input",
+            &x,
+        ],
+        1,
+    );
+    assert!(err.contains("x, mask"), "{err}");
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_masked",
+            "--input",
+            &format!("y={x}"),
+        ],
+        1,
+    );
+    assert!(err.contains("no input `y`"), "{err}");
+
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--output",
+            "no/such/folder/y.npy",
+        ],
+        1,
+    );
+    assert!(err.contains("folder does not exist"), "{err}");
+
+    let w = format!("{FIXTURES}/convnext_test/weights.safetensors");
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_sum",
+            "--weights",
+            &w,
+        ],
+        1,
+    );
+    assert!(err.contains("error[E050"), "{err}");
+}
