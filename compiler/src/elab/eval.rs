@@ -357,7 +357,7 @@ impl<'s> Elab<'s> {
                 "empty parameter path",
             ));
         }
-        self.check_numel(&shape, span, "parameter")?;
+        self.check_numel(&shape, span, &format!("parameter `{key}`"))?;
         if let Some(prev) = self.params.get(&key).cloned() {
             let shared = prev
                 .apps

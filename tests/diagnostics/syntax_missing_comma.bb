@@ -1,0 +1,7 @@
+bb 0.1;
+# A missing comma between two arguments.
+model net() {
+    input x: f32[1, 3, 8, 8];
+    stem = conv2d(x, out=8 k=3, pad=1);
+    output y = relu(stem);
+}
