@@ -49,13 +49,12 @@
 //!   Dtype edits need the file written by hand (8-byte little-endian header length, JSON header,
 //!   data) because `runtime::save` only writes F32; without dtype edits `runtime::save` is used.
 
-use bbc::compiler::elab::{Elaborated, FsLoader, Loader, Options, Program};
+use bbc::compiler::elab::{Elaborated, FsLoader, Options, Program};
 use bbc::compiler::weights;
 use bbc::grammar::{Diagnostic, SourceMap};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Mutex;
 use std::time::Duration;
 
 /// The case folder, relative to the package root (the working directory of integration tests).
@@ -105,21 +104,6 @@ fn parse_directives(name: &str, text: &str) -> Directives {
         }
     }
     d
-}
-
-/// Records every file read, in order, so that a [`SourceMap`] identical to the one
-/// `Program::load` built (and drops on failure) can be rebuilt to render load errors.
-struct Recording(Mutex<Vec<(String, String)>>);
-
-impl Loader for Recording {
-    fn read(&self, path: &Path) -> std::io::Result<String> {
-        let text = FsLoader.read(path)?;
-        self.0
-            .lock()
-            .unwrap()
-            .push((path.display().to_string(), text.clone()));
-        Ok(text)
-    }
 }
 
 /// The case files, sorted by name.
@@ -269,22 +253,15 @@ fn run_case(path: &Path) -> Outcome {
     let name = path.file_stem().unwrap().to_string_lossy().to_string();
     let text = std::fs::read_to_string(path).expect("case is readable");
     let dir = parse_directives(&name, &text);
-    let recording = Recording(Mutex::new(Vec::new()));
     let fail = |diags: Vec<Diagnostic>, sources: &SourceMap| Outcome {
         rendered: bbc::render(&diags, Some(sources)),
         diags,
         unlocated: dir.unlocated.clone(),
         problems: Vec::new(),
     };
-    let program = match Program::load(path, &recording) {
+    let program = match Program::load(path, &FsLoader) {
         Ok(p) => p,
-        Err(diags) => {
-            let mut sources = SourceMap::new();
-            for (n, t) in recording.0.into_inner().unwrap() {
-                sources.add(n, t);
-            }
-            return fail(diags, &sources);
-        }
+        Err(e) => return fail(e.diagnostics, &e.sources),
     };
     let opts = Options {
         model: dir.model.clone(),

@@ -141,10 +141,10 @@ fn compile(ex: &Example) -> (String, Vec<String>) {
     }
     let prog = match Program::from_source(&name, text) {
         Ok(p) => p,
-        Err(d) => {
+        Err(e) => {
             return (
-                bbc::render(&d, None),
-                d.iter().map(|d| d.code.to_string()).collect(),
+                e.render(),
+                e.diagnostics.iter().map(|d| d.code.to_string()).collect(),
             )
         }
     };

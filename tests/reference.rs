@@ -70,7 +70,7 @@ fn interpreter_matches_pytorch_on_every_fixture() {
     for case in cases {
         let name = case.dir.file_name().unwrap().to_string_lossy().to_string();
         let program = elab::Program::load(&root.join(&case.spec), &elab::FsLoader)
-            .unwrap_or_else(|d| panic!("{name}: {}", bbc::render(&d, None)));
+            .unwrap_or_else(|e| panic!("{name}: {}", e.render()));
         let opts = elab::Options {
             model: Some(case.model.clone()),
             dims: case.dims.clone(),

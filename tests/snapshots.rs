@@ -19,7 +19,7 @@ fn models() -> Vec<(String, String, elab::Program)> {
     for path in specs {
         let stem = path.file_stem().unwrap().to_string_lossy().to_string();
         let program = elab::Program::load(&path, &elab::FsLoader)
-            .unwrap_or_else(|d| panic!("{}", bbc::render(&d, None)));
+            .unwrap_or_else(|e| panic!("{}", e.render()));
         for model in program.models() {
             let p = elab::Program::load(&path, &elab::FsLoader).expect("loaded above");
             out.push((stem.clone(), model, p));

@@ -5,7 +5,7 @@ use bbc_compiler::elab::{Elaborated, Options, Program};
 use bbc_compiler::weights::param_table;
 
 fn elaborate(src: &str, model: Option<&str>, dims: &[(&str, i64)]) -> Result<Elaborated, String> {
-    let program = Program::from_source("t.bb", src).map_err(|d| format!("{d:?}"))?;
+    let program = Program::from_source("t.bb", src).map_err(|e| e.render())?;
     let opts = Options {
         model: model.map(str::to_string),
         dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),

@@ -18,8 +18,9 @@ model m() {
 "#;
 
 fn model() -> Elaborated {
-    Program::from_source("t.bb", SPEC)
-        .and_then(|p| p.elaborate(&Options::default()))
+    let program = Program::from_source("t.bb", SPEC).unwrap_or_else(|e| panic!("{e:?}"));
+    program
+        .elaborate(&Options::default())
         .unwrap_or_else(|d| panic!("{d:?}"))
 }
 

@@ -30,11 +30,39 @@ pub struct Label {
     pub message: String,
 }
 
-/// One frame of the instantiation chain: what was being elaborated, and the call site.
+/// One frame of the instantiation chain: what was being elaborated, and where.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frame {
     pub what: String,
     pub span: Span,
+    /// A call (`span` is the call site) or a loop iteration (`span` is the loop).
+    pub kind: FrameKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKind {
+    Call,
+    Iteration,
+}
+
+impl Frame {
+    /// A block, function or layer instantiated at the call site `span`.
+    pub fn call(what: impl Into<String>, span: Span) -> Frame {
+        Frame {
+            what: what.into(),
+            span,
+            kind: FrameKind::Call,
+        }
+    }
+
+    /// One iteration of the loop at `span`.
+    pub fn iteration(what: impl Into<String>, span: Span) -> Frame {
+        Frame {
+            what: what.into(),
+            span,
+            kind: FrameKind::Iteration,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -118,8 +146,12 @@ impl Diagnostic {
         }
         let mut notes = self.notes.clone();
         for frame in &self.chain {
+            let link = match frame.kind {
+                FrameKind::Call => "called from",
+                FrameKind::Iteration => "at",
+            };
             notes.push(format!(
-                "note: in {} called from {}",
+                "note: in {} {link} {}",
                 frame.what,
                 sources.location(frame.span)
             ));
@@ -147,17 +179,26 @@ pub fn render_all(diags: &[Diagnostic], sources: &SourceMap) -> String {
     s
 }
 
-/// Levenshtein distance, for "did you mean" hints.
+/// Optimal string alignment distance, for "did you mean" hints: Levenshtein (insert, delete,
+/// substitute) plus the transposition of two adjacent characters as a single edit, since swapped
+/// letters (`rleu` for `relu`) are among the commonest typos. Counts `char`s, not bytes.
 pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
+    // Rows i-1, i and i+1 of the usual table: a transposition looks two rows back.
+    let mut before: Vec<usize> = vec![0; b.len() + 1];
     let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
+    for (i, &ca) in a.iter().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        for (j, &cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            let mut d = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+            if i > 0 && j > 0 && ca == b[j - 1] && a[i - 1] == cb {
+                d = d.min(before[j - 1] + 1);
+            }
+            cur[j + 1] = d;
         }
-        prev = cur;
+        before = std::mem::replace(&mut prev, cur);
     }
     prev[b.len()]
 }
@@ -187,15 +228,30 @@ mod tests {
     }
 
     #[test]
+    fn edit_distance_counts_a_transposition_as_one_edit() {
+        assert_eq!(edit_distance("rleu", "relu"), 1);
+        assert_eq!(edit_distance("ab", "ba"), 1);
+        assert_eq!(edit_distance("modle", "model"), 1);
+        // Plain Levenshtein cases are unchanged.
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("abc", ""), 3);
+        assert_eq!(edit_distance("relu", "relu"), 0);
+        // Optimal string alignment edits no substring twice: `ca` -> `ac` -> `abc` is not allowed.
+        assert_eq!(edit_distance("ca", "abc"), 3);
+        assert_eq!(
+            did_you_mean("rleu", ["relu", "gelu", "linear"]),
+            Some("relu")
+        );
+    }
+
+    #[test]
     fn render_shows_line_caret_and_chain() {
         let mut sm = SourceMap::new();
         let f = sm.add("a.bb", "let x = 1;\nlet y = z;\n");
         let d = Diagnostic::new(Phase::Resolution, "E0201", "unknown name `z`")
             .at(Span::new(f, 19, 20), "not defined")
-            .with_chain(vec![Frame {
-                what: "block `b`".into(),
-                span: Span::new(f, 0, 3),
-            }]);
+            .with_chain(vec![Frame::call("block `b`", Span::new(f, 0, 3))]);
         let text = d.render(&sm);
         assert!(text.contains("error[E0201]: unknown name `z`"), "{text}");
         assert!(text.contains("a.bb:2:9"), "{text}");

@@ -7,6 +7,6 @@ pub mod diagnostic;
 pub mod parser;
 pub mod source;
 
-pub use diagnostic::{did_you_mean, Diagnostic, Frame, Phase};
+pub use diagnostic::{did_you_mean, Diagnostic, Frame, FrameKind, Phase};
 pub use parser::parse;
 pub use source::{FileId, Location, SourceMap, Span};

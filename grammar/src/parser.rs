@@ -3,13 +3,18 @@
 //! Three stages, each of which must survive any input without panicking or hanging:
 //! 1. [`prescan`], a tiny lexer that rejects what pest handles badly: unterminated strings
 //!    (pest would only say what it expected at the end of the file) and nesting deeper than
-//!    [`MAX_NESTING`] (bounded recursion for pest and for the builder below);
-//! 2. pest with `bb.pest`; its errors become `E01xx` diagnostics with human token names;
+//!    [`MAX_NESTING`] (bounded recursion for pest and for the builder below). It also records
+//!    which brackets are stray or never closed, to explain pest's errors;
+//! 2. pest with `bb.pest`; its errors become `E01xx` diagnostics with human token names and,
+//!    where a common slip is recognisable, a hint (unmatched bracket, `=` for `==`, a misspelt
+//!    item keyword);
 //! 3. [`Builder`], which turns pairs into the AST, folding operator sequences iteratively and
 //!    checking literals (integer range, escapes).
+//!
+//! Separately, [`check_version`] rejects a version line other than `bb 0.1;` (E0107).
 
 use crate::ast::*;
-use crate::diagnostic::{Diagnostic, Phase};
+use crate::diagnostic::{edit_distance, Diagnostic, Phase};
 use crate::source::{FileId, SourceMap, Span};
 use pest::error::{ErrorVariant, InputLocation};
 use pest::iterators::Pair;
@@ -33,10 +38,62 @@ fn fail<T>(d: Diagnostic) -> R<T> {
     Err(Box::new(d))
 }
 
-/// Parses file `file` of `sources`. Reports the first syntax error of the file.
+/// Parses file `file` of `sources`. Reports the first syntax error of the file, preceded by an
+/// unsupported version line if there is one (a newer language may explain the syntax error).
 pub fn parse(sources: &SourceMap, file: FileId) -> Result<File, Vec<Diagnostic>> {
     let text = sources.text(file);
-    with_big_stack(|| parse_text(text, file)).map_err(|d| vec![*d])
+    let version = check_version(text, file);
+    match (version, with_big_stack(|| parse_text(text, file))) {
+        (None, Ok(f)) => Ok(f),
+        (None, Err(d)) => Err(vec![*d]),
+        (Some(v), Ok(_)) => Err(vec![v]),
+        (Some(v), Err(d)) => Err(vec![v, *d]),
+    }
+}
+
+/// The only language version this parser understands.
+pub const LANGUAGE_VERSION: &str = "0.1";
+
+/// E0107 if the file starts with a version line other than `bb 0.1;`. Parses just that line, so
+/// it works even when the rest of the file does not parse.
+fn check_version(text: &str, file: FileId) -> Option<Diagnostic> {
+    let start = skip_trivia(text, 0);
+    let line = BbParser::parse(Rule::version, text.get(start..)?).ok()?;
+    let num = line.flatten().find(|p| p.as_rule() == Rule::version_num)?;
+    if num.as_str() == LANGUAGE_VERSION {
+        return None;
+    }
+    let span = Span::new(
+        file,
+        start + num.as_span().start(),
+        start + num.as_span().end(),
+    );
+    Some(
+        Diagnostic::new(
+            Phase::Syntax,
+            "E0107",
+            format!("unsupported language version `{}`", num.as_str()),
+        )
+        .at(span, "unsupported version")
+        .with_help(format!("this bbc understands `bb {LANGUAGE_VERSION}`")),
+    )
+}
+
+/// The offset of the first code character at or after `pos` (skipping whitespace and comments).
+fn skip_trivia(text: &str, mut pos: usize) -> usize {
+    let b = text.as_bytes();
+    while pos < b.len() {
+        match b[pos] {
+            b' ' | b'\t' | b'\r' | b'\n' => pos += 1,
+            b'#' => {
+                while pos < b.len() && b[pos] != b'\n' {
+                    pos += 1;
+                }
+            }
+            _ => break,
+        }
+    }
+    pos
 }
 
 /// Runs `f` on a thread with a generous stack: pest needs several frames per nesting level,
@@ -64,11 +121,9 @@ fn with_big_stack<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 fn parse_text(text: &str, file: FileId) -> R<File> {
-    if let Some(d) = prescan(text, file) {
-        return fail(d);
-    }
-    let mut pairs =
-        BbParser::parse(Rule::file, text).map_err(|e| Box::new(syntax_error(&e, text, file)))?;
+    let brackets = prescan(text, file)?;
+    let mut pairs = BbParser::parse(Rule::file, text)
+        .map_err(|e| Box::new(syntax_error(&e, text, file, &brackets)))?;
     let mut b = Builder { file, depth: 0 };
     let top = pairs
         .next()
@@ -78,16 +133,35 @@ fn parse_text(text: &str, file: FileId) -> R<File> {
 
 // ------------------------------------------------------------------------------- prescan
 
+/// What the prescan learned about bracket balance, for explaining pest's errors: pest only says
+/// which token it expected where it stopped, never which bracket is to blame.
+#[derive(Default)]
+struct Brackets {
+    /// Offsets of closing brackets that close nothing, in source order.
+    stray: Vec<usize>,
+    /// Offsets of opening brackets that are never closed, in source order.
+    unclosed: Vec<usize>,
+}
+
+/// An open context of the prescan.
+enum Ctx {
+    /// An opening `(`, `[` or `{` at this offset.
+    Bracket(usize),
+    /// Inside `{...}` of a template string that started at this offset.
+    Interp(usize),
+}
+
 /// Finds unterminated strings (E0102) and excessive nesting (E0104) with a minimal lexer that
-/// knows comments, strings, escapes and `{expr}` interpolation.
-fn prescan(text: &str, file: FileId) -> Option<Diagnostic> {
-    enum Ctx {
-        Bracket,
-        /// Inside `{...}` of a template string that started at this offset.
-        Interp(usize),
-    }
+/// knows comments, strings, escapes and `{expr}` interpolation, and records bracket balance.
+///
+/// Matching is forgiving, the way an editor highlights brackets: a closer pops down to the
+/// nearest opener of its own kind (the openers it skips are unclosed), and a closer with no such
+/// opener is stray and pops nothing. So in `{ f(x)) }` the second `)` is the stray one, not the
+/// `}` that a plain "pop whatever is on top" count would blame.
+fn prescan(text: &str, file: FileId) -> R<Brackets> {
     let b = text.as_bytes();
     let mut stack: Vec<Ctx> = Vec::new();
+    let mut brackets = Brackets::default();
     // (start offset, raw) of the string being scanned, if any.
     let mut in_str: Option<(usize, bool)> = None;
     // The previous code token, to know whether a string is raw (no interpolation).
@@ -110,11 +184,11 @@ fn prescan(text: &str, file: FileId) -> Option<Diagnostic> {
             match b[i] {
                 b'\\' => {
                     if matches!(b.get(i + 1), None | Some(b'\n')) {
-                        return Some(unterminated(text, file, start));
+                        return fail(unterminated(text, file, start));
                     }
                     i += 2;
                 }
-                b'\n' => return Some(unterminated(text, file, start)),
+                b'\n' => return fail(unterminated(text, file, start)),
                 b'"' => {
                     in_str = None;
                     prev = "";
@@ -124,7 +198,7 @@ fn prescan(text: &str, file: FileId) -> Option<Diagnostic> {
                 b'{' if !raw => {
                     stack.push(Ctx::Interp(start));
                     if stack.len() > MAX_NESTING {
-                        return Some(too_deep(i));
+                        return fail(too_deep(i));
                     }
                     in_str = None;
                     prev = "";
@@ -146,24 +220,30 @@ fn prescan(text: &str, file: FileId) -> Option<Diagnostic> {
                 i += 1;
             }
             b'(' | b'[' | b'{' => {
-                stack.push(Ctx::Bracket);
+                stack.push(Ctx::Bracket(i));
                 if stack.len() > MAX_NESTING {
-                    return Some(too_deep(i));
+                    return fail(too_deep(i));
                 }
                 prev = "";
                 i += 1;
             }
-            b')' | b']' | b'}' => {
-                match stack.last() {
-                    Some(Ctx::Interp(start)) if b[i] == b'}' => {
+            close @ (b')' | b']' | b'}') => {
+                let open = opener_of(close);
+                // The nearest opener this closer can close; an interpolation is a wall except
+                // for the `}` that ends it (a bracket cannot close across a string boundary).
+                let target = stack.iter().rposition(|c| match c {
+                    Ctx::Bracket(at) => b[*at] == open,
+                    Ctx::Interp(_) => true,
+                });
+                match target.map(|t| (t, &stack[t])) {
+                    Some((t, Ctx::Interp(start))) if close == b'}' => {
                         in_str = Some((*start, false));
-                        stack.pop();
+                        close_down_to(&mut stack, t, &mut brackets.unclosed);
                     }
-                    // A mismatched closer inside an interpolation: pest reports it.
-                    Some(Ctx::Interp(_)) => {}
-                    _ => {
-                        stack.pop();
+                    Some((t, Ctx::Bracket(_))) => {
+                        close_down_to(&mut stack, t, &mut brackets.unclosed)
                     }
+                    _ => brackets.stray.push(i),
                 }
                 prev = "";
                 i += 1;
@@ -187,13 +267,44 @@ fn prescan(text: &str, file: FileId) -> Option<Diagnostic> {
         }
     }
     if let Some((start, _)) = in_str {
-        return Some(unterminated(text, file, start));
+        return fail(unterminated(text, file, start));
     }
-    // End of file inside `{...}` of a template: the string itself is unterminated.
-    stack.iter().find_map(|c| match c {
-        Ctx::Interp(start) => Some(unterminated(text, file, *start)),
-        Ctx::Bracket => None,
-    })
+    for c in &stack {
+        match c {
+            // End of file inside `{...}` of a template: the string itself is unterminated.
+            Ctx::Interp(start) => return fail(unterminated(text, file, *start)),
+            Ctx::Bracket(at) => brackets.unclosed.push(*at),
+        }
+    }
+    brackets.unclosed.sort_unstable();
+    Ok(brackets)
+}
+
+/// Pops `stack` down to index `t` (inclusive), recording the brackets above `t` as unclosed.
+fn close_down_to(stack: &mut Vec<Ctx>, t: usize, unclosed: &mut Vec<usize>) {
+    for c in stack.drain(t..).skip(1) {
+        if let Ctx::Bracket(at) = c {
+            unclosed.push(at);
+        }
+    }
+}
+
+/// The opening bracket that `close` closes.
+fn opener_of(close: u8) -> u8 {
+    match close {
+        b')' => b'(',
+        b']' => b'[',
+        _ => b'{',
+    }
+}
+
+/// The closing bracket that `open` needs.
+fn closer_of(open: u8) -> u8 {
+    match open {
+        b'(' => b')',
+        b'[' => b']',
+        _ => b'}',
+    }
 }
 
 fn unterminated(text: &str, file: FileId, start: usize) -> Diagnostic {
@@ -205,7 +316,12 @@ fn unterminated(text: &str, file: FileId, start: usize) -> Diagnostic {
 
 // ------------------------------------------------------------------------------- pest errors
 
-fn syntax_error(err: &pest::error::Error<Rule>, text: &str, file: FileId) -> Diagnostic {
+fn syntax_error(
+    err: &pest::error::Error<Rule>,
+    text: &str,
+    file: FileId,
+    brackets: &Brackets,
+) -> Diagnostic {
     let pos = match err.location {
         InputLocation::Pos(p) => p,
         InputLocation::Span((s, _)) => s,
@@ -224,6 +340,20 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, file: FileId) -> Dia
         }
     };
     let (found, found_len, found_kw) = describe_found(text, pos);
+    let found_span = Span::new(file, pos, pos + found_len);
+
+    // A closer that closes nothing: whatever pest expected instead, the bracket is the mistake.
+    if brackets.stray.contains(&pos) {
+        let close = char::from(text.as_bytes()[pos]);
+        let open = char::from(opener_of(text.as_bytes()[pos]));
+        return Diagnostic::new(Phase::Syntax, "E0101", format!("unmatched `{close}`"))
+            .at(
+                found_span,
+                format!("this `{close}` has no matching `{open}`"),
+            )
+            .with_help(format!("remove it, or add the matching `{open}` earlier"));
+    }
+
     let mut names: Vec<&'static str> = Vec::new();
     for &r in positives {
         if let Some(n) = expected_name(r) {
@@ -239,7 +369,6 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, file: FileId) -> Dia
         _ => 1,
     });
     let expected = join_or(&names);
-    let found_span = Span::new(file, pos, pos + found_len);
 
     let names_a_name = names.iter().any(|n| {
         matches!(
@@ -270,7 +399,34 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, file: FileId) -> Dia
     } else {
         format!("expected {expected}, found {found}")
     };
-    let d = Diagnostic::new(Phase::Syntax, "E0101", message);
+    let mut d = Diagnostic::new(Phase::Syntax, "E0101", message);
+    // Pest stops where a closer was due (often at the end of the file, or at the next item);
+    // the bracket that needed it can be far above, so point at it too.
+    if let Some(&open) = brackets.unclosed.iter().rev().find(|&&at| at < pos) {
+        let close = char::from(closer_of(text.as_bytes()[open]));
+        if names.contains(&format!("`{close}`").as_str()) {
+            let open_char = char::from(text.as_bytes()[open]);
+            d = d.with_secondary(
+                Span::new(file, open, open + 1),
+                format!("this `{open_char}` is never closed"),
+            );
+        }
+    }
+
+    let found_word =
+        found_kw.is_none() && text[pos..].starts_with(|c: char| c.is_ascii_alphabetic());
+    if found_word && names.contains(&ITEM) {
+        if let Some(kw) = item_keyword_typo(&text[pos..pos + found_len]) {
+            return d
+                .at(found_span, format!("expected {expected}"))
+                .with_help(format!("did you mean `{kw}`?"));
+        }
+    }
+    if is_single_eq(&text[pos..]) && positives.contains(&Rule::op_eq) && in_condition(text, pos) {
+        return d
+            .at(found_span, format!("expected {expected}"))
+            .with_help("did you mean `==`?");
+    }
     if names.contains(&"`;`") {
         // A forgotten `;` is noticed on the next line; point where it belongs instead.
         let prev_end = prev_token_end(text, pos);
@@ -294,6 +450,42 @@ fn syntax_error(err: &pest::error::Error<Rule>, text: &str, file: FileId) -> Dia
     } else {
         d.at(found_span, format!("expected {expected}"))
     }
+}
+
+/// How "an item" reads in "expected ...".
+const ITEM: &str = "an item (`import`, `let`, `fn`, `block` or `model`)";
+
+/// The item keyword that `word` is probably a typo of (`modle`, `blokc`, `improt`).
+///
+/// Within edit distance 2, but never more than half the keyword: otherwise any short name at
+/// item level (`x = 1;`) would be "corrected" to `fn`, and `def` to `let`.
+fn item_keyword_typo(word: &str) -> Option<&'static str> {
+    ["model", "block", "fn", "let", "import"]
+        .into_iter()
+        .map(|kw| (edit_distance(word, kw), kw))
+        .filter(|&(d, kw)| d <= 2 && 2 * d <= kw.len())
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, kw)| kw)
+}
+
+/// Whether `rest` starts with a lone `=` (not `==` or `=>`).
+fn is_single_eq(rest: &str) -> bool {
+    rest.starts_with('=') && !rest.starts_with("==") && !rest.starts_with("=>")
+}
+
+/// Whether `pos` is inside a condition, where `=` is a likely slip for `==`: a heuristic that
+/// looks back to the start of the statement (the last `;`, `{` or `}`) for `if`, `assert`, `&&`
+/// or `||`. Strings are not skipped; a wrong guess only costs a superfluous hint.
+fn in_condition(text: &str, pos: usize) -> bool {
+    let before = &text[..pos];
+    let stmt = before
+        .rfind([';', '{', '}'])
+        .map_or(before, |i| &before[i + 1..]);
+    stmt.contains("&&")
+        || stmt.contains("||")
+        || stmt
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .any(|w| w == "if" || w == "assert")
 }
 
 /// How a rule reads in "expected ..." (None: not worth mentioning).
@@ -334,7 +526,7 @@ fn expected_name(r: Rule) -> Option<&'static str> {
         ty | ty_tensor | ty_list | ty_tuple | ty_name => "a type",
         stmt => "a statement",
         // `file` replaces its children's attempts when nothing at all parsed.
-        item | file => "an item (`import`, `let`, `fn`, `block` or `model`)",
+        item | file => ITEM,
         param => "a parameter",
         arg | arg_kw | arg_spread => "an argument",
         input_dim | dim_named => "a dimension",

@@ -545,9 +545,9 @@ fn error_messages_name_tokens() {
         ("let x = ;", "expected an expression, found `;`", "1:9"),
         ("fn f(a: int) -> = 1;", "expected a type, found `=`", "1:17"),
         ("for x in y {}", "expected an item (`import`, `let`, `fn`, `block` or `model`), found keyword `for`", "1:1"),
-        ("let x = 1; }", "expected an item (`import`, `let`, `fn`, `block` or `model`) or end of file, found `}`", "1:12"),
+        ("let x = 1; 2", "expected an item (`import`, `let`, `fn`, `block` or `model`) or end of file, found `2`", "1:12"),
         ("model m() { for i y { } }", "expected `in`, found `y`", "1:19"),
-        ("model m() { x = 1; ) }", "expected `}` or a statement, found `)`", "1:20"),
+        ("model m() { x = 1; , }", "expected `}` or a statement, found `,`", "1:20"),
         ("model m() {", "expected `}` or a statement, found end of file", "1:12"),
         ("let x = a @ b;", "expected `_` or a string, found `b`", "1:13"),
         ("model m() { rename \"a\" \"b\"; }", "expected `=>`, found a string", "1:24"),
@@ -558,6 +558,193 @@ fn error_messages_name_tokens() {
         assert_eq!(d.code, "E0101", "{src}");
         assert_eq!(d.message, msg, "{src}");
         assert!(text.contains(&format!("t.bb:{loc}")), "{src}\n{text}");
+    }
+}
+
+/// Code, message, primary location, and help of the first diagnostic of `src`.
+fn check(src: &str, code: &str, message: &str, loc: &str, help: Option<&str>) -> Diagnostic {
+    let (d, text) = err(src);
+    assert_eq!(d.code, code, "{src}\n{text}");
+    assert_eq!(d.message, message, "{src}\n{text}");
+    assert!(text.contains(&format!("t.bb:{loc}\n")), "{src}\n{text}");
+    assert_eq!(d.help.as_deref(), help, "{src}\n{text}");
+    d
+}
+
+/// Line:col of every secondary label of `d`, with its message.
+fn secondaries(src: &str, d: &Diagnostic) -> Vec<(String, String)> {
+    let mut sm = SourceMap::new();
+    let f = sm.add("t.bb", src);
+    d.secondary
+        .iter()
+        .map(|l| {
+            assert_eq!(l.span.file, f);
+            let loc = sm.location(l.span);
+            (format!("{}:{}", loc.line, loc.col), l.message.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn stray_closing_brackets_are_named() {
+    let cases = [
+        ("model m() {\n    y = relu(x));\n}\n", ')', '(', "2:16"),
+        ("let x = [1, 2]];", ']', '[', "1:15"),
+        ("let x = 1; }", '}', '{', "1:12"),
+        ("model m() { x = 1; ) }", ')', '(', "1:20"),
+        // Forgiving matching: `]` closes nothing, `)` and `}` still match their openers.
+        ("let x = f(1]);", ']', '[', "1:12"),
+        // Inside an interpolation, a bracket cannot close anything outside it.
+        ("let x = f(\"{a)}\");", ')', '(', "1:14"),
+    ];
+    for (src, close, open, loc) in cases {
+        check(
+            src,
+            "E0101",
+            &format!("unmatched `{close}`"),
+            loc,
+            Some(&format!("remove it, or add the matching `{open}` earlier")),
+        );
+    }
+    // A closer that does match is not blamed, even when another bracket is missing.
+    let (d, _) = err("let x = f(1;");
+    assert!(!d.message.contains("unmatched"), "{}", d.message);
+}
+
+#[test]
+fn unclosed_brackets_are_labelled() {
+    // File ends inside a body.
+    let src = "model m() {\n    x = 1;\n";
+    let d = check(
+        src,
+        "E0101",
+        "expected `}` or a statement, found end of file",
+        "3:1",
+        None,
+    );
+    assert_eq!(
+        secondaries(src, &d),
+        [("1:11".to_string(), "this `{` is never closed".to_string())]
+    );
+    // The next item starts inside the body: the inner `if` brace is the one to blame.
+    let src = "block b() {\n    if c {\n        x = 1;\n\nmodel m() {\n}\n";
+    let d = check(
+        src,
+        "E0101",
+        "expected `}` or a statement, found keyword `model`",
+        "5:1",
+        None,
+    );
+    assert_eq!(
+        secondaries(src, &d),
+        [("2:10".to_string(), "this `{` is never closed".to_string())]
+    );
+    // Parentheses too, when `)` is what was expected.
+    let src = "let x = f(1,\n  2";
+    let d = check(
+        src,
+        "E0101",
+        "expected `,`, `)` or an operator, found end of file",
+        "2:4",
+        None,
+    );
+    assert_eq!(
+        secondaries(src, &d),
+        [("1:10".to_string(), "this `(` is never closed".to_string())]
+    );
+    // Balanced brackets get no label.
+    let (d, _) = err("model m() { x = 1 }");
+    assert!(d.secondary.is_empty(), "{:?}", d.secondary);
+}
+
+#[test]
+fn assignment_in_a_condition_suggests_equality() {
+    let eq = Some("did you mean `==`?");
+    for (src, message, loc) in [
+        (
+            "model m() {\n    if pool = \"avg\" { }\n}",
+            "expected `{` or an operator, found `=`",
+            "2:13",
+        ),
+        (
+            "model m() { assert k = 3; }",
+            "expected `;`, `,` or an operator, found `=`",
+            "1:22",
+        ),
+        (
+            "model m() { if a == 1 && b = 2 { } }",
+            "expected `{` or an operator, found `=`",
+            "1:28",
+        ),
+        (
+            "let x = if a = 1 { 2 } else { 3 };",
+            "expected `{` or an operator, found `=`",
+            "1:14",
+        ),
+    ] {
+        check(src, "E0101", message, loc, eq);
+    }
+    // Not in a condition: no `==` hint.
+    let (d, _) = err("let x = a = b;");
+    assert_ne!(d.help.as_deref(), eq);
+}
+
+#[test]
+fn unsupported_version_is_reported() {
+    check(
+        "bb 9.9;\nlet x = 1;\n",
+        "E0107",
+        "unsupported language version `9.9`",
+        "1:4",
+        Some("this bbc understands `bb 0.1`"),
+    );
+    check(
+        "# header\n\nbb 0.1.0;",
+        "E0107",
+        "unsupported language version `0.1.0`",
+        "3:4",
+        Some("this bbc understands `bb 0.1`"),
+    );
+    assert!(ok("# header\nbb 0.1;\nlet x = 1;").version.is_some());
+    // With a later syntax error too, the version comes first: it may explain the error.
+    let Err((ds, _)) = parse_str("bb 0.2;\nlet x = ;") else {
+        panic!("expected errors");
+    };
+    let codes: Vec<_> = ds.iter().map(|d| d.code).collect();
+    assert_eq!(codes, ["E0107", "E0101"]);
+}
+
+#[test]
+fn misspelt_item_keywords_get_a_suggestion() {
+    let item = "expected an item (`import`, `let`, `fn`, `block` or `model`)";
+    for (src, word, kw) in [
+        ("modle m() { }", "modle", "model"),
+        ("blokc b(x) { }", "blokc", "block"),
+        ("improt \"x.bb\";", "improt", "import"),
+        ("Model m() { }", "Model", "model"),
+        ("fm f(x) = x;", "fm", "fn"),
+        ("lett x = 1;", "lett", "let"),
+    ] {
+        check(
+            src,
+            "E0101",
+            &format!("{item}, found `{word}`"),
+            "1:1",
+            Some(&format!("did you mean `{kw}`?")),
+        );
+    }
+    // After a complete item, the suggestion still applies (the item list continues).
+    check(
+        "let a = 1;\nblcok b() { }",
+        "E0101",
+        &format!("{item} or end of file, found `blcok`"),
+        "2:1",
+        Some("did you mean `block`?"),
+    );
+    // Short or distant words are not "corrected" (`x` is 2 edits from `fn`, `def` from `let`).
+    for src in ["x = 1;", "def f(x):", "modelling m() { }"] {
+        let (d, _) = err(src);
+        assert_eq!(d.help, None, "{src}: {:?}", d.help);
     }
 }
 

@@ -10,10 +10,9 @@ pub mod run;
 pub mod stats;
 pub mod weights;
 
-use bbc::compiler::elab::{Elaborated, Loader, Options, Program};
+use bbc::compiler::elab::{Elaborated, FsLoader, Options, Program};
 use bbc::grammar::{Diagnostic, SourceMap};
 use clap::Args;
-use std::cell::RefCell;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -72,33 +71,9 @@ fn parse_dim(s: &str) -> Result<(String, i64), String> {
     Ok((name.to_string(), value))
 }
 
-/// Reads files from disk and remembers every file read, in order, so that the source map of a
-/// failed load can be rebuilt (`Program::load` assigns file ids in read order).
-#[derive(Default)]
-struct RecordingLoader {
-    read: RefCell<Vec<(String, String)>>,
-}
-
-impl Loader for RecordingLoader {
-    fn read(&self, path: &Path) -> std::io::Result<String> {
-        let text = std::fs::read_to_string(path)?;
-        self.read
-            .borrow_mut()
-            .push((path.display().to_string(), text.clone()));
-        Ok(text)
-    }
-}
-
 /// Loads a spec and its imports; errors are rendered against the files that were read.
 pub fn load(spec: &Path) -> Result<Program, CliError> {
-    let loader = RecordingLoader::default();
-    Program::load(spec, &loader).map_err(|diags| {
-        let mut sources = SourceMap::new();
-        for (name, text) in loader.read.take() {
-            sources.add(name, text);
-        }
-        CliError::diags(&diags, Some(&sources))
-    })
+    Program::load(spec, &FsLoader).map_err(|e| CliError::diags(&e.diagnostics, Some(&e.sources)))
 }
 
 /// Elaborates `model` (or the default) of a loaded program.

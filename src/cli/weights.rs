@@ -74,7 +74,7 @@ pub fn main(args: &WeightsArgs) -> CliResult {
                 &[false, false, false, false],
             );
             out.push_str(&format!(
-                "{} keys, {} parameters ({} buffers elements)\n",
+                "{} keys, {} parameters, {} buffer elements\n",
                 entries.len(),
                 thousands(params),
                 thousands(buffers)

@@ -347,8 +347,13 @@ pub fn call(
             };
             match nd {
                 None => to_int(e, round_half_even(x), span),
+                // Python rounds the exact binary value: `round(2.675, 2)` is 2.67 because
+                // 2.675 is stored as 2.67499999...; Rust's formatting does the same.
+                Some(n) if (0..=300).contains(&n) => Ok(Value::Float(
+                    format!("{x:.0$}", n as usize).parse().unwrap_or(x),
+                )),
                 Some(n) => {
-                    let p = 10f64.powi(n.clamp(-300, 300) as i32);
+                    let p = 10f64.powi(n.clamp(-300, 0) as i32);
                     Ok(Value::Float(round_half_even(x * p) / p))
                 }
             }

@@ -112,8 +112,12 @@ pub struct Elab<'s> {
     pub params: HashMap<String, ParamOrigin>,
     /// Named size parameters (`--dim`) and whether a model input used them.
     pub dims: HashMap<String, (i64, bool)>,
+    /// Names of the size parameters the model's inputs declare, for "did you mean".
+    pub size_params: Vec<String>,
     path: Vec<Segment>,
-    chain: Vec<Frame>,
+    /// Block calls and layer applications (`true`) and loop iterations (`false`); only the
+    /// calls are recorded on IR nodes, all of them in diagnostics.
+    chain: Vec<(Frame, bool)>,
     names: HashMap<String, usize>,
     layer_apps: Vec<(u32, u32)>,
     layer_counts: HashMap<u32, u32>,
@@ -136,6 +140,7 @@ impl<'s> Elab<'s> {
             diags: Vec::new(),
             params: HashMap::new(),
             dims: dims.into_iter().map(|(k, v)| (k, (v, false))).collect(),
+            size_params: Vec::new(),
             path: Vec::new(),
             chain: Vec::new(),
             names: HashMap::new(),
@@ -164,10 +169,36 @@ impl<'s> Elab<'s> {
 
     pub fn report(&mut self, mut d: Diagnostic) -> Reported {
         if d.chain.is_empty() {
-            d.chain = self.chain.iter().rev().cloned().collect();
+            d.chain = self.diagnostic_chain();
         }
         self.diags.push(d);
         Reported
+    }
+
+    /// The current chain for a diagnostic, innermost first, with runs of one repeated frame
+    /// (deep recursion) collapsed into one note.
+    fn diagnostic_chain(&self) -> Vec<Frame> {
+        let mut out: Vec<Frame> = Vec::new();
+        let mut repeats = 0;
+        for (frame, _) in self.chain.iter().rev() {
+            if out.last() == Some(frame) {
+                repeats += 1;
+                continue;
+            }
+            if repeats > 0 {
+                if let Some(last) = out.last_mut() {
+                    last.what = format!("{} ({repeats} more times)", last.what);
+                }
+                repeats = 0;
+            }
+            out.push(frame.clone());
+        }
+        if repeats > 0 {
+            if let Some(last) = out.last_mut() {
+                last.what = format!("{} ({repeats} more times)", last.what);
+            }
+        }
+        out
     }
 
     fn tick(&mut self, span: Span) -> R<()> {
@@ -293,7 +324,8 @@ impl<'s> Elab<'s> {
                 .chain
                 .iter()
                 .rev()
-                .map(|f| self.location(f.span))
+                .filter(|(_, call)| *call)
+                .map(|(f, _)| self.location(f.span))
                 .collect(),
         };
         Ok(self.graph.add(node, inputs))
@@ -363,8 +395,20 @@ impl<'s> Elab<'s> {
                 .apps
                 .iter()
                 .any(|(id, n)| self.layer_apps.iter().any(|(cid, cn)| cid == id && cn != n));
-            if shared && self.graph.node(prev.node).shape == shape {
+            let prev_shape = self.graph.node(prev.node).shape.clone();
+            if shared && prev_shape == shape {
                 return Ok(prev.node);
+            }
+            if shared {
+                let d = Diagnostic::new(
+                    Phase::Shape,
+                    codes::SHAPE,
+                    format!("a shared layer is applied to inputs of different shapes: `{key}` would be {shape:?} here but is {prev_shape:?}"),
+                )
+                .at(span, format!("needs `{key}` of shape {shape:?}"))
+                .with_secondary(prev.span, format!("first applied here, with `{key}` of shape {prev_shape:?}"))
+                .with_help("a layer value shares its parameters across applications, so its inputs must agree in the sizes the parameters depend on");
+                return Err(self.report(d));
             }
             let d = Diagnostic::new(Phase::Elaboration, codes::DUPLICATE_PATH, format!("parameter `{key}` is defined twice"))
                 .at(span, "defined again here")
@@ -383,7 +427,7 @@ impl<'s> Elab<'s> {
         let origin = ParamOrigin {
             node,
             span,
-            chain: self.chain.iter().rev().cloned().collect(),
+            chain: self.diagnostic_chain(),
             apps: self.layer_apps.clone(),
         };
         self.params.insert(key, origin);
@@ -418,6 +462,12 @@ impl<'s> Elab<'s> {
             format!("unknown name `{name}`"),
         )
         .at(span, "not found in this scope");
+        if self.modules[ctx.module].is_pending(name) {
+            let d = d.with_help(format!(
+                "`{name}` is defined by a later top-level `let`; move that `let` above this use"
+            ));
+            return Err(self.report(d));
+        }
         if let Some(s) = did_you_mean(name, candidates.iter().map(String::as_str)) {
             d = d.with_help(format!("did you mean `{s}`?"));
         }
@@ -449,7 +499,7 @@ impl<'s> Elab<'s> {
             }
             ExprKind::Unary { op, expr } => {
                 let v = self.eval(ctx, expr, Hint::None)?;
-                self.unary(*op, v, e.span)
+                self.unary(*op, v, e.span, hint)
             }
             ExprKind::Binary { op, lhs, rhs } => {
                 if matches!(op, BinOp::And | BinOp::Or) {
@@ -861,7 +911,7 @@ impl<'s> Elab<'s> {
             ));
         }
         self.depth += 1;
-        self.chain.push(Frame { what, span });
+        self.chain.push((Frame::call(what, span), true));
         Ok(())
     }
 
@@ -890,11 +940,12 @@ impl<'s> Elab<'s> {
                         )
                         .at(a.span, "unknown keyword argument");
                         let names: Vec<&str> = op.args.iter().map(|s| s.name).collect();
-                        d = match did_you_mean(k, names.iter().copied()) {
-                            Some(s) => d.with_help(format!("did you mean `{s}`?")),
-                            None => {
-                                d.with_help(format!("`{}` takes: {}", op.name, names.join(", ")))
+                        d = match (pytorch_spelling(k), did_you_mean(k, names.iter().copied())) {
+                            (Some(help), _) if op.arg(help).is_some() || help.starts_with(' ') => {
+                                d.with_help(pytorch_help(k, help))
                             }
+                            (_, Some(s)) => d.with_help(format!("did you mean `{s}`?")),
+                            _ => d.with_help(format!("`{}` takes: {}", op.name, names.join(", "))),
                         };
                         return Err(self.report(d));
                     };
@@ -1155,7 +1206,10 @@ impl<'s> Elab<'s> {
                     codes::SHAPE,
                     format!("shape error in `{}`", op.name),
                 )
-                .at(span, msg)
+                .at(
+                    span,
+                    msg.strip_prefix(&format!("{}: ", op.name)).unwrap_or(&msg),
+                )
                 .with_note(format!("operand shapes: {}", operands.join(", ")));
                 return Err(self.report(d));
             }
@@ -1234,20 +1288,31 @@ impl<'s> Elab<'s> {
             };
             return Ok(self.new_layer(LayerKind::Partial { callee, args }, hint, span));
         }
+        // Argument errors are reported at the call, before entering the block.
         let mut ctx = Ctx::new(module, BodyKind::Block);
+        self.bind_params(&mut ctx, &def.name.name, &def.params, args, span)?;
         self.enter(format!("block `{}`", def.name.name), span)?;
         let saved = self.path.len();
         self.path.extend(Self::hint_segments(&hint, span));
-        let r = self
-            .bind_params(&mut ctx, &def.name.name, &def.params, args, span)
-            .and_then(|()| {
-                self.exec_body(&mut ctx, &def.body)?;
-                let v = ctx.returned.take().unwrap_or(Value::None);
-                if let Some(ty) = &def.ret {
-                    self.check_type(&mut ctx, &v, ty, span, "result")?;
+        let r = self.exec_body(&mut ctx, &def.body).and_then(|()| {
+            let Some(v) = ctx.returned.take() else {
+                if def.ret.is_none() {
+                    return Ok(Value::None);
                 }
-                Ok(v)
-            });
+                let d = Diagnostic::new(
+                    Phase::Elaboration,
+                    codes::MISPLACED,
+                    format!("block `{}` ends without `return`", def.name.name),
+                )
+                .at(def.name.span, "declares a result but never returns one")
+                .with_help("end the body with `return expr;`");
+                return Err(self.report(d));
+            };
+            if let Some(ty) = &def.ret {
+                self.check_type(&mut ctx, &v, ty, span, "result")?;
+            }
+            Ok(v)
+        });
         self.path.truncate(saved);
         self.leave();
         r
@@ -1315,29 +1380,24 @@ impl<'s> Elab<'s> {
             given[i] = Some(a);
         }
         for (p, g) in params.iter().zip(given) {
-            let v = match g {
-                Some(a) => a.value,
+            let (v, at) = match g {
+                Some(a) => (a.value, a.span),
                 None => match &p.default {
-                    Some(d) => self.eval(ctx, d, Hint::None)?,
+                    Some(d) => (self.eval(ctx, d, Hint::None)?, d.span),
                     None => {
-                        return Err(self.error(
-                            Phase::Elaboration,
-                            codes::BAD_VALUE,
-                            span,
+                        let d = Diagnostic::new(
+                            Phase::Resolution,
+                            codes::BAD_ARG,
                             format!("`{callee}` needs argument `{}`", p.name.name),
-                            format!("missing `{}`", p.name.name),
-                        ));
+                        )
+                        .at(span, format!("missing `{}`", p.name.name))
+                        .with_secondary(p.name.span, "declared here without a default");
+                        return Err(self.report(d));
                     }
                 },
             };
             if let Some(ty) = &p.ty {
-                self.check_type(
-                    ctx,
-                    &v,
-                    ty,
-                    p.name.span,
-                    &format!("parameter `{}`", p.name.name),
-                )?;
+                self.check_type(ctx, &v, ty, at, &format!("parameter `{}`", p.name.name))?;
             }
             let v = match (&p.ty, v) {
                 (
@@ -1385,7 +1445,7 @@ impl<'s> Elab<'s> {
             (TypeKind::Tensor(dims), Value::Tensor(t)) => {
                 if let Some(dims) = dims {
                     let shape = self.shape_of(*t).clone();
-                    self.match_shape(ctx, &shape, dims, ty.span, what)?;
+                    self.match_shape(ctx, &shape, dims, span, what)?;
                 }
                 true
             }
@@ -1447,7 +1507,8 @@ impl<'s> Elab<'s> {
                     codes::SHAPE,
                     format!("{what} has shape {shape:?}, which does not match the declared type"),
                 )
-                .at(d.span, format!("expected {want}, found {actual}"));
+                .at(d.span, format!("expected {want}, found {actual}"))
+                .with_secondary(span, format!("this has shape {shape:?}"));
                 return Err(self.report(d));
             }
         }
@@ -1708,9 +1769,12 @@ impl<'s> Elab<'s> {
                 let it = self.eval(ctx, iter, Hint::None)?;
                 let mut failed = false;
                 for item in self.iterate(&it, iter.span)? {
+                    let what = iteration_note(self.sources.snippet(pat.span()), &item);
                     self.bind_pattern(ctx, pat, item)?;
                     let pushed = self.push_template(ctx, path.as_ref())?;
+                    self.chain.push((Frame::iteration(what, s.span), false));
                     let r = self.exec_body(ctx, body);
+                    self.chain.pop();
                     self.path.truncate(self.path.len() - pushed);
                     if r.is_err() {
                         failed = true;
@@ -1787,6 +1851,15 @@ impl<'s> Elab<'s> {
                 dims,
                 init,
             } => self.decl(ctx, s.span, *kind, name, dtype, dims, init.as_ref()),
+            StmtKind::Rename { .. } | StmtKind::Ignore { .. } if ctx.kind != BodyKind::Model => {
+                Err(self.error(
+                    Phase::Elaboration,
+                    codes::MISPLACED,
+                    s.span,
+                    "`rename` and `ignore` are only allowed in a model",
+                    "checkpoint key rules belong to the model",
+                ))
+            }
             StmtKind::Rename {
                 from,
                 from_span,
@@ -1881,7 +1954,20 @@ impl<'s> Elab<'s> {
     /// One dimension of an `input`: a `--dim` override, a default, a bound name, or a value.
     fn input_dim(&mut self, ctx: &mut Ctx, d: &InputDim) -> R<usize> {
         let size = match (&d.name, &d.value) {
+            // A name already bound (a model parameter, an earlier input's size parameter) is a
+            // value, not a size parameter of its own.
+            (Some(n), None)
+                if ctx.get(&n.name).is_some() || self.global(ctx.module, &n.name).is_some() =>
+            {
+                let v = ctx
+                    .get(&n.name)
+                    .cloned()
+                    .or_else(|| self.global(ctx.module, &n.name))
+                    .unwrap_or(Value::Poison);
+                self.expect_int(&v, n.span, "a dimension")?
+            }
             (Some(n), default) => {
+                self.size_params.push(n.name.clone());
                 if let Some((v, used)) = self.dims.get_mut(&n.name) {
                     *used = true;
                     let v = *v;
@@ -1892,12 +1978,6 @@ impl<'s> Elab<'s> {
                     let v = self.expect_int(&v, e.span, "a dimension")?;
                     ctx.set(&n.name, Value::Int(v));
                     v
-                } else if let Some(v) = ctx
-                    .get(&n.name)
-                    .cloned()
-                    .or_else(|| self.global(ctx.module, &n.name))
-                {
-                    self.expect_int(&v, n.span, "a dimension")?
                 } else {
                     let d = Diagnostic::new(
                         Phase::Elaboration,
@@ -2184,7 +2264,7 @@ impl<'s> Elab<'s> {
 
     // ----- operators -------------------------------------------------------------------
 
-    fn unary(&mut self, op: UnOp, v: Value, span: Span) -> R<Value> {
+    fn unary(&mut self, op: UnOp, v: Value, span: Span, hint: Hint) -> R<Value> {
         match (op, v) {
             (_, Value::Poison) => Ok(Value::Poison),
             (UnOp::Neg, Value::Int(i)) => i
@@ -2192,13 +2272,19 @@ impl<'s> Elab<'s> {
                 .map(Value::Int)
                 .ok_or_else(|| self.overflow(span)),
             (UnOp::Neg, Value::Float(f)) => Ok(Value::Float(-f)),
-            (UnOp::Neg, Value::Tensor(t)) => self.emit_op(
-                ops::lookup("neg").expect("neg op"),
-                Attrs::new(),
-                &[t],
-                span,
-                Hint::None,
-            ),
+            (UnOp::Neg, Value::Tensor(t)) => {
+                let hint = match hint {
+                    Hint::Path(p) => Hint::Path(p),
+                    _ => Hint::None,
+                };
+                self.emit_op(
+                    ops::lookup("neg").expect("neg op"),
+                    Attrs::new(),
+                    &[t],
+                    span,
+                    hint,
+                )
+            }
             (UnOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
             (op, v) => {
                 let sym = if op == UnOp::Neg { "-" } else { "!" };
@@ -2482,6 +2568,36 @@ impl HelpHint for Reported {
             d.help = Some("in a block or model, a call must be bound to a name; bare calls are only seq elements".into());
         }
         self
+    }
+}
+
+/// The note for one iteration of a `for` loop: `iteration `i = 3` of `for``.
+fn iteration_note(pattern: &str, item: &Value) -> String {
+    let mut value = item.to_string();
+    if value.chars().count() > 48 {
+        value = value.chars().take(45).collect::<String>() + "...";
+    }
+    format!("iteration `{pattern} = {value}` of the `for`")
+}
+
+/// bbc's name for a PyTorch keyword argument, or (starting with a space) why it has none.
+fn pytorch_spelling(k: &str) -> Option<&'static str> {
+    Some(match k {
+        "kernel_size" | "kernel" => "k",
+        "stride" => "s",
+        "padding" => "pad",
+        "out_channels" | "out_features" | "num_features" => "out",
+        "in_channels" | "in_features" => " inferred",
+        "dim" => "axis",
+        "bias_attr" => "bias",
+        _ => return None,
+    })
+}
+
+fn pytorch_help(k: &str, spelling: &str) -> String {
+    match spelling.strip_prefix(' ') {
+        Some(_) => format!("`{k}` is inferred from the input tensor's shape; leave it out"),
+        None => format!("bbc spells PyTorch's `{k}` as `{spelling}`"),
     }
 }
 

@@ -16,7 +16,7 @@ use crate::ir::{self, Graph};
 use bbc_grammar::ast::{self, Item};
 use bbc_grammar::{did_you_mean, Diagnostic, FileId, Frame, Phase, SourceMap, Span};
 use eval::{BodyKind, Ctx, Elab};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use value::{ArgValue, Callable, Hint, Value};
@@ -51,11 +51,18 @@ pub mod codes {
 pub struct Module {
     pub file: FileId,
     items: HashMap<String, Value>,
+    /// Top-level `let` names not evaluated yet (for a precise "used before its `let`").
+    pending: HashSet<String>,
 }
 
 impl Module {
     fn get(&self, name: &str) -> Option<Value> {
         self.items.get(name).cloned()
+    }
+
+    /// Whether `name` is a top-level `let` that has not been evaluated yet.
+    pub fn is_pending(&self, name: &str) -> bool {
+        self.pending.contains(name)
     }
 
     fn names(&self) -> Vec<String> {
@@ -101,6 +108,25 @@ pub struct Program {
     parsed: Vec<Parsed>,
 }
 
+/// Loading failed: every diagnostic, with the sources they point into.
+pub struct LoadError {
+    pub sources: SourceMap,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl LoadError {
+    /// The diagnostics rendered as `bbc` prints them.
+    pub fn render(&self) -> String {
+        bbc_grammar::diagnostic::render_all(&self.diagnostics, &self.sources)
+    }
+}
+
+impl std::fmt::Debug for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.render())
+    }
+}
+
 /// Which model to build, and the size parameters to bind.
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -136,7 +162,7 @@ fn io_diag(path: &Path, err: &std::io::Error, at: Option<Span>) -> Diagnostic {
 
 impl Program {
     /// Loads the spec at `path` and, recursively, its imports.
-    pub fn load(path: &Path, loader: &dyn Loader) -> Result<Program, Vec<Diagnostic>> {
+    pub fn load(path: &Path, loader: &dyn Loader) -> Result<Program, LoadError> {
         let mut prog = Program {
             sources: SourceMap::new(),
             parsed: Vec::new(),
@@ -148,12 +174,15 @@ impl Program {
         if diags.is_empty() {
             Ok(prog)
         } else {
-            Err(diags)
+            Err(LoadError {
+                sources: prog.sources,
+                diagnostics: diags,
+            })
         }
     }
 
     /// Loads a spec from text (imports are resolved against the current directory).
-    pub fn from_source(name: &str, text: &str) -> Result<Program, Vec<Diagnostic>> {
+    pub fn from_source(name: &str, text: &str) -> Result<Program, LoadError> {
         let loader = MemLoader(HashMap::from([(PathBuf::from(name), text.to_string())]));
         Program::load(Path::new(name), &loader)
     }
@@ -305,30 +334,36 @@ impl Program {
             return Err(vec![d]);
         };
         e.graph.name = name.clone();
+        let entry_span = match &entry {
+            Callable::Model { def, .. } => def.name.span,
+            Callable::Variant { def, .. } => def.name.span,
+            _ => unreachable!("filtered to models and variants above"),
+        };
         self.run_model(&mut e, entry, Vec::new(), 0);
         if e.diags.is_empty() {
-            let mut declared: Vec<&str> = Vec::new();
-            let unused: Vec<String> = e
+            let mut unused: Vec<String> = e
                 .dims
                 .iter()
                 .filter(|(_, (_, used))| !used)
                 .map(|(k, _)| k.clone())
                 .collect();
+            unused.sort();
+            let mut known = e.size_params.clone();
+            known.dedup();
             for k in unused {
-                declared.clear();
-                let names: Vec<String> = e
-                    .graph
-                    .inputs
-                    .iter()
-                    .map(|&i| e.graph.node(i).name.clone())
-                    .collect();
                 let mut d = Diagnostic::new(
                     Phase::Resolution,
                     codes::UNKNOWN_DIM,
                     format!("model `{name}` has no size parameter `{k}`"),
-                )
-                .with_note(format!("inputs: {}", names.join(", ")));
-                d = d.with_help("size parameters are the named dims of `input` statements, e.g. `input x: f32[B=1, 3, H=224, W=224];`");
+                );
+                d = match (did_you_mean(&k, known.iter().map(String::as_str)), known.is_empty()) {
+                    (Some(s), _) => d.with_help(format!("did you mean `{s}`?")),
+                    (None, true) => d.with_help("size parameters are the named dims of `input` statements, e.g. `input x: f32[B=1, 3, H=224, W=224];`"),
+                    (None, false) => d,
+                };
+                if !known.is_empty() {
+                    d = d.with_note(format!("its size parameters are: {}", known.join(", ")));
+                }
                 e.diags.push(d);
             }
             if e.graph.outputs.is_empty() && e.diags.is_empty() {
@@ -338,6 +373,7 @@ impl Program {
                         codes::NO_OUTPUT,
                         format!("model `{name}` has no outputs"),
                     )
+                    .at(entry_span, "this model produces nothing")
                     .with_help("add `output name = expr;`"),
                 );
             }
@@ -378,6 +414,7 @@ impl Program {
 
     fn build_module(&self, e: &mut Elab, index: usize, parsed: &Parsed) -> Module {
         let mut items: HashMap<String, Value> = HashMap::new();
+        let mut pending = HashSet::new();
         let mut spans: HashMap<String, Span> = HashMap::new();
         let mut define =
             |e: &mut Elab, name: &ast::Ident, v: Value, items: &mut HashMap<String, Value>| {
@@ -470,7 +507,13 @@ impl Program {
                     let mut names = Vec::new();
                     idents(pat, &mut names);
                     for n in names {
+                        // Only checked for duplicates here: the name is bound when its `let`
+                        // is evaluated, in order, so a use before it is an unknown name.
                         define(e, &n, Value::Poison, &mut items);
+                        if matches!(items.get(&n.name), Some(Value::Poison)) {
+                            items.remove(&n.name);
+                            pending.insert(n.name.clone());
+                        }
                     }
                 }
                 Item::Import { .. } => {}
@@ -479,6 +522,7 @@ impl Program {
         Module {
             file: parsed.file,
             items,
+            pending,
         }
     }
 
@@ -492,6 +536,7 @@ impl Program {
                 }
                 for frame in ctx.frames {
                     for (k, v) in frame {
+                        e.modules[index].pending.remove(&k);
                         e.modules[index].items.insert(k, v);
                     }
                 }
