@@ -217,12 +217,14 @@ pub fn call(
                     "step is 0",
                 ));
             }
+            // i128: the length of any i64 range fits, so extreme bounds cannot overflow.
+            let (start, stop, step) = (start as i128, stop as i128, step as i128);
             let n = if step > 0 {
                 (stop - start + step - 1).max(0) / step
             } else {
                 (start - stop - step - 1).max(0) / -step
             };
-            if n as usize > super::eval::MAX_LIST {
+            if n > super::eval::MAX_LIST as i128 {
                 return Err(e.error(
                     Phase::Elaboration,
                     codes::LIMIT,
@@ -231,8 +233,11 @@ pub fn call(
                     "here",
                 ));
             }
+            e.charge(n as u64, span)?;
             Ok(Value::list(
-                (0..n).map(|i| Value::Int(start + i * step)).collect(),
+                (0..n)
+                    .map(|i| Value::Int((start + i * step) as i64))
+                    .collect(),
             ))
         }
         "enumerate" => {
@@ -242,6 +247,9 @@ pub fn call(
                 None => 0,
             };
             let items = list_arg(e, a.pos[0])?;
+            if start.checked_add(items.len() as i64).is_none() {
+                return Err(e.overflow(span));
+            }
             Ok(Value::list(
                 items
                     .into_iter()
@@ -384,7 +392,9 @@ pub fn call(
         }
         "str" => {
             a.check(e, 1, 1, &[])?;
-            Ok(Value::str(a.pos[0].value.to_string()))
+            let text = a.pos[0].value.to_string();
+            e.check_str_len(text.len(), span)?;
+            Ok(Value::str(text))
         }
         "make_divisible" => {
             a.check(e, 1, 4, &["divisor", "min_value", "round_limit"])?;

@@ -11,7 +11,7 @@ use crate::ir::{DType, Graph, Node, NodeKind, ValueId};
 use crate::ops::{self, ArgType, Attr, Attrs, Default, Init, OpDef, ParamKind, Shape};
 use bbc_grammar::ast::*;
 use bbc_grammar::{did_you_mean, Diagnostic, Frame, Phase, SourceMap, Span};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 /// Marks an error that has already been reported.
@@ -24,8 +24,10 @@ pub type R<T> = Result<T, Reported>;
 pub const MAX_STEPS: u64 = 5_000_000;
 pub const MAX_DEPTH: usize = 64;
 pub const MAX_LIST: usize = 1_000_000;
+pub const MAX_NESTING: usize = 100;
 pub const MAX_NODES: usize = 200_000;
 pub const MAX_NUMEL: u64 = 1 << 31;
+pub const MAX_ARG_INT: u64 = (1 << 31) - 1;
 
 /// Where a parameter key was declared, for duplicate and checkpoint diagnostics.
 #[derive(Clone, Debug)]
@@ -119,6 +121,8 @@ pub struct Elab<'s> {
     /// calls are recorded on IR nodes, all of them in diagnostics.
     chain: Vec<(Frame, bool)>,
     names: HashMap<String, usize>,
+    /// Every value name in the graph (a set, so naming stays O(1) per value).
+    taken: HashSet<String>,
     layer_apps: Vec<(u32, u32)>,
     layer_counts: HashMap<u32, u32>,
     next_layer: u32,
@@ -144,6 +148,7 @@ impl<'s> Elab<'s> {
             path: Vec::new(),
             chain: Vec::new(),
             names: HashMap::new(),
+            taken: HashSet::new(),
             layer_apps: Vec::new(),
             layer_counts: HashMap::new(),
             next_layer: 0,
@@ -202,7 +207,13 @@ impl<'s> Elab<'s> {
     }
 
     fn tick(&mut self, span: Span) -> R<()> {
-        self.steps += 1;
+        self.charge(1, span)
+    }
+
+    /// Counts `n` units of work (an evaluation step, or an element allocated or visited)
+    /// against the elaboration budget, so that no spec can run or allocate without end.
+    pub fn charge(&mut self, n: u64, span: Span) -> R<()> {
+        self.steps = self.steps.saturating_add(n);
         if self.steps > MAX_STEPS {
             if !self.step_limit_hit {
                 self.step_limit_hit = true;
@@ -277,7 +288,7 @@ impl<'s> Elab<'s> {
     fn unique(&mut self, base: String) -> String {
         let count = self.names.entry(base.clone()).or_insert(0);
         *count += 1;
-        if *count == 1 && self.graph.find(&base).is_none() {
+        if *count == 1 && !self.taken.contains(&base) {
             base
         } else {
             let n = *count - 1;
@@ -289,6 +300,7 @@ impl<'s> Elab<'s> {
     pub fn name_value(&mut self, id: ValueId, hint: &Hint) {
         if let Hint::Path(p) = hint {
             let name = self.fresh_name(&p.join("."));
+            self.taken.insert(name.clone());
             self.graph.nodes[id].name = name;
         }
     }
@@ -328,6 +340,7 @@ impl<'s> Elab<'s> {
                 .map(|(f, _)| self.location(f.span))
                 .collect(),
         };
+        self.taken.insert(node.name.clone());
         Ok(self.graph.add(node, inputs))
     }
 
@@ -487,15 +500,25 @@ impl<'s> Elab<'s> {
             ExprKind::None => Ok(Value::None),
             ExprKind::Str(s) => Ok(Value::str(self.interpolate(ctx, s)?)),
             ExprKind::Ident(name) => self.lookup(ctx, name, e.span),
-            ExprKind::List(items) => Ok(Value::list(self.eval_all(ctx, items)?)),
-            ExprKind::Tuple(items) => Ok(Value::Tuple(Rc::new(self.eval_all(ctx, items)?))),
+            ExprKind::List(items) => {
+                let v = Value::list(self.eval_all(ctx, items)?);
+                self.check_size(&v, e.span)?;
+                Ok(v)
+            }
+            ExprKind::Tuple(items) => {
+                let v = Value::Tuple(Rc::new(self.eval_all(ctx, items)?));
+                self.check_size(&v, e.span)?;
+                Ok(v)
+            }
             ExprKind::Comprehension { elem, clauses } => {
                 let mut out = Vec::new();
                 ctx.frames.push(HashMap::new());
                 let r = self.comprehension(ctx, elem, clauses, &mut out);
                 ctx.frames.pop();
                 r?;
-                Ok(Value::list(out))
+                let v = Value::list(out);
+                self.check_size(&v, e.span)?;
+                Ok(v)
             }
             ExprKind::Unary { op, expr } => {
                 let v = self.eval(ctx, expr, Hint::None)?;
@@ -600,6 +623,78 @@ impl<'s> Elab<'s> {
         results.into_iter().collect()
     }
 
+    /// Rejects compile-time values that are too large or too deeply nested to handle safely:
+    /// lists may share sub-lists, so the size that matters (to printing, comparing, iterating)
+    /// is the size of the tree, computed here in time linear in the distinct lists.
+    pub fn check_size(&mut self, v: &Value, span: Span) -> R<()> {
+        fn measure(
+            v: &Value,
+            depth: usize,
+            memo: &mut HashMap<*const Vec<Value>, (u64, usize)>,
+            visited: &mut u64,
+        ) -> (u64, usize) {
+            let items = match v {
+                Value::List(items) | Value::Tuple(items) => items,
+                Value::Str(s) => return (1 + s.len() as u64 / 64, 0),
+                _ => return (1, 0),
+            };
+            if depth > MAX_NESTING {
+                return (u64::MAX, depth);
+            }
+            if let Some(&m) = memo.get(&Rc::as_ptr(items)) {
+                return m;
+            }
+            *visited += items.len() as u64;
+            let mut size = 1u64;
+            let mut deepest = 0;
+            for item in items.iter() {
+                let (s, d) = measure(item, depth + 1, memo, visited);
+                size = size.saturating_add(s);
+                deepest = deepest.max(d);
+            }
+            let m = (size, deepest + 1);
+            memo.insert(Rc::as_ptr(items), m);
+            m
+        }
+        let mut visited = 0;
+        let (size, depth) = measure(v, 0, &mut HashMap::new(), &mut visited);
+        self.charge(visited, span)?;
+        if depth > MAX_NESTING {
+            return Err(self.error(
+                Phase::Elaboration,
+                codes::LIMIT,
+                span,
+                format!("value nested more than {MAX_NESTING} levels deep"),
+                "built here",
+            ));
+        }
+        if size > MAX_LIST as u64 {
+            return Err(self.error(
+                Phase::Elaboration,
+                codes::LIMIT,
+                span,
+                format!("value too large: more than {MAX_LIST} elements in all"),
+                "built here",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Strings are bounded like lists.
+    pub fn check_str_len(&mut self, len: usize, span: Span) -> R<()> {
+        self.charge(len as u64 / 16, span)?;
+        if len > MAX_LIST {
+            return Err(self.error(
+                Phase::Elaboration,
+                codes::LIMIT,
+                span,
+                format!("string too long: {len} bytes, at most {MAX_LIST}"),
+                "built here",
+            ));
+        }
+        Ok(())
+    }
+
     fn new_layer(&mut self, kind: LayerKind, hint: Hint, span: Span) -> Value {
         self.next_layer += 1;
         Value::Layer(Rc::new(Layer {
@@ -671,6 +766,7 @@ impl<'s> Elab<'s> {
                         ));
                     }
                     out.push_str(&v.to_string());
+                    self.check_str_len(out.len(), e.span)?;
                 }
             }
         }
@@ -886,7 +982,9 @@ impl<'s> Elab<'s> {
                         return self.call_op(op, args, span, hint);
                     }
                 }
-                builtins::call(self, name, args, span, hint)
+                let v = builtins::call(self, name, args, span, hint)?;
+                self.check_size(&v, span)?;
+                Ok(v)
             }
             Callable::Fn { module, def } => self.call_fn(module, &def, args, span),
             Callable::Block { module, def } => self.call_block(module, &def, args, span, hint),
@@ -1095,6 +1193,25 @@ impl<'s> Elab<'s> {
     }
 
     fn arg_attr(&mut self, op: &str, spec: &ops::ArgSpec, v: &Value, span: Span) -> R<Attr> {
+        // Sizes, strides, paddings and axes beyond 2^31 are mistakes; rejecting them here
+        // keeps every shape rule free of overflow.
+        let out_of_range = match v {
+            Value::Int(i) => i.unsigned_abs() > MAX_ARG_INT,
+            _ => v.items().is_some_and(|items| {
+                items
+                    .iter()
+                    .any(|x| matches!(x, Value::Int(i) if i.unsigned_abs() > MAX_ARG_INT))
+            }),
+        };
+        if out_of_range {
+            return Err(self.error(
+                Phase::Elaboration,
+                codes::BAD_VALUE,
+                span,
+                format!("argument `{}` of `{op}` is out of range", spec.name),
+                format!("integer arguments must lie within ±{MAX_ARG_INT}"),
+            ));
+        }
         let ints = |v: &Value| -> Option<Vec<i64>> {
             match v {
                 Value::Int(i) => Some(vec![*i]),
@@ -2055,7 +2172,7 @@ impl<'s> Elab<'s> {
             return Err(Reported);
         }
         self.check_numel(&shape, span, "input")?;
-        if self.graph.find(&name.name).is_some() {
+        if self.taken.contains(&name.name) {
             return Err(self.error(
                 Phase::Elaboration,
                 codes::DUPLICATE_PATH,
@@ -2403,15 +2520,24 @@ impl<'s> Elab<'s> {
                 ));
             }
             (BinOp::Concat, List(a), List(b)) => {
-                Some(Value::list(a.iter().chain(b.iter()).cloned().collect()))
+                self.charge((a.len() + b.len()) as u64, span)?;
+                let v = Value::list(a.iter().chain(b.iter()).cloned().collect());
+                self.check_size(&v, span)?;
+                Some(v)
             }
             (BinOp::Concat, Tuple(a), Tuple(b)) => {
-                Some(Tuple(Rc::new(a.iter().chain(b.iter()).cloned().collect())))
+                self.charge((a.len() + b.len()) as u64, span)?;
+                let v = Tuple(Rc::new(a.iter().chain(b.iter()).cloned().collect()));
+                self.check_size(&v, span)?;
+                Some(v)
             }
-            (BinOp::Add | BinOp::Concat, Str(a), Str(b)) => Some(Value::str(format!("{a}{b}"))),
+            (BinOp::Add | BinOp::Concat, Str(a), Str(b)) => {
+                self.check_str_len(a.len() + b.len(), span)?;
+                Some(Value::str(format!("{a}{b}")))
+            }
             (BinOp::Range, Int(a), Int(b)) => {
-                let n = (*b - *a).max(0);
-                if n as usize > MAX_LIST {
+                let n = (*b as i128 - *a as i128).max(0);
+                if n > MAX_LIST as i128 {
                     return Err(self.error(
                         Phase::Elaboration,
                         codes::LIMIT,
@@ -2420,6 +2546,7 @@ impl<'s> Elab<'s> {
                         "at most 1000000",
                     ));
                 }
+                self.charge(n as u64, span)?;
                 Some(Value::list((*a..*b).map(Int).collect()))
             }
             (BinOp::Eq, a, b) => Some(Bool(values_equal(a, b))),

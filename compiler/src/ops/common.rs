@@ -170,7 +170,7 @@ pub fn broadcast_shapes(a: &[usize], b: &[usize]) -> Result<Shape, String> {
 /// Output length of a sliding window (conv, pool) along one axis: `k_eff` is the dilated
 /// kernel extent. `None` when the padded input is shorter than the window.
 pub fn window_out(len: usize, k_eff: usize, stride: usize, pad: usize) -> Option<usize> {
-    let padded = len + 2 * pad;
+    let padded = pad.checked_mul(2)?.checked_add(len)?;
     (padded >= k_eff).then(|| (padded - k_eff) / stride + 1)
 }
 
@@ -189,8 +189,8 @@ pub fn window_out_2d(
         (Some(h), Some(w)) => Ok([h, w]),
         _ => Err(format!(
             "{op}: padded input {}x{} is smaller than the {}x{} kernel",
-            hw[0] + 2 * pad[0],
-            hw[1] + 2 * pad[1],
+            hw[0].saturating_add(pad[0].saturating_mul(2)),
+            hw[1].saturating_add(pad[1].saturating_mul(2)),
             k_eff[0],
             k_eff[1]
         )),

@@ -116,11 +116,11 @@ pub static OPS: &[OpDef] = &[
 
 fn reshape_target(x: &[usize], spec: &[i64]) -> Result<Shape, String> {
     let total = numel(x);
+    // Saturating: an absurd target size must fail the element-count check, not overflow.
     let known: u64 = spec
         .iter()
         .filter(|&&d| d >= 0)
-        .map(|&d| d as u64)
-        .product();
+        .fold(1u64, |acc, &d| acc.saturating_mul(d as u64));
     let fail = |why: &str| {
         Err(format!(
             "reshape: cannot reshape {x:?} ({total} elements) into {spec:?}: {why}"
