@@ -266,6 +266,7 @@ fn run_case(path: &Path) -> Outcome {
     let opts = Options {
         model: dir.model.clone(),
         dims: dir.dims.clone(),
+        ..Default::default()
     };
     let model = match program.elaborate(&opts) {
         Ok(m) => m,
@@ -286,6 +287,7 @@ fn run_case(path: &Path) -> Outcome {
         .elaborate(&Options {
             model: Some(from.clone()),
             dims: dir.dims.clone(),
+            ..Default::default()
         })
         .unwrap_or_else(|d| {
             panic!(

@@ -154,6 +154,7 @@ fn compile(ex: &Example) -> (String, Vec<String>) {
         let opts = Options {
             model: Some(model.clone()),
             dims: Vec::new(),
+            ..Default::default()
         };
         if let Err(d) = prog.elaborate(&opts) {
             rendered.push_str(&format!("model `{model}`:\n{}", render(&d, &prog.sources)));

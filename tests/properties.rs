@@ -86,6 +86,7 @@ fn deep_sets_graph(model: &str, b: usize, n: usize) -> ir::Graph {
     let opts = Options {
         model: Some(model.to_string()),
         dims: vec![("B".into(), b as i64), ("N".into(), n as i64)],
+        ..Default::default()
     };
     match program.elaborate(&opts) {
         Ok(e) => e.graph,
@@ -549,6 +550,7 @@ fn pipeline(name: &str, text: &str, picks: (usize, usize), small_dims: bool) -> 
         let opts = Options {
             model: model.clone(),
             dims,
+            ..Default::default()
         };
         match program.elaborate(&opts) {
             Ok(e) => {
@@ -654,6 +656,7 @@ fn every_zoo_model_elaborates_and_its_ir_text_round_trips() {
             let opts = Options {
                 model: Some(model.clone()),
                 dims: Vec::new(),
+                ..Default::default()
             };
             let e = program.elaborate(&opts).unwrap_or_else(|d| {
                 panic!(

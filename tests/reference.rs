@@ -74,6 +74,7 @@ fn interpreter_matches_pytorch_on_every_fixture() {
         let opts = elab::Options {
             model: Some(case.model.clone()),
             dims: case.dims.clone(),
+            ..Default::default()
         };
         let model = program
             .elaborate(&opts)

@@ -42,6 +42,7 @@ fn ir_snapshot_per_model() {
             let opts = elab::Options {
                 model: Some(model.clone()),
                 dims: vec![],
+                ..Default::default()
             };
             let elaborated = program.elaborate(&opts).unwrap_or_else(|d| {
                 panic!(
@@ -86,6 +87,7 @@ fn ir_text_round_trips_for_every_model() {
         let opts = elab::Options {
             model: Some(model.clone()),
             dims: vec![],
+            ..Default::default()
         };
         let Ok(elaborated) = program.elaborate(&opts) else {
             continue;

@@ -9,6 +9,7 @@ fn elaborate(src: &str, model: Option<&str>, dims: &[(&str, i64)]) -> Result<Ela
     let opts = Options {
         model: model.map(str::to_string),
         dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
     };
     program.elaborate(&opts).map_err(|ds| {
         ds.iter()
@@ -161,6 +162,15 @@ model scaled(phi: int) = base(width=2 ** phi, depth=phi);
         .err()
         .expect("phi has no value");
     assert!(e.contains("E0313") || e.contains("needs argument"), "{e}");
+    let program = Program::from_source("t.bb", src).unwrap();
+    let opts = Options {
+        model: Some("scaled".into()),
+        args: vec![("phi".into(), "3".into())],
+        ..Default::default()
+    };
+    let m = program.elaborate(&opts).unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(m.graph.node(m.graph.outputs[0].value).shape, [1, 8]);
+    assert_eq!(param_table(&m.graph).len(), 6, "three layers of width 2**3");
     let e = elaborate(src, Some("wid"), &[])
         .err()
         .expect("unknown model");

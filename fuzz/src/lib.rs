@@ -73,6 +73,7 @@ pub fn fuzz_elaborate(data: &[u8]) {
         let opts = Options {
             model: model.clone(),
             dims: Vec::new(),
+            ..Default::default()
         };
         match program.elaborate(&opts) {
             Ok(e) => {

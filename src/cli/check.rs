@@ -40,13 +40,13 @@ pub fn main(args: &CheckArgs) -> CliResult {
     let program = load(&args.spec.spec)?;
     // A file without models falls through to the elaborator's diagnostic.
     if !args.all_models || program.models().is_empty() {
-        let m = elaborate(&program, args.spec.model.as_deref(), &args.spec.dims)?;
+        let m = elaborate(&program, args.spec.model.as_deref(), &args.spec)?;
         return print(&summary(&m));
     }
     let models = program.models();
     let mut failed = Vec::new();
     for name in &models {
-        match elaborate(&program, Some(name), &args.spec.dims) {
+        match elaborate(&program, Some(name), &args.spec) {
             Ok(m) => print(&summary(&m))?,
             Err(CliError(text)) => {
                 print(&format!("FAILED: {name}\n"))?;

@@ -48,6 +48,22 @@ pub struct SpecArgs {
     /// Binds a size parameter (a named dim of an `input`), e.g. `--dim B=8`; repeatable.
     #[arg(short = 'd', long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
     pub dims: Vec<(String, i64)>,
+
+    /// Sets a parameter of the model itself, e.g. `--arg phi=3` for
+    /// `model v(phi: int) = base(...)`; the value is a literal (int, float, true/false,
+    /// "string", [list]); repeatable.
+    #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = parse_arg)]
+    pub args: Vec<(String, String)>,
+}
+
+/// Parses `NAME=VALUE` for `--arg`; the value is checked when the model is built.
+fn parse_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_string(), value.to_string()))
+        }
+        _ => Err(format!("expected NAME=VALUE (e.g. phi=3), got `{s}`")),
+    }
 }
 
 /// Parses `NAME=VALUE` with an identifier name and an integer value.
@@ -80,11 +96,12 @@ pub fn load(spec: &Path) -> Result<Program, CliError> {
 pub fn elaborate(
     program: &Program,
     model: Option<&str>,
-    dims: &[(String, i64)],
+    spec: &SpecArgs,
 ) -> Result<Elaborated, CliError> {
     let opts = Options {
         model: model.map(str::to_string),
-        dims: dims.to_vec(),
+        dims: spec.dims.clone(),
+        args: spec.args.clone(),
     };
     program
         .elaborate(&opts)
@@ -95,7 +112,7 @@ impl SpecArgs {
     /// Loads the spec and elaborates the selected model.
     pub fn build(&self) -> Result<(Program, Elaborated), CliError> {
         let program = load(&self.spec)?;
-        let model = elaborate(&program, self.model.as_deref(), &self.dims)?;
+        let model = elaborate(&program, self.model.as_deref(), self)?;
         Ok((program, model))
     }
 }

@@ -132,6 +132,9 @@ impl std::fmt::Debug for LoadError {
 pub struct Options {
     pub model: Option<String>,
     pub dims: Vec<(String, i64)>,
+    /// Arguments for the model's own parameters (`NAME`, literal text such as `3`, `1.5`,
+    /// `true`, `"avg"` or `[1, 2]`), e.g. for a variant `model v(phi: int) = base(...)`.
+    pub args: Vec<(String, String)>,
 }
 
 /// Where a parameter or buffer was declared.
@@ -339,7 +342,28 @@ impl Program {
             Callable::Variant { def, .. } => def.name.span,
             _ => unreachable!("filtered to models and variants above"),
         };
-        self.run_model(&mut e, entry, Vec::new(), 0);
+        let mut overrides = Vec::new();
+        for (k, text) in &opts.args {
+            match parse_literal(text) {
+                Some(value) => overrides.push(ArgValue {
+                    name: Some(k.clone()),
+                    value,
+                    span: entry_span,
+                }),
+                None => {
+                    let d = Diagnostic::new(
+                        Phase::Elaboration,
+                        codes::BAD_VALUE,
+                        format!("cannot read the value of model argument `{k}`: `{text}`"),
+                    )
+                    .with_help(
+                        "use a literal: an int, a float, true/false, a \"string\" or a [list]",
+                    );
+                    return Err(vec![d]);
+                }
+            }
+        }
+        self.run_model(&mut e, entry, overrides, 0);
         if e.diags.is_empty() {
             let mut unused: Vec<String> = e
                 .dims
@@ -634,6 +658,49 @@ impl Program {
             _ => unreachable!("run_model is given models and variants only"),
         }
     }
+}
+
+/// A compile-time literal given on the command line: int, float, bool, `none`, a quoted
+/// string, or a bracketed list of those.
+pub fn parse_literal(text: &str) -> Option<Value> {
+    let t = text.trim();
+    if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+        if inner.trim().is_empty() {
+            return Some(Value::list(Vec::new()));
+        }
+        // Nested lists are split at top-level commas only.
+        let mut items = Vec::new();
+        let (mut depth, mut start) = (0i32, 0);
+        for (i, c) in inner.char_indices() {
+            match c {
+                '[' => depth += 1,
+                ']' => depth -= 1,
+                ',' if depth == 0 => {
+                    items.push(parse_literal(&inner[start..i])?);
+                    start = i + 1;
+                }
+                _ => {}
+            }
+        }
+        items.push(parse_literal(&inner[start..])?);
+        return Some(Value::list(items));
+    }
+    if let Some(s) = t.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+        return Some(Value::str(s));
+    }
+    match t {
+        "true" => return Some(Value::Bool(true)),
+        "false" => return Some(Value::Bool(false)),
+        "none" => return Some(Value::None),
+        _ => {}
+    }
+    if let Ok(i) = t.parse::<i64>() {
+        return Some(Value::Int(i));
+    }
+    t.parse::<f64>()
+        .ok()
+        .filter(|f| f.is_finite())
+        .map(Value::Float)
 }
 
 /// Lexically normalised path (resolves `.` and `..`), used to recognise a file imported twice.
