@@ -2068,6 +2068,20 @@ impl<'s> Elab<'s> {
         }
     }
 
+    /// Element types a spec may declare; everything computes in f32 today.
+    fn check_dtype(&mut self, dtype: &Ident) -> R<()> {
+        if dtype.name == "f32" {
+            return Ok(());
+        }
+        Err(self.error(
+            Phase::Elaboration,
+            codes::TYPE,
+            dtype.span,
+            format!("unsupported dtype `{}`", dtype.name),
+            "only f32 is supported",
+        ))
+    }
+
     /// One dimension of an `input`: a `--dim` override, a default, a bound name, or a value.
     fn input_dim(&mut self, ctx: &mut Ctx, d: &InputDim) -> R<usize> {
         let size = match (&d.name, &d.value) {
@@ -2144,15 +2158,7 @@ impl<'s> Elab<'s> {
                 "blocks take tensors as parameters",
             ));
         }
-        if dtype.name != "f32" {
-            return Err(self.error(
-                Phase::Elaboration,
-                codes::TYPE,
-                dtype.span,
-                format!("unsupported input dtype `{}`", dtype.name),
-                "only f32 inputs are supported",
-            ));
-        }
+        self.check_dtype(dtype)?;
         // Every dim is evaluated even after a failure; a failed named dim is bound to
         // `Poison` so later uses of it stay silent.
         let mut shape = Vec::new();
@@ -2199,15 +2205,7 @@ impl<'s> Elab<'s> {
         dims: &[Expr],
         init: Option<&Expr>,
     ) -> R<()> {
-        if dtype.name != "f32" {
-            return Err(self.error(
-                Phase::Elaboration,
-                codes::TYPE,
-                dtype.span,
-                format!("unsupported dtype `{}`", dtype.name),
-                "only f32 is supported",
-            ));
-        }
+        self.check_dtype(dtype)?;
         let mut shape = Vec::new();
         for d in dims {
             let v = self.eval(ctx, d, Hint::None)?;
