@@ -147,13 +147,25 @@ def run_reference(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Te
         return model(**inputs)
 
 
-def f64_discrepancy(model: nn.Module, inputs: dict[str, torch.Tensor], out32: torch.Tensor) -> float:
+def flatten_outputs(name: str, out) -> dict[str, torch.Tensor]:
+    """Name a model's result the way bbc names outputs: a tensor keeps `name`, a (nested)
+    list or tuple of tensors becomes `name.0`, `name.1`, `name.0.1`, ..."""
+    if isinstance(out, torch.Tensor):
+        return {name: out}
+    flat: dict[str, torch.Tensor] = {}
+    for i, item in enumerate(out):
+        flat.update(flatten_outputs(f"{name}.{i}", item))
+    return flat
+
+
+def f64_discrepancy(model: nn.Module, inputs: dict[str, torch.Tensor],
+                    out32: dict[str, torch.Tensor], output_name: str) -> float:
     """Max |f32 output - f64 output| of the same model/weights: a measure of float
     rounding noise, used to check that the case tolerance is meaningful."""
     import copy
     m64 = copy.deepcopy(model).double()
-    out64 = run_reference(m64, {k: v.double() for k, v in inputs.items()})
-    return float((out32.double() - out64).abs().max())
+    out64 = flatten_outputs(output_name, run_reference(m64, {k: v.double() for k, v in inputs.items()}))
+    return max(float((out32[k].double() - out64[k]).abs().max()) for k in out32)
 
 
 def write_case(out_dir: Path, case: str, *, model: nn.Module, spec: str, bbc_model: str,
@@ -162,9 +174,10 @@ def write_case(out_dir: Path, case: str, *, model: nn.Module, spec: str, bbc_mod
     """Run `model` on `inputs`, save everything for one case and print a summary line."""
     for name, t in inputs.items():
         assert t.dtype == torch.float32, f"{case}: input {name} must be float32"
-    out = run_reference(model, inputs)
-    assert out.dtype == torch.float32 and torch.isfinite(out).all(), f"{case}: bad output"
-    noise = f64_discrepancy(model, inputs, out)
+    outs = flatten_outputs(output_name, run_reference(model, inputs))
+    for t in outs.values():
+        assert t.dtype == torch.float32 and torch.isfinite(t).all(), f"{case}: bad output"
+    noise = f64_discrepancy(model, inputs, outs, output_name)
     assert noise < tolerance / 10, (
         f"{case}: f32-vs-f64 discrepancy {noise:.2e} too close to tolerance {tolerance:.0e}")
 
@@ -176,20 +189,23 @@ def write_case(out_dir: Path, case: str, *, model: nn.Module, spec: str, bbc_mod
                  metadata={"reference": reference})
     for name, t in inputs.items():
         save_npy(folder / f"{name}.npy", t)
-    save_npy(folder / f"{output_name}.npy", out)
+    for name, t in outs.items():
+        save_npy(folder / f"{name}.npy", t)
     meta = {
         "spec": spec,
         "model": bbc_model,
         "dims": dims,
         "inputs": list(inputs),
-        "outputs": [output_name],
+        "outputs": list(outs),
         "tolerance": tolerance,
         "reference": reference,
     }
     (folder / "case.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
-    print(f"{case:32s} {output_name}{list(out.shape)} max|out|={out.abs().max():.4f} "
+    out = next(iter(outs.values()))
+    print(f"{case:32s} {next(iter(outs))}{list(out.shape)} (+{len(outs) - 1}) "
+          f"max|out|={max(float(t.abs().max()) for t in outs.values()):.4f} "
           f"std={out.std():.4f} f64-noise={noise:.1e} tol={tolerance:.0e} "
           f"weights={sizes['weights.safetensors'] / 1024:.1f}KiB "
           f"total={sum(sizes.values()) / 1024:.1f}KiB")
@@ -349,17 +365,38 @@ CASES: dict[str, Callable[[Path], None]] = {
 }
 
 
+def all_cases() -> dict[str, Callable[[Path], None]]:
+    """The cases above plus those of every family module in ``tools/reference/cases/``:
+    each such module defines ``CASES`` (case name -> function writing that case) and may
+    import the helpers of this file (``from make_fixtures import write_case, ...``)."""
+    import importlib.util
+
+    cases = dict(CASES)
+    folder = Path(__file__).resolve().parent / "cases"
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    for path in sorted(folder.glob("*.py")):
+        spec = importlib.util.spec_from_file_location(f"cases.{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        for name, fn in module.CASES.items():
+            if name in cases:
+                raise SystemExit(f"case `{name}` is defined twice ({path.name})")
+            cases[name] = fn
+    return cases
+
+
 def main(argv: list[str] | None = None) -> int:
+    cases = all_cases()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT,
                     help=f"output folder (default {DEFAULT_OUT}, relative to the repo root)")
-    ap.add_argument("--only", choices=sorted(CASES), action="append",
+    ap.add_argument("--only", choices=sorted(cases), action="append",
                     help="generate only this case (repeatable)")
     args = ap.parse_args(argv)
 
     set_determinism()
-    for name in args.only or CASES:
-        CASES[name](args.out)
+    for name in args.only or cases:
+        cases[name](args.out)
     total = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())
     print(f"{'total under ' + str(args.out):32s} {total / 1024:.1f} KiB ({total / 2**20:.2f} MiB)")
     return 0

@@ -16,8 +16,10 @@ mod layout;
 mod linear;
 mod norm;
 mod pool;
+mod quality;
 mod reduce;
 mod source;
+mod wavelet;
 
 use ndarray::ArrayD;
 use std::collections::BTreeMap;
@@ -283,6 +285,8 @@ pub fn table() -> impl Iterator<Item = &'static OpDef> {
         pool::OPS,
         reduce::OPS,
         layout::OPS,
+        wavelet::OPS,
+        quality::OPS,
     ]
     .into_iter()
     .flat_map(|ops| ops.iter())

@@ -1,0 +1,5 @@
+//! (being written)
+
+use super::OpDef;
+
+pub static OPS: &[OpDef] = &[];
