@@ -12,12 +12,13 @@ use std::ops::Range;
 const K: super::ArgSpec = arg("k", ArgType::Pair, Default::Required);
 const S: super::ArgSpec = arg("s", ArgType::OptPair, Default::None);
 const PAD: super::ArgSpec = arg("pad", ArgType::Pair, Default::Int(0));
+const CEIL: super::ArgSpec = arg("ceil_mode", ArgType::Bool, Default::Bool(false));
 
 pub static OPS: &[OpDef] = &[
     OpDef {
         name: "max_pool2d",
         doc: "Max over k×k windows (stride s, default k); padding acts as −inf; NaN propagates.",
-        args: &[X, K, S, PAD],
+        args: &[X, K, S, PAD, CEIL],
         params: no_params,
         shape: |a, s| Pool::new("max_pool2d", a, &s[0]).map(|p| p.out_shape(&s[0])),
         flops: window_flops,
@@ -30,7 +31,7 @@ pub static OPS: &[OpDef] = &[
     OpDef {
         name: "avg_pool2d",
         doc: "Mean over k×k windows (stride s, default k); count_include_pad divides by the padded window size.",
-        args: &[X, K, S, PAD, arg("count_include_pad", ArgType::Bool, Default::Bool(true))],
+        args: &[X, K, S, PAD, CEIL, arg("count_include_pad", ArgType::Bool, Default::Bool(true))],
         params: no_params,
         shape: |a, s| Pool::new("avg_pool2d", a, &s[0]).map(|p| p.out_shape(&s[0])),
         flops: window_flops,
@@ -148,7 +149,18 @@ impl Pool {
                 pad[0], pad[1], k[0], k[1]
             ));
         }
-        let out_hw = window_out_2d(op, hw, k, s, pad)?;
+        let mut out_hw = window_out_2d(op, hw, k, s, pad)?;
+        if a.flag("ceil_mode") {
+            // PyTorch: round the window count up, but never start a window past the input
+            // and its left padding.
+            for i in 0..2 {
+                let mut o = (hw[i] + 2 * pad[i] - k[i]).div_ceil(s[i]) + 1;
+                if (o - 1) * s[i] >= hw[i] + pad[i] {
+                    o -= 1;
+                }
+                out_hw[i] = o;
+            }
+        }
         Ok(Pool {
             hw,
             k,
@@ -410,6 +422,24 @@ mod tests {
             &[],
         );
         assert_close(&y, &[4.0], 0.0);
+    }
+
+    #[test]
+    fn ceil_mode_keeps_the_partial_last_window() {
+        // 5x5 with k=2, s=2: floor gives 2x2, ceil_mode 3x3 whose last windows hold one
+        // row/column (PyTorch divides those by the clipped size when padding is 0).
+        let x = iota(&[1, 1, 5, 5]);
+        let set = |ceil| [("k", Attr::Int(2)), ("ceil_mode", Attr::Bool(ceil))];
+        assert_eq!(run("avg_pool2d", &set(false), &[&x], &[]).shape(), &[1, 1, 2, 2]);
+        let y = run("avg_pool2d", &set(true), &[&x], &[]);
+        assert_eq!(y.shape(), &[1, 1, 3, 3]);
+        assert_close(&y, &[3.0, 5.0, 6.5, 13.0, 15.0, 16.5, 20.5, 22.5, 24.0], 0.0);
+        let y = run("max_pool2d", &set(true), &[&x], &[]);
+        assert_close(&y, &[6.0, 8.0, 9.0, 16.0, 18.0, 19.0, 21.0, 23.0, 24.0], 0.0);
+        // A window may not start in the right padding: 4 with k=2, s=2, pad=1 gives 3, not 4.
+        let x = iota(&[1, 1, 4, 4]);
+        let set = [("k", Attr::Int(2)), ("pad", Attr::Int(1)), ("ceil_mode", Attr::Bool(true))];
+        assert_eq!(run("max_pool2d", &set, &[&x], &[]).shape(), &[1, 1, 3, 3]);
     }
 
     #[test]
