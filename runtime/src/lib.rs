@@ -4,6 +4,7 @@
 //! - [`checkpoint`]: safetensors reading (F32/F16/BF16 as f32, header-only
 //!   listing) and atomic F32 saving.
 //! - [`npy`]: `.npy` reading (float32/float64) and atomic writing.
+//! - [`image`]: PNG reading (as [1, C, H, W] in [0, 1]) and atomic 8-bit writing.
 //! - [`rng`]: seeded, order-independent random initialisation.
 //! - [`error`]: [`IoError`], naming the file and the problem.
 //!
@@ -13,11 +14,13 @@
 mod atomic;
 pub mod checkpoint;
 pub mod error;
+pub mod image;
 pub mod npy;
 pub mod rng;
 
 pub use checkpoint::{save, save_with_metadata, Checkpoint, DType, EntryInfo};
 pub use error::IoError;
+pub use image::{read_png, write_png};
 pub use npy::{read_npy, write_npy};
 pub use rng::Rng;
 

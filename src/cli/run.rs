@@ -1,20 +1,27 @@
-//! `bbc run`: run a model with the reference interpreter on `.npy` or seeded random inputs,
-//! summarise its outputs, and optionally write them as `.npy`.
+//! `bbc run`: run a model with the reference interpreter on `.npy`, `.png` or seeded random
+//! inputs, summarise its outputs, and optionally write them as `.npy` or `.png`.
+//!
+//! A `.png` input is read as a `[1, C, H, W]` tensor in [0, 1] (C = 3 for colour, 1 for
+//! grey; alpha dropped) and must match the model's input shape (a rank-3 `[C, H, W]` input
+//! takes the image without its batch axis). A `.png` output is written from a `[1, C, H, W]`
+//! or `[C, H, W]` output with C = 1 or 3, clamped to [0, 1] and rounded to 8 bits.
 
 use super::{print, shape, CliError, CliResult, SpecArgs};
 use bbc::compiler::elab::Elaborated;
 use bbc::compiler::{interp, weights};
-use bbc::runtime::{read_npy, write_npy, Rng, Tensor};
+use bbc::runtime::image::{is_png_path, png_layout};
+use bbc::runtime::{read_npy, read_png, write_npy, write_png, Rng, Tensor};
 use clap::Args;
+use ndarray::IxDyn;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Run a model on inputs and print a summary of every output.
 ///
 /// Weights come from --weights (checked against the spec first) or are initialised with
-/// PyTorch's defaults from --seed; inputs come from .npy files or are drawn from N(0, 1) with
-/// --seed. The engine is the reference interpreter, the oracle every future backend is checked
+/// PyTorch's defaults from --seed; inputs come from .npy or .png files (a PNG is a
+/// [1, C, H, W] image in [0, 1]) or are drawn from N(0, 1) with --seed. The engine is the reference interpreter, the oracle every future backend is checked
 /// against: exact, not fast.
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -26,12 +33,19 @@ pub struct RunArgs {
     pub weights: Option<PathBuf>,
 
     /// An input as NAME=FILE.npy, or FILE.npy when the model has one input; repeatable.
-    /// Inputs not given are drawn from N(0, 1) with --seed.
-    #[arg(short, long = "input", value_name = "[NAME=]FILE.npy")]
+    /// A .png file is read as a [1, C, H, W] image in [0, 1] (C = 3 colour, 1 grey; alpha
+    /// dropped). Inputs not given are drawn from N(0, 1) with --seed.
+    #[arg(short, long = "input", value_name = "[NAME=]FILE.npy|.png")]
     pub inputs: Vec<String>,
 
-    /// Write the output to this .npy file (models with one output).
-    #[arg(short, long, value_name = "FILE.npy", conflicts_with = "output_dir")]
+    /// Write the output to this .npy file (models with one output); a .png file takes a
+    /// [1, C, H, W] or [C, H, W] output with C = 1 or 3, clamped to [0, 1], 8 bits.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE.npy|.png",
+        conflicts_with = "output_dir"
+    )]
     pub output: Option<PathBuf>,
 
     /// Write every output to DIR/<name>.npy (the folder is created if needed).
@@ -95,6 +109,7 @@ fn inputs(args: &RunArgs, model: &Elaborated) -> Result<HashMap<String, Tensor>,
     let mut out = HashMap::new();
     for (name, expected) in declared {
         let t = match files.get(&name) {
+            Some(path) if is_png_path(path) => png_input(&name, path, &expected, model)?,
             Some(path) => {
                 let t = read_npy(path)
                     .map_err(|e| CliError::msg(format!("cannot read input `{name}`: {e}")))?;
@@ -122,6 +137,61 @@ fn inputs(args: &RunArgs, model: &Elaborated) -> Result<HashMap<String, Tensor>,
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// Reads a `.png` input and fits it to the declared `[1, C, H, W]` (or `[C, H, W]`) shape.
+fn png_input(
+    name: &str,
+    path: &Path,
+    expected: &[usize],
+    model: &Elaborated,
+) -> Result<Tensor, CliError> {
+    let t =
+        read_png(path).map_err(|e| CliError::msg(format!("cannot read input `{name}`: {e}")))?;
+    let [_, c, h, w] = t.shape() else {
+        unreachable!("read_png gives [1, C, H, W]")
+    };
+    let (c, h, w) = (*c, *h, *w);
+    let t = match expected.len() {
+        3 => t
+            .into_shape_with_order(IxDyn(&[c, h, w]))
+            .expect("same elements"),
+        _ => t,
+    };
+    if t.shape() == expected {
+        return Ok(t);
+    }
+    let colour = |c: usize| match c {
+        1 => "grey".to_string(),
+        3 => "RGB".to_string(),
+        n => format!("{n}-channel"),
+    };
+    let wanted = match expected {
+        [1, ec, eh, ew] | [ec, eh, ew] => Some((*ec, *eh, *ew)),
+        _ => None,
+    };
+    let help = match wanted {
+        None => format!(
+            "help: a PNG is read as [1, C, H, W]; input `{name}` is not an image of that form"
+        ),
+        Some((ec, _, _)) if ec != c => format!(
+            "help: the model takes {} images ({ec} channels); convert the PNG to {}",
+            colour(ec),
+            colour(ec)
+        ),
+        Some(_) => format!(
+            "help: build the model for this image size with --dim H={h} --dim W={w} \
+             (the names of the spec's image-size parameters)"
+        ),
+    };
+    Err(CliError::msg(format!(
+        "input `{name}` from `{}` has {h}x{w} {} pixels (shape {}), but model `{}` expects {}\n{help}",
+        path.display(),
+        colour(c),
+        shape(&[1, c, h, w]),
+        model.model,
+        shape(expected)
+    )))
 }
 
 /// min, max, mean and (population) standard deviation; NaN-free data assumed for min/max.
@@ -165,6 +235,18 @@ pub fn main(args: &RunArgs) -> CliResult {
             outputs.len(),
             outputs.join(", ")
         )));
+    }
+    if let Some(path) = args.output.as_ref().filter(|p| is_png_path(p)) {
+        let out = &model.graph.outputs[0];
+        let dims = &model.graph.node(out.value).shape;
+        png_layout(dims).map_err(|e| {
+            CliError::msg(format!(
+                "cannot write output `{}` {} to `{}`: {e}\nhelp: write it as .npy instead",
+                out.name,
+                shape(dims),
+                path.display()
+            ))
+        })?;
     }
     if let Some(path) = &args.output {
         let dir = match path.parent() {
@@ -219,7 +301,11 @@ pub fn main(args: &RunArgs) -> CliResult {
 
     if let Some(path) = &args.output {
         if let Some(t) = outputs.first().and_then(|n| results.get(*n)) {
-            write_npy(path, t).map_err(CliError::msg)?;
+            if is_png_path(path) {
+                write_png(path, t).map_err(CliError::msg)?;
+            } else {
+                write_npy(path, t).map_err(CliError::msg)?;
+            }
         }
     }
     if let Some(dir) = &args.output_dir {

@@ -430,15 +430,30 @@ mod tests {
         // row/column (PyTorch divides those by the clipped size when padding is 0).
         let x = iota(&[1, 1, 5, 5]);
         let set = |ceil| [("k", Attr::Int(2)), ("ceil_mode", Attr::Bool(ceil))];
-        assert_eq!(run("avg_pool2d", &set(false), &[&x], &[]).shape(), &[1, 1, 2, 2]);
+        assert_eq!(
+            run("avg_pool2d", &set(false), &[&x], &[]).shape(),
+            &[1, 1, 2, 2]
+        );
         let y = run("avg_pool2d", &set(true), &[&x], &[]);
         assert_eq!(y.shape(), &[1, 1, 3, 3]);
-        assert_close(&y, &[3.0, 5.0, 6.5, 13.0, 15.0, 16.5, 20.5, 22.5, 24.0], 0.0);
+        assert_close(
+            &y,
+            &[3.0, 5.0, 6.5, 13.0, 15.0, 16.5, 20.5, 22.5, 24.0],
+            0.0,
+        );
         let y = run("max_pool2d", &set(true), &[&x], &[]);
-        assert_close(&y, &[6.0, 8.0, 9.0, 16.0, 18.0, 19.0, 21.0, 23.0, 24.0], 0.0);
+        assert_close(
+            &y,
+            &[6.0, 8.0, 9.0, 16.0, 18.0, 19.0, 21.0, 23.0, 24.0],
+            0.0,
+        );
         // A window may not start in the right padding: 4 with k=2, s=2, pad=1 gives 3, not 4.
         let x = iota(&[1, 1, 4, 4]);
-        let set = [("k", Attr::Int(2)), ("pad", Attr::Int(1)), ("ceil_mode", Attr::Bool(true))];
+        let set = [
+            ("k", Attr::Int(2)),
+            ("pad", Attr::Int(1)),
+            ("ceil_mode", Attr::Bool(true)),
+        ];
         assert_eq!(run("max_pool2d", &set, &[&x], &[]).shape(), &[1, 1, 3, 3]);
     }
 
