@@ -504,3 +504,34 @@ fn run_input_errors_exit_1() {
     );
     assert!(err.contains("error[E050"), "{err}");
 }
+
+#[test]
+fn ir_runs_optimisation_pipelines_by_level_and_by_name() {
+    let spec = ["ir", "specs/resnet.bb", "--model", "resnet_test"];
+    let o0 = ok(&spec);
+    assert!(o0.contains("= batch_norm2d("));
+    let o2 = ok(&[&spec[..], &["-O2"]].concat());
+    assert!(!o2.contains("= batch_norm2d("), "-O2 folds every BatchNorm");
+    let skipped = ok(&[&spec[..], &["-O2", "--skip-pass", "fold-batch-norm"]].concat());
+    assert!(skipped.contains("= batch_norm2d("));
+    let after = ok(&[
+        &spec[..],
+        &["--passes", "fold-batch-norm,dce", "--after", "dce"],
+    ]
+    .concat());
+    assert!(after.starts_with("// after dce\n") && !after.contains("= batch_norm2d("));
+    let out = bbc(&[&spec[..], &["-O1", "--time-passes"]].concat());
+    assert!(
+        out.status.success() && stderr(&out).contains("cse"),
+        "{}",
+        stderr(&out)
+    );
+    let err = fails(&[&spec[..], &["--passes", "dcee"]].concat(), 1);
+    assert!(
+        err.contains("unknown pass `dcee`") && err.contains("did you mean `dce`?"),
+        "{err}"
+    );
+    fails(&[&spec[..], &["-O7"]].concat(), 2);
+    let listed = ok(&["ir", "specs/resnet.bb", "--list-passes"]);
+    assert!(listed.contains("fold-batch-norm"));
+}

@@ -5,5 +5,6 @@ pub mod elab;
 pub mod interp;
 pub mod ir;
 pub mod ops;
+pub mod passes;
 pub mod stats;
 pub mod weights;

@@ -66,6 +66,53 @@ fn parse_arg(s: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Which optimisation passes to run; shared by the commands that build a graph to use.
+#[derive(Args, Debug, Clone, Default)]
+pub struct OptArgs {
+    /// Optimisation level: 0 none, 1 cleanup, 2 everything (`-O2`).
+    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub level: u8,
+
+    /// Run exactly these passes, in order (comma-separated), instead of a level's pipeline.
+    #[arg(long, value_name = "PASS,...", value_delimiter = ',')]
+    pub passes: Option<Vec<String>>,
+
+    /// Leave this pass out of the pipeline; repeatable.
+    #[arg(long = "skip-pass", value_name = "PASS")]
+    pub skip: Vec<String>,
+}
+
+impl OptArgs {
+    /// The passes to run, checking every name given.
+    pub fn pipeline(&self) -> Result<Vec<Box<dyn bbc::compiler::passes::Pass>>, CliError> {
+        use bbc::compiler::passes;
+        let known: Vec<&'static str> = passes::all().iter().map(|p| p.name()).collect();
+        let check = |name: &str| -> Result<(), CliError> {
+            if known.contains(&name) {
+                return Ok(());
+            }
+            let hint = bbc::grammar::did_you_mean(name, known.iter().copied())
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            Err(CliError::msg(format!(
+                "unknown pass `{name}`{hint}; passes: {}",
+                known.join(", ")
+            )))
+        };
+        for name in self.passes.iter().flatten().chain(&self.skip) {
+            check(name)?;
+        }
+        let chosen: Vec<Box<dyn passes::Pass>> = match &self.passes {
+            Some(names) => names.iter().filter_map(|n| passes::lookup(n)).collect(),
+            None => passes::pipeline(self.level),
+        };
+        Ok(chosen
+            .into_iter()
+            .filter(|p| !self.skip.iter().any(|s| s == p.name()))
+            .collect())
+    }
+}
+
 /// Parses `NAME=VALUE` with an identifier name and an integer value.
 fn parse_dim(s: &str) -> Result<(String, i64), String> {
     let Some((name, value)) = s.split_once('=') else {

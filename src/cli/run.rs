@@ -6,7 +6,7 @@
 //! takes the image without its batch axis). A `.png` output is written from a `[1, C, H, W]`
 //! or `[C, H, W]` output with C = 1 or 3, clamped to [0, 1] and rounded to 8 bits.
 
-use super::{print, shape, CliError, CliResult, SpecArgs};
+use super::{print, shape, CliError, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::elab::Elaborated;
 use bbc::compiler::{interp, weights};
 use bbc::runtime::image::{is_png_path, png_layout};
@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 pub struct RunArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
+
+    #[command(flatten)]
+    pub opt: OptArgs,
 
     /// A safetensors checkpoint to load [default: seeded PyTorch-default initialisation].
     #[arg(short, long, value_name = "W.safetensors")]
@@ -281,7 +284,11 @@ pub fn main(args: &RunArgs) -> CliResult {
         None => weights::init_weights(&model.graph, args.seed),
     };
     let inputs = inputs(args, &model)?;
-    let results = interp::run(&model.graph, &inputs, &weights).map_err(CliError::msg)?;
+    let mut graph = model.graph.clone();
+    let pipeline = args.opt.pipeline()?;
+    bbc::compiler::passes::run(&mut graph, &pipeline, &Default::default())
+        .map_err(|e| CliError::msg(e.to_string()))?;
+    let results = interp::run(&graph, &inputs, &weights).map_err(CliError::msg)?;
 
     let mut out = String::new();
     for name in &outputs {

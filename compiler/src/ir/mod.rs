@@ -167,6 +167,47 @@ impl Graph {
         order
     }
 
+    /// Makes every consumer of `old` (and every output naming it) read `new` instead.
+    pub fn replace_uses(&mut self, old: ValueId, new: ValueId) {
+        let uses: Vec<(ValueId, usize)> = self
+            .nodes
+            .edges_directed(old, Direction::Outgoing)
+            .map(|e| (e.target(), *e.weight()))
+            .collect();
+        for (consumer, pos) in uses {
+            if let Some(edge) = self.nodes.find_edge(old, consumer) {
+                self.nodes.remove_edge(edge);
+            }
+            self.nodes.add_edge(new, consumer, pos);
+        }
+        for o in &mut self.outputs {
+            if o.value == old {
+                o.value = new;
+            }
+        }
+    }
+
+    /// Makes operand `pos` of `node` read `src` (adding the operand if it is new).
+    pub fn set_input(&mut self, node: ValueId, pos: usize, src: ValueId) {
+        let old: Vec<_> = self
+            .nodes
+            .edges_directed(node, Direction::Incoming)
+            .filter(|e| *e.weight() == pos)
+            .map(|e| e.id())
+            .collect();
+        for e in old {
+            self.nodes.remove_edge(e);
+        }
+        self.nodes.add_edge(src, node, pos);
+    }
+
+    /// Values that read `id`.
+    pub fn users(&self, id: ValueId) -> Vec<ValueId> {
+        self.nodes
+            .neighbors_directed(id, Direction::Outgoing)
+            .collect()
+    }
+
     pub fn find(&self, name: &str) -> Option<ValueId> {
         self.nodes
             .node_indices()

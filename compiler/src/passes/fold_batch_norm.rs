@@ -1,0 +1,124 @@
+//! `fold-batch-norm`: `batch_norm2d(conv2d(x, w, b))` at inference is one convolution with
+//! `w' = w * s` and `b' = (b - mean) * s + beta`, where `s = gamma / sqrt(var + eps)` per
+//! output channel. The scale and shift are built from the parameters as a small subgraph
+//! that depends on weights only (computed once when weights are bound), so the pass needs no
+//! weight values and the interpreter checks it like any other rewrite. Fires only when the
+//! convolution has no other user.
+
+use super::Pass;
+use crate::ir::{DType, Graph, Node, NodeKind, ValueId};
+use crate::ops::{self, Attr, Attrs, AttrsExt};
+
+pub struct FoldBatchNorm;
+
+/// Adds `op(inputs)` with `attrs`, named `name`, located where `like` is.
+fn add_op(
+    graph: &mut Graph,
+    like: ValueId,
+    name: String,
+    op: &str,
+    attrs: Attrs,
+    inputs: &[ValueId],
+) -> ValueId {
+    let def = ops::lookup(op).expect("op used by a pass is in the table");
+    let shapes: Vec<_> = inputs
+        .iter()
+        .map(|&i| graph.node(i).shape.clone())
+        .collect();
+    let shape = (def.shape)(&attrs, &shapes).expect("a pass builds well-shaped ops");
+    let template = graph.node(like);
+    let node = Node {
+        name,
+        kind: NodeKind::Op { op: def, attrs },
+        shape,
+        dtype: DType::F32,
+        loc: template.loc.clone(),
+        chain: template.chain.clone(),
+    };
+    graph.add(node, inputs)
+}
+
+fn scalar(graph: &mut Graph, like: ValueId, name: String, value: f64) -> ValueId {
+    let mut attrs = Attrs::new();
+    attrs.insert("shape".into(), Attr::Ints(vec![]));
+    attrs.insert("value".into(), Attr::Float(value));
+    add_op(graph, like, name, "full", attrs, &[])
+}
+
+impl Pass for FoldBatchNorm {
+    fn name(&self) -> &'static str {
+        "fold-batch-norm"
+    }
+
+    fn description(&self) -> &'static str {
+        "fold inference BatchNorm into the preceding convolution's weight and bias"
+    }
+
+    fn run(&self, graph: &mut Graph) -> bool {
+        let mut changed = false;
+        for bn in graph.topo_order() {
+            if graph.node(bn).op().map(|o| o.name) != Some("batch_norm2d") {
+                continue;
+            }
+            let bn_inputs = graph.inputs(bn);
+            let conv = bn_inputs[0];
+            if graph.node(conv).op().map(|o| o.name) != Some("conv2d")
+                || graph.users(conv).len() != 1
+            {
+                continue;
+            }
+            let NodeKind::Op {
+                attrs: bn_attrs, ..
+            } = &graph.node(bn).kind
+            else {
+                continue;
+            };
+            let eps = bn_attrs.float("eps");
+            let (gamma, beta, mean, var) = (bn_inputs[1], bn_inputs[2], bn_inputs[3], bn_inputs[4]);
+            let conv_inputs = graph.inputs(conv);
+            let (w, b) = (conv_inputs[1], conv_inputs.get(2).copied());
+            let out = graph.node(w).shape[0] as i64;
+            let base = graph.node(conv).name.clone();
+            let n = |suffix: &str| format!("{base}.bn_{suffix}");
+
+            let eps_node = scalar(graph, bn, n("eps"), eps);
+            let var_eps = add_op(
+                graph,
+                bn,
+                n("var_eps"),
+                "add",
+                Attrs::new(),
+                &[var, eps_node],
+            );
+            let std = add_op(graph, bn, n("std"), "sqrt", Attrs::new(), &[var_eps]);
+            let scale = add_op(graph, bn, n("scale"), "div", Attrs::new(), &[gamma, std]);
+            let mut shape = Attrs::new();
+            shape.insert("shape".into(), Attr::Ints(vec![out, 1, 1, 1]));
+            let scale4 = add_op(graph, bn, n("scale4"), "reshape", shape, &[scale]);
+            let new_w = add_op(graph, bn, n("weight"), "mul", Attrs::new(), &[w, scale4]);
+            let centred = match b {
+                Some(b) => add_op(graph, bn, n("centred"), "sub", Attrs::new(), &[b, mean]),
+                None => add_op(graph, bn, n("centred"), "neg", Attrs::new(), &[mean]),
+            };
+            let scaled = add_op(
+                graph,
+                bn,
+                n("scaled"),
+                "mul",
+                Attrs::new(),
+                &[centred, scale],
+            );
+            let new_b = add_op(graph, bn, n("bias"), "add", Attrs::new(), &[scaled, beta]);
+
+            if let NodeKind::Op { attrs, .. } = &mut graph.nodes[conv].kind {
+                attrs.insert("bias".into(), Attr::Bool(true));
+            }
+            graph.set_input(conv, 1, new_w);
+            graph.set_input(conv, 2, new_b);
+            graph.replace_uses(bn, conv);
+            graph.nodes.remove_node(bn);
+            changed = true;
+        }
+        changed
+    }
+}

@@ -1,0 +1,142 @@
+//! The pass manager: named passes over the Graph IR, grouped into pipelines (`-O0`, `-O1`,
+//! `-O2`), with the verifier run after every pass and optional printing and timing.
+//!
+//! Every pass preserves what the graph computes; `tests/optimize.rs` checks this on every
+//! spec by running the interpreter before and after, and `tests/passes/` pins each pass's
+//! rewrites with small text-IR cases.
+
+mod cse;
+mod dce;
+mod fold_batch_norm;
+mod remove_identities;
+mod simplify_layout;
+
+use crate::ir::{print_text, verify, Graph};
+use std::time::{Duration, Instant};
+
+/// A graph-to-graph rewrite that preserves the computed outputs.
+pub trait Pass {
+    /// The kebab-case name used on the command line (`--passes`, `--after`, `--skip-pass`).
+    fn name(&self) -> &'static str;
+    /// One line for `bbc ir --list-passes`.
+    fn description(&self) -> &'static str;
+    /// Rewrites `graph`; returns whether anything changed.
+    fn run(&self, graph: &mut Graph) -> bool;
+}
+
+/// Every pass, in the order `-O2` runs them.
+pub fn all() -> Vec<Box<dyn Pass>> {
+    vec![
+        Box::new(remove_identities::RemoveIdentities),
+        Box::new(simplify_layout::SimplifyLayout),
+        Box::new(fold_batch_norm::FoldBatchNorm),
+        Box::new(cse::Cse),
+        Box::new(dce::Dce),
+    ]
+}
+
+pub fn lookup(name: &str) -> Option<Box<dyn Pass>> {
+    all().into_iter().find(|p| p.name() == name)
+}
+
+/// The passes of an optimisation level: 0 none, 1 cleanup, 2 everything.
+pub fn pipeline(level: u8) -> Vec<Box<dyn Pass>> {
+    match level {
+        0 => Vec::new(),
+        1 => all()
+            .into_iter()
+            .filter(|p| {
+                matches!(
+                    p.name(),
+                    "remove-identities" | "simplify-layout" | "cse" | "dce"
+                )
+            })
+            .collect(),
+        _ => all(),
+    }
+}
+
+/// What to report while running a pipeline.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// Print the IR after these passes (by name).
+    pub print_after: Vec<String>,
+    pub print_after_all: bool,
+    pub time_passes: bool,
+}
+
+/// One pass's run.
+#[derive(Clone, Debug)]
+pub struct PassRun {
+    pub name: &'static str,
+    pub changed: bool,
+    pub time: Duration,
+    /// The IR after the pass, when printing was asked for.
+    pub printed: Option<String>,
+}
+
+/// A pass broke the graph: a bug in the pass, reported with the verifier's findings.
+#[derive(Clone, Debug)]
+pub struct PassError {
+    pub pass: &'static str,
+    pub problems: Vec<String>,
+}
+
+impl std::fmt::Display for PassError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "internal error: pass `{}` produced an invalid graph:\n  {}",
+            self.pass,
+            self.problems.join("\n  ")
+        )
+    }
+}
+
+impl std::error::Error for PassError {}
+
+/// Runs `passes` in order over `graph`, verifying after each one.
+pub fn run(
+    graph: &mut Graph,
+    passes: &[Box<dyn Pass>],
+    opts: &Options,
+) -> Result<Vec<PassRun>, PassError> {
+    let mut runs = Vec::new();
+    for pass in passes {
+        let start = Instant::now();
+        let changed = pass.run(graph);
+        let time = start.elapsed();
+        let problems = verify(graph);
+        if !problems.is_empty() {
+            return Err(PassError {
+                pass: pass.name(),
+                problems,
+            });
+        }
+        let print = opts.print_after_all || opts.print_after.iter().any(|n| n == pass.name());
+        runs.push(PassRun {
+            name: pass.name(),
+            changed,
+            time,
+            printed: print.then(|| print_text(graph)),
+        });
+    }
+    Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_kebab_case_and_levels_nest() {
+        let names: Vec<&str> = all().iter().map(|p| p.name()).collect();
+        for n in &names {
+            assert!(n.chars().all(|c| c.is_ascii_lowercase() || c == '-'), "{n}");
+            assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n} twice");
+        }
+        assert!(pipeline(0).is_empty());
+        assert!(pipeline(1).len() < pipeline(2).len());
+        assert!(lookup("dce").is_some() && lookup("nope").is_none());
+    }
+}

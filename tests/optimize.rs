@@ -1,0 +1,96 @@
+//! Every optimisation pipeline computes what the unoptimised graph computes: each reference
+//! fixture (one or more per spec family, real weights) runs through the interpreter at -O0
+//! and after the -O1 and -O2 pipelines, and the outputs must agree. The pass-specific
+//! expectations (what a pass must and must not leave) live in `tests/passes.rs`.
+
+use bbc::compiler::{elab, interp, ir, passes, weights};
+use bbc::runtime::read_npy;
+use std::collections::HashMap;
+use std::path::Path;
+
+#[test]
+fn o1_and_o2_agree_with_o0_on_every_fixture() {
+    let root = Path::new("tests/fixtures/reference");
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .expect("fixtures")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.join("case.json").exists())
+        .collect();
+    dirs.sort();
+    assert!(dirs.len() >= 20, "fixtures missing");
+    let mut folded = 0;
+    for dir in dirs {
+        let case: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
+        let spec = case["spec"].as_str().unwrap();
+        let program = elab::Program::load(Path::new(spec), &elab::FsLoader)
+            .unwrap_or_else(|e| panic!("{}", e.render()));
+        let dims = case["dims"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(k, v)| (k.clone(), v.as_i64().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let opts = elab::Options {
+            model: Some(case["model"].as_str().unwrap().into()),
+            dims,
+            ..Default::default()
+        };
+        let model = program.elaborate(&opts).unwrap_or_else(|d| panic!("{d:?}"));
+        let w = weights::load_file(&model, &dir.join("weights.safetensors"))
+            .unwrap_or_else(|d| panic!("{d:?}"));
+        let inputs: HashMap<String, _> = case["inputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                let name = i.as_str().unwrap().to_string();
+                let t = read_npy(dir.join(format!("{name}.npy"))).unwrap();
+                (name, t)
+            })
+            .collect();
+        let reference = interp::run(&model.graph, &inputs, &w).unwrap();
+        for level in [1, 2] {
+            let mut graph = model.graph.clone();
+            let runs = passes::run(
+                &mut graph,
+                &passes::pipeline(level),
+                &passes::Options::default(),
+            )
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            if level == 2
+                && runs
+                    .iter()
+                    .any(|r| r.name == "fold-batch-norm" && r.changed)
+            {
+                folded += 1;
+            }
+            let text = ir::print_text(&graph);
+            assert!(
+                !text.contains(" = dropout(") && !text.contains(" = drop_path("),
+                "{}: -O{level} left a no-op",
+                dir.display()
+            );
+            let out = interp::run(&graph, &inputs, &w).unwrap();
+            for (name, want) in &reference {
+                let got = &out[name];
+                let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                let err = got
+                    .iter()
+                    .zip(want.iter())
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= 1e-5 * scale,
+                    "{}: -O{level} output `{name}` differs by {err:e}",
+                    dir.display()
+                );
+            }
+        }
+    }
+    assert!(
+        folded >= 5,
+        "fold-batch-norm fired on only {folded} fixtures"
+    );
+}
