@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(cli::CliError(text)) => {
-            eprint!("{text}");
+            cli::to_stderr(&text);
             ExitCode::from(1)
         }
     }

@@ -188,6 +188,11 @@ pub fn check(
             ));
         }
     }
+    if let Some(d) = prefix_mismatch(&table, &found, &unexpected, ckpt) {
+        // One cause explains the bulk of the problems: report it instead of every key.
+        diags.push(d);
+        return Err(diags);
+    }
     for p in &table {
         if !found.contains_key(&p.key) {
             diags.push(at_site(
@@ -227,6 +232,70 @@ pub fn check(
     } else {
         Err(diags)
     }
+}
+
+/// When most missing keys appear in the checkpoint with one extra leading prefix (a
+/// `DataParallel` `module.`, a wrapper's `backbone.`), or lack one the model has, the fix is a
+/// single `rename` rule; this finds it.
+fn prefix_mismatch(
+    table: &[ParamEntry],
+    found: &BTreeMap<String, String>,
+    unexpected: &[(String, String)],
+    ckpt: &str,
+) -> Option<Diagnostic> {
+    let missing: Vec<&str> = table
+        .iter()
+        .map(|p| p.key.as_str())
+        .filter(|k| !found.contains_key(*k))
+        .collect();
+    if missing.len() < 2 {
+        return None;
+    }
+    let mut extra: BTreeMap<String, usize> = BTreeMap::new();
+    let mut lacking: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, key) in unexpected {
+        for m in &missing {
+            if let Some(prefix) = key.strip_suffix(m).filter(|p| p.ends_with('.')) {
+                *extra.entry(prefix.to_string()).or_insert(0) += 1;
+            }
+            if let Some(prefix) = m.strip_suffix(key.as_str()).filter(|p| p.ends_with('.')) {
+                *lacking.entry(prefix.to_string()).or_insert(0) += 1;
+            }
+        }
+    }
+    let best = |counts: BTreeMap<String, usize>| {
+        counts
+            .into_iter()
+            .max_by_key(|(_, n)| *n)
+            .filter(|(_, n)| 2 * n >= missing.len())
+    };
+    let escape = |p: &str| p.replace('.', "\\.");
+    if let Some((prefix, n)) = best(extra) {
+        return Some(
+            Diagnostic::new(
+                Phase::Weights,
+                codes::UNEXPECTED,
+                format!("{n} keys of {ckpt} carry an extra prefix `{prefix}`"),
+            )
+            .with_note(format!(
+                "{} of the model's keys are missing, e.g. `{}`",
+                missing.len(),
+                missing[0]
+            ))
+            .with_help(format!(
+                "add `rename \"^{}\" => \"\";` to the model",
+                escape(&prefix)
+            )),
+        );
+    }
+    if let Some((prefix, n)) = best(lacking) {
+        return Some(
+            Diagnostic::new(Phase::Weights, codes::MISSING, format!("{n} keys of {ckpt} lack the model's prefix `{prefix}`"))
+                .with_note(format!("{} of the model's keys are missing, e.g. `{}`", missing.len(), missing[0]))
+                .with_help(format!("add `rename \"^\" => \"{prefix}\";` to the model (or rename only the keys that need it)")),
+        );
+    }
+    None
 }
 
 fn unreadable(path: &Path, e: impl std::fmt::Display) -> Vec<Diagnostic> {

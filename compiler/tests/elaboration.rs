@@ -229,3 +229,48 @@ fn endless_loops_and_recursion_stop_with_a_diagnostic() {
     let e = error("block b(x: tensor) -> tensor { return b(x) @_; } model m() { input x: f32[1]; y = b(x); output o = y; }");
     assert!(e.contains("E0311"), "{e}");
 }
+
+#[test]
+fn duplicate_parameters_and_pattern_clashes_are_errors() {
+    let e = error("model m(x: int = 1, x: int = 2) { input y: f32[1, 4]; output o = y; }");
+    assert!(e.contains("E0202"), "{e}");
+    let e = error(
+        "block b(x: tensor[B, C], B: int = 7) -> tensor { return x; }\n\
+         model m() { input x: f32[1, 4]; y = b(x); output o = y; }",
+    );
+    assert!(e.contains("E0301") && e.contains("`B` is both"), "{e}");
+}
+
+#[test]
+fn an_item_imported_along_two_paths_is_one_item() {
+    use bbc_compiler::elab::MemLoader;
+    use std::collections::HashMap;
+    use std::path::{Path, PathBuf};
+    let files = HashMap::from([
+        (
+            PathBuf::from("lib/a.bb"),
+            "let K = 3;\nblock blk(x: tensor) -> tensor { return relu(x); }".to_string(),
+        ),
+        (PathBuf::from("lib/b.bb"), "import \"a.bb\";".to_string()),
+        (PathBuf::from("lib/c.bb"), "import \"a.bb\";".to_string()),
+        (
+            PathBuf::from("main.bb"),
+            "\u{feff}import \"lib/b.bb\";\nimport \"lib/c.bb\";\n\
+             model m() { input x: f32[1, 4]; assert K == 3; y = blk(x); output o = y; }"
+                .to_string(),
+        ),
+    ]);
+    let program =
+        Program::load(Path::new("main.bb"), &MemLoader(files)).unwrap_or_else(|e| panic!("{e:?}"));
+    program
+        .elaborate(&Options::default())
+        .unwrap_or_else(|d| panic!("{d:?}"));
+}
+
+#[test]
+fn a_let_used_before_it_is_defined_is_reported() {
+    let e = error(
+        "let A = B + 1;\nlet B = 2;\nmodel m() { input x: f32[1]; assert A == 3; output o = x; }",
+    );
+    assert!(e.contains("E0201") && e.contains("`B`"), "{e}");
+}

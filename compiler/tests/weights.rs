@@ -98,3 +98,19 @@ fn initialised_weights_round_trip_through_a_checkpoint() {
     assert_eq!(loaded, w);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_wrapper_prefix_is_reported_once_with_the_rename_that_fixes_it() {
+    let m = model();
+    let prefixed: Vec<EntryInfo> = param_table(&m.graph)
+        .iter()
+        .map(|p| entry(&format!("module.{}", p.key), DType::F32, &p.shape))
+        .collect();
+    let diags = check(&m, &prefixed, "ckpt").expect_err("prefixed keys");
+    assert_eq!(diags.len(), 1, "{diags:?}");
+    assert!(diags[0].message.contains("extra prefix `module.`"));
+    assert_eq!(
+        diags[0].help.as_deref(),
+        Some("add `rename \"^module\\.\" => \"\";` to the model")
+    );
+}

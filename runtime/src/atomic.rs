@@ -15,8 +15,29 @@ use crate::IoError;
 /// Distinguishes temporaries created concurrently by threads of one process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Writes `bytes` to `path` atomically (temp file + rename).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+/// Writes `bytes` to `path` atomically (temp file + rename). A symlink is followed (its
+/// target is replaced, not the link); an existing path that is not a regular file (a
+/// directory, a device such as `/dev/null`, a pipe) is refused rather than replaced.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IoError> {
+    let resolved;
+    let path = match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            resolved = std::fs::canonicalize(path).map_err(|e| IoError::io(path, e))?;
+            resolved.as_path()
+        }
+        _ => path,
+    };
+    if let Ok(meta) = std::fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(IoError::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "not a regular file; refusing to replace it",
+                ),
+            ));
+        }
+    }
     let file_name = path.file_name().ok_or_else(|| {
         IoError::io(
             path,

@@ -18,6 +18,7 @@ pub mod image;
 pub mod npy;
 pub mod rng;
 
+pub use atomic::write_atomic;
 pub use checkpoint::{save, save_with_metadata, Checkpoint, DType, EntryInfo};
 pub use error::IoError;
 pub use image::{read_png, write_png};

@@ -50,7 +50,7 @@ pub fn main(args: &CheckArgs) -> CliResult {
             Ok(m) => print(&summary(&m))?,
             Err(CliError(text)) => {
                 print(&format!("FAILED: {name}\n"))?;
-                eprint!("{text}");
+                super::to_stderr(&text);
                 failed.push(name.as_str());
             }
         }

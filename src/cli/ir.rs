@@ -67,7 +67,7 @@ pub fn main(args: &IrArgs) -> CliResult {
     if args.time_passes {
         for r in &runs {
             let mark = if r.changed { "changed" } else { "unchanged" };
-            eprintln!(
+            super::note!(
                 "{:<20} {:>9.3} ms  {mark}",
                 r.name,
                 r.time.as_secs_f64() * 1e3

@@ -2,6 +2,20 @@
 //! loading and elaborating a spec with diagnostics rendered against its sources, the error
 //! type the binary turns into exit code 1, and small output helpers.
 
+/// Like `eprintln!`, but a closed stderr (`bbc ... 2>&1 | head`) is not a crash.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+pub(crate) use note;
+
+/// Writes `text` to stderr as it is, ignoring a closed stream.
+pub fn to_stderr(text: &str) {
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
 pub mod check;
 pub mod graph;
 pub mod ir;
@@ -145,6 +159,13 @@ pub fn elaborate(
     model: Option<&str>,
     spec: &SpecArgs,
 ) -> Result<Elaborated, CliError> {
+    for (i, (name, _)) in spec.dims.iter().enumerate() {
+        if spec.dims[..i].iter().any(|(n, _)| n == name) {
+            return Err(CliError::msg(format!(
+                "--dim {name} is given more than once"
+            )));
+        }
+    }
     let opts = Options {
         model: model.map(str::to_string),
         dims: spec.dims.clone(),
@@ -176,29 +197,40 @@ pub fn print(text: &str) -> CliResult {
 
 /// Writes a text file atomically: a temporary file in the same folder, then a rename.
 pub fn write_text(path: &Path, text: &str) -> CliResult {
-    let fail = |e: std::io::Error| CliError::msg(format!("cannot write `{}`: {e}", path.display()));
-    let name = path
-        .file_name()
-        .ok_or_else(|| CliError::msg(format!("`{}` is not a file path", path.display())))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    bbc::runtime::write_atomic(path, text.as_bytes())
+        .map_err(|e| CliError::msg(format!("cannot write: {e}")))
+}
+
+/// Refuses to run a model whose weights, inputs and peak activations cannot fit in the
+/// memory this machine has available, instead of letting an allocation abort the process.
+pub fn check_memory(graph: &bbc::compiler::ir::Graph) -> CliResult {
+    let s = bbc::compiler::stats::stats(graph);
+    let weights = (s.params + s.buffers) * 4;
+    let need = weights + s.input_bytes + s.peak_bytes;
+    let Some(available) = available_memory() else {
+        return Ok(());
     };
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = std::fs::File::create(&tmp)
-        .and_then(|mut f| {
-            f.write_all(text.as_bytes())?;
-            f.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(fail(e));
+    if need <= available {
+        return Ok(());
     }
-    Ok(())
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(CliError::msg(format!(
+        "running this model needs about {:.1} GiB (weights {:.1}, inputs {:.1}, peak activations {:.1}) \
+         but only {:.1} GiB of memory are available\nhelp: use smaller size parameters, e.g. --dim H=... --dim W=...",
+        gib(need),
+        gib(weights),
+        gib(s.input_bytes),
+        gib(s.peak_bytes),
+        gib(available)
+    )))
+}
+
+/// `MemAvailable` from /proc/meminfo, where there is one.
+fn available_memory() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// `1234567` as `1,234,567`.

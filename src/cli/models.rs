@@ -19,7 +19,7 @@ pub fn main(args: &ModelsArgs) -> CliResult {
     let program = load(&args.spec)?;
     let models = program.models();
     if models.is_empty() {
-        eprintln!("note: `{}` defines no model", args.spec.display());
+        super::note!("note: `{}` defines no model", args.spec.display());
     }
     let mut out = String::new();
     for (i, name) in models.iter().enumerate() {

@@ -129,7 +129,7 @@ fn inputs(args: &RunArgs, model: &Elaborated) -> Result<HashMap<String, Tensor>,
                 t
             }
             None => {
-                eprintln!(
+                super::note!(
                     "note: input `{name}` {} drawn from N(0, 1) with seed {}",
                     shape(&expected),
                     args.seed
@@ -224,6 +224,7 @@ fn summary(t: &Tensor) -> String {
 
 pub fn main(args: &RunArgs) -> CliResult {
     let (program, model) = args.spec.build()?;
+    super::check_memory(&model.graph)?;
     // Check every destination before running, so nothing is computed for nothing.
     let outputs: Vec<&str> = model
         .graph

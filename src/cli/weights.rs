@@ -83,11 +83,12 @@ pub fn main(args: &WeightsArgs) -> CliResult {
         }
     }
     if let Some(path) = &args.save {
+        super::check_memory(&model.graph)?;
         let weights = init_weights(&model.graph, args.seed);
         let tensors: Vec<(String, &bbc::runtime::Tensor)> =
             weights.iter().map(|(k, t)| (k.clone(), t)).collect();
         bbc::runtime::save(path, &tensors).map_err(CliError::msg)?;
-        eprintln!(
+        super::note!(
             "wrote {} tensors to {} (seed {})",
             tensors.len(),
             path.display(),

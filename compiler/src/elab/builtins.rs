@@ -303,7 +303,7 @@ pub fn call(
                             Phase::Elaboration,
                             codes::TYPE,
                             span,
-                            format!("`{name}` needs numbers, found a {}", v.type_name()),
+                            format!("`{name}` needs numbers, found {}", v.a_type()),
                             "here",
                         ))
                     }

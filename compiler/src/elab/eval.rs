@@ -123,6 +123,7 @@ pub struct Elab<'s> {
     names: HashMap<String, usize>,
     /// Every value name in the graph (a set, so naming stays O(1) per value).
     taken: HashSet<String>,
+    output_names: HashSet<String>,
     layer_apps: Vec<(u32, u32)>,
     layer_counts: HashMap<u32, u32>,
     next_layer: u32,
@@ -149,6 +150,7 @@ impl<'s> Elab<'s> {
             chain: Vec::new(),
             names: HashMap::new(),
             taken: HashSet::new(),
+            output_names: HashSet::new(),
             layer_apps: Vec::new(),
             layer_counts: HashMap::new(),
             next_layer: 0,
@@ -571,7 +573,7 @@ impl<'s> Elab<'s> {
                         Phase::Elaboration,
                         codes::TYPE,
                         e.span,
-                        format!("a {} has no field `{}`", other.type_name(), name.name),
+                        format!("{} has no field `{}`", other.a_type(), name.name),
                         "field access needs an imported module",
                     )),
                 }
@@ -782,7 +784,7 @@ impl<'s> Elab<'s> {
                 Phase::Elaboration,
                 codes::TYPE,
                 span,
-                format!("cannot iterate over a {}", other.type_name()),
+                format!("cannot iterate over {}", other.a_type()),
                 "expected a list, tuple or range",
             )),
         }
@@ -811,7 +813,7 @@ impl<'s> Elab<'s> {
                 codes::TYPE,
                 span,
                 format!("{what} must be an int, found {}", other.type_name()),
-                format!("this is a {}", other.type_name()),
+                format!("this is {}", other.a_type()),
             )),
         }
     }
@@ -929,7 +931,7 @@ impl<'s> Elab<'s> {
         span: Span,
         hint: Hint,
     ) -> R<Value> {
-        if args.iter().any(|a| matches!(a.value, Value::Poison)) {
+        if args.iter().any(|a| contains_poison(&a.value)) {
             return Ok(Value::Poison);
         }
         match f {
@@ -956,7 +958,7 @@ impl<'s> Elab<'s> {
                 Phase::Elaboration,
                 codes::TYPE,
                 span,
-                format!("a {} is not callable", other.type_name()),
+                format!("{} is not callable", other.a_type()),
                 "called here",
             )),
         }
@@ -986,7 +988,7 @@ impl<'s> Elab<'s> {
                 self.check_size(&v, span)?;
                 Ok(v)
             }
-            Callable::Fn { module, def } => self.call_fn(module, &def, args, span),
+            Callable::Fn { module, def } => self.call_fn(module, &def, args, span, hint),
             Callable::Block { module, def } => self.call_block(module, &def, args, span, hint),
             Callable::Model { .. } | Callable::Variant { .. } => Err(self.error(
                 Phase::Elaboration,
@@ -1059,10 +1061,12 @@ impl<'s> Elab<'s> {
                     slots[i] = Some(a);
                 }
                 None => {
+                    // An empty list counts as a (bad) tensor list, so `concat([])` reports
+                    // the empty list rather than a wrong `axis`.
                     let is_tensor = matches!(a.value, Value::Tensor(_))
-                        || a.value
-                            .items()
-                            .is_some_and(|i| i.iter().any(|v| matches!(v, Value::Tensor(_))));
+                        || a.value.items().is_some_and(|i| {
+                            i.is_empty() || i.iter().any(|v| matches!(v, Value::Tensor(_)))
+                        });
                     // A non-tensor positional skips leading tensor slots: `conv2d(8, 3)` in a seq.
                     while next < op.args.len()
                         && (slots[next].is_some()
@@ -1188,7 +1192,7 @@ impl<'s> Elab<'s> {
                 "argument `{arg}` of `{op}` must be {want}, found {}",
                 got.type_name()
             ),
-            format!("this is a {}", got.type_name()),
+            format!("this is {}", got.a_type()),
         )
     }
 
@@ -1359,12 +1363,21 @@ impl<'s> Elab<'s> {
         Ok(Value::Tensor(id))
     }
 
-    fn call_fn(&mut self, module: usize, def: &FnDef, args: Vec<ArgValue>, span: Span) -> R<Value> {
+    /// Calls a compile-time function. Its body is the value of the call, so it takes the
+    /// call's name: `l = make_layer(8)` names a `seq` the body builds `l`.
+    fn call_fn(
+        &mut self,
+        module: usize,
+        def: &FnDef,
+        args: Vec<ArgValue>,
+        span: Span,
+        hint: Hint,
+    ) -> R<Value> {
         let mut ctx = Ctx::new(module, BodyKind::Fn);
         self.enter(format!("function `{}`", def.name.name), span)?;
         let r = self
             .bind_params(&mut ctx, &def.name.name, &def.params, args, span)
-            .and_then(|()| self.eval(&mut ctx, &def.body, Hint::None))
+            .and_then(|()| self.eval(&mut ctx, &def.body, hint))
             .and_then(|v| {
                 if let Some(ty) = &def.ret {
                     self.check_type(&mut ctx, &v, ty, def.body.span, "result")?;
@@ -1445,6 +1458,21 @@ impl<'s> Elab<'s> {
         args: Vec<ArgValue>,
         span: Span,
     ) -> R<()> {
+        for (i, p) in params.iter().enumerate() {
+            if let Some(first) = params[..i].iter().find(|q| q.name.name == p.name.name) {
+                let d = Diagnostic::new(
+                    Phase::Resolution,
+                    codes::DUPLICATE_ITEM,
+                    format!(
+                        "parameter `{}` of `{callee}` is declared twice",
+                        p.name.name
+                    ),
+                )
+                .at(p.name.span, "declared again here")
+                .with_secondary(first.name.span, "first declared here");
+                return Err(self.report(d));
+            }
+        }
         let mut given: Vec<Option<ArgValue>> = vec![None; params.len()];
         let mut next = 0;
         for a in args {
@@ -1513,6 +1541,16 @@ impl<'s> Elab<'s> {
                     }
                 },
             };
+            if ctx.get(&p.name.name).is_some() {
+                let d = Diagnostic::new(
+                    Phase::Elaboration,
+                    codes::TYPE,
+                    format!("`{}` is both a parameter and a dimension bound by an earlier parameter's shape", p.name.name),
+                )
+                .at(p.name.span, "declared as a parameter here")
+                .with_help("rename the dimension in the shape pattern or the parameter");
+                return Err(self.report(d));
+            }
             if let Some(ty) = &p.ty {
                 self.check_type(ctx, &v, ty, at, &format!("parameter `{}`", p.name.name))?;
             }
@@ -1789,14 +1827,29 @@ impl<'s> Elab<'s> {
                 Pattern::Tuple(ps, _) => ps.iter().for_each(|p| names(p, out)),
             }
         }
-        let mut out = Vec::new();
-        match &s.kind {
-            StmtKind::Let { pat, .. } | StmtKind::Assign { pat, .. } => names(pat, &mut out),
-            StmtKind::Decl { name, .. } | StmtKind::Input { name, .. } => {
-                out.push(name.name.clone())
+        fn bound(s: &Stmt, out: &mut Vec<String>) {
+            match &s.kind {
+                StmtKind::Let { pat, .. } | StmtKind::Assign { pat, .. } => names(pat, out),
+                StmtKind::Decl { name, .. } | StmtKind::Input { name, .. } => {
+                    out.push(name.name.clone())
+                }
+                StmtKind::For { pat, body, .. } => {
+                    names(pat, out);
+                    body.iter().for_each(|s| bound(s, out));
+                }
+                StmtKind::If {
+                    then, otherwise, ..
+                } => {
+                    then.iter()
+                        .chain(otherwise.iter().flatten())
+                        .for_each(|s| bound(s, out));
+                }
+                StmtKind::Scope { body, .. } => body.iter().for_each(|s| bound(s, out)),
+                _ => {}
             }
-            _ => {}
         }
+        let mut out = Vec::new();
+        bound(s, &mut out);
         for n in out {
             ctx.set(&n, Value::Poison);
         }
@@ -1937,7 +1990,7 @@ impl<'s> Elab<'s> {
                         let v = self.eval(ctx, m, Hint::None)?;
                         v.to_string()
                     }
-                    None => "assertion failed".to_string(),
+                    None => self.sources.snippet(cond.span).to_string(),
                 };
                 Err(self.error(
                     Phase::Elaboration,
@@ -2033,7 +2086,7 @@ impl<'s> Elab<'s> {
     fn add_output(&mut self, name: &str, v: &Value, span: Span) -> R<()> {
         match v {
             Value::Tensor(t) => {
-                if self.graph.outputs.iter().any(|o| o.name == name) {
+                if !self.output_names.insert(name.to_string()) {
                     return Err(self.error(
                         Phase::Elaboration,
                         codes::DUPLICATE_PATH,
@@ -2676,7 +2729,7 @@ impl<'s> Elab<'s> {
                 Phase::Elaboration,
                 codes::TYPE,
                 span,
-                format!("cannot index a {} with a {}", b.type_name(), i.type_name()),
+                format!("cannot index {} with {}", b.a_type(), i.a_type()),
                 "here",
             )),
         }
@@ -2732,6 +2785,15 @@ pub fn floor_div(a: i64, b: i64) -> i64 {
         q - 1
     } else {
         q
+    }
+}
+
+/// Whether a value is, or holds, the result of an expression that already failed.
+fn contains_poison(v: &Value) -> bool {
+    match v {
+        Value::Poison => true,
+        Value::List(items) | Value::Tuple(items) => items.iter().any(contains_poison),
+        _ => false,
     }
 }
 

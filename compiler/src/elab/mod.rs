@@ -53,6 +53,8 @@ pub struct Module {
     items: HashMap<String, Value>,
     /// Top-level `let` names not evaluated yet (for a precise "used before its `let`").
     pending: HashSet<String>,
+    /// The definition each name refers to, so one item imported along two paths is one item.
+    origins: HashMap<String, String>,
 }
 
 impl Module {
@@ -77,9 +79,32 @@ pub trait Loader {
 
 pub struct FsLoader;
 
+/// Specs are text of human size; anything larger is a mistake (a dataset, `/dev/zero`).
+pub const MAX_SOURCE_BYTES: u64 = 16 << 20;
+
 impl Loader for FsLoader {
     fn read(&self, path: &Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        use std::io::{Error, ErrorKind};
+        let meta = std::fs::metadata(path)?;
+        if !meta.is_file() {
+            return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+        }
+        if meta.len() > MAX_SOURCE_BYTES {
+            let msg = format!(
+                "{} bytes is too large for a spec (the limit is {MAX_SOURCE_BYTES})",
+                meta.len()
+            );
+            return Err(Error::new(ErrorKind::InvalidInput, msg));
+        }
+        let bytes = std::fs::read(path)?;
+        String::from_utf8(bytes).map_err(|e| {
+            let at = e.utf8_error().valid_up_to();
+            let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+            Error::new(
+                ErrorKind::InvalidData,
+                format!("invalid UTF-8 on line {line} (byte {at})"),
+            )
+        })
     }
 }
 
@@ -223,6 +248,11 @@ impl Program {
                 diags.push(io_diag(path, &e, at));
                 return None;
             }
+        };
+        // A UTF-8 byte-order mark is not part of the program.
+        let text = match text.strip_prefix('\u{feff}') {
+            Some(rest) => rest.to_string(),
+            None => text,
         };
         let file = self.sources.add(path.display().to_string(), text);
         let ast = match bbc_grammar::parse(&self.sources, file) {
@@ -440,22 +470,32 @@ impl Program {
         let mut items: HashMap<String, Value> = HashMap::new();
         let mut pending = HashSet::new();
         let mut spans: HashMap<String, Span> = HashMap::new();
-        let mut define =
-            |e: &mut Elab, name: &ast::Ident, v: Value, items: &mut HashMap<String, Value>| {
-                if let Some(prev) = spans.get(&name.name) {
-                    let d = Diagnostic::new(
-                        Phase::Resolution,
-                        codes::DUPLICATE_ITEM,
-                        format!("`{}` is defined twice", name.name),
-                    )
-                    .at(name.span, "defined again here")
-                    .with_secondary(*prev, "first defined here");
-                    e.report(d);
-                    return;
-                }
-                spans.insert(name.name.clone(), name.span);
-                items.insert(name.name.clone(), v);
-            };
+        // Where each name comes from: the same item reached through two imports (a diamond)
+        // is one item, not a duplicate.
+        let mut origins: HashMap<String, String> = HashMap::new();
+        let mut define = |e: &mut Elab,
+                          name: &ast::Ident,
+                          v: Value,
+                          origin: String,
+                          items: &mut HashMap<String, Value>| {
+            if origins.get(&name.name) == Some(&origin) {
+                return;
+            }
+            origins.insert(name.name.clone(), origin);
+            if let Some(prev) = spans.get(&name.name) {
+                let d = Diagnostic::new(
+                    Phase::Resolution,
+                    codes::DUPLICATE_ITEM,
+                    format!("`{}` is defined twice", name.name),
+                )
+                .at(name.span, "defined again here")
+                .with_secondary(*prev, "first defined here");
+                e.report(d);
+                return;
+            }
+            spans.insert(name.name.clone(), name.span);
+            items.insert(name.name.clone(), v);
+        };
         for (alias, m, span) in &parsed.imports {
             match alias {
                 Some(a) => {
@@ -463,7 +503,13 @@ impl Program {
                         name: a.clone(),
                         span: *span,
                     };
-                    define(e, &ident, Value::Module(*m), &mut items);
+                    define(
+                        e,
+                        &ident,
+                        Value::Module(*m),
+                        format!("module {m}"),
+                        &mut items,
+                    );
                 }
                 None => {
                     let mut names: Vec<(String, Value)> = e.modules[*m]
@@ -473,11 +519,12 @@ impl Program {
                         .collect();
                     names.sort_by(|a, b| a.0.cmp(&b.0));
                     for (k, v) in names {
+                        let origin = e.modules[*m].origins.get(&k).cloned().unwrap_or_default();
                         let ident = ast::Ident {
                             name: k,
                             span: *span,
                         };
-                        define(e, &ident, v, &mut items);
+                        define(e, &ident, v, origin, &mut items);
                     }
                 }
             }
@@ -491,6 +538,7 @@ impl Program {
                         module: index,
                         def: Rc::new(f.clone()),
                     }),
+                    format!("{index}@{}", f.name.span.start),
                     &mut items,
                 ),
                 Item::Block(b) => define(
@@ -500,6 +548,7 @@ impl Program {
                         module: index,
                         def: Rc::new(b.clone()),
                     }),
+                    format!("{index}@{}", b.name.span.start),
                     &mut items,
                 ),
                 Item::Model(m) => define(
@@ -509,6 +558,7 @@ impl Program {
                         module: index,
                         def: Rc::new(m.clone()),
                     }),
+                    format!("{index}@{}", m.name.span.start),
                     &mut items,
                 ),
                 Item::Variant(v) => define(
@@ -518,6 +568,7 @@ impl Program {
                         module: index,
                         def: Rc::new(v.clone()),
                     }),
+                    format!("{index}@{}", v.name.span.start),
                     &mut items,
                 ),
                 Item::Let { pat, .. } => {
@@ -533,7 +584,13 @@ impl Program {
                     for n in names {
                         // Only checked for duplicates here: the name is bound when its `let`
                         // is evaluated, in order, so a use before it is an unknown name.
-                        define(e, &n, Value::Poison, &mut items);
+                        define(
+                            e,
+                            &n,
+                            Value::Poison,
+                            format!("{index}@{}", n.span.start),
+                            &mut items,
+                        );
                         if matches!(items.get(&n.name), Some(Value::Poison)) {
                             items.remove(&n.name);
                             pending.insert(n.name.clone());
@@ -547,6 +604,7 @@ impl Program {
             file: parsed.file,
             items,
             pending,
+            origins,
         }
     }
 
@@ -696,6 +754,12 @@ pub fn parse_literal(text: &str) -> Option<Value> {
     }
     if let Ok(i) = t.parse::<i64>() {
         return Some(Value::Int(i));
+    }
+    if t.trim_start_matches(['-', '+'])
+        .chars()
+        .all(|c| c.is_ascii_digit())
+    {
+        return None; // an integer too large for i64, not a float
     }
     t.parse::<f64>()
         .ok()

@@ -38,6 +38,17 @@ impl Value {
         Value::Str(s.into())
     }
 
+    /// The type name with its article, for messages: "an int", "a list".
+    pub fn a_type(&self) -> String {
+        let t = self.type_name();
+        let article = if t.starts_with(['a', 'e', 'i', 'o', 'u']) {
+            "an"
+        } else {
+            "a"
+        };
+        format!("{article} {t}")
+    }
+
     /// The user-facing name of this value's type, for diagnostics.
     pub fn type_name(&self) -> &'static str {
         match self {
