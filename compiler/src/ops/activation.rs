@@ -1,4 +1,4 @@
-//! Activations and their relatives: pointwise nonlinearities (`relu` … `hardswish`), `softmax`
+//! Activations and their relatives: pointwise nonlinearities (`relu`, `relu6` … `hardswish`), `softmax`
 //! along an axis, and the inference-time identities `dropout` / `drop_path`.
 
 use super::common::{axis, map_f64, probability, same_shape, unary, X};
@@ -12,6 +12,11 @@ pub static OPS: &[OpDef] = &[
     unary("relu", "max(x, 0); NaN propagates.", |_, xs| {
         xs[0].mapv(|v| if v > 0.0 || v.is_nan() { v } else { 0.0 })
     }),
+    unary(
+        "relu6",
+        "min(max(x, 0), 6) (nn.ReLU6); NaN propagates.",
+        |_, xs| xs[0].mapv(|v| if v.is_nan() { v } else { v.clamp(0.0, 6.0) }),
+    ),
     OpDef {
         name: "gelu",
         doc: "x·Φ(x) with the exact erf (default) or PyTorch's tanh approximation.",
@@ -195,6 +200,32 @@ mod tests {
             &[-1.0 / 3.0, -0.5 * 2.5 / 6.0, 0.0, 4.0 / 6.0, 3.0],
             1e-7,
         );
+    }
+
+    #[test]
+    fn relu6_clips_both_ends() {
+        // By hand: min(max(x, 0), 6). The same values from PyTorch
+        // (`torch.nn.ReLU6()(torch.tensor([-2., -0., 0.5, 6., 7.5, nan, inf, -inf]))`,
+        // computed with /opt/refenv/bin/python and pasted here) are
+        // [0., 0., 0.5, 6., 6., nan, 6., 0.].
+        let x = tensor(
+            &[8],
+            &[
+                -2.0,
+                -0.0,
+                0.5,
+                6.0,
+                7.5,
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+            ],
+        );
+        let y = run("relu6", &[], &[&x], &[]);
+        assert_close(&y, &[0.0, 0.0, 0.5, 6.0, 6.0, f32::NAN, 6.0, 0.0], 0.0);
+        assert!(y[[5]].is_nan());
+        assert_close(&act("relu6", &[]), &[0.0, 0.0, 0.0, 1.0, 3.0], 0.0);
+        assert_eq!(flops_of("relu6", &[], &[&[2, 3]]), 6);
     }
 
     #[test]

@@ -454,7 +454,7 @@ mod tests {
         let mut rng = Rng(7);
         for op in table() {
             let (mut accepted, mut tries) = (0, 0);
-            while accepted < 300 && tries < 200_000 {
+            while accepted < 300 && tries < 2_000_000 {
                 tries += 1;
                 let set: Vec<(&str, Attr)> = op
                     .args
