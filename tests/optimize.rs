@@ -3,7 +3,7 @@
 //! and after the -O1 and -O2 pipelines, and the outputs must agree. The pass-specific
 //! expectations (what a pass must and must not leave) live in `tests/passes.rs`.
 
-use bbc::compiler::{elab, interp, ir, passes, weights};
+use bbc::compiler::{elab, interp, ir, passes, stats, weights};
 use bbc::runtime::read_npy;
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,6 +19,7 @@ fn o1_and_o2_agree_with_o0_on_every_fixture() {
     dirs.sort();
     assert!(dirs.len() >= 20, "fixtures missing");
     let mut folded = 0;
+    let mut fewer_kernels = 0;
     for dir in dirs {
         let case: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
@@ -67,7 +68,35 @@ fn o1_and_o2_agree_with_o0_on_every_fixture() {
             {
                 folded += 1;
             }
+            let (before, after) = (stats::stats(&model.graph), stats::stats(&graph));
+            assert!(
+                after.kernels <= before.kernels,
+                "{}: -O{level} launches more kernels",
+                dir.display()
+            );
+            assert!(
+                after.intermediate_bytes <= before.intermediate_bytes,
+                "{}: -O{level} writes more intermediate bytes",
+                dir.display()
+            );
+            if level == 2 && after.kernels < before.kernels {
+                fewer_kernels += 1;
+            }
             let text = ir::print_text(&graph);
+            // Optimised graphs, fusion groups included, print and parse back unchanged.
+            let parsed = ir::parse_text(&text).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+            assert_eq!(
+                ir::print_text(&parsed),
+                text,
+                "{}: -O{level} text form does not round-trip",
+                dir.display()
+            );
+            assert!(
+                ir::verify(&parsed).is_empty(),
+                "{}: {:?}",
+                dir.display(),
+                ir::verify(&parsed)
+            );
             assert!(
                 !text.contains(" = dropout(") && !text.contains(" = drop_path("),
                 "{}: -O{level} left a no-op",
@@ -92,5 +121,9 @@ fn o1_and_o2_agree_with_o0_on_every_fixture() {
     assert!(
         folded >= 5,
         "fold-batch-norm fired on only {folded} fixtures"
+    );
+    assert!(
+        fewer_kernels >= 20,
+        "-O2 reduced the kernel count on only {fewer_kernels} fixtures"
     );
 }

@@ -102,6 +102,17 @@ pub fn run(
                 }
                 t.clone()
             }
+            NodeKind::Fused { body, .. } => {
+                let args: HashMap<String, Tensor> = body
+                    .inputs
+                    .iter()
+                    .zip(&operands)
+                    .map(|(&b, o)| (body.node(b).name.clone(), values[o].clone()))
+                    .collect();
+                let mut out = run(body, &args, &BTreeMap::new())?;
+                let name = &body.outputs[0].name;
+                out.remove(name).expect("a fusion body has one output")
+            }
             NodeKind::Op { op, attrs } => {
                 let args: Vec<&Tensor> = operands.iter().map(|i| &values[i]).collect();
                 (op.eval)(attrs, &args)

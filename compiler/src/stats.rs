@@ -24,7 +24,7 @@ const F32_BYTES: u64 = 4;
 pub struct Layer {
     /// The node's name (its source path).
     pub name: String,
-    pub op: &'static str,
+    pub op: String,
     pub shape: Vec<usize>,
     /// Learned parameter elements attributed to this node.
     pub params: u64,
@@ -41,7 +41,7 @@ pub struct Group {
     /// The shared prefix: the first `depth` `.`-separated segments of the layers' names.
     pub name: String,
     /// The op when the group has one layer.
-    pub op: Option<&'static str>,
+    pub op: Option<String>,
     /// Number of op nodes in the group.
     pub ops: usize,
     /// Output shape of the group's last layer in topological order.
@@ -70,6 +70,36 @@ pub struct Stats {
     pub peak_bytes: u64,
     /// The op running when the peak is reached.
     pub peak_at: Option<String>,
+    /// Kernels one inference launches: op and fusion nodes that depend on a graph input
+    /// (values computed from weights alone are prepared once, not per inference).
+    pub kernels: usize,
+    /// Bytes those kernels write that are read again by another kernel (not graph outputs).
+    pub intermediate_bytes: u64,
+}
+
+/// Kernel count and intermediate bytes of `graph`: see [`Stats::kernels`].
+fn kernel_counts(graph: &Graph, order: &[ValueId]) -> (usize, u64) {
+    let mut per_inference: std::collections::HashSet<ValueId> = std::collections::HashSet::new();
+    let (mut kernels, mut bytes_written) = (0, 0);
+    for &id in order {
+        let node = graph.node(id);
+        let depends = match node.kind {
+            NodeKind::Input => true,
+            NodeKind::Param { .. } => false,
+            _ => graph.inputs(id).iter().any(|i| per_inference.contains(i)),
+        };
+        if !depends {
+            continue;
+        }
+        per_inference.insert(id);
+        if matches!(node.kind, NodeKind::Op { .. } | NodeKind::Fused { .. }) {
+            kernels += 1;
+            if !graph.outputs.iter().any(|o| o.value == id) {
+                bytes_written += bytes(&node.shape);
+            }
+        }
+    }
+    (kernels, bytes_written)
 }
 
 impl Stats {
@@ -84,7 +114,7 @@ impl Stats {
             let i = *index.entry(name.clone()).or_insert_with(|| {
                 groups.push(Group {
                     name,
-                    op: Some(l.op),
+                    op: Some(l.op.clone()),
                     ops: 0,
                     shape: Vec::new(),
                     params: 0,
@@ -140,7 +170,10 @@ pub fn stats(graph: &Graph) -> Stats {
         input_bytes: 0,
         peak_bytes: 0,
         peak_at: None,
+        kernels: 0,
+        intermediate_bytes: 0,
     };
+    (s.kernels, s.intermediate_bytes) = kernel_counts(graph, &order);
     let mut attributed: std::collections::HashSet<ValueId> = std::collections::HashSet::new();
     let mut live: u64 = 0;
     for (step, &id) in order.iter().enumerate() {
@@ -151,23 +184,33 @@ pub fn stats(graph: &Graph) -> Stats {
                 ParamKind::Param => s.params += node.numel() as u64,
                 ParamKind::Buffer => s.buffers += node.numel() as u64,
             },
-            NodeKind::Op { op, attrs } => {
+            NodeKind::Op { .. } | NodeKind::Fused { .. } => {
                 let operands = graph.inputs(id);
-                let shapes: Vec<Vec<usize>> = operands
-                    .iter()
-                    .map(|&i| graph.node(i).shape.clone())
-                    .collect();
-                // Tensor arguments come first, owned parameters after (as the verifier splits).
-                let n_data = if op.args.iter().any(|a| a.ty == ArgType::Tensors) {
-                    shapes.len()
-                } else {
-                    op.args
-                        .iter()
-                        .filter(|a| a.ty == ArgType::Tensor)
-                        .count()
-                        .min(shapes.len())
+                let (op_name, flops) = match &node.kind {
+                    NodeKind::Op { op, attrs } => {
+                        let shapes: Vec<Vec<usize>> = operands
+                            .iter()
+                            .map(|&i| graph.node(i).shape.clone())
+                            .collect();
+                        // Tensor arguments come first, owned parameters after (as the
+                        // verifier splits).
+                        let n_data = if op.args.iter().any(|a| a.ty == ArgType::Tensors) {
+                            shapes.len()
+                        } else {
+                            op.args
+                                .iter()
+                                .filter(|a| a.ty == ArgType::Tensor)
+                                .count()
+                                .min(shapes.len())
+                        };
+                        (
+                            op.name.to_string(),
+                            (op.flops)(attrs, &shapes[..n_data], &node.shape),
+                        )
+                    }
+                    NodeKind::Fused { kind, body } => (format!("fused {kind}"), stats(body).flops),
+                    _ => unreachable!("matched above"),
                 };
-                let flops = (op.flops)(attrs, &shapes[..n_data], &node.shape);
                 let (mut params, mut buffers) = (0, 0);
                 for &i in &operands {
                     let p = graph.node(i);
@@ -190,7 +233,7 @@ pub fn stats(graph: &Graph) -> Stats {
                 }
                 s.layers.push(Layer {
                     name: node.name.clone(),
-                    op: op.name,
+                    op: op_name,
                     shape: node.shape.clone(),
                     params,
                     buffers,
@@ -201,12 +244,14 @@ pub fn stats(graph: &Graph) -> Stats {
         }
         for &dead in &frees[step] {
             let n = graph.node(dead);
-            if matches!(n.kind, NodeKind::Op { .. }) {
+            if matches!(n.kind, NodeKind::Op { .. } | NodeKind::Fused { .. }) {
                 live -= bytes(&n.shape);
             }
         }
         // An op output nobody consumes is freed right after it is produced.
-        if matches!(node.kind, NodeKind::Op { .. }) && !last_use.contains_key(&id) {
+        if matches!(node.kind, NodeKind::Op { .. } | NodeKind::Fused { .. })
+            && !last_use.contains_key(&id)
+        {
             live -= bytes(&node.shape);
         }
     }

@@ -3,7 +3,7 @@
 //! The numbers come from `bbc::compiler::stats`, whose module docs define them; this file only
 //! lays them out.
 
-use super::{print, shape, table, thousands, CliResult, SpecArgs};
+use super::{print, shape, table, thousands, CliError, CliResult, SpecArgs};
 use bbc::compiler::stats::{stats, Group};
 use clap::Args;
 
@@ -18,6 +18,9 @@ use clap::Args;
 pub struct StatsArgs {
     #[command(flatten)]
     pub spec: SpecArgs,
+
+    #[command(flatten)]
+    pub opt: super::OptArgs,
 
     /// Aggregate layers by the first N segments of their path (`stages.0.blocks.1.conv_dw` at
     /// depth 2 is `stages.0`) [default: one row per op].
@@ -62,8 +65,8 @@ fn count(n: u64) -> String {
 }
 
 fn row(g: &Group) -> Vec<String> {
-    let op = match (g.op, g.ops) {
-        (Some(op), 1) => op.to_string(),
+    let op = match (&g.op, g.ops) {
+        (Some(op), 1) => op.clone(),
         (_, n) => format!("{n} ops"),
     };
     let params = if g.buffers > 0 {
@@ -82,7 +85,11 @@ fn row(g: &Group) -> Vec<String> {
 }
 
 pub fn main(args: &StatsArgs) -> CliResult {
-    let (_, model) = args.spec.build()?;
+    let (_, mut model) = args.spec.build()?;
+    let before = stats(&model.graph);
+    let pipeline = args.opt.pipeline()?;
+    bbc::compiler::passes::run(&mut model.graph, &pipeline, &Default::default())
+        .map_err(|e| CliError::msg(e.to_string()))?;
     let s = stats(&model.graph);
     let groups = match args.depth {
         Some(d) => s.grouped(d as usize),
@@ -113,7 +120,9 @@ pub fn main(args: &StatsArgs) -> CliResult {
          FLOPs:               {}\n\
          inputs:              {}\n\
          activations (total): {}\n\
-         activations (peak):  {}{peak_at}\n",
+         activations (peak):  {}{peak_at}\n\
+         kernels:             {}{}\n\
+         intermediates:       {}{}\n",
         thousands(s.params),
         bytes(s.params * 4),
         thousands(s.buffers),
@@ -122,6 +131,18 @@ pub fn main(args: &StatsArgs) -> CliResult {
         bytes(s.input_bytes),
         bytes(s.activation_bytes),
         bytes(s.peak_bytes),
+        s.kernels,
+        if pipeline.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} before optimisation)", before.kernels)
+        },
+        bytes(s.intermediate_bytes),
+        if pipeline.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} before)", bytes(before.intermediate_bytes))
+        },
     ));
     print(&out)
 }

@@ -50,8 +50,13 @@ pub fn to_dot(graph: &Graph) -> String {
                     escape(&label)
                 );
             }
-            NodeKind::Op { op, .. } => {
-                let mut label = format!("{}\n{}  {}", node.name, op.name, shape(&node.shape));
+            NodeKind::Op { .. } | NodeKind::Fused { .. } => {
+                let what = match &node.kind {
+                    NodeKind::Op { op, .. } => op.name.to_string(),
+                    NodeKind::Fused { kind, .. } => format!("fused {kind}"),
+                    _ => unreachable!("matched above"),
+                };
+                let mut label = format!("{}\n{what}  {}", node.name, shape(&node.shape));
                 for input in graph.inputs(id) {
                     let src = graph.node(input);
                     match &src.kind {

@@ -44,6 +44,10 @@ pub enum NodeKind {
     Param { kind: ParamKind, init: Init },
     /// An application of an op from the table to this node's inputs.
     Op { op: &'static OpDef, attrs: Attrs },
+    /// A fusion group: one kernel computing `body`, a graph whose inputs are this node's
+    /// operands in order and whose single output is this node's value. The interpreter runs
+    /// the body, so every fusion is checked by the oracle.
+    Fused { kind: String, body: Box<Graph> },
 }
 
 #[derive(Clone, Debug)]

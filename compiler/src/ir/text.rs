@@ -47,9 +47,26 @@ fn loc_text(node: &Node) -> String {
 /// Prints `graph` in the text form.
 pub fn print_text(graph: &Graph) -> String {
     let mut out = format!("graph {} {{\n", graph.name);
+    write_body(&mut out, graph, 1);
+    out.push_str("}\n");
+    out
+}
+
+/// The nodes, outputs and key rules of `graph`, indented by `depth` levels; a fusion group
+/// prints its body nested between `{` and `}`.
+fn write_body(out: &mut String, graph: &Graph, depth: usize) {
+    let pad = "  ".repeat(depth);
     for id in graph.topo_order() {
         let node = graph.node(id);
         let ty = shape_text(node.dtype, &node.shape);
+        let args = || -> String {
+            let names: Vec<String> = graph
+                .inputs(id)
+                .iter()
+                .map(|&i| format!("%{}", graph.node(i).name))
+                .collect();
+            names.join(", ")
+        };
         let line = match &node.kind {
             NodeKind::Input => format!("input %{}: {ty}", node.name),
             NodeKind::Param { kind, init } => {
@@ -60,12 +77,7 @@ pub fn print_text(graph: &Graph) -> String {
                 format!("{word} %{}: {ty} = {}", node.name, init_text(init))
             }
             NodeKind::Op { op, attrs } => {
-                let args: Vec<String> = graph
-                    .inputs(id)
-                    .iter()
-                    .map(|&i| format!("%{}", graph.node(i).name))
-                    .collect();
-                let mut s = format!("%{} = {}({})", node.name, op.name, args.join(", "));
+                let mut s = format!("%{} = {}({})", node.name, op.name, args());
                 if !attrs.is_empty() {
                     let items: Vec<String> =
                         attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -74,20 +86,35 @@ pub fn print_text(graph: &Graph) -> String {
                 let _ = write!(s, ": {ty}");
                 s
             }
+            NodeKind::Fused { kind, body } => {
+                let _ = writeln!(
+                    out,
+                    "{pad}%{} = fused {kind}({}): {ty} {{{}",
+                    node.name,
+                    args(),
+                    loc_text(node)
+                );
+                write_body(out, body, depth + 1);
+                let _ = writeln!(out, "{pad}}}");
+                continue;
+            }
         };
-        let _ = writeln!(out, "  {line}{}", loc_text(node));
+        let _ = writeln!(out, "{pad}{line}{}", loc_text(node));
     }
     for o in &graph.outputs {
-        let _ = writeln!(out, "  output %{} = %{}", o.name, graph.node(o.value).name);
+        let _ = writeln!(
+            out,
+            "{pad}output %{} = %{}",
+            o.name,
+            graph.node(o.value).name
+        );
     }
     for (from, to) in &graph.key_rules.renames {
-        let _ = writeln!(out, "  rename {from:?} => {to:?}");
+        let _ = writeln!(out, "{pad}rename {from:?} => {to:?}");
     }
     for pat in &graph.key_rules.ignores {
-        let _ = writeln!(out, "  ignore {pat:?}");
+        let _ = writeln!(out, "{pad}ignore {pat:?}");
     }
-    out.push_str("}\n");
-    out
 }
 
 /// An error in IR text, with its 1-based line.
@@ -332,7 +359,11 @@ pub fn parse_text(text: &str) -> Result<Graph, TextError> {
     let mut by_name: HashMap<String, ValueId> = HashMap::new();
     let mut seen_header = false;
     let mut closed = false;
-    for (i, raw) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut next = 0;
+    while next < lines.len() {
+        let (i, raw) = (next, lines[next]);
+        next += 1;
         let line_no = i + 1;
         let err = |message: String| TextError {
             line: line_no,
@@ -449,6 +480,71 @@ pub fn parse_text(text: &str) -> Result<Graph, TextError> {
                 c.word().map_err(err)?;
                 let pat = c.string().map_err(err)?;
                 graph.key_rules.ignores.push(pat);
+            }
+            _ if body.contains(" = fused ") => {
+                // `%v = fused KIND(%a, ...): T {` then the body, then `}` on its own line.
+                let name = c.value_name().map_err(err)?.to_string();
+                c.expect("=").map_err(err)?;
+                c.expect("fused").map_err(err)?;
+                let kind = c.word().map_err(err)?.to_string();
+                c.expect("(").map_err(err)?;
+                let mut inputs = Vec::new();
+                if !c.eat(")") {
+                    loop {
+                        inputs.push(lookup(&by_name, c.value_name().map_err(err)?)?);
+                        if c.eat(")") {
+                            break;
+                        }
+                        c.expect(",").map_err(err)?;
+                    }
+                }
+                c.expect(":").map_err(err)?;
+                let (dtype, shape) = c.shape().map_err(err)?;
+                c.expect("{").map_err(err)?;
+                let start = next;
+                let mut depth = 1;
+                while next < lines.len() {
+                    let l = lines[next].trim();
+                    let l = l.split_once("  @ ").map_or(l, |(b, _)| b).trim_end();
+                    next += 1;
+                    if l == "}" {
+                        depth -= 1;
+                        if depth == 0 {
+                            break;
+                        }
+                    } else if l.ends_with('{') {
+                        depth += 1;
+                    }
+                }
+                if depth != 0 {
+                    return Err(err("fusion body is not closed with `}`".into()));
+                }
+                let inner = format!(
+                    "graph {kind} {{\n{}\n}}\n",
+                    lines[start..next - 1].join("\n")
+                );
+                let body = parse_text(&inner).map_err(|e| TextError {
+                    line: start + e.line - 1,
+                    message: e.message,
+                })?;
+                let kind = NodeKind::Fused {
+                    kind,
+                    body: Box::new(body),
+                };
+                define(
+                    &mut graph,
+                    &mut by_name,
+                    Node {
+                        name,
+                        kind,
+                        shape,
+                        dtype,
+                        loc,
+                        chain,
+                    },
+                    &inputs,
+                )?;
+                continue;
             }
             _ => {
                 let name = c.value_name().map_err(err)?.to_string();

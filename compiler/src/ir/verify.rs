@@ -26,6 +26,31 @@ pub fn verify(graph: &Graph) -> Vec<String> {
                     errors.push(format!("`%{}` is a leaf but has operands", node.name));
                 }
             }
+            NodeKind::Fused { kind, body } => {
+                for e in verify(body) {
+                    errors.push(format!("`%{}` (fused {kind}): {e}", node.name));
+                }
+                let body_inputs: Vec<_> = body
+                    .inputs
+                    .iter()
+                    .map(|&i| body.node(i).shape.clone())
+                    .collect();
+                let operands: Vec<_> = inputs
+                    .iter()
+                    .map(|&i| graph.node(i).shape.clone())
+                    .collect();
+                if body_inputs != operands {
+                    errors.push(format!("`%{}`: operands {operands:?} do not match the body's inputs {body_inputs:?}", node.name));
+                }
+                match body.outputs.as_slice() {
+                    [o] if body.nodes.contains_node(o.value)
+                        && body.node(o.value).shape == node.shape => {}
+                    _ => errors.push(format!(
+                        "`%{}`: a fusion body must have one output of shape {:?}",
+                        node.name, node.shape
+                    )),
+                }
+            }
             NodeKind::Op { op, attrs } => {
                 for spec in op
                     .args

@@ -8,6 +8,7 @@
 mod cse;
 mod dce;
 mod fold_batch_norm;
+mod fuse_epilogue;
 mod remove_identities;
 mod simplify_layout;
 
@@ -32,6 +33,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(fold_batch_norm::FoldBatchNorm),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
+        Box::new(fuse_epilogue::FuseEpilogue),
     ]
 }
 
