@@ -535,3 +535,34 @@ fn ir_runs_optimisation_pipelines_by_level_and_by_name() {
     let listed = ok(&["ir", "specs/resnet.bb", "--list-passes"]);
     assert!(listed.contains("fold-batch-norm"));
 }
+
+#[test]
+fn ir_explain_says_why_a_fusion_did_not_fire() {
+    let text = ok(&[
+        "ir",
+        "specs/efficientnet.bb",
+        "--model",
+        "efficientnet_test",
+        "-O2",
+        "--explain",
+    ]);
+    assert!(
+        text.contains("fuse-epilogue: `blocks.0.0.conv_dw` stops early"),
+        "{text}"
+    );
+    assert!(
+        text.contains("has 2 users") && text.contains("broadcasts"),
+        "{text}"
+    );
+    let stats = ok(&[
+        "stats",
+        "specs/convnext.bb",
+        "--model",
+        "convnext_test",
+        "-O2",
+    ]);
+    assert!(
+        stats.contains("kernels:") && stats.contains("before optimisation"),
+        "{stats}"
+    );
+}

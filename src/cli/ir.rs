@@ -31,6 +31,10 @@ pub struct IrArgs {
     #[arg(long)]
     pub time_passes: bool,
 
+    /// Instead of the IR, say where a fusion almost applied and why it did not.
+    #[arg(long)]
+    pub explain: bool,
+
     /// List the available passes and exit.
     #[arg(long)]
     pub list_passes: bool,
@@ -61,6 +65,7 @@ pub fn main(args: &IrArgs) -> CliResult {
         print_after: args.after.clone(),
         print_after_all: args.print_after_all,
         time_passes: args.time_passes,
+        explain: args.explain,
     };
     let runs = passes::run(&mut model.graph, &pipeline, &opts)
         .map_err(|e| CliError::msg(e.to_string()))?;
@@ -73,6 +78,18 @@ pub fn main(args: &IrArgs) -> CliResult {
                 r.time.as_secs_f64() * 1e3
             );
         }
+    }
+    if args.explain {
+        let notes: Vec<String> = runs
+            .iter()
+            .flat_map(|r| r.explained.iter().cloned())
+            .collect();
+        let text = if notes.is_empty() {
+            "every fusion the pipeline looks for either fired or had nothing to fuse\n".to_string()
+        } else {
+            notes.join("\n") + "\n"
+        };
+        return print(&text);
     }
     let printed: Vec<String> = runs
         .iter()

@@ -1,58 +1,23 @@
-//! `fuse-epilogue`: a contraction (`conv2d`, `linear`, `matmul`) and the chain of
+//! `fuse-epilogue`: a contraction (`conv2d`, `conv1d`, `linear`, `matmul`) and the chain of
 //! elementwise ops that consume only its result (activation, layer scale, residual add, ...)
 //! become one fusion group, so a code generator can apply the chain while the contraction's
 //! output tile is still in cache. The chain grows while each value has exactly one user, is
 //! not a graph output, and the next op keeps its shape.
 
+use super::fusion::{chain_after, make_group};
 use super::Pass;
-use crate::ir::{Graph, Node, NodeKind, Output, ValueId};
-use std::collections::HashMap;
+use crate::ir::{Graph, ValueId};
 
 pub struct FuseEpilogue;
 
 const ANCHORS: &[&str] = &["conv2d", "conv1d", "linear", "matmul"];
-const ELEMENTWISE: &[&str] = &[
-    "relu",
-    "relu6",
-    "gelu",
-    "silu",
-    "sigmoid",
-    "tanh",
-    "elu",
-    "hardswish",
-    "clamp",
-    "neg",
-    "add",
-    "sub",
-    "mul",
-    "div",
-    "maximum",
-    "minimum",
-];
 
-/// The chain to fuse after `anchor` (excluding it); empty when nothing follows.
-fn chain_after(graph: &Graph, anchor: ValueId) -> Vec<ValueId> {
-    let is_output = |v: ValueId| graph.outputs.iter().any(|o| o.value == v);
-    let mut chain = Vec::new();
-    let mut tail = anchor;
-    loop {
-        let users = graph.users(tail);
-        if users.len() != 1 || is_output(tail) {
-            break;
-        }
-        let next = users[0];
-        let node = graph.node(next);
-        let fusible = node.op().is_some_and(|op| ELEMENTWISE.contains(&op.name))
-            && node.shape == graph.node(tail).shape
-            // The chain value must enter once (`x * x` would read it twice).
-            && graph.inputs(next).iter().filter(|&&i| i == tail).count() == 1;
-        if !fusible {
-            break;
-        }
-        chain.push(next);
-        tail = next;
-    }
-    chain
+fn is_anchor(graph: &Graph, id: ValueId) -> bool {
+    graph.nodes.contains_node(id)
+        && graph
+            .node(id)
+            .op()
+            .is_some_and(|op| ANCHORS.contains(&op.name))
 }
 
 impl Pass for FuseEpilogue {
@@ -61,78 +26,35 @@ impl Pass for FuseEpilogue {
     }
 
     fn description(&self) -> &'static str {
-        "fuse conv/linear/matmul with the elementwise chain after it (bias, activation, scale, residual)"
+        "fuse conv/linear/matmul with the elementwise chain after it (activation, scale, residual)"
     }
 
     fn run(&self, graph: &mut Graph) -> bool {
         let mut changed = false;
         for anchor in graph.topo_order() {
-            if !graph.nodes.contains_node(anchor)
-                || !graph
-                    .node(anchor)
-                    .op()
-                    .is_some_and(|op| ANCHORS.contains(&op.name))
-            {
+            if !is_anchor(graph, anchor) {
                 continue;
             }
-            let chain = chain_after(graph, anchor);
+            let (chain, _) = chain_after(graph, anchor);
             if chain.is_empty() {
                 continue;
             }
-            let members: Vec<ValueId> = std::iter::once(anchor)
-                .chain(chain.iter().copied())
-                .collect();
-            // The body's inputs are the chain's external operands, in order of first use.
-            let mut operands: Vec<ValueId> = Vec::new();
-            for &m in &members {
-                for src in graph.inputs(m) {
-                    if !members.contains(&src) && !operands.contains(&src) {
-                        operands.push(src);
-                    }
-                }
-            }
-            let mut body = Graph::new("epilogue");
-            let mut map: HashMap<ValueId, ValueId> = HashMap::new();
-            for (i, &src) in operands.iter().enumerate() {
-                let outer = graph.node(src);
-                let input = Node {
-                    name: format!("in{i}"),
-                    kind: NodeKind::Input,
-                    shape: outer.shape.clone(),
-                    dtype: outer.dtype,
-                    loc: None,
-                    chain: Vec::new(),
-                };
-                let v = body.add(input, &[]);
-                body.inputs.push(v);
-                map.insert(src, v);
-            }
-            for &m in &members {
-                let args: Vec<ValueId> = graph.inputs(m).iter().map(|src| map[src]).collect();
-                let copy = body.add(graph.node(m).clone(), &args);
-                map.insert(m, copy);
-            }
-            let last = *members.last().expect("anchor is a member");
-            body.outputs.push(Output {
-                name: "out".into(),
-                value: map[&last],
-            });
-            let template = graph.node(anchor).clone();
-            let fused = Node {
-                kind: NodeKind::Fused {
-                    kind: "epilogue".into(),
-                    body: Box::new(body),
-                },
-                shape: graph.node(last).shape.clone(),
-                ..template
-            };
-            let id = graph.add(fused, &operands);
-            graph.replace_uses(last, id);
-            for m in members {
-                graph.nodes.remove_node(m);
-            }
+            let members: Vec<ValueId> = std::iter::once(anchor).chain(chain).collect();
+            make_group(graph, &members, "epilogue");
             changed = true;
         }
         changed
+    }
+
+    fn explain(&self, graph: &Graph) -> Vec<String> {
+        graph
+            .topo_order()
+            .into_iter()
+            .filter(|&a| is_anchor(graph, a))
+            .filter_map(|a| {
+                let (_, why) = chain_after(graph, a);
+                why.map(|w| format!("fuse-epilogue: `{}` stops early: {w}", graph.node(a).name))
+            })
+            .collect()
     }
 }

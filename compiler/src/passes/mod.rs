@@ -8,7 +8,9 @@
 mod cse;
 mod dce;
 mod fold_batch_norm;
+mod fuse_elementwise;
 mod fuse_epilogue;
+mod fusion;
 mod remove_identities;
 mod simplify_layout;
 
@@ -23,6 +25,11 @@ pub trait Pass {
     fn description(&self) -> &'static str;
     /// Rewrites `graph`; returns whether anything changed.
     fn run(&self, graph: &mut Graph) -> bool;
+    /// For `bbc ir --explain`: where this pass's pattern almost matched `graph`, and why it
+    /// did not fire, the way a compiler reports a missed vectorisation.
+    fn explain(&self, _graph: &Graph) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// Every pass, in the order `-O2` runs them.
@@ -34,6 +41,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(cse::Cse),
         Box::new(dce::Dce),
         Box::new(fuse_epilogue::FuseEpilogue),
+        Box::new(fuse_elementwise::FuseElementwise),
     ]
 }
 
@@ -65,6 +73,8 @@ pub struct Options {
     pub print_after: Vec<String>,
     pub print_after_all: bool,
     pub time_passes: bool,
+    /// Ask each pass where its pattern almost matched (see [`Pass::explain`]).
+    pub explain: bool,
 }
 
 /// One pass's run.
@@ -75,6 +85,8 @@ pub struct PassRun {
     pub time: Duration,
     /// The IR after the pass, when printing was asked for.
     pub printed: Option<String>,
+    /// Missed opportunities in the graph the pass saw, when asked for.
+    pub explained: Vec<String>,
 }
 
 /// A pass broke the graph: a bug in the pass, reported with the verifier's findings.
@@ -105,6 +117,11 @@ pub fn run(
 ) -> Result<Vec<PassRun>, PassError> {
     let mut runs = Vec::new();
     for pass in passes {
+        let explained = if opts.explain {
+            pass.explain(graph)
+        } else {
+            Vec::new()
+        };
         let start = Instant::now();
         let changed = pass.run(graph);
         let time = start.elapsed();
@@ -121,6 +138,7 @@ pub fn run(
             changed,
             time,
             printed: print.then(|| print_text(graph)),
+            explained,
         });
     }
     Ok(runs)
