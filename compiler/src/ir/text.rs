@@ -424,6 +424,23 @@ pub fn parse_text(text: &str) -> Result<Graph, TextError> {
             by_name.insert(name, id);
             Ok(id)
         };
+        // `(%a, %b, ...)`: the operands of an op or a fusion group.
+        let operands = |c: &mut Cursor,
+                        by_name: &HashMap<String, ValueId>|
+         -> Result<Vec<ValueId>, TextError> {
+            c.expect("(").map_err(err)?;
+            let mut inputs = Vec::new();
+            if !c.eat(")") {
+                loop {
+                    inputs.push(lookup(by_name, c.value_name().map_err(err)?)?);
+                    if c.eat(")") {
+                        break;
+                    }
+                    c.expect(",").map_err(err)?;
+                }
+            }
+            Ok(inputs)
+        };
         let first = c.rest().split_whitespace().next().unwrap_or("");
         match first {
             "input" | "param" | "buffer" => {
@@ -487,17 +504,7 @@ pub fn parse_text(text: &str) -> Result<Graph, TextError> {
                 c.expect("=").map_err(err)?;
                 c.expect("fused").map_err(err)?;
                 let kind = c.word().map_err(err)?.to_string();
-                c.expect("(").map_err(err)?;
-                let mut inputs = Vec::new();
-                if !c.eat(")") {
-                    loop {
-                        inputs.push(lookup(&by_name, c.value_name().map_err(err)?)?);
-                        if c.eat(")") {
-                            break;
-                        }
-                        c.expect(",").map_err(err)?;
-                    }
-                }
+                let inputs = operands(&mut c, &by_name)?;
                 c.expect(":").map_err(err)?;
                 let (dtype, shape) = c.shape().map_err(err)?;
                 c.expect("{").map_err(err)?;
@@ -552,17 +559,7 @@ pub fn parse_text(text: &str) -> Result<Graph, TextError> {
                 let op_name = c.word().map_err(err)?;
                 let op =
                     ops::lookup(op_name).ok_or_else(|| err(format!("unknown op `{op_name}`")))?;
-                c.expect("(").map_err(err)?;
-                let mut inputs = Vec::new();
-                if !c.eat(")") {
-                    loop {
-                        inputs.push(lookup(&by_name, c.value_name().map_err(err)?)?);
-                        if c.eat(")") {
-                            break;
-                        }
-                        c.expect(",").map_err(err)?;
-                    }
-                }
+                let inputs = operands(&mut c, &by_name)?;
                 let mut attrs = Attrs::new();
                 if c.eat("{") && !c.eat("}") {
                     loop {
