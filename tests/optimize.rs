@@ -127,3 +127,58 @@ fn o1_and_o2_agree_with_o0_on_every_fixture() {
         "-O2 reduced the kernel count on only {fewer_kernels} fixtures"
     );
 }
+
+/// The yardstick for ConvNeXt: at -O2 each block of convnext_atto (1x1-conv MLP) runs
+/// as at most three kernels: depthwise conv + LayerNorm, fc1 + GELU, fc2 + layer scale +
+/// residual. (Values computed from weights alone, like the reshaped layer scale, are
+/// prepared once and are not kernels.)
+#[test]
+fn convnext_atto_blocks_run_as_three_kernels_at_o2() {
+    use bbc::compiler::ir::NodeKind;
+    let program = elab::Program::load(Path::new("specs/convnext.bb"), &elab::FsLoader).unwrap();
+    let opts = elab::Options {
+        model: Some("convnext_atto".into()),
+        dims: vec![("H".into(), 64), ("W".into(), 64)],
+        ..Default::default()
+    };
+    let mut graph = program
+        .elaborate(&opts)
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph;
+    passes::run(
+        &mut graph,
+        &passes::pipeline(2),
+        &passes::Options::default(),
+    )
+    .unwrap();
+    let mut per_inference = std::collections::HashSet::new();
+    let mut kernels: HashMap<String, usize> = HashMap::new();
+    for id in graph.topo_order() {
+        let node = graph.node(id);
+        let depends = match node.kind {
+            NodeKind::Input => true,
+            NodeKind::Param { .. } => false,
+            _ => graph.inputs(id).iter().any(|i| per_inference.contains(i)),
+        };
+        if !depends {
+            continue;
+        }
+        per_inference.insert(id);
+        let segs: Vec<&str> = node.name.split('.').collect();
+        if segs.len() > 4
+            && segs[0] == "stages"
+            && segs[2] == "blocks"
+            && !matches!(node.kind, NodeKind::Input)
+        {
+            *kernels.entry(segs[..4].join(".")).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(
+        kernels.len(),
+        12,
+        "convnext_atto has 12 blocks: {kernels:?}"
+    );
+    for (block, n) in &kernels {
+        assert!(*n <= 3, "{block} runs {n} kernels at -O2");
+    }
+}

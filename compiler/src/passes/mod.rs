@@ -8,6 +8,7 @@
 mod cse;
 mod dce;
 mod fold_batch_norm;
+mod fuse_dwconv_norm;
 mod fuse_elementwise;
 mod fuse_epilogue;
 mod fusion;
@@ -40,6 +41,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(fold_batch_norm::FoldBatchNorm),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
+        Box::new(fuse_dwconv_norm::FuseDwconvNorm),
         Box::new(fuse_epilogue::FuseEpilogue),
         Box::new(fuse_elementwise::FuseElementwise),
     ]
