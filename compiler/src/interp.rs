@@ -102,6 +102,8 @@ pub fn run(
                 }
                 t.clone()
             }
+            NodeKind::Const { data } => Tensor::from_shape_vec(node.shape.as_slice(), data.clone())
+                .expect("the verifier checks a constant's length against its shape"),
             NodeKind::Fused { body, .. } => {
                 let args: HashMap<String, Tensor> = body
                     .inputs

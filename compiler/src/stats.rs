@@ -11,6 +11,8 @@
 //!   the step of its last consumer (graph outputs stay live to the end), and during a step the
 //!   op's operands and its result are live together. Graph inputs are excluded and reported as
 //!   [`Stats::input_bytes`]; parameters and buffers are excluded (see [`Stats::params`]).
+//! - A folded constant (`NodeKind::Const`, at most a few KiB) is data of the compiled model,
+//!   neither an activation nor a state_dict entry, and is not counted.
 
 use crate::ir::{Graph, NodeKind, ValueId};
 use crate::ops::{ArgType, ParamKind};
@@ -184,6 +186,7 @@ pub fn stats(graph: &Graph) -> Stats {
                 ParamKind::Param => s.params += node.numel() as u64,
                 ParamKind::Buffer => s.buffers += node.numel() as u64,
             },
+            NodeKind::Const { .. } => {}
             NodeKind::Op { .. } | NodeKind::Fused { .. } => {
                 let operands = graph.inputs(id);
                 let (op_name, flops) = match &node.kind {

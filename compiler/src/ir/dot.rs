@@ -1,9 +1,10 @@
 //! Graphviz DOT rendering of a Graph IR, for `bbc graph`.
 //!
 //! One box per op (name, op, output shape); graph inputs are green ellipses and graph outputs
-//! orange ellipses. Parameters and buffers are not drawn: each is listed in the label of every
-//! op that consumes it (by its key relative to the op's name when it has that prefix), so the
-//! picture shows the dataflow only. Nodes are emitted in topological order with ids `n<index>`.
+//! orange ellipses. Parameters, buffers and folded constants are not drawn: each is listed in
+//! the label of every op that consumes it (by its key relative to the op's name when it has
+//! that prefix), so the picture shows the dataflow only. Nodes are emitted in topological
+//! order with ids `n<index>`.
 
 use super::{Graph, NodeKind};
 use crate::ops::ParamKind;
@@ -41,7 +42,7 @@ pub fn to_dot(graph: &Graph) -> String {
         let node = graph.node(id);
         let nid = format!("n{}", id.index());
         match &node.kind {
-            NodeKind::Param { .. } => continue,
+            NodeKind::Param { .. } | NodeKind::Const { .. } => continue,
             NodeKind::Input => {
                 let label = format!("{}\ninput {}{}", node.name, node.dtype, shape(&node.shape));
                 let _ = writeln!(
@@ -59,20 +60,24 @@ pub fn to_dot(graph: &Graph) -> String {
                 let mut label = format!("{}\n{what}  {}", node.name, shape(&node.shape));
                 for input in graph.inputs(id) {
                     let src = graph.node(input);
-                    match &src.kind {
-                        NodeKind::Param { kind, .. } => {
+                    let leaf_tag = match &src.kind {
+                        NodeKind::Param { kind, .. } => Some(match kind {
+                            ParamKind::Param => "",
+                            ParamKind::Buffer => " (buffer)",
+                        }),
+                        NodeKind::Const { .. } => Some(" (const)"),
+                        _ => None,
+                    };
+                    match leaf_tag {
+                        Some(tag) => {
                             let key = src
                                 .name
                                 .strip_prefix(&node.name)
                                 .and_then(|k| k.strip_prefix('.'))
                                 .unwrap_or(&src.name);
-                            let tag = match kind {
-                                ParamKind::Param => "",
-                                ParamKind::Buffer => " (buffer)",
-                            };
                             let _ = write!(label, "\n{key}{tag} {}", shape(&src.shape));
                         }
-                        _ => {
+                        None => {
                             let _ = writeln!(edges, "  n{} -> {nid};", input.index());
                         }
                     }
@@ -115,6 +120,18 @@ mod tests {
         assert!(dot.contains("\\nweight [2, 4]"), "{dot}");
         assert!(dot.contains("y\\noutput"), "{dot}");
         assert!(!dot.contains("h.weight"), "params are folded: {dot}");
+        assert_eq!(dot.matches("->").count(), 2, "{dot}");
+    }
+
+    #[test]
+    fn lists_folded_constants_like_params() {
+        let graph = crate::ir::parse_text(
+            "graph g {\n  input %x: f32[2]\n  const %x.shift: f32[2] = [0.5, -1.0]\n  \
+             %y = add(%x, %x.shift): f32[2]\n  output %y = %y\n}\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dot = to_dot(&graph);
+        assert!(dot.contains("\\nx.shift (const) [2]"), "{dot}");
         assert_eq!(dot.matches("->").count(), 2, "{dot}");
     }
 

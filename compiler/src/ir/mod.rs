@@ -42,6 +42,9 @@ pub enum NodeKind {
     Input,
     /// A learned parameter or saved buffer; `Node::name` is its state_dict key.
     Param { kind: ParamKind, init: Init },
+    /// A value known at compile time (left by `const-fold`): its elements in row-major order
+    /// for `Node::shape`. It is part of the compiled model, not of the state_dict.
+    Const { data: Vec<f32> },
     /// An application of an op from the table to this node's inputs.
     Op { op: &'static OpDef, attrs: Attrs },
     /// A fusion group: one kernel computing `body`, a graph whose inputs are this node's
@@ -203,6 +206,19 @@ impl Graph {
             self.nodes.remove_edge(e);
         }
         self.nodes.add_edge(src, node, pos);
+    }
+
+    /// Removes every operand edge of `id`, leaving its users as they are (for a value that
+    /// becomes a leaf, or a dead one whose operands should no longer count it as a user).
+    pub fn clear_inputs(&mut self, id: ValueId) {
+        let edges: Vec<_> = self
+            .nodes
+            .edges_directed(id, Direction::Incoming)
+            .map(|e| e.id())
+            .collect();
+        for e in edges {
+            self.nodes.remove_edge(e);
+        }
     }
 
     /// Values that read `id`.

@@ -10,6 +10,11 @@
 //! }
 //! ```
 //! Locations follow `@`; a block instantiation chain follows as `< file:line:col` frames.
+//!
+//! A folded constant lists its elements in row-major order, each as the shortest decimal that
+//! reads back as the same f32: on its own line up to [`CONST_INLINE`] elements
+//! (`const %scale: f32[3] = [0.5, 0.25, 2.0]`), otherwise between `= [` and a closing `]` line,
+//! [`CONST_INLINE`] elements (whole rows of the last axis where they fit) per line.
 
 use super::{DType, Graph, Node, NodeKind, Output, ValueId};
 use crate::ops::{self, format_float, Attr, Attrs, Init, ParamKind};
@@ -30,6 +35,22 @@ fn init_text(init: &Init) -> String {
         Init::Uniform(b) => format!("uniform({})", format_float(*b)),
         Init::Normal(s) => format!("normal({})", format_float(*s)),
         Init::TruncNormal(s) => format!("trunc_normal({})", format_float(*s)),
+    }
+}
+
+/// The most elements a constant prints on its own line, and per line when it is longer.
+pub const CONST_INLINE: usize = 16;
+
+/// Shortest decimal that reads back as the same f32 (`1.0`, `-0.8666667`, `1e-7`, `NaN`).
+fn f32_text(v: f32) -> String {
+    format!("{v:?}")
+}
+
+/// Elements per line of a long constant: whole rows of the last axis when they fit.
+fn const_row(shape: &[usize]) -> usize {
+    match shape.last() {
+        Some(&w) if (1..=CONST_INLINE).contains(&w) => CONST_INLINE / w * w,
+        _ => CONST_INLINE,
     }
 }
 
@@ -75,6 +96,23 @@ fn write_body(out: &mut String, graph: &Graph, depth: usize) {
                     ParamKind::Buffer => "buffer",
                 };
                 format!("{word} %{}: {ty} = {}", node.name, init_text(init))
+            }
+            NodeKind::Const { data } => {
+                let items = |vs: &[f32]| -> String {
+                    let items: Vec<String> = vs.iter().map(|&v| f32_text(v)).collect();
+                    items.join(", ")
+                };
+                let head = format!("const %{}: {ty} = [", node.name);
+                if data.len() <= CONST_INLINE {
+                    format!("{head}{}]", items(data))
+                } else {
+                    let _ = writeln!(out, "{pad}{head}{}", loc_text(node));
+                    let rows: Vec<String> =
+                        data.chunks(const_row(&node.shape)).map(items).collect();
+                    let _ = writeln!(out, "{pad}  {}", rows.join(&format!(",\n{pad}  ")));
+                    let _ = writeln!(out, "{pad}]");
+                    continue;
+                }
             }
             NodeKind::Op { op, attrs } => {
                 let mut s = format!("%{} = {}({})", node.name, op.name, args());
@@ -208,6 +246,25 @@ impl<'a> Cursor<'a> {
             Attr::Int(i) => Ok(i as f64),
             Attr::Float(f) => Ok(f),
             _ => unreachable!("number() yields Int or Float"),
+        }
+    }
+    fn f32(&mut self) -> Res<f32> {
+        let w = self.take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.'));
+        w.parse::<f32>()
+            .map_err(|_| format!("expected an f32 element, found `{w}`"))
+    }
+    /// `v, v, ..., v]`: the elements of a constant after its opening `[`.
+    fn f32_list(&mut self) -> Res<Vec<f32>> {
+        let mut items = Vec::new();
+        if self.eat("]") {
+            return Ok(items);
+        }
+        loop {
+            items.push(self.f32()?);
+            if self.eat("]") {
+                return Ok(items);
+            }
+            self.expect(",")?;
         }
     }
     fn string(&mut self) -> Res<String> {
@@ -478,6 +535,50 @@ pub fn parse_text(text: &str) -> Result<Graph, TextError> {
                 if is_input {
                     graph.inputs.push(id);
                 }
+            }
+            "const" => {
+                c.word().map_err(err)?;
+                let name = c.value_name().map_err(err)?.to_string();
+                c.expect(":").map_err(err)?;
+                let (dtype, shape) = c.shape().map_err(err)?;
+                c.expect("=").map_err(err)?;
+                c.expect("[").map_err(err)?;
+                c.skip_ws();
+                let data = if c.rest().is_empty() {
+                    // A long constant: element lines up to a line holding only `]`.
+                    let start = next;
+                    while next < lines.len() && lines[next].trim() != "]" {
+                        next += 1;
+                    }
+                    if next == lines.len() {
+                        return Err(err("constant is not closed with `]`".into()));
+                    }
+                    let elements = format!("{}]", lines[start..next].join(" "));
+                    next += 1;
+                    let mut e = Cursor::new(&elements);
+                    let data = e.f32_list().map_err(err)?;
+                    e.skip_ws();
+                    if !e.rest().is_empty() {
+                        return Err(err(format!("unexpected `{}` in constant", e.rest())));
+                    }
+                    data
+                } else {
+                    c.f32_list().map_err(err)?
+                };
+                let kind = NodeKind::Const { data };
+                define(
+                    &mut graph,
+                    &mut by_name,
+                    Node {
+                        name,
+                        kind,
+                        shape,
+                        dtype,
+                        loc,
+                        chain,
+                    },
+                    &[],
+                )?;
             }
             "output" => {
                 c.word().map_err(err)?;

@@ -21,9 +21,19 @@ pub fn verify(graph: &Graph) -> Vec<String> {
         }
         let inputs = graph.inputs(id);
         match &node.kind {
-            NodeKind::Input | NodeKind::Param { .. } => {
+            NodeKind::Input | NodeKind::Param { .. } | NodeKind::Const { .. } => {
                 if !inputs.is_empty() {
                     errors.push(format!("`%{}` is a leaf but has operands", node.name));
+                }
+                if let NodeKind::Const { data } = &node.kind {
+                    if data.len() != node.numel() {
+                        errors.push(format!(
+                            "`%{}`: a constant of shape {:?} holds {} elements",
+                            node.name,
+                            node.shape,
+                            data.len()
+                        ));
+                    }
                 }
             }
             NodeKind::Fused { kind, body } => {

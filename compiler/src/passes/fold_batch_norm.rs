@@ -5,38 +5,12 @@
 //! weight values and the interpreter checks it like any other rewrite. Fires only when the
 //! convolution has no other user.
 
+use super::fusion::add_op;
 use super::Pass;
-use crate::ir::{DType, Graph, Node, NodeKind, ValueId};
-use crate::ops::{self, Attr, Attrs, AttrsExt};
+use crate::ir::{Graph, NodeKind, ValueId};
+use crate::ops::{Attr, Attrs, AttrsExt};
 
 pub struct FoldBatchNorm;
-
-/// Adds `op(inputs)` with `attrs`, named `name`, located where `like` is.
-fn add_op(
-    graph: &mut Graph,
-    like: ValueId,
-    name: String,
-    op: &str,
-    attrs: Attrs,
-    inputs: &[ValueId],
-) -> ValueId {
-    let def = ops::lookup(op).expect("op used by a pass is in the table");
-    let shapes: Vec<_> = inputs
-        .iter()
-        .map(|&i| graph.node(i).shape.clone())
-        .collect();
-    let shape = (def.shape)(&attrs, &shapes).expect("a pass builds well-shaped ops");
-    let template = graph.node(like);
-    let node = Node {
-        name,
-        kind: NodeKind::Op { op: def, attrs },
-        shape,
-        dtype: DType::F32,
-        loc: template.loc.clone(),
-        chain: template.chain.clone(),
-    };
-    graph.add(node, inputs)
-}
 
 fn scalar(graph: &mut Graph, like: ValueId, name: String, value: f64) -> ValueId {
     let mut attrs = Attrs::new();

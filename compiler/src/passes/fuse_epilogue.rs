@@ -2,7 +2,9 @@
 //! elementwise ops that consume only its result (activation, layer scale, residual add, ...)
 //! become one fusion group, so a code generator can apply the chain while the contraction's
 //! output tile is still in cache. The chain grows while each value has exactly one user, is
-//! not a graph output, and the next op keeps its shape.
+//! not a graph output, and the next op keeps its shape or is a layout change (`permute`),
+//! which the kernel applies by storing each element at its permuted position; ConvNeXt's
+//! `permute(fc2 * gamma, [0, 3, 1, 2])` and the residual add after it join this way.
 
 use super::fusion::{chain_after, make_group};
 use super::Pass;
@@ -10,7 +12,8 @@ use crate::ir::{Graph, ValueId};
 
 pub struct FuseEpilogue;
 
-const ANCHORS: &[&str] = &["conv2d", "conv1d", "linear", "matmul"];
+/// The contractions a group may start with; their kernels apply the chain to each output tile.
+pub(super) const ANCHORS: &[&str] = &["conv2d", "conv1d", "linear", "matmul"];
 
 fn is_anchor(graph: &Graph, id: ValueId) -> bool {
     graph.nodes.contains_node(id)

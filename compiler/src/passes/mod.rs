@@ -5,15 +5,22 @@
 //! spec by running the interpreter before and after, and `tests/passes/` pins each pass's
 //! rewrites with small text-IR cases.
 
+mod assign_layout;
+mod const_fold;
 mod cse;
 mod dce;
 mod fold_batch_norm;
+mod fold_haar_conv;
+mod fuse_attention;
 mod fuse_dwconv_norm;
 mod fuse_elementwise;
 mod fuse_epilogue;
+mod fuse_fff;
 mod fusion;
 mod remove_identities;
 mod simplify_layout;
+
+pub use fusion::input_dependent;
 
 use crate::ir::{print_text, verify, Graph};
 use std::time::{Duration, Instant};
@@ -37,11 +44,16 @@ pub trait Pass {
 pub fn all() -> Vec<Box<dyn Pass>> {
     vec![
         Box::new(remove_identities::RemoveIdentities),
+        Box::new(const_fold::ConstFold),
         Box::new(simplify_layout::SimplifyLayout),
         Box::new(fold_batch_norm::FoldBatchNorm),
+        Box::new(fold_haar_conv::FoldHaarConv),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
+        Box::new(assign_layout::AssignLayout),
+        Box::new(fuse_attention::FuseAttention),
         Box::new(fuse_dwconv_norm::FuseDwconvNorm),
+        Box::new(fuse_fff::FuseFff),
         Box::new(fuse_epilogue::FuseEpilogue),
         Box::new(fuse_elementwise::FuseElementwise),
     ]
@@ -51,18 +63,16 @@ pub fn lookup(name: &str) -> Option<Box<dyn Pass>> {
     all().into_iter().find(|p| p.name() == name)
 }
 
+/// The passes `-O1` runs: cleanups that never form fusion groups.
+const CLEANUP: &[&str] = &["remove-identities", "const-fold", "simplify", "cse", "dce"];
+
 /// The passes of an optimisation level: 0 none, 1 cleanup, 2 everything.
 pub fn pipeline(level: u8) -> Vec<Box<dyn Pass>> {
     match level {
         0 => Vec::new(),
         1 => all()
             .into_iter()
-            .filter(|p| {
-                matches!(
-                    p.name(),
-                    "remove-identities" | "simplify-layout" | "cse" | "dce"
-                )
-            })
+            .filter(|p| CLEANUP.contains(&p.name()))
             .collect(),
         _ => all(),
     }
@@ -158,6 +168,7 @@ mod tests {
             assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n} twice");
         }
         assert!(pipeline(0).is_empty());
+        assert_eq!(pipeline(1).len(), CLEANUP.len(), "an -O1 pass name is misspelt");
         assert!(pipeline(1).len() < pipeline(2).len());
         assert!(lookup("dce").is_some() && lookup("nope").is_none());
     }
