@@ -218,15 +218,15 @@ fn concat_shape(a: &Attrs, s: &[Shape]) -> Result<Shape, String> {
 }
 
 /// A Python-style slice along one axis, resolved to `len` elements from `start`.
-struct SliceRange {
-    axis: usize,
-    start: usize,
-    step: usize,
-    len: usize,
+pub(crate) struct SliceRange {
+    pub(crate) axis: usize,
+    pub(crate) start: usize,
+    pub(crate) step: usize,
+    pub(crate) len: usize,
 }
 
 impl SliceRange {
-    fn new(a: &Attrs, x: &[usize]) -> Result<SliceRange, String> {
+    pub(crate) fn new(a: &Attrs, x: &[usize]) -> Result<SliceRange, String> {
         let ax = axis("slice", "axis", a.int("axis"), x.len())?;
         let step = at_least("slice", "step", a.int("step"), 1)?;
         let n = x[ax] as i64;

@@ -117,22 +117,22 @@ fn with_hw(s: &[usize], hw: [usize; 2]) -> Shape {
 }
 
 /// One window along an axis: the input indices it reads, and its extent counting padding.
-struct Bin {
-    range: Range<usize>,
-    padded: usize,
+pub(crate) struct Bin {
+    pub(crate) range: Range<usize>,
+    pub(crate) padded: usize,
 }
 
 /// The validated geometry of a sliding-window pool.
-struct Pool {
-    hw: [usize; 2],
-    k: [usize; 2],
-    s: [usize; 2],
-    pad: [usize; 2],
-    out_hw: [usize; 2],
+pub(crate) struct Pool {
+    pub(crate) hw: [usize; 2],
+    pub(crate) k: [usize; 2],
+    pub(crate) s: [usize; 2],
+    pub(crate) pad: [usize; 2],
+    pub(crate) out_hw: [usize; 2],
 }
 
 impl Pool {
-    fn new(op: &str, a: &Attrs, x: &[usize]) -> Result<Pool, String> {
+    pub(crate) fn new(op: &str, a: &Attrs, x: &[usize]) -> Result<Pool, String> {
         let hw = planes(op, x)?;
         nonempty(op, hw)?;
         let k = pair_at_least(op, a, "k", 1)?;
@@ -174,7 +174,7 @@ impl Pool {
         with_hw(x, self.out_hw)
     }
 
-    fn bins(&self) -> (Vec<Bin>, Vec<Bin>) {
+    pub(crate) fn bins(&self) -> (Vec<Bin>, Vec<Bin>) {
         let axis = |i: usize| {
             (0..self.out_hw[i])
                 .map(|o| {
@@ -197,7 +197,7 @@ fn window_flops(a: &Attrs, _: &[Shape], out: &Shape) -> u64 {
     numel(out) * (k[0] * k[1]).max(0) as u64
 }
 
-fn adaptive_bins(len: usize, out: usize) -> Vec<Bin> {
+pub(crate) fn adaptive_bins(len: usize, out: usize) -> Vec<Bin> {
     (0..out)
         .map(|i| {
             let (start, end) = (i * len / out, ((i + 1) * len).div_ceil(out));
@@ -238,16 +238,16 @@ fn pool(
 }
 
 /// The validated geometry of an `upsample`.
-struct Resize {
-    hw: [usize; 2],
-    out_hw: [usize; 2],
+pub(crate) struct Resize {
+    pub(crate) hw: [usize; 2],
+    pub(crate) out_hw: [usize; 2],
     scale: Option<usize>,
-    bilinear: bool,
+    pub(crate) bilinear: bool,
     align_corners: bool,
 }
 
 impl Resize {
-    fn new(a: &Attrs, x: &[usize]) -> Result<Resize, String> {
+    pub(crate) fn new(a: &Attrs, x: &[usize]) -> Result<Resize, String> {
         const OP: &str = "upsample";
         expect_rank(OP, x, 4..=4, "a 4-D NCHW input")?;
         let hw = [x[2], x[3]];
@@ -285,7 +285,7 @@ impl Resize {
     }
 
     /// PyTorch's `nearest_idx`.
-    fn nearest(&self, i: usize) -> Vec<usize> {
+    pub(crate) fn nearest(&self, i: usize) -> Vec<usize> {
         let (len, out) = (self.hw[i], self.out_hw[i]);
         let ratio = self.ratio(i);
         (0..out)
@@ -298,7 +298,7 @@ impl Resize {
     }
 
     /// PyTorch's `compute_source_index_and_lambda`, in f32: (i0, i1, λ0, λ1) per output index.
-    fn linear(&self, i: usize) -> Vec<(usize, usize, f32, f32)> {
+    pub(crate) fn linear(&self, i: usize) -> Vec<(usize, usize, f32, f32)> {
         let (len, out) = (self.hw[i], self.out_hw[i]);
         let ratio = match (self.align_corners, out > 1) {
             (true, true) => (len - 1) as f32 / (out - 1) as f32,

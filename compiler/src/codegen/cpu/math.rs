@@ -1,0 +1,195 @@
+//! Inline f32 / f32x4 approximations of the transcendental intrinsics, the same algorithm for
+//! scalars and vectors (only `fmul`/`fadd`/`fma`/`fdiv`/`fmin`/`fmax` and bit tricks, so
+//! NaN propagates):
+//!
+//! * `exp`: Cephes `expf` — range reduction by `n = round(x·log2 e)` with a two-part ln 2,
+//!   a degree-5 polynomial, and the scale `2^n` built in the exponent bits (as `2^(n−1)·2`
+//!   so `n = 128` stays finite); inputs are clamped to [−86, 88.72], above which the
+//!   result is +inf.
+//! * `tanh`: Eigen's rational approximation, odd degree 13 over even degree 6, on
+//!   [−7.905, 7.905] (tanh is ±1 in f32 beyond).
+//! * `erf`: Eigen's rational approximation, odd degree 13 over even degree 8, on [−4, 4].
+//! * `sigmoid`: `1 / (1 + exp(−x))` with the `exp` above.
+//!
+//! Measured against f64 over dense sweeps (200 001 points; the `approximation_errors` test in
+//! `compiler/tests/kernel_jit.rs` recomputes and bounds them), on an x86-64 host with FMA:
+//! exp 1.2e-7 maximum relative error on [−86, 88]; tanh 3.1e-7, erf 3.3e-7 and sigmoid
+//! 8.9e-8 maximum absolute error on [−10, 10], [−6, 6] and [−30, 30].
+
+use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_frontend::FunctionBuilder;
+
+/// Emits scalar or f32x4 arithmetic with FMA when the target has it.
+pub struct Math<'a, 'b> {
+    pub b: &'a mut FunctionBuilder<'b>,
+    pub ty: Type,
+    pub fma: bool,
+}
+
+// The coefficients are kept as published, beyond f32 precision.
+#[allow(clippy::excessive_precision)]
+impl Math<'_, '_> {
+    pub fn konst(&mut self, v: f32) -> Value {
+        let s = self.b.ins().f32const(v);
+        if self.ty == types::F32 {
+            s
+        } else {
+            self.b.ins().splat(self.ty, s)
+        }
+    }
+
+    /// `a·b + c`.
+    pub fn mul_add(&mut self, a: Value, b: Value, c: Value) -> Value {
+        if self.fma {
+            self.b.ins().fma(a, b, c)
+        } else {
+            let p = self.b.ins().fmul(a, b);
+            self.b.ins().fadd(p, c)
+        }
+    }
+
+    /// Horner evaluation of `coefs[0] + coefs[1]·t + …` (lowest degree first).
+    fn poly(&mut self, t: Value, coefs: &[f32]) -> Value {
+        let mut acc = self.konst(*coefs.last().expect("a polynomial has coefficients"));
+        for &c in coefs.iter().rev().skip(1) {
+            let k = self.konst(c);
+            acc = self.mul_add(acc, t, k);
+        }
+        acc
+    }
+
+    fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Value {
+        let (l, h) = (self.konst(lo), self.konst(hi));
+        let x = self.b.ins().fmax(x, l);
+        self.b.ins().fmin(x, h)
+    }
+
+    fn int_ty(&self) -> Type {
+        if self.ty == types::F32 {
+            types::I32
+        } else {
+            types::I32X4
+        }
+    }
+
+    pub fn exp(&mut self, x0: Value) -> Value {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        const OVERFLOW: f32 = 88.722_83;
+        let x = self.clamp(x0, -86.0, OVERFLOW);
+        let l2e = self.konst(LOG2E);
+        let t = self.b.ins().fmul(x, l2e);
+        let n = self.b.ins().nearest(t);
+        let (hi, lo) = (self.konst(-LN2_HI), self.konst(-LN2_LO));
+        let r = self.mul_add(n, hi, x);
+        let r = self.mul_add(n, lo, r);
+        let p = self.poly(
+            r,
+            &[
+                5.000_000_1e-1,
+                1.666_666_5e-1,
+                4.166_579_6e-2,
+                8.333_452e-3,
+                1.398_2e-3,
+                1.987_569_1e-4,
+            ],
+        );
+        let r2 = self.b.ins().fmul(r, r);
+        let one = self.konst(1.0);
+        let r1 = self.b.ins().fadd(r, one);
+        let y = self.mul_add(p, r2, r1);
+        // 2^(n−1) from the exponent bits, times 2.
+        let ity = self.int_ty();
+        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let bias = self.b.ins().iconst(types::I32, 126);
+        let bias = if ity == types::I32 {
+            bias
+        } else {
+            self.b.ins().splat(ity, bias)
+        };
+        let e = self.b.ins().iadd(ni, bias);
+        let shift = self.b.ins().iconst(types::I32, 23);
+        let bits = self.b.ins().ishl(e, shift);
+        let scale = self.b.ins().bitcast(self.ty, MemFlagsData::new(), bits);
+        let two = self.konst(2.0);
+        let y = self.b.ins().fmul(y, scale);
+        let y = self.b.ins().fmul(y, two);
+        // Past the clamp the true value overflows.
+        let limit = self.konst(OVERFLOW);
+        let inf = self.konst(f32::INFINITY);
+        self.select_gt(x0, limit, inf, y)
+    }
+
+    /// `then` where `a > b`, else `otherwise`.
+    fn select_gt(&mut self, a: Value, b: Value, then: Value, otherwise: Value) -> Value {
+        use cranelift_codegen::ir::condcodes::FloatCC;
+        let c = self.b.ins().fcmp(FloatCC::GreaterThan, a, b);
+        if self.ty == types::F32 {
+            self.b.ins().select(c, then, otherwise)
+        } else {
+            let mask = self.b.ins().bitcast(self.ty, MemFlagsData::new(), c);
+            self.b.ins().bitselect(mask, then, otherwise)
+        }
+    }
+
+    pub fn tanh(&mut self, x: Value) -> Value {
+        let x = self.clamp(x, -7.905_311, 7.905_311);
+        let x2 = self.b.ins().fmul(x, x);
+        let p = self.poly(
+            x2,
+            &[
+                4.893_524_6e-3,
+                6.372_619_3e-4,
+                1.485_722_4e-5,
+                5.122_297e-8,
+                -8.604_671_5e-11,
+                2.000_187_9e-13,
+                -2.760_768_5e-16,
+            ],
+        );
+        let p = self.b.ins().fmul(x, p);
+        let q = self.poly(
+            x2,
+            &[4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6],
+        );
+        self.b.ins().fdiv(p, q)
+    }
+
+    pub fn erf(&mut self, x: Value) -> Value {
+        let x = self.clamp(x, -4.0, 4.0);
+        let x2 = self.b.ins().fmul(x, x);
+        let p = self.poly(
+            x2,
+            &[
+                -1.609_603_3e-2,
+                -2.954_599_8e-3,
+                -7.349_906_3e-4,
+                -5.692_506_4e-5,
+                -2.101_024e-6,
+                2.770_681_4e-8,
+                -2.726_142_3e-10,
+            ],
+        );
+        let p = self.b.ins().fmul(x, p);
+        let q = self.poly(
+            x2,
+            &[
+                -1.426_474e-2,
+                -7.373_329e-3,
+                -1.682_827e-3,
+                -2.133_740_6e-4,
+                -1.456_607_2e-5,
+            ],
+        );
+        self.b.ins().fdiv(p, q)
+    }
+
+    pub fn sigmoid(&mut self, x: Value) -> Value {
+        let nx = self.b.ins().fneg(x);
+        let e = self.exp(nx);
+        let one = self.konst(1.0);
+        let d = self.b.ins().fadd(one, e);
+        self.b.ins().fdiv(one, d)
+    }
+}

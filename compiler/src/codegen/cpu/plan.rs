@@ -1,0 +1,929 @@
+//! The CPU executable: an optimised Graph IR and its weights compiled once into a runtime
+//! [`Plan`] and run many times by the runtime's [`Executor`].
+//!
+//! [`compile`] splits the graph in two. Values computed from parameters alone (BatchNorm
+//! folded into conv weights, reshaped layer scales, wavelet-folded filters) are evaluated
+//! once, here, by the interpreter; every value that depends on a graph input becomes one
+//! step per inference:
+//!
+//! - a loop kernel (elementwise chains, depthwise conv + LayerNorm, norms, pooling, ...) is
+//!   JIT-compiled and split over the pool by its grid;
+//! - a contraction runs on the runtime's kernels with its weight packed at load time: a
+//!   convolution (im2col or 1x1) on [`Conv2d`], a matrix product on the tiled GEMM, a
+//!   product of two activations on the GEMM over both buffers; its JIT'd epilogue runs on
+//!   each finished tile. An output the product cannot be written to in place (a permuted
+//!   one) is computed transposed when that makes it row-major, else scattered from scratch;
+//! - a node with no kernel (a group the Kernel IR cannot express yet, or a contraction form
+//!   the runtime has no kernel for) runs the op table's reference implementation, or the
+//!   interpreter on the group's body. Every such node is recorded in
+//!   [`ExecStats::fallbacks`] with the reason.
+//!
+//! The executor places the per-inference values in one arena by liveness. Compile time is
+//! recorded per stage ([`CompileTimes`]). In bounds-checked codegen mode
+//! ([`Options::bounds_checked`]) every run ends by checking each kernel's violation record.
+
+use super::{compile as jit, CompiledKernel, Entry, Options, RunError};
+use crate::interp::{self, InterpError};
+use crate::ir::{Graph, NodeKind, Output, ValueId};
+use crate::kernel::{
+    lower_node, Body, BufId, Contraction, ConvGeometry, Expr, Kernel, Operand, ProductLayout, Stmt,
+};
+use crate::passes::input_dependent;
+use bbc_runtime::arena::AlignedBuffer;
+use bbc_runtime::exec::{
+    self, Executor, Gemm, GemmOperand, HostFn, Plan, ProductMap, Scatter, Slot, Step, StepKernel,
+    TileFn,
+};
+use bbc_runtime::kernels::{Conv2d, Conv2dShape, Layout, MatRef, PackedMatrix};
+use bbc_runtime::pool::ThreadPool;
+use bbc_runtime::Tensor;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// How to build an [`Executable`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecOptions {
+    /// Threads of the pool, the caller included; 0 means all cores.
+    pub threads: usize,
+    pub codegen: Options,
+}
+
+/// Wall time of each compilation stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CompileTimes {
+    /// Graph IR to Kernel IR.
+    pub lowering: Duration,
+    /// Cranelift code generation.
+    pub jit: Duration,
+    /// Evaluating parameter-only values and packing weights for the contraction kernels.
+    pub weights: Duration,
+    /// Liveness, arena placement and pointer resolution.
+    pub planning: Duration,
+}
+
+impl CompileTimes {
+    /// `(stage, time)` in pipeline order.
+    pub fn stages(&self) -> [(&'static str, Duration); 4] {
+        [
+            ("lowering", self.lowering),
+            ("jit", self.jit),
+            ("weights", self.weights),
+            ("planning", self.planning),
+        ]
+    }
+
+    pub fn total(&self) -> Duration {
+        self.stages().iter().map(|(_, t)| *t).sum()
+    }
+}
+
+/// A node that runs its reference implementation instead of a kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    pub node: String,
+    /// The op name, or `fused KIND` for a group.
+    pub op: String,
+    pub reason: String,
+}
+
+/// What an executable is made of.
+#[derive(Clone, Debug, Default)]
+pub struct ExecStats {
+    pub times: CompileTimes,
+    /// Steps per inference, by kind.
+    pub loop_kernels: usize,
+    pub conv_kernels: usize,
+    pub gemm_kernels: usize,
+    pub fallbacks: Vec<Fallback>,
+    /// Values computed from the weights once at load time.
+    pub prepared_values: usize,
+    /// Bytes of machine code generated.
+    pub code_bytes: usize,
+    pub arena_bytes: usize,
+    /// No arena placement can be smaller than this (the most bytes live at once).
+    pub arena_lower_bound: usize,
+    pub scratch_bytes: usize,
+    /// Constant buffers kept for the kernels (weights read directly, not packed).
+    pub constant_bytes: usize,
+    pub threads: usize,
+}
+
+impl ExecStats {
+    /// Kernel launches per inference.
+    pub fn steps(&self) -> usize {
+        self.loop_kernels + self.conv_kernels + self.gemm_kernels + self.fallbacks.len()
+    }
+}
+
+/// Why a graph could not be compiled.
+#[derive(Debug)]
+pub enum CompileError {
+    /// A weight is missing or mis-shaped, so the parameter-only values cannot be prepared.
+    Weights(InterpError),
+    /// The runtime refused the plan or could not start its threads.
+    Runtime(String),
+}
+
+impl std::fmt::Display for CompileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CompileError::Weights(e) => write!(f, "{e}"),
+            CompileError::Runtime(e) => write!(f, "cannot set up the executable: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Why an inference failed.
+#[derive(Debug)]
+pub enum ExecError {
+    /// Inputs missing, extra or mis-shaped.
+    Inputs(String),
+    Runtime(exec::ExecError),
+    /// Bounds-checked code caught an access outside a buffer.
+    OutOfBounds {
+        kernel: String,
+        error: RunError,
+    },
+}
+
+impl std::fmt::Display for ExecError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExecError::Inputs(e) => f.write_str(e),
+            ExecError::Runtime(e) => write!(f, "{e}"),
+            ExecError::OutOfBounds { kernel, error } => write!(f, "kernel `{kernel}`: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ExecError {}
+
+/// A compiled model: compile once, run many times.
+pub struct Executable {
+    // Declared first so it is dropped before the code its steps point into.
+    exec: Executor,
+    kernels: Vec<CompiledKernel>,
+    inputs: Vec<(String, Vec<usize>)>,
+    outputs: Vec<(String, Vec<usize>)>,
+    stats: ExecStats,
+}
+
+/// Compiles `graph` (normally optimised at `-O2`) with `weights` (by state_dict key).
+pub fn compile(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    opts: &ExecOptions,
+) -> Result<Executable, CompileError> {
+    let pool = ThreadPool::new(opts.threads).map_err(|e| CompileError::Runtime(e.to_string()))?;
+    let dependent = input_dependent(graph);
+    let mut times = CompileTimes::default();
+    let started = Instant::now();
+    let prepared = prepare(graph, &dependent, weights).map_err(CompileError::Weights)?;
+    times.weights += started.elapsed();
+    let mut b = Builder {
+        graph,
+        opts,
+        threads: pool.threads(),
+        dependent: &dependent,
+        stats: ExecStats {
+            prepared_values: prepared.len(),
+            threads: pool.threads(),
+            times,
+            ..ExecStats::default()
+        },
+        prepared,
+        values: HashMap::new(),
+        value_lens: Vec::new(),
+        constants: Vec::new(),
+        constant_of: HashMap::new(),
+        steps: Vec::new(),
+        kernels: Vec::new(),
+    };
+    let inputs: Vec<usize> = graph.inputs.iter().map(|&i| b.value(i)).collect();
+    for id in graph.topo_order() {
+        let computed = matches!(
+            graph.node(id).kind,
+            NodeKind::Op { .. } | NodeKind::Fused { .. }
+        );
+        if computed && dependent.contains(&id) {
+            b.step(id);
+        }
+    }
+    let outputs: Vec<Slot> = graph
+        .outputs
+        .iter()
+        .map(|o| b.operand_slot(o.value))
+        .collect();
+    let plan = Plan {
+        values: std::mem::take(&mut b.value_lens),
+        constants: std::mem::take(&mut b.constants),
+        inputs,
+        outputs,
+        steps: std::mem::take(&mut b.steps),
+    };
+    let started = Instant::now();
+    let exec = Executor::new(plan, pool).map_err(|e| CompileError::Runtime(e.to_string()))?;
+    let mut stats = b.stats;
+    stats.times.planning += started.elapsed();
+    stats.arena_bytes = exec.arena_bytes();
+    stats.arena_lower_bound = exec.arena_lower_bound();
+    stats.scratch_bytes = exec.scratch_bytes();
+    stats.constant_bytes = exec.constant_bytes();
+    let shapes = |ids: &mut dyn Iterator<Item = (String, ValueId)>| {
+        ids.map(|(name, id)| (name, graph.node(id).shape.clone()))
+            .collect()
+    };
+    Ok(Executable {
+        exec,
+        kernels: b.kernels,
+        inputs: shapes(
+            &mut graph
+                .inputs
+                .iter()
+                .map(|&i| (graph.node(i).name.clone(), i)),
+        ),
+        outputs: shapes(&mut graph.outputs.iter().map(|o| (o.name.clone(), o.value))),
+        stats,
+    })
+}
+
+impl Executable {
+    /// The graph inputs `(name, shape)` in [`Executable::run_into`] order.
+    pub fn inputs(&self) -> &[(String, Vec<usize>)] {
+        &self.inputs
+    }
+
+    /// The graph outputs `(name, shape)` in [`Executable::run_into`] order.
+    pub fn outputs(&self) -> &[(String, Vec<usize>)] {
+        &self.outputs
+    }
+
+    pub fn stats(&self) -> &ExecStats {
+        &self.stats
+    }
+
+    /// Runs one inference on named inputs; returns the outputs by name.
+    pub fn run(
+        &mut self,
+        inputs: &HashMap<String, Tensor>,
+    ) -> Result<BTreeMap<String, Tensor>, ExecError> {
+        if let Some(extra) = inputs
+            .keys()
+            .find(|k| !self.inputs.iter().any(|(n, _)| n == *k))
+        {
+            return Err(ExecError::Inputs(format!(
+                "the model has no input `{extra}`"
+            )));
+        }
+        let mut data = Vec::with_capacity(self.inputs.len());
+        for (name, shape) in &self.inputs {
+            let t = inputs
+                .get(name)
+                .ok_or_else(|| ExecError::Inputs(format!("no value given for input `{name}`")))?;
+            if t.shape() != shape.as_slice() {
+                return Err(ExecError::Inputs(format!(
+                    "input `{name}` has shape {:?}, the model expects {shape:?}",
+                    t.shape()
+                )));
+            }
+            data.push(t.as_standard_layout());
+        }
+        let ins: Vec<&[f32]> = data
+            .iter()
+            .map(|t| t.as_slice().expect("standard layout"))
+            .collect();
+        let mut outs: Vec<Vec<f32>> = self
+            .outputs
+            .iter()
+            .map(|(_, s)| vec![0.0; s.iter().product()])
+            .collect();
+        let mut views: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        self.run_into(&ins, &mut views)?;
+        Ok(self
+            .outputs
+            .iter()
+            .zip(outs)
+            .map(|((name, shape), v)| {
+                let t = Tensor::from_shape_vec(shape.as_slice(), v).expect("sized from the shape");
+                (name.clone(), t)
+            })
+            .collect())
+    }
+
+    /// Runs one inference on row-major buffers in [`Executable::inputs`] order, writing the
+    /// outputs in [`Executable::outputs`] order; allocates nothing but what the GEMM library
+    /// and fallback nodes do.
+    pub fn run_into(
+        &mut self,
+        inputs: &[&[f32]],
+        outputs: &mut [&mut [f32]],
+    ) -> Result<(), ExecError> {
+        let result = self.exec.run(inputs, outputs).map_err(ExecError::Runtime);
+        // Bounds-checked code records violations instead of performing them; report the
+        // first (and clear every record) even when the run failed for another reason.
+        let mut violation = None;
+        for k in &self.kernels {
+            if let Err(error) = k.take_violation() {
+                violation.get_or_insert(ExecError::OutOfBounds {
+                    kernel: k.kernel.name.clone(),
+                    error,
+                });
+            }
+        }
+        match violation {
+            Some(v) => Err(v),
+            None => result,
+        }
+    }
+
+    /// Records per-step wall times from now on ([`Executable::profile`]).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.exec.set_profiling(on);
+    }
+
+    /// `(step, kind, time)` summed over the runs since profiling was turned on, slowest
+    /// first; empty when profiling is off.
+    pub fn profile(&self) -> Vec<(String, &'static str, Duration)> {
+        let Some(times) = self.exec.step_times() else {
+            return Vec::new();
+        };
+        let mut rows: Vec<_> = self
+            .exec
+            .steps()
+            .iter()
+            .zip(times)
+            .map(|(s, &t)| (s.name.clone(), kind_name(&s.kernel), t))
+            .collect();
+        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows
+    }
+}
+
+fn kind_name(k: &StepKernel) -> &'static str {
+    match k {
+        StepKernel::Loops { .. } => "loops",
+        StepKernel::Conv { .. } => "conv",
+        StepKernel::Gemm(_) => "gemm",
+        StepKernel::Host(_) => "reference",
+    }
+}
+
+/// The values computed from parameters alone that per-inference steps (or the outputs)
+/// read, evaluated by the interpreter on the parameter-only part of the graph, as row-major
+/// data.
+fn prepare(
+    graph: &Graph,
+    dependent: &HashSet<ValueId>,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<HashMap<ValueId, Vec<f32>>, InterpError> {
+    let mut needed: BTreeSet<ValueId> = graph
+        .outputs
+        .iter()
+        .map(|o| o.value)
+        .filter(|v| !dependent.contains(v))
+        .collect();
+    for &id in dependent {
+        needed.extend(
+            graph
+                .inputs(id)
+                .into_iter()
+                .filter(|v| !dependent.contains(v)),
+        );
+    }
+    if needed.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut fixed = graph.clone();
+    fixed.nodes.retain_nodes(|_, n| !dependent.contains(&n));
+    fixed.inputs.clear();
+    fixed.outputs = needed
+        .iter()
+        .map(|&value| Output {
+            name: graph.node(value).name.clone(),
+            value,
+        })
+        .collect();
+    let mut values = interp::run(&fixed, &HashMap::new(), weights)?;
+    Ok(needed
+        .into_iter()
+        .map(|id| {
+            let t = values
+                .remove(&graph.node(id).name)
+                .expect("every needed value is an output");
+            let data = match t.as_slice() {
+                Some(s) => s.to_vec(),
+                None => t.iter().copied().collect(),
+            };
+            (id, data)
+        })
+        .collect())
+}
+
+/// The state of one compilation.
+struct Builder<'g> {
+    graph: &'g Graph,
+    opts: &'g ExecOptions,
+    threads: usize,
+    dependent: &'g HashSet<ValueId>,
+    stats: ExecStats,
+    prepared: HashMap<ValueId, Vec<f32>>,
+    /// Arena value of each per-inference node.
+    values: HashMap<ValueId, usize>,
+    value_lens: Vec<usize>,
+    constants: Vec<AlignedBuffer>,
+    constant_of: HashMap<ValueId, usize>,
+    steps: Vec<Step>,
+    kernels: Vec<CompiledKernel>,
+}
+
+/// A contraction step and the kernel buffers it reads besides its epilogue's.
+type Mapped = (StepKernel, Vec<BufId>);
+
+impl Builder<'_> {
+    /// The arena value of per-inference node `id`.
+    fn value(&mut self, id: ValueId) -> usize {
+        if let Some(&v) = self.values.get(&id) {
+            return v;
+        }
+        self.value_lens.push(self.graph.node(id).numel());
+        self.values.insert(id, self.value_lens.len() - 1);
+        self.value_lens.len() - 1
+    }
+
+    /// The slot an operand is read from: its arena value, or its prepared constant.
+    fn operand_slot(&mut self, id: ValueId) -> Slot {
+        if self.dependent.contains(&id) {
+            return Slot::Value(self.value(id));
+        }
+        if let Some(&c) = self.constant_of.get(&id) {
+            return Slot::Constant(c);
+        }
+        let data = self.prepared.get(&id).map_or(&[][..], Vec::as_slice);
+        self.constants.push(AlignedBuffer::from_slice(data));
+        self.constant_of.insert(id, self.constants.len() - 1);
+        Slot::Constant(self.constants.len() - 1)
+    }
+
+    /// Prepared data of an operand that is not computed per inference.
+    fn constant_data(&self, id: ValueId) -> Option<&[f32]> {
+        self.prepared.get(&id).map(Vec::as_slice)
+    }
+
+    fn jit(&mut self, kernel: &Kernel) -> Result<Entry, String> {
+        let compiled = jit(kernel, &self.opts.codegen).map_err(|e| e.to_string())?;
+        self.stats.times.jit += compiled.compile_time;
+        self.stats.code_bytes += compiled.code_size;
+        let entry = compiled.entry;
+        self.kernels.push(compiled);
+        Ok(entry)
+    }
+
+    /// Adds the step computing node `id`.
+    fn step(&mut self, id: ValueId) {
+        let started = Instant::now();
+        let lowered = lower_node(self.graph, id);
+        self.stats.times.lowering += started.elapsed();
+        let built = match lowered {
+            Err(e) => Err(e.to_string()),
+            Ok(kernel) => self.kernel_step(id, &kernel),
+        };
+        let operands = self.graph.inputs(id);
+        let (kernel, used) = match built {
+            Ok(k) => k,
+            Err(reason) => {
+                let node = self.graph.node(id);
+                self.stats.fallbacks.push(Fallback {
+                    node: node.name.clone(),
+                    op: match &node.kind {
+                        NodeKind::Fused { kind, .. } => format!("fused {kind}"),
+                        _ => node.op().map_or("?", |op| op.name).to_string(),
+                    },
+                    reason,
+                });
+                (
+                    reference_step(self.graph, id),
+                    (0..operands.len()).collect(),
+                )
+            }
+        };
+        let mut slots: Vec<Slot> = operands
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                if used.contains(&i) {
+                    self.operand_slot(o)
+                } else {
+                    Slot::Unused
+                }
+            })
+            .collect();
+        slots.push(Slot::Value(self.value(id)));
+        self.steps.push(Step {
+            name: self.graph.node(id).name.clone(),
+            slots,
+            kernel,
+        });
+    }
+
+    /// The runtime kernel of a lowered node and the operand buffers it reads.
+    fn kernel_step(&mut self, id: ValueId, kernel: &Kernel) -> Result<Mapped, String> {
+        match &kernel.body {
+            Body::Loops { .. } => match self.jit(kernel)? {
+                Entry::Loops(entry) => {
+                    self.stats.loop_kernels += 1;
+                    let grid = kernel.grid_extent();
+                    Ok((
+                        StepKernel::Loops { entry, grid },
+                        (0..kernel.output()).collect(),
+                    ))
+                }
+                Entry::Contraction(_) => unreachable!("a loop kernel has a loop entry"),
+            },
+            Body::Contraction(c) => {
+                let operands = self.graph.inputs(id);
+                let started = Instant::now();
+                let mapped = self.contraction_step(kernel, c, &operands);
+                self.stats.times.weights += started.elapsed();
+                let (mut step, mut used) = mapped?;
+                if c.epilogue.is_some() {
+                    let Entry::Contraction(epilogue) = self.jit(kernel)? else {
+                        unreachable!("a contraction kernel has a contraction entry")
+                    };
+                    set_epilogue(&mut step, epilogue);
+                    used.extend(epilogue_reads(c));
+                }
+                match step {
+                    StepKernel::Conv { .. } => self.stats.conv_kernels += 1,
+                    _ => self.stats.gemm_kernels += 1,
+                }
+                used.retain(|&b| b != kernel.output());
+                Ok((step, used))
+            }
+        }
+    }
+
+    /// Maps a contraction to a runtime convolution or GEMM (weights packed now).
+    fn contraction_step(
+        &self,
+        kernel: &Kernel,
+        c: &Contraction,
+        operands: &[ValueId],
+    ) -> Result<Mapped, String> {
+        let ProductLayout::Dense {
+            row_stride,
+            col_stride,
+        } = c.layout
+        else {
+            return Err("a transposed convolution's col2im product has no runtime kernel".into());
+        };
+        let out_offsets: Vec<usize> = (0..c.batch_len())
+            .map(|b| {
+                let coords = c.batch_coords(b);
+                coords
+                    .iter()
+                    .zip(&c.batch)
+                    .map(|(i, d)| i * d.out_stride)
+                    .sum()
+            })
+            .collect();
+        // Row-major and contiguous across batch entries: the kernels' own output order.
+        let contiguous = row_stride == c.n
+            && col_stride == 1
+            && out_offsets
+                .iter()
+                .enumerate()
+                .all(|(b, &o)| o == b * c.m * c.n);
+        let scatter = Scatter {
+            batch_offsets: out_offsets.clone(),
+            row_stride,
+            col_stride,
+        };
+        if let Some((shape, weight, input)) = conv_shape(kernel, c) {
+            let data = self
+                .constant_data(operands[weight])
+                .ok_or("a convolution whose weight is computed per inference")?;
+            let conv = Conv2d::new(shape, data, self.threads).map_err(|e| e.to_string())?;
+            if conv.out_size() != conv_out_hw(&c.b) {
+                return Err("the convolution kernel's output size differs".into());
+            }
+            let product = ProductMap {
+                rows_per_batch: c.m,
+                transposed: false,
+                scatter: (!contiguous).then_some(scatter),
+                epilogue: None,
+            };
+            return Ok((
+                StepKernel::Conv {
+                    conv,
+                    input,
+                    product,
+                },
+                vec![input],
+            ));
+        }
+        let (Operand::Strided { .. }, Operand::Strided { .. }) = (&c.a, &c.b) else {
+            return Err("an im2col operand without a constant convolution weight".into());
+        };
+        // The GEMM's epilogue needs a row-major output: compute `Cᵀ = Bᵀ·Aᵀ` when the
+        // output is column-major, and scatter from scratch when it is neither.
+        let transposed = col_stride != 1 && row_stride == 1;
+        let scattered = col_stride != 1 && row_stride != 1 && c.epilogue.is_some();
+        let (first, second, rows, cols) = if transposed {
+            (&c.b, &c.a, c.n, c.m)
+        } else {
+            (&c.a, &c.b, c.m, c.n)
+        };
+        let mut used = Vec::new();
+        let a = self.gemm_operand(c, first, rows, c.k, transposed, operands, &mut used)?;
+        let b = self.gemm_operand(c, second, c.k, cols, transposed, operands, &mut used)?;
+        let (out_row_stride, out_col_stride) = if transposed {
+            (col_stride, row_stride)
+        } else {
+            (row_stride, col_stride)
+        };
+        Ok((
+            StepKernel::Gemm(Gemm {
+                m: rows,
+                n: cols,
+                k: c.k,
+                batches: c.batch_len(),
+                a,
+                b,
+                out_offsets,
+                out_row_stride,
+                out_col_stride,
+                product: ProductMap {
+                    rows_per_batch: rows,
+                    transposed,
+                    scatter: scattered.then_some(scatter),
+                    epilogue: None,
+                },
+            }),
+            used,
+        ))
+    }
+
+    /// A GEMM operand `rows × cols` per batch entry from a strided contraction operand (its
+    /// transpose when `transpose`): packed now if constant, else a view of its buffer.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_operand(
+        &self,
+        c: &Contraction,
+        op: &Operand,
+        rows: usize,
+        cols: usize,
+        transpose: bool,
+        operands: &[ValueId],
+        used: &mut Vec<BufId>,
+    ) -> Result<GemmOperand, String> {
+        let Operand::Strided {
+            buf,
+            offset,
+            row_stride,
+            col_stride,
+            batch_strides,
+        } = op
+        else {
+            unreachable!("checked by the caller")
+        };
+        let (rs, cs) = if transpose {
+            (*col_stride, *row_stride)
+        } else {
+            (*row_stride, *col_stride)
+        };
+        let offsets: Vec<usize> = (0..c.batch_len())
+            .map(|b| {
+                let coords = c.batch_coords(b);
+                offset
+                    + coords
+                        .iter()
+                        .zip(batch_strides)
+                        .map(|(i, s)| i * s)
+                        .sum::<usize>()
+            })
+            .collect();
+        let Some(data) = self.constant_data(operands[*buf]) else {
+            used.push(*buf);
+            return Ok(GemmOperand::Buffer {
+                slot: *buf,
+                offsets,
+                row_stride: rs as isize,
+                col_stride: cs as isize,
+            });
+        };
+        // One packed matrix per distinct offset (per group, not per image).
+        let mut matrices = Vec::new();
+        let mut index_of: HashMap<usize, usize> = HashMap::new();
+        let mut of_batch = Vec::with_capacity(offsets.len());
+        for &o in &offsets {
+            let i = match index_of.get(&o) {
+                Some(&i) => i,
+                None => {
+                    let view = MatRef::new(data, o, rows, cols, rs as isize, cs as isize)
+                        .map_err(|e| e.to_string())?;
+                    matrices.push(PackedMatrix::pack(view));
+                    index_of.insert(o, matrices.len() - 1);
+                    matrices.len() - 1
+                }
+            };
+            of_batch.push(i);
+        }
+        Ok(GemmOperand::Packed { matrices, of_batch })
+    }
+}
+
+fn set_epilogue(step: &mut StepKernel, epilogue: Option<TileFn>) {
+    match step {
+        StepKernel::Conv { product, .. } => product.epilogue = epilogue,
+        StepKernel::Gemm(g) => g.product.epilogue = epilogue,
+        StepKernel::Loops { .. } | StepKernel::Host(_) => {}
+    }
+}
+
+/// The buffers a contraction's epilogue loads.
+fn epilogue_reads(c: &Contraction) -> BTreeSet<BufId> {
+    fn walk(stmts: &[Stmt], out: &mut BTreeSet<BufId>) {
+        for s in stmts {
+            let mut scan = |e: &Expr| {
+                e.visit(&mut |x| {
+                    if let Expr::Load { buf, .. } = x {
+                        out.insert(*buf);
+                    }
+                })
+            };
+            match s {
+                Stmt::Loop { body, .. } => walk(body, out),
+                Stmt::Let { value, .. }
+                | Stmt::Store { value, .. }
+                | Stmt::ScratchStore { value, .. } => scan(value),
+            }
+        }
+    }
+    let mut out = BTreeSet::new();
+    if let Some(e) = &c.epilogue {
+        walk(&e.body, &mut out);
+    }
+    out
+}
+
+/// The convolution a contraction computes, if it is one the runtime's [`Conv2d`] runs
+/// as is: a constant `[C_out, C_in/groups, kh, kw]` weight times the im2col view (or, for a
+/// 1x1 convolution, the plane itself) of an NCHW input, batched over (image, group). Returns
+/// the shape with the weight's and the input's buffers.
+fn conv_shape(kernel: &Kernel, c: &Contraction) -> Option<(Conv2dShape, BufId, BufId)> {
+    let Operand::Strided {
+        buf: weight,
+        offset: 0,
+        row_stride,
+        col_stride: 1,
+        batch_strides: a_strides,
+    } = &c.a
+    else {
+        return None;
+    };
+    let pointwise;
+    let (input, g, b_strides) = match &c.b {
+        Operand::Im2col {
+            buf,
+            batch_strides,
+            geometry,
+        } => (*buf, geometry, batch_strides),
+        Operand::Strided {
+            buf,
+            offset: 0,
+            row_stride,
+            col_stride: 1,
+            batch_strides,
+        } if *row_stride == c.n => {
+            pointwise = ConvGeometry {
+                channels: c.k,
+                in_hw: [1, c.n],
+                k: [1, 1],
+                stride: [1, 1],
+                pad: [0, 0],
+                dilation: [1, 1],
+                out_hw: [1, c.n],
+            };
+            (*buf, &pointwise, batch_strides)
+        }
+        Operand::Strided { .. } => return None,
+    };
+    let (plane, taps) = (g.in_hw[0] * g.in_hw[1], g.k[0] * g.k[1]);
+    if *row_stride != c.k || g.channels * taps != c.k || c.m == 0 || c.k == 0 || plane == 0 {
+        return None;
+    }
+    let weight_len = kernel.buffers[*weight].len();
+    let out_channels = weight_len / c.k;
+    if out_channels * c.k != weight_len || out_channels % c.m != 0 {
+        return None;
+    }
+    let groups = out_channels / c.m;
+    let in_channels = g.channels * groups;
+    let input_len = kernel.buffers[input].len();
+    let images = input_len / (in_channels * plane);
+    if images * in_channels * plane != input_len {
+        return None;
+    }
+    // The batch axes must be (image, group), outermost first, with extent-1 axes dropped, so
+    // that batch entry `image·groups + group` is row block `image·C_out + group·m` of the
+    // kernel's NCHW output.
+    let expected: Vec<(usize, usize, usize)> = [
+        (images, 0, in_channels * plane),
+        (groups, c.m * c.k, g.channels * plane),
+    ]
+    .into_iter()
+    .filter(|axis| axis.0 > 1)
+    .collect();
+    let actual: Vec<(usize, usize, usize)> = c
+        .batch
+        .iter()
+        .zip(a_strides.iter().zip(b_strides))
+        .map(|(d, (&a, &b))| (d.extent, a, b))
+        .collect();
+    if actual != expected || a_strides.len() != c.batch.len() || b_strides.len() != c.batch.len() {
+        return None;
+    }
+    let shape = Conv2dShape {
+        batch: images,
+        in_channels,
+        out_channels,
+        in_size: g.in_hw,
+        kernel: g.k,
+        stride: g.stride,
+        padding: g.pad,
+        dilation: g.dilation,
+        groups,
+        layout: Layout::Nchw,
+    };
+    Some((shape, *weight, input))
+}
+
+/// The output size of the convolution whose input operand is `b`.
+fn conv_out_hw(b: &Operand) -> [usize; 2] {
+    match b {
+        Operand::Im2col { geometry, .. } => geometry.out_hw,
+        // A 1x1 convolution keeps the plane, which `conv_shape` lays out as one row.
+        Operand::Strided { row_stride, .. } => [1, *row_stride],
+    }
+}
+
+/// A step computing node `id` with the reference implementation: the op table's, or the
+/// interpreter on a group's body.
+fn reference_step(graph: &Graph, id: ValueId) -> StepKernel {
+    let node = graph.node(id);
+    let shapes: Vec<Vec<usize>> = graph
+        .inputs(id)
+        .iter()
+        .map(|&o| graph.node(o).shape.clone())
+        .collect();
+    type Eval = Box<dyn Fn(&[&Tensor]) -> Result<Tensor, String> + Send>;
+    let eval: Eval = match &node.kind {
+        NodeKind::Op { op, attrs } => {
+            let (op, attrs) = (*op, attrs.clone());
+            Box::new(move |args| Ok((op.eval)(&attrs, args)))
+        }
+        NodeKind::Fused { body, .. } => {
+            let body = (**body).clone();
+            Box::new(move |args| {
+                let named: HashMap<String, Tensor> = body
+                    .inputs
+                    .iter()
+                    .zip(args)
+                    .map(|(&b, t)| (body.node(b).name.clone(), (*t).clone()))
+                    .collect();
+                let mut out =
+                    interp::run(&body, &named, &BTreeMap::new()).map_err(|e| e.to_string())?;
+                let name = &body.outputs[0].name;
+                out.remove(name)
+                    .ok_or_else(|| format!("the group computed no `{name}`"))
+            })
+        }
+        NodeKind::Input | NodeKind::Param { .. } | NodeKind::Const { .. } => {
+            unreachable!("only computed nodes become steps")
+        }
+    };
+    let host: HostFn = Box::new(move |ins: &[&[f32]], out: &mut [f32]| {
+        let args = ins
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| Tensor::from_shape_vec(s.as_slice(), d.to_vec()))
+            .collect::<Result<Vec<Tensor>, _>>()
+            .map_err(|e| e.to_string())?;
+        let refs: Vec<&Tensor> = args.iter().collect();
+        let result = eval(&refs)?;
+        if result.len() != out.len() {
+            return Err(format!(
+                "the reference produced {} elements for {}",
+                result.len(),
+                out.len()
+            ));
+        }
+        for (o, v) in out.iter_mut().zip(result.iter()) {
+            *o = *v;
+        }
+        Ok(())
+    });
+    StepKernel::Host(host)
+}
