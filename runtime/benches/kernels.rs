@@ -1,0 +1,535 @@
+//! Kernel benchmark: this machine's FMA peak, the pool's dispatch overhead,
+//! and GEMM / convolution throughput on ResNet and ConvNeXt layer shapes at 1
+//! and 2 threads, as a fraction of the measured peak.
+//!
+//! Run with `cargo bench -p bbc-runtime --bench kernels`; after `--`, `quick`
+//! shortens the timings and any other word keeps only the GEMM / convolution
+//! lines whose name contains it. Every figure is the best of several timed runs.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use bbc_runtime::kernels::{
+    gemm, Conv2d, Conv2dShape, Epilogue, Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
+};
+use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
+
+fn random(len: usize) -> Vec<f32> {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// Best wall time of `f` over runs filling about `budget` (at least 3 runs).
+fn best_time(budget: Duration, mut f: impl FnMut()) -> Duration {
+    f(); // warm-up: page faults, lazy dispatch, thread wake-up
+    let start = Instant::now();
+    let mut best = Duration::MAX;
+    let mut runs = 0;
+    while runs < 3 || start.elapsed() < budget {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+        runs += 1;
+    }
+    best
+}
+
+// ---- FMA peak ----
+
+/// FLOPs per iteration of the peak loops: independent accumulators x lanes x 2.
+const CHAINS: usize = 12;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fma_loop_avx2(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm256_set1_ps(0.999_999);
+    let b = _mm256_set1_ps(1e-7);
+    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        // Twelve independent chains cover FMA latency (4 cycles) x 2 ports.
+        for x in acc.iter_mut() {
+            *x = _mm256_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut sum = _mm256_setzero_ps();
+    for x in acc {
+        sum = _mm256_add_ps(sum, x);
+    }
+    let mut out = [0.0f32; 8];
+    _mm256_storeu_ps(out.as_mut_ptr(), sum);
+    out.iter().sum()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn fma_loop_avx512(iters: usize) -> f32 {
+    use std::arch::x86_64::*;
+    let a = _mm512_set1_ps(0.999_999);
+    let b = _mm512_set1_ps(1e-7);
+    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        for x in acc.iter_mut() {
+            *x = _mm512_fmadd_ps(*x, a, b);
+        }
+    }
+    let mut sum = _mm512_setzero_ps();
+    for x in acc {
+        sum = _mm512_add_ps(sum, x);
+    }
+    _mm512_reduce_add_ps(sum)
+}
+
+/// Measured FMA GFLOP/s on `threads` threads with vectors of `lanes` f32.
+fn fma_peak(threads: usize, lanes: usize) -> f64 {
+    let iters = 20_000_000 / lanes;
+    let run = || {
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    // SAFETY: called only when the CPU has the features.
+                    #[cfg(target_arch = "x86_64")]
+                    unsafe {
+                        black_box(if lanes == 16 {
+                            fma_loop_avx512(black_box(iters))
+                        } else {
+                            fma_loop_avx2(black_box(iters))
+                        });
+                    }
+                });
+            }
+        })
+    };
+    let t = best_time(Duration::from_millis(400), run);
+    (threads * iters * CHAINS * lanes * 2) as f64 / t.as_secs_f64() / 1e9
+}
+
+fn nominal_ghz() -> Option<f64> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("cpu MHz"))?;
+    Some(line.split(':').nth(1)?.trim().parse::<f64>().ok()? / 1000.0)
+}
+
+// ---- pool overhead ----
+
+/// Busy-waits for `d` (sleeping would hand the core to another thread).
+fn busy(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}
+
+/// Per-call wall times of `parallel_for` with one `work`-long chunk per
+/// thread, keeping only the calls where every thread ran a chunk (on a busy
+/// machine a worker may not get a core in time, and the caller then runs its
+/// chunk too); returns those times sorted and the share of calls they were.
+fn dispatch_times(pool: &ThreadPool, work: Duration) -> (Vec<Duration>, f64) {
+    let calls = 2000;
+    let mut joined = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let used = std::sync::atomic::AtomicUsize::new(0);
+        let t = Instant::now();
+        pool.parallel_for(0..pool.threads(), Chunking::PerThread, |_, t| {
+            used.fetch_or(1 << t, std::sync::atomic::Ordering::Relaxed);
+            busy(work);
+        })
+        .unwrap();
+        let elapsed = t.elapsed();
+        if used.into_inner().count_ones() as usize == pool.threads() {
+            joined.push(elapsed);
+        }
+    }
+    joined.sort_unstable();
+    let share = joined.len() as f64 / calls as f64;
+    (joined, share)
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+// ---- contractions ----
+
+struct Report {
+    peak_1t: f64,
+    filters: Vec<String>,
+}
+
+impl Report {
+    fn wants(&self, name: &str) -> bool {
+        self.filters.is_empty() || self.filters.iter().any(|f| name.contains(f.as_str()))
+    }
+
+    fn line(&self, name: &str, flops: f64, times: &[(usize, Duration)]) {
+        let mut out = format!("{name:<46}");
+        for &(threads, t) in times {
+            let gflops = flops / t.as_secs_f64() / 1e9;
+            let frac = gflops / (self.peak_1t * threads as f64);
+            out += &format!(
+                " | {threads}T {:>8.3} ms {:>6.1} GFLOP/s {:>4.0}%",
+                t.as_secs_f64() * 1e3,
+                gflops,
+                frac * 100.0
+            );
+        }
+        println!("{out}");
+    }
+}
+
+/// `C[m, n] = A[m, k] · B[k, n]` through the tiled driver, with `b` given
+/// either as the packed weight or as a raw PyTorch `[n, k]` weight viewed
+/// transposed (which `gemm` then packs on every call).
+fn bench_gemm(
+    report: &Report,
+    pools: &[ThreadPool],
+    budget: Duration,
+    name: &str,
+    m: usize,
+    n: usize,
+    k: usize,
+) {
+    if !report.wants(name) {
+        return;
+    }
+    let a = random(m * k);
+    let w = random(n * k); // PyTorch layout [out, in]
+    let packed = PackedMatrix::pack(MatRef::row_major(&w, n, k).unwrap().t());
+    let mut c = vec![0.0; m * n];
+    let flops = 2.0 * (m * n * k) as f64;
+    let a_view = MatRef::row_major(&a, m, k).unwrap();
+    for (label, b_view) in [
+        ("packed", packed.view()),
+        ("unpacked [n,k]ᵀ", MatRef::row_major(&w, n, k).unwrap().t()),
+    ] {
+        let times: Vec<(usize, Duration)> = pools
+            .iter()
+            .map(|pool| {
+                let t = best_time(budget, || {
+                    gemm(
+                        pool,
+                        a_view,
+                        b_view,
+                        MatMut::row_major(&mut c, m, n).unwrap(),
+                        Output::Overwrite,
+                        Epilogue::NONE,
+                    )
+                    .unwrap()
+                });
+                (pool.threads(), t)
+            })
+            .collect();
+        report.line(&format!("{name} ({label})"), flops, &times);
+    }
+}
+
+/// The `gemm` crate alone, one call over the whole matrix.
+fn bench_gemm_crate(report: &Report, budget: Duration, m: usize, n: usize, k: usize) {
+    if !report.wants("gemm crate") {
+        return;
+    }
+    let a = random(m * k);
+    let b = random(k * n);
+    let mut c = vec![0.0; m * n];
+    let t = best_time(budget, || unsafe {
+        // SAFETY: row-major buffers of the stated sizes.
+        ::gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            k as isize,
+            b.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            ::gemm::Parallelism::None,
+        )
+    });
+    report.line(
+        &format!("gemm crate alone {m}x{n}x{k}"),
+        2.0 * (m * n * k) as f64,
+        &[(1, t)],
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_shape(
+    c_in: usize,
+    c_out: usize,
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    groups: usize,
+    layout: Layout,
+) -> Conv2dShape {
+    Conv2dShape {
+        batch: 1,
+        in_channels: c_in,
+        out_channels: c_out,
+        in_size: [size, size],
+        kernel: [kernel, kernel],
+        stride: [stride, stride],
+        padding: [kernel / 2, kernel / 2],
+        dilation: [1, 1],
+        groups,
+        layout,
+    }
+}
+
+fn bench_conv(
+    report: &Report,
+    pools: &[ThreadPool],
+    budget: Duration,
+    name: &str,
+    shape: Conv2dShape,
+) {
+    if !report.wants(&format!("{name} {:?}", shape.layout)) {
+        return;
+    }
+    let weights = random(
+        shape.out_channels * shape.in_channels / shape.groups * shape.kernel[0] * shape.kernel[1],
+    );
+    let relu = |mut t: Tile<'_>| {
+        for i in 0..t.rows() {
+            for x in t.row_mut(i) {
+                *x = x.max(0.0);
+            }
+        }
+    };
+    let mut scratch_kib = 0;
+    let mut scratch_threads = 0;
+    let mut strategy = None;
+    let times: Vec<(usize, Duration)> = pools
+        .iter()
+        .map(|pool| {
+            let conv = Conv2d::new(shape, &weights, pool.threads()).unwrap();
+            let input = random(conv.input_len());
+            let mut out = vec![0.0; conv.output_len()];
+            let mut scratch = vec![0.0; conv.scratch_len(pool.threads())];
+            scratch_kib = scratch.len() * 4 / 1024;
+            scratch_threads = pool.threads();
+            strategy = Some(conv.strategy());
+            let t = best_time(budget, || {
+                conv.run(
+                    pool,
+                    &input,
+                    &mut out,
+                    &mut scratch,
+                    Epilogue::from_closure(&relu),
+                )
+                .unwrap()
+            });
+            (pool.threads(), t)
+        })
+        .collect();
+    let flops = shape.flops().unwrap() as f64;
+    report.line(
+        &format!("{name} {:?} {:?} +relu", shape.layout, strategy.unwrap()),
+        flops,
+        &times,
+    );
+    if scratch_kib > 0 {
+        println!(
+            "{:<46}   scratch {scratch_kib} KiB for {scratch_threads} threads",
+            ""
+        );
+    }
+}
+
+fn main() {
+    // cargo passes `--bench`; everything else that is not `quick` filters.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let quick = args.iter().any(|a| a == "quick");
+    let thread_counts: Vec<usize> = args
+        .iter()
+        .find_map(|a| a.strip_prefix("threads="))
+        .map_or(vec![1, 2], |list| {
+            list.split(',').filter_map(|t| t.parse().ok()).collect()
+        });
+    let filters: Vec<String> = args
+        .into_iter()
+        .filter(|a| a != "quick" && !a.starts_with("threads="))
+        .collect();
+    let budget = Duration::from_millis(if quick { 150 } else { 600 });
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+
+    println!("== FMA peak ==");
+    #[cfg(target_arch = "x86_64")]
+    let has_fma = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let has_fma = false;
+    if !has_fma {
+        println!("no AVX2+FMA on this CPU: skipping the benchmark");
+        return;
+    }
+    let peak_1t = fma_peak(1, 8);
+    let both = 2.min(cores);
+    let peak_2t = fma_peak(both, 8);
+    println!("AVX2 FMA, {CHAINS} independent chains:");
+    println!("  1 thread {peak_1t:.1} GFLOP/s, {both} threads {peak_2t:.1} GFLOP/s");
+    println!(
+        "  = {:.2} GHz effective x 2 FMA units x 8 lanes x 2 FLOP per thread",
+        peak_1t / 32.0
+    );
+    if let Some(ghz) = nominal_ghz() {
+        println!(
+            "  at the nominal {ghz:.2} GHz: {cores} cores x 2 x 8 x 2 x {ghz:.2} = {:.1} GFLOP/s",
+            cores as f64 * 32.0 * ghz,
+        );
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        println!(
+            "AVX-512 FMA (zmm), 1 thread: {:.1} GFLOP/s",
+            fma_peak(1, 16)
+        );
+    }
+    println!("Percentages below are of the measured 1-thread AVX2 peak x threads.");
+
+    println!("\n== pool dispatch: one 20 us busy chunk per thread, per-call wall time ==");
+    let work = Duration::from_micros(20);
+    let sleepy = ThreadPool::with_config(PoolConfig {
+        threads: 2,
+        spin: Duration::ZERO,
+    })
+    .unwrap();
+    let one = ThreadPool::new(1).unwrap();
+    let two = ThreadPool::new(2).unwrap();
+    // The 1-thread call (inline, no dispatch) is the ideal time of a 2-thread
+    // call; the excess of the 2-thread median over it is the dispatch cost.
+    let (base, _) = dispatch_times(&one, work);
+    let base_median = base[base.len() / 2];
+    println!(
+        "{:<42} median {:>6.2} us",
+        "1 thread (inline: the ideal)",
+        micros(base_median)
+    );
+    for (label, pool) in [
+        ("2 threads, workers spinning", &two),
+        ("2 threads, workers asleep (futex wake-up)", &sleepy),
+    ] {
+        let (times, share) = dispatch_times(pool, work);
+        if times.is_empty() {
+            println!("{label:<42} the worker never got a core in time");
+            continue;
+        }
+        let median = times[times.len() / 2];
+        println!(
+            "{label:<42} median {:>6.2} us = +{:.2} us over 1 thread (min +{:.2}); worker joined {:.0}% of calls",
+            micros(median),
+            micros(median) - micros(base_median),
+            micros(times[0]) - micros(base_median),
+            share * 100.0
+        );
+    }
+
+    let pools: Vec<ThreadPool> = thread_counts
+        .iter()
+        .map(|&t| ThreadPool::new(t).unwrap())
+        .collect();
+    let report = Report { peak_1t, filters };
+
+    println!("\n== GEMM (C = A·W, weight packed once vs raw PyTorch layout) ==");
+    bench_gemm_crate(&report, budget, 512, 512, 512);
+    bench_gemm(&report, &pools, budget, "square 512x512x512", 512, 512, 512);
+    bench_gemm(
+        &report,
+        &pools,
+        budget,
+        "convnext_tiny linear 96->384, 3136 px",
+        3136,
+        384,
+        96,
+    );
+    bench_gemm(
+        &report,
+        &pools,
+        budget,
+        "convnext_tiny linear 384->96, 3136 px",
+        3136,
+        96,
+        384,
+    );
+    bench_gemm(
+        &report,
+        &pools,
+        budget,
+        "convnext_tiny s3 linear 384->1536, 196 px",
+        196,
+        1536,
+        384,
+    );
+
+    println!("\n== Convolutions (batch 1, epilogue = ReLU on every tile) ==");
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet stem 7x7/2 3->64 @224",
+            conv_shape(3, 64, 224, 7, 2, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet18 3x3 64->64 @56",
+            conv_shape(64, 64, 56, 3, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet18 3x3 256->256 @14",
+            conv_shape(256, 256, 14, 3, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet50 1x1 256->64 @56",
+            conv_shape(256, 64, 56, 1, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet50 1x1 64->256 @56",
+            conv_shape(64, 256, 56, 1, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet50 3x3 512->512 @7",
+            conv_shape(512, 512, 7, 3, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "convnext_tiny dw 7x7 96 @56",
+            conv_shape(96, 96, 56, 7, 1, 96, layout),
+        );
+    }
+}

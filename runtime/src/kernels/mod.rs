@@ -1,0 +1,262 @@
+//! CPU contraction kernels: GEMM, convolutions and depthwise convolution.
+//!
+//! - [`gemm`](mod@gemm): `C = A·B` on strided f32 matrices through the `gemm` crate,
+//!   split into output tiles over a [`ThreadPool`](crate::pool::ThreadPool),
+//!   with weights pre-packed once ([`PackedMatrix`]).
+//! - [`conv`]: conv2d / conv1d (NCHW and NHWC, stride, padding, dilation,
+//!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
+//!   the input in place.
+//! - [`depthwise`]: direct depthwise convolution, vectorised over a row.
+//!
+//! Every kernel calls an [`Epilogue`] exactly once per output element, on
+//! tiles that are still in cache; the epilogue is how a fused group's bias,
+//! activation, scale and residual add run without another pass over memory.
+//!
+//! # Output tiles and the epilogue ABI
+//!
+//! Each kernel presents its output as a row-major 2-D matrix with leading
+//! dimension `ld` (elements between consecutive rows):
+//!
+//! | kernel | rows | cols | `ld` |
+//! |---|---|---|---|
+//! | GEMM `C[M, N]` | `M` | `N` | C's row stride |
+//! | conv / depthwise, NCHW `[B, C, H, W]` | `B * C` (row = `b * C + c`) | `H * W` | `H * W` |
+//! | conv / depthwise, NHWC `[B, H, W, C]` | `B * H * W` | `C` | `C` |
+//!
+//! When a rectangular tile `[row0, row0 + rows) x [col0, col0 + cols)` of that
+//! matrix is final, the kernel calls
+//!
+//! ```text
+//! unsafe extern "C" fn(ctx: *const c_void, tile: *mut f32,
+//!                      row0: usize, rows: usize, col0: usize, cols: usize, ld: usize)
+//! ```
+//!
+//! ([`EpilogueFn`], the platform C calling convention) with `tile` pointing at
+//! element `(row0, col0)`: element `(row0 + i, col0 + j)` is `tile[i * ld + j]`.
+//! `row0`/`col0` are absolute, so the callee finds per-channel parameters
+//! (NCHW: channel `(row0 + i) % C`; NHWC: channel `col0 + j`) and the matching
+//! element of a same-shaped residual tensor at `residual + row0 * ld + col0`.
+//! Tiles partition the output (each element is in exactly one tile), tiles may
+//! be processed concurrently on different threads, and the callee may rewrite
+//! the tile in place but must not touch anything outside it. It must not
+//! unwind. A safe Rust closure can be used instead through
+//! [`Epilogue::from_closure`] (it receives a [`Tile`]; a panic there becomes a
+//! [`KernelError::Pool`] error).
+
+pub mod conv;
+pub mod depthwise;
+pub mod gemm;
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use crate::pool::PoolError;
+
+pub use conv::{Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Layout};
+pub use depthwise::DepthwiseConv2d;
+pub use gemm::{gemm, gemm_serial, MatMut, MatRef, PackedMatrix};
+
+/// An error from a kernel call: a shape or buffer that does not match, or a
+/// panicking epilogue closure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KernelError {
+    /// A buffer is too small for the shape and strides it is used with.
+    #[error("{what}: needs {needed} elements, got {got}")]
+    BufferTooSmall {
+        /// Which buffer.
+        what: &'static str,
+        /// Elements the shape and strides reach.
+        needed: usize,
+        /// Elements supplied.
+        got: usize,
+    },
+    /// Shapes that do not fit together, or a parameter out of range.
+    #[error("{0}")]
+    Shape(String),
+    /// An output matrix whose elements alias each other.
+    #[error("output strides ({rs}, {cs}) make elements of a {rows}x{cols} matrix alias")]
+    AliasingOutput {
+        /// Rows.
+        rows: usize,
+        /// Columns.
+        cols: usize,
+        /// Row stride.
+        rs: isize,
+        /// Column stride.
+        cs: isize,
+    },
+    /// A task (normally an epilogue closure) panicked.
+    #[error(transparent)]
+    Pool(#[from] PoolError),
+}
+
+/// Whether a kernel overwrites its output or adds to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// `C = A·B` (C's previous contents are never read).
+    Overwrite,
+    /// `C += A·B`.
+    Accumulate,
+}
+
+/// The epilogue ABI; see the module documentation.
+pub type EpilogueFn = unsafe extern "C" fn(
+    ctx: *const c_void,
+    tile: *mut f32,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+    ld: usize,
+);
+
+/// A finished output tile handed to an epilogue closure.
+pub struct Tile<'a> {
+    ptr: *mut f32,
+    row0: usize,
+    rows: usize,
+    col0: usize,
+    cols: usize,
+    ld: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+impl Tile<'_> {
+    /// First row of the tile in the kernel's output matrix.
+    pub fn row0(&self) -> usize {
+        self.row0
+    }
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// First column of the tile in the kernel's output matrix.
+    pub fn col0(&self) -> usize {
+        self.col0
+    }
+    /// Number of columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Row `i` of the tile (`i < rows`): `cols` contiguous elements.
+    ///
+    /// # Panics
+    /// If `i >= rows`.
+    pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "tile row {i} out of {}", self.rows);
+        // SAFETY: the kernel guarantees rows x cols elements at stride ld are
+        // in bounds and exclusively ours for the tile's lifetime.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.ld), self.cols) }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum EpilogueKind<'a> {
+    None,
+    Raw {
+        func: EpilogueFn,
+        ctx: *const c_void,
+    },
+    Closure(&'a (dyn Fn(Tile<'_>) + Sync)),
+}
+
+/// What to run on each finished output tile: nothing, an [`EpilogueFn`] with
+/// its context, or a Rust closure.
+#[derive(Clone, Copy)]
+pub struct Epilogue<'a> {
+    kind: EpilogueKind<'a>,
+}
+
+// SAFETY: closures are `Sync`; for raw functions `from_raw`'s contract
+// requires concurrent calls on disjoint tiles to be sound.
+unsafe impl Send for Epilogue<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Epilogue<'_> {}
+
+impl<'a> Epilogue<'a> {
+    /// No epilogue.
+    pub const NONE: Epilogue<'static> = Epilogue {
+        kind: EpilogueKind::None,
+    };
+
+    /// An epilogue implemented by generated code.
+    ///
+    /// # Safety
+    /// `func` must follow the ABI in the module documentation, `ctx` must stay
+    /// valid for `'a`, and concurrent calls with `ctx` on disjoint tiles must
+    /// be sound.
+    pub unsafe fn from_raw(func: EpilogueFn, ctx: *const c_void) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::Raw { func, ctx },
+        }
+    }
+
+    /// An epilogue implemented by a Rust closure.
+    pub fn from_closure<F: Fn(Tile<'_>) + Sync>(f: &'a F) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::Closure(f),
+        }
+    }
+
+    /// Whether this is [`Epilogue::NONE`].
+    pub fn is_none(&self) -> bool {
+        matches!(self.kind, EpilogueKind::None)
+    }
+
+    /// Runs the epilogue on a tile of the output matrix starting at `base`.
+    ///
+    /// # Safety
+    /// `base + row0 * ld + col0` must start `rows` rows of `cols` elements at
+    /// stride `ld`, all in bounds and not accessed by anyone else meanwhile.
+    pub(crate) unsafe fn apply(
+        &self,
+        base: *mut f32,
+        row0: usize,
+        rows: usize,
+        col0: usize,
+        cols: usize,
+        ld: usize,
+    ) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let tile = |base: *mut f32| base.add(row0 * ld + col0);
+        match self.kind {
+            EpilogueKind::None => {}
+            EpilogueKind::Raw { func, ctx } => func(ctx, tile(base), row0, rows, col0, cols, ld),
+            EpilogueKind::Closure(f) => f(Tile {
+                ptr: tile(base),
+                row0,
+                rows,
+                col0,
+                cols,
+                ld,
+                _borrow: PhantomData,
+            }),
+        }
+    }
+}
+
+/// A raw pointer that may cross threads; kernels hand disjoint parts of one
+/// output buffer to different tasks through it.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper).
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+// SAFETY: every use writes disjoint elements from different threads.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+
+/// Checks that `data` holds `needed` elements.
+pub(crate) fn check_len(what: &'static str, needed: usize, got: usize) -> Result<(), KernelError> {
+    if got < needed {
+        return Err(KernelError::BufferTooSmall { what, needed, got });
+    }
+    Ok(())
+}

@@ -1,0 +1,705 @@
+//! The GEMM, convolution and depthwise kernels against naive f64 references:
+//! odd sizes, strides, padding, dilation, groups, both layouts, several
+//! thread counts, and epilogues that must see every output element once.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bbc_runtime::kernels::{
+    gemm, gemm_serial, Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Epilogue, KernelError,
+    Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
+};
+use bbc_runtime::pool::ThreadPool;
+
+/// Deterministic values in [-1, 1).
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Asserts `got` matches `want`, with a tolerance scaled by each element's
+/// sum of absolute products (`scale`): f32 accumulation error grows with it.
+fn assert_close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(scale).enumerate() {
+        let tol = 1e-5 * s + 1e-6;
+        assert!(
+            (g as f64 - w).abs() <= tol,
+            "{what}: element {i}: got {g}, want {w} (tolerance {tol})"
+        );
+    }
+}
+
+/// Element `(i, j)` of a strided matrix stored in `data` from `offset`.
+fn at(data: &[f32], offset: usize, rs: isize, cs: isize, i: usize, j: usize) -> f64 {
+    data[(offset as isize + i as isize * rs + j as isize * cs) as usize] as f64
+}
+
+struct Strided {
+    data: Vec<f32>,
+    offset: usize,
+    rs: isize,
+    cs: isize,
+}
+
+/// A rows x cols matrix in one of several storage orders.
+fn strided(rows: usize, cols: usize, kind: usize, seed: u64) -> Strided {
+    let (r, c) = (rows as isize, cols as isize);
+    let (len, offset, rs, cs) = match kind {
+        // Row-major.
+        0 => (rows * cols, 0, c, 1),
+        // Column-major.
+        1 => (rows * cols, 0, 1, r),
+        // Row-major with padded rows and every other column.
+        2 => (rows * (2 * cols + 3), 0, 2 * c + 3, 2),
+        // Rows stored bottom-up.
+        _ => (rows * cols, (rows.max(1) - 1) * cols, -c, 1),
+    };
+    Strided {
+        data: random(len.max(1), seed),
+        offset,
+        rs,
+        cs,
+    }
+}
+
+fn reference_gemm(a: &Strided, b: &Strided, m: usize, n: usize, k: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut want = vec![0.0; m * n];
+    let mut scale = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            for p in 0..k {
+                let prod = at(&a.data, a.offset, a.rs, a.cs, i, p)
+                    * at(&b.data, b.offset, b.rs, b.cs, p, j);
+                want[i * n + j] += prod;
+                scale[i * n + j] += prod.abs();
+            }
+        }
+    }
+    (want, scale)
+}
+
+#[test]
+fn gemm_matches_reference_for_odd_sizes_and_strides() {
+    let pools: Vec<ThreadPool> = [1, 2, 3]
+        .iter()
+        .map(|&t| ThreadPool::new(t).unwrap())
+        .collect();
+    let shapes = [
+        (1, 1, 1),
+        (7, 13, 5),
+        (37, 53, 300),
+        (130, 257, 65),
+        (6, 1100, 17),
+        (301, 97, 0),
+    ];
+    for (si, &(m, n, k)) in shapes.iter().enumerate() {
+        for kind_a in 0..4 {
+            for kind_b in 0..4 {
+                let a = strided(m, k, kind_a, si as u64 * 16 + kind_a as u64);
+                let b = strided(k, n, kind_b, 1000 + si as u64 * 16 + kind_b as u64);
+                let a_view = MatRef::new(&a.data, a.offset, m, k, a.rs, a.cs).unwrap();
+                let b_view = MatRef::new(&b.data, b.offset, k, n, b.rs, b.cs).unwrap();
+                let (want, scale) = reference_gemm(&a, &b, m, n, k);
+                let pool = &pools[(kind_a + kind_b) % pools.len()];
+                let mut c = vec![f32::NAN; m * n];
+                gemm(
+                    pool,
+                    a_view,
+                    b_view,
+                    MatMut::row_major(&mut c, m, n).unwrap(),
+                    Output::Overwrite,
+                    Epilogue::NONE,
+                )
+                .unwrap();
+                assert_close(
+                    &c,
+                    &want,
+                    &scale,
+                    &format!("gemm {m}x{n}x{k} kinds {kind_a}/{kind_b}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn gemm_accumulates_into_strided_and_column_major_outputs() {
+    let pool = ThreadPool::new(2).unwrap();
+    let (m, n, k) = (45, 70, 33);
+    let a = strided(m, k, 0, 1);
+    let b = strided(k, n, 2, 2);
+    let (prod, scale) = reference_gemm(&a, &b, m, n, k);
+    for out_kind in 0..4 {
+        let mut c = strided(m, n, out_kind, 3);
+        let before: Vec<f64> = (0..m * n)
+            .map(|e| at(&c.data, c.offset, c.rs, c.cs, e / n, e % n))
+            .collect();
+        gemm(
+            &pool,
+            MatRef::new(&a.data, 0, m, k, a.rs, a.cs).unwrap(),
+            MatRef::new(&b.data, 0, k, n, b.rs, b.cs).unwrap(),
+            MatMut::new(&mut c.data, c.offset, m, n, c.rs, c.cs).unwrap(),
+            Output::Accumulate,
+            Epilogue::NONE,
+        )
+        .unwrap();
+        let got: Vec<f32> = (0..m * n)
+            .map(|e| at(&c.data, c.offset, c.rs, c.cs, e / n, e % n) as f32)
+            .collect();
+        let want: Vec<f64> = prod.iter().zip(&before).map(|(p, b)| p + b).collect();
+        assert_close(
+            &got,
+            &want,
+            &scale,
+            &format!("accumulate into kind {out_kind}"),
+        );
+    }
+}
+
+#[test]
+fn packed_weights_and_serial_gemm_give_the_same_product() {
+    let (m, n, k) = (29, 41, 23);
+    let a = strided(m, k, 1, 7);
+    let b = strided(k, n, 0, 8);
+    let a_view = MatRef::new(&a.data, 0, m, k, a.rs, a.cs).unwrap();
+    let packed = PackedMatrix::pack(a_view);
+    assert_eq!((packed.rows(), packed.cols()), (m, k));
+    assert_eq!(packed.view().row_stride() % 16, 0);
+    let (want, scale) = reference_gemm(&a, &b, m, n, k);
+    let mut c = vec![0.0; m * n];
+    gemm_serial(
+        packed.view(),
+        MatRef::row_major(&b.data, k, n).unwrap(),
+        MatMut::row_major(&mut c, m, n).unwrap(),
+        Output::Overwrite,
+    )
+    .unwrap();
+    assert_close(&c, &want, &scale, "packed serial gemm");
+}
+
+/// Counts epilogue calls per element and applies `x -> 2x + 1`.
+struct CountingEpilogue {
+    counts: Vec<AtomicU32>,
+    cols: usize,
+}
+
+impl CountingEpilogue {
+    fn new(rows: usize, cols: usize) -> Self {
+        CountingEpilogue {
+            counts: (0..rows * cols).map(|_| AtomicU32::new(0)).collect(),
+            cols,
+        }
+    }
+
+    fn visit(&self, mut tile: Tile<'_>) {
+        for i in 0..tile.rows() {
+            let row = tile.row0() + i;
+            let col0 = tile.col0();
+            for (j, x) in tile.row_mut(i).iter_mut().enumerate() {
+                self.counts[row * self.cols + col0 + j].fetch_add(1, Ordering::Relaxed);
+                *x = 2.0 * *x + 1.0;
+            }
+        }
+    }
+
+    fn assert_each_once(&self, what: &str) {
+        for (e, c) in self.counts.iter().enumerate() {
+            assert_eq!(c.load(Ordering::Relaxed), 1, "{what}: element {e}");
+        }
+    }
+}
+
+#[test]
+fn gemm_epilogue_sees_each_finished_element_exactly_once() {
+    for threads in [1, 2, 4] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for &(m, n, k) in &[(3, 5, 7), (200, 1500, 40), (517, 33, 129)] {
+            let a = strided(m, k, 0, 11);
+            let b = strided(k, n, 0, 12);
+            let (want, scale) = reference_gemm(&a, &b, m, n, k);
+            let counter = CountingEpilogue::new(m, n);
+            let visit = |t: Tile<'_>| counter.visit(t);
+            let mut c = vec![0.0; m * n];
+            gemm(
+                &pool,
+                MatRef::row_major(&a.data, m, k).unwrap(),
+                MatRef::row_major(&b.data, k, n).unwrap(),
+                MatMut::row_major(&mut c, m, n).unwrap(),
+                Output::Overwrite,
+                Epilogue::from_closure(&visit),
+            )
+            .unwrap();
+            counter.assert_each_once("gemm epilogue");
+            let want: Vec<f64> = want.iter().map(|w| 2.0 * w + 1.0).collect();
+            let scale: Vec<f64> = scale.iter().map(|s| 2.0 * s).collect();
+            assert_close(&c, &want, &scale, "gemm epilogue result");
+        }
+    }
+}
+
+/// A per-row bias through the raw ABI, as generated code would implement it.
+unsafe extern "C" fn add_row_bias(
+    ctx: *const c_void,
+    tile: *mut f32,
+    row0: usize,
+    rows: usize,
+    _col0: usize,
+    cols: usize,
+    ld: usize,
+) {
+    let bias = ctx.cast::<f32>();
+    for i in 0..rows {
+        let b = *bias.add(row0 + i);
+        for j in 0..cols {
+            *tile.add(i * ld + j) += b;
+        }
+    }
+}
+
+#[test]
+fn raw_epilogue_abi_adds_a_bias() {
+    let pool = ThreadPool::new(2).unwrap();
+    let (m, n, k) = (66, 300, 19);
+    let a = strided(m, k, 0, 21);
+    let b = strided(k, n, 0, 22);
+    let bias = random(m, 23);
+    let (want, scale) = reference_gemm(&a, &b, m, n, k);
+    let mut c = vec![0.0; m * n];
+    // SAFETY: `add_row_bias` follows the ABI and only reads `bias`, which
+    // outlives the call.
+    let epilogue = unsafe { Epilogue::from_raw(add_row_bias, bias.as_ptr().cast()) };
+    gemm(
+        &pool,
+        MatRef::row_major(&a.data, m, k).unwrap(),
+        MatRef::row_major(&b.data, k, n).unwrap(),
+        MatMut::row_major(&mut c, m, n).unwrap(),
+        Output::Overwrite,
+        epilogue,
+    )
+    .unwrap();
+    let want: Vec<f64> = want
+        .iter()
+        .enumerate()
+        .map(|(e, w)| w + bias[e / n] as f64)
+        .collect();
+    assert_close(&c, &want, &scale, "raw bias epilogue");
+}
+
+#[test]
+fn gemm_rejects_bad_shapes_and_views() {
+    let pool = ThreadPool::new(1).unwrap();
+    let data = vec![0.0; 12];
+    let mut out = vec![0.0; 12];
+    assert!(matches!(
+        MatRef::new(&data, 0, 4, 4, 4, 1),
+        Err(KernelError::BufferTooSmall { .. })
+    ));
+    assert!(matches!(
+        MatRef::new(&data, 0, 3, 4, -4, 1),
+        Err(KernelError::Shape(_))
+    ));
+    assert!(matches!(
+        MatMut::new(&mut out, 0, 3, 4, 1, 1),
+        Err(KernelError::AliasingOutput { .. })
+    ));
+    let a = MatRef::row_major(&data, 3, 4).unwrap();
+    let c = MatMut::row_major(&mut out, 3, 4).unwrap();
+    assert!(matches!(
+        gemm(&pool, a, a, c, Output::Overwrite, Epilogue::NONE),
+        Err(KernelError::Shape(_))
+    ));
+    let closure = |_: Tile<'_>| {};
+    let col_major = MatMut::new(&mut out, 0, 3, 3, 1, 3).unwrap();
+    let sq = MatRef::row_major(&data, 3, 3).unwrap();
+    assert!(matches!(
+        gemm(
+            &pool,
+            sq,
+            sq,
+            col_major,
+            Output::Overwrite,
+            Epilogue::from_closure(&closure)
+        ),
+        Err(KernelError::Shape(_))
+    ));
+}
+
+#[test]
+fn epilogue_panic_is_an_error_not_a_crash() {
+    let pool = ThreadPool::new(2).unwrap();
+    let data = random(64 * 64, 5);
+    let mut out = vec![0.0; 64 * 64];
+    let boom = |t: Tile<'_>| {
+        if t.row0() == 0 {
+            panic!("epilogue failed");
+        }
+    };
+    let a = MatRef::row_major(&data, 64, 64).unwrap();
+    let err = gemm(
+        &pool,
+        a,
+        a,
+        MatMut::row_major(&mut out, 64, 64).unwrap(),
+        Output::Overwrite,
+        Epilogue::from_closure(&boom),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("epilogue failed"), "{err}");
+}
+
+// ---- convolutions ----
+
+/// Naive conv2d over NCHW data in f64: (output, sum of |products|).
+fn reference_conv(
+    s: &Conv2dShape,
+    input: &[f32],
+    weight: &[f32],
+) -> (Vec<f64>, Vec<f64>, [usize; 2]) {
+    let [h, w] = s.in_size;
+    let [kh, kw] = s.kernel;
+    let oh = (h + 2 * s.padding[0] - (kh - 1) * s.dilation[0] - 1) / s.stride[0] + 1;
+    let ow = (w + 2 * s.padding[1] - (kw - 1) * s.dilation[1] - 1) / s.stride[1] + 1;
+    let (cig, cog) = (s.in_channels / s.groups, s.out_channels / s.groups);
+    let mut out = vec![0.0; s.batch * s.out_channels * oh * ow];
+    let mut scale = vec![0.0; out.len()];
+    for b in 0..s.batch {
+        for co in 0..s.out_channels {
+            let g = co / cog;
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let (mut acc, mut abs) = (0.0f64, 0.0f64);
+                    for ci in 0..cig {
+                        for ky in 0..kh {
+                            for kx in 0..kw {
+                                let iy = (oy * s.stride[0] + ky * s.dilation[0]) as isize
+                                    - s.padding[0] as isize;
+                                let ix = (ox * s.stride[1] + kx * s.dilation[1]) as isize
+                                    - s.padding[1] as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let x = input[((b * s.in_channels + g * cig + ci) * h
+                                    + iy as usize)
+                                    * w
+                                    + ix as usize];
+                                let wt = weight[((co * cig + ci) * kh + ky) * kw + kx];
+                                acc += x as f64 * wt as f64;
+                                abs += (x as f64 * wt as f64).abs();
+                            }
+                        }
+                    }
+                    let e = ((b * s.out_channels + co) * oh + oy) * ow + ox;
+                    out[e] = acc;
+                    scale[e] = abs;
+                }
+            }
+        }
+    }
+    (out, scale, [oh, ow])
+}
+
+/// `[B, C, P]` to `[B, P, C]` (or back, with the roles of `c` and `p` swapped).
+fn transpose_inner<T: Copy>(data: &[T], batch: usize, c: usize, p: usize) -> Vec<T> {
+    let mut out = Vec::with_capacity(data.len());
+    for b in 0..batch {
+        for pi in 0..p {
+            for ci in 0..c {
+                out.push(data[(b * c + ci) * p + pi]);
+            }
+        }
+    }
+    out
+}
+
+/// Runs `shape` in both layouts on each pool and checks the output and the
+/// epilogue's coverage against the NCHW reference.
+fn check_conv(shape: Conv2dShape, pools: &[ThreadPool], expected: ConvStrategy) {
+    let [h, w] = shape.in_size;
+    let input = random(shape.batch * shape.in_channels * h * w, 31);
+    let weight = random(
+        shape.out_channels * (shape.in_channels / shape.groups) * shape.kernel[0] * shape.kernel[1],
+        32,
+    );
+    let (want, scale, [oh, ow]) = reference_conv(&shape, &input, &weight);
+    let pixels = oh * ow;
+    let want: Vec<f64> = want.iter().map(|v| 2.0 * v + 1.0).collect();
+    let scale: Vec<f64> = scale.iter().map(|s| 2.0 * s).collect();
+    for layout in [Layout::Nchw, Layout::Nhwc] {
+        let s = Conv2dShape { layout, ..shape };
+        for pool in pools {
+            let conv = Conv2d::new(s, &weight, pool.threads()).unwrap();
+            assert_eq!(conv.strategy(), expected, "{s:?}");
+            assert_eq!(conv.out_size(), [oh, ow]);
+            let x = match layout {
+                Layout::Nchw => input.clone(),
+                Layout::Nhwc => transpose_inner(&input, s.batch, s.in_channels, h * w),
+            };
+            let mut out = vec![f32::NAN; conv.output_len()];
+            let mut scratch = vec![f32::NAN; conv.scratch_len(pool.threads())];
+            let (rows, cols) = match layout {
+                Layout::Nchw => (s.batch * s.out_channels, pixels),
+                Layout::Nhwc => (s.batch * pixels, s.out_channels),
+            };
+            let counter = CountingEpilogue::new(rows, cols);
+            let visit = |t: Tile<'_>| counter.visit(t);
+            conv.run(
+                pool,
+                &x,
+                &mut out,
+                &mut scratch,
+                Epilogue::from_closure(&visit),
+            )
+            .unwrap();
+            let what = format!("{s:?} on {} threads", pool.threads());
+            counter.assert_each_once(&what);
+            let got = match layout {
+                Layout::Nchw => out,
+                Layout::Nhwc => transpose_inner(&out, s.batch, pixels, s.out_channels),
+            };
+            assert_close(&got, &want, &scale, &what);
+        }
+    }
+}
+
+/// A convolution with stride 1, no padding and no dilation.
+fn shape(
+    batch: usize,
+    channels: [usize; 2],
+    in_size: [usize; 2],
+    kernel: [usize; 2],
+    groups: usize,
+) -> Conv2dShape {
+    Conv2dShape {
+        batch,
+        in_channels: channels[0],
+        out_channels: channels[1],
+        in_size,
+        kernel,
+        stride: [1, 1],
+        padding: [0, 0],
+        dilation: [1, 1],
+        groups,
+        layout: Layout::Nchw,
+    }
+}
+
+/// `s` with the given stride, padding and dilation.
+fn geometry(
+    s: Conv2dShape,
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+) -> Conv2dShape {
+    Conv2dShape {
+        stride,
+        padding,
+        dilation,
+        ..s
+    }
+}
+
+fn pools() -> Vec<ThreadPool> {
+    vec![ThreadPool::new(1).unwrap(), ThreadPool::new(3).unwrap()]
+}
+
+#[test]
+fn pointwise_conv_reads_the_input_in_place() {
+    let pools = pools();
+    let cases = [
+        shape(2, [5, 7], [6, 9], [1, 1], 1),
+        shape(1, [12, 9], [7, 5], [1, 1], 3),
+        shape(1, [64, 40], [33, 35], [1, 1], 1),
+    ];
+    for s in cases {
+        check_conv(s, &pools, ConvStrategy::Pointwise);
+        let conv =
+            Conv2d::new(s, &random(s.out_channels * s.in_channels / s.groups, 1), 2).unwrap();
+        assert_eq!(conv.scratch_len(2), 0);
+    }
+}
+
+#[test]
+fn im2col_conv_handles_stride_padding_dilation_and_groups() {
+    let pools = pools();
+    let cases = [
+        // 1x1 stride 2 (ResNet downsample).
+        geometry(shape(1, [8, 12], [9, 9], [1, 1], 1), [2, 2], [0, 0], [1, 1]),
+        // 3x3 pad 1, odd sizes.
+        geometry(
+            shape(2, [3, 10], [11, 13], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        // 3x3 stride 2, groups 2, channels not multiples of 8.
+        geometry(
+            shape(1, [6, 10], [15, 14], [3, 3], 2),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        // 7x7 stride 2 pad 3 (ResNet stem).
+        geometry(
+            shape(1, [3, 16], [23, 29], [7, 7], 1),
+            [2, 2],
+            [3, 3],
+            [1, 1],
+        ),
+        // Dilation 2.
+        geometry(
+            shape(1, [4, 6], [12, 12], [3, 3], 1),
+            [1, 1],
+            [2, 2],
+            [2, 2],
+        ),
+        // Rectangular kernel, mixed stride and padding, more padding than kernel reach.
+        geometry(shape(2, [5, 3], [8, 10], [3, 5], 1), [2, 1], [3, 2], [1, 2]),
+        // 1x1 with padding.
+        geometry(shape(1, [4, 4], [5, 5], [1, 1], 1), [1, 1], [1, 1], [1, 1]),
+    ];
+    for s in cases {
+        check_conv(s, &pools, ConvStrategy::Im2col);
+    }
+}
+
+#[test]
+fn im2col_scratch_stays_bounded_for_large_images() {
+    let pools = pools();
+    let s = geometry(
+        shape(1, [64, 24], [56, 56], [3, 3], 1),
+        [1, 1],
+        [1, 1],
+        [1, 1],
+    );
+    check_conv(s, &pools, ConvStrategy::Im2col);
+    let conv = Conv2d::new(s, &random(24 * 64 * 9, 3), 1).unwrap();
+    let full_im2col = 64 * 9 * 56 * 56;
+    let scratch = conv.scratch_len(1);
+    assert!(
+        scratch > 0 && scratch * 8 <= full_im2col,
+        "scratch {scratch} vs full {full_im2col}"
+    );
+    let mut out = vec![0.0; conv.output_len()];
+    let mut small = vec![0.0; scratch - 1];
+    let pool = ThreadPool::new(1).unwrap();
+    assert!(matches!(
+        conv.run(
+            &pool,
+            &random(conv.input_len(), 4),
+            &mut out,
+            &mut small,
+            Epilogue::NONE
+        ),
+        Err(KernelError::BufferTooSmall {
+            what: "conv scratch",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn depthwise_conv_matches_reference() {
+    let pools = pools();
+    let cases = [
+        geometry(
+            shape(2, [12, 12], [10, 11], [3, 3], 12),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        // ConvNeXt: 7x7 pad 3.
+        geometry(
+            shape(1, [20, 20], [14, 13], [7, 7], 20),
+            [1, 1],
+            [3, 3],
+            [1, 1],
+        ),
+        // Rows wider than one 32-output block (and not a multiple of it), and
+        // more than 32 channels for the NHWC channel blocks.
+        geometry(
+            shape(1, [40, 40], [9, 45], [7, 7], 40),
+            [1, 1],
+            [3, 3],
+            [1, 1],
+        ),
+        // Vertical stride 2 with horizontal stride 1 and dilation, wide rows.
+        geometry(shape(2, [6, 6], [8, 37], [3, 3], 6), [2, 1], [2, 2], [2, 2]),
+        // Stride 2 (MobileNet/EfficientNet), dilation, and channel multiplier 2.
+        geometry(
+            shape(1, [9, 9], [15, 16], [5, 5], 9),
+            [2, 2],
+            [2, 2],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [6, 6], [12, 12], [3, 3], 6),
+            [1, 1],
+            [2, 2],
+            [2, 2],
+        ),
+        geometry(shape(2, [5, 10], [7, 9], [3, 3], 5), [1, 2], [1, 1], [1, 1]),
+    ];
+    for s in cases {
+        check_conv(s, &pools, ConvStrategy::Depthwise);
+    }
+}
+
+#[test]
+fn conv1d_is_conv2d_over_one_row() {
+    let pools = pools();
+    let s1 = Conv1dShape {
+        batch: 2,
+        in_channels: 6,
+        out_channels: 8,
+        length: 37,
+        kernel: 5,
+        stride: 2,
+        padding: 2,
+        dilation: 1,
+        groups: 2,
+        layout: Layout::Nchw,
+    };
+    let s2 = s1.to_2d();
+    assert_eq!((s2.in_size, s2.kernel), ([1, 37], [1, 5]));
+    check_conv(s2, &pools, ConvStrategy::Im2col);
+    let weight = random(8 * 3 * 5, 9);
+    let conv = Conv2d::new_1d(s1, &weight, 1).unwrap();
+    assert_eq!(conv.out_size(), [1, 19]);
+}
+
+#[test]
+fn conv_rejects_bad_shapes() {
+    let bad_groups = geometry(shape(1, [6, 4], [8, 8], [3, 3], 4), [1, 1], [1, 1], [1, 1]);
+    assert!(matches!(
+        Conv2d::new(bad_groups, &[0.0; 1000], 1),
+        Err(KernelError::Shape(_))
+    ));
+    let empty_input = shape(1, [1, 1], [0, 4], [1, 1], 1);
+    assert!(matches!(
+        Conv2d::new(geometry(empty_input, [1, 1], [1, 1], [1, 1]), &[0.0; 1], 1),
+        Err(KernelError::Shape(_))
+    ));
+    let too_big_kernel = shape(1, [1, 1], [2, 2], [5, 5], 1);
+    assert!(matches!(
+        Conv2d::new(too_big_kernel, &[0.0; 25], 1),
+        Err(KernelError::Shape(_))
+    ));
+    let ok = geometry(shape(1, [2, 2], [4, 4], [3, 3], 1), [1, 1], [1, 1], [1, 1]);
+    assert!(matches!(
+        Conv2d::new(ok, &[0.0; 35], 1),
+        Err(KernelError::BufferTooSmall {
+            what: "conv weight",
+            ..
+        })
+    ));
+}
