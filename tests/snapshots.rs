@@ -1,9 +1,10 @@
-//! One insta snapshot of the Graph IR text per model of every spec in `specs/`, discovered
-//! automatically: adding a spec or a model adds a snapshot, and a snapshot whose model no
-//! longer exists fails the suite. Regenerate with `INSTA_UPDATE=always cargo test --test snapshots`
+//! Two insta snapshots of the Graph IR text per model of every spec in `specs/`, discovered
+//! automatically: as elaborated, and after the `-O2` pipeline (`__O2`), which also has to
+//! round-trip through the text form. Adding a spec or a model adds snapshots, and a snapshot
+//! whose model no longer exists fails the suite. Regenerate with `INSTA_UPDATE=always cargo test --test snapshots`
 //! and review the diff.
 
-use bbc::compiler::{elab, ir};
+use bbc::compiler::{elab, ir, passes};
 use std::collections::BTreeSet;
 use std::path::Path;
 
@@ -32,6 +33,10 @@ fn snapshot_name(spec: &str, model: &str) -> String {
     format!("{spec}__{model}")
 }
 
+fn optimized_snapshot_name(spec: &str, model: &str) -> String {
+    format!("{spec}__{model}__O2")
+}
+
 #[test]
 fn ir_snapshot_per_model() {
     let mut settings = insta::Settings::clone_current();
@@ -52,6 +57,18 @@ fn ir_snapshot_per_model() {
             });
             let text = ir::print_text(&elaborated.graph);
             insta::assert_snapshot!(snapshot_name(&spec, &model), text);
+
+            let mut graph = elaborated.graph;
+            passes::run(&mut graph, &passes::pipeline(2), &passes::Options::default())
+                .unwrap_or_else(|e| panic!("{spec}/{model}: {e}"));
+            let text = ir::print_text(&graph);
+            let parsed = ir::parse_text(&text).unwrap_or_else(|e| panic!("{spec}/{model}: {e}"));
+            assert_eq!(
+                ir::print_text(&parsed),
+                text,
+                "{spec}/{model}: the -O2 text form does not round-trip"
+            );
+            insta::assert_snapshot!(optimized_snapshot_name(&spec, &model), text);
         }
     });
 }
@@ -60,7 +77,8 @@ fn ir_snapshot_per_model() {
 fn no_orphaned_snapshots() {
     let expected: BTreeSet<String> = models()
         .iter()
-        .map(|(s, m, _)| format!("{}.snap", snapshot_name(s, m)))
+        .flat_map(|(s, m, _)| [snapshot_name(s, m), optimized_snapshot_name(s, m)])
+        .map(|name| format!("{name}.snap"))
         .collect();
     let dir = Path::new("tests/snapshots");
     let orphans: Vec<String> = std::fs::read_dir(dir)
