@@ -3,14 +3,32 @@
 //! output channel. The scale and shift are built from the parameters as a small subgraph
 //! that depends on weights only (computed once when weights are bound), so the pass needs no
 //! weight values and the interpreter checks it like any other rewrite. Fires only when the
-//! convolution has no other user.
+//! convolution has no other user and is not a graph output.
 
-use super::fusion::add_op;
+use super::fusion::{add_op, must_be_written};
 use super::Pass;
 use crate::ir::{Graph, NodeKind, ValueId};
 use crate::ops::{Attr, Attrs, AttrsExt};
 
 pub struct FoldBatchNorm;
+
+/// The convolution `bn` reads: `None` when it reads none, `Err` with the reason when the
+/// convolution's own result is needed too (another reader, or a graph output), so folding
+/// would change it.
+fn conv_to_fold(graph: &Graph, bn: ValueId) -> Option<Result<ValueId, String>> {
+    let conv = graph.inputs(bn)[0];
+    if graph.node(conv).op().map(|o| o.name) != Some("conv2d") {
+        return None;
+    }
+    Some(match must_be_written(graph, conv) {
+        None => Ok(conv),
+        Some(why) => Err(format!(
+            "fold-batch-norm: `{}` is not folded into `{}`: {why} unnormalised",
+            graph.node(bn).name,
+            graph.node(conv).name
+        )),
+    })
+}
 
 fn scalar(graph: &mut Graph, like: ValueId, name: String, value: f64) -> ValueId {
     let mut attrs = Attrs::new();
@@ -28,6 +46,15 @@ impl Pass for FoldBatchNorm {
         "fold inference BatchNorm into the preceding convolution's weight and bias"
     }
 
+    fn explain(&self, graph: &Graph) -> Vec<String> {
+        graph
+            .topo_order()
+            .into_iter()
+            .filter(|&n| graph.node(n).op().map(|o| o.name) == Some("batch_norm2d"))
+            .filter_map(|bn| conv_to_fold(graph, bn)?.err())
+            .collect()
+    }
+
     fn run(&self, graph: &mut Graph) -> bool {
         let mut changed = false;
         for bn in graph.topo_order() {
@@ -35,12 +62,9 @@ impl Pass for FoldBatchNorm {
                 continue;
             }
             let bn_inputs = graph.inputs(bn);
-            let conv = bn_inputs[0];
-            if graph.node(conv).op().map(|o| o.name) != Some("conv2d")
-                || graph.users(conv).len() != 1
-            {
+            let Some(Ok(conv)) = conv_to_fold(graph, bn) else {
                 continue;
-            }
+            };
             let NodeKind::Op {
                 attrs: bn_attrs, ..
             } = &graph.node(bn).kind

@@ -724,7 +724,9 @@ impl Rewriter<'_> {
         );
         let (mut members, tail) = match found {
             Ok(t) => {
-                self.fold_output_scales(conv, &contraction, &t.scales);
+                // `conv` itself is gone when the concat was split: name the factor after
+                // the value that replaced it.
+                self.fold_output_scales(contraction.result, &contraction, &t.scales);
                 let resized = self.fold_summand_scales(t.add, &t.other);
                 let members: Vec<ValueId> = resized
                     .into_iter()
