@@ -2,11 +2,17 @@
 //!
 //! This crate is the command-line tool and a thin facade over the pipeline's crates:
 //! [`grammar`] (the `.bb` language), [`compiler`] (elaboration, Graph IR, op table,
-//! interpreter, weights) and [`runtime`] (tensors and their IO).
+//! interpreter, weights, code generation) and [`runtime`] (tensors, their IO, the kernels and
+//! the executor). [`compile`] turns an optimised graph and its weights into an [`Executable`]
+//! for this CPU: compile once, [`Executable::run`] many times.
 
 pub use bbc_compiler as compiler;
 pub use bbc_grammar as grammar;
 pub use bbc_runtime as runtime;
+
+pub use bbc_compiler::codegen::cpu::plan::{
+    compile, CompileError, ExecError, ExecOptions, ExecStats, Executable,
+};
 
 use bbc_grammar::{diagnostic::render_all, Diagnostic, SourceMap};
 

@@ -11,8 +11,8 @@ use std::process::ExitCode;
 /// A declarative model-graph compiler for neural-network backbones.
 ///
 /// A `.bb` spec describes a model family; `bbc` elaborates one model of it into a typed graph,
-/// checks checkpoints against it, reports its costs, and runs it with the reference
-/// interpreter.
+/// checks checkpoints against it, reports its costs, and compiles and runs it on the CPU (or
+/// with the reference interpreter).
 #[derive(Parser, Debug)]
 #[command(name = "bbc", version, about, long_about)]
 #[command(after_help = "Examples:\n  \
@@ -20,7 +20,8 @@ use std::process::ExitCode;
     bbc check specs/convnext.bb --all-models\n  \
     bbc weights specs/convnext.bb --model convnext_atto --against convnext_atto.safetensors\n  \
     bbc stats specs/convnext.bb --model convnext_tiny --depth 2\n  \
-    bbc run specs/deep_sets.bb --model deep_sets_sum --input x.npy --output y.npy")]
+    bbc run specs/deep_sets.bb --model deep_sets_sum --input x.npy --output y.npy\n  \
+    bbc bench specs/convnext.bb --model convnext_atto --threads 2 --runs 10")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,6 +35,7 @@ enum Command {
     Stats(cli::stats::StatsArgs),
     Graph(cli::graph::GraphArgs),
     Run(cli::run::RunArgs),
+    Bench(cli::bench::BenchArgs),
     Models(cli::models::ModelsArgs),
 }
 
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Stats(a) => cli::stats::main(a),
         Command::Graph(a) => cli::graph::main(a),
         Command::Run(a) => cli::run::main(a),
+        Command::Bench(a) => cli::bench::main(a),
         Command::Models(a) => cli::models::main(a),
     };
     match result {

@@ -116,7 +116,9 @@ fn max_abs_diff(a: &bbc::runtime::Tensor, b: &bbc::runtime::Tensor) -> f64 {
 #[test]
 fn help_is_available_for_every_subcommand() {
     let top = ok(&["--help"]);
-    for sub in ["check", "ir", "weights", "stats", "graph", "run", "models"] {
+    for sub in [
+        "check", "ir", "weights", "stats", "graph", "run", "bench", "models",
+    ] {
         assert!(top.contains(sub), "`{sub}` missing from --help:\n{top}");
         let help = ok(&[sub, "--help"]);
         assert!(help.contains("Usage: bbc"), "{help}");
@@ -565,4 +567,97 @@ fn ir_explain_says_why_a_fusion_did_not_fire() {
         stats.contains("kernels:") && stats.contains("before optimisation"),
         "{stats}"
     );
+}
+
+/// `bbc run` compiles for the CPU by default; its outputs match the interpreter's, for any
+/// thread count.
+#[test]
+fn run_on_the_cpu_target_matches_the_interpreter() {
+    let dir = scratch("cpu");
+    let spec = "specs/convnext.bb";
+    let file = |name: &str| dir.join(name).to_string_lossy().into_owned();
+    let common = ["run", spec, "--model", "convnext_test", "--dim", "H=40"];
+    let interp = file("interp.npy");
+    ok(&[&common[..], &["--interp", "-o", &interp]].concat());
+    for (threads, name) in [("1", "one.npy"), ("3", "three.npy")] {
+        let out = file(name);
+        let cpu = ["--target", "cpu", "--threads", threads, "-o", &out];
+        ok(&[&common[..], &cpu].concat());
+    }
+    let want = read_npy(dir.join("interp.npy")).expect("written");
+    for name in ["one.npy", "three.npy"] {
+        let got = read_npy(dir.join(name)).expect("written");
+        let scale = want.iter().fold(1.0f64, |m, v| m.max(f64::from(v.abs())));
+        assert!(max_abs_diff(&got, &want) <= 2e-5 * scale, "{name}");
+    }
+    let err = fails(&[&common[..], &["--interp", "--threads", "2"]].concat(), 2);
+    assert!(err.contains("--threads"), "{err}");
+    fails(&[&common[..], &["--threads", "0"]].concat(), 2);
+}
+
+/// `bbc bench` reports latency percentiles, compile stages, GFLOP/s, the arena and the
+/// fallbacks, as text and as the JSON object scripts parse.
+#[test]
+fn bench_reports_latency_compile_stages_and_memory() {
+    let common = [
+        "bench",
+        "specs/convnext.bb",
+        "--model",
+        "convnext_test",
+        "--dim",
+        "H=40",
+        "--warmup",
+        "1",
+    ];
+    let text = ok(&[
+        &common[..],
+        &["--runs", "3", "--threads", "2", "--profile", "3"],
+    ]
+    .concat());
+    for needle in [
+        "on cpu, 2 threads, 3 runs",
+        "compile",
+        "jit",
+        "median",
+        "p90",
+        "GFLOP/s",
+        "arena",
+        "0 reference",
+        "slowest kernels",
+    ] {
+        assert!(text.contains(needle), "`{needle}` missing:\n{text}");
+    }
+    let json: serde_json::Value = serde_json::from_str(&ok(&[
+        &common[..],
+        &["--runs", "3", "--threads", "2", "--json"],
+    ]
+    .concat()))
+    .expect("one JSON object");
+    let number = |key: &str| {
+        json[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("`{key}` missing: {json}"))
+    };
+    assert_eq!(json["model"], "convnext_test");
+    assert!(number("min_ms") > 0.0);
+    assert!(number("min_ms") <= number("median_ms") && number("median_ms") <= number("p90_ms"));
+    assert!(number("gflops") > 0.0 && number("compile_ms") > 0.0);
+    assert!(number("peak_arena_bytes") > 0.0);
+    assert_eq!(number("fallback_nodes"), 0.0);
+    assert_eq!(number("threads"), 2.0);
+    let stages = json["compile_stages_ms"].as_object().expect("stages");
+    for stage in ["lowering", "jit", "weights", "planning"] {
+        assert!(stages[stage].as_f64().is_some(), "stage `{stage}`: {json}");
+    }
+    let total: f64 = stages.values().filter_map(serde_json::Value::as_f64).sum();
+    assert!((total - number("compile_ms")).abs() < 1e-6 * total.max(1.0));
+
+    let interp: serde_json::Value =
+        serde_json::from_str(&ok(
+            &[&common[..], &["--runs", "2", "--interp", "--json"]].concat()
+        ))
+        .expect("one JSON object");
+    assert_eq!(interp["engine"], "interp");
+    assert!(interp["median_ms"].as_f64().is_some_and(|m| m > 0.0));
+    fails(&[&common[..], &["--runs", "0"]].concat(), 2);
 }

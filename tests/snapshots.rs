@@ -59,8 +59,12 @@ fn ir_snapshot_per_model() {
             insta::assert_snapshot!(snapshot_name(&spec, &model), text);
 
             let mut graph = elaborated.graph;
-            passes::run(&mut graph, &passes::pipeline(2), &passes::Options::default())
-                .unwrap_or_else(|e| panic!("{spec}/{model}: {e}"));
+            passes::run(
+                &mut graph,
+                &passes::pipeline(2),
+                &passes::Options::default(),
+            )
+            .unwrap_or_else(|e| panic!("{spec}/{model}: {e}"));
             let text = ir::print_text(&graph);
             let parsed = ir::parse_text(&text).unwrap_or_else(|e| panic!("{spec}/{model}: {e}"));
             assert_eq!(

@@ -397,9 +397,7 @@ impl AttentionCase {
 "
             );
         } else {
-            t += &format!(
-                "  %y = gelu(%o) {{approximate=\"none\"}}: f32[{b}, {h}, {nq}, {dv}]\n"
-            );
+            t += &format!("  %y = gelu(%o) {{approximate=\"none\"}}: f32[{b}, {h}, {nq}, {dv}]\n");
         }
         t + "  output %out = %y\n}\n"
     }
@@ -513,6 +511,17 @@ fn fff_groups() {
 }
 ";
     assert_eq!(check_groups(dense, "fff", 1e-4), 2);
+    // The BatchNorm's per-channel scale and shift are tabulated once per grid iteration.
+    let mut g = parse(dense);
+    optimize(&mut g);
+    let c = g.find("c").expect("the group keeps the conv's name");
+    let k = bbc_compiler::kernel::lower_node(&g, c).expect("lowers");
+    assert_eq!(k.origin, "fff");
+    assert!(
+        !k.scratch.is_empty(),
+        "{}",
+        bbc_compiler::kernel::print_kernel(&k)
+    );
     // Spatial broadcast decoder: a latent tiled by `expand` and a coordinate grid (convolved
     // once, outside the group), no padding.
     let sbd = "graph t {
@@ -550,6 +559,41 @@ fn fff_groups() {
 }
 
 #[test]
+fn padded_windows_across_widths() {
+    // Versioned vector loops take the border-free body only where no clamp or bounds test
+    // can fire; every width from below one vector to a few vectors, with pads, strides and
+    // dilations, must agree with the reference in both modes.
+    for w in 1..=11usize {
+        let pooled = (w + 2 - 3) / 2 + 1;
+        let dilated = w + 4 - 4;
+        let text = format!(
+            "graph t {{
+  input %x: f32[1, 4, 5, {w}]
+  param %dw.weight: f32[4, 1, 3, 3] = uniform(0.3)
+  %dw = conv2d(%x, %dw.weight) {{bias=false, dilation=[2, 2], groups=4, k=[3, 3], out=4, pad=[2, 2], s=[1, 1]}}: f32[1, 4, 5, {dilated}]
+  %mp = max_pool2d(%x) {{ceil_mode=false, k=[3, 3], pad=[1, 1], s=[2, 2]}}: f32[1, 4, 3, {pooled}]
+  %ap = avg_pool2d(%x) {{ceil_mode=false, count_include_pad=false, k=[3, 3], pad=[1, 1], s=[1, 1]}}: f32[1, 4, 5, {w}]
+  param %g.w: f32[6, 2, 3, 3] = uniform(0.3)
+  %g = fused fff(%x, %g.w): f32[1, 6, 5, {w}] {{
+    input %in0: f32[1, 4, 5, {w}]
+    input %in1: f32[6, 2, 3, 3]
+    %t = tanh(%in0): f32[1, 4, 5, {w}]
+    %c = conv2d(%t, %in1) {{bias=false, dilation=[1, 1], groups=2, k=[3, 3], out=6, pad=[1, 1], s=[1, 1]}}: f32[1, 6, 5, {w}]
+    output %out = %c
+  }}
+  output %o1 = %dw
+  output %o2 = %mp
+  output %o3 = %ap
+  output %o4 = %g
+}}
+"
+        );
+        let report = check(&text, false, 1e-4);
+        assert_eq!(report.checked.len(), 4, "width {w}: {:?}", report.checked);
+    }
+}
+
+#[test]
 fn unsupported_nodes_are_named_not_panics() {
     let text = "graph t {\n  input %a: f32[1, 1, 9, 9]\n  input %b: f32[1, 1, 9, 9]\n  %y = uiqi(%a, %b) {window=8}: f32[1]\n  output %out = %y\n}\n";
     let g = parse(text);
@@ -558,6 +602,35 @@ fn unsupported_nodes_are_named_not_panics() {
         Err(LowerError::Unsupported { op, .. }) => assert_eq!(op, "uiqi"),
         Ok(k) => panic!(
             "uiqi lowered unexpectedly:\n{}",
+            bbc_compiler::kernel::print_kernel(&k)
+        ),
+    }
+    // An attention group normalising over the query axis has no single-row form.
+    let text = "graph t {
+  input %q: f32[2, 3, 4]
+  input %k: f32[2, 4, 3]
+  input %v: f32[2, 3, 5]
+  %y = fused attention(%q, %k, %v): f32[2, 3, 5] {
+    input %in0: f32[2, 3, 4]
+    input %in1: f32[2, 4, 3]
+    input %in2: f32[2, 3, 5]
+    %s = matmul(%in0, %in1): f32[2, 3, 3]
+    %a = softmax(%s) {axis=1}: f32[2, 3, 3]
+    %o = matmul(%a, %in2): f32[2, 3, 5]
+    output %out = %o
+  }
+  output %out = %y
+}
+";
+    let g = parse(text);
+    let y = g.find("y").expect("node");
+    match bbc_compiler::kernel::lower_node(&g, y) {
+        Err(LowerError::Unsupported { op, reason }) => {
+            assert_eq!(op, "fused attention");
+            assert!(reason.contains("axis 1, not the key axis"), "{reason}");
+        }
+        Ok(k) => panic!(
+            "a query-axis softmax lowered:\n{}",
             bbc_compiler::kernel::print_kernel(&k)
         ),
     }
@@ -725,6 +798,60 @@ fn bounds_checked_mode_reports_instead_of_touching_memory() {
     ));
 }
 
+#[test]
+fn bounds_checked_mode_covers_scratch_arrays() {
+    // A deliberately wrong kernel: a scratch row of 4 written at i + 2 for i < 4, then read.
+    let n = 4;
+    let i = Var { id: 0, extent: n };
+    let mut k = unary_kernel(Unary::Neg, n);
+    k.scratch = vec![bbc_compiler::kernel::Scratch {
+        name: "row".into(),
+        len: n,
+    }];
+    let shifted = bbc_compiler::kernel::index::add(i, 2i64);
+    k.body = Body::Loops {
+        grid: i,
+        vector: false,
+        body: vec![
+            Stmt::ScratchStore {
+                scratch: 0,
+                index: shifted.clone(),
+                value: Expr::load(0, i),
+            },
+            Stmt::Store {
+                buf: 1,
+                index: Index::Var(i),
+                value: Expr::Scratch {
+                    scratch: 0,
+                    index: shifted,
+                },
+            },
+        ],
+    };
+    let checked = Options {
+        bounds_checked: true,
+        ..Options::default()
+    };
+    let c = compile(&k, &checked).expect("compiles");
+    let input = [1.0, 2.0, 3.0, 4.0];
+    let mut out = vec![0.0; n];
+    match c.run(&[&input], &mut out) {
+        Err(RunError::OutOfBounds {
+            buffer,
+            index,
+            len,
+            count,
+        }) => {
+            assert_eq!((buffer.as_str(), index, len), ("scratch row", 4, n));
+            // Iterations 2 and 3 each write and read out of bounds.
+            assert_eq!(count, 4);
+        }
+        other => panic!("expected an out-of-bounds report, got {other:?}"),
+    }
+    // The in-bounds iterations read back what they wrote.
+    assert_eq!(&out[..2], &[1.0, 2.0]);
+}
+
 const ELEMENTWISE: &[&str] = &[
     "relu",
     "gelu",
@@ -846,7 +973,7 @@ fn time_group(label: &str, text: &str, kind: &str, flops: f64, tol: f32) {
     let started = std::time::Instant::now();
     let values = kernel_common::reference_values(&g, &mut kernel_common::Rng(3));
     let reference = started.elapsed();
-    let c = compile(&k, &Options { optimize: std::env::var("OPT").is_ok(), ..Options::default() }).expect("compiles");
+    let c = compile(&k, &Options::default()).expect("compiles");
     let inputs: Vec<&[f32]> = g
         .inputs(id)
         .iter()
@@ -885,7 +1012,13 @@ fn multi_contraction_group_throughput() {
         token_major: true,
     };
     let flops = 2.0 * (6 * 197 * 197 * (64 + 64)) as f64;
-    time_group("attention 6x197x64", &tnt.graph(), "attention", flops, ATTENTION_TOL);
+    time_group(
+        "attention 6x197x64",
+        &tnt.graph(),
+        "attention",
+        flops,
+        ATTENTION_TOL,
+    );
     // Res2Net-50 26w×4s, layer 1: four 26-channel inputs (one a slice) into 256, 56×56.
     let res2net = "graph t {
   input %x: f32[1, 104, 56, 56]
@@ -919,4 +1052,30 @@ fn multi_contraction_group_throughput() {
 ";
     let flops = 2.0 * (64 * 9 * 32 * 48 * 48) as f64;
     time_group("fff 3x3 2x32->32 48x48", rdn, "fff", flops, 1e-4);
+    // DenseNet-121 transition 2: BatchNorm and ReLU over four 128-channel inputs, then a 1x1
+    // into 256, 28×28.
+    let mut dense = String::from("graph t {\n");
+    for i in 0..4 {
+        dense += &format!("  input %x{i}: f32[1, 128, 28, 28]\n");
+    }
+    dense += "  %cat = concat(%x0, %x1, %x2, %x3) {axis=1}: f32[1, 512, 28, 28]
+  param %n.weight: f32[512] = uniform(1.0)
+  param %n.bias: f32[512] = uniform(1.0)
+  param %n.running_mean: f32[512] = uniform(1.0)
+  param %n.running_var: f32[512] = ones
+  %n = batch_norm2d(%cat, %n.weight, %n.bias, %n.running_mean, %n.running_var) {eps=1e-5}: f32[1, 512, 28, 28]
+  %r = relu(%n): f32[1, 512, 28, 28]
+  param %c.weight: f32[256, 512, 1, 1] = uniform(0.05)
+  %y = conv2d(%r, %c.weight) {bias=false, dilation=[1, 1], groups=1, k=[1, 1], out=256, pad=[0, 0], s=[1, 1]}: f32[1, 256, 28, 28]
+  output %out = %y
+}
+";
+    let flops = 2.0 * (512 * 256 * 28 * 28) as f64;
+    time_group(
+        "fff bn+relu+1x1 4x128->256 28x28",
+        &dense,
+        "fff",
+        flops,
+        1e-4,
+    );
 }

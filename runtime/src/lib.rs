@@ -7,15 +7,23 @@
 //! - [`image`]: PNG reading (as [1, C, H, W] in [0, 1]) and atomic 8-bit writing.
 //! - [`rng`]: seeded, order-independent random initialisation.
 //! - [`error`]: [`IoError`], naming the file and the problem.
+//! - [`pool`]: the persistent thread pool kernels run on.
+//! - [`kernels`]: GEMM, convolution and depthwise kernels with fused epilogues.
+//! - [`arena`]: the activation-memory planner and aligned buffers.
+//! - [`exec`]: the executor running a compiled plan over the arena on the pool.
 //!
 //! This crate never prints and returns errors instead of panicking on bad
 //! input files.
 
+pub mod arena;
 mod atomic;
 pub mod checkpoint;
 pub mod error;
+pub mod exec;
 pub mod image;
+pub mod kernels;
 pub mod npy;
+pub mod pool;
 pub mod rng;
 
 pub use atomic::write_atomic;

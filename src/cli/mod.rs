@@ -16,6 +16,7 @@ pub fn to_stderr(text: &str) {
     let _ = std::io::stderr().write_all(text.as_bytes());
 }
 
+pub mod bench;
 pub mod check;
 pub mod graph;
 pub mod ir;
@@ -83,9 +84,10 @@ fn parse_arg(s: &str) -> Result<(String, String), String> {
 /// Which optimisation passes to run; shared by the commands that build a graph to use.
 #[derive(Args, Debug, Clone, Default)]
 pub struct OptArgs {
-    /// Optimisation level: 0 none, 1 cleanup, 2 everything (`-O2`).
-    #[arg(short = 'O', value_name = "LEVEL", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
-    pub level: u8,
+    /// Optimisation level: 0 none, 1 cleanup, 2 everything (`-O2`) [default: 0; 2 where a
+    /// compiled engine runs the graph (`run`, `bench`)].
+    #[arg(short = 'O', value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub level: Option<u8>,
 
     /// Run exactly these passes, in order (comma-separated), instead of a level's pipeline.
     #[arg(long, value_name = "PASS,...", value_delimiter = ',')]
@@ -97,8 +99,16 @@ pub struct OptArgs {
 }
 
 impl OptArgs {
-    /// The passes to run, checking every name given.
+    /// The passes to run (level 0 unless given), checking every name given.
     pub fn pipeline(&self) -> Result<Vec<Box<dyn bbc::compiler::passes::Pass>>, CliError> {
+        self.pipeline_or(0)
+    }
+
+    /// The passes to run, at `default_level` unless a level is given.
+    pub fn pipeline_or(
+        &self,
+        default_level: u8,
+    ) -> Result<Vec<Box<dyn bbc::compiler::passes::Pass>>, CliError> {
         use bbc::compiler::passes;
         let known: Vec<&'static str> = passes::all().iter().map(|p| p.name()).collect();
         let check = |name: &str| -> Result<(), CliError> {
@@ -118,7 +128,7 @@ impl OptArgs {
         }
         let chosen: Vec<Box<dyn passes::Pass>> = match &self.passes {
             Some(names) => names.iter().filter_map(|n| passes::lookup(n)).collect(),
-            None => passes::pipeline(self.level),
+            None => passes::pipeline(self.level.unwrap_or(default_level)),
         };
         Ok(chosen
             .into_iter()

@@ -1,5 +1,6 @@
-//! `bbc run`: run a model with the reference interpreter on `.npy`, `.png` or seeded random
-//! inputs, summarise its outputs, and optionally write them as `.npy` or `.png`.
+//! `bbc run`: run a model on `.npy`, `.png` or seeded random inputs, summarise its outputs,
+//! and optionally write them as `.npy` or `.png`. The default engine compiles the optimised
+//! graph for this CPU (`--target cpu`); `--interp` runs the reference interpreter instead.
 //!
 //! A `.png` input is read as a `[1, C, H, W]` tensor in [0, 1] (C = 3 for colour, 1 for
 //! grey; alpha dropped) and must match the model's input shape (a rank-3 `[C, H, W]` input
@@ -7,7 +8,9 @@
 //! or `[C, H, W]` output with C = 1 or 3, clamped to [0, 1] and rounded to 8 bits.
 
 use super::{print, shape, CliError, CliResult, OptArgs, SpecArgs};
-use bbc::compiler::elab::Elaborated;
+use bbc::compiler::codegen::cpu::plan::{self, ExecOptions, ExecStats, Executable};
+use bbc::compiler::elab::{Elaborated, Program};
+use bbc::compiler::ir::Graph;
 use bbc::compiler::{interp, weights};
 use bbc::runtime::image::{is_png_path, png_layout};
 use bbc::runtime::{read_npy, read_png, write_npy, write_png, Rng, Tensor};
@@ -21,8 +24,11 @@ use std::path::{Path, PathBuf};
 ///
 /// Weights come from --weights (checked against the spec first) or are initialised with
 /// PyTorch's defaults from --seed; inputs come from .npy or .png files (a PNG is a
-/// [1, C, H, W] image in [0, 1]) or are drawn from N(0, 1) with --seed. The engine is the reference interpreter, the oracle every future backend is checked
-/// against: exact, not fast.
+/// [1, C, H, W] image in [0, 1]) or are drawn from N(0, 1) with --seed. By default the graph
+/// is optimised (-O2), compiled to native code for this CPU and run on a thread pool; nodes
+/// without a kernel run their reference implementation and are listed on stderr. --interp
+/// runs the reference interpreter instead, the oracle every backend is checked against:
+/// exact, not fast.
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -30,6 +36,9 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub opt: OptArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
 
     /// A safetensors checkpoint to load [default: seeded PyTorch-default initialisation].
     #[arg(short, long, value_name = "W.safetensors")]
@@ -59,14 +68,115 @@ pub struct RunArgs {
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub seed: u64,
 
-    /// Use the reference interpreter (the only engine today; accepted so scripts keep working
-    /// when compiled engines arrive).
-    #[arg(long)]
-    pub interp: bool,
-
     /// How many leading values of each output to print.
     #[arg(long, value_name = "N", default_value_t = 6)]
     pub show: usize,
+}
+
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Target {
+    /// Native code for this CPU (Cranelift JIT and tuned GEMM/convolution kernels).
+    Cpu,
+}
+
+/// The engine options `run` and `bench` share.
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// The compilation target.
+    #[arg(long, value_enum, default_value_t = Target::Cpu)]
+    pub target: Target,
+
+    /// Use the reference interpreter instead of compiling (at -O0 unless -O is given).
+    #[arg(long, conflicts_with_all = ["target", "threads"])]
+    pub interp: bool,
+
+    /// Threads of the cpu target, the calling thread included [default: all cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
+}
+
+impl EngineArgs {
+    /// The optimisation pipeline: `-O2` for a compiled target unless a level is given.
+    pub fn pipeline(
+        &self,
+        opt: &OptArgs,
+    ) -> Result<Vec<Box<dyn bbc::compiler::passes::Pass>>, CliError> {
+        opt.pipeline_or(if self.interp { 0 } else { 2 })
+    }
+
+    pub fn exec_options(&self) -> ExecOptions {
+        ExecOptions {
+            threads: self.threads.map_or(0, |n| n as usize),
+            ..ExecOptions::default()
+        }
+    }
+}
+
+/// The weights from `--weights` (checked against the spec) or seeded initialisation.
+pub fn load_weights(
+    program: &Program,
+    model: &Elaborated,
+    path: Option<&Path>,
+    seed: u64,
+) -> Result<BTreeMap<String, Tensor>, CliError> {
+    match path {
+        Some(path) => {
+            weights::load_file(model, path).map_err(|d| CliError::diags(&d, Some(&program.sources)))
+        }
+        None => Ok(weights::init_weights(&model.graph, seed)),
+    }
+}
+
+/// Input `name` drawn from N(0, 1) with `seed`: the same tensor for the same seed, whatever
+/// the other inputs are.
+pub fn random_input(seed: u64, name: &str, shape: &[usize]) -> Tensor {
+    Rng::new(seed)
+        .fork("input")
+        .fork(name)
+        .standard_normal_tensor(shape)
+}
+
+/// `graph` after the given passes.
+pub fn optimize(
+    graph: &Graph,
+    pipeline: &[Box<dyn bbc::compiler::passes::Pass>],
+) -> Result<Graph, CliError> {
+    let mut graph = graph.clone();
+    bbc::compiler::passes::run(&mut graph, pipeline, &Default::default())
+        .map_err(|e| CliError::msg(e.to_string()))?;
+    Ok(graph)
+}
+
+/// Compiles `graph` for the CPU and says on stderr which nodes have no kernel.
+pub fn compile_cpu(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    engine: &EngineArgs,
+) -> Result<Executable, CliError> {
+    let exe = plan::compile(graph, weights, &engine.exec_options()).map_err(CliError::msg)?;
+    if let Some(note) = fallback_note(exe.stats()) {
+        super::note!("{note}");
+    }
+    Ok(exe)
+}
+
+/// `note: N of M nodes run their reference implementation (no kernel): OP (n), ...`, if any.
+pub fn fallback_note(stats: &ExecStats) -> Option<String> {
+    if stats.fallbacks.is_empty() {
+        return None;
+    }
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    for f in &stats.fallbacks {
+        *ops.entry(f.op.as_str()).or_default() += 1;
+    }
+    let list: Vec<String> = ops.iter().map(|(op, n)| format!("{op} ({n})")).collect();
+    Some(format!(
+        "note: {} of {} nodes run their reference implementation (no kernel): {}",
+        stats.fallbacks.len(),
+        stats.steps(),
+        list.join(", ")
+    ))
 }
 
 /// The model's inputs as `(name, shape)`, in declaration order.
@@ -78,12 +188,17 @@ fn model_inputs(model: &Elaborated) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-/// Reads the `--input` files and draws the inputs that were not given.
-fn inputs(args: &RunArgs, model: &Elaborated) -> Result<HashMap<String, Tensor>, CliError> {
+/// Reads the `--input` files (`[NAME=]FILE`) and draws the inputs that were not given from
+/// N(0, 1) with `seed`.
+pub fn inputs(
+    given: &[String],
+    seed: u64,
+    model: &Elaborated,
+) -> Result<HashMap<String, Tensor>, CliError> {
     let declared = model_inputs(model);
     let names: Vec<&str> = declared.iter().map(|(n, _)| n.as_str()).collect();
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
-    for arg in &args.inputs {
+    for arg in given {
         let (name, path) = match arg.split_once('=') {
             Some((n, p)) if names.contains(&n) => (n.to_string(), PathBuf::from(p)),
             _ if declared.len() == 1 => (declared[0].0.clone(), PathBuf::from(arg)),
@@ -108,7 +223,6 @@ fn inputs(args: &RunArgs, model: &Elaborated) -> Result<HashMap<String, Tensor>,
             return Err(CliError::msg(format!("input `{name}` is given twice")));
         }
     }
-    let rng = Rng::new(args.seed).fork("input");
     let mut out = HashMap::new();
     for (name, expected) in declared {
         let t = match files.get(&name) {
@@ -132,9 +246,9 @@ fn inputs(args: &RunArgs, model: &Elaborated) -> Result<HashMap<String, Tensor>,
                 super::note!(
                     "note: input `{name}` {} drawn from N(0, 1) with seed {}",
                     shape(&expected),
-                    args.seed
+                    seed
                 );
-                rng.fork(&name).standard_normal_tensor(&expected)
+                random_input(seed, &name, &expected)
             }
         };
         out.insert(name, t);
@@ -279,17 +393,15 @@ pub fn main(args: &RunArgs) -> CliResult {
             dir.display()
         )));
     }
-    let weights = match &args.weights {
-        Some(path) => weights::load_file(&model, path)
-            .map_err(|d| CliError::diags(&d, Some(&program.sources)))?,
-        None => weights::init_weights(&model.graph, args.seed),
+    let weights = load_weights(&program, &model, args.weights.as_deref(), args.seed)?;
+    let inputs = inputs(&args.inputs, args.seed, &model)?;
+    let graph = optimize(&model.graph, &args.engine.pipeline(&args.opt)?)?;
+    let results = if args.engine.interp {
+        interp::run(&graph, &inputs, &weights).map_err(CliError::msg)?
+    } else {
+        let mut exe = compile_cpu(&graph, &weights, &args.engine)?;
+        exe.run(&inputs).map_err(CliError::msg)?
     };
-    let inputs = inputs(args, &model)?;
-    let mut graph = model.graph.clone();
-    let pipeline = args.opt.pipeline()?;
-    bbc::compiler::passes::run(&mut graph, &pipeline, &Default::default())
-        .map_err(|e| CliError::msg(e.to_string()))?;
-    let results = interp::run(&graph, &inputs, &weights).map_err(CliError::msg)?;
 
     let mut out = String::new();
     for name in &outputs {

@@ -168,7 +168,11 @@ mod tests {
             assert_eq!(names.iter().filter(|m| *m == n).count(), 1, "{n} twice");
         }
         assert!(pipeline(0).is_empty());
-        assert_eq!(pipeline(1).len(), CLEANUP.len(), "an -O1 pass name is misspelt");
+        assert_eq!(
+            pipeline(1).len(),
+            CLEANUP.len(),
+            "an -O1 pass name is misspelt"
+        );
         assert!(pipeline(1).len() < pipeline(2).len());
         assert!(lookup("dce").is_some() && lookup("nope").is_none());
     }

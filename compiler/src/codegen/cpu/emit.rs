@@ -9,18 +9,31 @@
 //! every access is preceded by a range check that, on failure, reports the buffer and index
 //! to the kernel's violation record and skips the access (a load yields 0). Scratch arrays
 //! are stack slots of the entry function, reused by each grid iteration it runs.
+//!
+//! A vector loop whose body clamps or bounds-checks positions that move with the lanes (a
+//! padded window) is versioned ([`versioning`]): each vector iteration tests once whether
+//! the clamps and conditions can fire anywhere in it and, where they cannot, runs a body
+//! without them, whose reads are then plain vector loads. Non-affine index subexpressions
+//! (an unflattened grid index, a clamped row) are computed once at the top of the loop
+//! binding their innermost variable rather than in every iteration of the loops inside. A
+//! reduction keeps four partial results along its innermost variable (two vectors for a
+//! vectorised one), so consecutive steps do not wait for each other, and accumulates `a·b`
+//! with fused multiply-adds where the host has them.
 
 use super::math::Math;
+use super::versioning::{self, Check};
 use crate::kernel::{
     Binary, Body, BufId, CmpOp, Cond, Epilogue, Expr, Index, Kernel, Pred, ReduceOp, ScalarId,
     Stmt, TableData, Unary, Var,
 };
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value};
-use cranelift_frontend::FunctionBuilder;
-use std::collections::HashMap;
+use cranelift_frontend::{FunctionBuilder, Variable};
+use std::collections::{BTreeSet, HashMap};
 
 pub const LANES: i64 = 4;
+/// Partial results a reduction keeps along its innermost variable.
+const UNROLL: usize = 4;
 
 /// A float value: the same for every lane, or one per lane.
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +70,62 @@ pub struct Emitter<'a, 'b> {
     /// The vector variable of the innermost vector context.
     pub lane: Option<Var>,
     pub scalars: HashMap<ScalarId, Val>,
+    /// Non-affine index subexpressions computed once at the top of the innermost loop body
+    /// binding one of their variables (see [`Emitter::hoist`]).
+    pub hoisted: HashMap<Index, Value>,
+}
+
+/// The statements or expression a loop variable is bound over.
+#[derive(Clone, Copy)]
+enum Scope<'s> {
+    Stmts(&'s [Stmt]),
+    Expr(&'s Expr),
+}
+
+impl Scope<'_> {
+    /// Calls `index` on every index expression and `bind` on every variable bound inside.
+    fn walk(self, index: &mut dyn FnMut(&Index), bind: &mut dyn FnMut(Var)) {
+        let expr = |e: &Expr, index: &mut dyn FnMut(&Index), bind: &mut dyn FnMut(Var)| {
+            e.visit(&mut |x| match x {
+                Expr::Load { index: i, .. }
+                | Expr::Table { index: i, .. }
+                | Expr::Scratch { index: i, .. } => index(i),
+                Expr::Select { pred, .. } => {
+                    if let Pred::Index(c) = &**pred {
+                        for (_, a, b) in &c.0 {
+                            index(a);
+                            index(b);
+                        }
+                    }
+                }
+                Expr::Reduce { vars, .. } => vars.iter().for_each(|&v| bind(v)),
+                _ => {}
+            })
+        };
+        match self {
+            Scope::Expr(e) => expr(e, index, bind),
+            Scope::Stmts(body) => {
+                for s in body {
+                    match s {
+                        Stmt::Loop { var, body, .. } => {
+                            bind(*var);
+                            Scope::Stmts(body).walk(index, bind);
+                        }
+                        Stmt::Let { value, .. } => expr(value, index, bind),
+                        Stmt::Store {
+                            index: i, value, ..
+                        }
+                        | Stmt::ScratchStore {
+                            index: i, value, ..
+                        } => {
+                            index(i);
+                            expr(value, index, bind);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn f32x4() -> Type {
@@ -108,22 +177,117 @@ impl Emitter<'_, '_> {
     /// `vector` (and not already vectorised), else one at a time.
     pub fn range_loop(&mut self, var: Var, start: Value, end: Value, vector: bool, body: &[Stmt]) {
         if vector && self.lane.is_none() {
+            let fast = versioning::specialise(body, var);
             let rest = self.counted_loop(start, end, LANES, &mut |e, i| {
                 e.env.insert(var.id, i);
                 e.lane = Some(var);
-                e.stmts(body);
+                match &fast {
+                    Some((fast, checks, free)) => e.versioned(var, fast, body, checks, free),
+                    None => e.stmts(body),
+                }
                 e.lane = None;
             });
             self.counted_loop(rest, end, 1, &mut |e, i| {
                 e.env.insert(var.id, i);
+                let hoisted = e.hoist(var, Scope::Stmts(body));
                 e.stmts(body);
+                e.unhoist(hoisted);
             });
         } else {
             self.counted_loop(start, end, 1, &mut |e, i| {
                 e.env.insert(var.id, i);
+                let hoisted = e.hoist(var, Scope::Stmts(body));
                 e.stmts(body);
+                e.unhoist(hoisted);
             });
         }
+    }
+
+    /// Computes, at the top of the body binding `var`, every non-affine index subexpression
+    /// of `scope` (a division, remainder, clamp or table lookup) that depends on `var` but on
+    /// no variable bound inside `scope` nor on the vector variable, so that inner loops reuse
+    /// it instead of recomputing it per iteration (an unflattened grid index, a clamped row).
+    /// Returns the keys to drop when the body ends.
+    fn hoist(&mut self, var: Var, scope: Scope) -> Vec<Index> {
+        let mut inner = Vec::new();
+        let mut trees = Vec::new();
+        scope.walk(&mut |i| trees.push(i.clone()), &mut |v| inner.push(v));
+        let lane = self.lane;
+        let hoistable = |x: &Index| {
+            x.mentions(var)
+                && !lane.is_some_and(|l| x.mentions(l))
+                && !inner.iter().any(|&v| x.mentions(v))
+        };
+        let mut added = Vec::new();
+        for t in &trees {
+            self.hoist_tree(t, &hoistable, &mut added);
+        }
+        added
+    }
+
+    /// Post-order, so a hoisted expression reuses its hoisted parts.
+    fn hoist_tree(
+        &mut self,
+        x: &Index,
+        hoistable: &dyn Fn(&Index) -> bool,
+        added: &mut Vec<Index>,
+    ) {
+        match x {
+            Index::Const(_) | Index::Var(_) => return,
+            Index::Sum(terms, _) => {
+                for (t, _) in terms {
+                    self.hoist_tree(t, hoistable, added);
+                }
+                return;
+            }
+            Index::Div(a, _) | Index::Rem(a, _) | Index::Lookup(_, a) => {
+                self.hoist_tree(a, hoistable, added)
+            }
+            Index::Min(a, b) | Index::Max(a, b) => {
+                self.hoist_tree(a, hoistable, added);
+                self.hoist_tree(b, hoistable, added);
+            }
+        }
+        if hoistable(x) && !self.hoisted.contains_key(x) {
+            let v = self.index(x);
+            self.hoisted.insert(x.clone(), v);
+            added.push(x.clone());
+        }
+    }
+
+    fn unhoist(&mut self, added: Vec<Index>) {
+        for x in added {
+            self.hoisted.remove(&x);
+        }
+    }
+
+    /// One vector iteration: `fast` where every check holds over the iteration, else `slow`.
+    fn versioned(
+        &mut self,
+        lane: Var,
+        fast: &[Stmt],
+        slow: &[Stmt],
+        checks: &[Check],
+        free: &BTreeSet<Var>,
+    ) {
+        let mut ok = self.b.ins().iconst(types::I8, 1);
+        for c in checks {
+            let at = self.index(&c.worst_case(lane, LANES, free));
+            let holds = self.b.ins().icmp_imm_s(int_cc(c.op), at, 0);
+            ok = self.b.ins().band(ok, holds);
+        }
+        let (fast_block, slow_block, merge) = (
+            self.b.create_block(),
+            self.b.create_block(),
+            self.b.create_block(),
+        );
+        self.b.ins().brif(ok, fast_block, &[], slow_block, &[]);
+        for (block, body) in [(fast_block, fast), (slow_block, slow)] {
+            self.b.switch_to_block(block);
+            self.stmts(body);
+            self.b.ins().jump(merge, &[]);
+        }
+        self.b.switch_to_block(merge);
     }
 
     pub fn stmts(&mut self, body: &[Stmt]) {
@@ -184,16 +348,33 @@ impl Emitter<'_, '_> {
         let c0 = self.b.ins().umin(cols[0], c1);
         self.env.insert(e.batch.id, batch);
         let (col, body) = (e.col, e.body.clone());
+        let scope = [Stmt::Loop {
+            var: col,
+            vector: true,
+            body: body.clone(),
+        }];
+        let hoisted = self.hoist(e.batch, Scope::Stmts(&scope));
         self.counted_loop(r0, r1, 1, &mut |em, i| {
             em.env.insert(e.row.id, i);
+            let hoisted = em.hoist(e.row, Scope::Stmts(&scope));
             em.range_loop(col, c0, c1, true, &body);
+            em.unhoist(hoisted);
         });
+        self.unhoist(hoisted);
     }
 
     // ----- indices ------------------------------------------------------------------------
 
     /// An index expression, with the vector variable (if any) at its lane-0 value.
     fn index(&mut self, x: &Index) -> Value {
+        if matches!(
+            x,
+            Index::Div(..) | Index::Rem(..) | Index::Min(..) | Index::Max(..) | Index::Lookup(..)
+        ) {
+            if let Some(&v) = self.hoisted.get(x) {
+                return v;
+            }
+        }
         match x {
             Index::Const(c) => self.iconst(*c),
             Index::Var(v) => self.env[&v.id],
@@ -722,7 +903,7 @@ impl Emitter<'_, '_> {
         // A single contiguous variable outside any vector loop: four partial results.
         if let ([v], None) = (vars, self.lane) {
             if v.extent >= 2 * LANES as usize {
-                return self.vector_reduce(*v, init, body, &combine);
+                return self.vector_reduce(op, *v, init, body, &combine);
             }
         }
         let ty = if self.varies(body) {
@@ -730,45 +911,113 @@ impl Emitter<'_, '_> {
         } else {
             types::F32
         };
-        let acc = self.b.declare_var(ty);
+        let wrap = move |v: Value| {
+            if ty == types::F32 {
+                Val::Uniform(v)
+            } else {
+                Val::Lanes(v)
+            }
+        };
+        // Independent partial results along the innermost variable, so consecutive
+        // multiply-adds do not wait for each other.
+        let (outer, last) = vars.split_at(vars.len() - 1);
+        let last = last[0];
+        let ways = if last.extent >= 2 * UNROLL { UNROLL } else { 1 };
         let start = self.b.ins().f32const(init);
         let start = if ty == types::F32 {
             start
         } else {
             self.b.ins().splat(ty, start)
         };
-        self.b.def_var(acc, start);
-        self.nested_reduce(vars, &mut |e| {
-            let x = e.expr(body);
-            let cur = e.b.use_var(acc);
-            let cur = if ty == types::F32 {
-                Val::Uniform(cur)
-            } else {
-                Val::Lanes(cur)
-            };
-            let next = match combine(e, cur, x) {
+        let accs: Vec<Variable> = (0..ways)
+            .map(|_| {
+                let acc = self.b.declare_var(ty);
+                self.b.def_var(acc, start);
+                acc
+            })
+            .collect();
+        let step = |e: &mut Self, acc: Variable| {
+            let cur = wrap(e.b.use_var(acc));
+            let next = match e.accumulate(op, cur, body, &combine) {
                 Val::Uniform(v) if ty != types::F32 => e.b.ins().splat(ty, v),
                 Val::Uniform(v) | Val::Lanes(v) => v,
             };
             e.b.def_var(acc, next);
+        };
+        let scope = Expr::reduce(op, vec![last], body.clone());
+        self.nested_reduce(outer, &scope, &mut |e| {
+            if ways == 1 {
+                e.nested_reduce(&[last], body, &mut |e| step(e, accs[0]));
+                return;
+            }
+            let (zero, end) = (e.iconst(0), e.iconst(last.extent as i64));
+            let rest = e.counted_loop(zero, end, ways as i64, &mut |e, i| {
+                for (k, &acc) in accs.iter().enumerate() {
+                    let at = e.b.ins().iadd_imm_s(i, k as i64);
+                    e.env.insert(last.id, at);
+                    step(e, acc);
+                }
+            });
+            e.counted_loop(rest, end, 1, &mut |e, i| {
+                e.env.insert(last.id, i);
+                step(e, accs[0]);
+            });
         });
-        let v = self.b.use_var(acc);
-        if ty == types::F32 {
-            Val::Uniform(v)
-        } else {
-            Val::Lanes(v)
+        let mut parts: Vec<Val> = accs.iter().map(|&a| wrap(self.b.use_var(a))).collect();
+        while parts.len() > 1 {
+            parts = parts
+                .chunks(2)
+                .map(|p| match p {
+                    [a, b] => combine(self, *a, *b),
+                    [a] => *a,
+                    _ => unreachable!("chunks of two"),
+                })
+                .collect();
+        }
+        parts[0]
+    }
+
+    /// `combine(acc, body)`, as one fused multiply-add for a sum of products where the host
+    /// has them.
+    fn accumulate(
+        &mut self,
+        op: ReduceOp,
+        acc: Val,
+        body: &Expr,
+        combine: &dyn Fn(&mut Self, Val, Val) -> Val,
+    ) -> Val {
+        match body {
+            Expr::Binary(Binary::Mul, a, b) if op == ReduceOp::Sum && self.fma => {
+                let args = [self.expr(a), self.expr(b), acc];
+                self.lanewise(&args, &mut |e, _, v| e.b.ins().fma(v[0], v[1], v[2]))
+            }
+            _ => {
+                let x = self.expr(body);
+                combine(self, acc, x)
+            }
         }
     }
 
-    fn nested_reduce(&mut self, vars: &[Var], inner: &mut dyn FnMut(&mut Self)) {
+    /// Loops over `vars` (outermost first) around `inner`, which evaluates `body`.
+    fn nested_reduce(&mut self, vars: &[Var], body: &Expr, inner: &mut dyn FnMut(&mut Self)) {
         match vars.split_first() {
             None => inner(self),
+            // A variable of one value needs no loop.
+            Some((v, rest)) if v.extent == 1 => {
+                let zero = self.iconst(0);
+                self.env.insert(v.id, zero);
+                self.nested_reduce(rest, body, inner);
+            }
             Some((v, rest)) => {
                 let (zero, end) = (self.iconst(0), self.iconst(v.extent as i64));
                 let v = *v;
+                // The variables of the loops inside are bound inside the hoisting scope.
+                let scope = Expr::reduce(ReduceOp::Sum, rest.to_vec(), body.clone());
                 self.counted_loop(zero, end, 1, &mut |e, i| {
                     e.env.insert(v.id, i);
-                    e.nested_reduce(rest, inner);
+                    let hoisted = e.hoist(v, Scope::Expr(&scope));
+                    e.nested_reduce(rest, body, inner);
+                    e.unhoist(hoisted);
                 });
             }
         }
@@ -776,28 +1025,57 @@ impl Emitter<'_, '_> {
 
     fn vector_reduce(
         &mut self,
+        op: ReduceOp,
         v: Var,
         init: f32,
         body: &Expr,
         combine: &dyn Fn(&mut Self, Val, Val) -> Val,
     ) -> Val {
-        let lanes = self.b.declare_var(f32x4());
         let s = self.b.ins().f32const(init);
         let s4 = self.b.ins().splat(f32x4(), s);
-        self.b.def_var(lanes, s4);
+        // Two vectors of partial results on long rows, so the multiply-adds overlap.
+        let ways = if v.extent >= 4 * LANES as usize { 2 } else { 1 };
+        let accs: Vec<Variable> = (0..ways)
+            .map(|_| {
+                let acc = self.b.declare_var(f32x4());
+                self.b.def_var(acc, s4);
+                acc
+            })
+            .collect();
         let (zero, end) = (self.iconst(0), self.iconst(v.extent as i64));
-        let rest = self.counted_loop(zero, end, LANES, &mut |e, i| {
-            e.env.insert(v.id, i);
+        let rest = self.counted_loop(zero, end, LANES * ways as i64, &mut |e, i| {
             e.lane = Some(v);
-            let x = e.expr(body);
+            for (k, &acc) in accs.iter().enumerate() {
+                let at = e.b.ins().iadd_imm_s(i, LANES * k as i64);
+                e.env.insert(v.id, at);
+                let cur = Val::Lanes(e.b.use_var(acc));
+                let next = e.accumulate(op, cur, body, combine);
+                let next = e.widen(next);
+                e.b.def_var(acc, next);
+            }
             e.lane = None;
-            let cur = Val::Lanes(e.b.use_var(lanes));
-            let next = combine(e, cur, x);
-            let next = e.widen(next);
-            e.b.def_var(lanes, next);
         });
+        // Whole vectors left over when two at a time overshoot.
+        let rest = if ways > 1 {
+            self.counted_loop(rest, end, LANES, &mut |e, i| {
+                e.lane = Some(v);
+                e.env.insert(v.id, i);
+                let cur = Val::Lanes(e.b.use_var(accs[0]));
+                let next = e.accumulate(op, cur, body, combine);
+                let next = e.widen(next);
+                e.b.def_var(accs[0], next);
+                e.lane = None;
+            })
+        } else {
+            rest
+        };
+        let mut all = Val::Lanes(self.b.use_var(accs[0]));
+        for &acc in &accs[1..] {
+            let other = Val::Lanes(self.b.use_var(acc));
+            all = combine(self, all, other);
+        }
+        let all = self.widen(all);
         let total = self.b.declare_var(types::F32);
-        let all = self.b.use_var(lanes);
         let mut acc = Val::Uniform(self.b.ins().extractlane(all, 0));
         for l in 1..LANES as u8 {
             let x = Val::Uniform(self.b.ins().extractlane(all, l));
@@ -809,9 +1087,8 @@ impl Emitter<'_, '_> {
         self.b.def_var(total, acc);
         self.counted_loop(rest, end, 1, &mut |e, i| {
             e.env.insert(v.id, i);
-            let x = e.expr(body);
             let cur = Val::Uniform(e.b.use_var(total));
-            if let Val::Uniform(next) = combine(e, cur, x) {
+            if let Val::Uniform(next) = e.accumulate(op, cur, body, combine) {
                 e.b.def_var(total, next);
             }
         });

@@ -6,13 +6,18 @@
 //! once, here, by the interpreter; every value that depends on a graph input becomes one
 //! step per inference:
 //!
-//! - a loop kernel (elementwise chains, depthwise conv + LayerNorm, norms, pooling, ...) is
-//!   JIT-compiled and split over the pool by its grid;
+//! - a loop kernel (elementwise chains, norms, pooling, resampling, ...) is JIT-compiled and
+//!   split over the pool by its grid;
 //! - a contraction runs on the runtime's kernels with its weight packed at load time: a
 //!   convolution (im2col or 1x1) on [`Conv2d`], a matrix product on the tiled GEMM, a
 //!   product of two activations on the GEMM over both buffers; its JIT'd epilogue runs on
 //!   each finished tile. An output the product cannot be written to in place (a permuted
 //!   one) is computed transposed when that makes it row-major, else scattered from scratch;
+//! - a depthwise convolution (alone, or the one in a group such as depthwise conv +
+//!   LayerNorm) runs on the runtime's direct depthwise kernel with its bias added per tile,
+//!   and the rest of its group as a second, JIT-compiled step reading its result: the
+//!   direct kernel keeps taps in registers, which the generated loop nest does not (several
+//!   times faster on ConvNeXt and EfficientNet blocks);
 //! - a node with no kernel (a group the Kernel IR cannot express yet, or a contraction form
 //!   the runtime has no kernel for) runs the op table's reference implementation, or the
 //!   interpreter on the group's body. Every such node is recorded in
@@ -24,17 +29,19 @@
 
 use super::{compile as jit, CompiledKernel, Entry, Options, RunError};
 use crate::interp::{self, InterpError};
-use crate::ir::{Graph, NodeKind, Output, ValueId};
+use crate::ir::{Graph, Node, NodeKind, Output, ValueId};
 use crate::kernel::{
-    lower_node, Body, BufId, Contraction, ConvGeometry, Expr, Kernel, Operand, ProductLayout, Stmt,
+    lower_node, Body, BufId, Contraction, ConvGeometry, Expr, Kernel, LowerError, Operand,
+    ProductLayout, Stmt,
 };
+use crate::ops::AttrsExt;
 use crate::passes::input_dependent;
 use bbc_runtime::arena::AlignedBuffer;
 use bbc_runtime::exec::{
     self, Executor, Gemm, GemmOperand, HostFn, Plan, ProductMap, Scatter, Slot, Step, StepKernel,
     TileFn,
 };
-use bbc_runtime::kernels::{Conv2d, Conv2dShape, Layout, MatRef, PackedMatrix};
+use bbc_runtime::kernels::{Conv2d, Conv2dShape, ConvStrategy, Layout, MatRef, PackedMatrix};
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -95,6 +102,9 @@ pub struct ExecStats {
     pub conv_kernels: usize,
     pub gemm_kernels: usize,
     pub fallbacks: Vec<Fallback>,
+    /// Groups whose depthwise convolution runs on the runtime's kernel and the rest of the
+    /// group as a second step (each counted in `conv_kernels` and `loop_kernels`).
+    pub split_groups: usize,
     /// Values computed from the weights once at load time.
     pub prepared_values: usize,
     /// Bytes of machine code generated.
@@ -231,20 +241,20 @@ pub fn compile(
     stats.arena_lower_bound = exec.arena_lower_bound();
     stats.scratch_bytes = exec.scratch_bytes();
     stats.constant_bytes = exec.constant_bytes();
-    let shapes = |ids: &mut dyn Iterator<Item = (String, ValueId)>| {
-        ids.map(|(name, id)| (name, graph.node(id).shape.clone()))
-            .collect()
-    };
+    let named = |name: &str, id: ValueId| (name.to_string(), graph.node(id).shape.clone());
     Ok(Executable {
         exec,
         kernels: b.kernels,
-        inputs: shapes(
-            &mut graph
-                .inputs
-                .iter()
-                .map(|&i| (graph.node(i).name.clone(), i)),
-        ),
-        outputs: shapes(&mut graph.outputs.iter().map(|o| (o.name.clone(), o.value))),
+        inputs: graph
+            .inputs
+            .iter()
+            .map(|&i| named(&graph.node(i).name, i))
+            .collect(),
+        outputs: graph
+            .outputs
+            .iter()
+            .map(|o| named(&o.name, o.value))
+            .collect(),
         stats,
     })
 }
@@ -356,7 +366,7 @@ impl Executable {
             .zip(times)
             .map(|(s, &t)| (s.name.clone(), kind_name(&s.kernel), t))
             .collect();
-        rows.sort_by(|a, b| b.2.cmp(&a.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
         rows
     }
 }
@@ -460,7 +470,10 @@ impl Builder<'_> {
         if let Some(&c) = self.constant_of.get(&id) {
             return Slot::Constant(c);
         }
-        let data = self.prepared.get(&id).map_or(&[][..], Vec::as_slice);
+        let data = self
+            .prepared
+            .get(&id)
+            .expect("`prepare` evaluated every operand of a per-inference node");
         self.constants.push(AlignedBuffer::from_slice(data));
         self.constant_of.insert(id, self.constants.len() - 1);
         Slot::Constant(self.constants.len() - 1)
@@ -480,8 +493,17 @@ impl Builder<'_> {
         Ok(entry)
     }
 
+    /// An arena value for an intermediate result inside a node.
+    fn temp_value(&mut self, len: usize) -> usize {
+        self.value_lens.push(len);
+        self.value_lens.len() - 1
+    }
+
     /// Adds the step computing node `id`.
     fn step(&mut self, id: ValueId) {
+        if self.depthwise_steps(id) {
+            return;
+        }
         let started = Instant::now();
         let lowered = lower_node(self.graph, id);
         self.stats.times.lowering += started.elapsed();
@@ -525,6 +547,93 @@ impl Builder<'_> {
             slots,
             kernel,
         });
+    }
+
+    /// Runs a depthwise convolution with constant weights (alone, or the one in a group
+    /// reading only the group's inputs) on the runtime's direct kernel, with its bias added
+    /// per tile, and the rest of its group as one loop kernel reading the convolution's
+    /// result; returns whether it did (nothing is added otherwise).
+    fn depthwise_steps(&mut self, id: ValueId) -> bool {
+        let Some((g, conv, positions)) = find_depthwise(self.graph, id) else {
+            return false;
+        };
+        let Some(shape) = depthwise_shape(g, conv) else {
+            return false;
+        };
+        let operands = self.graph.inputs(id);
+        let conv_inputs: Vec<ValueId> = positions.iter().map(|&p| operands[p]).collect();
+        let has_bias = conv_inputs.len() > 2;
+        let (Some(weight), true) = (
+            self.constant_data(conv_inputs[1]),
+            !has_bias || self.constant_data(conv_inputs[2]).is_some(),
+        ) else {
+            return false;
+        };
+        let started = Instant::now();
+        let planned = Conv2d::new(shape, weight, self.threads);
+        self.stats.times.weights += started.elapsed();
+        let out_hw = match g.node(conv).shape.as_slice() {
+            [.., h, w] => [*h, *w],
+            _ => return false,
+        };
+        let kernel = match planned {
+            Ok(k) if k.strategy() == ConvStrategy::Depthwise && k.out_size() == out_hw => k,
+            _ => return false,
+        };
+        let rest = match &self.graph.node(id).kind {
+            NodeKind::Fused { body, .. } if body.outputs[0].value != conv => {
+                let started = Instant::now();
+                let lowered = rest_kernel(self.graph, id, conv);
+                self.stats.times.lowering += started.elapsed();
+                match lowered {
+                    Ok(k) if matches!(k.body, Body::Loops { .. }) => match self.jit(&k) {
+                        Ok(Entry::Loops(entry)) => Some((entry, k.grid_extent())),
+                        _ => return false,
+                    },
+                    _ => return false,
+                }
+            }
+            _ => None,
+        };
+        let conv_value = match rest {
+            Some(_) => self.temp_value(g.node(conv).numel()),
+            None => self.value(id),
+        };
+        // The weight is packed inside the kernel; the bias is added per finished tile.
+        let mut slots = vec![self.operand_slot(conv_inputs[0]), Slot::Unused];
+        if has_bias {
+            slots.push(self.operand_slot(conv_inputs[2]));
+        }
+        slots.push(Slot::Value(conv_value));
+        let product = ProductMap {
+            rows_per_batch: shape.out_channels,
+            transposed: false,
+            bias: has_bias.then_some(2),
+            scatter: None,
+            epilogue: None,
+        };
+        self.steps.push(Step {
+            name: g.node(conv).name.clone(),
+            slots,
+            kernel: StepKernel::Conv {
+                conv: kernel,
+                input: 0,
+                product,
+            },
+        });
+        self.stats.conv_kernels += 1;
+        if let Some((entry, grid)) = rest {
+            let mut slots: Vec<Slot> = operands.iter().map(|&o| self.operand_slot(o)).collect();
+            slots.extend([Slot::Value(conv_value), Slot::Value(self.value(id))]);
+            self.steps.push(Step {
+                name: self.graph.node(id).name.clone(),
+                slots,
+                kernel: StepKernel::Loops { entry, grid },
+            });
+            self.stats.loop_kernels += 1;
+            self.stats.split_groups += 1;
+        }
+        true
     }
 
     /// The runtime kernel of a lowered node and the operand buffers it reads.
@@ -578,16 +687,8 @@ impl Builder<'_> {
         else {
             return Err("a transposed convolution's col2im product has no runtime kernel".into());
         };
-        let out_offsets: Vec<usize> = (0..c.batch_len())
-            .map(|b| {
-                let coords = c.batch_coords(b);
-                coords
-                    .iter()
-                    .zip(&c.batch)
-                    .map(|(i, d)| i * d.out_stride)
-                    .sum()
-            })
-            .collect();
+        let out_strides: Vec<usize> = c.batch.iter().map(|d| d.out_stride).collect();
+        let out_offsets = batch_offsets(c, 0, &out_strides);
         // Row-major and contiguous across batch entries: the kernels' own output order.
         let contiguous = row_stride == c.n
             && col_stride == 1
@@ -600,10 +701,10 @@ impl Builder<'_> {
             row_stride,
             col_stride,
         };
-        if let Some((shape, weight, input)) = conv_shape(kernel, c) {
-            let data = self
-                .constant_data(operands[weight])
-                .ok_or("a convolution whose weight is computed per inference")?;
+        // A convolution whose weight is computed per inference is left to the GEMM below.
+        let conv = conv_shape(kernel, c)
+            .and_then(|(shape, w, x)| Some((shape, self.constant_data(operands[w])?, x)));
+        if let Some((shape, data, input)) = conv {
             let conv = Conv2d::new(shape, data, self.threads).map_err(|e| e.to_string())?;
             if conv.out_size() != conv_out_hw(&c.b) {
                 return Err("the convolution kernel's output size differs".into());
@@ -611,6 +712,7 @@ impl Builder<'_> {
             let product = ProductMap {
                 rows_per_batch: c.m,
                 transposed: false,
+                bias: None,
                 scatter: (!contiguous).then_some(scatter),
                 epilogue: None,
             };
@@ -636,8 +738,8 @@ impl Builder<'_> {
             (&c.a, &c.b, c.m, c.n)
         };
         let mut used = Vec::new();
-        let a = self.gemm_operand(c, first, rows, c.k, transposed, operands, &mut used)?;
-        let b = self.gemm_operand(c, second, c.k, cols, transposed, operands, &mut used)?;
+        let a = self.gemm_operand(c, first, [rows, c.k], transposed, operands, &mut used)?;
+        let b = self.gemm_operand(c, second, [c.k, cols], transposed, operands, &mut used)?;
         let (out_row_stride, out_col_stride) = if transposed {
             (col_stride, row_stride)
         } else {
@@ -657,6 +759,7 @@ impl Builder<'_> {
                 product: ProductMap {
                     rows_per_batch: rows,
                     transposed,
+                    bias: None,
                     scatter: scattered.then_some(scatter),
                     epilogue: None,
                 },
@@ -665,15 +768,13 @@ impl Builder<'_> {
         ))
     }
 
-    /// A GEMM operand `rows × cols` per batch entry from a strided contraction operand (its
-    /// transpose when `transpose`): packed now if constant, else a view of its buffer.
-    #[allow(clippy::too_many_arguments)]
+    /// A GEMM operand of `[rows, cols]` per batch entry from a strided contraction operand
+    /// (its transpose when `transpose`): packed now if constant, else a view of its buffer.
     fn gemm_operand(
         &self,
         c: &Contraction,
         op: &Operand,
-        rows: usize,
-        cols: usize,
+        [rows, cols]: [usize; 2],
         transpose: bool,
         operands: &[ValueId],
         used: &mut Vec<BufId>,
@@ -693,17 +794,7 @@ impl Builder<'_> {
         } else {
             (*row_stride, *col_stride)
         };
-        let offsets: Vec<usize> = (0..c.batch_len())
-            .map(|b| {
-                let coords = c.batch_coords(b);
-                offset
-                    + coords
-                        .iter()
-                        .zip(batch_strides)
-                        .map(|(i, s)| i * s)
-                        .sum::<usize>()
-            })
-            .collect();
+        let offsets = batch_offsets(c, *offset, batch_strides);
         let Some(data) = self.constant_data(operands[*buf]) else {
             used.push(*buf);
             return Ok(GemmOperand::Buffer {
@@ -734,12 +825,135 @@ impl Builder<'_> {
     }
 }
 
+/// `base + Σ coordinate·stride` for every flat batch index of `c`.
+fn batch_offsets(c: &Contraction, base: usize, strides: &[usize]) -> Vec<usize> {
+    (0..c.batch_len())
+        .map(|b| {
+            let coords = c.batch_coords(b);
+            base + coords
+                .iter()
+                .zip(strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>()
+        })
+        .collect()
+}
+
 fn set_epilogue(step: &mut StepKernel, epilogue: Option<TileFn>) {
     match step {
         StepKernel::Conv { product, .. } => product.epilogue = epilogue,
         StepKernel::Gemm(g) => g.product.epilogue = epilogue,
         StepKernel::Loops { .. } | StepKernel::Host(_) => {}
     }
+}
+
+/// The depthwise convolution node `id` is or contains: the graph holding it, the node, and
+/// for each of its operands the position of the operand of `id` that feeds it.
+fn find_depthwise(graph: &Graph, id: ValueId) -> Option<(&Graph, ValueId, Vec<usize>)> {
+    match &graph.node(id).kind {
+        NodeKind::Op { .. } => {
+            depthwise_shape(graph, id)?;
+            Some((graph, id, (0..graph.inputs(id).len()).collect()))
+        }
+        NodeKind::Fused { body, .. } => {
+            let mut convs = body
+                .nodes
+                .node_indices()
+                .filter(|&n| depthwise_shape(body, n).is_some());
+            let conv = convs.next()?;
+            if convs.next().is_some() {
+                return None;
+            }
+            let positions = body
+                .inputs(conv)
+                .iter()
+                .map(|i| body.inputs.iter().position(|b| b == i))
+                .collect::<Option<Vec<usize>>>()?;
+            Some((body, conv, positions))
+        }
+        NodeKind::Input | NodeKind::Param { .. } | NodeKind::Const { .. } => None,
+    }
+}
+
+/// The shape of node `id` of `g` if it is a 2-D depthwise convolution (groups = input
+/// channels > 1) over an NCHW or CHW input.
+fn depthwise_shape(g: &Graph, id: ValueId) -> Option<Conv2dShape> {
+    let NodeKind::Op { op, attrs } = &g.node(id).kind else {
+        return None;
+    };
+    if op.name != "conv2d" {
+        return None;
+    }
+    let inputs = g.inputs(id);
+    let (batch, x) = match g.node(inputs[0]).shape.as_slice() {
+        [n, c, h, w] => (*n, [*c, *h, *w]),
+        [c, h, w] => (1, [*c, *h, *w]),
+        _ => return None,
+    };
+    let groups = usize::try_from(attrs.int("groups")).ok()?;
+    if groups != x[0] || groups < 2 {
+        return None;
+    }
+    let pair = |name: &str| -> Option<[usize; 2]> {
+        match attrs.ints(name) {
+            [a, b] => Some([usize::try_from(*a).ok()?, usize::try_from(*b).ok()?]),
+            _ => None,
+        }
+    };
+    Some(Conv2dShape {
+        batch,
+        in_channels: x[0],
+        out_channels: *g.node(inputs[1]).shape.first()?,
+        in_size: [x[1], x[2]],
+        kernel: pair("k")?,
+        stride: pair("s")?,
+        padding: pair("pad")?,
+        dilation: pair("dilation")?,
+        groups,
+        layout: Layout::Nchw,
+    })
+}
+
+/// The kernel of group `id` with its depthwise convolution `conv` taken out: the group's
+/// body with `conv` replaced by a new last input, lowered as a group whose buffers are the
+/// group's operands, then the convolution's result, then the output.
+fn rest_kernel(graph: &Graph, id: ValueId, conv: ValueId) -> Result<Kernel, LowerError> {
+    let node = graph.node(id);
+    let NodeKind::Fused { kind, body } = &node.kind else {
+        unreachable!("only groups have a rest")
+    };
+    let input = |n: &Node, name: String| Node {
+        name,
+        kind: NodeKind::Input,
+        ..n.clone()
+    };
+    let mut rest = (**body).clone();
+    let product = rest.node(conv).clone();
+    let product_in = rest.add(input(&product, product.name.clone()), &[]);
+    rest.replace_uses(conv, product_in);
+    rest.nodes.remove_node(conv);
+    rest.inputs.push(product_in);
+    let mut outer = Graph::new(graph.name.clone());
+    let mut leaves: Vec<ValueId> = graph
+        .inputs(id)
+        .iter()
+        .map(|&o| {
+            let n = graph.node(o);
+            outer.add(input(n, n.name.clone()), &[])
+        })
+        .collect();
+    leaves.push(outer.add(input(&product, format!("{}.product", node.name)), &[]));
+    let group = outer.add(
+        Node {
+            kind: NodeKind::Fused {
+                kind: kind.clone(),
+                body: Box::new(rest),
+            },
+            ..node.clone()
+        },
+        &leaves,
+    );
+    lower_node(&outer, group)
 }
 
 /// The buffers a contraction's epilogue loads.
@@ -816,7 +1030,7 @@ fn conv_shape(kernel: &Kernel, c: &Contraction) -> Option<(Conv2dShape, BufId, B
     }
     let weight_len = kernel.buffers[*weight].len();
     let out_channels = weight_len / c.k;
-    if out_channels * c.k != weight_len || out_channels % c.m != 0 {
+    if out_channels * c.k != weight_len || !out_channels.is_multiple_of(c.m) {
         return None;
     }
     let groups = out_channels / c.m;

@@ -31,6 +31,8 @@ struct Parts {
     /// The softmax's operand (the scaled scores, or the scores themselves).
     logits: ValueId,
     softmax: ValueId,
+    /// The axis the softmax normalises, as written.
+    axis: i64,
     /// `softmax(…)·v`.
     product: ValueId,
 }
@@ -44,9 +46,16 @@ fn is_op(cx: &Lowering, id: ValueId, name: &str) -> bool {
 fn find(cx: &Lowering) -> Option<Parts> {
     let g = cx.graph;
     let product = g.nodes.node_indices().find(|&n| {
-        is_op(cx, n, "matmul") && g.inputs(n).first().is_some_and(|&s| is_op(cx, s, "softmax"))
+        is_op(cx, n, "matmul")
+            && g.inputs(n)
+                .first()
+                .is_some_and(|&s| is_op(cx, s, "softmax"))
     })?;
     let softmax = g.inputs(product)[0];
+    let NodeKind::Op { attrs, .. } = &g.node(softmax).kind else {
+        return None;
+    };
+    let axis = attrs.int("axis");
     let logits = g.inputs(softmax)[0];
     // The scores: the matmul the logits are computed from (through the scale).
     let mut stack = vec![logits];
@@ -57,6 +66,7 @@ fn find(cx: &Lowering) -> Option<Parts> {
                 scores: v,
                 logits,
                 softmax,
+                axis,
                 product,
             });
         }
@@ -106,19 +116,16 @@ pub fn lower(cx: &mut Lowering, out: ValueId) -> Result<Option<Body>, LowerError
     if [q, k_t, v].iter().any(|&x| cx.shape(x).len() < 2) || rank < 2 {
         return Err(fail("an attention over vectors, not matrices".into()));
     }
-    let axis = match &cx.graph.node(p.softmax).kind {
-        NodeKind::Op { attrs, .. } => attrs.int("axis"),
-        _ => unreachable!("`find` matched an op"),
-    };
-    if axis.rem_euclid(weights_shape.len() as i64) != weights_shape.len() as i64 - 1 {
-        return Err(fail(format!(
-            "the softmax normalises axis {axis}, not the key axis"
-        )));
-    }
     // Each product row must read exactly one row of attention weights.
     if weights_shape.len() != rank || weights_shape[..rank - 1] != product_shape[..rank - 1] {
         return Err(fail(format!(
             "attention weights {weights_shape:?} broadcast to the product {product_shape:?}"
+        )));
+    }
+    if p.axis.rem_euclid(rank as i64) != rank as i64 - 1 {
+        return Err(fail(format!(
+            "the softmax normalises axis {}, not the key axis",
+            p.axis
         )));
     }
     let columns = product_shape[rank - 1];

@@ -2,7 +2,9 @@
 //! `matmul` and `conv_transpose2d` become a [`Contraction`] over strided or im2col operands.
 //! In an `epilogue` group the elementwise chain after the contraction (and the contraction's
 //! own bias) becomes its [`Epilogue`], inlined by the pointwise lowering with the product
-//! read back from the output buffer.
+//! read back from the output buffer. A convolution reading a value computed inside its group
+//! (a folded resize or per-channel op) is left to the loop lowering, which computes it
+//! directly and applies that computation while reading.
 
 use super::{flatten, unflatten, LowerError, Lowering, Override};
 use crate::ir::{NodeKind, ValueId};
@@ -92,7 +94,13 @@ pub fn lower(cx: &mut Lowering, out: ValueId) -> Result<Option<Body>, LowerError
     // op) is computed directly by the loop kernel instead, which applies the computation
     // while reading.
     let computed_operand = anchor_inputs.iter().any(|i| !cx.leaves.contains_key(i));
-    if computed_operand && cx.graph.node(anchor).op().is_some_and(|op| op.name == "conv2d") {
+    if computed_operand
+        && cx
+            .graph
+            .node(anchor)
+            .op()
+            .is_some_and(|op| op.name == "conv2d")
+    {
         return Ok(None);
     }
     let buf_of = |cx: &Lowering, pos: usize| -> Result<usize, LowerError> {

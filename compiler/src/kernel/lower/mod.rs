@@ -17,20 +17,21 @@
 //! reads, bias and epilogue inlined, rather than a sequence of GEMMs: a GEMM reads its
 //! operands from buffers, so the resized or normalised inputs would have to be written out,
 //! which is what the fusion avoids. A single contraction reading a value computed inside its
-//! group takes the same direct form.
+//! group takes the same direct form. Costly per-channel invariants of such reads (a
+//! BatchNorm's scale) are tabulated once per grid iteration (`invariants.rs`).
 //!
 //! A node the lowering does not cover is a [`LowerError::Unsupported`] naming the op, so an
 //! executor can fall back to the reference implementation and say so.
 
 mod attention;
 mod contraction;
+mod invariants;
 mod pointwise;
 mod stats;
 
 use super::index::{self, Index, Var};
 use super::{
-    Access, Body, BufId, Buffer, Expr, Kernel, ScalarId, Scratch, ScratchId, Stmt, Table,
-    TableData,
+    Access, Body, BufId, Buffer, Expr, Kernel, ScalarId, Scratch, ScratchId, Stmt, Table, TableData,
 };
 use crate::ir::{Graph, NodeKind, ValueId};
 use std::collections::HashMap;
@@ -120,6 +121,7 @@ pub fn lower_node(graph: &Graph, id: ValueId) -> Result<Kernel, LowerError> {
         origin: origin.clone(),
     };
     let body = cx.lower_output(output)?;
+    let body = invariants::tabulate(&mut cx, body);
     Ok(Kernel {
         name: node.name.clone(),
         origin,

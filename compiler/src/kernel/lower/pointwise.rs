@@ -230,7 +230,12 @@ impl Lowering<'_> {
                     |cx: &mut Self, pos: usize| cx.operand_at(id, pos, std::slice::from_ref(&ch));
                 let (w, b, mean, var) = (p(self, 1)?, p(self, 2)?, p(self, 3)?, p(self, 4)?);
                 let eps = c(attrs.float("eps") as f32);
-                (v - mean) / un(Unary::Sqrt, var + eps) * w + b
+                // `(v − mean)/√(var + ε)·w + b` as `v·scale + shift`: one multiply-add per
+                // element, the per-channel part tabulable when read inside a convolution.
+                let scale = w / un(Unary::Sqrt, var + eps);
+                let scale = self.bind(scale);
+                let shift = b - mean * scale.clone();
+                v * scale + shift
             }
             "reshape" | "flatten" => {
                 let src = self.graph.inputs(id)[0];
@@ -639,7 +644,8 @@ impl Lowering<'_> {
         let (xv, wv) = self.in_reduction(|cx| -> Result<_, LowerError> {
             Ok((cx.value_at(x, &xi)?, cx.value_at(w, &wi)?))
         })?;
-        let vars = channel.into_iter().chain(taps).collect();
+        // Channels innermost: the longest loop, with the tap's row clamp and bounds outside it.
+        let vars = taps.into_iter().chain(channel).collect();
         let sum = Expr::reduce(
             ReduceOp::Sum,
             vars,

@@ -1,0 +1,1095 @@
+//! The executor: runs a compiled model's [`Plan`] (an ordered list of kernel launches over
+//! the slots of one activation arena) on a [`ThreadPool`].
+//!
+//! A plan is generic: it holds function pointers and closures, never compiler types. Each
+//! [`Step`] names its buffers as [`Slot`]s, in the order its code expects them, the written
+//! buffer last (the kernel ABI of generated code). A step runs one of:
+//!
+//! - [`StepKernel::Loops`]: generated code over a grid whose iterations are independent,
+//!   `entry(bufs, start, end)`; the grid is split over the pool.
+//! - [`StepKernel::Conv`]: a planned [`Conv2d`] (weights packed at load time).
+//! - [`StepKernel::Gemm`]: one [`gemm`] call per batch entry, constant operands pre-packed.
+//! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
+//!   what has no kernel); it runs on the calling thread.
+//!
+//! A contraction's [`ProductMap`] says how the kernel's output tiles relate to the step's
+//! output and to its generated epilogue `epilogue(bufs, batch, r0, r1, c0, c1)`: when the
+//! product cannot be written in place (a permuted output), the kernel writes it to scratch
+//! and each finished tile is scattered into the output before the epilogue runs on it, so the
+//! epilogue still sees its tile while it is in cache.
+//!
+//! [`Executor::new`] derives every value's lifetime from the steps (defined by the step that
+//! writes it, live until the last step that reads it; inputs are written before the first
+//! step and outputs read after the last), places them with [`plan_arena`], allocates the arena
+//! and the largest scratch any step needs once, and resolves every step's buffer pointers.
+//! [`Executor::run`] then copies the inputs in, runs the steps and copies the outputs out;
+//! loop steps and the pool allocate nothing per inference (the GEMM library allocates its
+//! packing buffers per call, and host steps allocate).
+
+use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
+use crate::kernels::{
+    gemm, Conv2d, Epilogue, KernelError, MatMut, MatRef, Output, PackedMatrix, Tile,
+};
+use crate::pool::{Chunking, PoolError, ThreadPool};
+use std::time::{Duration, Instant};
+
+/// Generated loop code: computes grid iterations `start..end` over `bufs`.
+pub type LoopFn = unsafe extern "C" fn(bufs: *const *mut f32, start: usize, end: usize);
+
+/// A generated contraction epilogue: rewrites rows `r0..r1`, columns `c0..c1` of batch entry
+/// `batch` of the step's output in place, once the product is there.
+pub type TileFn = unsafe extern "C" fn(
+    bufs: *const *mut f32,
+    batch: usize,
+    r0: usize,
+    r1: usize,
+    c0: usize,
+    c1: usize,
+);
+
+/// Host code: reads the step's buffers but the last, writes the last.
+pub type HostFn = Box<dyn FnMut(&[&[f32]], &mut [f32]) -> Result<(), String> + Send>;
+
+/// Where a step's buffer lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Slot {
+    /// An activation in the arena: an index into [`Plan::values`].
+    Value(usize),
+    /// Data prepared at load time: an index into [`Plan::constants`].
+    Constant(usize),
+    /// A buffer the step's code never reads (a weight its kernel holds pre-packed); its
+    /// pointer is null.
+    Unused,
+}
+
+/// Everything an [`Executor`] runs.
+pub struct Plan {
+    /// Element count of every activation (graph inputs included).
+    pub values: Vec<usize>,
+    pub constants: Vec<AlignedBuffer>,
+    /// The values the caller fills, in [`Executor::run`]'s input order.
+    pub inputs: Vec<usize>,
+    /// What the caller reads back, in [`Executor::run`]'s output order.
+    pub outputs: Vec<Slot>,
+    pub steps: Vec<Step>,
+}
+
+/// One kernel launch.
+pub struct Step {
+    /// For errors and profiles (the graph value it computes).
+    pub name: String,
+    /// The buffers in the order the kernel expects; the last is the one it writes.
+    pub slots: Vec<Slot>,
+    pub kernel: StepKernel,
+}
+
+/// What a step runs.
+pub enum StepKernel {
+    Loops {
+        entry: LoopFn,
+        grid: usize,
+    },
+    /// A convolution of buffer `input` (a position in the step's slots) into the output.
+    Conv {
+        conv: Conv2d,
+        input: usize,
+        product: ProductMap,
+    },
+    Gemm(Gemm),
+    Host(HostFn),
+}
+
+/// How a contraction's product tiles reach the step's output and epilogue.
+///
+/// The kernel presents its product as a matrix (see [`crate::kernels`]); product row `r` is
+/// row `r % rows_per_batch` of epilogue batch entry `base + r / rows_per_batch`, where `base`
+/// is the batch entry of the kernel call (a GEMM call per entry; 0 for a convolution, whose
+/// rows run over images and groups). Product element `(r, c)` is epilogue element `(row r,
+/// column c)`, or `(row c, column r)` when `transposed`.
+#[derive(Clone, Debug, Default)]
+pub struct ProductMap {
+    pub rows_per_batch: usize,
+    pub transposed: bool,
+    /// The step's buffer at this position holds `rows_per_batch` values; product row `r`
+    /// gets `bias[r % rows_per_batch]` added first (a convolution's per-channel bias when
+    /// there is no generated epilogue to add it).
+    pub bias: Option<usize>,
+    /// The product goes to scratch and each tile is scattered into the output first.
+    pub scatter: Option<Scatter>,
+    pub epilogue: Option<TileFn>,
+}
+
+/// Epilogue element `(b, i, j)` lives at `out[batch_offsets[b] + i·row_stride + j·col_stride]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scatter {
+    pub batch_offsets: Vec<usize>,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+/// `C[b] = A[b]·B[b]` (`m×k` by `k×n`) for every batch entry `b`.
+pub struct Gemm {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub batches: usize,
+    pub a: GemmOperand,
+    pub b: GemmOperand,
+    /// Without a scatter, `C[b](i, j)` is written at `out[out_offsets[b] + i·out_row_stride
+    /// + j·out_col_stride]` (the column stride must be 1 when there is an epilogue).
+    pub out_offsets: Vec<usize>,
+    pub out_row_stride: usize,
+    pub out_col_stride: usize,
+    pub product: ProductMap,
+}
+
+/// A GEMM operand.
+pub enum GemmOperand {
+    /// Constant matrices packed at load time; batch entry `b` uses `matrices[of_batch[b]]`.
+    Packed {
+        matrices: Vec<PackedMatrix>,
+        of_batch: Vec<usize>,
+    },
+    /// A view of the step's buffer at position `slot`: element `(i, j)` of batch entry `b`
+    /// at `offsets[b] + i·row_stride + j·col_stride`.
+    Buffer {
+        slot: usize,
+        offsets: Vec<usize>,
+        row_stride: isize,
+        col_stride: isize,
+    },
+}
+
+/// Why a plan could not be set up or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("invalid plan: {0}")]
+    Plan(String),
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+    #[error("{0}")]
+    Io(String),
+    #[error("`{step}`: {source}")]
+    Kernel { step: String, source: KernelError },
+    #[error("`{step}`: {source}")]
+    Pool { step: String, source: PoolError },
+    #[error("`{step}`: {message}")]
+    Host { step: String, message: String },
+}
+
+/// A pointer table or base pointer shared with pool tasks.
+#[derive(Clone, Copy)]
+struct Shared<T>(T);
+// SAFETY: tasks only touch disjoint output elements through these pointers (the kernel
+// contracts in `crate::kernels` and of generated code).
+unsafe impl<T> Sync for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T> Send for Shared<T> {}
+
+impl<T: Copy> Shared<T> {
+    /// The pointer (a method, so closures capture the wrapper rather than its field).
+    fn get(self) -> T {
+        self.0
+    }
+}
+
+/// A plan set up over its arena, ready to run many times.
+pub struct Executor {
+    plan: Plan,
+    pool: ThreadPool,
+    /// Base pointers of every step's slots, in slot order (null for unused slots).
+    tables: Vec<Box<[*mut f32]>>,
+    /// Element counts matching `tables`.
+    lens: Vec<Box<[usize]>>,
+    value_ptrs: Vec<*mut f32>,
+    scratch: AlignedBuffer,
+    arena_bytes: usize,
+    arena_lower_bound: usize,
+    profile: Option<Vec<Duration>>,
+    /// Owns the memory `value_ptrs` point into; never touched after setup.
+    _arena: AlignedBuffer,
+}
+
+// SAFETY: the raw pointers point into buffers the executor owns (arena, constants) and move
+// with it; running needs `&mut self`, so no two threads use them at once.
+unsafe impl Send for Executor {}
+
+fn invalid(message: String) -> ExecError {
+    ExecError::Plan(message)
+}
+
+impl Executor {
+    /// Checks `plan`, places its values and resolves every pointer.
+    pub fn new(plan: Plan, pool: ThreadPool) -> Result<Executor, ExecError> {
+        let lifetimes = lifetimes(&plan)?;
+        let arena_plan = plan_arena(&lifetimes)?;
+        let mut arena = AlignedBuffer::zeroed(arena_plan.size / 4);
+        let base = arena.as_mut_slice().as_mut_ptr();
+        let value_ptrs: Vec<*mut f32> = arena_plan
+            .offsets
+            .iter()
+            // SAFETY: every offset plus its value's size lies inside the planned arena.
+            .map(|&bytes| unsafe { base.add(bytes / 4) })
+            .collect();
+        let resolve = |slot: Slot| -> (*mut f32, usize) {
+            match slot {
+                Slot::Value(v) => (value_ptrs[v], plan.values[v]),
+                Slot::Constant(c) => {
+                    let data = plan.constants[c].as_slice();
+                    // Constants are only read; the ABI's pointers are `*mut` for uniformity.
+                    (data.as_ptr().cast_mut(), data.len())
+                }
+                Slot::Unused => (std::ptr::null_mut(), 0),
+            }
+        };
+        let mut tables = Vec::with_capacity(plan.steps.len());
+        let mut lens = Vec::with_capacity(plan.steps.len());
+        let mut scratch = 0;
+        for step in &plan.steps {
+            let (ptrs, ls): (Vec<*mut f32>, Vec<usize>) =
+                step.slots.iter().map(|&s| resolve(s)).unzip();
+            check_step(step, &ls)?;
+            scratch = scratch.max(scratch_len(&step.kernel, pool.threads()));
+            tables.push(ptrs.into_boxed_slice());
+            lens.push(ls.into_boxed_slice());
+        }
+        Ok(Executor {
+            tables,
+            lens,
+            value_ptrs,
+            scratch: AlignedBuffer::zeroed(scratch),
+            arena_bytes: arena_plan.size,
+            arena_lower_bound: arena_plan.lower_bound,
+            profile: None,
+            _arena: arena,
+            plan,
+            pool,
+        })
+    }
+
+    /// Bytes of the activation arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.arena_bytes
+    }
+
+    /// The most bytes live at any one step: no placement could use a smaller arena.
+    pub fn arena_lower_bound(&self) -> usize {
+        self.arena_lower_bound
+    }
+
+    /// Bytes of the scratch shared by the steps (im2col tiles, permuted products).
+    pub fn scratch_bytes(&self) -> usize {
+        self.scratch.len() * 4
+    }
+
+    /// Bytes of the constants prepared at load time (packed weights are held by their steps).
+    pub fn constant_bytes(&self) -> usize {
+        self.plan.constants.iter().map(|c| c.len() * 4).sum()
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.plan.steps
+    }
+
+    /// Element count of input `i` / output `i`.
+    pub fn input_len(&self, i: usize) -> usize {
+        self.plan.values[self.plan.inputs[i]]
+    }
+
+    pub fn output_len(&self, i: usize) -> usize {
+        match self.plan.outputs[i] {
+            Slot::Value(v) => self.plan.values[v],
+            Slot::Constant(c) => self.plan.constants[c].len(),
+            Slot::Unused => 0,
+        }
+    }
+
+    /// Records the wall time of every step from now on ([`Executor::step_times`]).
+    pub fn set_profiling(&mut self, on: bool) {
+        self.profile = on.then(|| vec![Duration::ZERO; self.plan.steps.len()]);
+    }
+
+    /// Wall time per step summed over the runs since profiling was turned on.
+    pub fn step_times(&self) -> Option<&[Duration]> {
+        self.profile.as_deref()
+    }
+
+    /// Runs the plan: copies `inputs` (in [`Plan::inputs`] order) into the arena, runs every
+    /// step, and copies the outputs into `outputs`.
+    pub fn run(&mut self, inputs: &[&[f32]], outputs: &mut [&mut [f32]]) -> Result<(), ExecError> {
+        if inputs.len() != self.plan.inputs.len() || outputs.len() != self.plan.outputs.len() {
+            return Err(ExecError::Io(format!(
+                "{} inputs and {} outputs given, the plan has {} and {}",
+                inputs.len(),
+                outputs.len(),
+                self.plan.inputs.len(),
+                self.plan.outputs.len()
+            )));
+        }
+        for (i, data) in inputs.iter().enumerate() {
+            let v = self.plan.inputs[i];
+            if data.len() != self.plan.values[v] {
+                return Err(ExecError::Io(format!(
+                    "input {i} has {} elements, the plan expects {}",
+                    data.len(),
+                    self.plan.values[v]
+                )));
+            }
+            // SAFETY: the value's arena slot holds exactly this many elements.
+            unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.value_ptrs[v], data.len()) };
+        }
+        for s in 0..self.plan.steps.len() {
+            let started = self.profile.is_some().then(Instant::now);
+            self.run_step(s)?;
+            if let (Some(times), Some(t)) = (&mut self.profile, started) {
+                times[s] += t.elapsed();
+            }
+        }
+        for (i, out) in outputs.iter_mut().enumerate() {
+            let (ptr, len) = match self.plan.outputs[i] {
+                Slot::Value(v) => (self.value_ptrs[v].cast_const(), self.plan.values[v]),
+                Slot::Constant(c) => {
+                    let d = self.plan.constants[c].as_slice();
+                    (d.as_ptr(), d.len())
+                }
+                Slot::Unused => (std::ptr::null(), 0),
+            };
+            if out.len() != len {
+                return Err(ExecError::Io(format!(
+                    "output {i} has room for {} elements, the plan produces {len}",
+                    out.len()
+                )));
+            }
+            // SAFETY: `ptr` holds `len` initialised elements owned by the executor.
+            unsafe { std::ptr::copy_nonoverlapping(ptr, out.as_mut_ptr(), len) };
+        }
+        Ok(())
+    }
+
+    fn run_step(&mut self, s: usize) -> Result<(), ExecError> {
+        let Executor {
+            plan,
+            pool,
+            tables,
+            lens,
+            scratch,
+            ..
+        } = self;
+        let step = &mut plan.steps[s];
+        let (table, lens) = (&tables[s], &lens[s]);
+        let out_pos = table.len() - 1;
+        let pool_err = |source| ExecError::Pool {
+            step: step.name.clone(),
+            source,
+        };
+        let kernel_err = |source| ExecError::Kernel {
+            step: step.name.clone(),
+            source,
+        };
+        // An unused slot reads as empty, so a kernel pointed at one reports a short buffer.
+        let input = |i: usize| -> &[f32] {
+            if table[i].is_null() {
+                return &[];
+            }
+            // SAFETY: the pointer holds `lens[i]` elements; the arena plan keeps the buffers
+            // of one step disjoint, and only the last one is written.
+            unsafe { std::slice::from_raw_parts(table[i].cast_const(), lens[i]) }
+        };
+        match &mut step.kernel {
+            StepKernel::Loops { entry, grid } => {
+                let (entry, bufs) = (*entry, Shared(table.as_ptr()));
+                if *grid <= 1 || pool.threads() == 1 {
+                    // SAFETY: the generated code reads and writes only the step's buffers.
+                    unsafe { entry(bufs.get(), 0, *grid) };
+                } else {
+                    pool.parallel_for(0..*grid, Chunking::Auto, |r, _| {
+                        // SAFETY: grid iterations write disjoint elements (the loop ABI).
+                        unsafe { entry(bufs.get(), r.start, r.end) }
+                    })
+                    .map_err(pool_err)?;
+                }
+            }
+            StepKernel::Conv {
+                conv,
+                input: x,
+                product,
+            } => {
+                let scratch = scratch.as_mut_slice();
+                let (product_buf, conv_scratch) = if product.scatter.is_some() {
+                    scratch.split_at_mut(conv.output_len())
+                } else {
+                    // SAFETY: the output slot, written only by this step.
+                    let out =
+                        unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                    (out, scratch)
+                };
+                let sink = Sink::new(product, table, 0);
+                let f = |tile: Tile<'_>| sink.finish(tile);
+                conv.run(
+                    pool,
+                    input(*x),
+                    product_buf,
+                    conv_scratch,
+                    sink.epilogue(&f),
+                )
+                .map_err(kernel_err)?;
+            }
+            StepKernel::Gemm(g) => {
+                let scratch = scratch.as_mut_slice();
+                for b in 0..g.batches {
+                    let a = operand_view(&g.a, b, g.m, g.k, &input).map_err(kernel_err)?;
+                    let bm = operand_view(&g.b, b, g.k, g.n, &input).map_err(kernel_err)?;
+                    let c = if g.product.scatter.is_some() {
+                        MatMut::row_major(&mut scratch[..g.m * g.n], g.m, g.n)
+                    } else {
+                        // SAFETY: the output slot, written only by this step.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
+                        };
+                        MatMut::new(
+                            out,
+                            g.out_offsets[b],
+                            g.m,
+                            g.n,
+                            g.out_row_stride as isize,
+                            g.out_col_stride as isize,
+                        )
+                    }
+                    .map_err(kernel_err)?;
+                    let sink = Sink::new(&g.product, table, b);
+                    let f = |tile: Tile<'_>| sink.finish(tile);
+                    gemm(pool, a, bm, c, Output::Overwrite, sink.epilogue(&f))
+                        .map_err(kernel_err)?;
+                }
+            }
+            StepKernel::Host(f) => {
+                let ins: Vec<&[f32]> = (0..out_pos).map(input).collect();
+                // SAFETY: the output slot, written only by this step.
+                let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                f(&ins, out).map_err(|message| ExecError::Host {
+                    step: step.name.clone(),
+                    message,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The view of GEMM operand `op` for batch entry `b`.
+fn operand_view<'a>(
+    op: &'a GemmOperand,
+    b: usize,
+    rows: usize,
+    cols: usize,
+    input: &impl Fn(usize) -> &'a [f32],
+) -> Result<MatRef<'a>, KernelError> {
+    match op {
+        GemmOperand::Packed { matrices, of_batch } => Ok(matrices[of_batch[b]].view()),
+        GemmOperand::Buffer {
+            slot,
+            offsets,
+            row_stride,
+            col_stride,
+        } => MatRef::new(
+            input(*slot),
+            offsets[b],
+            rows,
+            cols,
+            *row_stride,
+            *col_stride,
+        ),
+    }
+}
+
+/// Applies a [`ProductMap`] to the finished tiles of one kernel call.
+struct Sink<'a> {
+    map: &'a ProductMap,
+    bufs: Shared<*const *mut f32>,
+    out: Shared<*mut f32>,
+    base: usize,
+}
+
+impl<'a> Sink<'a> {
+    fn new(map: &'a ProductMap, table: &[*mut f32], base: usize) -> Sink<'a> {
+        Sink {
+            map,
+            bufs: Shared(table.as_ptr()),
+            out: Shared(table[table.len() - 1]),
+            base,
+        }
+    }
+
+    /// The kernel epilogue running [`Sink::finish`] through `f`, or none when there is
+    /// nothing to do per tile.
+    fn epilogue<'f, F: Fn(Tile<'_>) + Sync>(&self, f: &'f F) -> Epilogue<'f> {
+        let m = self.map;
+        if m.scatter.is_none() && m.epilogue.is_none() && m.bias.is_none() {
+            Epilogue::NONE
+        } else {
+            Epilogue::from_closure(f)
+        }
+    }
+
+    /// Adds the bias to a finished tile and scatters it into the output if the product is
+    /// elsewhere, then runs the generated epilogue on it, one batch entry at a time.
+    fn finish(&self, mut tile: Tile<'_>) {
+        let m = self.map;
+        let rpb = m.rows_per_batch.max(1);
+        let (row0, rows, col0, cols) = (tile.row0(), tile.rows(), tile.col0(), tile.cols());
+        let mut r = row0;
+        while r < row0 + rows {
+            let (batch, first) = (self.base + r / rpb, r % rpb);
+            let seg = (rpb - first).min(row0 + rows - r);
+            if let Some(pos) = m.bias {
+                for dr in 0..seg {
+                    // SAFETY: `check_step` checked the bias holds `rows_per_batch` values.
+                    let b = unsafe { *(*self.bufs.get().add(pos)).add(first + dr) };
+                    tile.row_mut(r - row0 + dr).iter_mut().for_each(|v| *v += b);
+                }
+            }
+            if let Some(s) = &m.scatter {
+                let at = s.batch_offsets[batch];
+                for dr in 0..seg {
+                    let row = tile.row_mut(r - row0 + dr);
+                    for (dc, &v) in row.iter().enumerate() {
+                        let (i, j) = if m.transposed {
+                            (col0 + dc, first + dr)
+                        } else {
+                            (first + dr, col0 + dc)
+                        };
+                        // SAFETY: `check_step` bounded every scattered index by the output.
+                        unsafe {
+                            *self.out.get().add(at + i * s.row_stride + j * s.col_stride) = v
+                        };
+                    }
+                }
+            }
+            if let Some(f) = m.epilogue {
+                let (rr, cc) = ((first, first + seg), (col0, col0 + cols));
+                let ((r0, r1), (c0, c1)) = if m.transposed { (cc, rr) } else { (rr, cc) };
+                // SAFETY: the epilogue rewrites exactly these finished output elements, which
+                // no other task touches.
+                unsafe { f(self.bufs.get(), batch, r0, r1, c0, c1) };
+            }
+            r += seg;
+        }
+    }
+}
+
+/// Scratch floats a step needs on `threads` threads.
+fn scratch_len(kernel: &StepKernel, threads: usize) -> usize {
+    match kernel {
+        StepKernel::Conv { conv, product, .. } => {
+            conv.scratch_len(threads)
+                + if product.scatter.is_some() {
+                    conv.output_len()
+                } else {
+                    0
+                }
+        }
+        StepKernel::Gemm(g) if g.product.scatter.is_some() => g.m * g.n,
+        _ => 0,
+    }
+}
+
+/// The checks that keep the unchecked parts of `run` in bounds: slot positions and the
+/// extent of scattered products.
+fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
+    let fail = |what: String| Err(invalid(format!("step `{}`: {what}", step.name)));
+    let Some(&out_len) = lens.last() else {
+        return fail("no buffers".into());
+    };
+    if !matches!(step.slots.last(), Some(Slot::Value(_))) {
+        return fail("it writes a constant".into());
+    }
+    let (product, rows, cols, batches) = match &step.kernel {
+        StepKernel::Loops { .. } | StepKernel::Host(_) => return Ok(()),
+        StepKernel::Conv {
+            conv,
+            input,
+            product,
+        } => {
+            if *input + 1 >= lens.len() {
+                return fail(format!("input position {input}"));
+            }
+            let rpb = product.rows_per_batch.max(1);
+            let rows = conv.shape().batch * conv.shape().out_channels;
+            let batches = rows.div_ceil(rpb);
+            let [oh, ow] = conv.out_size();
+            (product, rpb, oh * ow, batches)
+        }
+        StepKernel::Gemm(g) => {
+            for op in [&g.a, &g.b] {
+                match op {
+                    GemmOperand::Packed { matrices, of_batch } => {
+                        if of_batch.len() < g.batches
+                            || of_batch.iter().any(|&i| i >= matrices.len())
+                        {
+                            return fail("packed operand per batch entry".into());
+                        }
+                    }
+                    GemmOperand::Buffer { slot, offsets, .. } => {
+                        if *slot + 1 >= lens.len() || offsets.len() < g.batches {
+                            return fail("buffer operand".into());
+                        }
+                    }
+                }
+            }
+            if g.product.scatter.is_none() && g.out_offsets.len() < g.batches {
+                return fail("output offsets per batch entry".into());
+            }
+            (&g.product, g.m, g.n, g.batches)
+        }
+    };
+    if let Some(pos) = product.bias {
+        if pos + 1 >= lens.len() || lens[pos] < product.rows_per_batch || product.transposed {
+            return fail("a bias that does not cover the rows".into());
+        }
+    }
+    if let Some(s) = &product.scatter {
+        let (rows, cols) = if product.transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let span = (rows.max(1) - 1) * s.row_stride + (cols.max(1) - 1) * s.col_stride;
+        let fits = s.batch_offsets.len() >= batches
+            && s.batch_offsets[..batches]
+                .iter()
+                .all(|&o| o + span < out_len);
+        if !fits {
+            return fail("a scattered product reaches past the output".into());
+        }
+    }
+    Ok(())
+}
+
+/// Every value's lifetime in steps: inputs are written at step 0, step `s` of the plan is
+/// step `s + 1`, and outputs are read at the step after the last.
+fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
+    const UNDEFINED: usize = usize::MAX;
+    let mut def = vec![UNDEFINED; plan.values.len()];
+    let mut last = vec![0; plan.values.len()];
+    let check = |v: usize| {
+        if v < plan.values.len() {
+            Ok(v)
+        } else {
+            Err(invalid(format!("value {v} out of range")))
+        }
+    };
+    for &v in &plan.inputs {
+        def[check(v)?] = 0;
+    }
+    for (s, step) in plan.steps.iter().enumerate() {
+        let at = s + 1;
+        for (i, &slot) in step.slots.iter().enumerate() {
+            match slot {
+                Slot::Value(v) if i + 1 == step.slots.len() => {
+                    if def[check(v)?] != UNDEFINED {
+                        return Err(invalid(format!(
+                            "value {v} is written twice (by `{}`)",
+                            step.name
+                        )));
+                    }
+                    def[v] = at;
+                    last[v] = at;
+                }
+                Slot::Value(v) => {
+                    if def[check(v)?] == UNDEFINED {
+                        return Err(invalid(format!(
+                            "`{}` reads value {v} before it is written",
+                            step.name
+                        )));
+                    }
+                    last[v] = at;
+                }
+                Slot::Constant(c) if c >= plan.constants.len() => {
+                    return Err(invalid(format!("constant {c} out of range")))
+                }
+                Slot::Constant(_) | Slot::Unused => {}
+            }
+        }
+    }
+    let end = plan.steps.len() + 1;
+    for &o in &plan.outputs {
+        match o {
+            Slot::Value(v) => {
+                if def[check(v)?] == UNDEFINED {
+                    return Err(invalid(format!("output value {v} is never written")));
+                }
+                last[v] = end;
+            }
+            Slot::Constant(c) if c >= plan.constants.len() => {
+                return Err(invalid(format!("constant {c} out of range")))
+            }
+            Slot::Constant(_) => {}
+            Slot::Unused => return Err(invalid("an output without a buffer".into())),
+        }
+    }
+    Ok(plan
+        .values
+        .iter()
+        .enumerate()
+        .map(|(v, &len)| {
+            let first_def = if def[v] == UNDEFINED { 0 } else { def[v] };
+            Lifetime {
+                bytes: len * 4,
+                first_def,
+                last_use: last[v].max(first_def),
+                pinned: false,
+            }
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::{Conv2dShape, Layout};
+
+    /// Rows of one epilogue batch entry and columns of the outputs the test epilogue sees.
+    const ROWS: usize = 4;
+    const COLS: usize = 15;
+
+    /// `out[i] = in0[i] + 1` for grid iterations `start..end` (one element each).
+    unsafe extern "C" fn add_one(bufs: *const *mut f32, start: usize, end: usize) {
+        let (x, y) = (*bufs, *bufs.add(1));
+        for i in start..end {
+            *y.add(i) = *x.add(i) + 1.0;
+        }
+    }
+
+    /// The generated-epilogue stand-in: `out(b, i, j) = 2·out(b, i, j) + bias[i]` for an
+    /// output `[batch, ROWS, COLS]` in buffer 2, bias in buffer 1.
+    unsafe extern "C" fn double_plus_bias(
+        bufs: *const *mut f32,
+        batch: usize,
+        r0: usize,
+        r1: usize,
+        c0: usize,
+        c1: usize,
+    ) {
+        let (bias, out) = (*bufs.add(1), *bufs.add(2));
+        for i in r0..r1 {
+            for j in c0..c1 {
+                let at = (batch * ROWS + i) * COLS + j;
+                *out.add(at) = 2.0 * *out.add(at) + *bias.add(i);
+            }
+        }
+    }
+
+    fn pool(threads: usize) -> ThreadPool {
+        ThreadPool::new(threads).unwrap()
+    }
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 97)
+            .map(|v| v as f32 / 97.0 - 0.5)
+            .collect()
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(p, q)| (p - q).abs())
+            .fold(0.0, f32::max)
+    }
+
+    /// x -> v1 -> v2 -> v3 -> y, each `+1`.
+    fn chain(n: usize) -> Plan {
+        let step = |s: usize| Step {
+            name: format!("v{}", s + 1),
+            slots: vec![Slot::Value(s), Slot::Value(s + 1)],
+            kernel: StepKernel::Loops {
+                entry: add_one,
+                grid: n,
+            },
+        };
+        Plan {
+            values: vec![n; 5],
+            constants: Vec::new(),
+            inputs: vec![0],
+            outputs: vec![Slot::Value(4)],
+            steps: (0..4).map(step).collect(),
+        }
+    }
+
+    #[test]
+    fn chained_loop_steps_reuse_arena_bytes() {
+        let n = 1000;
+        for threads in [1, 3] {
+            let mut exec = Executor::new(chain(n), pool(threads)).unwrap();
+            // A step's input and output live together, values two steps apart never do:
+            // two slots suffice for five values.
+            assert_eq!(exec.arena_bytes(), 2 * (n * 4).next_multiple_of(64));
+            assert_eq!(exec.arena_bytes(), exec.arena_lower_bound());
+            let x = data(n, 1);
+            let mut y = vec![0.0; n];
+            for _ in 0..2 {
+                exec.run(&[&x], &mut [&mut y]).unwrap();
+                assert!(x
+                    .iter()
+                    .zip(&y)
+                    .all(|(a, b)| *b == *a + 1.0 + 1.0 + 1.0 + 1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_plans_and_inputs_are_errors() {
+        let mut read_before_write = chain(4);
+        read_before_write.inputs.clear();
+        assert!(matches!(
+            Executor::new(read_before_write, pool(1)),
+            Err(ExecError::Plan(_))
+        ));
+        let mut writes_constant = chain(4);
+        writes_constant.constants.push(AlignedBuffer::zeroed(4));
+        writes_constant.steps[3].slots[1] = Slot::Constant(0);
+        assert!(matches!(
+            Executor::new(writes_constant, pool(1)),
+            Err(ExecError::Plan(_))
+        ));
+        let mut exec = Executor::new(chain(4), pool(1)).unwrap();
+        let mut y = vec![0.0; 4];
+        assert!(matches!(
+            exec.run(&[&[0.0; 3]], &mut [&mut y]),
+            Err(ExecError::Io(_))
+        ));
+    }
+
+    fn gemm_plan(g: Gemm, a_len: usize, bias: &[f32]) -> Plan {
+        let out = g.batches * ROWS * COLS;
+        Plan {
+            values: vec![a_len, out],
+            constants: vec![AlignedBuffer::from_slice(bias)],
+            inputs: vec![0],
+            outputs: vec![Slot::Value(1)],
+            steps: vec![Step {
+                name: "gemm".into(),
+                slots: vec![Slot::Value(0), Slot::Constant(0), Slot::Value(1)],
+                kernel: StepKernel::Gemm(g),
+            }],
+        }
+    }
+
+    /// `C[b] = A[b]·W` with A from the input and W a packed constant, then the epilogue;
+    /// computed directly, and as `Cᵀ = Wᵀ·Aᵀ` scattered back, on one and two threads.
+    #[test]
+    fn gemm_steps_apply_the_epilogue_direct_and_scattered() {
+        let (batch, m, k, n) = (2, ROWS, 7, COLS);
+        let a = data(batch * m * k, 3);
+        let w = data(k * n, 5);
+        let bias = data(m, 7);
+        let want: Vec<f32> = (0..batch * m * n)
+            .map(|e| {
+                let (b, i, j) = (e / (m * n), (e / n) % m, e % n);
+                let dot: f32 = (0..k).map(|p| a[(b * m + i) * k + p] * w[p * n + j]).sum();
+                2.0 * dot + bias[i]
+            })
+            .collect();
+        let a_offsets: Vec<usize> = (0..batch).map(|b| b * m * k).collect();
+        let c_offsets: Vec<usize> = (0..batch).map(|b| b * m * n).collect();
+        let direct = || Gemm {
+            m,
+            n,
+            k,
+            batches: batch,
+            a: GemmOperand::Buffer {
+                slot: 0,
+                offsets: a_offsets.clone(),
+                row_stride: k as isize,
+                col_stride: 1,
+            },
+            b: GemmOperand::Packed {
+                matrices: vec![PackedMatrix::from_row_major(&w, k, n).unwrap()],
+                of_batch: vec![0; batch],
+            },
+            out_offsets: c_offsets.clone(),
+            out_row_stride: n,
+            out_col_stride: 1,
+            product: ProductMap {
+                rows_per_batch: m,
+                transposed: false,
+                bias: None,
+                scatter: None,
+                epilogue: Some(double_plus_bias),
+            },
+        };
+        let transposed = || Gemm {
+            m: n,
+            n: m,
+            k,
+            batches: batch,
+            a: GemmOperand::Packed {
+                matrices: vec![PackedMatrix::pack(MatRef::row_major(&w, k, n).unwrap().t())],
+                of_batch: vec![0; batch],
+            },
+            b: GemmOperand::Buffer {
+                slot: 0,
+                offsets: a_offsets.clone(),
+                row_stride: 1,
+                col_stride: k as isize,
+            },
+            out_offsets: Vec::new(),
+            out_row_stride: 0,
+            out_col_stride: 0,
+            product: ProductMap {
+                rows_per_batch: n,
+                transposed: true,
+                bias: None,
+                scatter: Some(Scatter {
+                    batch_offsets: c_offsets.clone(),
+                    row_stride: n,
+                    col_stride: 1,
+                }),
+                epilogue: Some(double_plus_bias),
+            },
+        };
+        for threads in [1, 2] {
+            for (label, g) in [("direct", direct()), ("transposed", transposed())] {
+                let mut exec = Executor::new(gemm_plan(g, a.len(), &bias), pool(threads)).unwrap();
+                let mut y = vec![f32::NAN; want.len()];
+                exec.run(&[&a], &mut [&mut y]).unwrap();
+                let err = max_diff(&y, &want);
+                assert!(err < 1e-5, "{label}, {threads} threads: {err}");
+            }
+        }
+    }
+
+    /// A grouped 3x3 convolution (epilogue batch entries are (image, group) pairs of ROWS
+    /// output channels each), then a host step reading its output.
+    #[test]
+    fn conv_and_host_steps_run_in_order() {
+        let shape = Conv2dShape {
+            batch: 2,
+            in_channels: 4,
+            out_channels: 2 * ROWS,
+            in_size: [3, 5],
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 2,
+            layout: Layout::Nchw,
+        };
+        let w = data(2 * ROWS * 2 * 9, 11);
+        let conv = Conv2d::new(shape, &w, 2).unwrap();
+        assert_eq!(conv.out_size(), [3, 5], "COLS output positions");
+        let x = data(conv.input_len(), 13);
+        let bias = data(ROWS, 17);
+        let mut plain = vec![0.0; conv.output_len()];
+        let mut scratch = vec![0.0; conv.scratch_len(1)];
+        conv.run(&pool(1), &x, &mut plain, &mut scratch, Epilogue::NONE)
+            .unwrap();
+        let want: Vec<f32> = plain
+            .iter()
+            .enumerate()
+            .map(|(e, v)| (2.0 * v + bias[(e / COLS) % ROWS]) * 3.0)
+            .collect();
+        let triple: HostFn = Box::new(|ins: &[&[f32]], out: &mut [f32]| {
+            for (o, i) in out.iter_mut().zip(ins[0]) {
+                *o = 3.0 * i;
+            }
+            Ok(())
+        });
+        let plan = Plan {
+            values: vec![x.len(), plain.len(), plain.len()],
+            constants: vec![AlignedBuffer::from_slice(&bias)],
+            inputs: vec![0],
+            outputs: vec![Slot::Value(2)],
+            steps: vec![
+                Step {
+                    name: "conv".into(),
+                    slots: vec![Slot::Value(0), Slot::Constant(0), Slot::Value(1)],
+                    kernel: StepKernel::Conv {
+                        conv,
+                        input: 0,
+                        product: ProductMap {
+                            rows_per_batch: ROWS,
+                            transposed: false,
+                            bias: None,
+                            scatter: None,
+                            epilogue: Some(double_plus_bias),
+                        },
+                    },
+                },
+                Step {
+                    name: "triple".into(),
+                    slots: vec![Slot::Value(1), Slot::Value(2)],
+                    kernel: StepKernel::Host(triple),
+                },
+            ],
+        };
+        let mut exec = Executor::new(plan, pool(2)).unwrap();
+        exec.set_profiling(true);
+        let mut y = vec![f32::NAN; want.len()];
+        exec.run(&[&x], &mut [&mut y]).unwrap();
+        assert!(max_diff(&y, &want) < 1e-5);
+        assert_eq!(exec.step_times().map(<[Duration]>::len), Some(2));
+    }
+
+    /// A depthwise convolution whose per-channel bias the step adds to each finished tile.
+    #[test]
+    fn conv_bias_is_added_per_output_channel() {
+        let shape = Conv2dShape {
+            batch: 2,
+            in_channels: 3,
+            out_channels: 6,
+            in_size: [4, 5],
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: 3,
+            layout: Layout::Nchw,
+        };
+        let conv = Conv2d::new(shape, &data(6 * 9, 19), 2).unwrap();
+        let x = data(conv.input_len(), 23);
+        let bias = data(6, 29);
+        let mut plain = vec![0.0; conv.output_len()];
+        let mut scratch = vec![0.0; conv.scratch_len(1)];
+        conv.run(&pool(1), &x, &mut plain, &mut scratch, Epilogue::NONE)
+            .unwrap();
+        let want: Vec<f32> = plain
+            .iter()
+            .enumerate()
+            .map(|(e, v)| v + bias[(e / 20) % 6])
+            .collect();
+        let plan = Plan {
+            values: vec![x.len(), plain.len()],
+            constants: vec![AlignedBuffer::from_slice(&bias)],
+            inputs: vec![0],
+            outputs: vec![Slot::Value(1)],
+            steps: vec![Step {
+                name: "depthwise".into(),
+                slots: vec![
+                    Slot::Value(0),
+                    Slot::Unused,
+                    Slot::Constant(0),
+                    Slot::Value(1),
+                ],
+                kernel: StepKernel::Conv {
+                    conv,
+                    input: 0,
+                    product: ProductMap {
+                        rows_per_batch: 6,
+                        bias: Some(2),
+                        ..ProductMap::default()
+                    },
+                },
+            }],
+        };
+        let mut exec = Executor::new(plan, pool(2)).unwrap();
+        let mut y = vec![f32::NAN; want.len()];
+        exec.run(&[&x], &mut [&mut y]).unwrap();
+        assert!(max_diff(&y, &want) < 1e-6);
+    }
+}

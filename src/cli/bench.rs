@@ -1,0 +1,322 @@
+//! `bbc bench`: compile a model once and time repeated inferences on seeded random inputs:
+//! compile time by stage, median/p90/min latency, GFLOP/s from the model's FLOPs, the planned
+//! activation arena and the nodes without a kernel. `--json` prints one object for scripts.
+
+use super::run::{compile_cpu, inputs, load_weights, optimize, EngineArgs};
+use super::{print, CliError, CliResult, OptArgs, SpecArgs};
+use bbc::compiler::codegen::cpu::plan::Executable;
+use bbc::compiler::ir::Graph;
+use bbc::compiler::{interp, stats};
+use bbc::runtime::Tensor;
+use clap::Args;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Time a model: compile it once, then run it repeatedly.
+///
+/// Inputs come from --input files or are drawn from N(0, 1) with --seed; weights come from
+/// --weights or seeded initialisation. Reports the compile time of every stage, the median, 90th percentile and
+/// minimum latency of the timed runs, GFLOP/s (the model's FLOPs as `bbc stats` counts them
+/// over the median latency), the planned activation arena, and the nodes that run their
+/// reference implementation. The graph is optimised at -O2 unless -O is given.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub spec: SpecArgs,
+
+    #[command(flatten)]
+    pub opt: OptArgs,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+
+    /// A safetensors checkpoint to load [default: seeded PyTorch-default initialisation].
+    #[arg(short, long, value_name = "W.safetensors")]
+    pub weights: Option<PathBuf>,
+
+    /// An input as NAME=FILE.npy (or .png), or FILE when the model has one input; repeatable.
+    /// Inputs not given are drawn from N(0, 1) with --seed.
+    #[arg(short, long = "input", value_name = "[NAME=]FILE.npy|.png")]
+    pub inputs: Vec<String>,
+
+    /// Timed runs.
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub runs: u64,
+
+    /// Untimed runs before the timed ones (page faults, caches, waking the threads).
+    #[arg(long, value_name = "K", default_value_t = 2)]
+    pub warmup: u64,
+
+    /// Seed for initialised weights and random inputs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+
+    /// Also list the N slowest kernels, timed over the runs (cpu target).
+    #[arg(long, value_name = "N", conflicts_with = "interp")]
+    pub profile: Option<usize>,
+
+    /// Print one JSON object instead of the report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What runs the model.
+enum Engine<'a> {
+    Cpu {
+        exe: Box<Executable>,
+        inputs: Vec<Vec<f32>>,
+        outputs: Vec<Vec<f32>>,
+    },
+    Interp {
+        graph: &'a Graph,
+        inputs: &'a HashMap<String, Tensor>,
+        weights: &'a BTreeMap<String, Tensor>,
+    },
+}
+
+impl Engine<'_> {
+    fn run(&mut self) -> CliResult {
+        match self {
+            Engine::Cpu {
+                exe,
+                inputs,
+                outputs,
+            } => {
+                let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+                let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+                exe.run_into(&ins, &mut outs).map_err(CliError::msg)
+            }
+            Engine::Interp {
+                graph,
+                inputs,
+                weights,
+            } => interp::run(graph, inputs, weights)
+                .map(drop)
+                .map_err(CliError::msg),
+        }
+    }
+}
+
+/// Median, 90th percentile (nearest rank) and minimum of `times`, in milliseconds.
+fn percentiles(times: &[Duration]) -> (f64, f64, f64) {
+    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+    ms.sort_by(f64::total_cmp);
+    let n = ms.len();
+    let median = if n % 2 == 1 {
+        ms[n / 2]
+    } else {
+        (ms[n / 2 - 1] + ms[n / 2]) / 2.0
+    };
+    let p90 = ms[((n * 9).div_ceil(10)).max(1) - 1];
+    (median, p90, ms[0])
+}
+
+/// `\r`-updated progress on stderr, only when it is a terminal.
+struct Progress(bool);
+
+impl Progress {
+    fn show(&self, text: &str) {
+        if self.0 {
+            let _ = write!(std::io::stderr(), "\r{text:<40}");
+        }
+    }
+
+    fn clear(&self) {
+        self.show("");
+        if self.0 {
+            let _ = write!(std::io::stderr(), "\r");
+        }
+    }
+}
+
+fn ms(t: Duration) -> f64 {
+    t.as_secs_f64() * 1e3
+}
+
+fn mib(bytes: usize) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+pub fn main(args: &BenchArgs) -> CliResult {
+    let started = Instant::now();
+    let (program, model) = args.spec.build()?;
+    let mut stages: Vec<(&str, Duration)> = vec![("elaborate", started.elapsed())];
+    super::check_memory(&model.graph)?;
+    let weights = load_weights(&program, &model, args.weights.as_deref(), args.seed)?;
+    let graph = &model.graph;
+    let inputs = inputs(&args.inputs, args.seed, &model)?;
+    let started = Instant::now();
+    let optimized = optimize(graph, &args.engine.pipeline(&args.opt)?)?;
+    stages.push(("optimize", started.elapsed()));
+    let flops = stats::stats(graph).flops;
+
+    let mut engine = if args.engine.interp {
+        Engine::Interp {
+            graph: &optimized,
+            inputs: &inputs,
+            weights: &weights,
+        }
+    } else {
+        let mut exe = compile_cpu(&optimized, &weights, &args.engine)?;
+        stages.extend(exe.stats().times.stages());
+        exe.set_profiling(args.profile.is_some());
+        let ins = exe
+            .inputs()
+            .iter()
+            .map(|(name, _)| inputs[name].iter().copied().collect())
+            .collect();
+        let outs = exe
+            .outputs()
+            .iter()
+            .map(|(_, s)| vec![0.0; s.iter().product()])
+            .collect();
+        Engine::Cpu {
+            exe: Box::new(exe),
+            inputs: ins,
+            outputs: outs,
+        }
+    };
+
+    let progress = Progress(std::io::stderr().is_terminal());
+    let (warmup, runs) = (args.warmup as usize, args.runs as usize);
+    for i in 0..warmup {
+        progress.show(&format!("warm-up {}/{warmup}", i + 1));
+        engine.run()?;
+    }
+    if let Engine::Cpu { exe, .. } = &mut engine {
+        // Profile the timed runs only.
+        exe.set_profiling(args.profile.is_some());
+    }
+    let mut times = Vec::with_capacity(runs);
+    for i in 0..runs {
+        progress.show(&format!("run {}/{runs}", i + 1));
+        let t = Instant::now();
+        engine.run()?;
+        times.push(t.elapsed());
+    }
+    progress.clear();
+
+    let (median, p90, min) = percentiles(&times);
+    let compile: Duration = stages.iter().map(|s| s.1).sum();
+    let gflops = flops as f64 / (median / 1e3) / 1e9;
+    let (engine_name, threads, arena, fallbacks) = match &engine {
+        Engine::Cpu { exe, .. } => {
+            let s = exe.stats();
+            ("cpu", s.threads, s.arena_bytes, s.fallbacks.len())
+        }
+        // The interpreter holds every live value separately: the static peak of `bbc stats`.
+        Engine::Interp { .. } => ("interp", 1, stats::stats(&optimized).peak_bytes as usize, 0),
+    };
+
+    if args.json {
+        let stage_ms: serde_json::Map<String, serde_json::Value> = stages
+            .iter()
+            .map(|(name, t)| (name.to_string(), serde_json::json!(ms(*t))))
+            .collect();
+        let report = serde_json::json!({
+            "model": model.model,
+            "engine": engine_name,
+            "median_ms": median,
+            "p90_ms": p90,
+            "min_ms": min,
+            "compile_ms": ms(compile),
+            "compile_stages_ms": stage_ms,
+            "gflops": gflops,
+            "flops": flops,
+            "peak_arena_bytes": arena,
+            "fallback_nodes": fallbacks,
+            "threads": threads,
+            "runs": runs,
+        });
+        return print(&format!("{report}\n"));
+    }
+
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "bench {} ({}) on {engine_name}, {threads} thread{}, {runs} runs after {warmup} warm-up",
+        model.model,
+        args.spec.spec.display(),
+        if threads == 1 { "" } else { "s" }
+    );
+    let stage_list: Vec<String> = stages
+        .iter()
+        .map(|(name, t)| format!("{name} {:.1}", ms(*t)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "  compile   {:.1} ms  ({})",
+        ms(compile),
+        stage_list.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  latency   median {median:.3} ms  p90 {p90:.3} ms  min {min:.3} ms"
+    );
+    let _ = writeln!(
+        out,
+        "  compute   {:.3} GFLOP per inference, {gflops:.2} GFLOP/s at the median",
+        flops as f64 / 1e9
+    );
+    match &engine {
+        Engine::Cpu { exe, .. } => {
+            let s = exe.stats();
+            let _ = writeln!(
+                out,
+                "  memory    arena {} (lower bound {}), scratch {}, weights kept unpacked {}",
+                mib(s.arena_bytes),
+                mib(s.arena_lower_bound),
+                mib(s.scratch_bytes),
+                mib(s.constant_bytes)
+            );
+            let _ = writeln!(
+                out,
+                "  kernels   {} per inference: {} loop, {} conv, {} gemm, {} reference; {} values \
+                 prepared at load, {} KiB of code",
+                s.steps(),
+                s.loop_kernels,
+                s.conv_kernels,
+                s.gemm_kernels,
+                s.fallbacks.len(),
+                s.prepared_values,
+                s.code_bytes / 1024
+            );
+            for f in &s.fallbacks {
+                let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);
+            }
+            if let Some(n) = args.profile {
+                let _ = writeln!(out, "  slowest kernels (mean per timed run):");
+                for (name, kind, t) in exe.profile().into_iter().take(n) {
+                    let _ = writeln!(
+                        out,
+                        "    {:>9.3} ms  {kind:<9}  {name}",
+                        ms(t) / runs as f64
+                    );
+                }
+            }
+        }
+        Engine::Interp { .. } => {
+            let _ = writeln!(out, "  memory    peak live activations {}", mib(arena));
+        }
+    }
+    print(&out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_use_the_nearest_rank() {
+        let t = |v: &[u64]| -> Vec<Duration> {
+            v.iter().map(|&ms| Duration::from_millis(ms)).collect()
+        };
+        assert_eq!(percentiles(&t(&[5])), (5.0, 5.0, 5.0));
+        assert_eq!(percentiles(&t(&[4, 1, 3, 2])), (2.5, 4.0, 1.0));
+        let ten: Vec<u64> = (1..=10).rev().collect();
+        assert_eq!(percentiles(&t(&ten)), (5.5, 9.0, 1.0));
+    }
+}
