@@ -567,6 +567,18 @@ fn ir_explain_says_why_a_fusion_did_not_fire() {
         stats.contains("kernels:") && stats.contains("before optimisation"),
         "{stats}"
     );
+    let planned = ok(&[
+        "stats",
+        "specs/convnext.bb",
+        "--model",
+        "convnext_test",
+        "-O2",
+        "--arena",
+    ]);
+    assert!(
+        planned.contains("arena (planned):") && planned.contains("(0 fallbacks)"),
+        "{planned}"
+    );
 }
 
 /// `bbc run` compiles for the CPU by default; its outputs match the interpreter's, for any

@@ -4,6 +4,7 @@
 //! lays them out.
 
 use super::{print, shape, table, thousands, CliError, CliResult, SpecArgs};
+use bbc::compiler::codegen::cpu::plan;
 use bbc::compiler::stats::{stats, Group};
 use clap::Args;
 
@@ -13,7 +14,8 @@ use clap::Args;
 /// multiply-add as 2. Activations are f32 op outputs; parameters are counted at their first
 /// consumer. The peak is the largest set of op outputs alive at once when running in
 /// topological order, freeing each value after its last use; graph inputs and weights are not
-/// part of it and are reported separately.
+/// part of it and are reported separately. With --arena, the CPU executable's planned arena
+/// (values placed by liveness) is reported too.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
     #[command(flatten)]
@@ -26,6 +28,12 @@ pub struct StatsArgs {
     /// depth 2 is `stages.0`) [default: one row per op].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub depth: Option<u32>,
+
+    /// Also compile the graph for this CPU (seeded weights; the plan does not depend on their
+    /// values) and report the executable's planned activation arena, its lower bound (the
+    /// most bytes live at once), kernel scratch and steps per inference.
+    #[arg(long)]
+    pub arena: bool,
 }
 
 /// `1234567` FLOPs as `1.23 MFLOPs`.
@@ -144,7 +152,28 @@ pub fn main(args: &StatsArgs) -> CliResult {
             format!(" ({} before)", bytes(before.intermediate_bytes))
         },
     ));
+    if args.arena {
+        out.push_str(&arena_report(&model.graph)?);
+    }
     print(&out)
+}
+
+/// The CPU executable's memory plan, as `bbc run` would build it.
+fn arena_report(graph: &bbc::compiler::ir::Graph) -> Result<String, CliError> {
+    let weights = bbc::compiler::weights::init_weights(graph, 0);
+    let exe =
+        plan::compile(graph, &weights, &plan::ExecOptions::default()).map_err(CliError::msg)?;
+    let e = exe.stats();
+    Ok(format!(
+        "arena (planned):     {} (lower bound {})\n\
+         scratch:             {}\n\
+         steps:               {} ({} fallbacks)\n",
+        bytes(e.arena_bytes as u64),
+        bytes(e.arena_lower_bound as u64),
+        bytes(e.scratch_bytes as u64),
+        e.steps(),
+        e.fallbacks.len(),
+    ))
 }
 
 #[cfg(test)]
