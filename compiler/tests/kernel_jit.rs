@@ -671,7 +671,7 @@ fn approximation_errors() {
             .map(|k| lo + (hi - lo) * k as f32 / (n - 1) as f32)
             .collect()
     };
-    let erf = libm_erf;
+    let erf = bbc_compiler::ops::erf;
     // (intrinsic, sweep from, sweep to, f64 reference, relative error?, bound)
     type Case<'a> = (Unary, f32, f32, &'a dyn Fn(f64) -> f64, bool, f64);
     let cases: [Case; 4] = [
@@ -731,31 +731,6 @@ fn approximation_errors() {
     assert!(out[2] >= 0.0 && out[2] < 1e-37);
     assert_eq!(out[3], f32::INFINITY);
     assert_eq!(out[4], 1.0);
-}
-
-/// erf to about 1e-15 (series below 2.5, continued fraction above), for the sweep.
-fn libm_erf(x: f64) -> f64 {
-    use std::f64::consts::{FRAC_2_SQRT_PI, PI};
-    let a = x.abs();
-    let r = if a < 2.5 {
-        let x2 = a * a;
-        let (mut term, mut sum) = (a, a);
-        for n in 1..200 {
-            term *= 2.0 * x2 / f64::from(2 * n + 1);
-            sum += term;
-            if term <= sum * 1e-17 {
-                break;
-            }
-        }
-        FRAC_2_SQRT_PI * (-x2).exp() * sum
-    } else {
-        let mut f = a;
-        for k in (1..=40).rev() {
-            f = a + f64::from(k) * 0.5 / f;
-        }
-        1.0 - (-a * a).exp() / (PI.sqrt() * f)
-    };
-    r.copysign(x)
 }
 
 #[test]
