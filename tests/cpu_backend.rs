@@ -13,11 +13,13 @@
 //! largest deviation over the fixtures (printed by the test) was 1.6e-6, on res2net50_26w_4s;
 //! the bound leaves an order of magnitude for other GEMM blockings and thread counts.
 
+mod common;
+
 use bbc::compiler::codegen::cpu::plan::{compile, CompileError, ExecError, ExecOptions};
 use bbc::compiler::codegen::cpu::Options;
 use bbc::compiler::ir::Graph;
 use bbc::compiler::{elab, interp, ir, passes, stats, weights};
-use bbc::runtime::{read_npy, Rng, Tensor};
+use bbc::runtime::{Rng, Tensor};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -74,52 +76,13 @@ fn elaborate(spec: &Path, model: &str, dims: Vec<(String, i64)>) -> Graph {
 
 /// Every reference fixture with its weights and inputs.
 fn fixtures() -> Vec<Model> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("tests/fixtures/reference")
-        .expect("fixtures")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    dirs.sort();
-    dirs.into_iter()
-        .map(|dir| {
-            let text = std::fs::read_to_string(dir.join("case.json")).expect("case.json");
-            let case: serde_json::Value = serde_json::from_str(&text).expect("json");
-            let dims = case["dims"]
-                .as_object()
-                .map(|m| {
-                    m.iter()
-                        .map(|(k, v)| (k.clone(), v.as_i64().expect("int dim")))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let model = case["model"].as_str().expect("model");
-            let spec = Path::new(case["spec"].as_str().expect("spec"));
-            let program = elab::Program::load(spec, &elab::FsLoader).expect("loads");
-            let elaborated = program
-                .elaborate(&elab::Options {
-                    model: Some(model.into()),
-                    dims,
-                    ..Default::default()
-                })
-                .unwrap_or_else(|d| panic!("{model}: {d:?}"));
-            let weights = weights::load_file(&elaborated, &dir.join("weights.safetensors"))
-                .unwrap_or_else(|d| panic!("{model}: {d:?}"));
-            let inputs = case["inputs"]
-                .as_array()
-                .expect("inputs")
-                .iter()
-                .map(|i| {
-                    let name = i.as_str().expect("name").to_string();
-                    let t = read_npy(dir.join(format!("{name}.npy"))).expect("input");
-                    (name, t)
-                })
-                .collect();
-            Model {
-                label: dir.file_name().unwrap().to_string_lossy().into_owned(),
-                graph: elaborated.graph,
-                weights,
-                inputs,
-            }
+    common::reference_fixtures()
+        .into_iter()
+        .map(|f| Model {
+            label: f.label,
+            graph: f.model.graph,
+            weights: f.weights,
+            inputs: f.inputs,
         })
         .collect()
 }

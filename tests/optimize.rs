@@ -3,56 +3,26 @@
 //! and after the -O1 and -O2 pipelines, and the outputs must agree. The pass-specific
 //! expectations (what a pass must and must not leave) live in `tests/passes.rs`.
 
-use bbc::compiler::{elab, interp, ir, passes, stats, weights};
-use bbc::runtime::read_npy;
+mod common;
+
+use bbc::compiler::{elab, interp, ir, passes, stats};
 use std::collections::HashMap;
 use std::path::Path;
 
 #[test]
 fn o1_and_o2_agree_with_o0_on_every_fixture() {
-    let root = Path::new("tests/fixtures/reference");
-    let mut dirs: Vec<_> = std::fs::read_dir(root)
-        .expect("fixtures")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.join("case.json").exists())
-        .collect();
-    dirs.sort();
-    assert!(dirs.len() >= 20, "fixtures missing");
+    let fixtures = common::reference_fixtures();
+    assert!(fixtures.len() >= 20, "fixtures missing");
     let mut folded = 0;
     let mut fewer_kernels = 0;
-    for dir in dirs {
-        let case: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("case.json")).unwrap()).unwrap();
-        let spec = case["spec"].as_str().unwrap();
-        let program = elab::Program::load(Path::new(spec), &elab::FsLoader)
-            .unwrap_or_else(|e| panic!("{}", e.render()));
-        let dims = case["dims"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(k, v)| (k.clone(), v.as_i64().unwrap()))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let opts = elab::Options {
-            model: Some(case["model"].as_str().unwrap().into()),
-            dims,
-            ..Default::default()
-        };
-        let model = program.elaborate(&opts).unwrap_or_else(|d| panic!("{d:?}"));
-        let w = weights::load_file(&model, &dir.join("weights.safetensors"))
-            .unwrap_or_else(|d| panic!("{d:?}"));
-        let inputs: HashMap<String, _> = case["inputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                let name = i.as_str().unwrap().to_string();
-                let t = read_npy(dir.join(format!("{name}.npy"))).unwrap();
-                (name, t)
-            })
-            .collect();
-        let reference = interp::run(&model.graph, &inputs, &w).unwrap();
+    for fixture in fixtures {
+        let (dir, model, w, inputs) = (
+            &fixture.dir,
+            &fixture.model,
+            &fixture.weights,
+            &fixture.inputs,
+        );
+        let reference = interp::run(&model.graph, inputs, w).unwrap();
         for level in [1, 2] {
             let mut graph = model.graph.clone();
             let runs = passes::run(
@@ -102,7 +72,7 @@ fn o1_and_o2_agree_with_o0_on_every_fixture() {
                 "{}: -O{level} left a no-op",
                 dir.display()
             );
-            let out = interp::run(&graph, &inputs, &w).unwrap();
+            let out = interp::run(&graph, inputs, w).unwrap();
             for (name, want) in &reference {
                 let got = &out[name];
                 let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
