@@ -2,7 +2,7 @@
 //! compile time by stage, median/p90/min latency, GFLOP/s from the model's FLOPs, the planned
 //! activation arena and the nodes without a kernel. `--json` prints one object for scripts.
 
-use super::run::{compile_cpu, inputs, load_weights, optimize, EngineArgs};
+use super::run::{compile_cpu, optimize, DataArgs, EngineArgs};
 use super::{print, CliError, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::codegen::cpu::plan::Executable;
 use bbc::compiler::ir::Graph;
@@ -12,7 +12,6 @@ use clap::Args;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Time a model: compile it once, then run it repeatedly.
@@ -33,14 +32,8 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
 
-    /// A safetensors checkpoint to load [default: seeded PyTorch-default initialisation].
-    #[arg(short, long, value_name = "W.safetensors")]
-    pub weights: Option<PathBuf>,
-
-    /// An input as NAME=FILE.npy (or .png), or FILE when the model has one input; repeatable.
-    /// Inputs not given are drawn from N(0, 1) with --seed.
-    #[arg(short, long = "input", value_name = "[NAME=]FILE.npy|.png")]
-    pub inputs: Vec<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
 
     /// Timed runs.
     #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
@@ -49,10 +42,6 @@ pub struct BenchArgs {
     /// Untimed runs before the timed ones (page faults, caches, waking the threads).
     #[arg(long, value_name = "K", default_value_t = 2)]
     pub warmup: u64,
-
-    /// Seed for initialised weights and random inputs.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub seed: u64,
 
     /// Also list the N slowest kernels, timed over the runs (cpu target).
     #[arg(long, value_name = "N", conflicts_with = "interp")]
@@ -145,9 +134,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let (program, model) = args.spec.build()?;
     let mut stages: Vec<(&str, Duration)> = vec![("elaborate", started.elapsed())];
     super::check_memory(&model.graph)?;
-    let weights = load_weights(&program, &model, args.weights.as_deref(), args.seed)?;
+    let (weights, inputs) = args.data.load(&program, &model)?;
     let graph = &model.graph;
-    let inputs = inputs(&args.inputs, args.seed, &model)?;
     let started = Instant::now();
     let optimized = optimize(graph, &args.engine.pipeline(&args.opt)?)?;
     stages.push(("optimize", started.elapsed()));

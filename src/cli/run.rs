@@ -40,15 +40,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub engine: EngineArgs,
 
-    /// A safetensors checkpoint to load [default: seeded PyTorch-default initialisation].
-    #[arg(short, long, value_name = "W.safetensors")]
-    pub weights: Option<PathBuf>,
-
-    /// An input as NAME=FILE.npy, or FILE.npy when the model has one input; repeatable.
-    /// A .png file is read as a [1, C, H, W] image in [0, 1] (C = 3 colour, 1 grey; alpha
-    /// dropped). Inputs not given are drawn from N(0, 1) with --seed.
-    #[arg(short, long = "input", value_name = "[NAME=]FILE.npy|.png")]
-    pub inputs: Vec<String>,
+    #[command(flatten)]
+    pub data: DataArgs,
 
     /// Write the output to this .npy file (models with one output); a .png file takes a
     /// [1, C, H, W] or [C, H, W] output with C = 1 or 3, clamped to [0, 1], 8 bits.
@@ -64,13 +57,44 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 
-    /// Seed for initialised weights and random inputs.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub seed: u64,
-
     /// How many leading values of each output to print.
     #[arg(long, value_name = "N", default_value_t = 6)]
     pub show: usize,
+}
+
+/// Weights by state_dict key.
+pub type Weights = BTreeMap<String, Tensor>;
+/// Inputs by name.
+pub type Inputs = HashMap<String, Tensor>;
+
+/// The weights and inputs `run` and `bench` feed a model.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// A safetensors checkpoint to load [default: seeded PyTorch-default initialisation].
+    #[arg(short, long, value_name = "W.safetensors")]
+    pub weights: Option<PathBuf>,
+
+    /// An input as NAME=FILE.npy, or FILE.npy when the model has one input; repeatable.
+    /// A .png file is read as a [1, C, H, W] image in [0, 1] (C = 3 colour, 1 grey; alpha
+    /// dropped). Inputs not given are drawn from N(0, 1) with --seed.
+    #[arg(short, long = "input", value_name = "[NAME=]FILE.npy|.png")]
+    pub inputs: Vec<String>,
+
+    /// Seed for initialised weights and random inputs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub seed: u64,
+}
+
+impl DataArgs {
+    /// The model's weights (checked against the spec) and its inputs by name.
+    pub fn load(
+        &self,
+        program: &Program,
+        model: &Elaborated,
+    ) -> Result<(Weights, Inputs), CliError> {
+        let weights = load_weights(program, model, self.weights.as_deref(), self.seed)?;
+        Ok((weights, inputs(&self.inputs, self.seed, model)?))
+    }
 }
 
 /// Where a model runs.
@@ -114,7 +138,7 @@ impl EngineArgs {
 }
 
 /// The weights from `--weights` (checked against the spec) or seeded initialisation.
-pub fn load_weights(
+fn load_weights(
     program: &Program,
     model: &Elaborated,
     path: Option<&Path>,
@@ -190,7 +214,7 @@ fn model_inputs(model: &Elaborated) -> Vec<(String, Vec<usize>)> {
 
 /// Reads the `--input` files (`[NAME=]FILE`) and draws the inputs that were not given from
 /// N(0, 1) with `seed`.
-pub fn inputs(
+fn inputs(
     given: &[String],
     seed: u64,
     model: &Elaborated,
@@ -393,8 +417,7 @@ pub fn main(args: &RunArgs) -> CliResult {
             dir.display()
         )));
     }
-    let weights = load_weights(&program, &model, args.weights.as_deref(), args.seed)?;
-    let inputs = inputs(&args.inputs, args.seed, &model)?;
+    let (weights, inputs) = args.data.load(&program, &model)?;
     let graph = optimize(&model.graph, &args.engine.pipeline(&args.opt)?)?;
     let results = if args.engine.interp {
         interp::run(&graph, &inputs, &weights).map_err(CliError::msg)?
