@@ -2,3 +2,4 @@
 //! target. `cpu` JIT-compiles kernels with Cranelift for the host.
 
 pub mod cpu;
+pub mod prepare;

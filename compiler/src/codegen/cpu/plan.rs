@@ -28,8 +28,9 @@
 //! ([`Options::bounds_checked`]) every run ends by checking each kernel's violation record.
 
 use super::{compile as jit, CompiledKernel, Entry, Options, RunError};
+use crate::codegen::prepare::prepare;
 use crate::interp::{self, InterpError};
-use crate::ir::{Graph, Node, NodeKind, Output, ValueId};
+use crate::ir::{Graph, Node, NodeKind, ValueId};
 use crate::kernel::{
     lower_node, Body, BufId, Contraction, ConvGeometry, Expr, Kernel, LowerError, Operand,
     ProductLayout, Stmt,
@@ -378,57 +379,6 @@ fn kind_name(k: &StepKernel) -> &'static str {
         StepKernel::Gemm(_) => "gemm",
         StepKernel::Host(_) => "reference",
     }
-}
-
-/// The values computed from parameters alone that per-inference steps (or the outputs)
-/// read, evaluated by the interpreter on the parameter-only part of the graph, as row-major
-/// data.
-fn prepare(
-    graph: &Graph,
-    dependent: &HashSet<ValueId>,
-    weights: &BTreeMap<String, Tensor>,
-) -> Result<HashMap<ValueId, Vec<f32>>, InterpError> {
-    let mut needed: BTreeSet<ValueId> = graph
-        .outputs
-        .iter()
-        .map(|o| o.value)
-        .filter(|v| !dependent.contains(v))
-        .collect();
-    for &id in dependent {
-        needed.extend(
-            graph
-                .inputs(id)
-                .into_iter()
-                .filter(|v| !dependent.contains(v)),
-        );
-    }
-    if needed.is_empty() {
-        return Ok(HashMap::new());
-    }
-    let mut fixed = graph.clone();
-    fixed.nodes.retain_nodes(|_, n| !dependent.contains(&n));
-    fixed.inputs.clear();
-    fixed.outputs = needed
-        .iter()
-        .map(|&value| Output {
-            name: graph.node(value).name.clone(),
-            value,
-        })
-        .collect();
-    let mut values = interp::run(&fixed, &HashMap::new(), weights)?;
-    Ok(needed
-        .into_iter()
-        .map(|id| {
-            let t = values
-                .remove(&graph.node(id).name)
-                .expect("every needed value is an output");
-            let data = match t.as_slice() {
-                Some(s) => s.to_vec(),
-                None => t.iter().copied().collect(),
-            };
-            (id, data)
-        })
-        .collect())
 }
 
 /// The state of one compilation.
