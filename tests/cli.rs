@@ -2,6 +2,8 @@
 //! subcommand on every model, checkpoint checks, runs against PyTorch outputs, and the error
 //! paths (exit code 1 with a diagnostic, or 2 for usage errors, and never a panic).
 
+mod common;
+
 use bbc::runtime::read_npy;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -217,7 +219,9 @@ fn convnext_atto_has_the_timm_parameter_count() {
 
 #[test]
 fn weights_against_checkpoints() {
-    let good = format!("{FIXTURES}/convnext_atto/weights.safetensors");
+    let dir = scratch("against");
+    let good = common::weights_file("convnext_atto", &dir.0);
+    let good = good.to_string_lossy();
     let out = ok(&[
         "weights",
         "specs/convnext.bb",
@@ -231,7 +235,8 @@ fn weights_against_checkpoints() {
         "{out}"
     );
 
-    let bad = format!("{FIXTURES}/convnext_test/weights.safetensors");
+    let bad = common::weights_file("convnext_test", &dir.0);
+    let bad = bad.to_string_lossy();
     let err = fails(
         &[
             "weights",
@@ -304,13 +309,14 @@ fn run_reproduces_deep_sets_sum() {
     let dir = scratch("deep_sets_sum");
     let y = dir.join("y.npy");
     let case = format!("{FIXTURES}/deep_sets_sum");
+    let weights = common::weights_file("deep_sets_sum", &dir.0);
     ok(&[
         "run",
         "specs/deep_sets.bb",
         "--model",
         "deep_sets_sum",
         "--weights",
-        &format!("{case}/weights.safetensors"),
+        &weights.to_string_lossy(),
         "--input",
         &format!("{case}/x.npy"),
         "--output",
@@ -345,7 +351,7 @@ fn run_reproduces_every_reference_fixture() {
             "--model".into(),
             v["model"].as_str().expect("model").into(),
             "--weights".into(),
-            case.join("weights.safetensors").to_string_lossy().into(),
+            common::weights_file(&name, &dir.0).to_string_lossy().into(),
             "--output-dir".into(),
             dir.join(&name).to_string_lossy().into(),
         ];
@@ -492,7 +498,9 @@ fn run_input_errors_exit_1() {
     );
     assert!(err.contains("folder does not exist"), "{err}");
 
-    let w = format!("{FIXTURES}/convnext_test/weights.safetensors");
+    let scratch_dir = scratch("wrong-weights");
+    let w = common::weights_file("convnext_test", &scratch_dir.0);
+    let w = w.to_string_lossy();
     let err = fails(
         &[
             "run",

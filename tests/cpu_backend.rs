@@ -17,13 +17,12 @@ mod common;
 
 use bbc::compiler::codegen::cpu::plan::{compile, CompileError, ExecError, ExecOptions};
 use bbc::compiler::codegen::cpu::Options;
-use bbc::compiler::ir::Graph;
-use bbc::compiler::{elab, interp, ir, passes, stats, weights};
+use bbc::compiler::{elab, interp, ir, stats, weights};
 use bbc::runtime::{Rng, Tensor};
+use common::models::{deviation, optimized, seeded, test_models, Model};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
 
 /// Relative to the output's scale; see the module documentation.
 const TOLERANCE: f64 = 2e-5;
@@ -53,27 +52,6 @@ fn allocations() -> usize {
     ALLOCATIONS.with(Cell::get)
 }
 
-struct Model {
-    label: String,
-    graph: Graph,
-    weights: BTreeMap<String, Tensor>,
-    inputs: HashMap<String, Tensor>,
-}
-
-fn elaborate(spec: &Path, model: &str, dims: Vec<(String, i64)>) -> Graph {
-    let program = elab::Program::load(spec, &elab::FsLoader)
-        .unwrap_or_else(|e| panic!("{}: {}", spec.display(), e.render()));
-    let opts = elab::Options {
-        model: Some(model.into()),
-        dims,
-        ..Default::default()
-    };
-    program
-        .elaborate(&opts)
-        .unwrap_or_else(|d| panic!("{model}: {}", bbc::render(&d, Some(&program.sources))))
-        .graph
-}
-
 /// Every reference fixture with its weights and inputs.
 fn fixtures() -> Vec<Model> {
     common::reference_fixtures()
@@ -85,85 +63,6 @@ fn fixtures() -> Vec<Model> {
             inputs: f.inputs,
         })
         .collect()
-}
-
-/// A model with seeded weights and N(0, 1) inputs.
-fn seeded(spec: &str, model: &str, dims: &[(&str, i64)]) -> Model {
-    let dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    let graph = elaborate(Path::new(spec), model, dims);
-    let weights = weights::init_weights(&graph, 3);
-    let rng = Rng::new(5);
-    let inputs = graph
-        .inputs
-        .iter()
-        .map(|&i| {
-            let n = graph.node(i);
-            (
-                n.name.clone(),
-                rng.fork(&n.name).standard_normal_tensor(&n.shape),
-            )
-        })
-        .collect();
-    Model {
-        label: model.to_string(),
-        graph,
-        weights,
-        inputs,
-    }
-}
-
-/// Every spec's test models (names containing `test`).
-fn test_models() -> Vec<Model> {
-    let mut specs: Vec<PathBuf> = std::fs::read_dir("specs")
-        .expect("specs")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "bb"))
-        .collect();
-    specs.sort();
-    let mut out = Vec::new();
-    for spec in specs {
-        let program = elab::Program::load(&spec, &elab::FsLoader).expect("loads");
-        for model in program.models().into_iter().filter(|m| m.contains("test")) {
-            out.push(seeded(&spec.to_string_lossy(), &model, &[]));
-        }
-    }
-    out
-}
-
-fn optimized(graph: &Graph) -> Graph {
-    let mut g = graph.clone();
-    passes::run(&mut g, &passes::pipeline(2), &passes::Options::default()).expect("passes");
-    g
-}
-
-/// Largest `|got − want|` over all outputs, relative to each output's scale.
-fn deviation(got: &BTreeMap<String, Tensor>, want: &BTreeMap<String, Tensor>) -> f64 {
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        want.keys().collect::<Vec<_>>()
-    );
-    want.iter()
-        .map(|(name, w)| {
-            let g = &got[name];
-            assert_eq!(g.shape(), w.shape(), "output `{name}`");
-            let scale = w.iter().fold(1f64, |m, v| m.max(f64::from(v.abs())));
-            let err = g
-                .iter()
-                .zip(w.iter())
-                .map(|(a, b)| {
-                    if a.is_nan() && b.is_nan() {
-                        0.0
-                    } else {
-                        f64::from((a - b).abs())
-                    }
-                })
-                .fold(
-                    0.0,
-                    |m: f64, e| if e.is_nan() { f64::INFINITY } else { m.max(e) },
-                );
-            err / scale
-        })
-        .fold(0.0, f64::max)
 }
 
 /// Compiles `m` at -O2 and checks it against the interpreter; returns the deviation.

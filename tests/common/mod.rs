@@ -1,15 +1,36 @@
 //! What several integration tests share: the committed PyTorch reference fixtures
 //! (`tests/fixtures/reference/*/case.json`, made by `tools/reference/make_fixtures.py`),
-//! each elaborated from its spec with its weights and inputs loaded.
+//! each elaborated from its spec with its weights (generated from the case's
+//! `weights.json`, see `recipe`) and inputs loaded.
 
 // Each test binary compiles this module and reads only part of it.
 #![allow(dead_code)]
+
+pub mod models;
+pub mod recipe;
 
 use bbc::compiler::elab::{self, Elaborated};
 use bbc::compiler::weights;
 use bbc::runtime::{read_npy, Tensor};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+
+/// The folder holding one sub-folder per reference case.
+pub fn fixtures_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
+}
+
+/// Writes reference case `case`'s weights (generated from its `weights.json`) as an F32
+/// safetensors checkpoint `<dir>/<case>.safetensors`, for commands that take `--weights`.
+pub fn weights_file(case: &str, dir: &Path) -> PathBuf {
+    let recipe = recipe::WeightRecipe::read(&fixtures_root().join(case).join("weights.json"))
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    let path = dir.join(format!("{case}.safetensors"));
+    recipe
+        .write_safetensors(&path)
+        .unwrap_or_else(|e| panic!("{case}: {e}"));
+    path
+}
 
 /// One reference case, ready to run.
 pub struct Fixture {
@@ -35,7 +56,7 @@ impl Fixture {
 /// Every fixture, in folder order; a broken fixture fails with its name.
 pub fn reference_fixtures() -> Vec<Fixture> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join("tests/fixtures/reference"))
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_root())
         .expect("fixtures folder")
         .map(|e| e.expect("dir entry").path())
         .filter(|p| p.join("case.json").exists())
@@ -74,8 +95,21 @@ pub fn reference_fixtures() -> Vec<Fixture> {
             let model = program
                 .elaborate(&opts)
                 .unwrap_or_else(|d| panic!("{label}: {}", render(&d)));
-            let weights = weights::load_file(&model, &dir.join("weights.safetensors"))
+            let recipe = recipe::WeightRecipe::read(&dir.join("weights.json"))
+                .unwrap_or_else(|e| panic!("{label}: {e}"));
+            // The same checks as a checkpoint file gets: missing, unexpected, mis-shaped
+            // and non-float entries, `rename` rules, BatchNorm counters skipped.
+            let keys = weights::check(&model, &recipe.entries(), "weights.json")
                 .unwrap_or_else(|d| panic!("{label}: {}", render(&d)));
+            let weights = keys
+                .into_iter()
+                .map(|(key, stored)| {
+                    let t = recipe
+                        .tensor(&stored)
+                        .unwrap_or_else(|e| panic!("{label}: {e}"));
+                    (key, t)
+                })
+                .collect();
             let inputs = strings("inputs")
                 .into_iter()
                 .map(|name| {

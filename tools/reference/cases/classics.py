@@ -2,9 +2,8 @@
 
 Tiny configurations come straight from the reference libraries' classes with the same
 hyper-parameters as the spec's test models; `resnet18` is the one canonical check (timm,
-64x64 input, weights stored as f16). VGG-11 and DenseNet-121 are too big to commit
-(530 MB / 32 MB in f32); they were checked by hand with `bbc weights --against` and
-`bbc run` instead.
+64x64 input). VGG-11 and DenseNet-121 are not fixtures; they were checked by hand with
+`bbc weights --against` and `bbc run` instead.
 """
 
 from __future__ import annotations
@@ -19,8 +18,8 @@ from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.densenet import DenseNet
 from torchvision.models.vgg import VGG, make_layers
 
-from make_fixtures import (BASE_SEED, count_params, randomise_state_dict, round_through_f16,
-                           seeded_input, write_case)
+from make_fixtures import (BASE_SEED, count_params, randomise_state_dict, seeded_input,
+                           write_case)
 
 SEED = BASE_SEED + 1100  # this family's seeds: SEED + 0, 1, 2, ...
 VERSIONS = f"torch {torch.__version__} f32 CPU"
@@ -31,8 +30,8 @@ def _resnet_test(out: Path, case: str, block: type, params: int, seed: int) -> N
     # models starts with a 64 -> 8 (or 32) projection shortcut.
     model = ResNet(block=block, layers=(1, 1, 1, 1), channels=(8, 16, 32, 64), num_classes=10)
     assert count_params(model) == params, count_params(model)
-    randomise_state_dict(model, seed)
-    write_case(out, case, model=model, spec="specs/resnet.bb", bbc_model=case,
+    weights = randomise_state_dict(model, seed)
+    write_case(out, case, model=model, weights=weights, spec="specs/resnet.bb", bbc_model=case,
                dims={"B": 2, "H": 32, "W": 32},
                inputs={"x": seeded_input((2, 3, 32, 32), seed)}, output_name="logits",
                tolerance=1e-4,
@@ -53,13 +52,13 @@ def case_resnet18(out: Path) -> None:
     seed = SEED + 2
     model = timm.create_model("resnet18", pretrained=False, num_classes=1000)
     assert count_params(model) == 11_689_512, count_params(model)
-    randomise_state_dict(model, seed)
-    round_through_f16(model)  # stored as f16; the f32 output is that of the rounded weights
-    write_case(out, "resnet18", model=model, spec="specs/resnet.bb", bbc_model="resnet18",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "resnet18", model=model, weights=weights,
+               spec="specs/resnet.bb", bbc_model="resnet18",
                dims={"H": 64, "W": 64}, inputs={"x": seeded_input((1, 3, 64, 64), seed)},
-               output_name="logits", tolerance=1e-4, weight_dtype=torch.float16,
+               output_name="logits", tolerance=1e-4,
                reference=f"timm {timm.__version__} resnet18(num_classes=1000), random weights "
-                         f"(seed {seed}) rounded through f16, {VERSIONS}")
+                         f"(seed {seed}), {VERSIONS}")
 
 
 def case_vgg_test(out: Path) -> None:
@@ -74,8 +73,9 @@ def case_vgg_test(out: Path) -> None:
         nn.Linear(64, 64), nn.ReLU(True), nn.Dropout(),
         nn.Linear(64, 10))
     assert count_params(model) == 350_138, count_params(model)
-    randomise_state_dict(model, seed)
-    write_case(out, "vgg_test", model=model, spec="specs/vgg.bb", bbc_model="vgg_test",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "vgg_test", model=model, weights=weights,
+               spec="specs/vgg.bb", bbc_model="vgg_test",
                dims={"B": 2, "H": 32, "W": 32},
                inputs={"x": seeded_input((2, 3, 32, 32), seed)}, output_name="logits",
                tolerance=1e-4,
@@ -89,8 +89,8 @@ def case_densenet_test(out: Path) -> None:
     model = DenseNet(growth_rate=8, block_config=(2, 2), num_init_features=16, bn_size=4,
                      num_classes=10)
     assert count_params(model) == 15_546, count_params(model)
-    randomise_state_dict(model, seed)
-    write_case(out, "densenet_test", model=model, spec="specs/densenet.bb",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "densenet_test", model=model, weights=weights, spec="specs/densenet.bb",
                bbc_model="densenet_test", dims={"B": 2, "H": 32, "W": 32},
                inputs={"x": seeded_input((2, 3, 32, 32), seed)}, output_name="logits",
                tolerance=1e-4,

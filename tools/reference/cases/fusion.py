@@ -19,25 +19,20 @@ import torch.nn.functional as F
 import torchvision
 from torchvision.ops import FeaturePyramidNetwork
 
-from make_fixtures import (BASE_SEED, _generator, count_params, random_value_for,
-                           round_through_f16, seeded_input, write_case)
+from make_fixtures import (BASE_SEED, WeightRecipe, count_params, seeded_input,
+                           uniform_range_for, write_case)
 
 # Seeds of this family: BASE_SEED + 500 + n (away from the other families' + 1, + 2, ...).
 SEED0 = BASE_SEED + 500
 
 
-def randomise(model: nn.Module, seed: int) -> None:
-    """make_fixtures' randomisation, plus BiFPN `edge_weights` drawn from U(0.5, 1.5)."""
-    new = {}
-    for key, value in model.state_dict().items():
-        if not value.is_floating_point():
-            new[key] = value.clone()
-        elif key.endswith("edge_weights"):
-            g = _generator(seed, key)
-            new[key] = 0.5 + torch.rand(value.shape, generator=g, dtype=torch.float32)
-        else:
-            new[key] = random_value_for(key, value, seed).to(value.dtype)
-    model.load_state_dict(new, strict=True)
+def weight_range(key: str, like: torch.Tensor) -> tuple[float, float]:
+    """make_fixtures' ranges, plus U(0.5, 1.5) for BiFPN `edge_weights`."""
+    return (0.5, 1.5) if key.endswith("edge_weights") else uniform_range_for(key, like)
+
+
+def weight_recipe(model: nn.Module, seed: int) -> WeightRecipe:
+    return WeightRecipe.for_model(model, seed, weight_range)
 
 
 # --------------------------------------------------------------------------------------
@@ -157,12 +152,12 @@ def _fff(out_dir: Path, case: str, bifpn: bool, seed: int) -> None:
     neck_params = count_params(model.fpn)
     assert neck_params == 2_224 + (4 if bifpn else 0), neck_params
     assert count_params(model) == 20_520 + (4 if bifpn else 0), count_params(model)
-    randomise(model, seed)
+    weights = weight_recipe(model, seed)
     if bifpn:
         # One negative raw weight, so the ReLU matters: level 0 then ignores its top-down
         # input (level 1 still fuses both, so every parameter reaches some output).
-        with torch.no_grad():
-            model.fpn.fusions[0].edge_weights.copy_(torch.tensor([1.2, -0.3]))
+        weights.values("fpn.fusions.0.edge_weights", [1.2, -0.3])
+    weights.apply(model)
     model.eval()
     # 30x26 input: levels 15x13, 8x7, 4x4, so the top-down resize is size-matched, not 2x.
     x = seeded_input((2, 3, 30, 26), seed)
@@ -170,7 +165,7 @@ def _fff(out_dir: Path, case: str, bifpn: bool, seed: int) -> None:
         with torch.no_grad():
             feats = model.body(x)
         check_against_torchvision(model.fpn, widths, out, feats)
-    write_case(out_dir, case, model=model, spec="specs/fff.bb", bbc_model=case,
+    write_case(out_dir, case, model=model, weights=weights, spec="specs/fff.bb", bbc_model=case,
                dims={"B": 2, "H": 30, "W": 26}, inputs={"x": x}, output_name="features",
                tolerance=1e-4,
                reference=f"tools/reference/cases/fusion.py FFFNet(widths={widths}, out={out}, "
@@ -193,7 +188,8 @@ def case_fpn_neck_test(out: Path) -> None:
     model = TorchvisionNeck(chans, width)
     assert count_params(model) == 3_328, count_params(model)
     assert count_params(FeaturePyramidNetwork([256, 512, 1024, 2048], 256)) == 3_344_384
-    randomise(model, seed)
+    weights = weight_recipe(model, seed)
+    weights.apply(model)
     # 15x13 -> 8x7 -> 4x4 -> 2x2, as the spec's input dims derive them.
     sizes = [(15, 13), (8, 7), (4, 4), (2, 2)]
     inputs = {f"c{i + 2}": seeded_input((2, c, h, w), seed + i)
@@ -202,7 +198,8 @@ def case_fpn_neck_test(out: Path) -> None:
     mine = FPNNeck(chans, width)
     mine.load_state_dict(model.state_dict(), strict=True)
     check_against_torchvision(mine, chans, width, list(inputs.values()))
-    write_case(out, "fpn_neck_test", model=model, spec="specs/fff.bb", bbc_model="fpn_neck_test",
+    write_case(out, "fpn_neck_test", model=model, weights=weights, spec="specs/fff.bb",
+               bbc_model="fpn_neck_test",
                dims={"B": 2, "H": 15, "W": 13}, inputs=inputs, output_name="features",
                tolerance=1e-4,
                reference=f"torchvision {torchvision.__version__} "
@@ -303,16 +300,16 @@ def _cbnet(out_dir: Path, case: str, K: int, params: int, batch: int, size: int,
     model = CBNetDHLC(K, 8, [8, 16, 32, 64], [1, 1, 1, 1])
     assert count_params(model) == params, count_params(model)
     assert count_params(model.cb_linears) == 5_680, count_params(model.cb_linears)
-    randomise(model, seed)
-    round_through_f16(model)  # weights stored as f16 (half the size); output from the same values
+    weights = weight_recipe(model, seed)
+    weights.apply(model)
     dims = {"H": size, "W": size} if batch == 1 else {"B": batch, "H": size, "W": size}
-    write_case(out_dir, case, model=model, spec="specs/cbnet.bb", bbc_model=case, dims=dims,
+    write_case(out_dir, case, model=model, weights=weights, spec="specs/cbnet.bb", bbc_model=case,
+               dims=dims,
                inputs={"x": seeded_input((batch, 3, size, size), seed)}, output_name="features",
-               tolerance=1e-4, weight_dtype=torch.float16,
+               tolerance=1e-4,
                reference=f"tools/reference/cases/fusion.py CBNetDHLC(K={K}, stem 8, basic "
                          f"[1,1,1,1], widths 8..64; official VDIGPKU/CBNetV2 CBResNet names, "
-                         f"cb_del_stages=0, shared cb_linears), random weights (seed {seed}) "
-                         f"rounded through f16, "
+                         f"cb_del_stages=0, shared cb_linears), random weights (seed {seed}), "
                          f"torch {torch.__version__} f32 CPU")
 
 

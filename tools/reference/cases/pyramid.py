@@ -24,8 +24,8 @@ from timm.layers.cbam import CbamModule
 from timm.models.res2net import Bottle2neck
 from timm.models.resnet import ResNet
 
-from make_fixtures import (BASE_SEED, count_params, randomise_state_dict, round_through_f16,
-                           seeded_input, write_case)
+from make_fixtures import (BASE_SEED, count_params, randomise_state_dict, seeded_input,
+                           write_case)
 
 
 # --------------------------------------------------------------------------------------
@@ -87,8 +87,9 @@ class PoAPL(nn.Module):
 def _poapl(out: Path, case: str, h: int, w: int, seed: int) -> None:
     model = PoAPL(16, 16)
     assert count_params(model) == 5_060, count_params(model)
-    randomise_state_dict(model, seed)
-    write_case(out, case, model=model, spec="specs/poapl.bb", bbc_model="poapl_test",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, case, model=model, weights=weights,
+               spec="specs/poapl.bb", bbc_model="poapl_test",
                dims={"H": h, "W": w}, inputs={"x": seeded_input((1, 16, h, w), seed)},
                output_name="y", tolerance=1e-4,
                reference=f"tools/reference/cases/pyramid.py PoAPL(16, 16) = PSPNet PPM (bins 1,2,3,6) "
@@ -120,8 +121,9 @@ def case_res2net_test(out: Path) -> None:
     seed = BASE_SEED + 103
     model = _res2net_tiny()  # timm's 7x7 stem ignores stem_width: it is 64 wide
     assert count_params(model) == 501_299, count_params(model)
-    randomise_state_dict(model, seed)
-    write_case(out, "res2net_test", model=model, spec="specs/multiscale.bb", bbc_model="res2net_test",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "res2net_test", model=model, weights=weights,
+               spec="specs/multiscale.bb", bbc_model="res2net_test",
                dims={"B": 2, "H": 48, "W": 48}, inputs={"x": seeded_input((2, 3, 48, 48), seed)},
                output_name="logits", tolerance=1e-4,
                reference=f"timm {timm.__version__} ResNet(block=Bottle2neck, layers=(1,1,1,1), "
@@ -141,8 +143,8 @@ def case_res2net_test_stem16(out: Path) -> None:
     model.layer1[0] = Bottle2neck(16, 16, stride=1, downsample=down, base_width=26, scale=4,
                                   norm_layer=nn.BatchNorm2d)
     assert count_params(model) == 494_147, count_params(model)
-    randomise_state_dict(model, seed)
-    write_case(out, "res2net_test_stem16", model=model, spec="specs/multiscale.bb",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "res2net_test_stem16", model=model, weights=weights, spec="specs/multiscale.bb",
                bbc_model="res2net_test_stem16", dims={"H": 40, "W": 40},
                inputs={"x": seeded_input((1, 3, 40, 40), seed)}, output_name="logits",
                tolerance=1e-4,
@@ -156,14 +158,13 @@ def case_res2net50_26w_4s(out: Path) -> None:
     seed = BASE_SEED + 105
     model = timm.create_model("res2net50_26w_4s", pretrained=False, num_classes=1000)
     assert count_params(model) == 25_699_120, count_params(model)
-    randomise_state_dict(model, seed)
-    round_through_f16(model)  # stored as f16; the f32 output matches the rounded weights
-    write_case(out, "res2net50_26w_4s", model=model, spec="specs/multiscale.bb",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "res2net50_26w_4s", model=model, weights=weights, spec="specs/multiscale.bb",
                bbc_model="res2net50_26w_4s", dims={"H": 64, "W": 64},
                inputs={"x": seeded_input((1, 3, 64, 64), seed)}, output_name="logits",
-               tolerance=1e-4, weight_dtype=torch.float16,
+               tolerance=1e-4,
                reference=f"timm {timm.__version__} res2net50_26w_4s(num_classes=1000), random "
-                         f"weights (seed {seed}) rounded through f16, torch {torch.__version__} f32 CPU")
+                         f"weights (seed {seed}), torch {torch.__version__} f32 CPU")
 
 
 CASES = {

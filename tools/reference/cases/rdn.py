@@ -102,8 +102,8 @@ def _rdn_test(out: Path, case: str, scale: int, seed: int) -> None:
     model = RDN(scale, D=2, C=2, G=8, G0=8)
     assert count_params(model) == TEST[scale], count_params(model)
     assert len(model.state_dict()) == (26 if scale == 4 else 24), len(model.state_dict())
-    randomise_state_dict(model, seed)
-    write_case(out, case, model=model, spec="specs/rdn.bb", bbc_model=case,
+    weights = randomise_state_dict(model, seed)
+    write_case(out, case, model=model, weights=weights, spec="specs/rdn.bb", bbc_model=case,
                dims={"H": 8, "W": 8}, inputs={"x": seeded_input((1, 3, 8, 8), seed)},
                output_name="sr", tolerance=1e-4,
                reference=f"tools/reference/cases/rdn.py RDN(scale={scale}, D=2, C=2, G=8, G0=8) "

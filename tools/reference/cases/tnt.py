@@ -5,19 +5,14 @@ Case `tnt_test`: the tiny configuration of specs/tnt.bb (research note A4), 32,5
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
 import timm
 from timm.models.tnt import TNT
 
-from make_fixtures import (
-    BASE_SEED,
-    count_params,
-    randomise_state_dict,
-    seeded_input,
-    write_case,
-)
+from make_fixtures import BASE_SEED, WeightRecipe, count_params, seeded_input, write_case
 
 # Constructor arguments of the tiny test model (specs/tnt.bb `tnt_test`).
 TEST_ARGS = dict(img_size=32, patch_size=8, embed_dim=32, inner_dim=8, depth=2,
@@ -31,22 +26,20 @@ def case_tnt_test(out: Path) -> None:
     sd = model.state_dict()
     assert len(sd) == 73, len(sd)
     assert count_params(model) == 32_586, count_params(model)
-    randomise_state_dict(model, seed)
+    weights = WeightRecipe.for_model(model, seed)
     # The generic rule gives the learned position embeddings and the class token
-    # N(0, 1/fan_in) (std ~0.04 for patch_pos): too small to reveal a wrong layout.
-    # Make them O(1) so that a transposed or misplaced addition changes the logits.
-    g = torch.Generator()
-    g.manual_seed(seed)
-    with torch.no_grad():
-        for name in ("cls_token", "patch_pos", "pixel_pos"):
-            p = getattr(model, name)
-            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float32))
+    # std 1/sqrt(fan_in) (~0.04 for patch_pos): too small to reveal a wrong layout.
+    # Make them O(1) (std 1) so that a transposed or misplaced addition changes the logits.
+    for name in ("cls_token", "patch_pos", "pixel_pos"):
+        weights.uniform(name, -math.sqrt(3.0), math.sqrt(3.0))
+    weights.apply(model)
     args = ", ".join(f"{k}={v}" for k, v in TEST_ARGS.items())
-    write_case(out, "tnt_test", model=model, spec="specs/tnt.bb", bbc_model="tnt_test",
+    write_case(out, "tnt_test", model=model, weights=weights, spec="specs/tnt.bb",
+               bbc_model="tnt_test",
                dims={"B": 2}, inputs={"x": seeded_input((2, 3, 32, 32), seed)},
                output_name="logits", tolerance=1e-4,
                reference=f"timm {timm.__version__} TNT({args}) (non-legacy), random weights "
-                         f"(seed {seed}; cls_token/patch_pos/pixel_pos N(0, 1)), "
+                         f"(seed {seed}; cls_token/patch_pos/pixel_pos U(-sqrt 3, sqrt 3)), "
                          f"torch {torch.__version__} f32 CPU")
 
 

@@ -29,7 +29,8 @@ import pywt
 import torch
 import torch.nn as nn
 
-from make_fixtures import BASE_SEED, count_params, randomise_state_dict, seeded_input, write_case
+from make_fixtures import (BASE_SEED, WeightRecipe, count_params, randomise_state_dict,
+                           seeded_input, write_case)
 
 SPEC = "specs/wavelet.bb"
 PYWT = f"PyWavelets {version('PyWavelets')}"
@@ -196,8 +197,9 @@ def case_wavecnet_test(out: Path) -> None:
     model = WaveCNetResNet([1, 1, 1, 1], width=8, num_classes=10)
     assert count_params(model) == 78_962, count_params(model)
     assert n_keys(model) == 62, n_keys(model)
-    randomise_state_dict(model, seed)
-    write_case(out, "wavelet_wavecnet_test", model=model, spec=SPEC, bbc_model="wavecnet_test",
+    weights = randomise_state_dict(model, seed)
+    write_case(out, "wavelet_wavecnet_test", model=model, weights=weights,
+               spec=SPEC, bbc_model="wavecnet_test",
                dims={"B": 2, "H": 32, "W": 32}, inputs={"x": seeded_input((2, 3, 32, 32), seed)},
                output_name="logits", tolerance=1e-4,
                reference=f"tools/reference/cases/wavelet.py WaveCNetResNet(layers=[1,1,1,1], "
@@ -214,7 +216,8 @@ class HaarRoundtrip(nn.Module):
 
 def case_haar_roundtrip(out: Path) -> None:
     seed = BASE_SEED + 903
-    write_case(out, "wavelet_haar_roundtrip", model=HaarRoundtrip(), spec=SPEC, bbc_model="haar_roundtrip",
+    write_case(out, "wavelet_haar_roundtrip", model=HaarRoundtrip(), weights=WeightRecipe(seed),
+               spec=SPEC, bbc_model="haar_roundtrip",
                dims={"B": 2, "H": 8, "W": 12}, inputs={"x": seeded_input((2, 3, 8, 12), seed)},
                output_name="y", tolerance=1e-5,
                reference=f"tools/reference/cases/wavelet.py HaarRoundtrip: [idwt(dwt(x)), dwt(x)], "
