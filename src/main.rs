@@ -11,8 +11,8 @@ use std::process::ExitCode;
 /// A declarative model-graph compiler for neural-network backbones.
 ///
 /// A `.bb` spec describes a model family; `bbc` elaborates one model of it into a typed graph,
-/// checks checkpoints against it, reports its costs, and compiles and runs it on the CPU (or
-/// with the reference interpreter).
+/// checks checkpoints against it, reports its costs, and compiles and runs it on the CPU, on a
+/// GPU through Vulkan or CUDA (or with the reference interpreter).
 #[derive(Parser, Debug)]
 #[command(name = "bbc", version, about, long_about)]
 #[command(after_help = "Examples:\n  \
@@ -21,7 +21,9 @@ use std::process::ExitCode;
     bbc weights specs/convnext.bb --model convnext_atto --against convnext_atto.safetensors\n  \
     bbc stats specs/convnext.bb --model convnext_tiny --depth 2\n  \
     bbc run specs/deep_sets.bb --model deep_sets_sum --input x.npy --output y.npy\n  \
-    bbc bench specs/convnext.bb --model convnext_atto --threads 2 --runs 10")]
+    bbc bench specs/convnext.bb --model convnext_atto --threads 2 --runs 10\n  \
+    bbc run specs/resnet.bb --model resnet50 --target gpu\n  \
+    bbc compile specs/convnext.bb --model convnext_tiny --target cuda -o convnext_tiny.cuda")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -36,6 +38,7 @@ enum Command {
     Graph(cli::graph::GraphArgs),
     Run(cli::run::RunArgs),
     Bench(cli::bench::BenchArgs),
+    Compile(cli::compile::CompileArgs),
     Models(cli::models::ModelsArgs),
 }
 
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Graph(a) => cli::graph::main(a),
         Command::Run(a) => cli::run::main(a),
         Command::Bench(a) => cli::bench::main(a),
+        Command::Compile(a) => cli::compile::main(a),
         Command::Models(a) => cli::models::main(a),
     };
     match result {

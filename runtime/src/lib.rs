@@ -11,6 +11,7 @@
 //! - [`kernels`]: GEMM, convolution and depthwise kernels with fused epilogues.
 //! - [`arena`]: the activation-memory planner and aligned buffers.
 //! - [`exec`]: the executor running a compiled plan over the arena on the pool.
+//! - [`gpu`]: the GPU launch plan and its executors.
 //!
 //! This crate never prints and returns errors instead of panicking on bad
 //! input files.
@@ -20,6 +21,7 @@ mod atomic;
 pub mod checkpoint;
 pub mod error;
 pub mod exec;
+pub mod gpu;
 pub mod image;
 pub mod kernels;
 pub mod npy;

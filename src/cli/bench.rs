@@ -1,12 +1,16 @@
 //! `bbc bench`: compile a model once and time repeated inferences on seeded random inputs:
 //! compile time by stage, median/p90/min latency, GFLOP/s from the model's FLOPs, the planned
 //! activation arena and the nodes without a kernel. `--json` prints one object for scripts.
+//! On a GPU target (`--target gpu|cuda`) a timed run is one whole inference as a caller sees
+//! it: inputs uploaded, every kernel launched, outputs read back.
 
-use super::run::{compile_cpu, optimize, DataArgs, EngineArgs};
+use super::run::{compile_cpu, compile_gpu, gpu_error, optimize, DataArgs, EngineArgs};
 use super::{print, CliError, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::codegen::cpu::plan::Executable;
+use bbc::compiler::codegen::gpu::GpuOptions;
 use bbc::compiler::ir::Graph;
 use bbc::compiler::{interp, stats};
+use bbc::runtime::gpu::Executor;
 use bbc::runtime::Tensor;
 use clap::Args;
 use std::collections::{BTreeMap, HashMap};
@@ -17,10 +21,15 @@ use std::time::{Duration, Instant};
 /// Time a model: compile it once, then run it repeatedly.
 ///
 /// Inputs come from --input files or are drawn from N(0, 1) with --seed; weights come from
-/// --weights or seeded initialisation. Reports the compile time of every stage, the median, 90th percentile and
-/// minimum latency of the timed runs, GFLOP/s (the model's FLOPs as `bbc stats` counts them
-/// over the median latency), the planned activation arena, and the nodes that run their
-/// reference implementation. The graph is optimised at -O2 unless -O is given.
+/// --weights or seeded initialisation. Reports the compile time (spec text to a runnable
+/// executable) of every stage: elaborate, optimize, lowering, jit, prepare (values computed
+/// from the weights, such as folded BatchNorm), weights (packing them for the kernels) and
+/// planning; reading or initialising the weights happens before and is reported apart. Then
+/// the median, 90th percentile and minimum latency of the timed runs, GFLOP/s (the model's
+/// FLOPs as `bbc stats` counts them over the median latency), the planned activation arena,
+/// and the nodes that run their reference implementation. The graph is optimised at -O2
+/// unless -O is given. On --target cuda, products run on tensor cores (TF32) where their
+/// sizes allow.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
@@ -43,7 +52,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "K", default_value_t = 2)]
     pub warmup: u64,
 
-    /// Also list the N slowest kernels, timed over the runs (cpu target).
+    /// Also list the N slowest kernels, timed over the runs (on the gpu target, where the
+    /// device has timestamp queries).
     #[arg(long, value_name = "N", conflicts_with = "interp")]
     pub profile: Option<usize>,
 
@@ -56,6 +66,11 @@ pub struct BenchArgs {
 enum Engine<'a> {
     Cpu {
         exe: Box<Executable>,
+        inputs: Vec<Vec<f32>>,
+        outputs: Vec<Vec<f32>>,
+    },
+    Gpu {
+        exe: Box<dyn Executor>,
         inputs: Vec<Vec<f32>>,
         outputs: Vec<Vec<f32>>,
     },
@@ -77,6 +92,15 @@ impl Engine<'_> {
                 let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
                 let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
                 exe.run_into(&ins, &mut outs).map_err(CliError::msg)
+            }
+            Engine::Gpu {
+                exe,
+                inputs,
+                outputs,
+            } => {
+                let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+                let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
+                exe.run_into(&ins, &mut outs).map_err(gpu_error)
             }
             Engine::Interp {
                 graph,
@@ -130,26 +154,63 @@ fn mib(bytes: usize) -> String {
 }
 
 pub fn main(args: &BenchArgs) -> CliResult {
+    args.engine.check()?;
     let started = Instant::now();
     let (program, model) = args.spec.build()?;
     let mut stages: Vec<(&str, Duration)> = vec![("elaborate", started.elapsed())];
     super::check_memory(&model.graph)?;
+    // Reading (or seeding) the checkpoint is not compilation: timed, reported apart.
+    let started = Instant::now();
     let (weights, inputs) = args.data.load(&program, &model)?;
+    let load = started.elapsed();
     let graph = &model.graph;
     let started = Instant::now();
     let optimized = optimize(graph, &args.engine.pipeline(&args.opt)?)?;
     stages.push(("optimize", started.elapsed()));
     let flops = stats::stats(graph).flops;
 
+    let target = args.engine.target;
     let mut engine = if args.engine.interp {
         Engine::Interp {
             graph: &optimized,
             inputs: &inputs,
             weights: &weights,
         }
+    } else if target.dialect().is_some() {
+        let opts = GpuOptions {
+            tensor_cores: target == super::run::Target::Cuda,
+        };
+        let (mut exe, gpu_stages) = compile_gpu(&optimized, &weights, target, &opts)?;
+        stages.extend(gpu_stages);
+        exe.set_profiling(false).map_err(gpu_error)?;
+        if args.profile.is_some() {
+            // Fail before the runs where the device cannot time kernels.
+            exe.set_profiling(true).map_err(gpu_error)?;
+        }
+        let plan = exe.plan();
+        let ins = plan
+            .inputs
+            .iter()
+            .map(|io| inputs[&io.name].iter().copied().collect())
+            .collect();
+        let outs = plan
+            .outputs
+            .iter()
+            .map(|io| vec![0.0; io.shape.iter().product()])
+            .collect();
+        Engine::Gpu {
+            exe,
+            inputs: ins,
+            outputs: outs,
+        }
     } else {
+        let started = Instant::now();
         let mut exe = compile_cpu(&optimized, &weights, &args.engine)?;
-        stages.extend(exe.stats().times.stages());
+        let wall = started.elapsed();
+        let times = exe.stats().times;
+        stages.extend(times.stages());
+        // Whatever the stages do not cover (starting the threads, building the executor).
+        stages.push(("other", wall.saturating_sub(times.total())));
         exe.set_profiling(args.profile.is_some());
         let ins = exe
             .inputs()
@@ -174,9 +235,13 @@ pub fn main(args: &BenchArgs) -> CliResult {
         progress.show(&format!("warm-up {}/{warmup}", i + 1));
         engine.run()?;
     }
-    if let Engine::Cpu { exe, .. } = &mut engine {
-        // Profile the timed runs only.
-        exe.set_profiling(args.profile.is_some());
+    // Profile the timed runs only.
+    match &mut engine {
+        Engine::Cpu { exe, .. } => exe.set_profiling(args.profile.is_some()),
+        Engine::Gpu { exe, .. } => exe
+            .set_profiling(args.profile.is_some())
+            .map_err(gpu_error)?,
+        Engine::Interp { .. } => {}
     }
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs {
@@ -195,6 +260,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             let s = exe.stats();
             ("cpu", s.threads, s.arena_bytes, s.fallbacks.len())
         }
+        Engine::Gpu { exe, .. } => (target.name(), 0, exe.plan().arena_len * 4, 0),
         // The interpreter holds every live value separately: the static peak of `bbc stats`.
         Engine::Interp { .. } => ("interp", 1, stats::stats(&optimized).peak_bytes as usize, 0),
     };
@@ -204,31 +270,40 @@ pub fn main(args: &BenchArgs) -> CliResult {
             .iter()
             .map(|(name, t)| (name.to_string(), serde_json::json!(ms(*t))))
             .collect();
+        let device = match &engine {
+            Engine::Gpu { exe, .. } => serde_json::json!(exe.device_name()),
+            _ => serde_json::Value::Null,
+        };
         let report = serde_json::json!({
             "model": model.model,
             "engine": engine_name,
+            "device": device,
             "median_ms": median,
             "p90_ms": p90,
             "min_ms": min,
             "compile_ms": ms(compile),
             "compile_stages_ms": stage_ms,
+            "weights_load_ms": ms(load),
             "gflops": gflops,
             "flops": flops,
             "peak_arena_bytes": arena,
             "fallback_nodes": fallbacks,
-            "threads": threads,
+            "threads": if threads == 0 { serde_json::Value::Null } else { threads.into() },
             "runs": runs,
         });
         return print(&format!("{report}\n"));
     }
 
     let mut out = String::new();
+    let resources = match &engine {
+        Engine::Gpu { exe, .. } => exe.device_name(),
+        _ => format!("{threads} thread{}", if threads == 1 { "" } else { "s" }),
+    };
     let _ = writeln!(
         out,
-        "bench {} ({}) on {engine_name}, {threads} thread{}, {runs} runs after {warmup} warm-up",
+        "bench {} ({}) on {engine_name}, {resources}, {runs} runs after {warmup} warm-up",
         model.model,
         args.spec.spec.display(),
-        if threads == 1 { "" } else { "s" }
     );
     let stage_list: Vec<String> = stages
         .iter()
@@ -239,6 +314,16 @@ pub fn main(args: &BenchArgs) -> CliResult {
         "  compile   {:.1} ms  ({})",
         ms(compile),
         stage_list.join(", ")
+    );
+    let _ = writeln!(
+        out,
+        "  weights   {} in {:.1} ms, before and not part of the compile time",
+        if args.data.weights.is_some() {
+            "read from the checkpoint"
+        } else {
+            "initialised from the seed"
+        },
+        ms(load)
     );
     let _ = writeln!(
         out,
@@ -263,14 +348,15 @@ pub fn main(args: &BenchArgs) -> CliResult {
             let _ = writeln!(
                 out,
                 "  kernels   {} per inference: {} loop, {} conv, {} gemm, {} reference; {} values \
-                 prepared at load, {} KiB of code",
+                 prepared at load, {} KiB of code ({} kernels reuse identical code)",
                 s.steps(),
                 s.loop_kernels,
                 s.conv_kernels,
                 s.gemm_kernels,
                 s.fallbacks.len(),
                 s.prepared_values,
-                s.code_bytes / 1024
+                s.code_bytes / 1024,
+                s.reused_kernels
             );
             for f in &s.fallbacks {
                 let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);
@@ -283,6 +369,36 @@ pub fn main(args: &BenchArgs) -> CliResult {
                         "    {:>9.3} ms  {kind:<9}  {name}",
                         ms(t) / runs as f64
                     );
+                }
+            }
+        }
+        Engine::Gpu { exe, .. } => {
+            let plan = exe.plan();
+            let constants: BTreeMap<&str, usize> = plan
+                .buffers
+                .iter()
+                .filter_map(|b| match &b.place {
+                    bbc::runtime::gpu::Place::Constant { key } => Some((key.as_str(), b.len)),
+                    bbc::runtime::gpu::Place::Arena { .. } => None,
+                })
+                .collect();
+            let constants = constants.values().sum::<usize>() * 4;
+            let _ = writeln!(
+                out,
+                "  memory    arena {}, constants {}",
+                mib(arena),
+                mib(constants)
+            );
+            let _ = writeln!(
+                out,
+                "  kernels   {} launches per inference, {} distinct kernels",
+                plan.launches.len(),
+                plan.kernels.len()
+            );
+            if let Some(n) = args.profile {
+                let _ = writeln!(out, "  slowest kernels (mean device time per timed run):");
+                for (step, t) in exe.profile().into_iter().take(n) {
+                    let _ = writeln!(out, "    {:>9.3} ms  {step}", ms(t) / runs as f64);
                 }
             }
         }

@@ -18,6 +18,7 @@ pub fn to_stderr(text: &str) {
 
 pub mod bench;
 pub mod check;
+pub mod compile;
 pub mod graph;
 pub mod ir;
 pub mod models;

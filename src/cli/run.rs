@@ -1,6 +1,8 @@
 //! `bbc run`: run a model on `.npy`, `.png` or seeded random inputs, summarise its outputs,
 //! and optionally write them as `.npy` or `.png`. The default engine compiles the optimised
-//! graph for this CPU (`--target cpu`); `--interp` runs the reference interpreter instead.
+//! graph for this CPU (`--target cpu`); `--target gpu` runs WGSL kernels on a Vulkan device
+//! through wgpu, `--target cuda` CUDA kernels on an NVIDIA GPU; `--interp` runs the
+//! reference interpreter instead.
 //!
 //! A `.png` input is read as a `[1, C, H, W]` tensor in [0, 1] (C = 3 for colour, 1 for
 //! grey; alpha dropped) and must match the model's input shape (a rank-3 `[C, H, W]` input
@@ -9,9 +11,11 @@
 
 use super::{print, shape, CliError, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::codegen::cpu::plan::{self, ExecOptions, ExecStats, Executable};
+use bbc::compiler::codegen::gpu::{self, GpuOptions};
 use bbc::compiler::elab::{Elaborated, Program};
 use bbc::compiler::ir::Graph;
 use bbc::compiler::{interp, weights};
+use bbc::runtime::gpu::{Dialect, Executor, GpuError};
 use bbc::runtime::image::{is_png_path, png_layout};
 use bbc::runtime::{read_npy, read_png, write_npy, write_png, Rng, Tensor};
 use clap::Args;
@@ -19,6 +23,7 @@ use ndarray::IxDyn;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// Run a model on inputs and print a summary of every output.
 ///
@@ -26,7 +31,9 @@ use std::path::{Path, PathBuf};
 /// PyTorch's defaults from --seed; inputs come from .npy or .png files (a PNG is a
 /// [1, C, H, W] image in [0, 1]) or are drawn from N(0, 1) with --seed. By default the graph
 /// is optimised (-O2), compiled to native code for this CPU and run on a thread pool; nodes
-/// without a kernel run their reference implementation and are listed on stderr. --interp
+/// without a kernel run their reference implementation and are listed on stderr.
+/// --target gpu runs it on a Vulkan device (WGSL through wgpu; BBC_GPU_ADAPTER picks an
+/// adapter by name), --target cuda on an NVIDIA GPU (CUDA C compiled by NVRTC). --interp
 /// runs the reference interpreter instead, the oracle every backend is checked against:
 /// exact, not fast.
 #[derive(Args, Debug)]
@@ -102,6 +109,30 @@ impl DataArgs {
 pub enum Target {
     /// Native code for this CPU (Cranelift JIT and tuned GEMM/convolution kernels).
     Cpu,
+    /// WGSL compute shaders on a Vulkan device through wgpu (any GPU, or Mesa's lavapipe).
+    Gpu,
+    /// CUDA C compiled at run time by NVRTC, on an NVIDIA GPU.
+    Cuda,
+}
+
+impl Target {
+    /// The kernel language of a GPU target; `None` for the CPU.
+    pub fn dialect(self) -> Option<Dialect> {
+        match self {
+            Target::Cpu => None,
+            Target::Gpu => Some(Dialect::Wgsl),
+            Target::Cuda => Some(Dialect::Cuda),
+        }
+    }
+
+    /// The name `--target` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Gpu => "gpu",
+            Target::Cuda => "cuda",
+        }
+    }
 }
 
 /// The engine options `run` and `bench` share.
@@ -121,6 +152,17 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
+    /// Rejects options that do not apply to the chosen target.
+    pub fn check(&self) -> CliResult {
+        if self.threads.is_some() && self.target.dialect().is_some() {
+            return Err(CliError::msg(format!(
+                "--threads is an option of the cpu target, not of --target {}",
+                self.target.name()
+            )));
+        }
+        Ok(())
+    }
+
     /// The optimisation pipeline: `-O2` for a compiled target unless a level is given.
     pub fn pipeline(
         &self,
@@ -138,7 +180,7 @@ impl EngineArgs {
 }
 
 /// The weights from `--weights` (checked against the spec) or seeded initialisation.
-fn load_weights(
+pub fn load_weights(
     program: &Program,
     model: &Elaborated,
     path: Option<&Path>,
@@ -183,6 +225,65 @@ pub fn compile_cpu(
         super::note!("{note}");
     }
     Ok(exe)
+}
+
+/// A GPU target's device, made sure of before code generation: the Vulkan device itself
+/// (kept for loading), or for CUDA only its libraries (the executor opens the device).
+enum GpuDevice {
+    Vulkan(Box<bbc::runtime::gpu::wgpu::WgpuDevice>),
+    Cuda,
+}
+
+/// Compile time by stage, in order.
+pub type Stages = Vec<(&'static str, Duration)>;
+
+/// Turns a runtime GPU error into a CLI error.
+pub fn gpu_error(e: GpuError) -> CliError {
+    CliError::msg(e)
+}
+
+/// Generates `graph`'s kernels for a GPU `target` and loads them on its device: the
+/// executor and the time of each stage (opening the device, code generation, loading:
+/// compiling the kernels and uploading the constants). The device is opened first, so a
+/// machine without one fails at once.
+pub fn compile_gpu(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    target: Target,
+    opts: &GpuOptions,
+) -> Result<(Box<dyn Executor>, Stages), CliError> {
+    let dialect = target
+        .dialect()
+        .ok_or_else(|| CliError::msg("the cpu target is not a GPU target"))?;
+    let started = Instant::now();
+    let device = match dialect {
+        Dialect::Wgsl => GpuDevice::Vulkan(Box::new(
+            bbc::runtime::gpu::wgpu::WgpuDevice::open().map_err(gpu_error)?,
+        )),
+        Dialect::Cuda => {
+            bbc::runtime::gpu::cuda::check_libraries().map_err(gpu_error)?;
+            GpuDevice::Cuda
+        }
+    };
+    let mut stages = vec![("device", started.elapsed())];
+    let started = Instant::now();
+    let (plan, constants) = gpu::plan::build(graph, weights, dialect, opts).map_err(|e| {
+        CliError::msg(format!(
+            "cannot compile for --target {}: {e}",
+            target.name()
+        ))
+    })?;
+    stages.push(("codegen", started.elapsed()));
+    let started = Instant::now();
+    let exe: Box<dyn Executor> = match device {
+        GpuDevice::Vulkan(device) => Box::new(
+            bbc::runtime::gpu::wgpu::WgpuExecutor::with_device(&device, plan, &constants)
+                .map_err(gpu_error)?,
+        ),
+        GpuDevice::Cuda => bbc::runtime::gpu::open(plan, &constants).map_err(gpu_error)?,
+    };
+    stages.push(("load", started.elapsed()));
+    Ok((exe, stages))
 }
 
 /// `note: N of M nodes run their reference implementation (no kernel): OP (n), ...`, if any.
@@ -361,6 +462,7 @@ fn summary(t: &Tensor) -> String {
 }
 
 pub fn main(args: &RunArgs) -> CliResult {
+    args.engine.check()?;
     let (program, model) = args.spec.build()?;
     super::check_memory(&model.graph)?;
     // Check every destination before running, so nothing is computed for nothing.
@@ -421,6 +523,11 @@ pub fn main(args: &RunArgs) -> CliResult {
     let graph = optimize(&model.graph, &args.engine.pipeline(&args.opt)?)?;
     let results = if args.engine.interp {
         interp::run(&graph, &inputs, &weights).map_err(CliError::msg)?
+    } else if args.engine.target.dialect().is_some() {
+        // Exact products (no tensor cores): `run` is for checking outputs.
+        let opts = GpuOptions::default();
+        let (mut exe, _) = compile_gpu(&graph, &weights, args.engine.target, &opts)?;
+        exe.run(&inputs).map_err(gpu_error)?
     } else {
         let mut exe = compile_cpu(&graph, &weights, &args.engine)?;
         exe.run(&inputs).map_err(CliError::msg)?

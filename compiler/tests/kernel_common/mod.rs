@@ -176,3 +176,46 @@ pub fn check_kernel(
     }
     time
 }
+
+/// A zoo model: spec file, model name, size parameters.
+pub type Model = (&'static str, &'static str, &'static [(&'static str, i64)]);
+
+/// The zoo's test models with small input sizes, covering every kernel kind.
+pub const ZOO_MODELS: &[Model] = &[
+    ("convnext.bb", "convnext_test", &[("H", 37), ("W", 33)]),
+    (
+        "resnet.bb",
+        "resnet_test_bottleneck",
+        &[("H", 35), ("W", 29)],
+    ),
+    ("efficientnet.bb", "efficientnet_test", &[("H", 33)]),
+    ("tnt.bb", "tnt_test", &[]),
+    ("wavelet.bb", "wavecnet_test", &[("H", 32), ("W", 32)]),
+    ("poapl.bb", "poapl_test", &[]),
+    ("rdn.bb", "rdn_test", &[]),
+    ("deep_sets.bb", "deep_sets_masked", &[]),
+    ("spatial_broadcast_decoder.bb", "sbd_test", &[]),
+    ("fff.bb", "fff_bifpn_test", &[]),
+    ("multiscale.bb", "res2net_test", &[("H", 33), ("W", 31)]),
+    ("densenet.bb", "densenet_test", &[("H", 32), ("W", 32)]),
+];
+
+/// A zoo model elaborated from its spec and optimised at -O2.
+pub fn zoo_graph((spec, model, dims): &Model) -> Graph {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../specs")
+        .join(spec);
+    let program = bbc_compiler::elab::Program::load(&path, &bbc_compiler::elab::FsLoader)
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let opts = bbc_compiler::elab::Options {
+        model: Some(model.to_string()),
+        dims: dims.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+        ..Default::default()
+    };
+    let mut graph = program
+        .elaborate(&opts)
+        .unwrap_or_else(|d| panic!("{model}: {d:?}"))
+        .graph;
+    optimize(&mut graph);
+    graph
+}

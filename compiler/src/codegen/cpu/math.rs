@@ -19,6 +19,44 @@
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
+/// `tanh(x) = x·P(x²) / Q(x²)` on `[−TANH_CLAMP, TANH_CLAMP]` (lowest degree first); shared
+/// with the GPU code generators, whose dialects lack an accurate enough `tanh`.
+pub(crate) const TANH_CLAMP: f32 = 7.905_311;
+// Kept as published, beyond f32 precision.
+#[allow(clippy::excessive_precision)]
+pub(crate) const TANH_NUMERATOR: [f32; 7] = [
+    4.893_524_6e-3,
+    6.372_619_3e-4,
+    1.485_722_4e-5,
+    5.122_297e-8,
+    -8.604_671_5e-11,
+    2.000_187_9e-13,
+    -2.760_768_5e-16,
+];
+pub(crate) const TANH_DENOMINATOR: [f32; 4] =
+    [4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6];
+/// `erf(x) = x·P(x²) / Q(x²)` on `[−ERF_CLAMP, ERF_CLAMP]`; shared with the GPU code
+/// generators (WGSL has no `erf`).
+pub(crate) const ERF_CLAMP: f32 = 4.0;
+// Kept as published, beyond f32 precision.
+#[allow(clippy::excessive_precision)]
+pub(crate) const ERF_NUMERATOR: [f32; 7] = [
+    -1.609_603_3e-2,
+    -2.954_599_8e-3,
+    -7.349_906_3e-4,
+    -5.692_506_4e-5,
+    -2.101_024e-6,
+    2.770_681_4e-8,
+    -2.726_142_3e-10,
+];
+pub(crate) const ERF_DENOMINATOR: [f32; 5] = [
+    -1.426_474e-2,
+    -7.373_329e-3,
+    -1.682_827e-3,
+    -2.133_740_6e-4,
+    -1.456_607_2e-5,
+];
+
 /// Emits scalar or f32x4 arithmetic with FMA when the target has it.
 pub struct Math<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
@@ -134,54 +172,20 @@ impl Math<'_, '_> {
     }
 
     pub fn tanh(&mut self, x: Value) -> Value {
-        let x = self.clamp(x, -7.905_311, 7.905_311);
+        let x = self.clamp(x, -TANH_CLAMP, TANH_CLAMP);
         let x2 = self.b.ins().fmul(x, x);
-        let p = self.poly(
-            x2,
-            &[
-                4.893_524_6e-3,
-                6.372_619_3e-4,
-                1.485_722_4e-5,
-                5.122_297e-8,
-                -8.604_671_5e-11,
-                2.000_187_9e-13,
-                -2.760_768_5e-16,
-            ],
-        );
+        let p = self.poly(x2, &TANH_NUMERATOR);
         let p = self.b.ins().fmul(x, p);
-        let q = self.poly(
-            x2,
-            &[4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6],
-        );
+        let q = self.poly(x2, &TANH_DENOMINATOR);
         self.b.ins().fdiv(p, q)
     }
 
     pub fn erf(&mut self, x: Value) -> Value {
-        let x = self.clamp(x, -4.0, 4.0);
+        let x = self.clamp(x, -ERF_CLAMP, ERF_CLAMP);
         let x2 = self.b.ins().fmul(x, x);
-        let p = self.poly(
-            x2,
-            &[
-                -1.609_603_3e-2,
-                -2.954_599_8e-3,
-                -7.349_906_3e-4,
-                -5.692_506_4e-5,
-                -2.101_024e-6,
-                2.770_681_4e-8,
-                -2.726_142_3e-10,
-            ],
-        );
+        let p = self.poly(x2, &ERF_NUMERATOR);
         let p = self.b.ins().fmul(x, p);
-        let q = self.poly(
-            x2,
-            &[
-                -1.426_474e-2,
-                -7.373_329e-3,
-                -1.682_827e-3,
-                -2.133_740_6e-4,
-                -1.456_607_2e-5,
-            ],
-        );
+        let q = self.poly(x2, &ERF_DENOMINATOR);
         self.b.ins().fdiv(p, q)
     }
 

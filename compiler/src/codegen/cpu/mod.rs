@@ -17,7 +17,7 @@
 //! first one as [`RunError::OutOfBounds`].
 
 mod emit;
-mod math;
+pub(crate) mod math;
 pub mod plan;
 mod versioning;
 

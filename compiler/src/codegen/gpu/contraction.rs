@@ -1,0 +1,440 @@
+//! Contractions on the GPU.
+//!
+//! A dense product is a tiled matrix product: each workgroup computes a `bm × bn` tile of
+//! one batch entry (the third grid dimension), staging `bk`-deep slices of both operands in
+//! workgroup memory, each invocation accumulating `tm × tn` outputs spaced a thread-row
+//! (column) apart, so that reads of the staged tiles and writes of the result are
+//! contiguous across invocations. Operand elements are read through the Kernel IR view
+//! (strided, or the im2col window of a convolution input, zero in the padding) under a
+//! bounds guard, so edge tiles need no padding of the buffers. The epilogue runs in the
+//! invocation that computed an element, right after storing it: the epilogue rewrites
+//! exactly that element, so nothing else reads it in between.
+//!
+//! A transposed convolution's col2im product is a gather instead: one invocation per output
+//! element sums the (input position, tap) pairs that land on it, so no two invocations write
+//! the same element and no float atomics are needed.
+//!
+//! On CUDA, a dense product whose sizes are multiples of the tensor-core fragment and whose
+//! operands are plain strided matrices may run on tensor cores (`tensor_core.rs`).
+
+use super::source::{
+    below, fresh_var_id, linear_grid, linear_invocation, var_name, FreshVars, Printer, Ty,
+    LINEAR_WORKGROUP, MAX_GRID_DIM,
+};
+use super::{Emitted, GpuError};
+use crate::kernel::index::{self, Index};
+use crate::kernel::lower::unflatten;
+use crate::kernel::{
+    BufId, CmpOp, Cond, Contraction, Epilogue, Expr, Operand, ProductLayout, ReduceOp, Var,
+};
+use bbc_runtime::gpu::BindingAccess;
+
+/// The tile shape of a tiled product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Tile {
+    pub bm: usize,
+    pub bn: usize,
+    pub bk: usize,
+    pub tm: usize,
+    pub tn: usize,
+}
+
+impl Tile {
+    fn threads(&self) -> [usize; 2] {
+        [self.bn / self.tn, self.bm / self.tm]
+    }
+}
+
+/// The flat batch index's coordinates dotted with `strides`.
+fn batch_base(c: &Contraction, bz: &Index, strides: &[usize]) -> Index {
+    let extents: Vec<usize> = c.batch.iter().map(|d| d.extent).collect();
+    unflatten(bz, &extents)
+        .into_iter()
+        .zip(strides)
+        .fold(Index::Const(0), |acc, (x, &s)| {
+            index::add(acc, index::mul(x, s as i64))
+        })
+}
+
+/// Element `(bz, r, col)` of an operand: its buffer, its index, and the condition under
+/// which it is not padding (0 where it fails).
+pub fn operand_element(
+    op: &Operand,
+    c: &Contraction,
+    bz: &Index,
+    r: &Index,
+    col: &Index,
+) -> (BufId, Index, Cond) {
+    match op {
+        Operand::Strided {
+            buf,
+            offset,
+            row_stride,
+            col_stride,
+            batch_strides,
+        } => {
+            let at = index::add(
+                index::add(*offset as i64, batch_base(c, bz, batch_strides)),
+                index::add(
+                    index::mul(r.clone(), *row_stride as i64),
+                    index::mul(col.clone(), *col_stride as i64),
+                ),
+            );
+            (*buf, at, Cond::always())
+        }
+        Operand::Im2col {
+            buf,
+            batch_strides,
+            geometry: g,
+        } => {
+            let taps = (g.k[0] * g.k[1]) as i64;
+            let channel = index::div(r.clone(), taps);
+            let tap = index::rem(r.clone(), taps);
+            let (ki, kj) = (
+                index::div(tap.clone(), g.k[1] as i64),
+                index::rem(tap, g.k[1] as i64),
+            );
+            let ow = g.out_hw[1] as i64;
+            let (y, x) = (index::div(col.clone(), ow), index::rem(col.clone(), ow));
+            let at_axis = |pos: Index, k: Index, a: usize| {
+                index::sub(
+                    index::add(
+                        index::mul(pos, g.stride[a] as i64),
+                        index::mul(k, g.dilation[a] as i64),
+                    ),
+                    g.pad[a] as i64,
+                )
+            };
+            let (yy, xx) = (at_axis(y, ki, 0), at_axis(x, kj, 1));
+            let [h, w] = g.in_hw;
+            let inside = Cond::in_range(&yy, 0, h as i64).and(Cond::in_range(&xx, 0, w as i64));
+            let plane = index::add(
+                index::mul(index::add(index::mul(channel, h as i64), yy), w as i64),
+                xx,
+            );
+            (
+                *buf,
+                index::add(batch_base(c, bz, batch_strides), plane),
+                inside,
+            )
+        }
+    }
+}
+
+/// Binds the epilogue's element variables and emits its statements.
+fn epilogue(p: &mut Printer, depth: usize, e: &Epilogue, [b, r, c]: [String; 3]) {
+    p.bind_var(depth, e.batch, &b);
+    p.bind_var(depth, e.row, &r);
+    p.bind_var(depth, e.col, &c);
+    p.stmts(depth, &e.body);
+}
+
+/// `name = (guard) ? buf[index] : 0` without reading outside the buffer.
+fn guarded_load(p: &mut Printer, depth: usize, name: &str, element: (BufId, Index, Cond)) {
+    let (buf, at, cond) = element;
+    let zero = p.float(0.0);
+    let decl = p.syntax.variable(Ty::F32, name, &zero);
+    p.line(depth, &decl);
+    let guard = p.cond(&cond);
+    let at = p.index(&at);
+    p.line(depth, &format!("if ({guard}) {{ {name} = b{buf}[{at}]; }}"));
+}
+
+/// Copies one operand slice into workgroup memory: each of `threads` invocations loads
+/// `per_thread` elements; element `e` is operand element (`row`, `col`) (variables bound to
+/// the given expressions, guarded by the given bounds), stored at `target`, through
+/// `convert` when set (a function name).
+pub(super) struct Stage<'o> {
+    pub operand: &'o Operand,
+    pub threads: usize,
+    pub per_thread: usize,
+    pub row: (Var, String, usize),
+    pub col: (Var, String, usize),
+    pub target: String,
+    pub convert: Option<&'static str>,
+}
+
+impl Stage<'_> {
+    pub fn emit(&self, p: &mut Printer, c: &Contraction, bz: Var) {
+        let syntax = p.syntax;
+        p.open_loop(2, "l", self.per_thread, true);
+        let e = format!("tid + l * {}", self.threads);
+        p.line(3, &syntax.constant(Ty::I32, "e", &e));
+        let ((rv, rx, rows), (cv, cx, cols)) = (&self.row, &self.col);
+        p.bind_var(3, *rv, rx);
+        p.bind_var(3, *cv, cx);
+        let (r, col) = (Index::Var(*rv), Index::Var(*cv));
+        let (buf, at, inside) = operand_element(self.operand, c, &Index::Var(bz), &r, &col);
+        let guard = below(&r, *rows).and(below(&col, *cols)).and(inside);
+        guarded_load(p, 3, "v", (buf, at, guard));
+        let value = match self.convert {
+            Some(f) => format!("{f}(v)"),
+            None => "v".into(),
+        };
+        p.line(3, &format!("{} = {value};", self.target));
+        p.line(2, "}");
+    }
+}
+
+/// Stores product element `(bz, r, col)` (variables already bound; rows and columns past
+/// the product are skipped) of a dense product and runs the epilogue on it.
+pub(super) fn store_element(
+    p: &mut Printer,
+    depth: usize,
+    c: &Contraction,
+    [bz, r, col]: [Var; 3],
+    value: &str,
+) {
+    let ProductLayout::Dense {
+        row_stride,
+        col_stride,
+    } = c.layout
+    else {
+        unreachable!("col2im products are gathers")
+    };
+    let inside = below(&Index::Var(r), c.m).and(below(&Index::Var(col), c.n));
+    p.line(depth, &format!("if ({}) {{", p.cond(&inside)));
+    let out_strides: Vec<usize> = c.batch.iter().map(|d| d.out_stride).collect();
+    let at = index::add(
+        batch_base(c, &Index::Var(bz), &out_strides),
+        index::add(
+            index::mul(Index::Var(r), row_stride as i64),
+            index::mul(Index::Var(col), col_stride as i64),
+        ),
+    );
+    p.line(
+        depth + 1,
+        &format!("b{}[{}] = {value};", c.out, p.index(&at)),
+    );
+    if let Some(e) = &c.epilogue {
+        epilogue(p, depth + 1, e, [var_name(bz), var_name(r), var_name(col)]);
+    }
+    p.line(depth, "}");
+}
+
+/// A tiled dense product with its epilogue.
+pub fn tiled(
+    mut p: Printer,
+    c: &Contraction,
+    tile: Tile,
+    entry: &str,
+    bindings: &[BindingAccess],
+) -> Result<Emitted, GpuError> {
+    let Tile { bm, bn, bk, tm, tn } = tile;
+    let [tx, ty] = tile.threads();
+    let threads = tx * ty;
+    let grid = [c.n.div_ceil(bn), c.m.div_ceil(bm), c.batch_len()];
+    if grid.iter().any(|&g| g as u64 > MAX_GRID_DIM) {
+        return Err(GpuError::TooLarge(format!(
+            "a product of {}x{}x{} over {} batch entries needs a grid of {grid:?} workgroups",
+            c.m,
+            c.n,
+            c.k,
+            c.batch_len()
+        )));
+    }
+    let mut fresh = FreshVars(fresh_var_id(p.kernel));
+    let bz = fresh.var(c.batch_len());
+    let syntax = p.syntax;
+    for (name, len) in [("tile_a", bk * bm), ("tile_b", bk * bn)] {
+        let (module, decl) = syntax.shared_array(name, len);
+        if module {
+            p.module_line(&decl);
+        } else {
+            p.line(1, &decl);
+        }
+    }
+    for (name, value) in [
+        ("row0", format!("wg_y * {bm}")),
+        ("col0", format!("wg_x * {bn}")),
+        ("tid", format!("lid_y * {tx} + lid_x")),
+    ] {
+        let decl = syntax.constant(Ty::I32, name, &value);
+        p.line(1, &decl);
+    }
+    p.bind_var(1, bz, "wg_z");
+    for (name, len) in [("acc", tm * tn), ("frag_a", tm), ("frag_b", tn)] {
+        let decl = syntax.local_array(name, len);
+        p.line(1, &decl);
+    }
+    p.open_loop(1, "q", tm * tn, true);
+    let zero = p.float(0.0);
+    p.line(2, &format!("acc[q] = {zero};"));
+    p.line(1, "}");
+    p.line(1, &syntax.for_open("kt", "0", &c.k.to_string(), bk));
+    // Stage the operand slices: A as [bk][bm] (so a thread's rows are contiguous), B as
+    // [bk][bn]; consecutive invocations read consecutive depths of A and columns of B.
+    // Loader and store variables range over whole tiles, so their guards are kept.
+    let (m_tiles, n_tiles, k_tiles) = (grid[1] * bm, grid[0] * bn, c.k.div_ceil(bk) * bk);
+    let (ra, ka) = (fresh.var(m_tiles), fresh.var(k_tiles));
+    let (kb, cb) = (fresh.var(k_tiles), fresh.var(n_tiles));
+    let per_thread = [bm * bk / threads, bn * bk / threads];
+    Stage {
+        operand: &c.a,
+        threads,
+        per_thread: per_thread[0],
+        row: (ra, format!("(row0 + e / {bk})"), c.m),
+        col: (ka, format!("(kt + e % {bk})"), c.k),
+        target: format!("tile_a[(e % {bk}) * {bm} + e / {bk}]"),
+        convert: None,
+    }
+    .emit(&mut p, c, bz);
+    Stage {
+        operand: &c.b,
+        threads,
+        per_thread: per_thread[1],
+        row: (kb, format!("(kt + e / {bn})"), c.k),
+        col: (cb, format!("(col0 + e % {bn})"), c.n),
+        target: "tile_b[e]".into(),
+        convert: None,
+    }
+    .emit(&mut p, c, bz);
+    p.line(2, syntax.barrier());
+    p.open_loop(2, "kk", bk, true);
+    p.open_loop(3, "i", tm, true);
+    p.line(
+        4,
+        &format!("frag_a[i] = tile_a[kk * {bm} + lid_y + i * {ty}];"),
+    );
+    p.line(3, "}");
+    p.open_loop(3, "j", tn, true);
+    p.line(
+        4,
+        &format!("frag_b[j] = tile_b[kk * {bn} + lid_x + j * {tx}];"),
+    );
+    p.line(3, "}");
+    p.open_loop(3, "i", tm, true);
+    p.open_loop(4, "j", tn, true);
+    let fma = syntax.call(
+        super::source::Call::Fma,
+        &[
+            "frag_a[i]".into(),
+            "frag_b[j]".into(),
+            format!("acc[i * {tn} + j]"),
+        ],
+    );
+    p.line(5, &format!("acc[i * {tn} + j] = {fma};"));
+    p.line(4, "}");
+    p.line(3, "}");
+    p.line(2, "}");
+    p.line(2, syntax.barrier());
+    p.line(1, "}");
+    // Store each element, then run the epilogue on it.
+    let (r, col) = (fresh.var(m_tiles), fresh.var(n_tiles));
+    p.open_loop(1, "i", tm, true);
+    p.open_loop(2, "j", tn, true);
+    p.bind_var(3, r, &format!("(row0 + lid_y + i * {ty})"));
+    p.bind_var(3, col, &format!("(col0 + lid_x + j * {tx})"));
+    store_element(&mut p, 3, c, [bz, r, col], &format!("acc[i * {tn} + j]"));
+    p.line(2, "}");
+    p.line(1, "}");
+    let workgroup = [tx as u32, ty as u32, 1];
+    let lines = syntax.entry(entry, bindings, workgroup);
+    Ok(Emitted {
+        source: p.finish(lines),
+        workgroup,
+        grid: grid.map(|g| g as u32),
+    })
+}
+
+/// A transposed convolution's product as a gather over output elements, then its epilogue.
+pub fn col2im_gather(
+    mut p: Printer,
+    c: &Contraction,
+    entry: &str,
+    bindings: &[BindingAccess],
+) -> Emitted {
+    let ProductLayout::Col2im { geometry: g } = &c.layout else {
+        unreachable!("dense products are tiled")
+    };
+    let (channels, [oh, ow], [ih, iw]) = (g.channels, g.out_hw, g.in_hw);
+    let plane = oh * ow;
+    let total = c.batch_len() * channels * plane;
+    let mut fresh = FreshVars(fresh_var_id(p.kernel));
+    let (bz, oc, yy, xx) = (
+        fresh.var(c.batch_len()),
+        fresh.var(channels),
+        fresh.var(oh),
+        fresh.var(ow),
+    );
+    linear_invocation(&mut p, total);
+    p.bind_var(1, bz, &format!("(gid / {})", channels * plane));
+    p.bind_var(1, oc, &format!("((gid / {plane}) % {channels})"));
+    p.bind_var(1, yy, &format!("((gid % {plane}) / {ow})"));
+    p.bind_var(1, xx, &format!("(gid % {ow})"));
+    // Input position `y` reaches output row `yy` through tap `ki` when
+    // `y·stride + ki·dilation − pad = yy`.
+    let (ki, kj, depth) = (fresh.var(g.k[0]), fresh.var(g.k[1]), fresh.var(c.k));
+    let source = |out: &Index, k: Var, a: usize, extent: usize| {
+        let num = index::sub(
+            index::add(out.clone(), g.pad[a] as i64),
+            index::mul(Index::Var(k), g.dilation[a] as i64),
+        );
+        let stride = g.stride[a] as i64;
+        let cond = Cond::cmp(CmpOp::Ge, num.clone(), 0i64)
+            .and(Cond::cmp(CmpOp::Eq, index::rem(num.clone(), stride), 0i64))
+            .and(Cond::cmp(
+                CmpOp::Lt,
+                index::div(num.clone(), stride),
+                extent as i64,
+            ));
+        (
+            index::clamp(index::div(num, stride), 0, extent as i64 - 1),
+            cond,
+        )
+    };
+    let (y, ycond) = source(&Index::Var(yy), ki, 0, ih);
+    let (x, xcond) = source(&Index::Var(xx), kj, 1, iw);
+    let row = index::add(
+        index::mul(
+            index::add(index::mul(Index::Var(oc), g.k[0] as i64), Index::Var(ki)),
+            g.k[1] as i64,
+        ),
+        Index::Var(kj),
+    );
+    let col = index::add(index::mul(y, iw as i64), x);
+    let bzi = Index::Var(bz);
+    let (abuf, aat, acond) = operand_element(&c.a, c, &bzi, &row, &Index::Var(depth));
+    let (bbuf, bat, bcond) = operand_element(&c.b, c, &bzi, &Index::Var(depth), &col);
+    let product = Expr::load(abuf, aat) * Expr::load(bbuf, bat);
+    let term = Expr::select_index(
+        ycond.and(xcond).and(acond).and(bcond),
+        product,
+        Expr::Const(0.0),
+    );
+    let sum = Expr::reduce(ReduceOp::Sum, vec![ki, kj, depth], term);
+    let value = p.expr(1, &sum);
+    let out_strides: Vec<usize> = c.batch.iter().map(|d| d.out_stride).collect();
+    let at = index::add(
+        batch_base(c, &bzi, &out_strides),
+        index::add(
+            index::mul(
+                index::add(index::mul(Index::Var(oc), oh as i64), Index::Var(yy)),
+                ow as i64,
+            ),
+            Index::Var(xx),
+        ),
+    );
+    p.line(1, &format!("b{}[{}] = {value};", c.out, p.index(&at)));
+    if let Some(e) = &c.epilogue {
+        // The epilogue's element is (image, output channel, output position); the batch
+        // entries are (image, group).
+        let groups = (c.batch_len() / e.batch.extent.max(1)) as i64;
+        let b = Index::Var(bz);
+        let image = index::div(b.clone(), groups);
+        let channel = index::add(
+            index::mul(index::rem(b, groups), channels as i64),
+            Index::Var(oc),
+        );
+        let position = index::add(index::mul(Index::Var(yy), ow as i64), Index::Var(xx));
+        let [image, channel, position] = [image, channel, position].map(|x| p.index(&x));
+        epilogue(&mut p, 1, e, [image, channel, position]);
+    }
+    let workgroup = [LINEAR_WORKGROUP, 1, 1];
+    let lines = p.syntax.entry(entry, bindings, workgroup);
+    Emitted {
+        source: p.finish(lines),
+        workgroup,
+        grid: linear_grid(total),
+    }
+}
