@@ -145,6 +145,25 @@ fn more_threads_compute_what_one_thread_does() {
     }
 }
 
+/// ConvNeXt's channels-last MLP at batch > 1: fc2 stores through the permute back to NCHW,
+/// which is one strided matrix per image, not over the whole batch; it must still compile
+/// to a contraction (no reference fallback) and compute the interpreter's values.
+#[test]
+fn batched_channels_last_mlp_has_no_fallback() {
+    let m = seeded(
+        "specs/convnext.bb",
+        "convnext_test_linear",
+        &[("B", 3), ("H", 40), ("W", 40)],
+    );
+    check(&m, &threads(2));
+    let exe = compile(&optimized(&m.graph), &m.weights, &threads(1)).expect("compiles");
+    assert!(
+        exe.stats().fallbacks.is_empty(),
+        "fallbacks: {:?}",
+        exe.stats().fallbacks
+    );
+}
+
 /// One step per kernel `bbc stats` counts (two for a group split around its depthwise
 /// convolution); weights folded at load time are not steps; nodes without a kernel are
 /// reported as fallbacks and still compute the right values.
@@ -154,9 +173,9 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     let graph = optimized(&convnext.graph);
     let exe = compile(&graph, &convnext.weights, &threads(2)).expect("compiles");
     let s = exe.stats();
-    // Each depthwise conv + LayerNorm group runs as the runtime's depthwise kernel and a
-    // normalisation kernel.
-    assert!(s.split_groups > 0, "{s:?}");
+    // Each depthwise conv + LayerNorm group runs as one step: the runtime's depthwise
+    // kernel, with the normalisation applied to each finished band of pixels.
+    assert!(s.band_groups > 0, "{s:?}");
     assert_eq!(s.steps(), stats::stats(&graph).kernels + s.split_groups);
     assert!(s.fallbacks.is_empty(), "{:?}", s.fallbacks);
     assert!(s.conv_kernels > 0 && s.loop_kernels > 0, "{s:?}");

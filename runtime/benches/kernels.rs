@@ -1,6 +1,7 @@
 //! Kernel benchmark: this machine's FMA peak, the pool's dispatch overhead,
 //! and GEMM / convolution throughput on ResNet and ConvNeXt layer shapes at 1
-//! and 2 threads, as a fraction of the measured peak.
+//! and 2 threads, as a fraction of the measured peak; depthwise convolutions
+//! (ConvNeXt and EfficientNet shapes) per plane and in bands of rows.
 //!
 //! Run with `cargo bench -p bbc-runtime --bench kernels`; after `--`, `quick`
 //! shortens the timings and any other word keeps only the GEMM / convolution
@@ -10,7 +11,8 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bbc_runtime::kernels::{
-    gemm, Conv2d, Conv2dShape, Epilogue, Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
+    gemm, Conv2d, Conv2dShape, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef, Output,
+    PackedMatrix, Tile,
 };
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
@@ -532,4 +534,73 @@ fn main() {
             conv_shape(96, 96, 56, 7, 1, 96, layout),
         );
     }
+
+    println!("\n== Depthwise NCHW with bias (per-plane tasks, then pixel bands) ==");
+    let depthwise = [
+        ("convnext_atto dw 7x7 40 @56", 40, 56, 7, 1),
+        ("convnext_atto dw 7x7 80 @28", 80, 28, 7, 1),
+        ("convnext_atto dw 7x7 160 @14", 160, 14, 7, 1),
+        ("convnext_atto dw 7x7 320 @7", 320, 7, 7, 1),
+        ("convnext_tiny dw 7x7 384 @14", 384, 14, 7, 1),
+        ("convnext_tiny dw 7x7 768 @7", 768, 7, 7, 1),
+        ("efficientnet dw 3x3 32 @112", 32, 112, 3, 1),
+        ("efficientnet dw 3x3/2 96 @112", 96, 112, 3, 2),
+        ("efficientnet dw 5x5/2 144 @56", 144, 56, 5, 2),
+        ("efficientnet dw 5x5 480 @14", 480, 14, 5, 1),
+        ("efficientnet dw 3x3 1152 @7", 1152, 7, 3, 1),
+    ];
+    for (name, channels, size, kernel, stride) in depthwise {
+        let shape = conv_shape(
+            channels,
+            channels,
+            size,
+            kernel,
+            stride,
+            channels,
+            Layout::Nchw,
+        );
+        for bands in [false, true] {
+            bench_depthwise(&report, &pools, budget, name, shape, bands);
+        }
+    }
+}
+
+/// A depthwise convolution with its bias, no epilogue: per-plane tasks, or bands of rows
+/// over all channels (the tiling a fused channel normalisation needs).
+fn bench_depthwise(
+    report: &Report,
+    pools: &[ThreadPool],
+    budget: Duration,
+    name: &str,
+    shape: Conv2dShape,
+    bands: bool,
+) {
+    let label = format!("{name} {}", if bands { "bands" } else { "planes" });
+    if !report.wants(&label) {
+        return;
+    }
+    let taps = shape.kernel[0] * shape.kernel[1];
+    let weights = random(shape.out_channels * taps);
+    let bias = random(shape.out_channels);
+    let mut conv = DepthwiseConv2d::new(shape, &weights)
+        .and_then(|c| c.with_bias(&bias))
+        .unwrap();
+    if bands {
+        conv = conv.with_pixel_bands();
+    }
+    let [h, w] = shape.in_size;
+    let input = random(shape.batch * shape.in_channels * h * w);
+    let mut out = vec![0.0; conv.output_len()];
+    let times: Vec<(usize, Duration)> = pools
+        .iter()
+        .map(|pool| {
+            let mut scratch = vec![0.0; conv.scratch_len(pool.threads())];
+            let t = best_time(budget, || {
+                conv.run(pool, &input, &mut out, &mut scratch, Epilogue::NONE)
+                    .unwrap()
+            });
+            (pool.threads(), t)
+        })
+        .collect();
+    report.line(&label, shape.flops().unwrap() as f64, &times);
 }

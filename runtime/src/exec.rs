@@ -9,6 +9,10 @@
 //!   `entry(bufs, start, end)`; the grid is split over the pool.
 //! - [`StepKernel::Conv`]: a planned [`Conv2d`] (weights packed at load time).
 //! - [`StepKernel::Gemm`]: one [`gemm`] call per batch entry, constant operands pre-packed.
+//! - [`StepKernel::Depthwise`]: a direct [`DepthwiseConv2d`], optionally with the rest of its
+//!   fusion group as generated loop code run on each finished band of pixels while it is in
+//!   cache ([`BandLoop`]); the convolution's product then lives in scratch
+//!   ([`Slot::Product`]), never in the arena.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
 //!
@@ -28,7 +32,8 @@
 
 use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
 use crate::kernels::{
-    gemm, Conv2d, Epilogue, KernelError, MatMut, MatRef, Output, PackedMatrix, Tile,
+    gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, MatMut, MatRef, Output, PackedMatrix,
+    Tile,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use std::time::{Duration, Instant};
@@ -60,6 +65,9 @@ pub enum Slot {
     /// A buffer the step's code never reads (a weight its kernel holds pre-packed); its
     /// pointer is null.
     Unused,
+    /// The product of the step's depthwise convolution, which only its [`BandLoop`] reads:
+    /// the start of the executor's scratch, valid while the step runs.
+    Product,
 }
 
 /// Everything an [`Executor`] runs.
@@ -84,6 +92,9 @@ pub struct Step {
 }
 
 /// What a step runs.
+// One per step, built once and never moved in a hot loop: boxing the planned kernels would
+// only add an indirection.
+#[allow(clippy::large_enum_variant)]
 pub enum StepKernel {
     Loops {
         entry: LoopFn,
@@ -96,7 +107,25 @@ pub enum StepKernel {
         product: ProductMap,
     },
     Gemm(Gemm),
+    /// A depthwise convolution of buffer `input` (its weight and bias held by the kernel).
+    /// Without `rest` it writes the step's output; with it, it writes its product to the
+    /// step's [`Slot::Product`] buffer and `rest` computes the output from it band by band.
+    Depthwise {
+        conv: DepthwiseConv2d,
+        input: usize,
+        rest: Option<BandLoop>,
+    },
     Host(HostFn),
+}
+
+/// Generated loop code run on each finished band of a depthwise convolution with
+/// [`DepthwiseConv2d::with_pixel_bands`]: grid iterations
+/// `(b · out_h + oy) · per_row .. (b · out_h + oy + 1) · per_row` compute output row `oy` of
+/// image `b` from that row's pixels of the product alone.
+#[derive(Clone, Copy, Debug)]
+pub struct BandLoop {
+    pub entry: LoopFn,
+    pub per_row: usize,
 }
 
 /// How a contraction's product tiles reach the step's output and epilogue.
@@ -231,7 +260,15 @@ impl Executor {
             // SAFETY: every offset plus its value's size lies inside the planned arena.
             .map(|&bytes| unsafe { base.add(bytes / 4) })
             .collect();
-        let resolve = |slot: Slot| -> (*mut f32, usize) {
+        let scratch_floats = plan
+            .steps
+            .iter()
+            .map(|step| scratch_len(&step.kernel, pool.threads()))
+            .max()
+            .unwrap_or(0);
+        let mut scratch = AlignedBuffer::zeroed(scratch_floats);
+        let scratch_ptr = scratch.as_mut_slice().as_mut_ptr();
+        let resolve = |slot: Slot, step: &Step| -> (*mut f32, usize) {
             match slot {
                 Slot::Value(v) => (value_ptrs[v], plan.values[v]),
                 Slot::Constant(c) => {
@@ -240,16 +277,19 @@ impl Executor {
                     (data.as_ptr().cast_mut(), data.len())
                 }
                 Slot::Unused => (std::ptr::null_mut(), 0),
+                Slot::Product => match &step.kernel {
+                    StepKernel::Depthwise { conv, .. } => (scratch_ptr, conv.output_len()),
+                    // Refused by `check_step`.
+                    _ => (std::ptr::null_mut(), 0),
+                },
             }
         };
         let mut tables = Vec::with_capacity(plan.steps.len());
         let mut lens = Vec::with_capacity(plan.steps.len());
-        let mut scratch = 0;
         for step in &plan.steps {
             let (ptrs, ls): (Vec<*mut f32>, Vec<usize>) =
-                step.slots.iter().map(|&s| resolve(s)).unzip();
+                step.slots.iter().map(|&s| resolve(s, step)).unzip();
             check_step(step, &ls)?;
-            scratch = scratch.max(scratch_len(&step.kernel, pool.threads()));
             tables.push(ptrs.into_boxed_slice());
             lens.push(ls.into_boxed_slice());
         }
@@ -257,7 +297,7 @@ impl Executor {
             tables,
             lens,
             value_ptrs,
-            scratch: AlignedBuffer::zeroed(scratch),
+            scratch,
             arena_bytes: arena_plan.size,
             arena_lower_bound: arena_plan.lower_bound,
             profile: None,
@@ -304,7 +344,7 @@ impl Executor {
         match self.plan.outputs[i] {
             Slot::Value(v) => self.plan.values[v],
             Slot::Constant(c) => self.plan.constants[c].len(),
-            Slot::Unused => 0,
+            Slot::Unused | Slot::Product => 0,
         }
     }
 
@@ -356,7 +396,7 @@ impl Executor {
                     let d = self.plan.constants[c].as_slice();
                     (d.as_ptr(), d.len())
                 }
-                Slot::Unused => (std::ptr::null(), 0),
+                Slot::Unused | Slot::Product => (std::ptr::null(), 0),
             };
             if out.len() != len {
                 return Err(ExecError::Io(format!(
@@ -465,6 +505,48 @@ impl Executor {
                     gemm(pool, a, bm, c, Output::Overwrite, sink.epilogue(&f))
                         .map_err(kernel_err)?;
                 }
+            }
+            StepKernel::Depthwise {
+                conv,
+                input: x,
+                rest,
+            } => {
+                let scratch = scratch.as_mut_slice();
+                match rest {
+                    None => {
+                        // SAFETY: the output slot, written only by this step.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
+                        };
+                        conv.run(pool, input(*x), out, scratch, Epilogue::NONE)
+                    }
+                    Some(BandLoop { entry, per_row }) => {
+                        // The product goes to the start of scratch, where the step's
+                        // `Slot::Product` points; the kernel's own scratch follows it.
+                        let (product, conv_scratch) = scratch.split_at_mut(conv.output_len());
+                        let (entry, per_row, bufs) = (*entry, *per_row, Shared(table.as_ptr()));
+                        let channels = conv.shape().out_channels.max(1);
+                        let [out_h, out_w] = conv.out_size();
+                        // A band tile is rows `b·C..(b + 1)·C` by whole output rows.
+                        let band = |tile: Tile<'_>| {
+                            let first_row = tile.row0() / channels * out_h;
+                            let oy0 = tile.col0() / out_w.max(1);
+                            let oy1 = (tile.col0() + tile.cols()) / out_w.max(1);
+                            let grid = (first_row + oy0) * per_row..(first_row + oy1) * per_row;
+                            // SAFETY: these grid iterations read the finished band of the
+                            // product and write their own output elements (the loop ABI).
+                            unsafe { entry(bufs.get(), grid.start, grid.end) };
+                        };
+                        conv.run(
+                            pool,
+                            input(*x),
+                            product,
+                            conv_scratch,
+                            Epilogue::from_closure(&band),
+                        )
+                    }
+                }
+                .map_err(kernel_err)?;
             }
             StepKernel::Host(f) => {
                 let ins: Vec<&[f32]> = (0..out_pos).map(input).collect();
@@ -593,6 +675,9 @@ fn scratch_len(kernel: &StepKernel, threads: usize) -> usize {
                 }
         }
         StepKernel::Gemm(g) if g.product.scatter.is_some() => g.m * g.n,
+        StepKernel::Depthwise { conv, rest, .. } => {
+            conv.scratch_len(threads) + rest.map_or(0, |_| conv.output_len())
+        }
         _ => 0,
     }
 }
@@ -607,8 +692,23 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
     if !matches!(step.slots.last(), Some(Slot::Value(_))) {
         return fail("it writes a constant".into());
     }
+    let products = step.slots.iter().filter(|&&s| s == Slot::Product).count();
     let (product, rows, cols, batches) = match &step.kernel {
+        _ if products > 0
+            && !matches!(step.kernel, StepKernel::Depthwise { rest: Some(_), .. }) =>
+        {
+            return fail("a product slot without a depthwise band loop".into());
+        }
         StepKernel::Loops { .. } | StepKernel::Host(_) => return Ok(()),
+        StepKernel::Depthwise { conv, input, rest } => {
+            if *input + 1 >= lens.len() {
+                return fail(format!("input position {input}"));
+            }
+            if rest.is_some() && (products != 1 || !conv.pixel_bands()) {
+                return fail("a band loop needs one product slot and pixel-band tiles".into());
+            }
+            return Ok(());
+        }
         StepKernel::Conv {
             conv,
             input,
@@ -711,7 +811,7 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
                 Slot::Constant(c) if c >= plan.constants.len() => {
                     return Err(invalid(format!("constant {c} out of range")))
                 }
-                Slot::Constant(_) | Slot::Unused => {}
+                Slot::Constant(_) | Slot::Unused | Slot::Product => {}
             }
         }
     }
@@ -728,7 +828,9 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
                 return Err(invalid(format!("constant {c} out of range")))
             }
             Slot::Constant(_) => {}
-            Slot::Unused => return Err(invalid("an output without a buffer".into())),
+            Slot::Unused | Slot::Product => {
+                return Err(invalid("an output without a buffer".into()))
+            }
         }
     }
     Ok(plan
@@ -1034,6 +1136,98 @@ mod tests {
         exec.run(&[&x], &mut [&mut y]).unwrap();
         assert!(max_diff(&y, &want) < 1e-5);
         assert_eq!(exec.step_times().map(<[Duration]>::len), Some(2));
+    }
+
+    /// Channels and output plane of the depthwise band-loop test.
+    const DW_C: usize = 5;
+    const DW_H: usize = 6;
+    const DW_W: usize = 7;
+
+    /// A stand-in for a channel normalisation run on finished bands, one grid iteration per
+    /// pixel: `out[b, c, p] = product[b, c, p] - mean_c product[b, .., p]`; buffers x,
+    /// product, out.
+    unsafe extern "C" fn center_channels(bufs: *const *mut f32, start: usize, end: usize) {
+        let (product, out) = (*bufs.add(1), *bufs.add(2));
+        let plane = DW_H * DW_W;
+        for g in start..end {
+            let at = |c: usize| (g / plane * DW_C + c) * plane + g % plane;
+            let mean = (0..DW_C).map(|c| *product.add(at(c))).sum::<f32>() / DW_C as f32;
+            for c in 0..DW_C {
+                *out.add(at(c)) = *product.add(at(c)) - mean;
+            }
+        }
+    }
+
+    /// A depthwise step whose band loop reads the product from scratch computes what the
+    /// convolution followed by the loop over the whole output does, on any thread count;
+    /// plans that misuse the product slot are refused.
+    #[test]
+    fn depthwise_band_loop_reads_each_finished_band() {
+        let shape = Conv2dShape {
+            batch: 2,
+            in_channels: DW_C,
+            out_channels: DW_C,
+            in_size: [DW_H, DW_W],
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: DW_C,
+            layout: Layout::Nchw,
+        };
+        let conv = DepthwiseConv2d::new(shape, &data(DW_C * 9, 31))
+            .and_then(|c| c.with_bias(&data(DW_C, 37)))
+            .unwrap();
+        let x = data(2 * DW_C * DW_H * DW_W, 41);
+        let mut product = vec![0.0; conv.output_len()];
+        let mut scratch = vec![0.0; conv.scratch_len(1)];
+        conv.run(&pool(1), &x, &mut product, &mut scratch, Epilogue::NONE)
+            .unwrap();
+        let mut want = vec![0.0; product.len()];
+        let bufs = [
+            x.as_ptr().cast_mut(),
+            product.as_mut_ptr(),
+            want.as_mut_ptr(),
+        ];
+        // SAFETY: the buffers hold the whole [2, C, H, W] tensors the loop indexes.
+        unsafe { center_channels(bufs.as_ptr(), 0, 2 * DW_H * DW_W) };
+        let plan = |conv: DepthwiseConv2d, product_slot: Slot| Plan {
+            values: vec![x.len(), want.len()],
+            constants: Vec::new(),
+            inputs: vec![0],
+            outputs: vec![Slot::Value(1)],
+            steps: vec![Step {
+                name: "dwconv_norm".into(),
+                slots: vec![Slot::Value(0), product_slot, Slot::Value(1)],
+                kernel: StepKernel::Depthwise {
+                    conv,
+                    input: 0,
+                    rest: Some(BandLoop {
+                        entry: center_channels,
+                        per_row: DW_W,
+                    }),
+                },
+            }],
+        };
+        for threads in [1, 2, 3] {
+            let mut exec = Executor::new(
+                plan(conv.clone().with_pixel_bands(), Slot::Product),
+                pool(threads),
+            )
+            .unwrap();
+            let mut y = vec![f32::NAN; want.len()];
+            exec.run(&[&x], &mut [&mut y]).unwrap();
+            assert!(max_diff(&y, &want) < 1e-5, "{threads} threads");
+        }
+        for (conv, slot) in [
+            (conv.clone(), Slot::Product),
+            (conv.clone().with_pixel_bands(), Slot::Unused),
+        ] {
+            assert!(matches!(
+                Executor::new(plan(conv, slot), pool(1)),
+                Err(ExecError::Plan(_))
+            ));
+        }
     }
 
     /// A depthwise convolution whose per-channel bias the step adds to each finished tile.

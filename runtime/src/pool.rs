@@ -339,6 +339,26 @@ impl ThreadPool {
         self.threads
     }
 
+    /// Calls `f(range, thread_index)` once on the calling thread, with the thread index a
+    /// [`parallel_for`](Self::parallel_for) task would see here (so per-thread scratch stays
+    /// disjoint when called from inside one of this pool's tasks) and the same panic
+    /// handling. For work too small to repay waking the workers.
+    pub fn run_on_caller<F>(&self, range: Range<usize>, f: F) -> Result<(), PoolError>
+    where
+        F: Fn(Range<usize>, usize) + Sync,
+    {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let (current_pool, current_index) = CURRENT.with(Cell::get);
+        let index = if current_pool == self.id {
+            current_index
+        } else {
+            0
+        };
+        run_inline(range, Chunking::PerThread, 1, index, &f)
+    }
+
     /// Calls `f(chunk, thread_index)` for chunks covering `range`, spread over
     /// the pool's threads; returns once every chunk has run (or, after a
     /// panic, once every thread has stopped). Allocates nothing unless a task
@@ -510,6 +530,26 @@ mod tests {
         })
         .unwrap();
         assert_eq!(total.load(Ordering::Relaxed), 40);
+    }
+
+    #[test]
+    fn run_on_caller_keeps_the_thread_index_and_catches_panics() {
+        let pool = ThreadPool::new(2).unwrap();
+        let caller = std::thread::current().id();
+        pool.run_on_caller(3..7, |r, index| {
+            assert_eq!((r, index), (3..7, 0));
+            assert_eq!(std::thread::current().id(), caller);
+        })
+        .unwrap();
+        pool.parallel_for(0..4, Chunking::Grain(1), |_, outer| {
+            pool.run_on_caller(0..1, |_, inner| assert_eq!(inner, outer))
+                .unwrap();
+        })
+        .unwrap();
+        let err = pool
+            .run_on_caller(0..1, |_, _| panic!("small task failed"))
+            .unwrap_err();
+        assert!(err.to_string().contains("small task failed"), "{err}");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bbc_runtime::kernels::{
-    gemm, gemm_serial, Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Epilogue, KernelError,
-    Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
+    gemm, gemm_serial, Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue,
+    KernelError, Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
 };
 use bbc_runtime::pool::ThreadPool;
 
@@ -572,6 +572,67 @@ fn im2col_conv_handles_stride_padding_dilation_and_groups() {
     }
 }
 
+/// The plans a pool of several threads makes besides plain pixel tiles: small maps whose
+/// im2col matrix is built whole and shared (with batches and groups), uneven pixel and
+/// channel splits, and stride-2 gathers over widths that leave every tail length.
+#[test]
+fn im2col_conv_on_small_maps_and_uneven_splits() {
+    let pools = [2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        // 7x7 map, 40 -> 37 channels: too few pixels for every thread.
+        geometry(
+            shape(1, [40, 37], [7, 7], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        // Two images, stride 2, an odd map.
+        geometry(
+            shape(2, [24, 50], [13, 11], [3, 3], 1),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        // Groups over a shared matrix.
+        geometry(
+            shape(1, [32, 48], [9, 9], [3, 3], 2),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        // 510 pixels over an uneven number of tiles.
+        geometry(
+            shape(1, [8, 20], [30, 17], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        // Stride-2 stem-like taps: output widths 23 and 4..=9 over the rows.
+        geometry(
+            shape(1, [3, 16], [37, 45], [7, 7], 1),
+            [2, 2],
+            [3, 3],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [5, 40], [19, 17], [3, 3], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        // 1x1 stride 2 (downsample) on a 7x7 output.
+        geometry(
+            shape(1, [96, 64], [13, 13], [1, 1], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+    ];
+    for s in cases {
+        check_conv(s, &pools, ConvStrategy::Im2col);
+    }
+}
+
 #[test]
 fn im2col_scratch_stays_bounded_for_large_images() {
     let pools = pools();
@@ -651,6 +712,118 @@ fn depthwise_conv_matches_reference() {
     ];
     for s in cases {
         check_conv(s, &pools, ConvStrategy::Depthwise);
+    }
+}
+
+/// The direct depthwise kernel with a bias, per plane and in pixel bands, against the f64
+/// reference: odd widths (partial vectors), 1x1 and 1-row maps, maps taller than one chunk
+/// of padded rows, channel counts that are not a multiple of 8, strides 2 and 3 with odd
+/// and even padding, dilation and a channel multiplier. Pixel-band tiles must hold every
+/// channel of whole output rows of one image.
+#[test]
+fn depthwise_bias_and_pixel_bands_match_reference() {
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        // ConvNeXt's late stages: 7x7 pad 3 on 7x7 and 14x14 maps.
+        geometry(
+            shape(1, [13, 13], [7, 7], [7, 7], 13),
+            [1, 1],
+            [3, 3],
+            [1, 1],
+        ),
+        geometry(
+            shape(2, [9, 9], [14, 14], [7, 7], 9),
+            [1, 1],
+            [3, 3],
+            [1, 1],
+        ),
+        // A 1x1 map and a single row.
+        geometry(shape(1, [5, 5], [1, 1], [7, 7], 5), [1, 1], [3, 3], [1, 1]),
+        geometry(shape(1, [3, 3], [1, 29], [3, 3], 3), [1, 1], [1, 1], [1, 1]),
+        // Taller than a chunk of padded rows, rows of 4 vectors plus a partial one.
+        geometry(
+            shape(1, [3, 3], [37, 41], [5, 5], 3),
+            [1, 1],
+            [2, 2],
+            [1, 1],
+        ),
+        // Stride 2 with odd (3x3 pad 1) and even (5x5 pad 2) padding, odd widths.
+        geometry(
+            shape(2, [6, 6], [17, 23], [3, 3], 6),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [7, 7], [15, 30], [5, 5], 7),
+            [2, 2],
+            [2, 2],
+            [1, 1],
+        ),
+        // Stride 3, dilation, no padding; a channel multiplier of 2.
+        geometry(
+            shape(1, [4, 4], [19, 20], [3, 3], 4),
+            [3, 3],
+            [0, 0],
+            [2, 2],
+        ),
+        geometry(
+            shape(1, [3, 6], [11, 12], [3, 3], 3),
+            [1, 2],
+            [1, 1],
+            [1, 1],
+        ),
+    ];
+    for s in cases {
+        let [h, w] = s.in_size;
+        let input = random(s.batch * s.in_channels * h * w, 41);
+        let weight = random(s.out_channels * s.kernel[0] * s.kernel[1], 42);
+        let bias = random(s.out_channels, 43);
+        let (want, scale, [oh, ow]) = reference_conv(&s, &input, &weight);
+        let plane = oh * ow;
+        // The counting epilogue doubles and adds one after the bias.
+        let want: Vec<f64> = (want.iter().enumerate())
+            .map(|(e, v)| 2.0 * (v + bias[(e / plane) % s.out_channels] as f64) + 1.0)
+            .collect();
+        let scale: Vec<f64> = scale.iter().map(|v| 2.0 * v + 2.0).collect();
+        for bands in [false, true] {
+            let mut conv = DepthwiseConv2d::new(s, &weight)
+                .and_then(|c| c.with_bias(&bias))
+                .unwrap();
+            if bands {
+                conv = conv.with_pixel_bands();
+            }
+            assert_eq!(conv.pixel_bands(), bands);
+            assert_eq!(conv.out_size(), [oh, ow]);
+            for pool in &pools {
+                let what = format!("{s:?}, bands {bands}, {} threads", pool.threads());
+                let counter = CountingEpilogue::new(s.batch * s.out_channels, plane);
+                let whole_pixels = AtomicU32::new(1);
+                let visit = |t: Tile<'_>| {
+                    let pixels = t.row0() % s.out_channels == 0
+                        && t.rows() == s.out_channels
+                        && t.col0() % ow == 0
+                        && t.cols() % ow == 0;
+                    if bands && !pixels {
+                        whole_pixels.store(0, Ordering::Relaxed);
+                    }
+                    counter.visit(t)
+                };
+                let mut out = vec![f32::NAN; conv.output_len()];
+                let mut scratch = vec![f32::NAN; conv.scratch_len(pool.threads())];
+                conv.run(
+                    pool,
+                    &input,
+                    &mut out,
+                    &mut scratch,
+                    Epilogue::from_closure(&visit),
+                )
+                .unwrap();
+                counter.assert_each_once(&what);
+                assert_eq!(whole_pixels.load(Ordering::Relaxed), 1, "{what}: tiles");
+                assert_close(&out, &want, &scale, &what);
+            }
+        }
     }
 }
 

@@ -17,7 +17,12 @@
 //! in place through strides; no copy. **Im2col**: `col` is built one pixel tile
 //! at a time into the calling thread's slice of the caller's scratch buffer,
 //! so the scratch is bounded by `K * pixel_tile` floats per thread
-//! ([`Conv2d::scratch_len`]) however large the image is. **Depthwise**
+//! ([`Conv2d::scratch_len`]) however large the image is. On small NCHW maps
+//! (ResNet's 14x14 and 7x7 stages), where pixel tiles alone cannot keep every
+//! thread busy, the whole `col` (at most 2 MiB) is built once per call instead,
+//! spread over the threads by input channel, and the tasks then split output
+//! channels and read it like a pointwise input: split channels over per-task
+//! tiles would rebuild the same tile once per channel tile. **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in
 //! [`depthwise`](super::depthwise) instead: a GEMM with K = kh*kw per channel
 //! would be all overhead.
@@ -25,10 +30,17 @@
 //! A task is one (image, group, pixel tile, output-channel tile); its epilogue
 //! call covers exactly the output block the task computed (see the
 //! [module docs](crate::kernels) for the output matrix each layout presents).
+//! Tiles are near-equal runs of whole micro-kernel blocks, and when there are
+//! few of them their count is a multiple of the threads, so no thread waits on
+//! a straggler; a convolution under [`SERIAL_FLOPS`] runs on the caller alone.
+
+use std::ops::Range;
 
 use crate::kernels::depthwise::DepthwiseConv2d;
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
-use crate::kernels::{check_len, Epilogue, KernelError, Output, SendPtr};
+use crate::kernels::{
+    check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
+};
 use crate::pool::{Chunking, ThreadPool};
 
 /// Memory layout of activations.
@@ -236,18 +248,74 @@ const SCRATCH_TARGET: usize = 128 * 1024;
 const MIN_PIXEL_TILE: usize = 64;
 /// Output elements per task for the pointwise path (the epilogue's tile).
 const TILE_ELEMS: usize = 64 * 1024;
+/// Smallest output-channel tile a plan splits into.
+const MIN_CHANNEL_TILE: usize = 16;
+/// Largest im2col matrix (floats, every image) built whole for [`Columns::Whole`]: 2 MiB.
+const WHOLE_COLUMNS_MAX: usize = 512 * 1024;
+
+/// Where a task's `col` operand comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Columns {
+    /// The input itself, read in place (pointwise).
+    InPlace,
+    /// Built by each task for its pixel tile, in the thread's scratch slice.
+    Tiles,
+    /// Built once per call for every image into shared scratch (NCHW only: rows
+    /// `(ci, ky, kx)` over all input channels, one column per output pixel), then
+    /// read by the tasks as [`Columns::InPlace`] reads the input.
+    Whole,
+}
+
+/// `len` items cut into `parts` near-equal ranges of whole `unit`s (the last range may end
+/// on a partial unit): a GEMM costs the same for any length within a micro-kernel block,
+/// so equal block counts mean equal work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    len: usize,
+    unit: usize,
+    parts: usize,
+}
+
+impl Split {
+    /// At most one part per unit, at least one part.
+    fn new(len: usize, unit: usize, parts: usize) -> Split {
+        let units = len.div_ceil(unit).max(1);
+        Split {
+            len,
+            unit,
+            parts: parts.clamp(1, units),
+        }
+    }
+
+    /// Part `i` as `(start, length)`.
+    fn part(&self, i: usize) -> (usize, usize) {
+        let units = self.len.div_ceil(self.unit);
+        let edge = |j: usize| (j * units / self.parts * self.unit).min(self.len);
+        (edge(i), edge(i + 1) - edge(i))
+    }
+
+    /// A bound on the length of every part (exact unless the last part is the longest).
+    fn longest(&self) -> usize {
+        (self.len.div_ceil(self.unit).div_ceil(self.parts) * self.unit).min(self.len)
+    }
+}
 
 /// The GEMM-based part of a plan.
 #[derive(Debug, Clone)]
 struct GemmConv {
     /// One weight matrix per group: `[C_out/g, K]` (NCHW) or `[K, C_out/g]` (NHWC).
     weights: Vec<PackedMatrix>,
-    pixel_tile: usize,
-    channel_tile: usize,
-    /// Leading dimension of an im2col tile in scratch (0 when pointwise).
+    columns: Columns,
+    pixels: Split,
+    channels: Split,
+    /// Leading dimension of a [`Columns::Tiles`] tile in scratch (0 otherwise).
     col_ld: usize,
-    /// Floats of scratch per thread.
+    /// Floats of scratch per thread ([`Columns::Tiles`]).
     scratch_per_thread: usize,
+    /// Floats of scratch shared by all threads ([`Columns::Whole`]).
+    scratch_shared: usize,
+    /// Under [`SERIAL_FLOPS`]: run on the calling thread.
+    serial: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -335,7 +403,10 @@ impl Conv2d {
     /// Floats of scratch [`Conv2d::run`] needs on a pool of `threads` threads.
     pub fn scratch_len(&self, threads: usize) -> usize {
         match &self.plan {
-            Plan::Gemm(g) => g.scratch_per_thread.saturating_mul(threads.max(1)),
+            Plan::Gemm(g) => g
+                .scratch_per_thread
+                .saturating_mul(threads.max(1))
+                .saturating_add(g.scratch_shared),
             Plan::Depthwise(d) => d.scratch_len(threads),
         }
     }
@@ -374,41 +445,86 @@ impl Conv2d {
         epilogue: Epilogue<'_>,
     ) -> Result<(), KernelError> {
         let s = &self.shape;
-        let pixels = self.out[0] * self.out[1];
-        let cog = s.out_channels / s.groups;
-        let pixel_tiles = pixels.div_ceil(plan.pixel_tile);
-        let channel_tiles = cog.div_ceil(plan.channel_tile);
+        if self.output_len() == 0 {
+            return Ok(());
+        }
+        let (pixel_tiles, channel_tiles) = (plan.pixels.parts, plan.channels.parts);
         let tasks = s.batch * s.groups * pixel_tiles * channel_tiles;
+        let (shared, per_thread) = scratch.split_at_mut(plan.scratch_shared);
+        let source: &[f32] = match plan.columns {
+            Columns::Whole => {
+                self.build_columns(plan.serial, pool, input, shared)?;
+                shared
+            }
+            Columns::InPlace | Columns::Tiles => input,
+        };
         let out_ptr = SendPtr(output.as_mut_ptr());
-        let scratch_ptr = SendPtr(scratch.as_mut_ptr());
-        pool.parallel_for(0..tasks, Chunking::Grain(1), |range, thread| {
+        let scratch_ptr = SendPtr(per_thread.as_mut_ptr());
+        for_each_task(pool, tasks, plan.serial, |range, thread| {
             for task in range {
                 let ct = task % channel_tiles;
                 let pt = (task / channel_tiles) % pixel_tiles;
                 let g = (task / (channel_tiles * pixel_tiles)) % s.groups;
                 let b = task / (channel_tiles * pixel_tiles * s.groups);
-                let p0 = pt * plan.pixel_tile;
-                let c0 = ct * plan.channel_tile;
+                let (p0, pixels) = plan.pixels.part(pt);
+                let (c0, channels) = plan.channels.part(ct);
                 let block = Block {
                     b,
                     g,
                     p0,
-                    pixels: plan.pixel_tile.min(pixels - p0),
+                    pixels,
                     c0,
-                    channels: plan.channel_tile.min(cog - c0),
+                    channels,
                 };
                 // SAFETY: `thread < pool.threads()` and scratch holds that
-                // many disjoint per-thread slices; tasks write disjoint
-                // output blocks of the exclusively borrowed `output`.
+                // many disjoint per-thread slices after the shared part; tasks
+                // write disjoint output blocks of the exclusively borrowed `output`.
                 unsafe {
                     let col = std::slice::from_raw_parts_mut(
                         scratch_ptr.get().add(thread * plan.scratch_per_thread),
                         plan.scratch_per_thread,
                     );
-                    self.run_block(plan, &block, input, out_ptr.get(), col, epilogue);
+                    self.run_block(plan, &block, source, out_ptr.get(), col, epilogue);
                 }
             }
         })?;
+        Ok(())
+    }
+
+    /// Writes every image's whole im2col matrix (NCHW rows `(ci, ky, kx)` over all input
+    /// channels, one column per output pixel) into `cols`, input channels spread over `pool`.
+    fn build_columns(
+        &self,
+        serial: bool,
+        pool: &ThreadPool,
+        input: &[f32],
+        cols: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let s = &self.shape;
+        let pixels = self.out[0] * self.out[1];
+        let per_channel = s.kernel[0] * s.kernel[1] * pixels;
+        let channels = s.batch * s.in_channels;
+        check_len("conv columns", channels * per_channel, cols.len())?;
+        let cols_ptr = SendPtr(cols.as_mut_ptr());
+        let build = |range: Range<usize>, _thread: usize| {
+            for bc in range {
+                let (b, ci) = (bc / s.in_channels, bc % s.in_channels);
+                // SAFETY: each (image, channel) owns its own `per_channel` floats of `cols`,
+                // whose length was checked above.
+                let rows = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        cols_ptr.get().add(bc * per_channel),
+                        per_channel,
+                    )
+                };
+                self.im2col_nchw(b, ci..ci + 1, 0, pixels, input, rows, pixels);
+            }
+        };
+        if serial {
+            pool.run_on_caller(0..channels, build)?;
+        } else {
+            pool.parallel_for(0..channels, Chunking::Auto, build)?;
+        }
         Ok(())
     }
 
@@ -417,11 +533,13 @@ impl Conv2d {
     /// # Safety
     /// `out` is the start of an output buffer of `output_len()` floats whose
     /// `block` part no one else accesses meanwhile.
+    ///
+    /// `source` is the input, or for [`Columns::Whole`] the columns built from it.
     unsafe fn run_block(
         &self,
         plan: &GemmConv,
         block: &Block,
-        input: &[f32],
+        source: &[f32],
         out: *mut f32,
         col: &mut [f32],
         epilogue: Epilogue<'_>,
@@ -430,23 +548,27 @@ impl Conv2d {
         let [h, w] = s.in_size;
         let pixels = self.out[0] * self.out[1];
         let (cig, cog) = (s.in_channels / s.groups, s.out_channels / s.groups);
-        let k = cig * s.kernel[0] * s.kernel[1];
+        let taps = s.kernel[0] * s.kernel[1];
+        let k = cig * taps;
         let weight = plan.weights[block.g].view();
-        let pointwise = self.strategy == ConvStrategy::Pointwise;
         match s.layout {
             Layout::Nchw => {
-                let cols = if pointwise {
-                    let offset = (block.b * s.in_channels + block.g * cig) * h * w + block.p0;
+                let cols = if plan.columns == Columns::Tiles {
+                    let channels = block.g * cig..(block.g + 1) * cig;
+                    let ld = plan.col_ld;
+                    self.im2col_nchw(block.b, channels, block.p0, block.pixels, source, col, ld);
+                    MatRef::from_raw(col.as_ptr(), k, block.pixels, ld as isize, 1)
+                } else {
+                    // The input in place (pointwise: one row per channel, `taps == 1` and
+                    // `h * w == pixels`) or the whole columns (`taps` rows per channel).
+                    let row = (block.b * s.in_channels + block.g * cig) * taps;
                     MatRef::from_raw(
-                        input.as_ptr().add(offset),
-                        cig,
+                        source.as_ptr().add(row * pixels + block.p0),
+                        k,
                         block.pixels,
-                        (h * w) as isize,
+                        pixels as isize,
                         1,
                     )
-                } else {
-                    self.im2col_nchw(block, input, col, plan.col_ld);
-                    MatRef::from_raw(col.as_ptr(), k, block.pixels, plan.col_ld as isize, 1)
                 };
                 let row0 = block.b * s.out_channels + block.g * cog + block.c0;
                 let mut c = MatMut::from_raw(
@@ -461,17 +583,17 @@ impl Conv2d {
                 epilogue.apply(out, row0, block.channels, block.p0, block.pixels, pixels);
             }
             Layout::Nhwc => {
-                let rows = if pointwise {
+                let rows = if plan.columns == Columns::InPlace {
                     let offset = (block.b * h * w + block.p0) * s.in_channels + block.g * cig;
                     MatRef::from_raw(
-                        input.as_ptr().add(offset),
+                        source.as_ptr().add(offset),
                         block.pixels,
                         cig,
                         s.in_channels as isize,
                         1,
                     )
                 } else {
-                    self.im2col_nhwc(block, input, col, plan.col_ld);
+                    self.im2col_nhwc(block, source, col, plan.col_ld);
                     MatRef::from_raw(col.as_ptr(), block.pixels, k, plan.col_ld as isize, 1)
                 };
                 let row0 = block.b * pixels + block.p0;
@@ -491,27 +613,37 @@ impl Conv2d {
         }
     }
 
-    /// Writes `col[K, pixels]` (row `(ci, ky, kx)`, leading dimension `ld`) for
-    /// the block's pixels of image `b`, group `g`, from an NCHW input.
-    fn im2col_nchw(&self, block: &Block, input: &[f32], col: &mut [f32], ld: usize) {
+    /// Writes the im2col rows `(ci, ky, kx)` of input channels `channels` of image
+    /// `b` (leading dimension `ld`), columns output pixels `p0..p0 + pixels`, from an
+    /// NCHW input.
+    #[allow(clippy::too_many_arguments)]
+    fn im2col_nchw(
+        &self,
+        b: usize,
+        channels: Range<usize>,
+        p0: usize,
+        pixels: usize,
+        input: &[f32],
+        col: &mut [f32],
+        ld: usize,
+    ) {
         let s = &self.shape;
         let [h, w] = s.in_size;
         let [_, out_w] = self.out;
-        let cig = s.in_channels / s.groups;
         let mut row = 0;
-        for ci in 0..cig {
-            let plane_start = (block.b * s.in_channels + block.g * cig + ci) * h * w;
+        for ci in channels {
+            let plane_start = (b * s.in_channels + ci) * h * w;
             let plane = &input[plane_start..plane_start + h * w];
             for ky in 0..s.kernel[0] {
                 for kx in 0..s.kernel[1] {
-                    let dst = &mut col[row * ld..row * ld + block.pixels];
+                    let dst = &mut col[row * ld..row * ld + pixels];
                     let x_tap = Tap::new(kx, s.stride[1], s.padding[1], s.dilation[1], w, out_w);
                     // Walk the tile one output row segment at a time.
-                    let mut p = block.p0;
-                    while p < block.p0 + block.pixels {
+                    let mut p = p0;
+                    while p < p0 + pixels {
                         let (oy, ox0) = (p / out_w, p % out_w);
-                        let ox1 = out_w.min(ox0 + block.p0 + block.pixels - p);
-                        let seg = &mut dst[p - block.p0..p - block.p0 + (ox1 - ox0)];
+                        let ox1 = out_w.min(ox0 + p0 + pixels - p);
+                        let seg = &mut dst[p - p0..p - p0 + (ox1 - ox0)];
                         match input_index(oy, ky, s.stride[0], s.padding[0], s.dilation[0], h) {
                             Some(iy) => x_tap.gather(seg, &plane[iy * w..(iy + 1) * w], ox0),
                             None => seg.fill(0.0),
@@ -663,15 +795,35 @@ impl Tap {
             return;
         }
         let inside = &mut dst[lo - ox0..hi - ox0];
-        if self.stride == 1 {
-            let start = self.input(lo);
-            inside.copy_from_slice(&row[start..start + inside.len()]);
-        } else {
-            let src = row[self.input(lo)..].iter().step_by(self.stride);
-            for (d, &x) in inside.iter_mut().zip(src) {
-                *d = x;
+        let start = self.input(lo);
+        let src = &row[start..start + (inside.len() - 1) * self.stride + 1];
+        match self.stride {
+            1 => inside.copy_from_slice(src),
+            2 => gather_every_other(inside, src),
+            stride => {
+                for (d, &x) in inside.iter_mut().zip(src.iter().step_by(stride)) {
+                    *d = x;
+                }
             }
         }
+    }
+}
+
+/// `dst[i] = src[2 * i]`, for the stride-2 taps of the stems and downsampling
+/// convolutions; `src` holds `2 * dst.len() - 1` elements or more. Blocks of four are
+/// written out so the compiler emits two vector loads and a shuffle per block instead of a
+/// scalar loop.
+fn gather_every_other(dst: &mut [f32], src: &[f32]) {
+    // The last block may lack the element after its last one read: left to the tail.
+    let done = (dst.len() / 4).min(src.len() / 8) * 4;
+    for (d, s) in dst[..done].chunks_exact_mut(4).zip(src.chunks_exact(8)) {
+        d.copy_from_slice(&[s[0], s[2], s[4], s[6]]);
+    }
+    for (d, &x) in dst[done..]
+        .iter_mut()
+        .zip(src[2 * done..].iter().step_by(2))
+    {
+        *d = x;
     }
 }
 
@@ -707,44 +859,221 @@ fn plan_gemm(
         });
     }
 
-    // Pixel tile: bounded by the output tile (epilogue in cache) and, for
-    // im2col, by the scratch target; multiples of 16 unless it is everything.
-    let by_output = (TILE_ELEMS / cog.max(1)).max(MIN_PIXEL_TILE);
-    let by_scratch = match strategy {
-        ConvStrategy::Im2col => (SCRATCH_TARGET / k.max(1)).max(MIN_PIXEL_TILE),
-        _ => usize::MAX,
+    let flops = s.flops()?;
+    let serial = flops < SERIAL_FLOPS as u64;
+    let threads = if serial { 1 } else { threads };
+    let images = s.batch * s.groups;
+    // `gemm` computes the NCHW product transposed, 16 pixels (8 at an edge) by 6 channels
+    // per micro-kernel call, and the NHWC one 16 channels by 6 pixels.
+    let (pixel_unit, channel_unit) = match s.layout {
+        Layout::Nchw => (8, 6),
+        Layout::Nhwc => (6, 8),
     };
-    let mut pixel_tile = by_output.min(by_scratch);
-    let mut channel_tile = cog;
-    // Enough tasks for every thread: split pixels first, then channels.
-    let tasks = |pt: usize, ct: usize| s.batch * s.groups * pixels.div_ceil(pt) * cog.div_ceil(ct);
-    while tasks(pixel_tile, channel_tile) < 2 * threads && pixel_tile >= 2 * MIN_PIXEL_TILE {
-        pixel_tile /= 2;
-    }
-    while tasks(pixel_tile, channel_tile) < 2 * threads && channel_tile >= 32 {
-        channel_tile = (channel_tile / 2).next_multiple_of(8);
-    }
-    if pixel_tile < pixels {
-        pixel_tile = pixel_tile.next_multiple_of(16).min(pixels);
-    } else {
-        pixel_tile = pixels;
-    }
-    let (col_ld, scratch_per_thread) = match (strategy, s.layout) {
-        (ConvStrategy::Im2col, Layout::Nchw) => {
-            let ld = pixel_tile.next_multiple_of(16);
-            (ld, k * ld)
+    // At least two tasks per thread (so a thread held up elsewhere delays little),
+    // from pixel tiles of at least MIN_PIXEL_TILE first, then from channel tiles.
+    let wanted = if threads > 1 { 2 * threads } else { 1 };
+    let most_pixel_parts = (pixels / MIN_PIXEL_TILE).max(1);
+    let pixel_parts = |bound: usize| {
+        pixels
+            .div_ceil(bound)
+            .max(wanted.div_ceil(images).min(most_pixel_parts))
+    };
+    // Pixel tiles are bounded by the output tile (epilogue in cache) and, for im2col
+    // tiles, by the scratch target.
+    let by_output = (TILE_ELEMS / cog.max(1)).max(MIN_PIXEL_TILE);
+    let by_scratch = (SCRATCH_TARGET / k.max(1)).max(MIN_PIXEL_TILE);
+    let whole_len = [s.batch, s.in_channels, taps, pixels]
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d));
+    let columns = match strategy {
+        ConvStrategy::Pointwise => Columns::InPlace,
+        ConvStrategy::Im2col
+            if s.layout == Layout::Nchw
+                && images * pixel_parts(by_output.min(by_scratch)) < wanted
+                && whole_len.is_some_and(|n| n <= WHOLE_COLUMNS_MAX) =>
+        {
+            Columns::Whole
         }
-        (ConvStrategy::Im2col, Layout::Nhwc) => {
+        _ => Columns::Tiles,
+    };
+    let pixel_bound = match columns {
+        Columns::Tiles => by_output.min(by_scratch),
+        Columns::InPlace | Columns::Whole => by_output,
+    };
+    let px = pixel_parts(pixel_bound);
+    let most_channel_parts = (cog / MIN_CHANNEL_TILE).max(1);
+    let ch = wanted.div_ceil(images * px).clamp(1, most_channel_parts);
+    let (px, ch) = balance(
+        images,
+        [px, most_pixel_parts],
+        [ch, most_channel_parts],
+        threads,
+    );
+    let pixel_split = Split::new(pixels, pixel_unit, px);
+    let (col_ld, scratch_per_thread, scratch_shared) = match (columns, s.layout) {
+        (Columns::Tiles, Layout::Nchw) => {
+            let ld = pixel_split.longest().next_multiple_of(16);
+            (ld, k * ld, 0)
+        }
+        (Columns::Tiles, Layout::Nhwc) => {
             let ld = k.next_multiple_of(16);
-            (ld, pixel_tile * ld)
+            (ld, pixel_split.longest() * ld, 0)
         }
-        _ => (0, 0),
+        (Columns::Whole, _) => (0, 0, whole_len.unwrap_or(0)),
+        (Columns::InPlace, _) => (0, 0, 0),
     };
     Ok(GemmConv {
         weights: packed,
-        pixel_tile: pixel_tile.max(1),
-        channel_tile: channel_tile.max(1),
+        columns,
+        pixels: pixel_split,
+        channels: Split::new(cog, channel_unit, ch),
         col_ld,
         scratch_per_thread,
+        scratch_shared,
+        serial,
     })
+}
+
+/// When there are few tasks (under four per thread), the smallest increase of the pixel
+/// parts, else of the channel parts, else the smallest decrease of the channel parts, that
+/// makes the task count a multiple of `threads`:
+/// equal tasks then finish together instead of one thread running the last alone. Each
+/// `[parts, most]` pair is a count and its limit.
+fn balance(
+    images: usize,
+    [px, most_px]: [usize; 2],
+    [ch, most_ch]: [usize; 2],
+    threads: usize,
+) -> (usize, usize) {
+    let tasks = |p: usize, c: usize| images * p * c;
+    let even = |p: usize, c: usize| tasks(p, c) % threads == 0;
+    if threads <= 1 || tasks(px, ch) >= 4 * threads || even(px, ch) {
+        return (px, ch);
+    }
+    if let Some(p) = (px..=most_px).find(|&p| even(p, ch)) {
+        return (p, ch);
+    }
+    if let Some(c) = (ch..=most_ch).find(|&c| even(px, c)) {
+        return (px, c);
+    }
+    // Neither can grow enough: fewer, larger channel tiles.
+    if let Some(c) = (1..ch).rev().find(|&c| even(px, c)) {
+        return (px, c);
+    }
+    (px, ch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(channels: [usize; 2], size: usize, kernel: usize) -> Conv2dShape {
+        Conv2dShape {
+            batch: 1,
+            in_channels: channels[0],
+            out_channels: channels[1],
+            in_size: [size, size],
+            kernel: [kernel, kernel],
+            stride: [1, 1],
+            padding: [kernel / 2, kernel / 2],
+            dilation: [1, 1],
+            groups: 1,
+            layout: Layout::Nchw,
+        }
+    }
+
+    fn gemm_plan(s: Conv2dShape, threads: usize) -> GemmConv {
+        let weights = vec![0.5; s.weight_len().unwrap()];
+        match Conv2d::new(s, &weights, threads).unwrap().plan {
+            Plan::Gemm(g) => g,
+            Plan::Depthwise(_) => panic!("{s:?} planned as depthwise"),
+        }
+    }
+
+    fn tasks(g: &GemmConv) -> usize {
+        g.pixels.parts * g.channels.parts
+    }
+
+    #[test]
+    fn small_maps_share_one_column_matrix_and_tasks_divide_among_threads() {
+        // ResNet's last stage, 3x3 512 -> 512 on 7x7: one pixel tile, so channels split.
+        let s = shape([512, 512], 7, 3);
+        let two = gemm_plan(s, 2);
+        assert_eq!(two.columns, Columns::Whole);
+        assert_eq!(
+            (two.scratch_shared, two.scratch_per_thread),
+            (512 * 9 * 49, 0)
+        );
+        assert_eq!((two.pixels.parts, two.channels.parts), (1, 4));
+        // One thread needs no split, so a per-task tile is built once anyway.
+        let one = gemm_plan(s, 1);
+        assert_eq!((one.columns, tasks(&one)), (Columns::Tiles, 1), "{one:?}");
+        // The 14x14 stage has pixels for four tiles: equal ones, no channel split.
+        let two = gemm_plan(shape([256, 256], 14, 3), 2);
+        assert_eq!(two.columns, Columns::Tiles);
+        assert_eq!((two.pixels.parts, two.channels.parts), (4, 1));
+        assert!(two.pixels.longest() <= 56, "{two:?}");
+        // Three threads and two images of a small map: a task count divisible by three.
+        let batch = Conv2dShape {
+            batch: 2,
+            ..shape([128, 96], 7, 3)
+        };
+        let three = gemm_plan(batch, 3);
+        assert_eq!(three.columns, Columns::Whole);
+        assert_eq!(2 * tasks(&three) % 3, 0, "{three:?}");
+    }
+
+    #[test]
+    fn tiny_products_run_on_the_caller_in_one_task() {
+        // EfficientNet's squeeze-excitation 1x1 convolutions on a 1x1 map.
+        for channels in [[96, 4], [4, 96], [672, 28]] {
+            let g = gemm_plan(shape(channels, 1, 1), 2);
+            assert!(g.serial, "{channels:?}");
+            assert_eq!((g.columns, tasks(&g)), (Columns::InPlace, 1));
+        }
+        let g = gemm_plan(shape([1152, 48], 1, 1), 2);
+        assert!(!g.serial && tasks(&g) == 2, "{g:?}");
+    }
+
+    #[test]
+    fn splits_cover_every_item_once_in_near_equal_parts() {
+        for (len, unit, parts) in [
+            (196, 8, 3),
+            (49, 8, 4),
+            (510, 8, 6),
+            (12544, 8, 7),
+            (37, 6, 2),
+            (5, 8, 3),
+            (1, 6, 4),
+        ] {
+            let split = Split::new(len, unit, parts);
+            let lens: Vec<usize> = (0..split.parts)
+                .scan(0, |next, i| {
+                    let (start, n) = split.part(i);
+                    assert_eq!(start, *next, "{split:?} part {i}");
+                    *next += n;
+                    Some(n)
+                })
+                .collect();
+            assert_eq!(lens.iter().sum::<usize>(), len, "{split:?}");
+            let (min, max) = (lens.iter().min().unwrap(), lens.iter().max().unwrap());
+            assert!(*min > 0 && max - min <= unit, "{split:?}: {lens:?}");
+            assert!(*max <= split.longest(), "{split:?}");
+        }
+    }
+
+    #[test]
+    fn every_other_element_for_any_length() {
+        let src: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        for n in 0..24usize {
+            // The shortest source a gather of `n` reads, and one element more.
+            for extra in [0, 1] {
+                let len = (2 * n).saturating_sub(1) + extra;
+                let mut dst = vec![f32::NAN; n];
+                gather_every_other(&mut dst, &src[..len]);
+                let want: Vec<f32> = (0..n).map(|i| (2 * i) as f32).collect();
+                assert_eq!(dst, want, "n {n}, source {len}");
+            }
+        }
+    }
 }

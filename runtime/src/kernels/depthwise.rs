@@ -1,16 +1,24 @@
 //! Direct depthwise convolution (`groups == C_in`, optional channel multiplier).
 //!
 //! A GEMM per channel would have `K = kh * kw` (9 or 49): all packing, no
-//! compute. Instead the kernel walks the output directly:
+//! compute. Instead the kernel walks the output directly, with the optional
+//! per-channel bias as the accumulators' starting value (no separate pass):
 //!
-//! - NCHW: one task per output plane. With horizontal stride 1 the input
-//!   plane is first copied into a zero-bordered plane in the thread's scratch
-//!   ([`DepthwiseConv2d::scratch_len`]), so every tap is in bounds and each
-//!   block of 32 outputs of a row accumulates all `kh * kw` taps in registers
-//!   (four 8-wide vectors) before one store. Other strides use an axpy per
-//!   tap over the columns where the tap lands inside the input (precomputed,
-//!   so the loop has no bounds tests). The epilogue runs on each finished
-//!   plane (one row of the `[B * C, H * W]` output matrix).
+//! - NCHW: a channel's output rows are computed in chunks. The input rows a
+//!   chunk reads are first copied into the thread's scratch with their zero
+//!   border ([`DepthwiseConv2d::scratch_len`]), each row split into `stride`
+//!   phases (phase `p` holds padded columns `p, p + stride, ...`), so every
+//!   tap of every output column is in bounds and consecutive output columns
+//!   read consecutive floats whatever the stride. A register tile of up to 12
+//!   vectors of 8 outputs (1 to 8 rows by 8 to 32 columns, picked from the
+//!   row width so that 7x7 and 14x14 maps fill their vectors too) then
+//!   accumulates all `kh * kw` taps before one store. Tasks are either one
+//!   output plane each (the epilogue runs on each finished plane: one row of
+//!   the `[B * C, H * W]` output matrix), or, with
+//!   [`DepthwiseConv2d::with_pixel_bands`], one band of output rows of one
+//!   image over all channels (the epilogue's tile is then `C` rows by the
+//!   band's pixels), so the epilogue sees every channel of each pixel: what a
+//!   normalisation over channels fused after the convolution needs.
 //! - NHWC: one task per output image row; for each pixel, blocks of 32
 //!   channels accumulate every valid tap in registers (channels are
 //!   contiguous in both the input and the `[kh * kw, C]` weight). The
@@ -21,6 +29,8 @@
 //! one with `#[target_feature(enable = "avx2,fma")]` (8-wide, fused
 //! multiply-add), chosen once at construction from
 //! `is_x86_feature_detected!`, so the same binary runs on CPUs without AVX2.
+//! The loops are written over fixed-size arrays of 8 lanes, which the
+//! compiler keeps in vector registers in either build.
 
 use crate::arena::AlignedBuffer;
 use crate::kernels::conv::{input_index, Conv2dShape, Layout, Tap};
@@ -34,12 +44,18 @@ pub struct DepthwiseConv2d {
     out: [usize; 2],
     /// `[C_out, kh * kw]` for NCHW, `[kh * kw, C_out]` for NHWC.
     weights: AlignedBuffer,
+    /// Per output channel; empty when there is none.
+    bias: Vec<f32>,
     /// Output channels per input channel.
     multiplier: usize,
     /// Vertical taps, one per kernel row.
     taps_y: Vec<Tap>,
     /// Horizontal taps, one per kernel column.
     taps_x: Vec<Tap>,
+    /// NCHW: where a chunk's padded input rows lie in scratch.
+    padded: PaddedRows,
+    /// NCHW: one task per band of output rows over all channels, not per plane.
+    pixel_bands: bool,
     use_fma: bool,
 }
 
@@ -54,8 +70,18 @@ fn cpu_has_avx2_fma() -> bool {
     }
 }
 
-/// Outputs accumulated together in registers (four AVX2 vectors).
+/// Outputs accumulated together in registers by the NHWC kernel (four AVX2 vectors).
 const BLOCK: usize = 32;
+/// Floats per vector (one AVX2 register).
+const LANES: usize = 8;
+/// NCHW output rows whose input rows are padded into scratch at once: bounds the scratch
+/// whatever the image size, while the halo of `kh - 1` rows re-read per chunk stays small.
+const CHUNK_ROWS: usize = 16;
+/// Fewest output rows per band task (NCHW with pixel bands) unless the image is shorter:
+/// each band pads its own input rows, `kh - 1` more than it has outputs, and a short band
+/// leaves the register tile few rows to reuse a weight across (measured: 14x14 maps in bands
+/// of 4 rows ran 25% slower than in whole planes).
+const MIN_BAND_ROWS: usize = 3;
 
 /// `c + a * b`, fused when `FMA` (only instantiated under the `fma` feature).
 #[inline(always)]
@@ -65,6 +91,288 @@ fn madd<const FMA: bool>(a: f32, b: f32, c: f32) -> f32 {
     } else {
         c + a * b
     }
+}
+
+/// Where one channel's zero-padded input rows lie in scratch (NCHW).
+///
+/// Padded row `t` of a chunk starts at `t * row_stride`; it holds `stride` phases of
+/// `phase_len` floats, phase `p` holding padded columns `p, p + stride, p + 2 * stride, ...`
+/// (padded column `q` is input column `q - pad`, zero outside the input). Output column
+/// `ox` of output row 0 of the chunk then reads tap `(ky, kx)` at
+/// `tap_offsets[ky * kw + kx] + ox`, and output row `r` a further `r * stride_y` rows on.
+#[derive(Debug, Clone, Default)]
+struct PaddedRows {
+    phase_len: usize,
+    row_stride: usize,
+    tap_offsets: Vec<usize>,
+    /// The largest tap offset.
+    tap_span: usize,
+}
+
+impl PaddedRows {
+    fn new(shape: &Conv2dShape, out_w: usize) -> PaddedRows {
+        let (sx, dx, kw) = (shape.stride[1].max(1), shape.dilation[1], shape.kernel[1]);
+        // Every vector of a row (the last one rounded up) plus the farthest tap.
+        let phase_len = out_w.next_multiple_of(LANES) + kw.saturating_sub(1) * dx / sx;
+        let row_stride = sx * phase_len;
+        let tap_offsets: Vec<usize> = (0..shape.kernel[0])
+            .flat_map(|ky| {
+                (0..kw).map(move |kx| {
+                    ky * shape.dilation[0] * row_stride + (kx * dx % sx) * phase_len + kx * dx / sx
+                })
+            })
+            .collect();
+        PaddedRows {
+            phase_len,
+            row_stride,
+            tap_span: tap_offsets.iter().copied().max().unwrap_or(0),
+            tap_offsets,
+        }
+    }
+}
+
+/// A thread's scratch for padded input rows, and the chunk of output rows whose zero
+/// border it holds: channels of the same chunk write input values to the same places only,
+/// so the border is written once per chunk, not once per channel.
+struct Scratch<'a> {
+    buf: &'a mut [f32],
+    zeroed_for: Option<(usize, usize)>,
+}
+
+/// Splits `lo..hi` into the fewest parts of at most `most` (at least 1) elements, as equal
+/// as possible, so that no part is a small remainder.
+fn even_parts(lo: usize, hi: usize, most: usize) -> impl Iterator<Item = (usize, usize)> {
+    let len = hi.saturating_sub(lo);
+    let parts = len.div_ceil(most.max(1)).max(1);
+    (0..parts)
+        .filter(move |_| len > 0)
+        .map(move |i| part(lo, len, parts, i))
+}
+
+/// Part `i` of `lo..lo + len` cut into `parts` parts as equal as possible.
+fn part(lo: usize, len: usize, parts: usize, i: usize) -> (usize, usize) {
+    let (base, extra) = (len / parts.max(1), len % parts.max(1));
+    let start = lo + i * base + i.min(extra);
+    (start, start + base + usize::from(i < extra))
+}
+
+/// What every register tile of one channel chunk shares.
+struct TileArgs<'a> {
+    /// The chunk's padded input rows.
+    padded: &'a [f32],
+    /// Floats between the padded rows of consecutive output rows.
+    out_row_step: usize,
+    rows: &'a PaddedRows,
+    /// The channel's `kh * kw` weights.
+    weights: &'a [f32],
+    bias: f32,
+    out_w: usize,
+    /// The end of the task's rows in the channel's plane: a row's last partial vector may
+    /// be stored whole when the floats it spills into lie before it (see [`store`]).
+    room_end: usize,
+}
+
+/// The column blocks of an output row, left to right: `(first column, vectors)`, four
+/// vectors wide, then two and one for the rest (the last one possibly partial).
+fn column_blocks(out_w: usize) -> impl DoubleEndedIterator<Item = (usize, usize)> {
+    let vectors = out_w.div_ceil(LANES);
+    let fours = vectors / 4;
+    let two = (vectors % 4 >= 2).then_some((fours * 4 * LANES, 2));
+    let one = (vectors % 2 == 1).then(|| ((vectors - 1) * LANES, 1));
+    (0..fours).map(|i| (i * 4 * LANES, 4)).chain(two).chain(one)
+}
+
+/// Rows of a register tile for `nv` vectors per row: at most 12 accumulators (of the 16
+/// AVX2 registers, one holds the broadcast weight), and no more rows than instantiated.
+fn tile_rows(nv: usize) -> usize {
+    match nv {
+        4 => 3,
+        2 => 6,
+        _ => 8,
+    }
+}
+
+/// One register tile: `R` output rows by `NV` vectors from padded offset `at`, written to
+/// `out` (the channel's plane) from `out_at`, `cols` columns per row. Tiles are computed
+/// right to left, and top to bottom within a column of tiles, so that whatever follows a
+/// row's last partial vector is written after it.
+#[inline(always)]
+fn tile<const R: usize, const NV: usize, const FMA: bool>(
+    a: &TileArgs<'_>,
+    at: usize,
+    out: &mut [f32],
+    out_at: usize,
+    cols: usize,
+) {
+    // Everything the tile reads, checked once: the loop below then loads unchecked (a
+    // bounds check per load measured 2x slower and kept the accumulators in memory).
+    let span = (R - 1) * a.out_row_step + a.rows.tap_span + NV * LANES;
+    let region = &a.padded[at..at + span];
+    let mut acc = [[[a.bias; LANES]; NV]; R];
+    for (&w, &off) in a.weights.iter().zip(&a.rows.tap_offsets) {
+        for (r, acc_r) in acc.iter_mut().enumerate() {
+            for (v, acc_v) in acc_r.iter_mut().enumerate() {
+                // SAFETY: `off <= tap_span`, `r < R` and `v < NV`, so these LANES floats
+                // lie inside `region`.
+                let x: [f32; LANES] = unsafe {
+                    let at = off + r * a.out_row_step + v * LANES;
+                    region
+                        .as_ptr()
+                        .add(at)
+                        .cast::<[f32; LANES]>()
+                        .read_unaligned()
+                };
+                for (acc_l, x) in acc_v.iter_mut().zip(x) {
+                    *acc_l = madd::<FMA>(w, x, *acc_l);
+                }
+            }
+        }
+    }
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (v, lanes) in acc_r.iter().enumerate() {
+            let n = cols.saturating_sub(v * LANES).min(LANES);
+            store::<FMA>(out, out_at + r * a.out_w + v * LANES, n, a.room_end, lanes);
+        }
+    }
+}
+
+/// Writes `lanes[..n]` to `out[at..at + n]`. A partial vector is stored whole when the
+/// floats it spills into lie before `room_end`: they are the start of a later row of the
+/// same task, written afterwards (tiles run right to left), and a whole vector store is
+/// much cheaper than a masked one (and a copy of unknown length is a `memcpy` call).
+#[inline(always)]
+fn store<const FMA: bool>(
+    out: &mut [f32],
+    at: usize,
+    n: usize,
+    room_end: usize,
+    lanes: &[f32; LANES],
+) {
+    if n == LANES || at + LANES <= room_end {
+        if let Some(Ok(whole)) = out
+            .get_mut(at..at + LANES)
+            .map(<&mut [f32; LANES]>::try_from)
+        {
+            *whole = *lanes;
+            return;
+        }
+    }
+    copy_partial::<FMA>(&mut out[at..at + n], lanes);
+}
+
+/// Copies `src[..n]` into `row[at..at + n]` for short rows, without a `memcpy` call: whole
+/// vectors, then the last partial one merged into the vector already in `row` when both
+/// slices hold a whole vector there (the floats past `n` are written back unchanged).
+#[inline(always)]
+fn copy<const FMA: bool>(row: &mut [f32], at: usize, src: &[f32], n: usize) {
+    let whole = n / LANES * LANES;
+    for x in (0..whole).step_by(LANES) {
+        let (Some(Ok(d)), Some(Ok(s))) = (
+            row.get_mut(at + x..at + x + LANES)
+                .map(<&mut [f32; LANES]>::try_from),
+            src.get(x..x + LANES).map(<&[f32; LANES]>::try_from),
+        ) else {
+            continue; // unreachable: x + LANES <= n
+        };
+        *d = *s;
+    }
+    if whole == n {
+        return;
+    }
+    let tail = at + whole;
+    if let (Some(Ok(d)), Some(Ok(s))) = (
+        row.get_mut(tail..tail + LANES)
+            .map(<&mut [f32; LANES]>::try_from),
+        src.get(whole..whole + LANES).map(<&[f32; LANES]>::try_from),
+    ) {
+        let keep = n - whole;
+        let mut merged = *d;
+        for (l, (m, &x)) in merged.iter_mut().zip(s).enumerate() {
+            if l < keep {
+                *m = x;
+            }
+        }
+        *d = merged;
+        return;
+    }
+    copy_partial::<FMA>(&mut row[tail..at + n], &src[whole..n]);
+}
+
+/// Copies the first `min(dst.len(), src.len())` floats, fewer than [`LANES`].
+#[inline(always)]
+fn copy_partial<const FMA: bool>(dst: &mut [f32], src: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the `FMA` build only runs where AVX2 was detected.
+        unsafe { copy_masked_avx2(dst, src) };
+        return;
+    }
+    for (d, &x) in dst.iter_mut().zip(src) {
+        *d = x;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_masked_avx2(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(src.len()).min(LANES) as i32;
+    let mask = _mm256_cmpgt_epi32(
+        _mm256_set1_epi32(n),
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+    );
+    // Lanes whose mask is clear are neither read nor written, nor faulted on.
+    let x = _mm256_maskload_ps(src.as_ptr(), mask);
+    _mm256_maskstore_ps(dst.as_mut_ptr(), mask, x);
+}
+
+/// Runs the register tile of `rows` rows by `nv` vectors (the shapes [`tile_rows`] allows).
+#[inline(always)]
+fn dispatch_tile<const FMA: bool>(
+    nv: usize,
+    rows: usize,
+    a: &TileArgs<'_>,
+    at: usize,
+    out: &mut [f32],
+    out_at: usize,
+    cols: usize,
+) {
+    macro_rules! tiles {
+        ($(($nv:literal, $r:literal)),*) => {
+            match (nv, rows) {
+                $(($nv, $r) => tile::<$r, $nv, FMA>(a, at, out, out_at, cols),)*
+                // Not produced by the planner; one row at a time is still correct.
+                _ => {
+                    for r in 0..rows {
+                        let (at, out_at) = (at + r * a.out_row_step, out_at + r * a.out_w);
+                        for (v, x) in (0..cols).step_by(LANES).enumerate() {
+                            let n = (cols - x).min(LANES);
+                            tile::<1, 1, FMA>(a, at + v * LANES, out, out_at + x, n);
+                        }
+                    }
+                }
+            }
+        };
+    }
+    tiles!(
+        (4, 1),
+        (4, 2),
+        (4, 3),
+        (2, 1),
+        (2, 2),
+        (2, 3),
+        (2, 4),
+        (2, 5),
+        (2, 6),
+        (1, 1),
+        (1, 2),
+        (1, 3),
+        (1, 4),
+        (1, 5),
+        (1, 6),
+        (1, 7),
+        (1, 8)
+    )
 }
 
 impl DepthwiseConv2d {
@@ -112,11 +420,45 @@ impl DepthwiseConv2d {
             shape,
             out,
             weights,
+            bias: Vec::new(),
             multiplier: c_out / shape.in_channels.max(1),
             taps_y: taps(0),
             taps_x: taps(1),
+            padded: match shape.layout {
+                Layout::Nchw => PaddedRows::new(&shape, out[1]),
+                Layout::Nhwc => PaddedRows::default(),
+            },
+            pixel_bands: false,
             use_fma: cpu_has_avx2_fma(),
         })
+    }
+
+    /// Adds `bias[c]` to every output of channel `c` (the accumulators start from it).
+    pub fn with_bias(mut self, bias: &[f32]) -> Result<DepthwiseConv2d, KernelError> {
+        let c_out = self.shape.out_channels;
+        check_len("depthwise bias", c_out, bias.len())?;
+        self.bias = bias[..c_out].to_vec();
+        Ok(self)
+    }
+
+    /// NCHW: makes each task (and each epilogue tile) a band of whole output rows of one
+    /// image over all channels, rows `b * C..(b + 1) * C` by the band's pixels of the
+    /// `[B * C, H * W]` output matrix, so the epilogue sees every channel of its pixels.
+    /// NHWC tiles are whole pixels already; this changes nothing there.
+    pub fn with_pixel_bands(mut self) -> DepthwiseConv2d {
+        self.pixel_bands = self.shape.layout == Layout::Nchw;
+        self
+    }
+
+    /// Whether epilogue tiles hold every channel of whole output rows of one image
+    /// ([`DepthwiseConv2d::with_pixel_bands`] on an NCHW convolution).
+    pub fn pixel_bands(&self) -> bool {
+        self.pixel_bands
+    }
+
+    /// The planned shape.
+    pub fn shape(&self) -> &Conv2dShape {
+        &self.shape
     }
 
     /// Output `[height, width]`.
@@ -124,21 +466,38 @@ impl DepthwiseConv2d {
         self.out
     }
 
-    /// Floats of scratch [`DepthwiseConv2d::run`] needs on `threads` threads:
-    /// one zero-padded input plane per thread for the NCHW stride-1 kernel,
-    /// nothing otherwise.
-    pub fn scratch_len(&self, threads: usize) -> usize {
-        self.padded_plane_len().saturating_mul(threads.max(1))
+    /// Elements of the output tensor.
+    pub fn output_len(&self) -> usize {
+        self.shape.batch * self.shape.out_channels * self.out[0] * self.out[1]
     }
 
-    fn padded_plane_len(&self) -> usize {
+    /// Floats of scratch [`DepthwiseConv2d::run`] needs on `threads` threads:
+    /// one chunk of padded input rows per thread for NCHW, nothing for NHWC.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        self.padded_chunk_len().saturating_mul(threads.max(1))
+    }
+
+    /// Padded input rows read by `rows` consecutive output rows.
+    fn rows_in(&self, rows: usize) -> usize {
         let s = &self.shape;
-        if s.layout == Layout::Nchw && s.stride[1] == 1 {
-            let padded = |d: usize| s.in_size[d].saturating_add(s.padding[d].saturating_mul(2));
-            padded(0).saturating_mul(padded(1))
-        } else {
-            0
+        rows.saturating_sub(1) * s.stride[0] + s.kernel[0].saturating_sub(1) * s.dilation[0] + 1
+    }
+
+    fn padded_chunk_len(&self) -> usize {
+        match self.shape.layout {
+            Layout::Nchw => self
+                .rows_in(self.out[0].min(CHUNK_ROWS))
+                .saturating_mul(self.padded.row_stride),
+            Layout::Nhwc => 0,
         }
+    }
+
+    /// Bands per image with pixel bands: two tasks per thread (claimed dynamically, so a
+    /// thread that gets its core late still gets work), with bands of at least
+    /// [`MIN_BAND_ROWS`] rows.
+    fn bands_per_image(&self, threads: usize) -> usize {
+        let tasks = (2 * threads.max(1)).div_ceil(self.shape.batch.max(1));
+        tasks.min(self.out[0] / MIN_BAND_ROWS).max(1)
     }
 
     /// Computes the convolution, calling `epilogue` on every finished tile.
@@ -152,17 +511,13 @@ impl DepthwiseConv2d {
         epilogue: Epilogue<'_>,
     ) -> Result<(), KernelError> {
         let s = &self.shape;
-        let [out_h, out_w] = self.out;
+        let out_h = self.out[0];
         check_len(
             "depthwise input",
             s.batch * s.in_channels * s.in_size[0] * s.in_size[1],
             input.len(),
         )?;
-        check_len(
-            "depthwise output",
-            s.batch * s.out_channels * out_h * out_w,
-            output.len(),
-        )?;
+        check_len("depthwise output", self.output_len(), output.len())?;
         check_len(
             "depthwise scratch",
             self.scratch_len(pool.threads()),
@@ -170,24 +525,30 @@ impl DepthwiseConv2d {
         )?;
         let out_ptr = SendPtr(output.as_mut_ptr());
         let scratch_ptr = SendPtr(scratch.as_mut_ptr());
-        let per_thread = self.padded_plane_len();
+        let per_thread = self.padded_chunk_len();
+        let bands = self.bands_per_image(pool.threads());
         let tasks = match s.layout {
+            Layout::Nchw if self.pixel_bands => s.batch * bands,
             Layout::Nchw => s.batch * s.out_channels,
             Layout::Nhwc => s.batch * out_h,
         };
         pool.parallel_for(0..tasks, Chunking::Auto, |range, thread| {
             // SAFETY: `thread < pool.threads()`, so this thread's slice of
             // the scratch is in bounds and used by no other thread.
-            let padded = unsafe {
+            let buf = unsafe {
                 std::slice::from_raw_parts_mut(
                     scratch_ptr.get().add(thread * per_thread),
                     per_thread,
                 )
             };
+            let mut padded = Scratch {
+                buf,
+                zeroed_for: None,
+            };
             for task in range {
-                // SAFETY: each task writes only its own plane / image row of
+                // SAFETY: each task writes only its own planes' rows / image row of
                 // the exclusively borrowed output.
-                unsafe { self.run_task(task, input, out_ptr.get(), padded, epilogue) }
+                unsafe { self.run_task(task, bands, input, out_ptr.get(), &mut padded, epilogue) }
             }
         })?;
         Ok(())
@@ -198,16 +559,17 @@ impl DepthwiseConv2d {
     unsafe fn run_task(
         &self,
         task: usize,
+        bands: usize,
         input: &[f32],
         out: *mut f32,
-        padded: &mut [f32],
+        padded: &mut Scratch<'_>,
         epilogue: Epilogue<'_>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if self.use_fma {
-            return self.run_task_avx2(task, input, out, padded, epilogue);
+            return self.run_task_avx2(task, bands, input, out, padded, epilogue);
         }
-        self.run_task_body::<false>(task, input, out, padded, epilogue)
+        self.run_task_body::<false>(task, bands, input, out, padded, epilogue)
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -215,38 +577,46 @@ impl DepthwiseConv2d {
     unsafe fn run_task_avx2(
         &self,
         task: usize,
+        bands: usize,
         input: &[f32],
         out: *mut f32,
-        padded: &mut [f32],
+        padded: &mut Scratch<'_>,
         epilogue: Epilogue<'_>,
     ) {
-        self.run_task_body::<true>(task, input, out, padded, epilogue)
+        self.run_task_body::<true>(task, bands, input, out, padded, epilogue)
     }
 
     #[inline(always)]
     unsafe fn run_task_body<const FMA: bool>(
         &self,
         task: usize,
+        bands: usize,
         input: &[f32],
         out: *mut f32,
-        padded: &mut [f32],
+        padded: &mut Scratch<'_>,
         epilogue: Epilogue<'_>,
     ) {
         let s = &self.shape;
+        let c_out = s.out_channels;
         let [out_h, out_w] = self.out;
+        let plane_len = out_h * out_w;
+        let plane = |p: usize| std::slice::from_raw_parts_mut(out.add(p * plane_len), plane_len);
         match s.layout {
-            Layout::Nchw => {
-                let plane_len = out_h * out_w;
-                let plane = std::slice::from_raw_parts_mut(out.add(task * plane_len), plane_len);
-                if padded.is_empty() {
-                    self.plane_nchw::<FMA>(task, input, plane);
-                } else {
-                    self.plane_nchw_padded::<FMA>(task, input, padded, plane);
+            Layout::Nchw if self.pixel_bands => {
+                let (b, band) = (task / bands, task % bands);
+                let (oy0, oy1) = part(0, out_h, bands, band);
+                for co in 0..c_out {
+                    self.channel_rows::<FMA>(b, co, oy0, oy1, input, plane(b * c_out + co), padded);
                 }
+                let cols = (oy1 - oy0) * out_w;
+                epilogue.apply(out, b * c_out, c_out, oy0 * out_w, cols, plane_len);
+            }
+            Layout::Nchw => {
+                let (b, co) = (task / c_out, task % c_out);
+                self.channel_rows::<FMA>(b, co, 0, out_h, input, plane(task), padded);
                 epilogue.apply(out, task, 1, 0, plane_len, plane_len);
             }
             Layout::Nhwc => {
-                let c_out = s.out_channels;
                 let row_len = out_w * c_out;
                 let row = std::slice::from_raw_parts_mut(out.add(task * row_len), row_len);
                 if self.multiplier == 1 {
@@ -259,41 +629,128 @@ impl DepthwiseConv2d {
         }
     }
 
-    /// Output plane `task = b * C_out + co` of an NCHW convolution.
+    /// Output rows `oy0..oy1` of output channel `co` of image `b` (NCHW) into `plane`, that
+    /// channel's output plane, a chunk of [`CHUNK_ROWS`] rows at a time.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn plane_nchw<const FMA: bool>(&self, task: usize, input: &[f32], plane: &mut [f32]) {
+    fn channel_rows<const FMA: bool>(
+        &self,
+        b: usize,
+        co: usize,
+        oy0: usize,
+        oy1: usize,
+        input: &[f32],
+        plane: &mut [f32],
+        padded: &mut Scratch<'_>,
+    ) {
         let s = &self.shape;
         let [h, w] = s.in_size;
-        let [kh, kw] = s.kernel;
+        let taps = s.kernel[0] * s.kernel[1];
         let out_w = self.out[1];
-        let (b, co) = (task / s.out_channels, task % s.out_channels);
         let ci = co / self.multiplier;
         let in_plane = &input[(b * s.in_channels + ci) * h * w..][..h * w];
-        let weights = &self.weights.as_slice()[co * kh * kw..][..kh * kw];
-        plane.fill(0.0);
-        for (oy, out_row) in plane.chunks_exact_mut(out_w).enumerate() {
-            for ky in 0..kh {
-                let Some(iy) = input_index(oy, ky, s.stride[0], s.padding[0], s.dilation[0], h)
-                else {
-                    continue;
+        let row_stride = self.padded.row_stride;
+        for (c0, c1) in even_parts(oy0, oy1, CHUNK_ROWS) {
+            let region = &mut padded.buf[..self.rows_in(c1 - c0) * row_stride];
+            if padded.zeroed_for != Some((c0, c1)) {
+                region.fill(0.0);
+                padded.zeroed_for = Some((c0, c1));
+            }
+            self.copy_rows::<FMA>(in_plane, c0 * s.stride[0], region);
+            let args = TileArgs {
+                padded: region,
+                out_row_step: s.stride[0] * row_stride,
+                rows: &self.padded,
+                weights: &self.weights.as_slice()[co * taps..][..taps],
+                bias: self.bias.get(co).copied().unwrap_or(0.0),
+                out_w,
+                room_end: oy1 * out_w,
+            };
+            for (x0, nv) in column_blocks(out_w).rev() {
+                let cols = (nv * LANES).min(out_w - x0);
+                for (r0, r1) in even_parts(c0, c1, tile_rows(nv)) {
+                    let at = (r0 - c0) * args.out_row_step + x0;
+                    dispatch_tile::<FMA>(nv, r1 - r0, &args, at, plane, r0 * out_w + x0, cols);
+                }
+            }
+        }
+    }
+
+    /// Copies the input values of padded rows `first..` of an input plane into `dst` (whole
+    /// padded rows whose zero border is already written).
+    #[inline(always)]
+    fn copy_rows<const FMA: bool>(&self, in_plane: &[f32], first: usize, dst: &mut [f32]) {
+        let s = &self.shape;
+        let [h, w] = s.in_size;
+        let [ph, pw] = s.padding;
+        let (sx, phase_len) = (s.stride[1].max(1), self.padded.phase_len);
+        for (t, row) in dst.chunks_exact_mut(self.padded.row_stride).enumerate() {
+            let Some(src) = (first + t)
+                .checked_sub(ph)
+                .filter(|&iy| iy < h)
+                .map(|iy| &in_plane[iy * w..])
+            else {
+                continue;
+            };
+            if sx == 1 {
+                // One phase: the input row after its left border.
+                let lo = pw.min(phase_len);
+                copy::<FMA>(row, lo, src, w.min(phase_len - lo));
+                continue;
+            }
+            // The copy above may read past the row (and write back what it read); the
+            // others take the row alone.
+            let src = &src[..w];
+            if sx == 2 {
+                // Input column `c` lands in phase `(c + pw) % 2` at `(c + pw) / 2`: pairs
+                // of columns split into the two phases, a loop the compiler vectorises
+                // (the general one below is a strided copy per phase).
+                let (even, odd) = row.split_at_mut(phase_len);
+                let (first, second) = if pw % 2 == 0 {
+                    (even, odd)
+                } else {
+                    (odd, even)
                 };
-                let in_row = &in_plane[iy * w..(iy + 1) * w];
-                for (tap, &wt) in self.taps_x.iter().zip(&weights[ky * kw..(ky + 1) * kw]) {
-                    if tap.lo == tap.hi {
-                        continue;
-                    }
-                    let dst = &mut out_row[tap.lo..tap.hi];
-                    if tap.stride == 1 {
-                        let src = &in_row[tap.input(tap.lo)..][..dst.len()];
-                        for (d, &x) in dst.iter_mut().zip(src) {
-                            *d = madd::<FMA>(wt, x, *d);
-                        }
-                    } else {
-                        for (d, ox) in dst.iter_mut().zip(tap.lo..tap.hi) {
-                            *d = madd::<FMA>(wt, in_row[tap.input(ox)], *d);
-                        }
+                let pairs = first
+                    .get_mut(pw / 2..)
+                    .unwrap_or_default()
+                    .iter_mut()
+                    .zip(second.get_mut(pw.div_ceil(2)..).unwrap_or_default())
+                    .zip(src.chunks_exact(2));
+                let mut done = 0;
+                for ((a, b), pair) in pairs {
+                    (*a, *b) = (pair[0], pair[1]);
+                    done += 2;
+                }
+                // An odd width's last column, or columns past the phases (never read).
+                for (c, &x) in src.iter().enumerate().skip(done) {
+                    let q = c + pw;
+                    if q / 2 < phase_len {
+                        row[q % 2 * phase_len + q / 2] = x;
                     }
                 }
+                continue;
+            }
+            for (p, phase) in row.chunks_exact_mut(phase_len).enumerate() {
+                // Element `j` is input column `j * sx + p - pw`: inside for `lo <= j < hi`.
+                let lo = pw.saturating_sub(p).div_ceil(sx).min(phase_len);
+                let hi = (w + pw).saturating_sub(p).div_ceil(sx).clamp(lo, phase_len);
+                let first = (lo * sx + p).saturating_sub(pw);
+                let inside = src.get(first..).unwrap_or_default().iter().step_by(sx);
+                for (x, &v) in phase[lo..hi].iter_mut().zip(inside) {
+                    *x = v;
+                }
+            }
+        }
+    }
+
+    /// Writes the bias (or zeros) into every pixel of an NHWC output row.
+    fn start_nhwc_row(&self, row: &mut [f32]) {
+        if self.bias.is_empty() {
+            row.fill(0.0);
+        } else {
+            for px in row.chunks_exact_mut(self.shape.out_channels) {
+                px.copy_from_slice(&self.bias);
             }
         }
     }
@@ -309,7 +766,7 @@ impl DepthwiseConv2d {
         let (b, oy) = (task / out_h, task % out_h);
         let image = &input[b * h * w * c_in..][..h * w * c_in];
         let weights = self.weights.as_slice();
-        row.fill(0.0);
+        self.start_nhwc_row(row);
         for ky in 0..kh {
             let Some(iy) = input_index(oy, ky, s.stride[0], s.padding[0], s.dilation[0], h) else {
                 continue;
@@ -333,74 +790,6 @@ impl DepthwiseConv2d {
         }
     }
 
-    /// Output plane `task` of an NCHW stride-1 convolution: the input plane
-    /// is copied into `padded` with its zero border, so every tap is inside
-    /// and a block of [`BLOCK`] outputs accumulates all taps in registers.
-    #[inline(always)]
-    fn plane_nchw_padded<const FMA: bool>(
-        &self,
-        task: usize,
-        input: &[f32],
-        padded: &mut [f32],
-        plane: &mut [f32],
-    ) {
-        let s = &self.shape;
-        let [h, w] = s.in_size;
-        let [kh, kw] = s.kernel;
-        let [ph, pw] = s.padding;
-        let [dy, dx] = s.dilation;
-        let [_, out_w] = self.out;
-        let (b, co) = (task / s.out_channels, task % s.out_channels);
-        let ci = co / self.multiplier;
-        let in_plane = &input[(b * s.in_channels + ci) * h * w..][..h * w];
-        let weights = &self.weights.as_slice()[co * kh * kw..][..kh * kw];
-        let padded_w = w + 2 * pw;
-        padded[..ph * padded_w].fill(0.0);
-        for (src, dst) in in_plane
-            .chunks_exact(w)
-            .zip(padded[ph * padded_w..].chunks_exact_mut(padded_w))
-        {
-            dst[..pw].fill(0.0);
-            dst[pw..pw + w].copy_from_slice(src);
-            dst[pw + w..].fill(0.0);
-        }
-        padded[(ph + h) * padded_w..].fill(0.0);
-        let padded = &*padded;
-
-        // Full blocks; a last partial block is recomputed from `out_w - BLOCK`
-        // (it overwrites, so the overlap is harmless).
-        let block_starts = (0..out_w / BLOCK)
-            .map(|i| i * BLOCK)
-            .chain((out_w >= BLOCK && out_w % BLOCK != 0).then_some(out_w.saturating_sub(BLOCK)));
-        for (oy, out_row) in plane.chunks_exact_mut(out_w).enumerate() {
-            let rows = |ky: usize| &padded[(oy * s.stride[0] + ky * dy) * padded_w..][..padded_w];
-            if out_w < BLOCK {
-                out_row.fill(0.0);
-                for ky in 0..kh {
-                    let row = rows(ky);
-                    for (kx, &wt) in weights[ky * kw..(ky + 1) * kw].iter().enumerate() {
-                        for (d, &x) in out_row.iter_mut().zip(&row[kx * dx..]) {
-                            *d = madd::<FMA>(wt, x, *d);
-                        }
-                    }
-                }
-                continue;
-            }
-            for x0 in block_starts.clone() {
-                let mut acc = [0.0f32; BLOCK];
-                for ky in 0..kh {
-                    let row = rows(ky);
-                    for (kx, &wt) in weights[ky * kw..(ky + 1) * kw].iter().enumerate() {
-                        for (a, &x) in acc.iter_mut().zip(&row[x0 + kx * dx..][..BLOCK]) {
-                            *a = madd::<FMA>(wt, x, *a);
-                        }
-                    }
-                }
-                out_row[x0..x0 + BLOCK].copy_from_slice(&acc);
-            }
-        }
-    }
-
     /// Output image row `task = b * out_h + oy` of an NHWC convolution with
     /// one output channel per input channel: each pixel's channels are done in
     /// blocks of [`BLOCK`], accumulating every tap in registers.
@@ -415,10 +804,14 @@ impl DepthwiseConv2d {
         let image = &input[b * h * w * c..][..h * w * c];
         let weights = self.weights.as_slice();
         let full = c / BLOCK * BLOCK;
+        self.start_nhwc_row(row);
         for (ox, dst) in row.chunks_exact_mut(c).enumerate() {
             // Full blocks: fixed-length arrays, so `acc` lives in registers.
             for (c0, out) in (0..full).step_by(BLOCK).zip(dst.chunks_exact_mut(BLOCK)) {
-                let mut acc = [0.0f32; BLOCK];
+                let Some(&start) = out.first_chunk::<BLOCK>() else {
+                    continue; // unreachable: the chunk holds BLOCK channels
+                };
+                let mut acc = start;
                 for (ky, tap_y) in self.taps_y.iter().enumerate() {
                     if oy < tap_y.lo || oy >= tap_y.hi {
                         continue;
@@ -446,7 +839,6 @@ impl DepthwiseConv2d {
             // The channel tail accumulates in place. Its tap walk repeats the block
             // loop's on purpose: sharing it through an iterator measured 1.5x slower.
             let tail = &mut dst[full..];
-            tail.fill(0.0);
             for (ky, tap_y) in self.taps_y.iter().enumerate() {
                 if oy < tap_y.lo || oy >= tap_y.hi {
                     continue;

@@ -36,8 +36,10 @@
 use std::marker::PhantomData;
 
 use crate::arena::AlignedBuffer;
-use crate::kernels::{check_len, Epilogue, KernelError, Output, SendPtr};
-use crate::pool::{Chunking, ThreadPool};
+use crate::kernels::{
+    check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
+};
+use crate::pool::ThreadPool;
 
 /// Elements of `C` per tile: 64 Ki floats (256 KiB) stays in a 512 KiB-1 MiB
 /// L2 together with the operand panels, so the epilogue reads it from cache.
@@ -298,13 +300,33 @@ pub struct PackedMatrix {
 
 impl PackedMatrix {
     /// Copies `src` (any strides) into the packed layout.
+    ///
+    /// Packing runs once per weight at load time, over every weight of the model, so it is
+    /// on the compile-time path: rows with unit column stride are copied whole, and a
+    /// column-major source (a PyTorch `[out, in]` weight used as its transpose) is
+    /// transposed in blocks so that both reads and writes stay within a few cache lines.
     pub fn pack(src: MatRef<'_>) -> PackedMatrix {
         let ld = src.cols.next_multiple_of(16);
         let mut buf = AlignedBuffer::zeroed(src.rows * ld);
         let data = buf.as_mut_slice();
-        for i in 0..src.rows {
-            for (j, dst) in data[i * ld..i * ld + src.cols].iter_mut().enumerate() {
-                *dst = src.get(i, j);
+        if src.rows > 0 && src.cols > 0 {
+            if src.cs == 1 {
+                for (i, row) in data.chunks_exact_mut(ld).enumerate() {
+                    // SAFETY: row `i` of the view is `cols` contiguous elements, all inside
+                    // the borrowed data (checked when the view was made).
+                    let from = unsafe {
+                        std::slice::from_raw_parts(src.ptr.offset(i as isize * src.rs), src.cols)
+                    };
+                    row[..src.cols].copy_from_slice(from);
+                }
+            } else if src.rs == 1 {
+                transpose_into(src, data, ld);
+            } else {
+                for (i, row) in data.chunks_exact_mut(ld).enumerate() {
+                    for (j, dst) in row[..src.cols].iter_mut().enumerate() {
+                        *dst = src.get(i, j);
+                    }
+                }
             }
         }
         PackedMatrix {
@@ -345,6 +367,40 @@ impl PackedMatrix {
     /// Number of columns.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+}
+
+/// Writes the column-major view `src` (unit row stride) row-major into `dst` with leading
+/// dimension `ld`, 16 columns at a time: each destination row segment is then one whole
+/// aligned cache line (`ld` and the column block are multiples of 16), written once, while
+/// the 16 source columns are read as sequential streams, 64 rows at a time. Measured
+/// against 32x32 element-wise blocks on ConvNeXt's linear weights: 1.0-1.3 vs 3.2-5.3 ns
+/// per element for 768x3072, where power-of-two strides made the blocks thrash the cache.
+fn transpose_into(src: MatRef<'_>, dst: &mut [f32], ld: usize) {
+    const COLS: usize = 16;
+    const ROWS: usize = 64;
+    // SAFETY (both): rows `i0..i0 + len` of column `j` are contiguous (unit row stride)
+    // and inside the borrowed data (checked when the view was made).
+    let column = |j: usize, i0: usize, len: usize| unsafe {
+        std::slice::from_raw_parts(src.ptr.offset(i0 as isize + j as isize * src.cs), len)
+    };
+    let full = src.cols - src.cols % COLS;
+    for j0 in (0..full).step_by(COLS) {
+        for i0 in (0..src.rows).step_by(ROWS) {
+            let len = ROWS.min(src.rows - i0);
+            let columns: [&[f32]; COLS] = std::array::from_fn(|t| column(j0 + t, i0, len));
+            for i in 0..len {
+                let row = &mut dst[(i0 + i) * ld + j0..][..COLS];
+                for (d, c) in row.iter_mut().zip(&columns) {
+                    *d = c[i];
+                }
+            }
+        }
+    }
+    for j in full..src.cols {
+        for (i, &x) in column(j, 0, src.rows).iter().enumerate() {
+            dst[i * ld + j] = x;
+        }
     }
 }
 
@@ -515,11 +571,13 @@ pub fn gemm(
         )));
     }
     let (m, n) = (c.rows, c.cols);
-    let (tm, tn) = plan_tiles(m, n, pool.threads());
+    // A small product runs on the caller, in as few tiles as the epilogue's cache bound allows.
+    let serial = m.saturating_mul(n).saturating_mul(a.cols).saturating_mul(2) < SERIAL_FLOPS;
+    let (tm, tn) = plan_tiles(m, n, if serial { 1 } else { pool.threads() });
     let col_tiles = n.div_ceil(tn);
     let tiles = m.div_ceil(tm) * col_tiles;
     let (c_ptr, rs, cs) = (SendPtr(c.ptr), c.rs, c.cs);
-    pool.parallel_for(0..tiles, Chunking::Grain(1), |range, _| {
+    for_each_task(pool, tiles, serial, |range, _| {
         for tile in range {
             let (r0, c0) = ((tile / col_tiles) * tm, (tile % col_tiles) * tn);
             let (rows, cols) = (tm.min(m - r0), tn.min(n - c0));
@@ -551,6 +609,36 @@ pub fn gemm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every packing path (row copy, blocked transpose, strided gather) stores each element
+    /// where the view has it, on sizes that leave partial blocks and padded rows.
+    #[test]
+    fn packing_copies_every_element_of_any_view() {
+        let data: Vec<f32> = (0..4000).map(|i| i as f32).collect();
+        let (m, n) = (37, 45);
+        let views = [
+            MatRef::new(&data, 0, m, n, n as isize, 1).unwrap(),
+            MatRef::new(&data, 3, m, n, 1, m as isize).unwrap(),
+            MatRef::new(&data, 0, n, m, 1, n as isize).unwrap(),
+            MatRef::new(&data, 1, 70, 33, 1, 70).unwrap(),
+            MatRef::new(&data, 5, m, n, 2 * n as isize, 2).unwrap(),
+            MatRef::new(&data, (m - 1) * n, m, n, -(n as isize), 1).unwrap(),
+            MatRef::new(&data, 0, m, n, 0, 1).unwrap(),
+            MatRef::new(&data, 0, 1, 1, 1, 1).unwrap(),
+            MatRef::new(&data, 0, 0, n, n as isize, 1).unwrap(),
+        ];
+        for view in views {
+            let packed = PackedMatrix::pack(view);
+            let p = packed.view();
+            assert_eq!((p.rows(), p.cols()), (view.rows(), view.cols()));
+            assert_eq!(p.row_stride() % 16, 0);
+            for i in 0..view.rows() {
+                for j in 0..view.cols() {
+                    assert_eq!(p.get(i, j), view.get(i, j), "({i}, {j}) of {view:?}");
+                }
+            }
+        }
+    }
 
     /// The portable fallback and the `gemm` crate agree on strided operands.
     #[test]

@@ -85,9 +85,20 @@ pub fn lower(cx: &mut Lowering, out: ValueId) -> Result<Option<Body>, LowerError
             None => return Ok(None),
         }
     };
-    let Some(product) = product(cx, anchor) else {
+    let Some(mut product) = product(cx, anchor) else {
         return Ok(None);
     };
+    // A chain ending in permutes: the product is written straight into the permuted output.
+    // Rows flattened over several leading axes rarely permute to one stride (ConvNeXt's fc2
+    // back to NCHW at batch > 1); the first leading axis as a batch axis then often does.
+    let perm = chain_permutation(cx, anchor, out)?;
+    if let Some(p) = &perm {
+        if permuted_layout(cx, &product, p, out).is_err() {
+            if let Some(split) = product_with_batch(cx, anchor) {
+                product = split;
+            }
+        }
+    }
     // Operand positions in the anchor map to kernel buffers through the leaves.
     let anchor_inputs = cx.graph.inputs(anchor);
     // A convolution reading a value computed inside the group (a folded resize, a per-channel
@@ -148,8 +159,6 @@ pub fn lower(cx: &mut Lowering, out: ValueId) -> Result<Option<Body>, LowerError
     } else {
         None
     };
-    // A chain ending in permutes: the product is written straight into the permuted output.
-    let perm = chain_permutation(cx, anchor, out)?;
     let mut layout = product.layout.clone();
     let mut out_strides: Vec<usize> = product.axes.iter().map(|x| x.out).collect();
     if let Some(p) = &perm {
@@ -316,6 +325,35 @@ fn permuted_layout(
 fn pair(attrs: &crate::ops::Attrs, name: &str) -> [usize; 2] {
     let v = attrs.ints(name);
     [v[0] as usize, v[1] as usize]
+}
+
+/// The product of a `linear` op `id` with its first leading axis as a batch axis (rows over
+/// the remaining leading axes), or `None` if `id` is no such op or has a single leading axis.
+fn product_with_batch(cx: &Lowering, id: ValueId) -> Option<Product> {
+    let op = cx.graph.node(id).op()?;
+    let ys = cx.shape(id).to_vec();
+    if op.name != "linear" || ys.len() < 3 || ys[0] == 1 {
+        return None;
+    }
+    let mut flat = product(cx, id)?;
+    let (outs, features) = (flat.n, flat.k);
+    let lead = ys[1..ys.len() - 1].to_vec();
+    let rows: usize = lead.iter().product();
+    flat.m = rows;
+    flat.axes = vec![Axis {
+        extent: ys[0],
+        a: rows * features,
+        b: 0,
+        out: rows * outs,
+    }];
+    flat.epilogue_dims = [ys[0], rows, outs];
+    flat.result_index = Box::new(move |b, r, c| {
+        let mut i = vec![b.clone()];
+        i.extend(unflatten(r, &lead));
+        i.push(c.clone());
+        i
+    });
+    Some(flat)
 }
 
 /// The product of contraction op `id`, or `None` if `id` is not one (a depthwise conv is a
