@@ -1054,3 +1054,134 @@ fn multi_contraction_group_throughput() {
         1e-4,
     );
 }
+
+/// The epilogue of a 1x1 convolution `24 -> rows` over a `side × side` map followed by
+/// `tail` (lines defining `%y` from the convolution `%c`), lowered at -O2 and compiled, with
+/// its operands and the raw product the GEMM driver would leave in the output.
+struct EpilogueBench {
+    compiled: bbc_compiler::codegen::cpu::CompiledKernel,
+    inputs: Vec<Vec<f32>>,
+    product: Vec<f32>,
+    want: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+fn epilogue_bench(rows: usize, side: usize, tail: &str) -> EpilogueBench {
+    let text = format!(
+        "graph t {{
+  input %x: f32[1, 24, {side}, {side}]
+  input %r: f32[1, {rows}, {side}, {side}]
+  param %c.weight: f32[{rows}, 24, 1, 1] = uniform(0.3)
+  param %c.bias: f32[{rows}] = uniform(0.3)
+  param %gamma: f32[{rows}] = uniform(1.0)
+  %c = conv2d(%x, %c.weight, %c.bias) {{bias=true, dilation=[1, 1], groups=1, k=[1, 1], out={rows}, pad=[0, 0], s=[1, 1]}}: f32[1, {rows}, {side}, {side}]
+{tail}
+  output %out = %y
+}}
+"
+    );
+    let mut g = parse(&text);
+    optimize(&mut g);
+    let id = g
+        .topo_order()
+        .into_iter()
+        .find(|&n| matches!(&g.node(n).kind, bbc_compiler::ir::NodeKind::Fused { kind, .. } if kind == "epilogue"))
+        .unwrap_or_else(|| panic!("no epilogue group in\n{text}"));
+    let kernel = bbc_compiler::kernel::lower_node(&g, id).expect("lowers");
+    let values = kernel_common::reference_values(&g, &mut kernel_common::Rng(5));
+    let inputs: Vec<Vec<f32>> = g
+        .inputs(id)
+        .iter()
+        .map(|o| values[o].as_slice().expect("standard layout").to_vec())
+        .collect();
+    let want = values[&id].as_slice().expect("standard layout").to_vec();
+    let Body::Contraction(c) = &kernel.body else {
+        panic!("an epilogue group lowers to a contraction")
+    };
+    let mut bufs = inputs.clone();
+    bufs.push(vec![0.0; want.len()]);
+    c.reference_product(&mut bufs);
+    let product = bufs.pop().expect("the output buffer");
+    let compiled = compile(&kernel, &Options::default()).expect("compiles");
+    EpilogueBench {
+        compiled,
+        inputs,
+        product,
+        want,
+        rows,
+        cols: side * side,
+    }
+}
+
+impl EpilogueBench {
+    /// Checks one pass of the epilogue over the whole output in `tile_rows × tile_cols`
+    /// tiles against the reference, then returns the best time of running it on the first
+    /// such tile repeatedly (in cache, as after the GEMM writes it), in ns per element.
+    fn ns_per_element(&self, tile_rows: usize, tile_cols: usize) -> f64 {
+        let inputs: Vec<&[f32]> = self.inputs.iter().map(Vec::as_slice).collect();
+        let mut out = self.product.clone();
+        for r in (0..self.rows).step_by(tile_rows) {
+            for c in (0..self.cols).step_by(tile_cols) {
+                let rows = r..(r + tile_rows).min(self.rows);
+                let cols = c..(c + tile_cols).min(self.cols);
+                self.compiled
+                    .run_epilogue_tile(&inputs, &mut out, 0, rows, cols)
+                    .expect("runs");
+            }
+        }
+        let err = kernel_common::max_error(&out, &self.want);
+        assert!(
+            err <= 1e-4,
+            "error {err} over {tile_rows}x{tile_cols} tiles"
+        );
+        let (rows, cols) = (tile_rows.min(self.rows), tile_cols.min(self.cols));
+        // Enough calls for about a million elements per timing.
+        let calls = (1 << 20) / (rows * cols) + 1;
+        let mut best = f64::INFINITY;
+        for _ in 0..7 {
+            let t = std::time::Instant::now();
+            for _ in 0..calls {
+                self.compiled
+                    .run_epilogue_tile(&inputs, &mut out, 0, 0..rows, 0..cols)
+                    .expect("runs");
+            }
+            best = best.min(t.elapsed().as_secs_f64() / calls as f64);
+        }
+        best * 1e9 / (rows * cols) as f64
+    }
+}
+
+#[test]
+fn contraction_epilogue_throughput() {
+    // EfficientNet/ConvNeXt-style epilogues on a 96 × 3136 (56×56) NCHW output, single
+    // thread: the whole plane as one tile, the pointwise convolution driver's tiles (64K
+    // output elements: 96 rows × ~640 columns), 16-row tiles, and narrow 8-column tiles.
+    let cases = [
+        ("bias + relu", "  %y = relu(%c): f32[1, 96, 56, 56]"),
+        ("bias + silu", "  %y = silu(%c): f32[1, 96, 56, 56]"),
+        (
+            "bias + gelu",
+            "  %y = gelu(%c) {approximate=\"none\"}: f32[1, 96, 56, 56]",
+        ),
+        (
+            "bias + layer scale + residual",
+            "  %gs = reshape(%gamma) {shape=[96, 1, 1]}: f32[96, 1, 1]
+  %s = mul(%c, %gs): f32[1, 96, 56, 56]
+  %y = add(%s, %r): f32[1, 96, 56, 56]",
+        ),
+    ];
+    for (label, tail) in cases {
+        let bench = epilogue_bench(96, 56, tail);
+        let shapes = [(96, 3136), (96, 640), (16, 3136), (96, 8)];
+        let times: Vec<String> = shapes
+            .iter()
+            .map(|&(r, c)| format!("{r}x{c}: {:.3}", bench.ns_per_element(r, c)))
+            .collect();
+        println!(
+            "epilogue {label}: ns/element by tile {} ({} bytes of code)",
+            times.join(", "),
+            bench.compiled.code_size
+        );
+    }
+}

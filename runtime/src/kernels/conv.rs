@@ -321,7 +321,7 @@ struct GemmConv {
 #[derive(Debug, Clone)]
 enum Plan {
     Gemm(GemmConv),
-    Depthwise(DepthwiseConv2d),
+    Depthwise(Box<DepthwiseConv2d>),
 }
 
 /// A convolution planned for one shape and one weight; see the module docs.
@@ -349,7 +349,7 @@ impl Conv2d {
                 shape,
                 out,
                 strategy: ConvStrategy::Depthwise,
-                plan: Plan::Depthwise(DepthwiseConv2d::new(shape, weights)?),
+                plan: Plan::Depthwise(Box::new(DepthwiseConv2d::new(shape, weights)?)),
             });
         }
         let strategy = if shape.is_pointwise() {

@@ -1,6 +1,6 @@
 //! Inline f32 / f32x4 approximations of the transcendental intrinsics, the same algorithm for
-//! scalars and vectors (only `fmul`/`fadd`/`fma`/`fdiv`/`fmin`/`fmax` and bit tricks, so
-//! NaN propagates):
+//! scalars and vectors (only `fmul`/`fadd`/`fma`/`fdiv`, clamps and bit tricks, so NaN
+//! propagates):
 //!
 //! * `exp`: Cephes `expf` — range reduction by `n = round(x·log2 e)` with a two-part ln 2,
 //!   a degree-5 polynomial, and the scale `2^n` built in the exponent bits (as `2^(n−1)·2`
@@ -96,10 +96,24 @@ impl Math<'_, '_> {
         acc
     }
 
+    /// `x` limited to `[lo, hi]`, NaN kept. Vectors use the compare-and-select form that
+    /// x86-64 lowers to one `minps`/`maxps` (with `x` as the operand returned when a compare
+    /// involves NaN); Cranelift's own vector `fmin`/`fmax` are eight-instruction sequences
+    /// that also order ±0, which a clamp to nonzero bounds does not need.
     fn clamp(&mut self, x: Value, lo: f32, hi: f32) -> Value {
+        use cranelift_codegen::ir::condcodes::FloatCC;
         let (l, h) = (self.konst(lo), self.konst(hi));
-        let x = self.b.ins().fmax(x, l);
-        self.b.ins().fmin(x, h)
+        if self.ty == types::F32 {
+            let x = self.b.ins().fmax(x, l);
+            return self.b.ins().fmin(x, h);
+        }
+        // max: `x < lo ? lo : x`, then min: `hi < x ? hi : x`.
+        let below = self.b.ins().fcmp(FloatCC::LessThan, x, l);
+        let below = self.b.ins().bitcast(self.ty, MemFlagsData::new(), below);
+        let x = self.b.ins().bitselect(below, l, x);
+        let above = self.b.ins().fcmp(FloatCC::LessThan, h, x);
+        let above = self.b.ins().bitcast(self.ty, MemFlagsData::new(), above);
+        self.b.ins().bitselect(above, h, x)
     }
 
     fn int_ty(&self) -> Type {
@@ -115,10 +129,15 @@ impl Math<'_, '_> {
         const LN2_HI: f32 = 0.693_359_4;
         const LN2_LO: f32 = -2.121_944_4e-4;
         const OVERFLOW: f32 = 88.722_83;
+        // Adding 1.5·2^23 rounds `x·log2 e` (at most 128 in size after the clamp) to the
+        // nearest integer, ties to even like `nearest`, and leaves it in the low mantissa bits
+        // of `shifted`: cheaper than `nearest` plus a saturating conversion to integers.
+        const ROUNDER: f32 = 12_582_912.0;
         let x = self.clamp(x0, -86.0, OVERFLOW);
         let l2e = self.konst(LOG2E);
-        let t = self.b.ins().fmul(x, l2e);
-        let n = self.b.ins().nearest(t);
+        let rounder = self.konst(ROUNDER);
+        let shifted = self.mul_add(x, l2e, rounder);
+        let n = self.b.ins().fsub(shifted, rounder);
         let (hi, lo) = (self.konst(-LN2_HI), self.konst(-LN2_LO));
         let r = self.mul_add(n, hi, x);
         let r = self.mul_add(n, lo, r);
@@ -137,9 +156,10 @@ impl Math<'_, '_> {
         let one = self.konst(1.0);
         let r1 = self.b.ins().fadd(r, one);
         let y = self.mul_add(p, r2, r1);
-        // 2^(n−1) from the exponent bits, times 2.
+        // 2^(n−1) from the exponent bits, times 2. The low bits of `shifted` are `n` plus a
+        // multiple of 2^22, which the shift into the exponent field discards.
         let ity = self.int_ty();
-        let ni = self.b.ins().fcvt_to_sint_sat(ity, n);
+        let ni = self.b.ins().bitcast(ity, MemFlagsData::new(), shifted);
         let bias = self.b.ins().iconst(types::I32, 126);
         let bias = if ity == types::I32 {
             bias
@@ -190,7 +210,9 @@ impl Math<'_, '_> {
     }
 
     pub fn sigmoid(&mut self, x: Value) -> Value {
-        let nx = self.b.ins().fneg(x);
+        // A multiply by −1 (exact) is one instruction; a vector `fneg` builds its sign mask.
+        let minus_one = self.konst(-1.0);
+        let nx = self.b.ins().fmul(x, minus_one);
         let e = self.exp(nx);
         let one = self.konst(1.0);
         let d = self.b.ins().fadd(one, e);

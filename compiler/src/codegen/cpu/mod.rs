@@ -57,7 +57,8 @@ pub struct Options {
     /// Cranelift's `opt_level = "speed"` (the e-graph optimiser) for every kernel; `none`
     /// keeps program order. Kernels with reductions get it regardless: their index arithmetic
     /// and bounds tests are loop-invariant in the reduction loops, which only the optimiser
-    /// hoists (2–3× faster attention and direct convolutions, measured).
+    /// hoists (2–3× faster attention and direct convolutions, measured). Contraction
+    /// epilogues get it too (see [`compile`]).
     pub optimize: bool,
     /// Run Cranelift's IR verifier (on by default in debug builds).
     pub verify: bool,
@@ -240,7 +241,10 @@ fn has_reduction(kernel: &Kernel) -> bool {
 pub fn compile(kernel: &Kernel, opts: &Options) -> Result<CompiledKernel, CodegenError> {
     let started = Instant::now();
     let err = |e: &dyn std::fmt::Display| CodegenError(e.to_string());
-    let optimize = opts.optimize || has_reduction(kernel);
+    // Epilogues too: the optimiser hoists their per-row index arithmetic, bias loads and
+    // constants out of the column loop (bias + ReLU 0.53 -> 0.30 ns per element, measured).
+    let optimize =
+        opts.optimize || has_reduction(kernel) || matches!(kernel.body, Body::Contraction(_));
     let isa = host_isa(&Options { optimize, ..*opts })?;
     let fma = isa.has_native_fma();
     let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
