@@ -547,3 +547,99 @@ fn attention_sources() {
 fn transposed_conv_sources() {
     insta::assert_snapshot!(sources("up"));
 }
+
+/// Rows long enough for cooperative reductions (one workgroup per row): a layer norm, a
+/// softmax, a mean and a max over feature maps, and an elementwise tail.
+const LONG_ROWS: &str = r#"graph t {
+  input %x: f32[3, 768]
+  param %l.weight: f32[768] = uniform(0.5)
+  param %l.bias: f32[768] = uniform(0.5)
+  %ln = layer_norm(%x, %l.weight, %l.bias) {affine=true, eps=1e-5}: f32[3, 768]
+  %sm = softmax(%ln) {axis=-1}: f32[3, 768]
+  output %o1 = %sm
+  input %f: f32[2, 5, 16, 20]
+  %avg = mean(%f) {axes=[2, 3], keepdim=true}: f32[2, 5, 1, 1]
+  %r = relu(%avg): f32[2, 5, 1, 1]
+  output %o2 = %r
+  %mx = max(%f) {axes=[2, 3], keepdim=false}: f32[2, 5]
+  output %o3 = %mx
+}
+"#;
+
+/// Each reduction kernel of [`LONG_ROWS`] runs one workgroup per grid iteration, validates, and
+/// on each device present (lavapipe in CI, a CUDA device) matches the interpreter.
+#[test]
+fn long_reductions_share_a_workgroup() {
+    let graph = optimized(LONG_ROWS);
+    let mut cuda = Vec::new();
+    for name in ["ln", "sm", "avg", "mx"] {
+        let id = graph
+            .find(name)
+            .unwrap_or_else(|| panic!("no `{name}` after -O2"));
+        let kernel = lower_node(&graph, id).expect("lowers");
+        for dialect in [Dialect::Wgsl, Dialect::Cuda] {
+            let e = emit(&kernel, dialect, &GpuOptions::default());
+            assert_eq!(e.workgroup, [128, 1, 1], "{}:\n{}", kernel.name, e.source);
+            assert_eq!(e.grid[0] as usize, kernel.grid_extent(), "{}", kernel.name);
+            match dialect {
+                Dialect::Wgsl => {
+                    validate_wgsl(&e.source).unwrap_or_else(|err| panic!("{err}\n{}", e.source))
+                }
+                Dialect::Cuda => cuda.push((kernel.name.clone(), e.source)),
+            }
+        }
+    }
+    if !compile_cuda(&cuda) {
+        println!("SKIPPED CUDA compilation: NVRTC not found");
+    }
+    // Rows past one grid dimension: whole workgroups leave, before any barrier.
+    let many = optimized(
+        "graph t {\n  input %y: f32[70000, 256]\n  %s = sum(%y) {axes=[1], keepdim=false}: f32[70000]\n  output %o = %s\n}\n",
+    );
+    let kernel = lower_node(&many, many.find("s").expect("a sum")).expect("lowers");
+    let e = emit(&kernel, Dialect::Wgsl, &GpuOptions::default());
+    assert_eq!((e.workgroup, e.grid), ([128, 1, 1], [65_535, 2, 1]));
+    validate_wgsl(&e.source).unwrap_or_else(|err| panic!("{err}\n{}", e.source));
+
+    let weights = init_weights(&graph, 3);
+    let mut rng = kernel_common::Rng(23);
+    let inputs: std::collections::HashMap<String, bbc_runtime::Tensor> = graph
+        .inputs
+        .iter()
+        .map(|&i| (graph.node(i).name.clone(), rng.tensor(&graph.node(i).shape)))
+        .collect();
+    let want = bbc_compiler::interp::run(&graph, &inputs, &weights).expect("runs");
+    let mut ran = Vec::new();
+    for dialect in [Dialect::Wgsl, Dialect::Cuda] {
+        let (plan, constants) =
+            plan::build(&graph, &weights, dialect, &GpuOptions::default()).expect("builds");
+        let mut exe = match bbc_runtime::gpu::open(plan, &constants) {
+            Ok(exe) => exe,
+            Err(e) => {
+                println!("SKIPPED on {dialect:?}: {e}");
+                continue;
+            }
+        };
+        let got = exe.run(&inputs).expect("runs");
+        // Partial sums combine in a different order than the interpreter's.
+        let dev = deviation(&got, &want);
+        assert!(dev <= 1e-5, "{dialect:?} deviates by {dev:e}");
+        ran.push(dialect);
+    }
+    println!("cooperative reductions checked on {ran:?}");
+}
+
+#[test]
+fn cooperative_layer_norm_sources() {
+    let g = optimized(LONG_ROWS);
+    let kernel = lower_node(&g, g.find("ln").expect("a layer norm")).expect("lowers");
+    let mut out = String::new();
+    for dialect in [Dialect::Wgsl, Dialect::Cuda] {
+        let e = emit(&kernel, dialect, &GpuOptions::default());
+        out.push_str(&format!(
+            "// {dialect:?}: workgroup {:?}, grid {:?}\n{}\n",
+            e.workgroup, e.grid, e.source
+        ));
+    }
+    insta::assert_snapshot!(out);
+}

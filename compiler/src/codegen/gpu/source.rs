@@ -7,7 +7,9 @@
 //! Every size is static and printed as a literal. Integers are 32-bit (the plan builder
 //! refuses buffers of 2³¹ elements or more); floor division and remainder of a value that
 //! can be negative go through helpers, plain `/` and `%` otherwise. A reduction expression
-//! is hoisted into an accumulator loop emitted just before the statement that reads it.
+//! is hoisted into an accumulator loop emitted just before the statement that reads it; in
+//! a cooperative loop kernel the outermost ones are shared by a workgroup (strided
+//! accumulation, then a tree in workgroup memory between barriers).
 
 use crate::kernel::{
     Binary, CmpOp, Cond, Expr, Index, Kernel, Pred, ReduceOp, Stmt, TableData, Unary, Var,
@@ -101,6 +103,9 @@ pub struct Printer<'a> {
     pub body: String,
     /// Counter for hoisted reduction accumulators.
     accumulators: usize,
+    /// Invocations sharing the next outermost reduction (see [`Printer::cooperate`]); `None`
+    /// while reductions run sequentially in one invocation.
+    cooperative: Option<u32>,
 }
 
 impl<'a> Printer<'a> {
@@ -111,6 +116,7 @@ impl<'a> Printer<'a> {
             module: String::new(),
             body: String::new(),
             accumulators: 0,
+            cooperative: None,
         };
         for (i, t) in kernel.tables.iter().enumerate() {
             let decl = syntax.table(&table_name(i), &t.data);
@@ -158,7 +164,7 @@ impl<'a> Printer<'a> {
         }
     }
 
-    fn stmt(&mut self, depth: usize, s: &Stmt) {
+    pub fn stmt(&mut self, depth: usize, s: &Stmt) {
         match s {
             Stmt::Loop { var, body, .. } => {
                 self.open_loop(depth, &var_name(*var), var.extent, false);
@@ -248,7 +254,28 @@ impl<'a> Printer<'a> {
         }
     }
 
-    /// Emits `acc = init; for vars { acc = combine(acc, body) }`; returns `acc`.
+    /// Declares the workgroup array cooperative reductions over `workgroup` invocations
+    /// combine their partial results in; once per kernel, before [`Printer::cooperate`].
+    pub fn declare_partials(&mut self, workgroup: u32) {
+        let (at_module, decl) = self.syntax.shared_array(PARTIALS, workgroup as usize);
+        if at_module {
+            self.module_line(&decl);
+        } else {
+            self.line(1, &decl);
+        }
+    }
+
+    /// Makes the outermost reductions of the expressions printed next cooperative across
+    /// `workgroup` invocations (`lid_x` in `0..workgroup`, all of them reaching every
+    /// reduction: barriers need uniform control flow), or sequential again with `None`.
+    pub fn cooperate(&mut self, workgroup: Option<u32>) {
+        self.cooperative = workgroup;
+    }
+
+    /// Emits `acc = init; for vars { acc = combine(acc, body) }`; returns the name holding
+    /// the result. A cooperative reduction strides its invocations over the flattened
+    /// variables, then combines the partial results in a tree in workgroup memory and
+    /// broadcasts the total; reductions nested in its body stay sequential.
     fn reduce(&mut self, depth: usize, op: ReduceOp, vars: &[Var], body: &Expr) -> String {
         let acc = format!("r{}", self.accumulators);
         self.accumulators += 1;
@@ -258,10 +285,37 @@ impl<'a> Printer<'a> {
         };
         let decl = self.syntax.variable(Ty::F32, &acc, &init);
         self.line(depth, &decl);
-        for (i, v) in vars.iter().enumerate() {
-            self.open_loop(depth + i, &var_name(*v), v.extent, false);
-        }
-        let inner = depth + vars.len();
+        let cooperative = self.cooperative.take();
+        let loops = match cooperative {
+            Some(n) => {
+                let flat = format!("{acc}_at");
+                let total: usize = vars.iter().map(|v| v.extent).product();
+                let open = self
+                    .syntax
+                    .for_open(&flat, "lid_x", &total.to_string(), n as usize);
+                self.line(depth, &open);
+                // Row-major decomposition of the flat index into the variables.
+                let mut stride = total;
+                for v in vars {
+                    stride /= v.extent;
+                    let value = match (stride, v.extent == total) {
+                        (_, true) => flat.clone(),
+                        (1, false) => format!("({flat} % {})", v.extent),
+                        (s, false) if s * v.extent == total => format!("({flat} / {s})"),
+                        (s, false) => format!("(({flat} / {s}) % {})", v.extent),
+                    };
+                    self.bind_var(depth + 1, *v, &value);
+                }
+                1
+            }
+            None => {
+                for (i, v) in vars.iter().enumerate() {
+                    self.open_loop(depth + i, &var_name(*v), v.extent, false);
+                }
+                vars.len()
+            }
+        };
+        let inner = depth + loops;
         let update = match (op, body) {
             // Products accumulate with a fused multiply-add.
             (ReduceOp::Sum, Expr::Binary(Binary::Mul, a, b)) => {
@@ -271,14 +325,61 @@ impl<'a> Printer<'a> {
             (ReduceOp::Sum, _) => format!("({acc} + {})", self.expr(inner, body)),
             (ReduceOp::Max, _) => {
                 let v = self.expr(inner, body);
-                self.syntax.call(Call::Max, &[acc.clone(), v])
+                self.combine(op, &acc, &v)
             }
         };
         self.line(inner, &format!("{acc} = {update};"));
-        for i in (0..vars.len()).rev() {
+        for i in (0..loops).rev() {
             self.line(depth + i, "}");
         }
-        acc
+        self.cooperative = cooperative;
+        match cooperative {
+            Some(n) => self.combine_partials(depth, op, &acc, n),
+            None => acc,
+        }
+    }
+
+    fn combine(&self, op: ReduceOp, a: &str, b: &str) -> String {
+        match op {
+            ReduceOp::Sum => format!("({a} + {b})"),
+            ReduceOp::Max => self.syntax.call(Call::Max, &[a.to_string(), b.to_string()]),
+        }
+    }
+
+    /// Tree-combines each invocation's `partial` over `workgroup` invocations (a power of
+    /// two) in workgroup memory; returns the name of the total every invocation holds.
+    fn combine_partials(
+        &mut self,
+        depth: usize,
+        op: ReduceOp,
+        partial: &str,
+        workgroup: u32,
+    ) -> String {
+        let barrier = self.syntax.barrier();
+        self.line(depth, &format!("{PARTIALS}[lid_x] = {partial};"));
+        self.line(depth, barrier);
+        let mut half = workgroup / 2;
+        while half > 0 {
+            let both = self.combine(
+                op,
+                &format!("{PARTIALS}[lid_x]"),
+                &format!("{PARTIALS}[lid_x + {half}]"),
+            );
+            self.line(
+                depth,
+                &format!("if (lid_x < {half}) {{ {PARTIALS}[lid_x] = {both}; }}"),
+            );
+            self.line(depth, barrier);
+            half /= 2;
+        }
+        let total = format!("{partial}_all");
+        let decl = self
+            .syntax
+            .constant(Ty::F32, &total, &format!("{PARTIALS}[0]"));
+        self.line(depth, &decl);
+        // Every invocation has read the total before the array is reused.
+        self.line(depth, barrier);
+        total
     }
 
     pub fn float(&self, v: f32) -> String {
@@ -393,6 +494,9 @@ impl<'a> Printer<'a> {
     }
 }
 
+/// The workgroup array cooperative reductions combine their partial results in.
+const PARTIALS: &str = "partials";
+
 pub fn var_name(v: Var) -> String {
     format!("i{}", v.id)
 }
@@ -501,21 +605,29 @@ pub const MAX_GRID_DIM: u64 = 65_535;
 /// The workgroup counts covering `total` invocations of a one-dimensional kernel: a 2-D
 /// grid when one dimension cannot hold them all.
 pub fn linear_grid(total: usize) -> [u32; 3] {
-    let groups = (total as u64).div_ceil(u64::from(LINEAR_WORKGROUP)).max(1);
+    group_grid(total.div_ceil(LINEAR_WORKGROUP as usize))
+}
+
+/// A grid of `groups` workgroups: 2-D when one dimension cannot hold them all.
+pub fn group_grid(groups: usize) -> [u32; 3] {
+    let groups = (groups as u64).max(1);
     let x = groups.min(MAX_GRID_DIM);
     let y = groups.div_ceil(x);
     [x as u32, y as u32, 1]
 }
 
+/// The linear index of the workgroup in a [`group_grid`] dispatch.
+pub fn group_index(grid: [u32; 3]) -> String {
+    match grid {
+        [x, y, _] if y > 1 => format!("(wg_y * {x} + wg_x)"),
+        _ => "wg_x".to_string(),
+    }
+}
+
 /// Binds `gid` to the linear invocation index of a kernel dispatched with
 /// [`linear_grid`]`(total)` and returns from invocations past `total`.
 pub fn linear_invocation(p: &mut Printer, total: usize) {
-    let [x, y, _] = linear_grid(total);
-    let group = if y > 1 {
-        format!("(wg_y * {x} + wg_x)")
-    } else {
-        "wg_x".to_string()
-    };
+    let group = group_index(linear_grid(total));
     let gid = format!("{group} * {LINEAR_WORKGROUP} + lid_x");
     let decl = p.syntax.constant(Ty::I32, "gid", &gid);
     p.line(1, &decl);
