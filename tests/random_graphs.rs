@@ -35,12 +35,17 @@
 //! is left; and the optimised graph verifies and prints, parses back and prints
 //! identically. Norms get an `eps` of at least 1e-3 (see [`NORM_EPS`]) so that rounding
 //! differences stay within the tolerance. Bugs the generator found are kept as fixed cases
-//! (`found_bugs_stay_fixed`).
+//! (`found_bugs_stay_fixed`). The -O2 graph is also compiled to the CPU executable
+//! (bounds-checked JIT code, two threads) and must agree within [`JIT_TOLERANCE`];
+//! `random_graphs_run_on_the_gpu` runs 12 cases (`BBC_GPU_CASES`) through the WGSL launch
+//! plan on wgpu within the same bound.
 //!
 //! 64 cases by default (under a second); `PROPTEST_CASES` scales it. A second test checks
 //! that the generator keeps reaching every pass: each -O2 pass must change at least one of
 //! 200 fixed cases (`--nocapture` prints how many).
 
+use bbc::compiler::codegen::cpu::plan::{compile, ExecOptions};
+use bbc::compiler::codegen::cpu::Options as CodegenOptions;
 use bbc::compiler::elab::{Options, Program};
 use bbc::compiler::ops::{format_float, Init};
 use bbc::compiler::{interp, ir, passes, stats, weights};
@@ -55,6 +60,8 @@ type Shape = Vec<usize>;
 
 /// Relative tolerance of optimised against unoptimised outputs (as in `tests/optimize.rs`).
 const TOLERANCE: f32 = 1e-5;
+/// Relative tolerance of the CPU executable (as in `tests/cpu_backend.rs`).
+const JIT_TOLERANCE: f32 = 2e-5;
 
 /// How many numbers each motif may draw.
 const PICKS_PER_MOTIF: usize = 40;
@@ -1240,6 +1247,11 @@ fn case_weights(graph: &ir::Graph, seed: u64) -> BTreeMap<String, Tensor> {
 /// `got` matches `want` within [`TOLERANCE`] of the largest magnitude (floor 1); a
 /// non-finite value must be reproduced exactly.
 fn compare(want: &Tensor, got: &Tensor) -> Result<(), String> {
+    compare_within(want, got, TOLERANCE)
+}
+
+/// [`compare`] with tolerance `tol` relative to the output's scale.
+fn compare_within(want: &Tensor, got: &Tensor, tol: f32) -> Result<(), String> {
     if want.shape() != got.shape() {
         return Err(format!("shape {:?} became {:?}", want.shape(), got.shape()));
     }
@@ -1249,7 +1261,7 @@ fn compare(want: &Tensor, got: &Tensor) -> Result<(), String> {
         .fold(1f32, |m, v| m.max(v.abs()));
     for (i, (&a, &b)) in want.iter().zip(got.iter()).enumerate() {
         let ok = if a.is_finite() {
-            (a - b).abs() <= TOLERANCE * scale
+            (a - b).abs() <= tol * scale
         } else {
             (a.is_nan() && b.is_nan()) || a == b
         };
@@ -1277,10 +1289,11 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     check_program(&case.source(), case.seed)
 }
 
-/// Runs `text` unoptimised and at -O1 and -O2 with weights and inputs from `seed`.
-fn check_program(text: &str, seed: u64) -> Result<(), TestCaseError> {
-    let fail = |what: String| TestCaseError::fail(format!("{what}\n--- program ---\n{text}"));
-    let graph = elaborate(text).map_err(fail)?;
+/// The graph of `text` with its weights and inputs from `seed`.
+type CaseData = (ir::Graph, BTreeMap<String, Tensor>, HashMap<String, Tensor>);
+
+fn case_data(text: &str, seed: u64) -> Result<CaseData, String> {
+    let graph = elaborate(text)?;
     let w = case_weights(&graph, seed);
     let mut rng = Rng::new(seed.wrapping_add(1));
     let inputs: HashMap<String, Tensor> = graph
@@ -1291,6 +1304,13 @@ fn check_program(text: &str, seed: u64) -> Result<(), TestCaseError> {
             (n.name.clone(), rng.standard_normal_tensor(&n.shape))
         })
         .collect();
+    Ok((graph, w, inputs))
+}
+
+/// Runs `text` unoptimised and at -O1 and -O2 with weights and inputs from `seed`.
+fn check_program(text: &str, seed: u64) -> Result<(), TestCaseError> {
+    let fail = |what: String| TestCaseError::fail(format!("{what}\n--- program ---\n{text}"));
+    let (graph, w, inputs) = case_data(text, seed).map_err(fail)?;
     let reference = interp::run(&graph, &inputs, &w).map_err(|e| fail(e.to_string()))?;
     let before = stats::stats(&graph);
     for level in [1, 2] {
@@ -1343,6 +1363,35 @@ fn check_program(text: &str, seed: u64) -> Result<(), TestCaseError> {
                 ))
             })?;
         }
+        if level == 2 {
+            check_cpu_executable(&opt, &inputs, &w, &reference)
+                .map_err(|e| fail(format!("cpu executable: {e}\n--- -O2 IR ---\n{printed}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The CPU executable of the -O2 graph (bounds-checked code, two threads) against the
+/// unoptimised interpreter, at the JIT's tolerance (its exp/tanh/erf approximations; see
+/// `tests/cpu_backend.rs`).
+fn check_cpu_executable(
+    graph: &ir::Graph,
+    inputs: &HashMap<String, Tensor>,
+    w: &BTreeMap<String, Tensor>,
+    reference: &BTreeMap<String, Tensor>,
+) -> Result<(), String> {
+    let opts = ExecOptions {
+        threads: 2,
+        codegen: CodegenOptions {
+            bounds_checked: true,
+            ..CodegenOptions::default()
+        },
+    };
+    let mut exe = compile(graph, w, &opts).map_err(|e| e.to_string())?;
+    let out = exe.run(inputs).map_err(|e| e.to_string())?;
+    for (name, want) in reference {
+        let got = out.get(name).ok_or(format!("no output `{name}`"))?;
+        compare_within(want, got, JIT_TOLERANCE).map_err(|e| format!("output `{name}`: {e}"))?;
     }
     Ok(())
 }
@@ -1383,6 +1432,49 @@ proptest! {
     #[test]
     fn optimised_random_graphs_compute_what_the_unoptimised_ones_do(c in case()) {
         check_guarded(&c)?;
+    }
+}
+
+/// Random graphs through the WGSL launch plan and the wgpu executor (lavapipe in CI): fewer
+/// cases than on the CPU, since lavapipe compiles every pipeline on its first dispatch.
+/// Without a Vulkan adapter the test says so and passes, unless `BBC_REQUIRE_GPU` is set.
+#[test]
+fn random_graphs_run_on_the_gpu() {
+    use bbc::compiler::codegen::gpu::{plan::build, Dialect, GpuOptions};
+    use bbc::runtime::gpu::wgpu::WgpuExecutor;
+    use bbc::runtime::gpu::Executor;
+    let cases: usize = std::env::var("BBC_GPU_CASES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = case();
+    for _ in 0..cases {
+        let c = strategy
+            .new_tree(&mut runner)
+            .expect("strategy builds")
+            .current();
+        let text = c.source();
+        let (graph, w, inputs) = case_data(&text, c.seed).unwrap_or_else(|e| panic!("{e}"));
+        let reference = interp::run(&graph, &inputs, &w).expect("interpreter");
+        let mut opt = graph.clone();
+        passes::run(&mut opt, &passes::pipeline(2), &passes::Options::default()).expect("-O2");
+        let (plan, constants) = build(&opt, &w, Dialect::Wgsl, &GpuOptions::default())
+            .unwrap_or_else(|e| panic!("{e}\n--- program ---\n{text}"));
+        let mut exe = match WgpuExecutor::new(plan, &constants) {
+            Ok(exe) => exe,
+            Err(e) if std::env::var_os("BBC_REQUIRE_GPU").is_none() => {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr(), "SKIPPED: no GPU adapter ({e})");
+                return;
+            }
+            Err(e) => panic!("{e}"),
+        };
+        let out = exe.run(&inputs).expect("runs");
+        for (name, want) in &reference {
+            compare_within(want, &out[name], JIT_TOLERANCE)
+                .unwrap_or_else(|e| panic!("gpu output `{name}`: {e}\n--- program ---\n{text}"));
+        }
     }
 }
 
