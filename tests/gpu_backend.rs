@@ -293,9 +293,10 @@ fn options_that_do_not_fit_the_target_are_refused() {
         ),
         (
             &[
-                "compile", SPEC, "--model", MODEL, "--target", "cpu", "-o", dir_arg,
+                "compile", SPEC, "--model", MODEL, "--target", "gpu", "--symbol", "m", "-o",
+                dir_arg,
             ],
-            "the cpu target has no ahead-of-time output yet",
+            "--symbol applies to --target cpu only",
         ),
         (
             &[

@@ -1,9 +1,12 @@
 //! The executor: runs a compiled model's [`Plan`] (an ordered list of kernel launches over
 //! the slots of one activation arena) on a [`ThreadPool`].
 //!
-//! A plan is generic: it holds function pointers and closures, never compiler types. Each
-//! [`Step`] names its buffers as [`Slot`]s, in the order its code expects them, the written
-//! buffer last (the kernel ABI of generated code). A step runs one of:
+//! A plan is generic: it holds function pointers and closures, never compiler types. Its
+//! step types are written over a [`Form`], so the serialisable description in
+//! [`crate::desc`] (indices instead of pointers, shapes instead of packed weights) shares
+//! their structure and resolves into them. Each [`Step`] names its buffers as [`Slot`]s, in
+//! the order its code expects them, the written buffer last (the kernel ABI of generated
+//! code). A step runs one of:
 //!
 //! - [`StepKernel::Loops`]: generated code over a grid whose iterations are independent,
 //!   `entry(bufs, start, end)`; the grid is split over the pool.
@@ -31,11 +34,13 @@
 //! packing buffers per call, and host steps allocate).
 
 use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
+use crate::desc::SerialForm;
 use crate::kernels::{
     gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, MatMut, MatRef, Output, PackedMatrix,
     Tile,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
+use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
 /// Generated loop code: computes grid iterations `start..end` over `bufs`.
@@ -55,8 +60,42 @@ pub type TileFn = unsafe extern "C" fn(
 /// Host code: reads the step's buffers but the last, writes the last.
 pub type HostFn = Box<dyn FnMut(&[&[f32]], &mut [f32]) -> Result<(), String> + Send>;
 
+/// What the leaves of a [`Step`] are. The step structure (kinds, slots, shapes, offsets,
+/// product maps) is written once, over this trait: an [`Executor`] runs steps in the
+/// [`Resolved`] form (function pointers, packed weights, closures), and
+/// [`crate::desc::PlanDesc`] holds them in the [`Described`](crate::desc::Described) form
+/// (function and constant indices, plain shapes), which serialises and resolves into the
+/// first. That is how the JIT and an ahead-of-time object share one lowering.
+pub trait Form {
+    /// Generated loop code.
+    type Loop: Copy + std::fmt::Debug;
+    /// A generated contraction epilogue.
+    type Tile: Copy + std::fmt::Debug;
+    /// A convolution and its weight.
+    type Conv;
+    /// A depthwise convolution, its weight and bias.
+    type Depthwise;
+    /// The constant matrices of a GEMM operand.
+    type Packed;
+    /// Host code.
+    type Host;
+}
+
+/// The form an [`Executor`] runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Resolved;
+
+impl Form for Resolved {
+    type Loop = LoopFn;
+    type Tile = TileFn;
+    type Conv = Conv2d;
+    type Depthwise = DepthwiseConv2d;
+    type Packed = Vec<PackedMatrix>;
+    type Host = HostFn;
+}
+
 /// Where a step's buffer lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Slot {
     /// An activation in the arena: an index into [`Plan::values`].
     Value(usize),
@@ -83,48 +122,53 @@ pub struct Plan {
 }
 
 /// One kernel launch.
-pub struct Step {
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub struct Step<F: Form = Resolved> {
     /// For errors and profiles (the graph value it computes).
     pub name: String,
     /// The buffers in the order the kernel expects; the last is the one it writes.
     pub slots: Vec<Slot>,
-    pub kernel: StepKernel,
+    pub kernel: StepKernel<F>,
 }
 
 /// What a step runs.
 // One per step, built once and never moved in a hot loop: boxing the planned kernels would
 // only add an indirection.
 #[allow(clippy::large_enum_variant)]
-pub enum StepKernel {
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub enum StepKernel<F: Form = Resolved> {
     Loops {
-        entry: LoopFn,
+        entry: F::Loop,
         grid: usize,
     },
     /// A convolution of buffer `input` (a position in the step's slots) into the output.
     Conv {
-        conv: Conv2d,
+        conv: F::Conv,
         input: usize,
-        product: ProductMap,
+        product: ProductMap<F>,
     },
-    Gemm(Gemm),
+    Gemm(Gemm<F>),
     /// A depthwise convolution of buffer `input` (its weight and bias held by the kernel).
     /// Without `rest` it writes the step's output; with it, it writes its product to the
     /// step's [`Slot::Product`] buffer and `rest` computes the output from it band by band.
     Depthwise {
-        conv: DepthwiseConv2d,
+        conv: F::Depthwise,
         input: usize,
-        rest: Option<BandLoop>,
+        rest: Option<BandLoop<F>>,
     },
-    Host(HostFn),
+    Host(F::Host),
 }
 
 /// Generated loop code run on each finished band of a depthwise convolution with
 /// [`DepthwiseConv2d::with_pixel_bands`]: grid iterations
 /// `(b · out_h + oy) · per_row .. (b · out_h + oy + 1) · per_row` compute output row `oy` of
 /// image `b` from that row's pixels of the product alone.
-#[derive(Clone, Copy, Debug)]
-pub struct BandLoop {
-    pub entry: LoopFn,
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub struct BandLoop<F: Form = Resolved> {
+    pub entry: F::Loop,
     pub per_row: usize,
 }
 
@@ -135,8 +179,9 @@ pub struct BandLoop {
 /// is the batch entry of the kernel call (a GEMM call per entry; 0 for a convolution, whose
 /// rows run over images and groups). Product element `(r, c)` is epilogue element `(row r,
 /// column c)`, or `(row c, column r)` when `transposed`.
-#[derive(Clone, Debug, Default)]
-pub struct ProductMap {
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub struct ProductMap<F: Form = Resolved> {
     pub rows_per_batch: usize,
     pub transposed: bool,
     /// The step's buffer at this position holds `rows_per_batch` values; product row `r`
@@ -145,11 +190,24 @@ pub struct ProductMap {
     pub bias: Option<usize>,
     /// The product goes to scratch and each tile is scattered into the output first.
     pub scatter: Option<Scatter>,
-    pub epilogue: Option<TileFn>,
+    pub epilogue: Option<F::Tile>,
+}
+
+// Not derived: the derive would require a default function pointer.
+impl<F: Form> Default for ProductMap<F> {
+    fn default() -> ProductMap<F> {
+        ProductMap {
+            rows_per_batch: 0,
+            transposed: false,
+            bias: None,
+            scatter: None,
+            epilogue: None,
+        }
+    }
 }
 
 /// Epilogue element `(b, i, j)` lives at `out[batch_offsets[b] + i·row_stride + j·col_stride]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Scatter {
     pub batch_offsets: Vec<usize>,
     pub row_stride: usize,
@@ -157,26 +215,30 @@ pub struct Scatter {
 }
 
 /// `C[b] = A[b]·B[b]` (`m×k` by `k×n`) for every batch entry `b`.
-pub struct Gemm {
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub struct Gemm<F: Form = Resolved> {
     pub m: usize,
     pub n: usize,
     pub k: usize,
     pub batches: usize,
-    pub a: GemmOperand,
-    pub b: GemmOperand,
+    pub a: GemmOperand<F>,
+    pub b: GemmOperand<F>,
     /// Without a scatter, `C[b](i, j)` is written at `out[out_offsets[b] + i·out_row_stride
     /// + j·out_col_stride]` (the column stride must be 1 when there is an epilogue).
     pub out_offsets: Vec<usize>,
     pub out_row_stride: usize,
     pub out_col_stride: usize,
-    pub product: ProductMap,
+    pub product: ProductMap<F>,
 }
 
 /// A GEMM operand.
-pub enum GemmOperand {
+#[derive(Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub enum GemmOperand<F: Form = Resolved> {
     /// Constant matrices packed at load time; batch entry `b` uses `matrices[of_batch[b]]`.
     Packed {
-        matrices: Vec<PackedMatrix>,
+        matrices: F::Packed,
         of_batch: Vec<usize>,
     },
     /// A view of the step's buffer at position `slot`: element `(i, j)` of batch entry `b`
@@ -910,7 +972,7 @@ mod tests {
             name: format!("v{}", s + 1),
             slots: vec![Slot::Value(s), Slot::Value(s + 1)],
             kernel: StepKernel::Loops {
-                entry: add_one,
+                entry: add_one as LoopFn,
                 grid: n,
             },
         };
@@ -1022,7 +1084,7 @@ mod tests {
                 transposed: false,
                 bias: None,
                 scatter: None,
-                epilogue: Some(double_plus_bias),
+                epilogue: Some(double_plus_bias as TileFn),
             },
         };
         let transposed = || Gemm {
@@ -1052,7 +1114,7 @@ mod tests {
                     row_stride: n,
                     col_stride: 1,
                 }),
-                epilogue: Some(double_plus_bias),
+                epilogue: Some(double_plus_bias as TileFn),
             },
         };
         for threads in [1, 2] {
@@ -1119,7 +1181,7 @@ mod tests {
                             transposed: false,
                             bias: None,
                             scatter: None,
-                            epilogue: Some(double_plus_bias),
+                            epilogue: Some(double_plus_bias as TileFn),
                         },
                     },
                 },

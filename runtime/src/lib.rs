@@ -11,21 +11,29 @@
 //! - [`kernels`]: GEMM, convolution and depthwise kernels with fused epilogues.
 //! - [`arena`]: the activation-memory planner and aligned buffers.
 //! - [`exec`]: the executor running a compiled plan over the arena on the pool.
+//! - [`desc`]: the serialisable description of a CPU plan, resolved into one.
+//! - [`aot`]: ahead-of-time compiled models: descriptor, weights file, loader.
+//! - [`libcalls`]: the functions generated code calls by symbol name.
+//! - [`program_dir`]: atomic writing of a compiled program's folder.
 //! - [`gpu`]: the GPU launch plan and its executors.
 //!
 //! This crate never prints and returns errors instead of panicking on bad
 //! input files.
 
+pub mod aot;
 pub mod arena;
 mod atomic;
 pub mod checkpoint;
+pub mod desc;
 pub mod error;
 pub mod exec;
 pub mod gpu;
 pub mod image;
 pub mod kernels;
+pub mod libcalls;
 pub mod npy;
 pub mod pool;
+pub mod program_dir;
 pub mod rng;
 
 pub use atomic::write_atomic;

@@ -8,11 +8,13 @@
 //! DIR/README.txt              how to run it
 //! ```
 //!
-//! Saving builds the folder beside its destination and renames it into place,
-//! so a failure never leaves a half-written program behind.
+//! Saving builds the folder beside its destination and renames it into place
+//! ([`write_program_dir`]), so a failure never leaves a half-written program
+//! behind.
 
 use super::{constant_data, Constants, GpuError, LaunchPlan};
 use crate::checkpoint::{self, Checkpoint};
+use crate::program_dir::write_program_dir;
 use std::path::{Path, PathBuf};
 
 /// The plan's file name inside a program folder.
@@ -30,8 +32,8 @@ pub fn kernel_path(name: &str, dialect: super::Dialect) -> PathBuf {
 
 /// Writes `plan`, its constants and `readme` to `dir` (see the module
 /// documentation). An existing non-empty `dir` is replaced only with `force`
-/// and only if it holds a compiled program (a `plan.json`), so a mistyped
-/// path never deletes unrelated files.
+/// and only if it holds a compiled program, so a mistyped path never deletes
+/// unrelated files.
 pub fn save_dir(
     dir: &Path,
     plan: &LaunchPlan,
@@ -53,21 +55,10 @@ pub fn save_dir(
             )));
         }
     }
-    let replace = check_destination(dir, force)?;
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let stem = dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "program".into());
-    let temp = parent.join(format!(".{stem}.partial-{}", std::process::id()));
     let io = |what: &Path, e: std::io::Error| {
         GpuError::Io(format!("cannot write `{}`: {e}", what.display()))
     };
-    let written = (|| {
-        std::fs::create_dir(&temp).map_err(|e| io(&temp, e))?;
+    let fill = |temp: &Path| {
         let kernels = temp.join(KERNELS_DIR);
         std::fs::create_dir(&kernels).map_err(|e| io(&kernels, e))?;
         let mut stored = plan.clone();
@@ -90,74 +81,8 @@ pub fn save_dir(
         let path = temp.join("README.txt");
         std::fs::write(&path, readme).map_err(|e| io(&path, e))?;
         Ok(())
-    })();
-    let placed = written.and_then(|()| move_into_place(&temp, dir, replace));
-    if placed.is_err() {
-        let _ = std::fs::remove_dir_all(&temp);
-    }
-    placed
-}
-
-/// What is at the destination: nothing (or an empty folder) to replace
-/// freely, or a previous program that `--force` allows replacing.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Destination {
-    Free,
-    EmptyDir,
-    Program,
-}
-
-fn check_destination(dir: &Path, force: bool) -> Result<Destination, GpuError> {
-    if !dir.exists() {
-        return Ok(Destination::Free);
-    }
-    if !dir.is_dir() {
-        return Err(GpuError::Io(format!(
-            "`{}` exists and is not a folder",
-            dir.display()
-        )));
-    }
-    let mut entries = std::fs::read_dir(dir)
-        .map_err(|e| GpuError::Io(format!("cannot read `{}`: {e}", dir.display())))?;
-    if entries.next().is_none() {
-        return Ok(Destination::EmptyDir);
-    }
-    if !dir.join(PLAN_FILE).is_file() {
-        return Err(GpuError::Io(format!(
-            "`{}` is not empty and holds no compiled program; choose another folder",
-            dir.display()
-        )));
-    }
-    if !force {
-        return Err(GpuError::Io(format!(
-            "`{}` already holds a compiled program; pass --force to replace it",
-            dir.display()
-        )));
-    }
-    Ok(Destination::Program)
-}
-
-/// Renames the finished `temp` folder to `dir`, moving a previous program
-/// aside first and deleting it only once the new one is in place.
-fn move_into_place(temp: &Path, dir: &Path, replace: Destination) -> Result<(), GpuError> {
-    let fail = |e: std::io::Error| GpuError::Io(format!("cannot create `{}`: {e}", dir.display()));
-    match replace {
-        Destination::Free => std::fs::rename(temp, dir).map_err(fail),
-        Destination::EmptyDir => {
-            std::fs::remove_dir(dir).map_err(fail)?;
-            std::fs::rename(temp, dir).map_err(fail)
-        }
-        Destination::Program => {
-            let old = temp.with_extension("old");
-            std::fs::rename(dir, &old).map_err(fail)?;
-            if let Err(e) = std::fs::rename(temp, dir) {
-                let _ = std::fs::rename(&old, dir);
-                return Err(fail(e));
-            }
-            let _ = std::fs::remove_dir_all(&old);
-            Ok(())
-        }
-    }
+    };
+    write_program_dir(dir, force, fill, GpuError::Io)
 }
 
 /// Reads a program written by [`save_dir`]: the plan with every kernel's

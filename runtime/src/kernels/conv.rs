@@ -44,7 +44,7 @@ use crate::kernels::{
 use crate::pool::{Chunking, ThreadPool};
 
 /// Memory layout of activations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Layout {
     /// `[batch, channels, height, width]` (`[batch, channels, length]` in 1-D).
     Nchw,
@@ -53,7 +53,7 @@ pub enum Layout {
 }
 
 /// The static description of a 2-D convolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conv2dShape {
     /// Images per call.
     pub batch: usize,
@@ -338,12 +338,7 @@ impl Conv2d {
     /// Tiles are sized so that a pool of `threads` threads gets at least two
     /// tasks per thread; the plan runs correctly on a pool of any size.
     pub fn new(shape: Conv2dShape, weights: &[f32], threads: usize) -> Result<Conv2d, KernelError> {
-        let out = shape.out_size()?;
-        check_len(
-            "conv weight",
-            shape.weight_len().unwrap_or(usize::MAX),
-            weights.len(),
-        )?;
+        let out = Conv2d::check(&shape, weights.len())?;
         if shape.is_depthwise() {
             return Ok(Conv2d {
                 shape,
@@ -364,6 +359,21 @@ impl Conv2d {
             strategy,
             plan,
         })
+    }
+
+    /// What [`Conv2d::new`] checks before packing anything: the shape, and that a weight of
+    /// `weight_len` floats covers it. Returns the output `[height, width]`.
+    pub fn check(shape: &Conv2dShape, weight_len: usize) -> Result<[usize; 2], KernelError> {
+        let out = shape.out_size()?;
+        check_len(
+            "conv weight",
+            shape.weight_len().unwrap_or(usize::MAX),
+            weight_len,
+        )?;
+        if shape.is_depthwise() {
+            DepthwiseConv2d::check(shape, weight_len, None)?;
+        }
+        Ok(out)
     }
 
     /// A 1-D convolution; weights `[C_out, C_in/groups, k]`.

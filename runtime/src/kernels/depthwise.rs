@@ -379,16 +379,9 @@ impl DepthwiseConv2d {
     /// Plans `shape` (which must have `groups == in_channels`) with weights in
     /// PyTorch layout `[C_out, 1, kh, kw]`.
     pub fn new(shape: Conv2dShape, weights: &[f32]) -> Result<DepthwiseConv2d, KernelError> {
-        let out = shape.out_size()?;
-        if shape.groups != shape.in_channels {
-            return Err(KernelError::Shape(format!(
-                "depthwise conv: groups {} must equal in_channels {}",
-                shape.groups, shape.in_channels
-            )));
-        }
+        let out = DepthwiseConv2d::check(&shape, weights.len(), None)?;
         let taps = shape.kernel[0] * shape.kernel[1];
         let c_out = shape.out_channels;
-        check_len("depthwise weight", c_out * taps, weights.len())?;
         let weights = match shape.layout {
             Layout::Nchw => AlignedBuffer::from_slice(&weights[..c_out * taps]),
             Layout::Nhwc => {
@@ -431,6 +424,33 @@ impl DepthwiseConv2d {
             pixel_bands: false,
             use_fma: cpu_has_avx2_fma(),
         })
+    }
+
+    /// What [`DepthwiseConv2d::new`] and [`DepthwiseConv2d::with_bias`] check before
+    /// copying anything: the shape, and that a weight of `weight_len` floats (and a bias of
+    /// `bias_len`, if any) covers it. Returns the output `[height, width]`.
+    pub fn check(
+        shape: &Conv2dShape,
+        weight_len: usize,
+        bias_len: Option<usize>,
+    ) -> Result<[usize; 2], KernelError> {
+        let out = shape.out_size()?;
+        if shape.groups != shape.in_channels {
+            return Err(KernelError::Shape(format!(
+                "depthwise conv: groups {} must equal in_channels {}",
+                shape.groups, shape.in_channels
+            )));
+        }
+        let c_out = shape.out_channels;
+        check_len(
+            "depthwise weight",
+            c_out * shape.kernel[0] * shape.kernel[1],
+            weight_len,
+        )?;
+        if let Some(len) = bias_len {
+            check_len("depthwise bias", c_out, len)?;
+        }
+        Ok(out)
     }
 
     /// Adds `bias[c]` to every output of channel `c` (the accumulators start from it).

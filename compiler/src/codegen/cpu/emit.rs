@@ -27,7 +27,9 @@ use crate::kernel::{
     Stmt, TableData, Unary, Var,
 };
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, BlockArg, FuncRef, InstBuilder, MemFlagsData, Type, Value};
+use cranelift_codegen::ir::{
+    types, BlockArg, FuncRef, GlobalValue, InstBuilder, MemFlagsData, Type, Value,
+};
 use cranelift_frontend::{FunctionBuilder, Variable};
 use std::collections::{BTreeSet, HashMap};
 
@@ -50,9 +52,13 @@ pub struct Imports {
     pub oob: Option<(FuncRef, i64)>,
 }
 
-/// Addresses of a kernel's constant tables (kept alive by the compiled kernel).
-pub struct TableAddrs {
-    pub addrs: Vec<i64>,
+/// Where a kernel's constant table is.
+#[derive(Clone, Copy)]
+pub enum TableAddr {
+    /// At a fixed address (JIT: the data is kept alive by the compiled kernel).
+    Absolute(i64),
+    /// At a data symbol of the module (an object file's tables).
+    Symbol(GlobalValue),
 }
 
 pub struct Emitter<'a, 'b> {
@@ -60,7 +66,7 @@ pub struct Emitter<'a, 'b> {
     pub k: &'a Kernel,
     pub fma: bool,
     pub imports: Imports,
-    pub tables: TableAddrs,
+    pub tables: Vec<TableAddr>,
     /// Base pointers of the buffers, loaded at entry.
     pub bases: Vec<Value>,
     /// Addresses of the scratch arrays (stack slots of the entry function).
@@ -414,8 +420,8 @@ impl Emitter<'_, '_> {
             Index::Lookup(t, a) => {
                 let i = self.index(a);
                 let len = self.k.tables[t.id as usize].len();
-                let base = self.tables.addrs[t.id as usize];
-                self.checked_load(
+                let base = self.table_base(t.id as usize);
+                self.load_at(
                     types::I64,
                     base,
                     8,
@@ -521,17 +527,12 @@ impl Emitter<'_, '_> {
         }
     }
 
-    fn checked_load(
-        &mut self,
-        ty: Type,
-        base: i64,
-        size: i64,
-        len: usize,
-        report: usize,
-        index: Value,
-    ) -> Value {
-        let base = self.iconst(base);
-        self.load_at(ty, base, size, len, report, index)
+    /// The address of constant table `t`.
+    fn table_base(&mut self, t: usize) -> Value {
+        match self.tables[t] {
+            TableAddr::Absolute(addr) => self.iconst(addr),
+            TableAddr::Symbol(gv) => self.b.ins().symbol_value(types::I64, gv),
+        }
     }
 
     fn load_at(
@@ -565,7 +566,7 @@ impl Emitter<'_, '_> {
         match src {
             Source::Buf(b) => (self.bases[b], k.buffers[b].len(), b),
             Source::Table(t) => {
-                let base = self.iconst(self.tables.addrs[t]);
+                let base = self.table_base(t);
                 (base, k.tables[t].len(), k.buffers.len() + t)
             }
             Source::Scratch(s) => (

@@ -18,10 +18,12 @@
 
 mod emit;
 pub(crate) mod math;
+pub mod object;
 pub mod plan;
 mod versioning;
 
 use crate::kernel::{Body, Expr, Kernel, Stmt};
+use bbc_runtime::libcalls;
 use cranelift_codegen::ir::{
     types, AbiParam, InstBuilder, MemFlagsData, Signature, StackSlotData, StackSlotKind,
 };
@@ -29,8 +31,8 @@ use cranelift_codegen::isa::OwnedTargetIsa;
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_jit::{JITBuilder, JITModule};
-use cranelift_module::{default_libcall_names, Linkage, Module};
-use emit::{Emitter, Imports, TableAddrs, TableStorage};
+use cranelift_module::{default_libcall_names, DataId, FuncId, Linkage, Module};
+use emit::{Emitter, Imports, TableAddr, TableStorage};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -136,16 +138,6 @@ extern "C" fn bbc_out_of_bounds(record: *const Violations, buf: i64, index: i64)
     }
 }
 
-/// `ln` of an f32 through f64, like the reference.
-extern "C" fn bbc_logf(x: f32) -> f32 {
-    f64::from(x).ln() as f32
-}
-
-/// `a^b` through f64, like the reference.
-extern "C" fn bbc_powf(a: f32, b: f32) -> f32 {
-    f64::from(a).powf(f64::from(b)) as f32
-}
-
 /// The JIT module owning the code; only touched when freed.
 struct CodeMemory(Option<JITModule>);
 
@@ -186,14 +178,27 @@ pub struct CompiledKernel {
 
 /// Whether the host ISA has fused multiply-add (Cranelift then emits `vfmadd`).
 pub fn host_has_fma() -> bool {
-    host_isa(&Options::default()).is_ok_and(|isa| isa.has_native_fma())
+    host_isa(&Options::default(), Linking::Jit).is_ok_and(|isa| isa.has_native_fma())
 }
 
-fn host_isa(opts: &Options) -> Result<OwnedTargetIsa, CodegenError> {
+/// How the generated code will be linked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Linking {
+    /// In memory by cranelift-jit: absolute addresses.
+    Jit,
+    /// Into an object file a system linker links: position-independent.
+    Object,
+}
+
+fn host_isa(opts: &Options, linking: Linking) -> Result<OwnedTargetIsa, CodegenError> {
     let err = |e: &dyn std::fmt::Display| CodegenError(e.to_string());
     let mut flags = settings::builder();
-    // cranelift-jit needs non-PIC code with absolute library calls.
-    flags.set("is_pic", "false").map_err(|e| err(&e))?;
+    let pic = linking == Linking::Object;
+    // cranelift-jit needs non-PIC code with absolute library calls; a shared or static
+    // program needs PIC.
+    flags
+        .set("is_pic", if pic { "true" } else { "false" })
+        .map_err(|e| err(&e))?;
     flags
         .set("use_colocated_libcalls", "false")
         .map_err(|e| err(&e))?;
@@ -237,72 +242,98 @@ fn has_reduction(kernel: &Kernel) -> bool {
     }
 }
 
-/// Compiles `kernel` for the host.
-pub fn compile(kernel: &Kernel, opts: &Options) -> Result<CompiledKernel, CodegenError> {
-    let started = Instant::now();
-    let err = |e: &dyn std::fmt::Display| CodegenError(e.to_string());
-    // Epilogues too: the optimiser hoists their per-row index arithmetic, bias loads and
-    // constants out of the column loop (bias + ReLU 0.53 -> 0.30 ns per element, measured).
-    let optimize =
-        opts.optimize || has_reduction(kernel) || matches!(kernel.body, Body::Contraction(_));
-    let isa = host_isa(&Options { optimize, ..*opts })?;
-    let fma = isa.has_native_fma();
-    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
-    jb.symbol("bbc_out_of_bounds", bbc_out_of_bounds as *const u8);
-    jb.symbol("bbc_logf", bbc_logf as *const u8);
-    jb.symbol("bbc_powf", bbc_powf as *const u8);
-    let mut module = JITModule::new(jb);
+/// Whether `kernel` is worth Cranelift's optimiser: with reductions (see
+/// [`Options::optimize`]), and epilogues, whose per-row index arithmetic, bias loads and
+/// constants it hoists out of the column loop (bias + ReLU 0.53 -> 0.30 ns per element,
+/// measured).
+fn wants_optimizer(kernel: &Kernel) -> bool {
+    has_reduction(kernel) || matches!(kernel.body, Body::Contraction(_))
+}
+
+/// The signature of `kernel`'s entry: `(bufs, start, end)` for a loop kernel, `(bufs, batch,
+/// r0, r1, c0, c1)` for a contraction's epilogue; none for a contraction without one.
+fn entry_signature<M: Module>(module: &M, kernel: &Kernel) -> Option<Signature> {
+    let params = match &kernel.body {
+        Body::Loops { .. } => 3,
+        Body::Contraction(c) => {
+            c.epilogue.as_ref()?;
+            6
+        }
+    };
     let ptr = module.target_config().pointer_type();
-    let sig = |params: &[types::Type], returns: &[types::Type], module: &JITModule| {
+    let mut s = module.make_signature();
+    s.params.extend((0..params).map(|_| AbiParam::new(ptr)));
+    Some(s)
+}
+
+/// Where generated code finds a kernel's constant table.
+#[derive(Clone, Copy, Debug)]
+enum TableLocation {
+    /// A fixed address (the JIT keeps the data alive).
+    Address(i64),
+    /// A data object of the module.
+    Data(DataId),
+}
+
+/// Builds the entry of `kernel` (which must have one: [`entry_signature`]) and defines it
+/// as function `id` of `module`, reading its tables at `tables`. With `record` (JIT only),
+/// every access is bounds-checked and violations go to that [`Violations`] record. Returns
+/// the size of the machine code.
+fn define_kernel<M: Module>(
+    module: &mut M,
+    id: FuncId,
+    kernel: &Kernel,
+    tables: &[TableLocation],
+    record: Option<i64>,
+) -> Result<usize, CodegenError> {
+    let err = |e: &dyn std::fmt::Display| CodegenError(e.to_string());
+    let ptr = module.target_config().pointer_type();
+    let fma = module.isa().has_native_fma();
+    let sig = |params: &[types::Type], returns: &[types::Type], module: &M| {
         let mut s: Signature = module.make_signature();
         s.params.extend(params.iter().map(|&t| AbiParam::new(t)));
         s.returns.extend(returns.iter().map(|&t| AbiParam::new(t)));
         s
     };
-    let import = |module: &mut JITModule, name: &str, s: &Signature| {
+    let import = |module: &mut M, name: &str, s: &Signature| {
         module
             .declare_function(name, Linkage::Import, s)
             .map_err(|e| err(&e))
     };
-    let log_sig = sig(&[types::F32], &[types::F32], &module);
-    let pow_sig = sig(&[types::F32, types::F32], &[types::F32], &module);
-    let oob_sig = sig(&[ptr, types::I64, types::I64], &[], &module);
-    let logf = import(&mut module, "bbc_logf", &log_sig)?;
-    let powf = import(&mut module, "bbc_powf", &pow_sig)?;
-    let oob = import(&mut module, "bbc_out_of_bounds", &oob_sig)?;
-    let tables: Vec<TableStorage> = kernel
-        .tables
-        .iter()
-        .map(|t| TableStorage::new(&t.data))
-        .collect();
-    let violations = Box::<Violations>::default();
-    let (params, epilogue) = match &kernel.body {
-        Body::Loops { .. } => (vec![ptr, ptr, ptr], None),
-        Body::Contraction(c) => match &c.epilogue {
-            Some(e) => (vec![ptr; 6], Some(e)),
-            None => {
-                return Ok(CompiledKernel {
-                    kernel: kernel.clone(),
-                    entry: Entry::Contraction(None),
-                    compile_time: started.elapsed(),
-                    code_size: 0,
-                    violations,
-                    _tables: tables,
-                    _code: CodeMemory(Some(module)),
-                })
-            }
-        },
+    let log_sig = sig(&[types::F32], &[types::F32], module);
+    let pow_sig = sig(&[types::F32, types::F32], &[types::F32], module);
+    let logf = import(module, "bbc_logf", &log_sig)?;
+    let powf = import(module, "bbc_powf", &pow_sig)?;
+    let oob = match record {
+        Some(record) => {
+            let oob_sig = sig(&[ptr, types::I64, types::I64], &[], module);
+            Some((import(module, "bbc_out_of_bounds", &oob_sig)?, record))
+        }
+        None => None,
     };
-    let entry_sig = sig(&params, &[], &module);
-    let id = module
-        .declare_function(&kernel.name, Linkage::Local, &entry_sig)
-        .map_err(|e| err(&e))?;
+    let epilogue = match &kernel.body {
+        Body::Loops { .. } => None,
+        Body::Contraction(c) => c.epilogue.as_ref(),
+    };
     let mut ctx = module.make_context();
-    ctx.func.signature = entry_sig;
+    ctx.func.signature = module
+        .declarations()
+        .get_function_decl(id)
+        .signature
+        .clone();
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-        let refs = [logf, powf, oob].map(|f| module.declare_func_in_func(f, b.func));
+        let logf = module.declare_func_in_func(logf, b.func);
+        let powf = module.declare_func_in_func(powf, b.func);
+        let oob = oob.map(|(f, record)| (module.declare_func_in_func(f, b.func), record));
+        let tables = tables
+            .iter()
+            .map(|t| match *t {
+                TableLocation::Address(a) => TableAddr::Absolute(a),
+                TableLocation::Data(d) => TableAddr::Symbol(module.declare_data_in_func(d, b.func)),
+            })
+            .collect();
         let block = b.create_block();
         b.append_block_params_for_function_params(block);
         b.switch_to_block(block);
@@ -332,19 +363,12 @@ pub fn compile(kernel: &Kernel, opts: &Options) -> Result<CompiledKernel, Codege
                 Ok(b.ins().stack_addr(ptr, slot, 0))
             })
             .collect::<Result<Vec<_>, CodegenError>>()?;
-        let record = &*violations as *const Violations as i64;
         let mut em = Emitter {
             b: &mut b,
             k: kernel,
             fma,
-            imports: Imports {
-                logf: refs[0],
-                powf: refs[1],
-                oob: opts.bounds_checked.then_some((refs[2], record)),
-            },
-            tables: TableAddrs {
-                addrs: tables.iter().map(TableStorage::addr).collect(),
-            },
+            imports: Imports { logf, powf, oob },
+            tables,
             bases,
             scratch,
             env: HashMap::new(),
@@ -365,16 +389,30 @@ pub fn compile(kernel: &Kernel, opts: &Options) -> Result<CompiledKernel, Codege
         .map_err(|e| CodegenError(format!("{e:?}")))?;
     let code_size = ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
     module.clear_context(&mut ctx);
-    module.finalize_definitions().map_err(|e| err(&e))?;
-    let code = module.get_finalized_function(id);
-    // SAFETY: the function was declared with exactly this signature (pointer-sized args).
-    let entry = unsafe {
-        match epilogue {
-            None => Entry::Loops(std::mem::transmute::<*const u8, LoopFn>(code)),
-            Some(_) => Entry::Contraction(Some(std::mem::transmute::<*const u8, EpilogueFn>(code))),
-        }
-    };
-    Ok(CompiledKernel {
+    Ok(code_size)
+}
+
+/// Compiles `kernel` for the host.
+pub fn compile(kernel: &Kernel, opts: &Options) -> Result<CompiledKernel, CodegenError> {
+    let started = Instant::now();
+    let err = |e: &dyn std::fmt::Display| CodegenError(e.to_string());
+    let optimize = opts.optimize || wants_optimizer(kernel);
+    let isa = host_isa(&Options { optimize, ..*opts }, Linking::Jit)?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    jb.symbol("bbc_out_of_bounds", bbc_out_of_bounds as *const u8);
+    for (name, address) in libcalls::symbols() {
+        jb.symbol(name, address);
+    }
+    let mut module = JITModule::new(jb);
+    let tables: Vec<TableStorage> = kernel
+        .tables
+        .iter()
+        .map(|t| TableStorage::new(&t.data))
+        .collect();
+    let violations = Box::<Violations>::default();
+    // The record stays where it is when the box moves into the compiled kernel.
+    let record = &*violations as *const Violations as i64;
+    let finish = |entry, code_size, tables, module| CompiledKernel {
         kernel: kernel.clone(),
         entry,
         compile_time: started.elapsed(),
@@ -382,7 +420,36 @@ pub fn compile(kernel: &Kernel, opts: &Options) -> Result<CompiledKernel, Codege
         violations,
         _tables: tables,
         _code: CodeMemory(Some(module)),
-    })
+    };
+    let Some(entry_sig) = entry_signature(&module, kernel) else {
+        return Ok(finish(Entry::Contraction(None), 0, tables, module));
+    };
+    let id = module
+        .declare_function(&kernel.name, Linkage::Local, &entry_sig)
+        .map_err(|e| err(&e))?;
+    let locations: Vec<TableLocation> = tables
+        .iter()
+        .map(|t| TableLocation::Address(t.addr()))
+        .collect();
+    let code_size = define_kernel(
+        &mut module,
+        id,
+        kernel,
+        &locations,
+        opts.bounds_checked.then_some(record),
+    )?;
+    module.finalize_definitions().map_err(|e| err(&e))?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: the function was declared with exactly this signature (pointer-sized args).
+    let entry = unsafe {
+        match kernel.body {
+            Body::Loops { .. } => Entry::Loops(std::mem::transmute::<*const u8, LoopFn>(code)),
+            Body::Contraction(_) => {
+                Entry::Contraction(Some(std::mem::transmute::<*const u8, EpilogueFn>(code)))
+            }
+        }
+    };
+    Ok(finish(entry, code_size, tables, module))
 }
 
 impl CompiledKernel {

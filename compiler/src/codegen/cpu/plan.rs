@@ -1,5 +1,5 @@
 //! The CPU executable: an optimised Graph IR and its weights compiled once into a runtime
-//! [`Plan`] and run many times by the runtime's [`Executor`].
+//! [`Plan`](bbc_runtime::exec::Plan) and run many times by the runtime's [`Executor`].
 //!
 //! [`compile`] splits the graph in two. Values computed from parameters alone (BatchNorm
 //! folded into conv weights, reshaped layer scales, wavelet-folded filters) are evaluated
@@ -26,6 +26,14 @@
 //!   interpreter on the group's body. Every such node is recorded in
 //!   [`ExecStats::fallbacks`] with the reason.
 //!
+//! The lowering (`build`) is shared with ahead-of-time compilation
+//! ([`super::object`]): it produces the plan as data, a [`PlanDesc`] (kernels by function
+//! index, weights by constant index, everything else plain shapes and offsets), and hands
+//! each distinct kernel, each constant and each finished step to a `Backend`. The JIT's
+//! backend compiles kernels into memory and resolves every step as soon as it is built
+//! ([`desc::resolve_step`]: weights packed while they are in memory); the object writer
+//! emits the kernels into an object file and keeps the constants for its weights file.
+//!
 //! The executor places the per-inference values in one arena by liveness. Compile time is
 //! recorded per stage ([`CompileTimes`]). In bounds-checked codegen mode
 //! ([`Options::bounds_checked`]) every run ends by checking each kernel's violation record.
@@ -41,11 +49,15 @@ use crate::kernel::{
 use crate::ops::AttrsExt;
 use crate::passes::input_dependent;
 use bbc_runtime::arena::AlignedBuffer;
-use bbc_runtime::exec::{
-    self, BandLoop, Executor, Gemm, GemmOperand, HostFn, Plan, ProductMap, Scatter, Slot, Step,
-    StepKernel, TileFn,
+use bbc_runtime::desc::{
+    self, Code, ConstantDesc, ConvDesc, DepthwiseDesc, Described, FunctionKind, IoDesc, MatrixView,
+    PackedDesc, PlanDesc,
 };
-use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, PackedMatrix};
+use bbc_runtime::exec::{
+    self, BandLoop, Executor, Gemm, GemmOperand, HostFn, ProductMap, Scatter, Slot, Step,
+    StepKernel,
+};
+use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef};
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -201,16 +213,53 @@ pub fn compile(
     opts: &ExecOptions,
 ) -> Result<Executable, CompileError> {
     let pool = ThreadPool::new(opts.threads).map_err(|e| CompileError::Runtime(e.to_string()))?;
+    let mut jit = JitBackend {
+        codegen: opts.codegen,
+        threads: pool.threads(),
+        kernels: Vec::new(),
+        code: Vec::new(),
+        constants: Vec::new(),
+        hosts: Vec::new(),
+        steps: Vec::new(),
+    };
+    let (desc, mut stats) = build(graph, weights, &opts.codegen, &mut jit)?;
+    stats.threads = pool.threads();
+    let started = Instant::now();
+    let plan = desc.assemble(jit.steps, jit.constants);
+    let exec = Executor::new(plan, pool).map_err(|e| CompileError::Runtime(e.to_string()))?;
+    stats.times.planning += started.elapsed();
+    stats.arena_bytes = exec.arena_bytes();
+    stats.arena_lower_bound = exec.arena_lower_bound();
+    stats.scratch_bytes = exec.scratch_bytes();
+    stats.constant_bytes = exec.constant_bytes();
+    let named = |io: &IoDesc| (io.name.clone(), io.shape.clone());
+    Ok(Executable {
+        exec,
+        kernels: jit.kernels,
+        inputs: desc.inputs.iter().map(named).collect(),
+        outputs: desc.outputs.iter().map(named).collect(),
+        stats,
+    })
+}
+
+/// Lowers `graph` (with `weights` by state_dict key) to the description of its plan, once,
+/// for any backend: `backend` generates each distinct kernel, receives each constant and
+/// each finished step. Returns the description and what it is made of (times and counts;
+/// the arena and thread figures are the caller's to fill).
+pub(crate) fn build(
+    graph: &Graph,
+    weights: &BTreeMap<String, Tensor>,
+    codegen: &Options,
+    backend: &mut dyn Backend,
+) -> Result<(PlanDesc, ExecStats), CompileError> {
     let dependent = input_dependent(graph);
     let started = Instant::now();
     let prepared = Preparer::new(graph, &dependent, weights);
     let mut b = Builder {
         graph,
-        opts,
-        threads: pool.threads(),
+        codegen,
         dependent: &dependent,
         stats: ExecStats {
-            threads: pool.threads(),
             times: CompileTimes {
                 prepare: started.elapsed(),
                 ..CompileTimes::default()
@@ -219,14 +268,21 @@ pub fn compile(
         },
         prepared,
         values: HashMap::new(),
-        value_lens: Vec::new(),
-        constants: Vec::new(),
+        desc: PlanDesc::new(&graph.name),
+        constant_ids: Vec::new(),
         constant_of: HashMap::new(),
-        steps: Vec::new(),
-        kernels: Vec::new(),
+        in_place: Vec::new(),
         compiled: Vec::new(),
+        backend,
     };
-    let inputs: Vec<usize> = graph.inputs.iter().map(|&i| b.value(i)).collect();
+    for &i in &graph.inputs {
+        let io = IoDesc {
+            name: graph.node(i).name.clone(),
+            shape: graph.node(i).shape.clone(),
+            slot: Slot::Value(b.value(i)),
+        };
+        b.desc.inputs.push(io);
+    }
     for id in graph.topo_order() {
         let computed = matches!(
             graph.node(id).kind,
@@ -236,45 +292,100 @@ pub fn compile(
             // Parameter-only operands are evaluated just before the node that reads them
             // and freed after the last one, so folded weights are never all alive at once.
             b.prepare(&graph.inputs(id))?;
-            b.step(id);
+            b.step(id)?;
             b.prepared.done_with(id);
         }
     }
     let outputs: Vec<ValueId> = graph.outputs.iter().map(|o| o.value).collect();
     b.prepare(&outputs)?;
-    let outputs: Vec<Slot> = outputs.into_iter().map(|o| b.operand_slot(o)).collect();
+    for o in &graph.outputs {
+        let io = IoDesc {
+            name: o.name.clone(),
+            shape: graph.node(o.value).shape.clone(),
+            slot: b.operand_slot(o.value),
+        };
+        b.desc.outputs.push(io);
+    }
     b.stats.prepared_values = b.prepared.prepared();
-    let plan = Plan {
-        values: std::mem::take(&mut b.value_lens),
-        constants: std::mem::take(&mut b.constants),
-        inputs,
-        outputs,
-        steps: std::mem::take(&mut b.steps),
-    };
-    let started = Instant::now();
-    let exec = Executor::new(plan, pool).map_err(|e| CompileError::Runtime(e.to_string()))?;
-    let mut stats = b.stats;
-    stats.times.planning += started.elapsed();
-    stats.arena_bytes = exec.arena_bytes();
-    stats.arena_lower_bound = exec.arena_lower_bound();
-    stats.scratch_bytes = exec.scratch_bytes();
-    stats.constant_bytes = exec.constant_bytes();
-    let named = |name: &str, id: ValueId| (name.to_string(), graph.node(id).shape.clone());
-    Ok(Executable {
-        exec,
-        kernels: b.kernels,
-        inputs: graph
-            .inputs
-            .iter()
-            .map(|&i| named(&graph.node(i).name, i))
-            .collect(),
-        outputs: graph
-            .outputs
-            .iter()
-            .map(|o| named(&o.name, o.value))
-            .collect(),
-        stats,
-    })
+    Ok((b.desc, b.stats))
+}
+
+/// Where the plan builder's code, constants and steps go. The JIT compiles each kernel and
+/// resolves each step at once (packing its weights while they are in memory); an object
+/// writer emits the code into one object file and keeps the constants for the weights file.
+pub(crate) trait Backend {
+    /// Generates `kernel` (a loop kernel, or a contraction with an epilogue) as the next
+    /// function of the table (loop kernels as [`FunctionKind::Loop`], epilogues as
+    /// [`FunctionKind::Tile`]); returns the size of its machine code.
+    fn function(&mut self, kernel: &Kernel) -> Result<usize, String>;
+    /// Constant `index` (numbered in order of first use) holds `data`; `in_place` when a
+    /// slot reads it as is, not only a kernel that packs it. Called again, with `in_place`,
+    /// when a packed constant is later read in place.
+    fn constant(&mut self, index: usize, data: &[f32], in_place: bool);
+    /// Host code a step runs; returns its index for [`StepKernel::Host`].
+    fn host(&mut self, f: HostFn) -> usize;
+    /// A finished step; `constant(index)` is the data of a constant it packs.
+    fn step<'d>(
+        &mut self,
+        step: &Step<Described>,
+        constant: &dyn Fn(usize) -> Option<&'d [f32]>,
+    ) -> Result<(), String>;
+}
+
+/// The JIT: each kernel compiled into memory, each step resolved as it comes.
+struct JitBackend {
+    codegen: Options,
+    threads: usize,
+    /// The compiled kernels, in function-table order.
+    kernels: Vec<CompiledKernel>,
+    code: Vec<Code>,
+    /// Copies of the constants read in place; empty for those only packed.
+    constants: Vec<AlignedBuffer>,
+    hosts: Vec<Option<HostFn>>,
+    steps: Vec<Step>,
+}
+
+impl Backend for JitBackend {
+    fn function(&mut self, kernel: &Kernel) -> Result<usize, String> {
+        let compiled = jit(kernel, &self.codegen).map_err(|e| e.to_string())?;
+        let code = match compiled.entry {
+            Entry::Loops(f) => Code::Loop(f),
+            Entry::Contraction(Some(f)) => Code::Tile(f),
+            Entry::Contraction(None) => return Err("a contraction without an epilogue".into()),
+        };
+        let size = compiled.code_size;
+        self.code.push(code);
+        self.kernels.push(compiled);
+        Ok(size)
+    }
+
+    fn constant(&mut self, index: usize, data: &[f32], in_place: bool) {
+        if self.constants.len() <= index {
+            self.constants
+                .resize_with(index + 1, || AlignedBuffer::zeroed(0));
+        }
+        if in_place && self.constants[index].is_empty() {
+            self.constants[index] = AlignedBuffer::from_slice(data);
+        }
+    }
+
+    fn host(&mut self, f: HostFn) -> usize {
+        self.hosts.push(Some(f));
+        self.hosts.len() - 1
+    }
+
+    fn step<'d>(
+        &mut self,
+        step: &Step<Described>,
+        constant: &dyn Fn(usize) -> Option<&'d [f32]>,
+    ) -> Result<(), String> {
+        let hosts = &mut self.hosts;
+        let mut host = |i: usize| hosts.get_mut(i).and_then(Option::take);
+        let resolved = desc::resolve_step(step, constant, &self.code, &mut host, self.threads)
+            .map_err(|e| e.to_string())?;
+        self.steps.push(resolved);
+        Ok(())
+    }
 }
 
 impl Executable {
@@ -399,55 +510,80 @@ fn kind_name(k: &StepKernel) -> &'static str {
     }
 }
 
-/// The state of one compilation.
-struct Builder<'g> {
+/// The state of one lowering.
+struct Builder<'g, 'b> {
     graph: &'g Graph,
-    opts: &'g ExecOptions,
-    threads: usize,
+    codegen: &'g Options,
     dependent: &'g HashSet<ValueId>,
     stats: ExecStats,
     /// Parameter-only values, evaluated on demand.
     prepared: Preparer<'g>,
     /// Arena value of each per-inference node.
     values: HashMap<ValueId, usize>,
-    value_lens: Vec<usize>,
-    constants: Vec<AlignedBuffer>,
+    desc: PlanDesc,
+    /// The value each constant holds.
+    constant_ids: Vec<ValueId>,
     constant_of: HashMap<ValueId, usize>,
-    steps: Vec<Step>,
-    kernels: Vec<CompiledKernel>,
-    /// Each compiled kernel without its names ([`unnamed`]), with its index in `kernels`.
+    /// Whether the backend has been told each constant is read in place.
+    in_place: Vec<bool>,
+    /// Each generated kernel without its names ([`unnamed`]), with its function index.
     compiled: Vec<(Kernel, usize)>,
+    backend: &'b mut dyn Backend,
 }
 
-/// A contraction step and the kernel buffers it reads besides its epilogue's.
-type Mapped = (StepKernel, Vec<BufId>);
+/// A described contraction step and the kernel buffers it reads besides its epilogue's.
+type Mapped = (StepKernel<Described>, Vec<BufId>);
 
-impl Builder<'_> {
+impl Builder<'_, '_> {
     /// The arena value of per-inference node `id`.
     fn value(&mut self, id: ValueId) -> usize {
         if let Some(&v) = self.values.get(&id) {
             return v;
         }
-        self.value_lens.push(self.graph.node(id).numel());
-        self.values.insert(id, self.value_lens.len() - 1);
-        self.value_lens.len() - 1
+        let v = self.temp_value(self.graph.node(id).numel());
+        self.values.insert(id, v);
+        v
+    }
+
+    /// An arena value for an intermediate result inside a node.
+    fn temp_value(&mut self, len: usize) -> usize {
+        self.desc.values.push(len);
+        self.desc.values.len() - 1
+    }
+
+    /// The constant holding parameter-only value `id` (prepared), read in place by a slot or
+    /// only packed by a kernel.
+    fn constant(&mut self, id: ValueId, in_place: bool) -> usize {
+        let data = self
+            .prepared
+            .get(id)
+            .expect("every operand of a per-inference node is prepared before it is built");
+        let c = match self.constant_of.get(&id) {
+            Some(&c) if !in_place || self.in_place[c] => return c,
+            Some(&c) => c,
+            None => {
+                self.desc.constants.push(ConstantDesc {
+                    name: self.graph.node(id).name.clone(),
+                    len: data.len(),
+                });
+                self.constant_ids.push(id);
+                self.in_place.push(false);
+                self.constant_of.insert(id, self.constant_ids.len() - 1);
+                self.constant_ids.len() - 1
+            }
+        };
+        self.in_place[c] |= in_place;
+        self.backend.constant(c, data, in_place);
+        c
     }
 
     /// The slot an operand is read from: its arena value, or its prepared constant.
     fn operand_slot(&mut self, id: ValueId) -> Slot {
         if self.dependent.contains(&id) {
-            return Slot::Value(self.value(id));
+            Slot::Value(self.value(id))
+        } else {
+            Slot::Constant(self.constant(id, true))
         }
-        if let Some(&c) = self.constant_of.get(&id) {
-            return Slot::Constant(c);
-        }
-        let data = self
-            .prepared
-            .get(id)
-            .expect("every operand of a per-inference node is prepared before it is built");
-        self.constants.push(AlignedBuffer::from_slice(data));
-        self.constant_of.insert(id, self.constants.len() - 1);
-        Slot::Constant(self.constants.len() - 1)
     }
 
     /// Evaluates the parameter-only values among `ids`.
@@ -467,40 +603,50 @@ impl Builder<'_> {
         self.prepared.get(id)
     }
 
-    /// Compiles `kernel`, or reuses the code of an identical one compiled before: the same
-    /// Kernel IR up to the names of the kernel and of its buffers, tables and scratch
-    /// arrays, which the generated code does not depend on (a model's stages repeat
-    /// identical blocks: ConvNeXt-T's JIT time went from about 31 to 13 ms). Bounds-checked code
-    /// records violations per compiled kernel, so there every kernel is compiled on its own
-    /// and reports its own name.
-    fn jit(&mut self, kernel: &Kernel) -> Result<Entry, String> {
+    /// The function computing `kernel`: a new one, or the code of an identical kernel
+    /// generated before: the same Kernel IR up to the names of the kernel and of its
+    /// buffers, tables and scratch arrays, which the generated code does not depend on (a
+    /// model's stages repeat identical blocks: ConvNeXt-T's JIT time went from about 31 to
+    /// 13 ms). Bounds-checked code records violations per compiled kernel, so there every
+    /// kernel is compiled on its own and reports its own name.
+    fn function(&mut self, kernel: &Kernel) -> Result<usize, String> {
         let started = Instant::now();
         let unnamed = unnamed(kernel);
-        let shared = !self.opts.codegen.bounds_checked;
-        if let Some(&(_, i)) = self.compiled.iter().find(|(k, _)| shared && *k == unnamed) {
+        let shared = !self.codegen.bounds_checked;
+        if let Some(&(_, f)) = self.compiled.iter().find(|(k, _)| shared && *k == unnamed) {
             self.stats.reused_kernels += 1;
             self.stats.times.jit += started.elapsed();
-            return Ok(self.kernels[i].entry);
+            return Ok(f);
         }
-        let compiled = jit(kernel, &self.opts.codegen).map_err(|e| e.to_string())?;
-        self.stats.code_bytes += compiled.code_size;
-        let entry = compiled.entry;
-        self.kernels.push(compiled);
-        self.compiled.push((unnamed, self.kernels.len() - 1));
+        let generated = self.backend.function(kernel);
         self.stats.times.jit += started.elapsed();
-        Ok(entry)
+        self.stats.code_bytes += generated?;
+        self.desc.functions.push(match kernel.body {
+            Body::Loops { .. } => FunctionKind::Loop,
+            Body::Contraction(_) => FunctionKind::Tile,
+        });
+        let f = self.desc.functions.len() - 1;
+        self.compiled.push((unnamed, f));
+        Ok(f)
     }
 
-    /// An arena value for an intermediate result inside a node.
-    fn temp_value(&mut self, len: usize) -> usize {
-        self.value_lens.push(len);
-        self.value_lens.len() - 1
+    /// Hands a finished step to the backend (the JIT packs its weights now) and records it.
+    fn push(&mut self, step: Step<Described>) -> Result<(), CompileError> {
+        let started = Instant::now();
+        let (prepared, ids) = (&self.prepared, &self.constant_ids);
+        let data = |c: usize| ids.get(c).and_then(|&id| prepared.get(id));
+        self.backend
+            .step(&step, &data)
+            .map_err(CompileError::Runtime)?;
+        self.stats.times.weights += started.elapsed();
+        self.desc.steps.push(step);
+        Ok(())
     }
 
     /// Adds the step computing node `id`.
-    fn step(&mut self, id: ValueId) {
-        if self.depthwise_steps(id) {
-            return;
+    fn step(&mut self, id: ValueId) -> Result<(), CompileError> {
+        if self.depthwise_steps(id)? {
+            return Ok(());
         }
         let started = Instant::now();
         let lowered = lower_node(self.graph, id);
@@ -522,10 +668,8 @@ impl Builder<'_> {
                     },
                     reason,
                 });
-                (
-                    reference_step(self.graph, id),
-                    (0..operands.len()).collect(),
-                )
+                let host = self.backend.host(reference_step(self.graph, id));
+                (StepKernel::Host(host), (0..operands.len()).collect())
             }
         };
         let mut slots: Vec<Slot> = operands
@@ -540,72 +684,70 @@ impl Builder<'_> {
             })
             .collect();
         slots.push(Slot::Value(self.value(id)));
-        self.steps.push(Step {
+        self.push(Step {
             name: self.graph.node(id).name.clone(),
             slots,
             kernel,
-        });
+        })
     }
 
     /// Runs a depthwise convolution with constant weights (alone, or the one in a group
     /// reading only the group's inputs) on the runtime's direct kernel, its bias added in the
-    /// kernel, and the rest of its group as a JIT-compiled loop kernel: in the same step on
+    /// kernel, and the rest of its group as a generated loop kernel: in the same step on
     /// each finished band of pixels when [`band_rest`] allows, else as a second step reading
     /// the convolution's result. Returns whether it did (nothing is added otherwise).
-    fn depthwise_steps(&mut self, id: ValueId) -> bool {
+    fn depthwise_steps(&mut self, id: ValueId) -> Result<bool, CompileError> {
         let Some((g, conv, positions)) = find_depthwise(self.graph, id) else {
-            return false;
+            return Ok(false);
         };
         let Some(shape) = depthwise_shape(g, conv) else {
-            return false;
+            return Ok(false);
         };
         let operands = self.graph.inputs(id);
         let conv_inputs: Vec<ValueId> = positions.iter().map(|&p| operands[p]).collect();
-        let Some(weight) = self.constant_data(conv_inputs[1]) else {
-            return false;
+        let Some(weight_len) = self.constant_data(conv_inputs[1]).map(<[f32]>::len) else {
+            return Ok(false);
         };
-        let bias = match conv_inputs.get(2) {
+        let bias_len = match conv_inputs.get(2) {
             Some(&b) => match self.constant_data(b) {
-                Some(data) => Some(data),
-                None => return false,
+                Some(data) => Some(data.len()),
+                None => return Ok(false),
             },
             None => None,
         };
-        let started = Instant::now();
-        let planned = DepthwiseConv2d::new(shape, weight).and_then(|k| match bias {
-            Some(b) => k.with_bias(b),
-            None => Ok(k),
-        });
-        self.stats.times.weights += started.elapsed();
         let out_hw = match g.node(conv).shape.as_slice() {
             [.., h, w] => [*h, *w],
-            _ => return false,
+            _ => return Ok(false),
         };
-        let kernel = match planned {
-            Ok(k) if k.out_size() == out_hw => k,
-            _ => return false,
-        };
+        if !DepthwiseConv2d::check(&shape, weight_len, bias_len).is_ok_and(|out| out == out_hw) {
+            return Ok(false);
+        }
         let rest = match &self.graph.node(id).kind {
             NodeKind::Fused { body, .. } if body.outputs[0].value != conv => {
                 let started = Instant::now();
                 let lowered = rest_kernel(self.graph, id, conv);
                 self.stats.times.lowering += started.elapsed();
                 match lowered {
-                    Ok(k) if matches!(k.body, Body::Loops { .. }) => match self.jit(&k) {
-                        Ok(Entry::Loops(entry)) => Some((entry, k.grid_extent(), loads(&k))),
-                        _ => return false,
+                    Ok(k) if matches!(k.body, Body::Loops { .. }) => match self.function(&k) {
+                        Ok(entry) => Some((entry, k.grid_extent(), loads(&k))),
+                        Err(_) => return Ok(false),
                     },
-                    _ => return false,
+                    _ => return Ok(false),
                 }
             }
             _ => None,
         };
         let name = self.graph.node(id).name.clone();
         let x = self.operand_slot(conv_inputs[0]);
+        let kernel = DepthwiseDesc {
+            shape,
+            weight: self.constant(conv_inputs[1], false),
+            bias: conv_inputs.get(2).map(|&b| self.constant(b, false)),
+        };
         let Some((entry, grid, reads)) = rest else {
             let slots = vec![x, Slot::Value(self.value(id))];
-            self.push_depthwise(name, slots, kernel);
-            return true;
+            self.push_depthwise(name, slots, kernel)?;
+            return Ok(true);
         };
         let rows = shape.batch * out_hw[0];
         let per_row = grid / rows.max(1);
@@ -620,39 +762,42 @@ impl Builder<'_> {
                 })
                 .collect();
             slots.extend([Slot::Product, Slot::Value(self.value(id))]);
-            let band = BandLoop { entry, per_row };
-            let kernel = kernel.with_pixel_bands();
-            self.steps.push(Step {
+            self.push(Step {
                 name,
                 slots,
                 kernel: StepKernel::Depthwise {
                     conv: kernel,
                     input: positions[0],
-                    rest: Some(band),
+                    rest: Some(BandLoop { entry, per_row }),
                 },
-            });
+            })?;
             self.stats.conv_kernels += 1;
             self.stats.band_groups += 1;
-            return true;
+            return Ok(true);
         }
         let conv_value = self.temp_value(g.node(conv).numel());
         let conv_name = g.node(conv).name.clone();
-        self.push_depthwise(conv_name, vec![x, Slot::Value(conv_value)], kernel);
+        self.push_depthwise(conv_name, vec![x, Slot::Value(conv_value)], kernel)?;
         let mut slots: Vec<Slot> = operands.iter().map(|&o| self.operand_slot(o)).collect();
         slots.extend([Slot::Value(conv_value), Slot::Value(self.value(id))]);
-        self.steps.push(Step {
+        self.push(Step {
             name,
             slots,
             kernel: StepKernel::Loops { entry, grid },
-        });
+        })?;
         self.stats.loop_kernels += 1;
         self.stats.split_groups += 1;
-        true
+        Ok(true)
     }
 
     /// Adds a step computing depthwise convolution `conv` of slot 0 into the last slot.
-    fn push_depthwise(&mut self, name: String, slots: Vec<Slot>, conv: DepthwiseConv2d) {
-        self.steps.push(Step {
+    fn push_depthwise(
+        &mut self,
+        name: String,
+        slots: Vec<Slot>,
+        conv: DepthwiseDesc,
+    ) -> Result<(), CompileError> {
+        self.push(Step {
             name,
             slots,
             kernel: StepKernel::Depthwise {
@@ -660,35 +805,29 @@ impl Builder<'_> {
                 input: 0,
                 rest: None,
             },
-        });
+        })?;
         self.stats.conv_kernels += 1;
+        Ok(())
     }
 
     /// The runtime kernel of a lowered node and the operand buffers it reads.
     fn kernel_step(&mut self, id: ValueId, kernel: &Kernel) -> Result<Mapped, String> {
         match &kernel.body {
-            Body::Loops { .. } => match self.jit(kernel)? {
-                Entry::Loops(entry) => {
-                    self.stats.loop_kernels += 1;
-                    let grid = kernel.grid_extent();
-                    Ok((
-                        StepKernel::Loops { entry, grid },
-                        (0..kernel.output()).collect(),
-                    ))
-                }
-                Entry::Contraction(_) => unreachable!("a loop kernel has a loop entry"),
-            },
+            Body::Loops { .. } => {
+                let entry = self.function(kernel)?;
+                self.stats.loop_kernels += 1;
+                let grid = kernel.grid_extent();
+                Ok((
+                    StepKernel::Loops { entry, grid },
+                    (0..kernel.output()).collect(),
+                ))
+            }
             Body::Contraction(c) => {
                 let operands = self.graph.inputs(id);
-                let started = Instant::now();
-                let mapped = self.contraction_step(kernel, c, &operands);
-                self.stats.times.weights += started.elapsed();
-                let (mut step, mut used) = mapped?;
+                let (mut step, mut used) = self.contraction_step(kernel, c, &operands)?;
                 if c.epilogue.is_some() {
-                    let Entry::Contraction(epilogue) = self.jit(kernel)? else {
-                        unreachable!("a contraction kernel has a contraction entry")
-                    };
-                    set_epilogue(&mut step, epilogue);
+                    let epilogue = self.function(kernel)?;
+                    set_epilogue(&mut step, Some(epilogue));
                     used.extend(epilogue_reads(c));
                 }
                 match step {
@@ -701,9 +840,10 @@ impl Builder<'_> {
         }
     }
 
-    /// Maps a contraction to a runtime convolution or GEMM (weights packed now).
+    /// Maps a contraction to a runtime convolution or GEMM over constant weights (packed
+    /// when the step is resolved).
     fn contraction_step(
-        &self,
+        &mut self,
         kernel: &Kernel,
         c: &Contraction,
         operands: &[ValueId],
@@ -730,11 +870,13 @@ impl Builder<'_> {
             col_stride,
         };
         // A convolution whose weight is computed per inference is left to the GEMM below.
-        let conv = conv_shape(kernel, c)
-            .and_then(|(shape, w, x)| Some((shape, self.constant_data(operands[w])?, x)));
-        if let Some((shape, data, input)) = conv {
-            let conv = Conv2d::new(shape, data, self.threads).map_err(|e| e.to_string())?;
-            if conv.out_size() != conv_out_hw(&c.b) {
+        let conv = conv_shape(kernel, c).and_then(|(shape, w, x)| {
+            let len = self.constant_data(operands[w])?.len();
+            Some((shape, w, len, x))
+        });
+        if let Some((shape, w, len, input)) = conv {
+            let out = Conv2d::check(&shape, len).map_err(|e| e.to_string())?;
+            if out != conv_out_hw(&c.b) {
                 return Err("the convolution kernel's output size differs".into());
             }
             let product = ProductMap {
@@ -744,9 +886,10 @@ impl Builder<'_> {
                 scatter: (!contiguous).then_some(scatter),
                 epilogue: None,
             };
+            let weight = self.constant(operands[w], false);
             return Ok((
                 StepKernel::Conv {
-                    conv,
+                    conv: ConvDesc { shape, weight },
                     input,
                     product,
                 },
@@ -797,16 +940,17 @@ impl Builder<'_> {
     }
 
     /// A GEMM operand of `[rows, cols]` per batch entry from a strided contraction operand
-    /// (its transpose when `transpose`): packed now if constant, else a view of its buffer.
+    /// (its transpose when `transpose`): one matrix per distinct offset of a constant, else
+    /// a view of its buffer.
     fn gemm_operand(
-        &self,
+        &mut self,
         c: &Contraction,
         op: &Operand,
         [rows, cols]: [usize; 2],
         transpose: bool,
         operands: &[ValueId],
         used: &mut Vec<BufId>,
-    ) -> Result<GemmOperand, String> {
+    ) -> Result<GemmOperand<Described>, String> {
         let Operand::Strided {
             buf,
             offset,
@@ -818,9 +962,9 @@ impl Builder<'_> {
             unreachable!("checked by the caller")
         };
         let (rs, cs) = if transpose {
-            (*col_stride, *row_stride)
+            (*col_stride as isize, *row_stride as isize)
         } else {
-            (*row_stride, *col_stride)
+            (*row_stride as isize, *col_stride as isize)
         };
         let offsets = batch_offsets(c, *offset, batch_strides);
         let Some(data) = self.constant_data(operands[*buf]) else {
@@ -828,11 +972,11 @@ impl Builder<'_> {
             return Ok(GemmOperand::Buffer {
                 slot: *buf,
                 offsets,
-                row_stride: rs as isize,
-                col_stride: cs as isize,
+                row_stride: rs,
+                col_stride: cs,
             });
         };
-        // One packed matrix per distinct offset (per group, not per image).
+        // One matrix per distinct offset (per group, not per image).
         let mut matrices = Vec::new();
         let mut index_of: HashMap<usize, usize> = HashMap::new();
         let mut of_batch = Vec::with_capacity(offsets.len());
@@ -840,16 +984,23 @@ impl Builder<'_> {
             let i = match index_of.get(&o) {
                 Some(&i) => i,
                 None => {
-                    let view = MatRef::new(data, o, rows, cols, rs as isize, cs as isize)
-                        .map_err(|e| e.to_string())?;
-                    matrices.push(PackedMatrix::pack(view));
+                    MatRef::new(data, o, rows, cols, rs, cs).map_err(|e| e.to_string())?;
+                    matrices.push(MatrixView {
+                        offset: o,
+                        row_stride: rs,
+                        col_stride: cs,
+                    });
                     index_of.insert(o, matrices.len() - 1);
                     matrices.len() - 1
                 }
             };
             of_batch.push(i);
         }
-        Ok(GemmOperand::Packed { matrices, of_batch })
+        let constant = self.constant(operands[*buf], false);
+        Ok(GemmOperand::Packed {
+            matrices: PackedDesc { constant, matrices },
+            of_batch,
+        })
     }
 }
 
@@ -877,7 +1028,7 @@ fn unnamed(kernel: &Kernel) -> Kernel {
     k
 }
 
-fn set_epilogue(step: &mut StepKernel, epilogue: Option<TileFn>) {
+fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<usize>) {
     match step {
         StepKernel::Conv { product, .. } => product.epilogue = epilogue,
         StepKernel::Gemm(g) => g.product.epilogue = epilogue,
@@ -1174,9 +1325,9 @@ fn conv_out_hw(b: &Operand) -> [usize; 2] {
     }
 }
 
-/// A step computing node `id` with the reference implementation: the op table's, or the
+/// Host code computing node `id` with the reference implementation: the op table's, or the
 /// interpreter on a group's body.
-fn reference_step(graph: &Graph, id: ValueId) -> StepKernel {
+fn reference_step(graph: &Graph, id: ValueId) -> HostFn {
     let node = graph.node(id);
     let shapes: Vec<Vec<usize>> = graph
         .inputs(id)
@@ -1230,7 +1381,7 @@ fn reference_step(graph: &Graph, id: ValueId) -> StepKernel {
         }
         Ok(())
     });
-    StepKernel::Host(host)
+    host
 }
 
 #[cfg(test)]
