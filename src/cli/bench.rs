@@ -4,16 +4,12 @@
 //! On a GPU target (`--target gpu|cuda`) a timed run is one whole inference as a caller sees
 //! it: inputs uploaded, every kernel launched, outputs read back.
 
-use super::run::{compile_cpu, compile_gpu, gpu_error, optimize, DataArgs, EngineArgs};
-use super::{print, CliError, CliResult, OptArgs, SpecArgs};
-use bbc::compiler::codegen::cpu::plan::Executable;
-use bbc::compiler::codegen::gpu::GpuOptions;
-use bbc::compiler::ir::Graph;
-use bbc::compiler::{interp, stats};
-use bbc::runtime::gpu::Executor;
-use bbc::runtime::Tensor;
+use super::run::{build, compile_options, ordered, DataArgs, EngineArgs};
+use super::{print, CliResult, OptArgs, SpecArgs};
+use bbc::compiler::stats;
+use bbc::{Model, Target};
 use clap::Args;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
@@ -62,54 +58,18 @@ pub struct BenchArgs {
     pub json: bool,
 }
 
-/// What runs the model.
-enum Engine<'a> {
-    Cpu {
-        exe: Box<Executable>,
-        inputs: Vec<Vec<f32>>,
-        outputs: Vec<Vec<f32>>,
-    },
-    Gpu {
-        exe: Box<dyn Executor>,
-        inputs: Vec<Vec<f32>>,
-        outputs: Vec<Vec<f32>>,
-    },
-    Interp {
-        graph: &'a Graph,
-        inputs: &'a HashMap<String, Tensor>,
-        weights: &'a BTreeMap<String, Tensor>,
-    },
+/// A compiled model and the buffers it reads and writes on every timed run.
+struct Engine {
+    model: Model,
+    inputs: Vec<Vec<f32>>,
+    outputs: Vec<Vec<f32>>,
 }
 
-impl Engine<'_> {
+impl Engine {
     fn run(&mut self) -> CliResult {
-        match self {
-            Engine::Cpu {
-                exe,
-                inputs,
-                outputs,
-            } => {
-                let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-                let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-                exe.run_into(&ins, &mut outs).map_err(CliError::msg)
-            }
-            Engine::Gpu {
-                exe,
-                inputs,
-                outputs,
-            } => {
-                let ins: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
-                let mut outs: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-                exe.run_into(&ins, &mut outs).map_err(gpu_error)
-            }
-            Engine::Interp {
-                graph,
-                inputs,
-                weights,
-            } => interp::run(graph, inputs, weights)
-                .map(drop)
-                .map_err(CliError::msg),
-        }
+        let ins: Vec<&[f32]> = self.inputs.iter().map(Vec::as_slice).collect();
+        let mut outs: Vec<&mut [f32]> = self.outputs.iter_mut().map(Vec::as_mut_slice).collect();
+        Ok(self.model.run_into(&ins, &mut outs)?)
     }
 }
 
@@ -163,70 +123,28 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let started = Instant::now();
     let (weights, inputs) = args.data.load(&program, &model)?;
     let load = started.elapsed();
-    let graph = &model.graph;
-    let started = Instant::now();
-    let optimized = optimize(graph, &args.engine.pipeline(&args.opt)?)?;
-    stages.push(("optimize", started.elapsed()));
-    let flops = stats::stats(graph).flops;
+    let flops = stats::stats(&model.graph).flops;
 
-    let target = args.engine.target;
-    let mut engine = if args.engine.interp {
-        Engine::Interp {
-            graph: &optimized,
-            inputs: &inputs,
-            weights: &weights,
-        }
-    } else if target.dialect().is_some() {
-        let opts = GpuOptions {
-            tensor_cores: target == super::run::Target::Cuda,
-        };
-        let (mut exe, gpu_stages) = compile_gpu(&optimized, &weights, target, &opts)?;
-        stages.extend(gpu_stages);
-        exe.set_profiling(false).map_err(gpu_error)?;
-        if args.profile.is_some() {
-            // Fail before the runs where the device cannot time kernels.
-            exe.set_profiling(true).map_err(gpu_error)?;
-        }
-        let plan = exe.plan();
-        let ins = plan
-            .inputs
-            .iter()
-            .map(|io| inputs[&io.name].iter().copied().collect())
-            .collect();
-        let outs = plan
-            .outputs
-            .iter()
-            .map(|io| vec![0.0; io.shape.iter().product()])
-            .collect();
-        Engine::Gpu {
-            exe,
-            inputs: ins,
-            outputs: outs,
-        }
-    } else {
-        let started = Instant::now();
-        let mut exe = compile_cpu(&optimized, &weights, &args.engine)?;
-        let wall = started.elapsed();
-        let times = exe.stats().times;
-        stages.extend(times.stages());
-        // Whatever the stages do not cover (starting the threads, building the executor).
-        stages.push(("other", wall.saturating_sub(times.total())));
-        exe.set_profiling(args.profile.is_some());
-        let ins = exe
-            .inputs()
-            .iter()
-            .map(|(name, _)| inputs[name].iter().copied().collect())
-            .collect();
-        let outs = exe
-            .outputs()
-            .iter()
-            .map(|(_, s)| vec![0.0; s.iter().product()])
-            .collect();
-        Engine::Cpu {
-            exe: Box::new(exe),
-            inputs: ins,
-            outputs: outs,
-        }
+    let target = args.engine.engine();
+    let opts =
+        compile_options(&args.spec, &args.opt, &args.engine)?.tensor_cores(target == Target::Cuda);
+    let compiled = build(&opts, &model, &weights)?;
+    stages.extend(compiled.compile_times());
+    // Fails before the runs where the device cannot time kernels.
+    compiled.set_profiling(args.profile.is_some())?;
+    let ins = ordered(&compiled, &inputs)?
+        .into_iter()
+        .map(|t| t.iter().copied().collect())
+        .collect();
+    let outs = compiled
+        .outputs()
+        .iter()
+        .map(|o| vec![0.0; o.len()])
+        .collect();
+    let mut engine = Engine {
+        model: compiled,
+        inputs: ins,
+        outputs: outs,
     };
 
     let progress = Progress(std::io::stderr().is_terminal());
@@ -235,14 +153,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
         progress.show(&format!("warm-up {}/{warmup}", i + 1));
         engine.run()?;
     }
-    // Profile the timed runs only.
-    match &mut engine {
-        Engine::Cpu { exe, .. } => exe.set_profiling(args.profile.is_some()),
-        Engine::Gpu { exe, .. } => exe
-            .set_profiling(args.profile.is_some())
-            .map_err(gpu_error)?,
-        Engine::Interp { .. } => {}
-    }
+    // Profile the timed runs only (turning profiling on again resets it).
+    engine.model.set_profiling(args.profile.is_some())?;
     let mut times = Vec::with_capacity(runs);
     for i in 0..runs {
         progress.show(&format!("run {}/{runs}", i + 1));
@@ -255,14 +167,14 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let (median, p90, min) = percentiles(&times);
     let compile: Duration = stages.iter().map(|s| s.1).sum();
     let gflops = flops as f64 / (median / 1e3) / 1e9;
-    let (engine_name, threads, arena, fallbacks) = match &engine {
-        Engine::Cpu { exe, .. } => {
-            let s = exe.stats();
-            ("cpu", s.threads, s.arena_bytes, s.fallbacks.len())
-        }
-        Engine::Gpu { exe, .. } => (target.name(), 0, exe.plan().arena_len * 4, 0),
+    let compiled = &engine.model;
+    let gpu_plan = compiled.gpu_plan();
+    let engine_name = target.name();
+    let (threads, arena, fallbacks) = match (compiled.exec_stats(), &gpu_plan) {
+        (Some(s), _) => (s.threads, s.arena_bytes, s.fallbacks.len()),
+        (None, Some(plan)) => (0, plan.arena_len * 4, 0),
         // The interpreter holds every live value separately: the static peak of `bbc stats`.
-        Engine::Interp { .. } => ("interp", 1, stats::stats(&optimized).peak_bytes as usize, 0),
+        (None, None) => (1, stats::stats(compiled.graph()).peak_bytes as usize, 0),
     };
 
     if args.json {
@@ -270,9 +182,9 @@ pub fn main(args: &BenchArgs) -> CliResult {
             .iter()
             .map(|(name, t)| (name.to_string(), serde_json::json!(ms(*t))))
             .collect();
-        let device = match &engine {
-            Engine::Gpu { exe, .. } => serde_json::json!(exe.device_name()),
-            _ => serde_json::Value::Null,
+        let device = match compiled.device_name() {
+            Some(name) => serde_json::json!(name),
+            None => serde_json::Value::Null,
         };
         let report = serde_json::json!({
             "model": model.model,
@@ -295,9 +207,9 @@ pub fn main(args: &BenchArgs) -> CliResult {
     }
 
     let mut out = String::new();
-    let resources = match &engine {
-        Engine::Gpu { exe, .. } => exe.device_name(),
-        _ => format!("{threads} thread{}", if threads == 1 { "" } else { "s" }),
+    let resources = match compiled.device_name() {
+        Some(name) => name.to_string(),
+        None => format!("{threads} thread{}", if threads == 1 { "" } else { "s" }),
     };
     let _ = writeln!(
         out,
@@ -334,9 +246,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
         "  compute   {:.3} GFLOP per inference, {gflops:.2} GFLOP/s at the median",
         flops as f64 / 1e9
     );
-    match &engine {
-        Engine::Cpu { exe, .. } => {
-            let s = exe.stats();
+    match (compiled.exec_stats(), &gpu_plan) {
+        (Some(s), _) => {
             let _ = writeln!(
                 out,
                 "  memory    arena {} (lower bound {}), scratch {}, weights kept unpacked {}",
@@ -363,17 +274,18 @@ pub fn main(args: &BenchArgs) -> CliResult {
             }
             if let Some(n) = args.profile {
                 let _ = writeln!(out, "  slowest kernels (mean per timed run):");
-                for (name, kind, t) in exe.profile().into_iter().take(n) {
+                for step in compiled.profile().into_iter().take(n) {
                     let _ = writeln!(
                         out,
-                        "    {:>9.3} ms  {kind:<9}  {name}",
-                        ms(t) / runs as f64
+                        "    {:>9.3} ms  {:<9}  {}",
+                        ms(step.time) / runs as f64,
+                        step.kind.unwrap_or(""),
+                        step.step
                     );
                 }
             }
         }
-        Engine::Gpu { exe, .. } => {
-            let plan = exe.plan();
+        (None, Some(plan)) => {
             let constants: BTreeMap<&str, usize> = plan
                 .buffers
                 .iter()
@@ -397,12 +309,17 @@ pub fn main(args: &BenchArgs) -> CliResult {
             );
             if let Some(n) = args.profile {
                 let _ = writeln!(out, "  slowest kernels (mean device time per timed run):");
-                for (step, t) in exe.profile().into_iter().take(n) {
-                    let _ = writeln!(out, "    {:>9.3} ms  {step}", ms(t) / runs as f64);
+                for step in compiled.profile().into_iter().take(n) {
+                    let _ = writeln!(
+                        out,
+                        "    {:>9.3} ms  {}",
+                        ms(step.time) / runs as f64,
+                        step.step
+                    );
                 }
             }
         }
-        Engine::Interp { .. } => {
+        (None, None) => {
             let _ = writeln!(out, "  memory    peak live activations {}", mib(arena));
         }
     }

@@ -1,6 +1,7 @@
-//! The `bbc` subcommands (one module each) and what they share: the spec/model/dims options,
-//! loading and elaborating a spec with diagnostics rendered against its sources, the error
-//! type the binary turns into exit code 1, and small output helpers.
+//! The `bbc` subcommands (one module each) and what they share: the spec/model/dims options
+//! and the pass options (turned into the library's `CompileOptions`, which loads, elaborates
+//! and compiles), the error type the binary turns into exit code 1 (the library's errors
+//! worded for the command line), and small output helpers.
 
 /// Like `eprintln!`, but a closed stderr (`bbc ... 2>&1 | head`) is not a crash.
 macro_rules! note {
@@ -26,8 +27,9 @@ pub mod run;
 pub mod stats;
 pub mod weights;
 
-use bbc::compiler::elab::{Elaborated, FsLoader, Options, Program};
+use bbc::compiler::elab::{Elaborated, Program};
 use bbc::grammar::{Diagnostic, SourceMap};
+use bbc::CompileOptions;
 use clap::Args;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +47,24 @@ impl CliError {
     /// Compiler diagnostics, rendered with source snippets where the sources are known.
     pub fn diags(diags: &[Diagnostic], sources: Option<&SourceMap>) -> CliError {
         CliError(bbc::render(diags, sources))
+    }
+}
+
+impl From<bbc::Error> for CliError {
+    /// The library's errors, worded for the command line (its flags rather than the
+    /// library's methods).
+    fn from(e: bbc::Error) -> CliError {
+        match e {
+            bbc::Error::Spec(d) | bbc::Error::Weights(d) => CliError(d.render()),
+            bbc::Error::Memory(m) => CliError::msg(format!(
+                "{m}\nhelp: use smaller size parameters, e.g. --dim H=... --dim W=..."
+            )),
+            bbc::Error::Compile { target, message } if target.dialect().is_some() => {
+                CliError::msg(format!("cannot compile for --target {target}: {message}"))
+            }
+            bbc::Error::Compile { message, .. } => CliError::msg(message),
+            e => CliError::msg(e),
+        }
     }
 }
 
@@ -110,31 +130,23 @@ impl OptArgs {
         &self,
         default_level: u8,
     ) -> Result<Vec<Box<dyn bbc::compiler::passes::Pass>>, CliError> {
-        use bbc::compiler::passes;
-        let known: Vec<&'static str> = passes::all().iter().map(|p| p.name()).collect();
-        let check = |name: &str| -> Result<(), CliError> {
-            if known.contains(&name) {
-                return Ok(());
-            }
-            let hint = bbc::grammar::did_you_mean(name, known.iter().copied())
-                .map(|s| format!(" (did you mean `{s}`?)"))
-                .unwrap_or_default();
-            Err(CliError::msg(format!(
-                "unknown pass `{name}`{hint}; passes: {}",
-                known.join(", ")
-            )))
+        let opts = CompileOptions::new().opt_level(self.level.unwrap_or(default_level));
+        Ok(self.apply(opts).pipeline()?)
+    }
+
+    /// `opts` with the level (where given) and the pass list and skips of these options.
+    pub fn apply(&self, opts: CompileOptions) -> CompileOptions {
+        let opts = match self.level {
+            Some(level) => opts.opt_level(level),
+            None => opts,
         };
-        for name in self.passes.iter().flatten().chain(&self.skip) {
-            check(name)?;
-        }
-        let chosen: Vec<Box<dyn passes::Pass>> = match &self.passes {
-            Some(names) => names.iter().filter_map(|n| passes::lookup(n)).collect(),
-            None => passes::pipeline(self.level.unwrap_or(default_level)),
+        let opts = match &self.passes {
+            Some(names) => opts.passes(names.iter().cloned()),
+            None => opts,
         };
-        Ok(chosen
-            .into_iter()
-            .filter(|p| !self.skip.iter().any(|s| s == p.name()))
-            .collect())
+        self.skip
+            .iter()
+            .fold(opts, |opts, name| opts.skip_pass(name.clone()))
     }
 }
 
@@ -161,7 +173,7 @@ fn parse_dim(s: &str) -> Result<(String, i64), String> {
 
 /// Loads a spec and its imports; errors are rendered against the files that were read.
 pub fn load(spec: &Path) -> Result<Program, CliError> {
-    Program::load(spec, &FsLoader).map_err(|e| CliError::diags(&e.diagnostics, Some(&e.sources)))
+    Ok(bbc::load_spec(spec)?)
 }
 
 /// Elaborates `model` (or the default) of a loaded program.
@@ -170,21 +182,12 @@ pub fn elaborate(
     model: Option<&str>,
     spec: &SpecArgs,
 ) -> Result<Elaborated, CliError> {
-    for (i, (name, _)) in spec.dims.iter().enumerate() {
-        if spec.dims[..i].iter().any(|(n, _)| n == name) {
-            return Err(CliError::msg(format!(
-                "--dim {name} is given more than once"
-            )));
-        }
-    }
-    let opts = Options {
-        model: model.map(str::to_string),
-        dims: spec.dims.clone(),
-        args: spec.args.clone(),
+    let opts = spec.options()?;
+    let opts = match model {
+        Some(name) => opts.model(name),
+        None => opts,
     };
-    program
-        .elaborate(&opts)
-        .map_err(|d| CliError::diags(&d, Some(&program.sources)))
+    Ok(opts.elaborate(program)?)
 }
 
 impl SpecArgs {
@@ -193,6 +196,37 @@ impl SpecArgs {
         let program = load(&self.spec)?;
         let model = elaborate(&program, self.model.as_deref(), self)?;
         Ok((program, model))
+    }
+
+    /// Compile options with the model, size parameters and model arguments bound. A
+    /// repeated `--dim` or `--arg` is refused: on a command line it is a mistake rather
+    /// than an override.
+    pub fn options(&self) -> Result<CompileOptions, CliError> {
+        let repeated = |flag: &str, names: Vec<&String>| -> CliResult {
+            match names
+                .iter()
+                .enumerate()
+                .find(|(i, name)| names[..*i].contains(name))
+            {
+                Some((_, name)) => Err(CliError::msg(format!(
+                    "{flag} {name} is given more than once"
+                ))),
+                None => Ok(()),
+            }
+        };
+        repeated("--dim", self.dims.iter().map(|(n, _)| n).collect())?;
+        repeated("--arg", self.args.iter().map(|(n, _)| n).collect())?;
+        let opts = match &self.model {
+            Some(name) => CompileOptions::new().model(name.clone()),
+            None => CompileOptions::new(),
+        };
+        let opts = self
+            .dims
+            .iter()
+            .fold(opts, |opts, (name, value)| opts.dim(name.clone(), *value));
+        Ok(self.args.iter().fold(opts, |opts, (name, value)| {
+            opts.arg(name.clone(), value.clone())
+        }))
     }
 }
 
@@ -215,33 +249,7 @@ pub fn write_text(path: &Path, text: &str) -> CliResult {
 /// Refuses to run a model whose weights, inputs and peak activations cannot fit in the
 /// memory this machine has available, instead of letting an allocation abort the process.
 pub fn check_memory(graph: &bbc::compiler::ir::Graph) -> CliResult {
-    let s = bbc::compiler::stats::stats(graph);
-    let weights = (s.params + s.buffers) * 4;
-    let need = weights + s.input_bytes + s.peak_bytes;
-    let Some(available) = available_memory() else {
-        return Ok(());
-    };
-    if need <= available {
-        return Ok(());
-    }
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    Err(CliError::msg(format!(
-        "running this model needs about {:.1} GiB (weights {:.1}, inputs {:.1}, peak activations {:.1}) \
-         but only {:.1} GiB of memory are available\nhelp: use smaller size parameters, e.g. --dim H=... --dim W=...",
-        gib(need),
-        gib(weights),
-        gib(s.input_bytes),
-        gib(s.peak_bytes),
-        gib(available)
-    )))
-}
-
-/// `MemAvailable` from /proc/meminfo, where there is one.
-fn available_memory() -> Option<u64> {
-    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    Ok(bbc::check_memory(graph)?)
 }
 
 /// `1234567` as `1,234,567`.

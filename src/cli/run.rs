@@ -10,20 +10,18 @@
 //! or `[C, H, W]` output with C = 1 or 3, clamped to [0, 1] and rounded to 8 bits.
 
 use super::{print, shape, CliError, CliResult, OptArgs, SpecArgs};
-use bbc::compiler::codegen::cpu::plan::{self, ExecOptions, ExecStats, Executable};
-use bbc::compiler::codegen::gpu::{self, GpuOptions};
+use bbc::compiler::codegen::cpu::plan::ExecStats;
 use bbc::compiler::elab::{Elaborated, Program};
 use bbc::compiler::ir::Graph;
-use bbc::compiler::{interp, weights};
-use bbc::runtime::gpu::{Dialect, Executor, GpuError};
+use bbc::runtime::gpu::Dialect;
 use bbc::runtime::image::{is_png_path, png_layout};
-use bbc::runtime::{read_npy, read_png, write_npy, write_png, Rng, Tensor};
+use bbc::runtime::{read_npy, read_png, write_npy, write_png, Tensor};
+use bbc::{CompileOptions, Model, Summary};
 use clap::Args;
 use ndarray::IxDyn;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 /// Run a model on inputs and print a summary of every output.
 ///
@@ -116,22 +114,23 @@ pub enum Target {
 }
 
 impl Target {
+    /// The library's target of this name.
+    pub fn to_lib(self) -> bbc::Target {
+        match self {
+            Target::Cpu => bbc::Target::Cpu,
+            Target::Gpu => bbc::Target::Gpu,
+            Target::Cuda => bbc::Target::Cuda,
+        }
+    }
+
     /// The kernel language of a GPU target; `None` for the CPU.
     pub fn dialect(self) -> Option<Dialect> {
-        match self {
-            Target::Cpu => None,
-            Target::Gpu => Some(Dialect::Wgsl),
-            Target::Cuda => Some(Dialect::Cuda),
-        }
+        self.to_lib().dialect()
     }
 
     /// The name `--target` takes.
     pub fn name(self) -> &'static str {
-        match self {
-            Target::Cpu => "cpu",
-            Target::Gpu => "gpu",
-            Target::Cuda => "cuda",
-        }
+        self.to_lib().name()
     }
 }
 
@@ -163,20 +162,41 @@ impl EngineArgs {
         Ok(())
     }
 
-    /// The optimisation pipeline: `-O2` for a compiled target unless a level is given.
-    pub fn pipeline(
-        &self,
-        opt: &OptArgs,
-    ) -> Result<Vec<Box<dyn bbc::compiler::passes::Pass>>, CliError> {
-        opt.pipeline_or(if self.interp { 0 } else { 2 })
-    }
-
-    pub fn exec_options(&self) -> ExecOptions {
-        ExecOptions {
-            threads: self.threads.map_or(0, |n| n as usize),
-            ..ExecOptions::default()
+    /// The library's target: `--target`, or the interpreter with `--interp`.
+    pub fn engine(&self) -> bbc::Target {
+        match self.interp {
+            true => bbc::Target::Interp,
+            false => self.target.to_lib(),
         }
     }
+}
+
+/// The compile options of `run` and `bench`: the model and its sizes, the passes (`-O2`
+/// unless a level is given; `-O0` with `--interp`), the target and its threads.
+pub fn compile_options(
+    spec: &SpecArgs,
+    opt: &OptArgs,
+    engine: &EngineArgs,
+) -> Result<CompileOptions, CliError> {
+    let opts = opt.apply(spec.options()?).target(engine.engine());
+    Ok(match engine.threads {
+        Some(n) => opts.threads(usize::try_from(n).unwrap_or(usize::MAX)),
+        None => opts,
+    })
+}
+
+/// Optimises and compiles `model` as `opts` say, and notes on stderr which nodes have no
+/// kernel.
+pub fn build(
+    opts: &CompileOptions,
+    model: &Elaborated,
+    weights: &BTreeMap<String, Tensor>,
+) -> Result<Model, CliError> {
+    let compiled = opts.build(model, weights)?;
+    if let Some(note) = compiled.exec_stats().and_then(fallback_note) {
+        super::note!("{note}");
+    }
+    Ok(compiled)
 }
 
 /// The weights from `--weights` (checked against the spec) or seeded initialisation.
@@ -186,21 +206,11 @@ pub fn load_weights(
     path: Option<&Path>,
     seed: u64,
 ) -> Result<BTreeMap<String, Tensor>, CliError> {
-    match path {
-        Some(path) => {
-            weights::load_file(model, path).map_err(|d| CliError::diags(&d, Some(&program.sources)))
-        }
-        None => Ok(weights::init_weights(&model.graph, seed)),
-    }
-}
-
-/// Input `name` drawn from N(0, 1) with `seed`: the same tensor for the same seed, whatever
-/// the other inputs are.
-pub fn random_input(seed: u64, name: &str, shape: &[usize]) -> Tensor {
-    Rng::new(seed)
-        .fork("input")
-        .fork(name)
-        .standard_normal_tensor(shape)
+    let source = match path {
+        Some(path) => bbc::Weights::File(path.to_path_buf()),
+        None => bbc::Weights::Seeded(seed),
+    };
+    Ok(source.load(program, model)?.into_owned())
 }
 
 /// `graph` after the given passes.
@@ -212,78 +222,6 @@ pub fn optimize(
     bbc::compiler::passes::run(&mut graph, pipeline, &Default::default())
         .map_err(|e| CliError::msg(e.to_string()))?;
     Ok(graph)
-}
-
-/// Compiles `graph` for the CPU and says on stderr which nodes have no kernel.
-pub fn compile_cpu(
-    graph: &Graph,
-    weights: &BTreeMap<String, Tensor>,
-    engine: &EngineArgs,
-) -> Result<Executable, CliError> {
-    let exe = plan::compile(graph, weights, &engine.exec_options()).map_err(CliError::msg)?;
-    if let Some(note) = fallback_note(exe.stats()) {
-        super::note!("{note}");
-    }
-    Ok(exe)
-}
-
-/// A GPU target's device, made sure of before code generation: the Vulkan device itself
-/// (kept for loading), or for CUDA only its libraries (the executor opens the device).
-enum GpuDevice {
-    Vulkan(Box<bbc::runtime::gpu::wgpu::WgpuDevice>),
-    Cuda,
-}
-
-/// Compile time by stage, in order.
-pub type Stages = Vec<(&'static str, Duration)>;
-
-/// Turns a runtime GPU error into a CLI error.
-pub fn gpu_error(e: GpuError) -> CliError {
-    CliError::msg(e)
-}
-
-/// Generates `graph`'s kernels for a GPU `target` and loads them on its device: the
-/// executor and the time of each stage (opening the device, code generation, loading:
-/// compiling the kernels and uploading the constants). The device is opened first, so a
-/// machine without one fails at once.
-pub fn compile_gpu(
-    graph: &Graph,
-    weights: &BTreeMap<String, Tensor>,
-    target: Target,
-    opts: &GpuOptions,
-) -> Result<(Box<dyn Executor>, Stages), CliError> {
-    let dialect = target
-        .dialect()
-        .ok_or_else(|| CliError::msg("the cpu target is not a GPU target"))?;
-    let started = Instant::now();
-    let device = match dialect {
-        Dialect::Wgsl => GpuDevice::Vulkan(Box::new(
-            bbc::runtime::gpu::wgpu::WgpuDevice::open().map_err(gpu_error)?,
-        )),
-        Dialect::Cuda => {
-            bbc::runtime::gpu::cuda::check_libraries().map_err(gpu_error)?;
-            GpuDevice::Cuda
-        }
-    };
-    let mut stages = vec![("device", started.elapsed())];
-    let started = Instant::now();
-    let (plan, constants) = gpu::plan::build(graph, weights, dialect, opts).map_err(|e| {
-        CliError::msg(format!(
-            "cannot compile for --target {}: {e}",
-            target.name()
-        ))
-    })?;
-    stages.push(("codegen", started.elapsed()));
-    let started = Instant::now();
-    let exe: Box<dyn Executor> = match device {
-        GpuDevice::Vulkan(device) => Box::new(
-            bbc::runtime::gpu::wgpu::WgpuExecutor::with_device(&device, plan, &constants)
-                .map_err(gpu_error)?,
-        ),
-        GpuDevice::Cuda => bbc::runtime::gpu::open(plan, &constants).map_err(gpu_error)?,
-    };
-    stages.push(("load", started.elapsed()));
-    Ok((exe, stages))
 }
 
 /// `note: N of M nodes run their reference implementation (no kernel): OP (n), ...`, if any.
@@ -302,6 +240,19 @@ pub fn fallback_note(stats: &ExecStats) -> Option<String> {
         stats.steps(),
         list.join(", ")
     ))
+}
+
+/// The named inputs in the order `model` takes them.
+pub fn ordered<'a>(model: &Model, inputs: &'a Inputs) -> Result<Vec<&'a Tensor>, CliError> {
+    model
+        .inputs()
+        .iter()
+        .map(|i| {
+            inputs
+                .get(&i.name)
+                .ok_or_else(|| CliError::msg(format!("no value given for input `{}`", i.name)))
+        })
+        .collect()
 }
 
 /// The model's inputs as `(name, shape)`, in declaration order.
@@ -373,7 +324,7 @@ fn inputs(
                     shape(&expected),
                     seed
                 );
-                random_input(seed, &name, &expected)
+                bbc::random_input(seed, &name, &expected)
             }
         };
         out.insert(name, t);
@@ -436,31 +387,6 @@ fn png_input(
     )))
 }
 
-/// min, max, mean and (population) standard deviation; NaN-free data assumed for min/max.
-fn summary(t: &Tensor) -> String {
-    let n = t.len();
-    if n == 0 {
-        return "empty".to_string();
-    }
-    let (mut lo, mut hi, mut sum) = (f64::INFINITY, f64::NEG_INFINITY, 0.0f64);
-    for &v in t.iter() {
-        let v = f64::from(v);
-        lo = lo.min(v);
-        hi = hi.max(v);
-        sum += v;
-    }
-    let mean = sum / n as f64;
-    let var = t
-        .iter()
-        .map(|&v| (f64::from(v) - mean).powi(2))
-        .sum::<f64>()
-        / n as f64;
-    format!(
-        "min {lo:.6}  max {hi:.6}  mean {mean:.6}  std {:.6}",
-        var.sqrt()
-    )
-}
-
 pub fn main(args: &RunArgs) -> CliResult {
     args.engine.check()?;
     let (program, model) = args.spec.build()?;
@@ -520,25 +446,27 @@ pub fn main(args: &RunArgs) -> CliResult {
         )));
     }
     let (weights, inputs) = args.data.load(&program, &model)?;
-    let graph = optimize(&model.graph, &args.engine.pipeline(&args.opt)?)?;
-    let results = if args.engine.interp {
-        interp::run(&graph, &inputs, &weights).map_err(CliError::msg)?
-    } else if args.engine.target.dialect().is_some() {
-        // Exact products (no tensor cores): `run` is for checking outputs.
-        let opts = GpuOptions::default();
-        let (mut exe, _) = compile_gpu(&graph, &weights, args.engine.target, &opts)?;
-        exe.run(&inputs).map_err(gpu_error)?
-    } else {
-        let mut exe = compile_cpu(&graph, &weights, &args.engine)?;
-        exe.run(&inputs).map_err(CliError::msg)?
-    };
+    // Exact products on CUDA (no tensor cores): `run` is for checking outputs.
+    let opts = compile_options(&args.spec, &args.opt, &args.engine)?;
+    let compiled = build(&opts, &model, &weights)?;
+    let views = ordered(&compiled, &inputs)?
+        .into_iter()
+        .map(|t| t.view())
+        .collect::<Vec<_>>();
+    let results: BTreeMap<String, Tensor> = compiled
+        .outputs()
+        .iter()
+        .map(|o| o.name.clone())
+        .zip(compiled.run(&views)?)
+        .collect();
 
     let mut out = String::new();
     for name in &outputs {
         let Some(t) = results.get(*name) else {
             continue;
         };
-        let _ = writeln!(out, "{name}: f32{}  {}", shape(t.shape()), summary(t));
+        let summary = Summary::of(t).map_or_else(|| "empty".to_string(), |s| s.to_string());
+        let _ = writeln!(out, "{name}: f32{}  {summary}", shape(t.shape()));
         let first: Vec<String> = t
             .iter()
             .take(args.show)
