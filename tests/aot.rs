@@ -467,5 +467,21 @@ fn an_existing_program_is_replaced_only_with_force() {
         header.contains("extern const bbcrt_descriptor bbc_model_tiny;"),
         "{header}"
     );
+    // A destination whose parent folder is missing names that folder.
+    let orphan = dir.join("missing").join("out");
+    let refused = bbc(&[
+        "compile",
+        spec.to_str().expect("UTF-8"),
+        "--target",
+        "cpu",
+        "-o",
+        orphan.to_str().expect("UTF-8"),
+    ]);
+    assert_eq!(refused.status.code(), Some(1));
+    let message = text(&refused.stderr);
+    assert!(
+        message.contains("does not exist") && message.contains("missing`"),
+        "{message}"
+    );
     std::fs::remove_dir_all(&dir).expect("cleaned up");
 }

@@ -437,6 +437,8 @@ impl Model {
         inputs: &[&[f32]],
         outputs: &mut [&mut [f32]],
     ) -> Result<(), ExecError> {
+        check_buffers("input", &self.inputs, inputs.iter().map(|b| b.len()))?;
+        check_buffers("output", &self.outputs, outputs.iter().map(|b| b.len()))?;
         self.exec.run(inputs, outputs)
     }
 
@@ -444,9 +446,36 @@ impl Model {
     pub fn run(&mut self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ExecError> {
         let mut outputs: Vec<Vec<f32>> = self.outputs.iter().map(|o| vec![0.0; o.len()]).collect();
         let mut views: Vec<&mut [f32]> = outputs.iter_mut().map(Vec::as_mut_slice).collect();
-        self.exec.run(inputs, &mut views)?;
+        self.run_into(inputs, &mut views)?;
         Ok(outputs)
     }
+}
+
+/// Checks the caller's buffers against the model's inputs or outputs (`what`), naming the
+/// value and its shape in the error.
+fn check_buffers(
+    what: &str,
+    expected: &[IoDesc],
+    lens: impl ExactSizeIterator<Item = usize>,
+) -> Result<(), ExecError> {
+    if lens.len() != expected.len() {
+        return Err(ExecError::Io(format!(
+            "the model has {} {what}s, {} buffers were given",
+            expected.len(),
+            lens.len()
+        )));
+    }
+    for (io, len) in expected.iter().zip(lens) {
+        if len != io.len() {
+            return Err(ExecError::Io(format!(
+                "{what} `{}` {:?} has {} values, but its buffer holds {len}",
+                io.name,
+                io.shape,
+                io.len()
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -550,7 +579,11 @@ mod tests {
         let y = model.run(&[&x]).unwrap();
         let want: Vec<f32> = x.iter().zip(&f.weights).map(|(x, w)| 2.0 * x + w).collect();
         assert_eq!(y, vec![want]);
-        assert!(model.run(&[&x[..4]]).is_err(), "a short input is an error");
+        let short = model.run(&[&x[..4]]).unwrap_err().to_string();
+        assert!(
+            short.contains("input `x` [5] has 5 values, but its buffer holds 4"),
+            "{short}"
+        );
     }
 
     /// Truncated, corrupt and foreign weights, wrong versions and missing CPU features are

@@ -27,6 +27,13 @@ pub fn write_program_dir<E>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "program".into());
+    if !parent.is_dir() {
+        return Err(io(format!(
+            "cannot write `{}`: the folder `{}` does not exist (create it first)",
+            dir.display(),
+            parent.display()
+        )));
+    }
     let temp = parent.join(format!(".{stem}.partial-{}", std::process::id()));
     let written = std::fs::create_dir(&temp)
         .map_err(|e| io(format!("cannot write `{}`: {e}", temp.display())))

@@ -228,8 +228,8 @@ fn cpu_readme(args: &CompileArgs, model: &str, program: &ObjectProgram) -> Strin
          float *out[] = {{y}};             size_t out_lens[] = {{y_len}};\n    \
          bbcrt_model_run(m, in, in_lens, out, out_lens, &err);\n    \
          bbcrt_model_free(m);\n\n    \
-         cc prog.c model.o -I. path/to/libbbcrt.a -lpthread -ldl -lm   (static)\n    \
-         cc prog.c model.o -I. -Lpath/to -lbbcrt -lm                  (libbbcrt.so)\n\n\
+         cc prog.c model.o -I. path/to/libbbcrt.a -lpthread -ldl -lm               (static)\n    \
+         cc prog.c model.o -I. -Lpath/to -lbbcrt -Wl,-rpath,path/to -lm   (libbbcrt.so)\n\n\
          From Rust, with only the bbc-runtime crate and model.o linked (e.g.\n\
          `cargo:rustc-link-arg=DIR/model.o` in a build script):\n\n    \
          extern \"C\" {{ static {symbol}: bbc_runtime::aot::ModelDescriptor; }}\n    \

@@ -105,8 +105,8 @@ fn parse_arg(s: &str) -> Result<(String, String), String> {
 /// Which optimisation passes to run; shared by the commands that build a graph to use.
 #[derive(Args, Debug, Clone, Default)]
 pub struct OptArgs {
-    /// Optimisation level: 0 none, 1 cleanup, 2 everything (`-O2`) [default: 0; 2 where a
-    /// compiled engine runs the graph (`run`, `bench`)].
+    /// Optimisation level: 0 none, 1 cleanup, 2 everything (`-O2`) [default: 0; 2 where the
+    /// graph is compiled (`run`, `bench`, `compile`)].
     #[arg(short = 'O', value_name = "LEVEL", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub level: Option<u8>,
 

@@ -382,7 +382,10 @@ pub fn c_header(program: &ObjectProgram, model: &str) -> String {
         out,
         " *   cc prog.c model.o path/to/libbbcrt.a -lpthread -ldl -lm"
     );
-    let _ = writeln!(out, " *   cc prog.c model.o -Lpath/to -lbbcrt -lm");
+    let _ = writeln!(
+        out,
+        " *   cc prog.c model.o -Lpath/to -lbbcrt -Wl,-rpath,path/to -lm"
+    );
     let _ = writeln!(out, " * and load it with its weights file:");
     let _ = writeln!(
         out,
