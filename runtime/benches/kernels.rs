@@ -1,7 +1,8 @@
 //! Kernel benchmark: this machine's FMA peak, the pool's dispatch overhead,
 //! and GEMM / convolution throughput on ResNet and ConvNeXt layer shapes at 1
 //! and 2 threads, as a fraction of the measured peak; depthwise convolutions
-//! (ConvNeXt and EfficientNet shapes) per plane and in bands of rows.
+//! (ConvNeXt and EfficientNet shapes) per plane and in bands of rows; the native
+//! bias + activation epilogues in ns per element.
 //!
 //! Run with `cargo bench -p bbc-runtime --bench kernels`; after `--`, `quick`
 //! shortens the timings and any other word keeps only the GEMM / convolution
@@ -10,6 +11,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
+use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::{
     gemm, Conv2d, Conv2dShape, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef, Output,
     PackedMatrix, Tile,
@@ -563,6 +565,48 @@ fn main() {
             bench_depthwise(&report, &pools, budget, name, shape, bands);
         }
     }
+
+    println!(
+        "\n== Native epilogues: bias per row + activation on a 96 x 3136 NCHW output, \
+         1 thread, in cache =="
+    );
+    for act in Activation::ALL {
+        bench_activation(&report, budget, act);
+    }
+}
+
+/// ns per element of `act(x + bias[row])` on tiles of a 96 x 3136 output (56x56 pixels):
+/// the same tile shapes as the generated epilogues' throughput test in the compiler
+/// (`contraction_epilogue_throughput`), each run repeatedly on the first tile, in cache, as
+/// after the GEMM writes it.
+fn bench_activation(report: &Report, budget: Duration, act: Activation) {
+    let label = format!("activation {act:?}");
+    if !report.wants(&label) {
+        return;
+    }
+    let (rows, cols) = (96, 3136);
+    let mut out: Vec<f32> = random(rows * cols).iter().map(|v| v * 16.0).collect();
+    let bias = random(rows);
+    let mut line = format!("{label:<22} ns/element by tile");
+    for (tile_rows, tile_cols) in [(96, 3136), (96, 640), (16, 3136), (96, 8)] {
+        let calls = (1 << 20) / (tile_rows * tile_cols) + 1;
+        let t = best_time(budget, || {
+            // In place, call after call, like the compiler's measurement: the bias keeps the
+            // values away from subnormals.
+            for _ in 0..calls {
+                let tile = out
+                    .chunks_mut(cols)
+                    .take(tile_rows)
+                    .zip(&bias)
+                    .map(|(row, &b)| (&mut row[..tile_cols], RowBias::Scalar(b)));
+                activate_rows(act, tile);
+            }
+            black_box(&out);
+        });
+        let ns = t.as_secs_f64() * 1e9 / (calls * tile_rows * tile_cols) as f64;
+        line += &format!(", {tile_rows}x{tile_cols}: {ns:.3}");
+    }
+    println!("{line}");
 }
 
 /// A depthwise convolution with its bias, no epilogue: per-plane tasks, or bands of rows

@@ -18,7 +18,7 @@
 use crate::arena::AlignedBuffer;
 use crate::exec::{
     BandLoop, ExecError, Executor, Form, Gemm, GemmOperand, HostFn, LoopFn, Plan, ProductMap,
-    Resolved, Slot, Step, StepKernel, TileFn,
+    Resolved, Slot, Step, StepKernel, TileEpilogue, TileFn,
 };
 use crate::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, KernelError, MatRef, PackedMatrix};
 use crate::pool::ThreadPool;
@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The version of the [`PlanDesc`] layout; a description of another version is refused.
-pub const PLAN_FORMAT: u32 = 1;
+pub const PLAN_FORMAT: u32 = 2;
 
 /// The form of a described step: indices and shapes, no code or packed data.
 #[derive(Clone, Copy, Debug, Default)]
@@ -227,8 +227,9 @@ impl PlanDesc {
             }
             let function = |i: usize, kind: FunctionKind| self.functions.get(i) == Some(&kind);
             let constant = |c: usize| c < self.constants.len();
-            let product = |p: &ProductMap<Described>| {
-                p.epilogue.is_none_or(|f| function(f, FunctionKind::Tile))
+            let product = |p: &ProductMap<Described>| match p.epilogue {
+                Some(TileEpilogue::Generated(f)) => function(f, FunctionKind::Tile),
+                Some(TileEpilogue::Native(_)) | None => true,
             };
             let operand = |o: &GemmOperand<Described>| match o {
                 GemmOperand::Packed { matrices, .. } => constant(matrices.constant),
@@ -358,7 +359,11 @@ pub fn resolve_step<'a>(
             transposed: p.transposed,
             bias: p.bias,
             scatter: p.scatter.clone(),
-            epilogue: p.epilogue.map(tile_fn).transpose()?,
+            epilogue: match p.epilogue {
+                None => None,
+                Some(TileEpilogue::Generated(f)) => Some(TileEpilogue::Generated(tile_fn(f)?)),
+                Some(TileEpilogue::Native(e)) => Some(TileEpilogue::Native(e)),
+            },
         })
     };
     let operand = |o: &GemmOperand<Described>,
@@ -575,7 +580,7 @@ mod tests {
                     out_col_stride: 1,
                     product: ProductMap {
                         rows_per_batch: 4,
-                        epilogue: Some(1),
+                        epilogue: Some(TileEpilogue::Generated(1)),
                         ..ProductMap::default()
                     },
                 }),

@@ -20,7 +20,8 @@
 //!   what has no kernel); it runs on the calling thread.
 //!
 //! A contraction's [`ProductMap`] says how the kernel's output tiles relate to the step's
-//! output and to its generated epilogue `epilogue(bufs, batch, r0, r1, c0, c1)`: when the
+//! output and to its epilogue, generated code `epilogue(bufs, batch, r0, r1, c0, c1)` or a
+//! [`NativeEpilogue`] (bias + activation on the runtime's own kernel): when the
 //! product cannot be written in place (a permuted output), the kernel writes it to scratch
 //! and each finished tile is scattered into the output before the epilogue runs on it, so the
 //! epilogue still sees its tile while it is in cache.
@@ -35,6 +36,7 @@
 
 use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
 use crate::desc::SerialForm;
+use crate::kernels::activation::{activate_rows, Activation, RowBias};
 use crate::kernels::{
     gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, MatMut, MatRef, Output, PackedMatrix,
     Tile,
@@ -190,7 +192,110 @@ pub struct ProductMap<F: Form = Resolved> {
     pub bias: Option<usize>,
     /// The product goes to scratch and each tile is scattered into the output first.
     pub scatter: Option<Scatter>,
-    pub epilogue: Option<F::Tile>,
+    pub epilogue: Option<TileEpilogue<F>>,
+}
+
+/// What rewrites each finished tile of a contraction's output.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[serde(bound = "F: SerialForm")]
+pub enum TileEpilogue<F: Form = Resolved> {
+    /// Generated code.
+    Generated(F::Tile),
+    /// A runtime kernel: bias and activation, 8 lanes at a time.
+    Native(NativeEpilogue),
+}
+
+/// `out(b, i, j) = act(out(b, i, j) + bias)` in place, epilogue element `(b, i, j)` at
+/// `out[offset + b·batch_stride + i·row_stride + j]` (rows contiguous).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NativeEpilogue {
+    pub activation: Activation,
+    pub bias: Option<TileBias>,
+    pub offset: usize,
+    pub batch_stride: usize,
+    pub row_stride: usize,
+}
+
+/// The bias of a [`NativeEpilogue`]: the step's buffer at position `slot`, element `i`
+/// (per row) or `j` (per column) for epilogue element `(b, i, j)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TileBias {
+    pub slot: usize,
+    pub per_column: bool,
+}
+
+impl NativeEpilogue {
+    /// Whether it stays inside an output of `out_len` elements and a bias of `bias_len`
+    /// over `batches × rows × cols` epilogue elements, each at its own output element (tiles
+    /// run concurrently).
+    pub fn fits(&self, [batches, rows, cols]: [usize; 3], out_len: usize, bias_len: usize) -> bool {
+        if batches == 0 || rows == 0 || cols == 0 {
+            return true;
+        }
+        let bias_needed = self
+            .bias
+            .map_or(0, |b| if b.per_column { cols } else { rows });
+        // Offsets reach `[0, span)`; each axis, by increasing stride, must step past what the
+        // smaller ones cover for no two elements to share one.
+        let mut axes = [
+            (1, cols),
+            (self.row_stride, rows),
+            (self.batch_stride, batches),
+        ];
+        axes.sort_unstable();
+        let mut span = 1usize;
+        for (stride, extent) in axes {
+            if extent > 1 {
+                let next = stride
+                    .checked_mul(extent - 1)
+                    .and_then(|s| s.checked_add(span));
+                match next {
+                    Some(next) if stride >= span => span = next,
+                    _ => return false,
+                }
+            }
+        }
+        self.offset
+            .checked_add(span)
+            .is_some_and(|end| end <= out_len)
+            && bias_len >= bias_needed
+    }
+
+    /// Runs on rows `rows`, columns `cols` of batch entry `batch` of the output at `out`,
+    /// with the bias at `bias` (null without one).
+    ///
+    /// # Safety
+    /// `check_step` accepted this epilogue for the buffers `out` and `bias` point at, the
+    /// ranges lie inside the epilogue extents it was checked with, and no one else accesses
+    /// these output elements meanwhile.
+    unsafe fn run(
+        &self,
+        out: *mut f32,
+        bias: *const f32,
+        batch: usize,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) {
+        let base = self.offset + batch * self.batch_stride;
+        let (c0, width) = (cols.start, cols.len());
+        let per_column = self.bias.is_some_and(|b| b.per_column);
+        let tile = rows.map(|i| {
+            // SAFETY: (the caller's) each row segment is inside the output and the bias and
+            // holds exactly this tile's elements of the row, which no other tile has.
+            let row = unsafe {
+                std::slice::from_raw_parts_mut(out.add(base + i * self.row_stride + c0), width)
+            };
+            let b = match (bias.is_null(), per_column) {
+                (true, _) => RowBias::None,
+                (false, true) => {
+                    RowBias::PerColumn(unsafe { std::slice::from_raw_parts(bias.add(c0), width) })
+                }
+                (false, false) => RowBias::Scalar(unsafe { *bias.add(i) }),
+            };
+            (row, b)
+        });
+        activate_rows(self.activation, tile);
+    }
 }
 
 // Not derived: the derive would require a default function pointer.
@@ -713,12 +818,23 @@ impl<'a> Sink<'a> {
                     }
                 }
             }
-            if let Some(f) = m.epilogue {
-                let (rr, cc) = ((first, first + seg), (col0, col0 + cols));
-                let ((r0, r1), (c0, c1)) = if m.transposed { (cc, rr) } else { (rr, cc) };
+            let (rr, cc) = ((first, first + seg), (col0, col0 + cols));
+            let ((r0, r1), (c0, c1)) = if m.transposed { (cc, rr) } else { (rr, cc) };
+            match m.epilogue {
+                None => {}
                 // SAFETY: the epilogue rewrites exactly these finished output elements, which
                 // no other task touches.
-                unsafe { f(self.bufs.get(), batch, r0, r1, c0, c1) };
+                Some(TileEpilogue::Generated(f)) => unsafe {
+                    f(self.bufs.get(), batch, r0, r1, c0, c1)
+                },
+                Some(TileEpilogue::Native(e)) => {
+                    let bias = e.bias.map_or(std::ptr::null(), |b| {
+                        // SAFETY: `check_step` checked the position.
+                        unsafe { (*self.bufs.get().add(b.slot)).cast_const() }
+                    });
+                    // SAFETY: as above; `check_step` bounded the output and bias extents.
+                    unsafe { e.run(self.out.get(), bias, batch, r0..r1, c0..c1) };
+                }
             }
             r += seg;
         }
@@ -811,6 +927,21 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
     if let Some(pos) = product.bias {
         if pos + 1 >= lens.len() || lens[pos] < product.rows_per_batch || product.transposed {
             return fail("a bias that does not cover the rows".into());
+        }
+    }
+    if let Some(TileEpilogue::Native(e)) = &product.epilogue {
+        let (rows, cols) = if product.transposed {
+            (cols, rows)
+        } else {
+            (rows, cols)
+        };
+        let bias_len = match e.bias {
+            Some(b) if b.slot + 1 < lens.len() => lens[b.slot],
+            Some(_) => 0,
+            None => usize::MAX,
+        };
+        if !e.fits([batches, rows, cols], out_len, bias_len) {
+            return fail("a native epilogue reaching past its buffers or aliasing".into());
         }
     }
     if let Some(s) = &product.scatter {
@@ -915,6 +1046,37 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
 mod tests {
     use super::*;
     use crate::kernels::{Conv2dShape, Layout};
+
+    /// A native epilogue fits only where every element has its own place inside the output
+    /// and the bias covers its rows or columns.
+    #[test]
+    fn native_epilogues_are_checked_for_bounds_and_aliasing() {
+        let e = |batch_stride, row_stride, bias| NativeEpilogue {
+            activation: Activation::Silu,
+            bias,
+            offset: 0,
+            batch_stride,
+            row_stride,
+        };
+        let per = |per_column| {
+            Some(TileBias {
+                slot: 0,
+                per_column,
+            })
+        };
+        // 2 x 3 x 4 elements, dense: exactly 24.
+        assert!(e(12, 4, None).fits([2, 3, 4], 24, 0));
+        assert!(!e(12, 4, None).fits([2, 3, 4], 23, 0));
+        // Batch entries interleaved with rows (a permuted product) still never collide.
+        assert!(e(4, 8, None).fits([2, 3, 4], 24, 0));
+        // Rows overlapping columns, or batch entries overlapping rows.
+        assert!(!e(12, 3, None).fits([2, 3, 4], 24, 0));
+        assert!(!e(8, 4, None).fits([2, 3, 4], 24, 0));
+        // The bias covers the rows or the columns.
+        assert!(e(12, 4, per(false)).fits([2, 3, 4], 24, 3));
+        assert!(!e(12, 4, per(true)).fits([2, 3, 4], 24, 3));
+        assert!(e(12, 4, per(true)).fits([2, 3, 4], 24, 4));
+    }
 
     /// Rows of one epilogue batch entry and columns of the outputs the test epilogue sees.
     const ROWS: usize = 4;
@@ -1084,7 +1246,7 @@ mod tests {
                 transposed: false,
                 bias: None,
                 scatter: None,
-                epilogue: Some(double_plus_bias as TileFn),
+                epilogue: Some(TileEpilogue::Generated(double_plus_bias as TileFn)),
             },
         };
         let transposed = || Gemm {
@@ -1114,7 +1276,7 @@ mod tests {
                     row_stride: n,
                     col_stride: 1,
                 }),
-                epilogue: Some(double_plus_bias as TileFn),
+                epilogue: Some(TileEpilogue::Generated(double_plus_bias as TileFn)),
             },
         };
         for threads in [1, 2] {
@@ -1181,7 +1343,7 @@ mod tests {
                             transposed: false,
                             bias: None,
                             scatter: None,
-                            epilogue: Some(double_plus_bias as TileFn),
+                            epilogue: Some(TileEpilogue::Generated(double_plus_bias as TileFn)),
                         },
                     },
                 },

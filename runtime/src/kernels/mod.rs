@@ -7,6 +7,8 @@
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
 //! - [`depthwise`]: direct depthwise convolution, vectorised over a row.
+//! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
+//!   the native form of the most common epilogues.
 //!
 //! Every kernel calls an [`Epilogue`] exactly once per output element, on
 //! tiles that are still in cache; the epilogue is how a fused group's bias,
@@ -43,6 +45,7 @@
 //! [`Epilogue::from_closure`] (it receives a [`Tile`]; a panic there becomes a
 //! [`KernelError::Pool`] error).
 
+pub mod activation;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;

@@ -16,6 +16,13 @@
 //! exp 1.2e-7 maximum relative error on [−86, 88]; tanh 3.1e-7, erf 3.3e-7 and sigmoid
 //! 8.9e-8 maximum absolute error on [−10, 10], [−6, 6] and [−30, 30].
 
+// The `exp` and `erf` constants are defined once, in the runtime, whose native epilogues
+// compute the same approximations 8 lanes at a time; `erf`'s are shared with the GPU code
+// generators too (WGSL has no `erf`).
+pub(crate) use bbc_runtime::kernels::activation::{ERF_CLAMP, ERF_DENOMINATOR, ERF_NUMERATOR};
+use bbc_runtime::kernels::activation::{
+    EXP_LN2_HI, EXP_LN2_LO, EXP_MIN, EXP_OVERFLOW, EXP_POLYNOMIAL, EXP_ROUNDER,
+};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value};
 use cranelift_frontend::FunctionBuilder;
 
@@ -35,28 +42,6 @@ pub(crate) const TANH_NUMERATOR: [f32; 7] = [
 ];
 pub(crate) const TANH_DENOMINATOR: [f32; 4] =
     [4.893_525e-3, 2.268_434_6e-3, 1.185_347_1e-4, 1.198_258_4e-6];
-/// `erf(x) = x·P(x²) / Q(x²)` on `[−ERF_CLAMP, ERF_CLAMP]`; shared with the GPU code
-/// generators (WGSL has no `erf`).
-pub(crate) const ERF_CLAMP: f32 = 4.0;
-// Kept as published, beyond f32 precision.
-#[allow(clippy::excessive_precision)]
-pub(crate) const ERF_NUMERATOR: [f32; 7] = [
-    -1.609_603_3e-2,
-    -2.954_599_8e-3,
-    -7.349_906_3e-4,
-    -5.692_506_4e-5,
-    -2.101_024e-6,
-    2.770_681_4e-8,
-    -2.726_142_3e-10,
-];
-pub(crate) const ERF_DENOMINATOR: [f32; 5] = [
-    -1.426_474e-2,
-    -7.373_329e-3,
-    -1.682_827e-3,
-    -2.133_740_6e-4,
-    -1.456_607_2e-5,
-];
-
 /// Emits scalar or f32x4 arithmetic with FMA when the target has it.
 pub struct Math<'a, 'b> {
     pub b: &'a mut FunctionBuilder<'b>,
@@ -64,8 +49,6 @@ pub struct Math<'a, 'b> {
     pub fma: bool,
 }
 
-// The coefficients are kept as published, beyond f32 precision.
-#[allow(clippy::excessive_precision)]
 impl Math<'_, '_> {
     pub fn konst(&mut self, v: f32) -> Value {
         let s = self.b.ins().f32const(v);
@@ -126,32 +109,18 @@ impl Math<'_, '_> {
 
     pub fn exp(&mut self, x0: Value) -> Value {
         const LOG2E: f32 = std::f32::consts::LOG2_E;
-        const LN2_HI: f32 = 0.693_359_4;
-        const LN2_LO: f32 = -2.121_944_4e-4;
-        const OVERFLOW: f32 = 88.722_83;
-        // Adding 1.5·2^23 rounds `x·log2 e` (at most 128 in size after the clamp) to the
-        // nearest integer, ties to even like `nearest`, and leaves it in the low mantissa bits
-        // of `shifted`: cheaper than `nearest` plus a saturating conversion to integers.
-        const ROUNDER: f32 = 12_582_912.0;
-        let x = self.clamp(x0, -86.0, OVERFLOW);
+        // Adding `EXP_ROUNDER` (1.5·2^23) rounds `x·log2 e` to the nearest integer, ties to
+        // even like `nearest`, and leaves it in the low mantissa bits of `shifted`: cheaper
+        // than `nearest` plus a saturating conversion to integers.
+        let x = self.clamp(x0, EXP_MIN, EXP_OVERFLOW);
         let l2e = self.konst(LOG2E);
-        let rounder = self.konst(ROUNDER);
+        let rounder = self.konst(EXP_ROUNDER);
         let shifted = self.mul_add(x, l2e, rounder);
         let n = self.b.ins().fsub(shifted, rounder);
-        let (hi, lo) = (self.konst(-LN2_HI), self.konst(-LN2_LO));
+        let (hi, lo) = (self.konst(-EXP_LN2_HI), self.konst(-EXP_LN2_LO));
         let r = self.mul_add(n, hi, x);
         let r = self.mul_add(n, lo, r);
-        let p = self.poly(
-            r,
-            &[
-                5.000_000_1e-1,
-                1.666_666_5e-1,
-                4.166_579_6e-2,
-                8.333_452e-3,
-                1.398_2e-3,
-                1.987_569_1e-4,
-            ],
-        );
+        let p = self.poly(r, &EXP_POLYNOMIAL);
         let r2 = self.b.ins().fmul(r, r);
         let one = self.konst(1.0);
         let r1 = self.b.ins().fadd(r, one);
@@ -174,7 +143,7 @@ impl Math<'_, '_> {
         let y = self.b.ins().fmul(y, scale);
         let y = self.b.ins().fmul(y, two);
         // Past the clamp the true value overflows.
-        let limit = self.konst(OVERFLOW);
+        let limit = self.konst(EXP_OVERFLOW);
         let inf = self.konst(f32::INFINITY);
         self.select_gt(x0, limit, inf, y)
     }

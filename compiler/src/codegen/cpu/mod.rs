@@ -18,6 +18,7 @@
 
 mod emit;
 pub(crate) mod math;
+pub mod native_epilogue;
 pub mod object;
 pub mod plan;
 mod versioning;

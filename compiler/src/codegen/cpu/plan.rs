@@ -38,6 +38,7 @@
 //! recorded per stage ([`CompileTimes`]). In bounds-checked codegen mode
 //! ([`Options::bounds_checked`]) every run ends by checking each kernel's violation record.
 
+use super::native_epilogue::native_epilogue;
 use super::{compile as jit, CompiledKernel, Entry, Options, RunError};
 use crate::codegen::prepare::Preparer;
 use crate::interp::{self, InterpError};
@@ -54,9 +55,10 @@ use bbc_runtime::desc::{
     PackedDesc, PlanDesc,
 };
 use bbc_runtime::exec::{
-    self, BandLoop, Executor, Gemm, GemmOperand, HostFn, ProductMap, Scatter, Slot, Step,
-    StepKernel,
+    self, BandLoop, Executor, Gemm, GemmOperand, HostFn, NativeEpilogue, ProductMap, Scatter, Slot,
+    Step, StepKernel, TileEpilogue,
 };
+use bbc_runtime::kernels::activation::Activation;
 use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef};
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
@@ -135,6 +137,9 @@ pub struct ExecStats {
     pub code_bytes: usize,
     /// Kernels and epilogues that run the code of an identical one instead of their own.
     pub reused_kernels: usize,
+    /// Contraction epilogues (bias + a common activation) run by the runtime's kernel
+    /// instead of generated code.
+    pub native_epilogues: usize,
     pub arena_bytes: usize,
     /// No arena placement can be smaller than this (the most bytes live at once).
     pub arena_lower_bound: usize,
@@ -826,9 +831,26 @@ impl Builder<'_, '_> {
                 let operands = self.graph.inputs(id);
                 let (mut step, mut used) = self.contraction_step(kernel, c, &operands)?;
                 if c.epilogue.is_some() {
-                    let epilogue = self.function(kernel)?;
-                    set_epilogue(&mut step, Some(epilogue));
-                    used.extend(epilogue_reads(c));
+                    // Bias + a common activation runs on the runtime's 8-lane kernel; an
+                    // epilogue that only stores the product where it already is (after a
+                    // permuted product) needs nothing.
+                    let epilogue = match native_epilogue(kernel, c) {
+                        Some(NativeEpilogue {
+                            activation: Activation::Identity,
+                            bias: None,
+                            ..
+                        }) => None,
+                        Some(native) => {
+                            used.extend(native.bias.map(|b| b.slot));
+                            self.stats.native_epilogues += 1;
+                            Some(TileEpilogue::Native(native))
+                        }
+                        None => {
+                            used.extend(epilogue_reads(c));
+                            Some(TileEpilogue::Generated(self.function(kernel)?))
+                        }
+                    };
+                    set_epilogue(&mut step, epilogue);
                 }
                 match step {
                     StepKernel::Conv { .. } => self.stats.conv_kernels += 1,
@@ -1028,7 +1050,7 @@ fn unnamed(kernel: &Kernel) -> Kernel {
     k
 }
 
-fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<usize>) {
+fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<Described>>) {
     match step {
         StepKernel::Conv { product, .. } => product.epilogue = epilogue,
         StepKernel::Gemm(g) => g.product.epilogue = epilogue,

@@ -1,0 +1,307 @@
+//! Contraction epilogues the runtime computes natively: an epilogue whose Kernel IR is
+//! exactly `out = act(out + bias)` (bias per row, per column or none; `act` one of
+//! [`Activation`]) runs on the runtime's 8-lane kernel
+//! ([`bbc_runtime::kernels::activation`]) instead of generated code, which Cranelift limits
+//! to 4 lanes on x86-64.
+//!
+//! Recognition is structural. Each activation's pattern is what the lowering itself makes
+//! of the op applied to one value (a one-op graph lowered once, so the op table and the
+//! lowering stay the only definitions); an epilogue matches when its stored value, `let`s
+//! inlined, is that pattern with every occurrence of the value replaced by the same
+//! `out[L]` or `out[L] + bias[B]`, the store goes to `out[L]`, `L` is affine in the
+//! epilogue's (batch, row, column) with unit column stride, and `B` is the row or the
+//! column. Anything else keeps its generated epilogue.
+
+use crate::ir::parse_text;
+use crate::kernel::index::{self, Index, Var};
+use crate::kernel::{lower_node, Binary, Body, Contraction, Expr, Kernel, ScalarId, Stmt};
+use bbc_runtime::exec::{NativeEpilogue, TileBias};
+use bbc_runtime::kernels::activation::Activation;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+/// The native form of `c`'s epilogue (a contraction of `kernel`), if it has one.
+pub fn native_epilogue(kernel: &Kernel, c: &Contraction) -> Option<NativeEpilogue> {
+    let e = c.epilogue.as_ref()?;
+    let (Stmt::Store { buf, index, value }, lets) = e.body.split_last()? else {
+        return None;
+    };
+    if *buf != c.out {
+        return None;
+    }
+    let value = inline_lets(lets, value)?;
+    let vars = [e.batch, e.row, e.col];
+    let (offset, [batch_stride, row_stride, col_stride]) = affine(index, &vars)?;
+    let extents = vars.map(|v| v.extent);
+    if col_stride != 1 && e.col.extent > 1 {
+        return None;
+    }
+    // The activation whose pattern leaves the product, or the product plus a bias, in its
+    // holes (the identity's pattern, a hole alone, matches any value).
+    let (activation, read, bias) = templates().iter().find_map(|(act, pattern)| {
+        let (product, bias) = match unify_hole(pattern, &value)? {
+            Expr::Binary(Binary::Add, a, b) => (*a, Some(*b)),
+            other => (other, None),
+        };
+        match product {
+            Expr::Load { buf, index } if buf == c.out => Some((*act, index, bias)),
+            _ => None,
+        }
+    })?;
+    if affine(&read, &vars)? != (offset, [batch_stride, row_stride, col_stride]) {
+        return None;
+    }
+    let bias = match &bias {
+        None => None,
+        Some(Expr::Load { buf, index }) if *buf != c.out => {
+            let (constant, k) = affine(index, &vars)?;
+            let per_row = k == [0, 1, 0] || (k == [0, 0, 0] && e.row.extent == 1);
+            let per_column = k == [0, 0, 1] || (k == [0, 0, 0] && e.col.extent == 1);
+            if constant != 0 || !(per_row || per_column) {
+                return None;
+            }
+            kernel.buffers.get(*buf)?;
+            Some(TileBias {
+                slot: *buf,
+                per_column: !per_row,
+            })
+        }
+        Some(_) => return None,
+    };
+    let stride = |k: i64| usize::try_from(k).ok();
+    let native = NativeEpilogue {
+        activation,
+        bias,
+        offset: stride(offset)?,
+        batch_stride: stride(batch_stride)?,
+        row_stride: stride(row_stride)?,
+    };
+    // Inside its buffers, one element per epilogue element, as the executor will check.
+    let bias_len = native
+        .bias
+        .map_or(usize::MAX, |b| kernel.buffers[b.slot].len());
+    let out_len = kernel.buffers.get(c.out)?.len();
+    native.fits(extents, out_len, bias_len).then_some(native)
+}
+
+/// `index` as `constant + Σ coefficient·var` over `vars` (the coefficient of a variable of
+/// extent 1 reported as 0: it only ever multiplies 0), or `None` if it is not affine in
+/// them alone.
+fn affine(index: &Index, vars: &[Var; 3]) -> Option<(i64, [i64; 3])> {
+    let mut k = [0i64; 3];
+    for (slot, v) in k.iter_mut().zip(vars) {
+        *slot = index.affine_coefficient(*v)?;
+    }
+    let constant = index.eval(&|_| 0, &|_, _| 0);
+    let rebuilt = vars
+        .iter()
+        .zip(k)
+        .fold(Index::Const(constant), |acc, (v, c)| {
+            index::add(acc, index::mul(Index::Var(*v), c))
+        });
+    if index::sub(index.clone(), rebuilt) != Index::Const(0) {
+        return None;
+    }
+    for (c, v) in k.iter_mut().zip(vars) {
+        if v.extent == 1 {
+            *c = 0;
+        }
+    }
+    Some((constant, k))
+}
+
+/// `value` with every `let`-bound scalar replaced by its definition, or `None` if a
+/// statement is not a `let` or the value uses something other than loads, constants and
+/// arithmetic.
+fn inline_lets(lets: &[Stmt], value: &Expr) -> Option<Expr> {
+    let mut bound: HashMap<ScalarId, Expr> = HashMap::new();
+    for s in lets {
+        let Stmt::Let { id, value } = s else {
+            return None;
+        };
+        let v = substitute(value, &bound)?;
+        bound.insert(*id, v);
+    }
+    substitute(value, &bound)
+}
+
+fn substitute(e: &Expr, bound: &HashMap<ScalarId, Expr>) -> Option<Expr> {
+    Some(match e {
+        Expr::Const(_) | Expr::Load { .. } => e.clone(),
+        Expr::Scalar(id) => bound.get(id)?.clone(),
+        Expr::Unary(op, x) => Expr::unary(*op, substitute(x, bound)?),
+        Expr::Binary(op, a, b) => Expr::binary(*op, substitute(a, bound)?, substitute(b, bound)?),
+        Expr::Table { .. } | Expr::Scratch { .. } | Expr::Select { .. } | Expr::Reduce { .. } => {
+            return None
+        }
+    })
+}
+
+/// The expression every hole of `pattern` (a load of buffer 0) stands for in `e`, if `e` is
+/// `pattern` with each hole replaced by that same expression.
+fn unify_hole(pattern: &Expr, e: &Expr) -> Option<Expr> {
+    fn go(p: &Expr, e: &Expr, hole: &mut Option<Expr>) -> bool {
+        match (p, e) {
+            (Expr::Load { buf: 0, .. }, _) => match hole {
+                Some(h) => h == e,
+                None => {
+                    *hole = Some(e.clone());
+                    true
+                }
+            },
+            (Expr::Const(a), Expr::Const(b)) => a.to_bits() == b.to_bits(),
+            (Expr::Unary(o, a), Expr::Unary(p2, b)) => o == p2 && go(a, b, hole),
+            (Expr::Binary(o, a1, b1), Expr::Binary(p2, a2, b2)) => {
+                o == p2 && go(a1, a2, hole) && go(b1, b2, hole)
+            }
+            _ => false,
+        }
+    }
+    let mut hole = None;
+    if go(pattern, e, &mut hole) {
+        hole
+    } else {
+        None
+    }
+}
+
+/// Each activation's pattern: the lowering of the op on one input (its loads are the
+/// holes). Identity's is the hole alone. An activation whose graph does not lower (which
+/// would be a bug in the lowering) just never matches.
+fn templates() -> &'static [(Activation, Expr)] {
+    static TEMPLATES: OnceLock<Vec<(Activation, Expr)>> = OnceLock::new();
+    TEMPLATES.get_or_init(|| {
+        let hole = Expr::load(0, Index::Const(0));
+        Activation::ALL
+            .iter()
+            .filter_map(|&act| {
+                let op = match act {
+                    Activation::Identity => return Some((act, hole.clone())),
+                    Activation::Relu => "relu(%x)",
+                    Activation::Relu6 => "relu6(%x)",
+                    Activation::Sigmoid => "sigmoid(%x)",
+                    Activation::Silu => "silu(%x)",
+                    Activation::Gelu => "gelu(%x) {approximate=\"none\"}",
+                };
+                let text = format!(
+                    "graph t {{\n  input %x: f32[8]\n  %y = {op}: f32[8]\n  output %y = %y\n}}\n"
+                );
+                let graph = parse_text(&text).ok()?;
+                let kernel = lower_node(&graph, graph.find("y")?).ok()?;
+                let Body::Loops { body, .. } = &kernel.body else {
+                    return None;
+                };
+                Some((act, stored_value(body)?))
+            })
+            .collect()
+    })
+}
+
+/// The value of the one store in a loop nest, `let`s inlined.
+fn stored_value(body: &[Stmt]) -> Option<Expr> {
+    match body {
+        [Stmt::Loop { body, .. }] => stored_value(body),
+        [lets @ .., Stmt::Store { value, .. }] => inline_lets(lets, value),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::Graph;
+    use crate::passes;
+
+    /// The kernel of the (only) contraction group or op of `body` after -O2.
+    fn contraction(body: &str) -> Kernel {
+        let text = format!("graph t {{\n{body}\n}}\n");
+        let mut g: Graph = parse_text(&text).expect("parses");
+        passes::run(&mut g, &passes::pipeline(2), &passes::Options::default()).expect("optimises");
+        let id = g
+            .topo_order()
+            .into_iter()
+            .find(|&n| lower_node(&g, n).is_ok_and(|k| matches!(k.body, Body::Contraction(_))))
+            .expect("a contraction");
+        lower_node(&g, id).expect("lowers")
+    }
+
+    fn native(body: &str) -> Option<NativeEpilogue> {
+        let k = contraction(body);
+        let Body::Contraction(c) = &k.body else {
+            unreachable!()
+        };
+        native_epilogue(&k, c)
+    }
+
+    const CONV: &str = "  input %x: f32[1, 4, 5, 6]
+  param %w: f32[8, 4, 1, 1] = uniform(0.5)
+  param %b: f32[8] = uniform(0.5)
+  %c = conv2d(%x, %w, %b) {bias=true, dilation=[1, 1], groups=1, k=[1, 1], out=8, pad=[0, 0], s=[1, 1]}: f32[1, 8, 5, 6]";
+
+    #[test]
+    fn every_activation_has_a_template() {
+        let found: Vec<Activation> = templates().iter().map(|(a, _)| *a).collect();
+        assert_eq!(found, Activation::ALL);
+    }
+
+    #[test]
+    fn convolution_bias_and_activation_per_row() {
+        for (op, act) in [
+            ("silu(%c)", Activation::Silu),
+            ("relu(%c)", Activation::Relu),
+            ("relu6(%c)", Activation::Relu6),
+            ("sigmoid(%c)", Activation::Sigmoid),
+            ("gelu(%c) {approximate=\"none\"}", Activation::Gelu),
+        ] {
+            let got = native(&format!(
+                "{CONV}\n  %y = {op}: f32[1, 8, 5, 6]\n  output %y = %y"
+            ));
+            assert_eq!(
+                got,
+                Some(NativeEpilogue {
+                    activation: act,
+                    bias: Some(TileBias {
+                        slot: 2,
+                        per_column: false
+                    }),
+                    offset: 0,
+                    batch_stride: 0,
+                    row_stride: 30,
+                }),
+                "{op}"
+            );
+        }
+        // The bias alone.
+        let got = native(&format!("{CONV}\n  output %y = %c")).expect("matches");
+        assert_eq!(got.activation, Activation::Identity);
+    }
+
+    #[test]
+    fn linear_bias_per_column() {
+        let got = native(
+            "  input %x: f32[2, 3, 5]
+  param %w: f32[7, 5] = uniform(0.5)
+  param %b: f32[7] = uniform(0.5)
+  %l = linear(%x, %w, %b) {bias=true, out=7}: f32[2, 3, 7]
+  %y = gelu(%l) {approximate=\"none\"}: f32[2, 3, 7]
+  output %y = %y",
+        )
+        .expect("matches");
+        assert_eq!(got.activation, Activation::Gelu);
+        assert_eq!(got.bias.map(|b| b.per_column), Some(true));
+        assert_eq!(got.row_stride, 7);
+    }
+
+    #[test]
+    fn other_epilogues_keep_generated_code() {
+        for tail in [
+            // The tanh form of GELU, a residual, a channel scale, an activation of another.
+            "  %y = gelu(%c) {approximate=\"tanh\"}: f32[1, 8, 5, 6]\n  output %y = %y",
+            "  input %r: f32[1, 8, 5, 6]\n  %y = add(%c, %r): f32[1, 8, 5, 6]\n  output %y = %y",
+            "  param %g: f32[8, 1, 1] = uniform(0.5)\n  %y = mul(%c, %g): f32[1, 8, 5, 6]\n  output %y = %y",
+            "  %t = tanh(%c): f32[1, 8, 5, 6]\n  %y = silu(%t): f32[1, 8, 5, 6]\n  output %y = %y",
+        ] {
+            assert_eq!(native(&format!("{CONV}\n{tail}")), None, "{tail}");
+        }
+    }
+}
