@@ -259,7 +259,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
             let _ = writeln!(
                 out,
                 "  kernels   {} per inference: {} loop, {} conv, {} gemm, {} reference; {} values \
-                 prepared at load, {} KiB of code ({} kernels reuse identical code)",
+                 prepared at load, {} KiB of code ({} kernels reuse identical code, {} \
+                 epilogues run natively)",
                 s.steps(),
                 s.loop_kernels,
                 s.conv_kernels,
@@ -267,7 +268,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 s.fallbacks.len(),
                 s.prepared_values,
                 s.code_bytes / 1024,
-                s.reused_kernels
+                s.reused_kernels,
+                s.native_epilogues
             );
             for f in &s.fallbacks {
                 let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);
