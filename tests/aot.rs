@@ -51,6 +51,20 @@ fn bbc(args: &[&str]) -> Output {
         .expect("bbc runs")
 }
 
+/// `bbc compile SPEC --target cpu EXTRA... -o OUT`.
+fn compile_cpu(spec: &Path, out: &Path, extra: &[&str]) -> Output {
+    let (spec, out) = (
+        spec.to_str().expect("UTF-8 path"),
+        out.to_str().expect("UTF-8 path"),
+    );
+    bbc(&[
+        &["compile", spec, "--target", "cpu"][..],
+        extra,
+        &["-o", out],
+    ]
+    .concat())
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -398,30 +412,14 @@ fn models_with_reference_fallbacks_are_refused() {
     )
     .expect("spec written");
     let out_dir = dir.join("out");
-    let out = bbc(&[
-        "compile",
-        spec.to_str().expect("UTF-8"),
-        "--target",
-        "cpu",
-        "-o",
-        out_dir.to_str().expect("UTF-8"),
-    ]);
+    let out = compile_cpu(&spec, &out_dir, &[]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no CPU kernel"), "{stderr}");
     assert!(stderr.contains("(conv_transpose2d)"), "{stderr}");
     assert!(stderr.contains("col2im"), "{stderr}");
     assert!(!out_dir.exists(), "a refused compile writes nothing");
-    let out = bbc(&[
-        "compile",
-        spec.to_str().expect("UTF-8"),
-        "--target",
-        "cpu",
-        "--symbol",
-        "9lives",
-        "-o",
-        out_dir.to_str().expect("UTF-8"),
-    ]);
+    let out = compile_cpu(&spec, &out_dir, &["--symbol", "9lives"]);
     assert!(text(&out.stderr).contains("is not a C identifier"));
     std::fs::remove_dir_all(&dir).expect("cleaned up");
 }
@@ -438,20 +436,8 @@ fn an_existing_program_is_replaced_only_with_force() {
     )
     .expect("spec written");
     let out_dir = dir.join("out");
-    let compile = |force: bool| {
-        let mut args = vec![
-            "compile",
-            spec.to_str().expect("UTF-8"),
-            "--target",
-            "cpu",
-            "-o",
-            out_dir.to_str().expect("UTF-8"),
-        ];
-        if force {
-            args.push("--force");
-        }
-        bbc(&args)
-    };
+    let compile =
+        |force: bool| compile_cpu(&spec, &out_dir, if force { &["--force"] } else { &[] });
     assert!(compile(false).status.success());
     let again = compile(false);
     assert_eq!(again.status.code(), Some(1));
@@ -469,14 +455,7 @@ fn an_existing_program_is_replaced_only_with_force() {
     );
     // A destination whose parent folder is missing names that folder.
     let orphan = dir.join("missing").join("out");
-    let refused = bbc(&[
-        "compile",
-        spec.to_str().expect("UTF-8"),
-        "--target",
-        "cpu",
-        "-o",
-        orphan.to_str().expect("UTF-8"),
-    ]);
+    let refused = compile_cpu(&spec, &orphan, &[]);
     assert_eq!(refused.status.code(), Some(1));
     let message = text(&refused.stderr);
     assert!(
