@@ -322,16 +322,18 @@ class BbcCli:
         return "cpu" if "--target" in self.run_flags else "interpreter"
 
     def command(self, sub: str, flags: set[str], spec: str, name: str, weights: Path,
-                args) -> list[str]:
-        """`bbc SUB` with spec, model, size, weights and whichever of -O/--target/--threads
-        `flags` (what `bbc SUB --help` lists) has."""
+                args, target: str = "cpu", batch: int | None = None) -> list[str]:
+        """`bbc SUB` with spec, model, size (and batch, when given), weights and whichever of
+        -O/--target/--threads `flags` (what `bbc SUB --help` lists) has."""
         cmd = [str(self.exe), sub, spec, "--model", name, "--weights", str(weights),
                "--dim", f"H={args.size}", "--dim", f"W={args.size}"]
+        if batch is not None:
+            cmd += ["--dim", f"B={batch}"]
         if "-O" in flags:
             cmd += [f"-O{args.opt_level}"]
         if "--target" in flags and self.engine == "cpu":  # the engine `bbc run` checked
-            cmd += ["--target", "cpu"]
-        if "--threads" in flags:
+            cmd += ["--target", target]
+        if "--threads" in flags and target == "cpu":
             cmd += ["--threads", str(args.threads)]
         return cmd
 
@@ -367,15 +369,18 @@ class BbcCli:
             raise BenchError(f"`{' '.join(argv)}` {why}:\n{done.stderr.rstrip()}")
         return done, wall, peak_kib * 1024
 
-    def run(self, spec: str, name: str, art: Artefacts, out: Path, args):
-        argv = self.command("run", self.run_flags, spec, name, art.weights, args)
+    def run(self, spec: str, name: str, art: Artefacts, out: Path, args, target: str = "cpu",
+            batch: int | None = None):
+        argv = self.command("run", self.run_flags, spec, name, art.weights, args, target, batch)
         argv += ["--input", str(art.input), "--output", str(out)]
         return self.call(argv, args.bbc_timeout)
 
-    def bench(self, spec: str, name: str, art: Artefacts, args) -> dict:
+    def bench(self, spec: str, name: str, art: Artefacts, args, target: str = "cpu",
+              batch: int | None = None) -> dict:
         """`bbc bench ... --json`, parsed defensively: the last JSON object on stdout."""
         assert self.bench_flags is not None
-        argv = self.command("bench", self.bench_flags, spec, name, art.weights, args)
+        argv = self.command("bench", self.bench_flags, spec, name, art.weights, args, target,
+                            batch)
         for flag, value in (("--runs", args.runs * args.rounds), ("--warmup", args.warmup),
                             ("--input", art.input)):
             if flag in self.bench_flags:

@@ -29,7 +29,11 @@ use crate::kernel::{
 };
 use bbc_runtime::gpu::BindingAccess;
 
-/// The tile shape of a tiled product.
+/// The tile shape of a tiled product: a `bm × bn` output tile per workgroup, `tm × tn`
+/// outputs per invocation, operand slices `bk` deep, and `splits` groups of invocations
+/// that each take every `splits`-th slice of the depth and add their sums at the end (so a
+/// product with few output tiles, such as a deep convolution over a 7x7 map, still has
+/// enough invocations at work).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Tile {
     pub bm: usize,
@@ -37,11 +41,56 @@ pub struct Tile {
     pub bk: usize,
     pub tm: usize,
     pub tn: usize,
+    pub splits: usize,
 }
 
+/// The fewest workgroups a product should have: below this, a GPU's multiprocessors (132
+/// on an H100) sit idle and a smaller tile shape is chosen where one exists.
+pub(super) const FEW_WORKGROUPS: usize = 128;
+
 impl Tile {
+    /// Invocations of one split group, along columns and rows.
     fn threads(&self) -> [usize; 2] {
         [self.bn / self.tn, self.bm / self.tm]
+    }
+
+    /// Workgroups for product `c`.
+    fn workgroups(&self, c: &Contraction) -> usize {
+        c.n.div_ceil(self.bn) * c.m.div_ceil(self.bm) * c.batch_len()
+    }
+
+    /// The tile for a dense product `c`: `large` (if any) when both sizes fill it and
+    /// there are enough of them, else 64 × 64; products with too few of those tiles take
+    /// smaller ones whose invocations split the depth, and a product of at most 8 rows (a
+    /// classifier's matrix-vector product) takes tiles of that many rows.
+    pub fn choose(c: &Contraction, large: Option<Tile>) -> Tile {
+        let tile = |bm, bn, bk, tm, tn, splits| Tile {
+            bm,
+            bn,
+            bk,
+            tm,
+            tn,
+            splits,
+        };
+        let fills = |t: &Tile| c.m >= t.bm && c.n >= t.bn && t.workgroups(c) >= FEW_WORKGROUPS;
+        if let Some(large) = large.filter(fills) {
+            return large;
+        }
+        if c.m <= 8 {
+            // 4 × 16 invocations' worth of outputs at most, 128 invocations in all.
+            let bm = c.m.next_power_of_two();
+            let tm = bm.min(4);
+            return tile(bm, 16, 4, tm, 4, 128 / (4 * bm / tm));
+        }
+        let candidates = [
+            tile(64, 64, 16, 4, 4, 1),
+            tile(32, 32, 8, 4, 4, 4),
+            tile(16, 32, 8, 2, 4, 4),
+        ];
+        candidates
+            .into_iter()
+            .find(|t| t.workgroups(c) >= FEW_WORKGROUPS)
+            .unwrap_or(candidates[candidates.len() - 1])
     }
 }
 
@@ -220,9 +269,20 @@ pub fn tiled(
     entry: &str,
     bindings: &[BindingAccess],
 ) -> Result<Emitted, GpuError> {
-    let Tile { bm, bn, bk, tm, tn } = tile;
+    let Tile {
+        bm,
+        bn,
+        bk,
+        tm,
+        tn,
+        splits,
+    } = tile;
     let [tx, ty] = tile.threads();
-    let threads = tx * ty;
+    let group = tx * ty;
+    let threads = group * splits;
+    // Depth staged per step: one `bk` slice per split group.
+    let depth = bk * splits;
+    debug_assert!(bm * depth % threads == 0 && bn * depth % threads == 0);
     let grid = [c.n.div_ceil(bn), c.m.div_ceil(bm), c.batch_len()];
     if grid.iter().any(|&g| g as u64 > MAX_GRID_DIM) {
         return Err(GpuError::TooLarge(format!(
@@ -236,7 +296,11 @@ pub fn tiled(
     let mut fresh = FreshVars(fresh_var_id(p.kernel));
     let bz = fresh.var(c.batch_len());
     let syntax = p.syntax;
-    for (name, len) in [("tile_a", bk * bm), ("tile_b", bk * bn)] {
+    let mut shared = vec![("tile_a", depth * bm), ("tile_b", depth * bn)];
+    if splits > 1 {
+        shared.push(("partial_sums", bm * bn));
+    }
+    for (name, len) in shared {
         let (module, decl) = syntax.shared_array(name, len);
         if module {
             p.module_line(&decl);
@@ -244,10 +308,19 @@ pub fn tiled(
             p.line(1, &decl);
         }
     }
+    // The workgroup is `tx × (ty · splits)`: `split` is the invocation's group, `ly` its
+    // row within the group.
+    let (split, ly) = if splits > 1 {
+        (format!("lid_y / {ty}"), format!("lid_y % {ty}"))
+    } else {
+        ("0".to_string(), "lid_y".to_string())
+    };
     for (name, value) in [
         ("row0", format!("wg_y * {bm}")),
         ("col0", format!("wg_x * {bn}")),
         ("tid", format!("lid_y * {tx} + lid_x")),
+        ("split", split),
+        ("ly", ly),
     ] {
         let decl = syntax.constant(Ty::I32, name, &value);
         p.line(1, &decl);
@@ -261,28 +334,27 @@ pub fn tiled(
     let zero = p.float(0.0);
     p.line(2, &format!("acc[q] = {zero};"));
     p.line(1, "}");
-    p.line(1, &syntax.for_open("kt", "0", &c.k.to_string(), bk));
-    // Stage the operand slices: A as [bk][bm] (so a thread's rows are contiguous), B as
-    // [bk][bn]; consecutive invocations read consecutive depths of A and columns of B.
+    p.line(1, &syntax.for_open("kt", "0", &c.k.to_string(), depth));
+    // Stage the operand slices: A as [depth][bm] (so a thread's rows are contiguous), B as
+    // [depth][bn]; consecutive invocations read consecutive depths of A and columns of B.
     // Loader and store variables range over whole tiles, so their guards are kept.
-    let (m_tiles, n_tiles, k_tiles) = (grid[1] * bm, grid[0] * bn, c.k.div_ceil(bk) * bk);
+    let (m_tiles, n_tiles, k_tiles) = (grid[1] * bm, grid[0] * bn, c.k.div_ceil(depth) * depth);
     let (ra, ka) = (fresh.var(m_tiles), fresh.var(k_tiles));
     let (kb, cb) = (fresh.var(k_tiles), fresh.var(n_tiles));
-    let per_thread = [bm * bk / threads, bn * bk / threads];
     Stage {
         operand: &c.a,
         threads,
-        per_thread: per_thread[0],
-        row: (ra, format!("(row0 + e / {bk})"), c.m),
-        col: (ka, format!("(kt + e % {bk})"), c.k),
-        target: format!("tile_a[(e % {bk}) * {bm} + e / {bk}]"),
+        per_thread: bm * depth / threads,
+        row: (ra, format!("(row0 + e / {depth})"), c.m),
+        col: (ka, format!("(kt + e % {depth})"), c.k),
+        target: format!("tile_a[(e % {depth}) * {bm} + e / {depth}]"),
         convert: None,
     }
     .emit(&mut p, c, bz);
     Stage {
         operand: &c.b,
         threads,
-        per_thread: per_thread[1],
+        per_thread: bn * depth / threads,
         row: (kb, format!("(kt + e / {bn})"), c.k),
         col: (cb, format!("(col0 + e % {bn})"), c.n),
         target: "tile_b[e]".into(),
@@ -291,16 +363,20 @@ pub fn tiled(
     .emit(&mut p, c, bz);
     p.line(2, syntax.barrier());
     p.open_loop(2, "kk", bk, true);
+    p.line(
+        3,
+        &syntax.constant(Ty::I32, "kd", &format!("split * {bk} + kk")),
+    );
     p.open_loop(3, "i", tm, true);
     p.line(
         4,
-        &format!("frag_a[i] = tile_a[kk * {bm} + lid_y + i * {ty}];"),
+        &format!("frag_a[i] = tile_a[kd * {bm} + ly + i * {ty}];"),
     );
     p.line(3, "}");
     p.open_loop(3, "j", tn, true);
     p.line(
         4,
-        &format!("frag_b[j] = tile_b[kk * {bn} + lid_x + j * {tx}];"),
+        &format!("frag_b[j] = tile_b[kd * {bn} + lid_x + j * {tx}];"),
     );
     p.line(3, "}");
     p.open_loop(3, "i", tm, true);
@@ -319,16 +395,38 @@ pub fn tiled(
     p.line(2, "}");
     p.line(2, syntax.barrier());
     p.line(1, "}");
+    if splits > 1 {
+        // Group 0 adds the other groups' sums in group order (so results do not depend on
+        // timing), one group at a time through workgroup memory; every invocation reaches
+        // the barriers.
+        let slot = format!("partial_sums[q * {group} + ly * {tx} + lid_x]");
+        p.line(1, &syntax.for_open("s", "1", &splits.to_string(), 1));
+        p.line(2, "if (split == s) {");
+        p.open_loop(3, "q", tm * tn, true);
+        p.line(4, &format!("{slot} = acc[q];"));
+        p.line(3, "}");
+        p.line(2, "}");
+        p.line(2, syntax.barrier());
+        p.line(2, "if (split == 0) {");
+        p.open_loop(3, "q", tm * tn, true);
+        p.line(4, &format!("acc[q] = acc[q] + {slot};"));
+        p.line(3, "}");
+        p.line(2, "}");
+        p.line(2, syntax.barrier());
+        p.line(1, "}");
+        let exit = syntax.exit();
+        p.line(1, &format!("if (split != 0) {{ {exit} }}"));
+    }
     // Store each element, then run the epilogue on it.
     let (r, col) = (fresh.var(m_tiles), fresh.var(n_tiles));
     p.open_loop(1, "i", tm, true);
     p.open_loop(2, "j", tn, true);
-    p.bind_var(3, r, &format!("(row0 + lid_y + i * {ty})"));
+    p.bind_var(3, r, &format!("(row0 + ly + i * {ty})"));
     p.bind_var(3, col, &format!("(col0 + lid_x + j * {tx})"));
     store_element(&mut p, 3, c, [bz, r, col], &format!("acc[i * {tn} + j]"));
     p.line(2, "}");
     p.line(1, "}");
-    let workgroup = [tx as u32, ty as u32, 1];
+    let workgroup = [tx as u32, (ty * splits) as u32, 1];
     let lines = syntax.entry(entry, bindings, workgroup);
     Ok(Emitted {
         source: p.finish(lines),

@@ -99,6 +99,11 @@ impl Syntax for Cuda {
         "__syncthreads();"
     }
 
+    fn storage_barrier(&self) -> &'static str {
+        // `__syncthreads` also orders global memory accesses within the block.
+        "__syncthreads();"
+    }
+
     fn function(
         &self,
         ret: Ty,

@@ -4,8 +4,11 @@
 //!   invocation per (grid, vector) iteration pair, so that even a kernel with few rows fills
 //!   the device;
 //! - where a grid iteration reduces over many elements (a normalisation or softmax row, a
-//!   global pool), one workgroup per grid iteration ([`cooperative`]): its invocations share
-//!   the reductions and split the independent loops after them.
+//!   global pool), or the grid is short and each iteration has wide independent work (a
+//!   depthwise convolution + LayerNorm over a 7x7 map's 49 pixels), one workgroup per grid
+//!   iteration ([`cooperative`]): its invocations share the reductions and split the
+//!   independent loops, with a barrier wherever one statement reads what an earlier one
+//!   wrote to the output.
 //!
 //! Scratch arrays are private to an invocation, so a kernel with scratch keeps the first
 //! shape.
@@ -15,7 +18,7 @@ use super::source::{
     LINEAR_WORKGROUP,
 };
 use super::Emitted;
-use crate::kernel::{Body, Expr, Kernel, Stmt, Var};
+use crate::kernel::{Body, Expr, Index, Kernel, Stmt, Var};
 
 /// Invocations per workgroup of a cooperative kernel. 128 is a multiple of both warp (32)
 /// and wavefront (64) sizes and keeps the tree at 7 barrier steps, while rows of a few
@@ -28,13 +31,19 @@ const COOPERATIVE_WORKGROUP: u32 = 128;
 /// the device busy.
 const COOPERATIVE_MIN_ELEMENTS: usize = 256;
 
+/// Grids shorter than this fill only a sliver of a GPU with one invocation per iteration
+/// (a GPU runs tens of thousands at once), so there an iteration whose widest top-level
+/// loop or reduction covers [`COOPERATIVE_MIN_WIDTH`] elements gets a workgroup too.
+const FEW_ITERATIONS: usize = 4096;
+const COOPERATIVE_MIN_WIDTH: usize = 64;
+
 /// The source of a loop kernel. `printer` is fresh for `k`.
 pub fn emit(mut p: Printer, entry: &str, bindings: &[bbc_runtime::gpu::BindingAccess]) -> Emitted {
     let k: &Kernel = p.kernel;
     let Body::Loops { grid, body, .. } = &k.body else {
         unreachable!("the caller dispatches on the body")
     };
-    if cooperative_applies(k, body) {
+    if cooperative_applies(k, *grid, body) {
         return cooperative(p, *grid, body, entry, bindings);
     }
     // The invocation index covers the grid, times the vector loop when it is all there is.
@@ -70,29 +79,34 @@ pub fn emit(mut p: Printer, entry: &str, bindings: &[bbc_runtime::gpu::BindingAc
     }
 }
 
-/// Whether a grid iteration's body is worth a workgroup and safe to share: enough elements
-/// reduced at its top level, no scratch, no read of the output (a loop split across
-/// invocations could read an element another has not written yet), and every top-level
-/// loop independent (each store in it indexed by the loop's variable).
-fn cooperative_applies(k: &Kernel, body: &[Stmt]) -> bool {
-    if !k.scratch.is_empty() || reads_buffer(body, k.output()) {
+/// Whether a grid iteration's body is worth a workgroup and safe to share: no scratch,
+/// every top-level loop independent (each store in it indexed by the loop's variable) and
+/// reading the output only at elements it stores itself (so only at elements its own
+/// invocation writes), and either enough elements reduced at the top level or a short grid
+/// with wide iterations.
+fn cooperative_applies(k: &Kernel, grid: Var, body: &[Stmt]) -> bool {
+    if !k.scratch.is_empty() {
         return false;
     }
-    let mut reduced = 0;
+    let (mut reduced, mut width) = (0, 0);
     for s in body {
         match s {
             Stmt::Loop { var, body, .. } => {
-                if !stores_indexed_by(body, *var) {
+                if !stores_indexed_by(body, *var) || !partitioned_by(body, k.output(), *var, grid) {
                     return false;
                 }
+                width = width.max(var.extent);
             }
             Stmt::Let { value, .. } | Stmt::Store { value, .. } => {
-                reduced += reduced_elements(value)
+                let elements = reduced_elements(value);
+                reduced += elements;
+                width = width.max(elements);
             }
             Stmt::ScratchStore { .. } => return false,
         }
     }
     reduced >= COOPERATIVE_MIN_ELEMENTS
+        || (grid.extent < FEW_ITERATIONS && width >= COOPERATIVE_MIN_WIDTH)
 }
 
 /// Elements reduced by the reductions of `e` (nested ones count once per element of the
@@ -107,18 +121,112 @@ fn reduced_elements(e: &Expr) -> usize {
     total
 }
 
-fn reads_buffer(body: &[Stmt], buf: usize) -> bool {
-    let in_expr = |e: &Expr| {
-        let mut found = false;
-        e.visit(&mut |x| found |= matches!(x, Expr::Load { buf: b, .. } if *b == buf));
-        found
-    };
-    body.iter().any(|s| match s {
-        Stmt::Loop { body, .. } => reads_buffer(body, buf),
-        Stmt::Let { value, .. } | Stmt::Store { value, .. } | Stmt::ScratchStore { value, .. } => {
-            in_expr(value)
+/// Every load of `buf` in `e`, by index.
+fn loads_of(e: &Expr, buf: usize, found: &mut Vec<Index>) {
+    e.visit(&mut |x| {
+        if let Expr::Load { buf: b, index } = x {
+            if *b == buf {
+                found.push(index.clone());
+            }
         }
-    })
+    });
+}
+
+/// The indices `body` loads from (`stores == false`) or stores to `buf` at.
+fn accesses(body: &[Stmt], buf: usize, stores: bool, found: &mut Vec<Index>) {
+    for s in body {
+        match s {
+            Stmt::Loop { body, .. } => accesses(body, buf, stores, found),
+            Stmt::Store {
+                buf: b,
+                index,
+                value,
+            } => {
+                if stores && *b == buf {
+                    found.push(index.clone());
+                } else if !stores {
+                    loads_of(value, buf, found);
+                }
+            }
+            Stmt::Let { value, .. } | Stmt::ScratchStore { value, .. } => {
+                if !stores {
+                    loads_of(value, buf, found);
+                }
+            }
+        }
+    }
+}
+
+fn reads_buffer(body: &[Stmt], buf: usize) -> bool {
+    let mut found = Vec::new();
+    accesses(body, buf, false, &mut found);
+    !found.is_empty()
+}
+
+fn writes_buffer(body: &[Stmt], buf: usize) -> bool {
+    let mut found = Vec::new();
+    accesses(body, buf, true, &mut found);
+    !found.is_empty()
+}
+
+/// Whether the elements of `buf` that `body` reads or writes belong to one iteration of
+/// loop `v` each, so that invocations sharing the loop's iterations never touch each
+/// other's. Every such index must make `v` one digit of a mixed-radix position: `v · a`
+/// (the same `a > 0` throughout) plus terms of the grid variable (the same for a whole
+/// workgroup), terms whose coefficients are multiples of `a · extent(v)` (higher digits)
+/// and variables with positive coefficients that together stay below `a` (lower digits).
+fn partitioned_by(body: &[Stmt], buf: usize, v: Var, grid: Var) -> bool {
+    let mut indices = Vec::new();
+    accesses(body, buf, false, &mut indices);
+    accesses(body, buf, true, &mut indices);
+    let digit = |index: &Index| -> Option<i64> {
+        let Index::Sum(terms, _) = index else {
+            return (*index == Index::Var(v)).then_some(1);
+        };
+        let a = terms
+            .iter()
+            .find_map(|(t, k)| (*t == Index::Var(v)).then_some(*k))?;
+        let radix = a * v.extent as i64;
+        let mut lower = 0;
+        for (t, k) in terms {
+            if *t == Index::Var(v) || only_mentions(t, grid) || k % radix == 0 {
+                if t.mentions(v) && *t != Index::Var(v) {
+                    return None;
+                }
+                continue;
+            }
+            match t {
+                Index::Var(u) if *k > 0 => lower += k * (u.extent as i64 - 1),
+                _ => return None,
+            }
+        }
+        (a > 0 && lower < a).then_some(a)
+    };
+    let mut coefficients = indices.iter().map(digit);
+    match coefficients.next() {
+        None => true,
+        Some(first) => first.is_some() && coefficients.all(|a| a == first),
+    }
+}
+
+/// Whether `t` depends on no variable but `grid`.
+fn only_mentions(t: &Index, grid: Var) -> bool {
+    let mut vars = Vec::new();
+    collect_vars(t, &mut vars);
+    vars.iter().all(|&x| x == grid)
+}
+
+fn collect_vars(t: &Index, out: &mut Vec<Var>) {
+    match t {
+        Index::Const(_) => {}
+        Index::Var(v) => out.push(*v),
+        Index::Sum(terms, _) => terms.iter().for_each(|(t, _)| collect_vars(t, out)),
+        Index::Div(x, _) | Index::Rem(x, _) | Index::Lookup(_, x) => collect_vars(x, out),
+        Index::Min(a, b) | Index::Max(a, b) => {
+            collect_vars(a, out);
+            collect_vars(b, out);
+        }
+    }
 }
 
 fn stores_indexed_by(body: &[Stmt], v: Var) -> bool {
@@ -149,7 +257,20 @@ fn cooperative(
         let name = var_name(grid);
         p.line(1, &format!("if ({name} >= {}) {{ {exit} }}", grid.extent));
     }
+    // Storage writes and reads of the output since the last barrier: a statement that
+    // reads what another invocation may have written, or writes what another may still be
+    // reading, waits at a barrier first (top-level statements run in uniform control flow).
+    let (out, barrier) = (p.kernel.output(), p.syntax.storage_barrier());
+    let (mut written, mut read) = (false, false);
     for s in body {
+        let one = std::slice::from_ref(s);
+        let (reads, writes) = (reads_buffer(one, out), writes_buffer(one, out));
+        if (written && reads) || (read && writes) {
+            p.line(1, barrier);
+            (written, read) = (false, false);
+        }
+        written |= writes;
+        read |= reads;
         match s {
             Stmt::Loop { var, body, .. } => {
                 // Reductions inside run sequentially for their own iteration.

@@ -142,22 +142,16 @@ pub fn emit(
                 if dialect == Dialect::Cuda && opts.tensor_cores && tensor_core::applies(c) {
                     return Ok(tensor_core::emit(printer, c, ENTRY, bindings));
                 }
-                let tile = match dialect {
-                    Dialect::Cuda if c.m >= 128 && c.n >= 128 => contraction::Tile {
-                        bm: 128,
-                        bn: 128,
-                        bk: 8,
-                        tm: 8,
-                        tn: 8,
-                    },
-                    _ => contraction::Tile {
-                        bm: 64,
-                        bn: 64,
-                        bk: 16,
-                        tm: 4,
-                        tn: 4,
-                    },
-                };
+                // CUDA's larger register file and shared memory take a 128 × 128 tile.
+                let large = (dialect == Dialect::Cuda).then_some(contraction::Tile {
+                    bm: 128,
+                    bn: 128,
+                    bk: 8,
+                    tm: 8,
+                    tn: 8,
+                    splits: 1,
+                });
+                let tile = contraction::Tile::choose(c, large);
                 contraction::tiled(printer, c, tile, ENTRY, bindings)
             }
         },

@@ -74,6 +74,9 @@ pub trait Syntax {
     /// A workgroup-shared f32 array: `(at module scope, declaration)`.
     fn shared_array(&self, name: &str, len: usize) -> (bool, String);
     fn barrier(&self) -> &'static str;
+    /// A workgroup barrier that also makes the invocations' writes to storage buffers
+    /// visible to each other.
+    fn storage_barrier(&self) -> &'static str;
     /// A helper function at module scope returning `result` after `body` lines.
     fn function(
         &self,

@@ -14,7 +14,7 @@
 //!
 //! [`GpuOptions::tensor_cores`]: super::GpuOptions::tensor_cores
 
-use super::contraction::{store_element, Stage};
+use super::contraction::{store_element, Stage, FEW_WORKGROUPS};
 use super::source::{fresh_var_id, FreshVars, Printer, Ty, MAX_GRID_DIM};
 use super::Emitted;
 use crate::kernel::{Contraction, ProductLayout};
@@ -35,13 +35,18 @@ const B_PITCH: usize = TILE[1] + 8;
 const ACCUMULATORS: usize = FRAGMENTS[0] * FRAGMENTS[1] * 4;
 
 /// Whether a contraction runs on tensor cores: a dense product of at least half a tile in
-/// each dimension (smaller ones would leave most of the tile's fragments idle).
+/// each dimension (smaller ones would leave most of the tile's fragments idle) and enough
+/// tiles to occupy half the workgroups a plain product aims for (the plain tiled product
+/// spreads a small product over more multiprocessors, which wins over faster arithmetic
+/// on a few).
 pub fn applies(c: &Contraction) -> bool {
+    let grid = grid(c);
     matches!(c.layout, ProductLayout::Dense { .. })
         && c.m >= TILE[0] / 2
         && c.n >= TILE[1] / 2
         && c.k >= DEPTH
-        && grid(c).iter().all(|&g| g as u64 <= MAX_GRID_DIM)
+        && grid.iter().product::<usize>() >= FEW_WORKGROUPS / 2
+        && grid.iter().all(|&g| g as u64 <= MAX_GRID_DIM)
 }
 
 /// Workgroups: column tiles, row tiles, batch entries.

@@ -110,6 +110,10 @@ impl Syntax for Wgsl {
         "workgroupBarrier();"
     }
 
+    fn storage_barrier(&self) -> &'static str {
+        "storageBarrier();"
+    }
+
     fn function(
         &self,
         ret: Ty,
