@@ -44,6 +44,13 @@ pub struct Tile {
     pub splits: usize,
 }
 
+/// What a workgroup may use on a target: invocations, and floats of workgroup memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub threads: usize,
+    pub shared_floats: usize,
+}
+
 /// The fewest workgroups a product should have: below this, a GPU's multiprocessors (132
 /// on an H100) sit idle and a smaller tile shape is chosen where one exists.
 pub(super) const FEW_WORKGROUPS: usize = 128;
@@ -54,6 +61,17 @@ impl Tile {
         [self.bn / self.tn, self.bm / self.tm]
     }
 
+    /// Workgroup memory, in floats: both operand slices with their rows padded by one
+    /// (the most [`tiled`] pads them), and the split groups' partial sums.
+    fn shared_floats(&self) -> usize {
+        let partial_sums = if self.splits > 1 {
+            self.bm * self.bn
+        } else {
+            0
+        };
+        self.bk * self.splits * (self.bm + self.bn + 2) + partial_sums
+    }
+
     /// Workgroups for product `c`.
     fn workgroups(&self, c: &Contraction) -> usize {
         c.n.div_ceil(self.bn) * c.m.div_ceil(self.bm) * c.batch_len()
@@ -61,32 +79,48 @@ impl Tile {
 
     /// The tile for a dense product `c`: `large` (if any) when both sizes fill it and
     /// there are enough of them, else 64 × 64; products with too few of those tiles take
-    /// smaller ones whose invocations split the depth, and a product of at most 8 rows (a
-    /// classifier's matrix-vector product) takes tiles of that many rows.
-    pub fn choose(c: &Contraction, large: Option<Tile>) -> Tile {
-        let tile = |bm, bn, bk, tm, tn, splits| Tile {
-            bm,
-            bn,
-            bk,
-            tm,
-            tn,
-            splits,
+    /// smaller ones whose invocations split the depth in as many groups as `limits` allow
+    /// (more groups: more loads in flight and fewer steps each), and a product of at most 8
+    /// rows (a classifier's matrix-vector product) takes tiles of that many rows.
+    pub fn choose(c: &Contraction, large: Option<Tile>, limits: Limits) -> Tile {
+        // `bm × bn` outputs, `tm × tn` per invocation, `bk` deep per group, as many groups
+        // (a power of two) as the limits allow.
+        let split = |bm: usize, bn: usize, bk, tm: usize, tn: usize| {
+            let group = (bm / tm) * (bn / tn);
+            let mut tile = Tile {
+                bm,
+                bn,
+                bk,
+                tm,
+                tn,
+                splits: (limits.threads / group).max(1).next_power_of_two(),
+            };
+            while tile.splits > 1
+                && (tile.splits * group > limits.threads
+                    || tile.shared_floats() > limits.shared_floats)
+            {
+                tile.splits /= 2;
+            }
+            tile
         };
         let fills = |t: &Tile| c.m >= t.bm && c.n >= t.bn && t.workgroups(c) >= FEW_WORKGROUPS;
         if let Some(large) = large.filter(fills) {
             return large;
         }
         if c.m <= 8 {
-            // 4 × 16 invocations' worth of outputs at most, 128 invocations in all.
+            // Up to 4 × 16 outputs per 4 × 4 invocations.
             let bm = c.m.next_power_of_two();
-            let tm = bm.min(4);
-            return tile(bm, 16, 4, tm, 4, 128 / (4 * bm / tm));
+            return split(bm, 16, 4, bm.min(4), 4);
         }
-        let candidates = [
-            tile(64, 64, 16, 4, 4, 1),
-            tile(32, 32, 8, 4, 4, 4),
-            tile(16, 32, 8, 2, 4, 4),
-        ];
+        let plain = Tile {
+            bm: 64,
+            bn: 64,
+            bk: 16,
+            tm: 4,
+            tn: 4,
+            splits: 1,
+        };
+        let candidates = [plain, split(32, 32, 8, 4, 4), split(16, 32, 8, 2, 4)];
         candidates
             .into_iter()
             .find(|t| t.workgroups(c) >= FEW_WORKGROUPS)
@@ -261,6 +295,34 @@ pub(super) fn store_element(
     p.line(depth, "}");
 }
 
+/// Whether an operand is contiguous along the product's depth: a strided matrix whose
+/// depth stride (columns of A, rows of B) is 1 and whose other stride is not. Without a
+/// unit stride (an im2col view, whose columns are the contiguous output positions), A is
+/// staged along the depth and B along its columns.
+fn depth_is_contiguous(op: &Operand, depth_is_rows: bool) -> bool {
+    match op {
+        Operand::Strided {
+            row_stride,
+            col_stride,
+            ..
+        } => {
+            let (depth, other) = if depth_is_rows {
+                (*row_stride, *col_stride)
+            } else {
+                (*col_stride, *row_stride)
+            };
+            if depth == 1 && other != 1 {
+                true
+            } else if other == 1 && depth != 1 {
+                false
+            } else {
+                !depth_is_rows
+            }
+        }
+        Operand::Im2col { .. } => !depth_is_rows,
+    }
+}
+
 /// A tiled dense product with its epilogue.
 pub fn tiled(
     mut p: Printer,
@@ -296,7 +358,14 @@ pub fn tiled(
     let mut fresh = FreshVars(fresh_var_id(p.kernel));
     let bz = fresh.var(c.batch_len());
     let syntax = p.syntax;
-    let mut shared = vec![("tile_a", depth * bm), ("tile_b", depth * bn)];
+    // Each operand slice is staged with consecutive invocations reading consecutive
+    // addresses: along the depth where it is contiguous in memory (then the slice's rows
+    // are padded by one element, so that those invocations' stores into workgroup memory
+    // fall in different banks), else along its other axis.
+    let a_along_depth = depth_is_contiguous(&c.a, false);
+    let b_along_depth = depth_is_contiguous(&c.b, true);
+    let (pitch_a, pitch_b) = (bm + a_along_depth as usize, bn + b_along_depth as usize);
+    let mut shared = vec![("tile_a", depth * pitch_a), ("tile_b", depth * pitch_b)];
     if splits > 1 {
         shared.push(("partial_sums", bm * bn));
     }
@@ -335,29 +404,42 @@ pub fn tiled(
     p.line(2, &format!("acc[q] = {zero};"));
     p.line(1, "}");
     p.line(1, &syntax.for_open("kt", "0", &c.k.to_string(), depth));
-    // Stage the operand slices: A as [depth][bm] (so a thread's rows are contiguous), B as
-    // [depth][bn]; consecutive invocations read consecutive depths of A and columns of B.
-    // Loader and store variables range over whole tiles, so their guards are kept.
+    // Stage the operand slices as [depth][pitch] (so a thread's rows and columns are
+    // contiguous). Loader and store variables range over whole tiles, so their guards are
+    // kept.
     let (m_tiles, n_tiles, k_tiles) = (grid[1] * bm, grid[0] * bn, c.k.div_ceil(depth) * depth);
     let (ra, ka) = (fresh.var(m_tiles), fresh.var(k_tiles));
     let (kb, cb) = (fresh.var(k_tiles), fresh.var(n_tiles));
+    // Element `e` of an invocation's share: (its position along the tile's other axis, its
+    // depth, its place in workgroup memory).
+    let staged = |width: usize, pitch: usize, along_depth: bool| {
+        let (other, k) = if along_depth {
+            (format!("e / {depth}"), format!("e % {depth}"))
+        } else {
+            (format!("e % {width}"), format!("e / {width}"))
+        };
+        let target = format!("({k}) * {pitch} + {other}");
+        (other, k, target)
+    };
+    let (m_at, k_at, target) = staged(bm, pitch_a, a_along_depth);
     Stage {
         operand: &c.a,
         threads,
         per_thread: bm * depth / threads,
-        row: (ra, format!("(row0 + e / {depth})"), c.m),
-        col: (ka, format!("(kt + e % {depth})"), c.k),
-        target: format!("tile_a[(e % {depth}) * {bm} + e / {depth}]"),
+        row: (ra, format!("(row0 + {m_at})"), c.m),
+        col: (ka, format!("(kt + {k_at})"), c.k),
+        target: format!("tile_a[{target}]"),
         convert: None,
     }
     .emit(&mut p, c, bz);
+    let (n_at, k_at, target) = staged(bn, pitch_b, b_along_depth);
     Stage {
         operand: &c.b,
         threads,
         per_thread: bn * depth / threads,
-        row: (kb, format!("(kt + e / {bn})"), c.k),
-        col: (cb, format!("(col0 + e % {bn})"), c.n),
-        target: "tile_b[e]".into(),
+        row: (kb, format!("(kt + {k_at})"), c.k),
+        col: (cb, format!("(col0 + {n_at})"), c.n),
+        target: format!("tile_b[{target}]"),
         convert: None,
     }
     .emit(&mut p, c, bz);
@@ -370,13 +452,13 @@ pub fn tiled(
     p.open_loop(3, "i", tm, true);
     p.line(
         4,
-        &format!("frag_a[i] = tile_a[kd * {bm} + ly + i * {ty}];"),
+        &format!("frag_a[i] = tile_a[kd * {pitch_a} + ly + i * {ty}];"),
     );
     p.line(3, "}");
     p.open_loop(3, "j", tn, true);
     p.line(
         4,
-        &format!("frag_b[j] = tile_b[kd * {bn} + lid_x + j * {tx}];"),
+        &format!("frag_b[j] = tile_b[kd * {pitch_b} + lid_x + j * {tx}];"),
     );
     p.line(3, "}");
     p.open_loop(3, "i", tm, true);

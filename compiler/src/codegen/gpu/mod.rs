@@ -151,7 +151,19 @@ pub fn emit(
                     tn: 8,
                     splits: 1,
                 });
-                let tile = contraction::Tile::choose(c, large);
+                // WebGPU's default limits (256 invocations, 16 KiB); on CUDA, half a block's
+                // threads and its 48 KiB of static shared memory.
+                let limits = match dialect {
+                    Dialect::Cuda => contraction::Limits {
+                        threads: 512,
+                        shared_floats: 12 * 1024,
+                    },
+                    Dialect::Wgsl => contraction::Limits {
+                        threads: 256,
+                        shared_floats: 4 * 1024,
+                    },
+                };
+                let tile = contraction::Tile::choose(c, large, limits);
                 contraction::tiled(printer, c, tile, ENTRY, bindings)
             }
         },
