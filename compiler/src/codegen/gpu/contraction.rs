@@ -238,24 +238,54 @@ pub(super) struct Stage<'o> {
 }
 
 impl Stage<'_> {
+    /// Loads the invocation's share straight into workgroup memory.
     pub fn emit(&self, p: &mut Printer, c: &Contraction, bz: Var) {
-        let syntax = p.syntax;
-        p.open_loop(2, "l", self.per_thread, true);
+        self.load(p, 2, c, bz, None);
+    }
+
+    /// Opens the loop over the invocation's share at `depth`, with `e` declared.
+    fn each_element(&self, p: &mut Printer, depth: usize) {
+        p.open_loop(depth, "l", self.per_thread, true);
         let e = format!("tid + l * {}", self.threads);
-        p.line(3, &syntax.constant(Ty::I32, "e", &e));
+        let decl = p.syntax.constant(Ty::I32, "e", &e);
+        p.line(depth + 1, &decl);
+    }
+
+    /// Loads the invocation's share into workgroup memory, or into the local array
+    /// `registers` (one element per `l`) when given.
+    pub fn load(
+        &self,
+        p: &mut Printer,
+        depth: usize,
+        c: &Contraction,
+        bz: Var,
+        registers: Option<&str>,
+    ) {
+        self.each_element(p, depth);
         let ((rv, rx, rows), (cv, cx, cols)) = (&self.row, &self.col);
-        p.bind_var(3, *rv, rx);
-        p.bind_var(3, *cv, cx);
+        p.bind_var(depth + 1, *rv, rx);
+        p.bind_var(depth + 1, *cv, cx);
         let (r, col) = (Index::Var(*rv), Index::Var(*cv));
         let (buf, at, inside) = operand_element(self.operand, c, &Index::Var(bz), &r, &col);
         let guard = below(&r, *rows).and(below(&col, *cols)).and(inside);
-        guarded_load(p, 3, "v", (buf, at, guard));
+        guarded_load(p, depth + 1, "v", (buf, at, guard));
         let value = match self.convert {
             Some(f) => format!("{f}(v)"),
             None => "v".into(),
         };
-        p.line(3, &format!("{} = {value};", self.target));
-        p.line(2, "}");
+        let target = match registers {
+            Some(array) => format!("{array}[l]"),
+            None => self.target.clone(),
+        };
+        p.line(depth + 1, &format!("{target} = {value};"));
+        p.line(depth, "}");
+    }
+
+    /// Stores the share held in `registers` (see [`Stage::load`]) into workgroup memory.
+    pub fn store(&self, p: &mut Printer, depth: usize, registers: &str) {
+        self.each_element(p, depth);
+        p.line(depth + 1, &format!("{} = {registers}[l];", self.target));
+        p.line(depth, "}");
     }
 }
 
@@ -403,7 +433,10 @@ pub fn tiled(
     let zero = p.float(0.0);
     p.line(2, &format!("acc[q] = {zero};"));
     p.line(1, "}");
-    p.line(1, &syntax.for_open("kt", "0", &c.k.to_string(), depth));
+    for (name, len) in [("next_a", bm * depth / threads), ("next_b", bn * depth / threads)] {
+        let decl = syntax.local_array(name, len);
+        p.line(1, &decl);
+    }
     // Stage the operand slices as [depth][pitch] (so a thread's rows and columns are
     // contiguous). Loader and store variables range over whole tiles, so their guards are
     // kept.
@@ -422,28 +455,42 @@ pub fn tiled(
         (other, k, target)
     };
     let (m_at, k_at, target) = staged(bm, pitch_a, a_along_depth);
-    Stage {
+    let stage_a = Stage {
         operand: &c.a,
         threads,
         per_thread: bm * depth / threads,
         row: (ra, format!("(row0 + {m_at})"), c.m),
-        col: (ka, format!("(kt + {k_at})"), c.k),
+        col: (ka, format!("(k0 + {k_at})"), c.k),
         target: format!("tile_a[{target}]"),
         convert: None,
-    }
-    .emit(&mut p, c, bz);
+    };
     let (n_at, k_at, target) = staged(bn, pitch_b, b_along_depth);
-    Stage {
+    let stage_b = Stage {
         operand: &c.b,
         threads,
         per_thread: bn * depth / threads,
-        row: (kb, format!("(kt + {k_at})"), c.k),
+        row: (kb, format!("(k0 + {k_at})"), c.k),
         col: (cb, format!("(col0 + {n_at})"), c.n),
         target: format!("tile_b[{target}]"),
         convert: None,
-    }
-    .emit(&mut p, c, bz);
+    };
+    // Software pipelining: the next slices are loaded into registers while this one is
+    // multiplied, so global memory latency overlaps the arithmetic.
+    let load_next = |p: &mut Printer, depth_at: usize, k0: &str| {
+        p.line(depth_at, &syntax.constant(Ty::I32, "k0", k0));
+        stage_a.load(p, depth_at, c, bz, Some("next_a"));
+        stage_b.load(p, depth_at, c, bz, Some("next_b"));
+    };
+    p.line(1, "{");
+    load_next(&mut p, 2, "0");
+    p.line(1, "}");
+    p.line(1, &syntax.for_open("kt", "0", &c.k.to_string(), depth));
+    stage_a.store(&mut p, 2, "next_a");
+    stage_b.store(&mut p, 2, "next_b");
     p.line(2, syntax.barrier());
+    p.line(2, &format!("if (kt + {depth} < {}) {{", c.k));
+    load_next(&mut p, 3, &format!("kt + {depth}"));
+    p.line(2, "}");
     p.open_loop(2, "kk", bk, true);
     p.line(
         3,
