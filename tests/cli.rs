@@ -644,6 +644,7 @@ fn bench_reports_latency_compile_stages_and_memory() {
         "arena",
         "0 reference",
         "slowest kernels",
+        "all kernels",
     ] {
         assert!(text.contains(needle), "`{needle}` missing:\n{text}");
     }

@@ -275,8 +275,13 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);
             }
             if let Some(n) = args.profile {
-                let _ = writeln!(out, "  slowest kernels (mean per timed run):");
-                for step in compiled.profile().into_iter().take(n) {
+                let steps = compiled.profile();
+                let total: f64 = steps.iter().map(|s| ms(s.time)).sum::<f64>() / runs as f64;
+                let _ = writeln!(
+                    out,
+                    "  slowest kernels (mean per timed run; all kernels {total:.3} ms):"
+                );
+                for step in steps.into_iter().take(n) {
                     let _ = writeln!(
                         out,
                         "    {:>9.3} ms  {:<9}  {}",
@@ -310,8 +315,13 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 plan.kernels.len()
             );
             if let Some(n) = args.profile {
-                let _ = writeln!(out, "  slowest kernels (mean device time per timed run):");
-                for step in compiled.profile().into_iter().take(n) {
+                let steps = compiled.profile();
+                let total: f64 = steps.iter().map(|s| ms(s.time)).sum::<f64>() / runs as f64;
+                let _ = writeln!(
+                    out,
+                    "  slowest kernels (mean device time per timed run; all kernels {total:.3} ms):"
+                );
+                for step in steps.into_iter().take(n) {
                     let _ = writeln!(
                         out,
                         "    {:>9.3} ms  {}",
