@@ -433,7 +433,10 @@ pub fn tiled(
     let zero = p.float(0.0);
     p.line(2, &format!("acc[q] = {zero};"));
     p.line(1, "}");
-    for (name, len) in [("next_a", bm * depth / threads), ("next_b", bn * depth / threads)] {
+    for (name, len) in [
+        ("next_a", bm * depth / threads),
+        ("next_b", bn * depth / threads),
+    ] {
         let decl = syntax.local_array(name, len);
         p.line(1, &decl);
     }
