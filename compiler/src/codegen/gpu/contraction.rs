@@ -245,7 +245,7 @@ impl Stage<'_> {
 
     /// Opens the loop over the invocation's share at `depth`, with `e` declared.
     fn each_element(&self, p: &mut Printer, depth: usize) {
-        p.open_loop(depth, "l", self.per_thread, true);
+        p.open_unrolled(depth, "l", self.per_thread);
         let e = format!("tid + l * {}", self.threads);
         let decl = p.syntax.constant(Ty::I32, "e", &e);
         p.line(depth + 1, &decl);
@@ -278,14 +278,14 @@ impl Stage<'_> {
             None => self.target.clone(),
         };
         p.line(depth + 1, &format!("{target} = {value};"));
-        p.line(depth, "}");
+        p.close_loop(depth);
     }
 
     /// Stores the share held in `registers` (see [`Stage::load`]) into workgroup memory.
     pub fn store(&self, p: &mut Printer, depth: usize, registers: &str) {
         self.each_element(p, depth);
         p.line(depth + 1, &format!("{} = {registers}[l];", self.target));
-        p.line(depth, "}");
+        p.close_loop(depth);
     }
 }
 
@@ -429,10 +429,10 @@ pub fn tiled(
         let decl = syntax.local_array(name, len);
         p.line(1, &decl);
     }
-    p.open_loop(1, "q", tm * tn, true);
+    p.open_unrolled(1, "q", tm * tn);
     let zero = p.float(0.0);
     p.line(2, &format!("acc[q] = {zero};"));
-    p.line(1, "}");
+    p.close_loop(1);
     for (name, len) in [
         ("next_a", bm * depth / threads),
         ("next_b", bn * depth / threads),
@@ -499,20 +499,20 @@ pub fn tiled(
         3,
         &syntax.constant(Ty::I32, "kd", &format!("split * {bk} + kk")),
     );
-    p.open_loop(3, "i", tm, true);
+    p.open_unrolled(3, "i", tm);
     p.line(
         4,
         &format!("frag_a[i] = tile_a[kd * {pitch_a} + ly + i * {ty}];"),
     );
-    p.line(3, "}");
-    p.open_loop(3, "j", tn, true);
+    p.close_loop(3);
+    p.open_unrolled(3, "j", tn);
     p.line(
         4,
         &format!("frag_b[j] = tile_b[kd * {pitch_b} + lid_x + j * {tx}];"),
     );
-    p.line(3, "}");
-    p.open_loop(3, "i", tm, true);
-    p.open_loop(4, "j", tn, true);
+    p.close_loop(3);
+    p.open_unrolled(3, "i", tm);
+    p.open_unrolled(4, "j", tn);
     let fma = syntax.call(
         super::source::Call::Fma,
         &[
@@ -522,8 +522,8 @@ pub fn tiled(
         ],
     );
     p.line(5, &format!("acc[i * {tn} + j] = {fma};"));
-    p.line(4, "}");
-    p.line(3, "}");
+    p.close_loop(4);
+    p.close_loop(3);
     p.line(2, "}");
     p.line(2, syntax.barrier());
     p.line(1, "}");
@@ -534,15 +534,15 @@ pub fn tiled(
         let slot = format!("partial_sums[q * {group} + ly * {tx} + lid_x]");
         p.line(1, &syntax.for_open("s", "1", &splits.to_string(), 1));
         p.line(2, "if (split == s) {");
-        p.open_loop(3, "q", tm * tn, true);
+        p.open_unrolled(3, "q", tm * tn);
         p.line(4, &format!("{slot} = acc[q];"));
-        p.line(3, "}");
+        p.close_loop(3);
         p.line(2, "}");
         p.line(2, syntax.barrier());
         p.line(2, "if (split == 0) {");
-        p.open_loop(3, "q", tm * tn, true);
+        p.open_unrolled(3, "q", tm * tn);
         p.line(4, &format!("acc[q] = acc[q] + {slot};"));
-        p.line(3, "}");
+        p.close_loop(3);
         p.line(2, "}");
         p.line(2, syntax.barrier());
         p.line(1, "}");
@@ -551,13 +551,13 @@ pub fn tiled(
     }
     // Store each element, then run the epilogue on it.
     let (r, col) = (fresh.var(m_tiles), fresh.var(n_tiles));
-    p.open_loop(1, "i", tm, true);
-    p.open_loop(2, "j", tn, true);
+    p.open_unrolled(1, "i", tm);
+    p.open_unrolled(2, "j", tn);
     p.bind_var(3, r, &format!("(row0 + ly + i * {ty})"));
     p.bind_var(3, col, &format!("(col0 + lid_x + j * {tx})"));
     store_element(&mut p, 3, c, [bz, r, col], &format!("acc[i * {tn} + j]"));
-    p.line(2, "}");
-    p.line(1, "}");
+    p.close_loop(2);
+    p.close_loop(1);
     let workgroup = [tx as u32, (ty * splits) as u32, 1];
     let lines = syntax.entry(entry, bindings, workgroup);
     Ok(Emitted {

@@ -109,6 +109,9 @@ pub struct Printer<'a> {
     /// Invocations sharing the next outermost reduction (see [`Printer::cooperate`]); `None`
     /// while reductions run sequentially in one invocation.
     cooperative: Option<u32>,
+    /// Loops [`Printer::open_unrolled`] is unrolling: (depth, variable, extent, where the
+    /// body starts in `body`).
+    unrolling: Vec<(usize, String, usize, usize)>,
 }
 
 impl<'a> Printer<'a> {
@@ -120,6 +123,7 @@ impl<'a> Printer<'a> {
             body: String::new(),
             accumulators: 0,
             cooperative: None,
+            unrolling: Vec::new(),
         };
         for (i, t) in kernel.tables.iter().enumerate() {
             let decl = syntax.table(&table_name(i), &t.data);
@@ -159,6 +163,39 @@ impl<'a> Printer<'a> {
         }
         let open = self.syntax.for_open(name, "0", &extent.to_string(), 1);
         self.line(depth, &open);
+    }
+
+    /// A short loop whose variable indexes private arrays (accumulators, fragments): a
+    /// dialect with an unrolling hint gets the hint; one without (WGSL) gets the body
+    /// written out once per iteration, each copy in a block binding the variable to a
+    /// constant, so array indices are constants the driver's compiler can keep in
+    /// registers. Closed by [`Printer::close_loop`].
+    pub fn open_unrolled(&mut self, depth: usize, name: &str, extent: usize) {
+        if self.syntax.unroll().is_some() {
+            self.open_loop(depth, name, extent, true);
+        } else {
+            self.unrolling
+                .push((depth, name.to_string(), extent, self.body.len()));
+        }
+    }
+
+    /// Closes the loop opened at `depth` by [`Printer::open_loop`] or
+    /// [`Printer::open_unrolled`].
+    pub fn close_loop(&mut self, depth: usize) {
+        match self.unrolling.last() {
+            Some(&(d, _, _, _)) if d == depth => {
+                let (_, name, extent, start) = self.unrolling.pop().expect("just seen");
+                let body = self.body.split_off(start);
+                for i in 0..extent {
+                    self.line(depth, "{");
+                    let bind = self.syntax.constant(Ty::I32, &name, &i.to_string());
+                    self.line(depth + 1, &bind);
+                    self.body.push_str(&body);
+                    self.line(depth, "}");
+                }
+            }
+            _ => self.line(depth, "}"),
+        }
     }
 
     pub fn stmts(&mut self, depth: usize, body: &[Stmt]) {
