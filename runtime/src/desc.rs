@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The version of the [`PlanDesc`] layout; a description of another version is refused.
-pub const PLAN_FORMAT: u32 = 2;
+pub const PLAN_FORMAT: u32 = 3;
 
 /// The form of a described step: indices and shapes, no code or packed data.
 #[derive(Clone, Copy, Debug, Default)]
@@ -426,7 +426,12 @@ pub fn resolve_step<'a>(
             out_col_stride: g.out_col_stride,
             product: product(&g.product)?,
         }),
-        StepKernel::Depthwise { conv, input, rest } => {
+        StepKernel::Depthwise {
+            conv,
+            input,
+            rest,
+            activation,
+        } => {
             let mut kernel =
                 DepthwiseConv2d::new(conv.shape, data(conv.weight)?).map_err(kernel_err)?;
             if let Some(bias) = conv.bias {
@@ -446,6 +451,7 @@ pub fn resolve_step<'a>(
                         })
                     })
                     .transpose()?,
+                activation: *activation,
             }
         }
         StepKernel::Host(i) => StepKernel::Host(host(*i).ok_or_else(|| {

@@ -15,7 +15,8 @@
 //! - [`StepKernel::Depthwise`]: a direct [`DepthwiseConv2d`], optionally with the rest of its
 //!   fusion group as generated loop code run on each finished band of pixels while it is in
 //!   cache ([`BandLoop`]); the convolution's product then lives in scratch
-//!   ([`Slot::Product`]), never in the arena.
+//!   ([`Slot::Product`]), never in the arena. A rest that is one activation runs natively
+//!   on each finished tile instead.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
 //!
@@ -153,12 +154,16 @@ pub enum StepKernel<F: Form = Resolved> {
     },
     Gemm(Gemm<F>),
     /// A depthwise convolution of buffer `input` (its weight and bias held by the kernel).
-    /// Without `rest` it writes the step's output; with it, it writes its product to the
-    /// step's [`Slot::Product`] buffer and `rest` computes the output from it band by band.
+    /// Without `rest` it writes the step's output, `activation` applied to each finished
+    /// tile (on the runtime's 8-lane kernel); with `rest` (and no activation), it writes its
+    /// product to the step's [`Slot::Product`] buffer and `rest` computes the output from
+    /// it band by band.
     Depthwise {
         conv: F::Depthwise,
         input: usize,
         rest: Option<BandLoop<F>>,
+        #[serde(default)]
+        activation: Option<Activation>,
     },
     Host(F::Host),
 }
@@ -677,6 +682,7 @@ impl Executor {
                 conv,
                 input: x,
                 rest,
+                activation,
             } => {
                 let scratch = scratch.as_mut_slice();
                 match rest {
@@ -685,7 +691,19 @@ impl Executor {
                         let out = unsafe {
                             std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
                         };
-                        conv.run(pool, input(*x), out, scratch, Epilogue::NONE)
+                        let activate = |mut tile: Tile<'_>| {
+                            if let Some(act) = *activation {
+                                for i in 0..tile.rows() {
+                                    let row = (tile.row_mut(i), RowBias::None);
+                                    activate_rows(act, std::iter::once(row));
+                                }
+                            }
+                        };
+                        let epilogue = match activation {
+                            Some(_) => Epilogue::from_closure(&activate),
+                            None => Epilogue::NONE,
+                        };
+                        conv.run(pool, input(*x), out, scratch, epilogue)
                     }
                     Some(BandLoop { entry, per_row }) => {
                         // The product goes to the start of scratch, where the step's
@@ -878,9 +896,17 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             return fail("a product slot without a depthwise band loop".into());
         }
         StepKernel::Loops { .. } | StepKernel::Host(_) => return Ok(()),
-        StepKernel::Depthwise { conv, input, rest } => {
+        StepKernel::Depthwise {
+            conv,
+            input,
+            rest,
+            activation,
+        } => {
             if *input + 1 >= lens.len() {
                 return fail(format!("input position {input}"));
+            }
+            if rest.is_some() && activation.is_some() {
+                return fail("an activation beside a band loop".into());
             }
             if rest.is_some() && (products != 1 || !conv.pixel_bands()) {
                 return fail("a band loop needs one product slot and pixel-band tiles".into());
@@ -1430,6 +1456,7 @@ mod tests {
                         entry: center_channels,
                         per_row: DW_W,
                     }),
+                    activation: None,
                 },
             }],
         };

@@ -110,6 +110,54 @@ fn affine(index: &Index, vars: &[Var; 3]) -> Option<(i64, [i64; 3])> {
     Some((constant, k))
 }
 
+/// The activation a loop kernel applies element by element to the buffer just before its
+/// output, if that is all it does (the rest of a depthwise convolution's group, the
+/// product being that buffer): one store, `out[L] = act(x[L])` with the same index `L`,
+/// which runs over the loop nest in row-major order and so visits every element of an
+/// output as long as `x` once.
+pub fn elementwise_activation(kernel: &Kernel) -> Option<Activation> {
+    let Body::Loops { grid, body, .. } = &kernel.body else {
+        return None;
+    };
+    let (out, source) = (kernel.output(), kernel.output().checked_sub(1)?);
+    let numel = |b: usize| {
+        kernel
+            .buffers
+            .get(b)
+            .map(|b| b.shape.iter().product::<usize>())
+    };
+    let mut vars = vec![*grid];
+    let mut stmts = body.as_slice();
+    while let [Stmt::Loop { var, body, .. }] = stmts {
+        vars.push(*var);
+        stmts = body;
+    }
+    let (Stmt::Store { buf, index, value }, lets) = stmts.split_last()? else {
+        return None;
+    };
+    let total: usize = vars.iter().map(|v| v.extent).product();
+    if *buf != out || numel(out)? != total || numel(source)? != total {
+        return None;
+    }
+    // Row-major over the nest: the last variable has stride 1.
+    let mut stride = 1;
+    let mut row_major = Index::Const(0);
+    for v in vars.iter().rev() {
+        row_major = index::add(row_major, index::mul(Index::Var(*v), stride));
+        stride *= v.extent as i64;
+    }
+    if index::sub(index.clone(), row_major) != Index::Const(0) {
+        return None;
+    }
+    let value = inline_lets(lets, value)?;
+    templates()
+        .iter()
+        .find_map(|(act, pattern)| match unify_hole(pattern, &value)? {
+            Expr::Load { buf, index: at } if buf == source && at == *index => Some(*act),
+            _ => None,
+        })
+}
+
 /// `value` with every `let`-bound scalar replaced by its definition, or `None` if a
 /// statement is not a `let` or the value uses something other than loads, constants and
 /// arithmetic.
@@ -237,6 +285,35 @@ mod tests {
   param %w: f32[8, 4, 1, 1] = uniform(0.5)
   param %b: f32[8] = uniform(0.5)
   %c = conv2d(%x, %w, %b) {bias=true, dilation=[1, 1], groups=1, k=[1, 1], out=8, pad=[0, 0], s=[1, 1]}: f32[1, 8, 5, 6]";
+
+    /// The kernel of `%y` in a graph of `body`, lowered alone.
+    fn lowered(body: &str) -> Kernel {
+        let g: Graph = parse_text(&format!("graph t {{\n{body}\n}}\n")).expect("parses");
+        lower_node(&g, g.find("y").expect("a %y")).expect("lowers")
+    }
+
+    #[test]
+    fn elementwise_activations_of_the_last_input() {
+        for (op, act) in [
+            ("silu(%p)", Activation::Silu),
+            ("relu6(%p)", Activation::Relu6),
+            ("gelu(%p) {approximate=\"none\"}", Activation::Gelu),
+        ] {
+            let k = lowered(&format!(
+                "  input %p: f32[1, 4, 5, 6]\n  %y = {op}: f32[1, 4, 5, 6]\n  output %y = %y"
+            ));
+            assert_eq!(elementwise_activation(&k), Some(act), "{op}");
+        }
+        // A residual, a product of two reads, a transpose.
+        for body in [
+            "  input %p: f32[1, 4, 5, 6]\n  input %q: f32[1, 4, 5, 6]\n  %y = add(%p, %q): f32[1, 4, 5, 6]",
+            "  input %p: f32[1, 4, 5, 6]\n  %y = mul(%p, %p): f32[1, 4, 5, 6]",
+            "  input %p: f32[1, 4, 5, 6]\n  %y = permute(%p) {dims=[0, 1, 3, 2]}: f32[1, 4, 6, 5]",
+        ] {
+            let k = lowered(&format!("{body}\n  output %y = %y"));
+            assert_eq!(elementwise_activation(&k), None, "{body}");
+        }
+    }
 
     #[test]
     fn every_activation_has_a_template() {

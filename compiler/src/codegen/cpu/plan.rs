@@ -38,7 +38,7 @@
 //! recorded per stage ([`CompileTimes`]). In bounds-checked codegen mode
 //! ([`Options::bounds_checked`]) every run ends by checking each kernel's violation record.
 
-use super::native_epilogue::native_epilogue;
+use super::native_epilogue::{elementwise_activation, native_epilogue};
 use super::{compile as jit, CompiledKernel, Entry, Options, RunError};
 use crate::codegen::prepare::Preparer;
 use crate::interp::{self, InterpError};
@@ -727,12 +727,19 @@ impl Builder<'_, '_> {
         if !DepthwiseConv2d::check(&shape, weight_len, bias_len).is_ok_and(|out| out == out_hw) {
             return Ok(false);
         }
+        // The rest of the group: nothing, one activation (run natively on each finished
+        // tile), or generated loop code.
+        let mut activation = None;
         let rest = match &self.graph.node(id).kind {
             NodeKind::Fused { body, .. } if body.outputs[0].value != conv => {
                 let started = Instant::now();
                 let lowered = rest_kernel(self.graph, id, conv);
                 self.stats.times.lowering += started.elapsed();
                 match lowered {
+                    Ok(k) if elementwise_activation(&k).is_some() => {
+                        activation = elementwise_activation(&k);
+                        None
+                    }
                     Ok(k) if matches!(k.body, Body::Loops { .. }) => match self.function(&k) {
                         Ok(entry) => Some((entry, k.grid_extent(), loads(&k))),
                         Err(_) => return Ok(false),
@@ -751,7 +758,8 @@ impl Builder<'_, '_> {
         };
         let Some((entry, grid, reads)) = rest else {
             let slots = vec![x, Slot::Value(self.value(id))];
-            self.push_depthwise(name, slots, kernel)?;
+            self.push_depthwise(name, slots, kernel, activation)?;
+            self.stats.native_epilogues += usize::from(activation.is_some());
             return Ok(true);
         };
         let rows = shape.batch * out_hw[0];
@@ -774,6 +782,7 @@ impl Builder<'_, '_> {
                     conv: kernel,
                     input: positions[0],
                     rest: Some(BandLoop { entry, per_row }),
+                    activation: None,
                 },
             })?;
             self.stats.conv_kernels += 1;
@@ -782,7 +791,7 @@ impl Builder<'_, '_> {
         }
         let conv_value = self.temp_value(g.node(conv).numel());
         let conv_name = g.node(conv).name.clone();
-        self.push_depthwise(conv_name, vec![x, Slot::Value(conv_value)], kernel)?;
+        self.push_depthwise(conv_name, vec![x, Slot::Value(conv_value)], kernel, None)?;
         let mut slots: Vec<Slot> = operands.iter().map(|&o| self.operand_slot(o)).collect();
         slots.extend([Slot::Value(conv_value), Slot::Value(self.value(id))]);
         self.push(Step {
@@ -795,12 +804,14 @@ impl Builder<'_, '_> {
         Ok(true)
     }
 
-    /// Adds a step computing depthwise convolution `conv` of slot 0 into the last slot.
+    /// Adds a step computing depthwise convolution `conv` of slot 0 into the last slot,
+    /// then `activation` on it.
     fn push_depthwise(
         &mut self,
         name: String,
         slots: Vec<Slot>,
         conv: DepthwiseDesc,
+        activation: Option<Activation>,
     ) -> Result<(), CompileError> {
         self.push(Step {
             name,
@@ -809,6 +820,7 @@ impl Builder<'_, '_> {
                 conv,
                 input: 0,
                 rest: None,
+                activation,
             },
         })?;
         self.stats.conv_kernels += 1;
