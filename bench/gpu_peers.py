@@ -26,18 +26,17 @@ Needs an NVIDIA GPU with PyTorch (CUDA), timm and safetensors. Run after
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import peers
 from peers import (REPO, Artefacts, BbcCli, BenchError, Timing, find_spec, number,
-                   relative_error, render_markdown, render_text, require)
+                   relative_error, render_markdown, render_text, require, run_cli, write_json)
 
 DEFAULT_MODELS = ["convnext_tiny", "resnet50"]
 TARGETS = ("cuda", "gpu")
@@ -231,17 +230,10 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(render_markdown(header, rows))
     if args.json:
         meta = {"gpu": gpu, "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
-                "timm": timm.__version__,
-                "settings": {k: (str(v) if isinstance(v, Path) else v)
-                             for k, v in vars(args).items()}}
-        args.json.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]},
-                                        indent=2, default=str) + "\n")
+                "timm": timm.__version__}
+        write_json(args.json, meta, args, results)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except BenchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    run_cli(main)

@@ -748,17 +748,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         meta = {"cpu": cpu, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                 "torch": torch.__version__, "timm": timm.__version__,
-                "onnxruntime": onnxruntime.__version__, "bbc_engine": bbc.engine,
-                "settings": {k: (str(v) if isinstance(v, Path) else v)
-                             for k, v in vars(args).items()}}
-        args.json.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]},
-                                        indent=2, default=str) + "\n")
+                "onnxruntime": onnxruntime.__version__, "bbc_engine": bbc.engine}
+        write_json(args.json, meta, args, results)
     return 0
 
 
-if __name__ == "__main__":
+def write_json(path: Path, meta: dict[str, Any], args, results: list) -> None:
+    """Writes `meta`, the settings in `args` and every result (dataclasses) as JSON."""
+    meta["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    path.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]},
+                               indent=2, default=str) + "\n")
+
+
+def run_cli(main: Callable[[], int]) -> None:
+    """Exits with `main()`'s status, or 1 after printing a [`BenchError`] without a traceback."""
     try:
         sys.exit(main())
     except BenchError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+
+
+if __name__ == "__main__":
+    run_cli(main)

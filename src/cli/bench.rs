@@ -7,7 +7,7 @@
 use super::run::{build, compile_options, ordered, DataArgs, EngineArgs};
 use super::{print, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::stats;
-use bbc::{Model, Target};
+use bbc::{Model, StepTime, Target};
 use clap::Args;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -275,21 +275,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);
             }
             if let Some(n) = args.profile {
-                let steps = compiled.profile();
-                let total: f64 = steps.iter().map(|s| ms(s.time)).sum::<f64>() / runs as f64;
-                let _ = writeln!(
-                    out,
-                    "  slowest kernels (mean per timed run; all kernels {total:.3} ms):"
-                );
-                for step in steps.into_iter().take(n) {
-                    let _ = writeln!(
-                        out,
-                        "    {:>9.3} ms  {:<9}  {}",
-                        ms(step.time) / runs as f64,
-                        step.kind.unwrap_or(""),
-                        step.step
-                    );
-                }
+                write_profile(&mut out, compiled.profile(), n, runs, "mean per timed run");
             }
         }
         (None, Some(plan)) => {
@@ -315,20 +301,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 plan.kernels.len()
             );
             if let Some(n) = args.profile {
-                let steps = compiled.profile();
-                let total: f64 = steps.iter().map(|s| ms(s.time)).sum::<f64>() / runs as f64;
-                let _ = writeln!(
-                    out,
-                    "  slowest kernels (mean device time per timed run; all kernels {total:.3} ms):"
-                );
-                for step in steps.into_iter().take(n) {
-                    let _ = writeln!(
-                        out,
-                        "    {:>9.3} ms  {}",
-                        ms(step.time) / runs as f64,
-                        step.step
-                    );
-                }
+                let what = "mean device time per timed run";
+                write_profile(&mut out, compiled.profile(), n, runs, what);
             }
         }
         (None, None) => {
@@ -336,6 +310,26 @@ pub fn main(args: &BenchArgs) -> CliResult {
         }
     }
     print(&out)
+}
+
+/// The `n` slowest steps of a profile over `runs` timed runs (each with its kind where the
+/// engine reports one), after the total time of all of them.
+fn write_profile(out: &mut String, steps: Vec<StepTime>, n: usize, runs: usize, what: &str) {
+    let per_run = |t: Duration| ms(t) / runs as f64;
+    let total: f64 = steps.iter().map(|s| per_run(s.time)).sum();
+    let _ = writeln!(
+        out,
+        "  slowest kernels ({what}; all kernels {total:.3} ms):"
+    );
+    for step in steps.into_iter().take(n) {
+        let kind = step.kind.map(|k| format!("{k:<9}  ")).unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "    {:>9.3} ms  {kind}{}",
+            per_run(step.time),
+            step.step
+        );
+    }
 }
 
 #[cfg(test)]

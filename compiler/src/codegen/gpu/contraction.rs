@@ -533,18 +533,17 @@ pub fn tiled(
         // the barriers.
         let slot = format!("partial_sums[q * {group} + ly * {tx} + lid_x]");
         p.line(1, &syntax.for_open("s", "1", &splits.to_string(), 1));
-        p.line(2, "if (split == s) {");
-        p.open_unrolled(3, "q", tm * tn);
-        p.line(4, &format!("{slot} = acc[q];"));
-        p.close_loop(3);
-        p.line(2, "}");
-        p.line(2, syntax.barrier());
-        p.line(2, "if (split == 0) {");
-        p.open_unrolled(3, "q", tm * tn);
-        p.line(4, &format!("acc[q] = acc[q] + {slot};"));
-        p.close_loop(3);
-        p.line(2, "}");
-        p.line(2, syntax.barrier());
+        for (group, statement) in [
+            ("s", format!("{slot} = acc[q];")),
+            ("0", format!("acc[q] = acc[q] + {slot};")),
+        ] {
+            p.line(2, &format!("if (split == {group}) {{"));
+            p.open_unrolled(3, "q", tm * tn);
+            p.line(4, &statement);
+            p.close_loop(3);
+            p.line(2, "}");
+            p.line(2, syntax.barrier());
+        }
         p.line(1, "}");
         let exit = syntax.exit();
         p.line(1, &format!("if (split != 0) {{ {exit} }}"));
