@@ -468,15 +468,8 @@ pub fn resolve_step<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::tests::{add_one, data};
     use crate::kernels::Layout;
-
-    /// `out[i] = in[i] + 1`.
-    unsafe extern "C" fn add_one(bufs: *const *mut f32, start: usize, end: usize) {
-        let (x, y) = (*bufs, *bufs.add(1));
-        for i in start..end {
-            *y.add(i) = *x.add(i) + 1.0;
-        }
-    }
 
     /// `tile += 1` on a `[rows, 6]` output.
     unsafe extern "C" fn plus_one_tile(
@@ -493,13 +486,6 @@ mod tests {
                 *out.add(i * 6 + j) += 1.0;
             }
         }
-    }
-
-    fn data(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 89)
-            .map(|v| v as f32 / 89.0 - 0.5)
-            .collect()
     }
 
     /// x `[1, 2, 3, 3]` -> 1x1 conv to 4 channels (constant 0) -> `+ 1` loop -> y, and the

@@ -1069,7 +1069,7 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::kernels::{Conv2dShape, Layout};
 
@@ -1109,7 +1109,7 @@ mod tests {
     const COLS: usize = 15;
 
     /// `out[i] = in0[i] + 1` for grid iterations `start..end` (one element each).
-    unsafe extern "C" fn add_one(bufs: *const *mut f32, start: usize, end: usize) {
+    pub(crate) unsafe extern "C" fn add_one(bufs: *const *mut f32, start: usize, end: usize) {
         let (x, y) = (*bufs, *bufs.add(1));
         for i in start..end {
             *y.add(i) = *x.add(i) + 1.0;
@@ -1139,7 +1139,8 @@ mod tests {
         ThreadPool::new(threads).unwrap()
     }
 
-    fn data(n: usize, seed: u32) -> Vec<f32> {
+    /// `n` deterministic values in `[-0.5, 0.5)`.
+    pub(crate) fn data(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761) ^ seed) % 97)
             .map(|v| v as f32 / 97.0 - 0.5)
