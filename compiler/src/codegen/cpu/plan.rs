@@ -735,16 +735,17 @@ impl Builder<'_, '_> {
                 let started = Instant::now();
                 let lowered = rest_kernel(self.graph, id, conv);
                 self.stats.times.lowering += started.elapsed();
-                match lowered {
-                    Ok(k) if elementwise_activation(&k).is_some() => {
-                        activation = elementwise_activation(&k);
-                        None
-                    }
-                    Ok(k) if matches!(k.body, Body::Loops { .. }) => match self.function(&k) {
+                let Ok(k) = lowered else {
+                    return Ok(false);
+                };
+                activation = elementwise_activation(&k);
+                match &k.body {
+                    _ if activation.is_some() => None,
+                    Body::Loops { .. } => match self.function(&k) {
                         Ok(entry) => Some((entry, k.grid_extent(), loads(&k))),
                         Err(_) => return Ok(false),
                     },
-                    _ => return Ok(false),
+                    Body::Contraction(_) => return Ok(false),
                 }
             }
             _ => None,

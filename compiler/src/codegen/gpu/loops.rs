@@ -188,11 +188,11 @@ fn partitioned_by(body: &[Stmt], buf: usize, v: Var, grid: Var) -> bool {
             .find_map(|(t, k)| (*t == Index::Var(v)).then_some(*k))?;
         let radix = a * v.extent as i64;
         let mut lower = 0;
-        for (t, k) in terms {
-            if *t == Index::Var(v) || only_mentions(t, grid) || k % radix == 0 {
-                if t.mentions(v) && *t != Index::Var(v) {
-                    return None;
-                }
+        for (t, k) in terms.iter().filter(|(t, _)| *t != Index::Var(v)) {
+            if t.mentions(v) {
+                return None;
+            }
+            if only_mentions(t, grid) || k % radix == 0 {
                 continue;
             }
             match t {
