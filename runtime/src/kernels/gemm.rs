@@ -542,11 +542,18 @@ pub(crate) fn plan_tiles(m: usize, n: usize, threads: usize) -> (usize, usize) {
     while count(tm, tn) < wanted && tn >= 2 * MIN_TILE_COLS {
         tn = (tn / 2).next_multiple_of(COL_ALIGN);
     }
+    // Even out the tiles: as many as planned, each a near-equal run of whole micro-kernel
+    // blocks, so no thread is left with a short remainder tile while another finishes a
+    // full one (196 rows were 132 + 64, now 102 + 96).
+    let even = |len: usize, tile: usize, align: usize| {
+        let count = len.div_ceil(tile);
+        len.div_ceil(count).next_multiple_of(align)
+    };
     if tm < m {
-        tm = tm.next_multiple_of(ROW_ALIGN);
+        tm = even(m, tm.next_multiple_of(ROW_ALIGN), ROW_ALIGN);
     }
     if tn < n {
-        tn = tn.next_multiple_of(COL_ALIGN);
+        tn = even(n, tn.next_multiple_of(COL_ALIGN), COL_ALIGN);
     }
     (tm.min(m), tn.min(n))
 }
@@ -635,6 +642,38 @@ mod tests {
             for i in 0..view.rows() {
                 for j in 0..view.cols() {
                     assert_eq!(p.get(i, j), view.get(i, j), "({i}, {j}) of {view:?}");
+                }
+            }
+        }
+    }
+
+    /// Tiles cover the output in near-equal runs of whole micro-kernel blocks (all but the
+    /// last equal, the last short by less than one block per tile along either axis), and a
+    /// large enough output gets at least two tiles per thread.
+    #[test]
+    fn tiles_are_even_and_enough() {
+        for (m, n) in [
+            (196, 1536),
+            (3136, 96),
+            (49, 3072),
+            (3136, 384),
+            (13, 29),
+            (6, 2048),
+        ] {
+            for threads in [1, 2, 3] {
+                let (tm, tn) = plan_tiles(m, n, threads);
+                let runs = |len: usize, tile: usize| {
+                    (0..len.div_ceil(tile))
+                        .map(|t| tile.min(len - t * tile))
+                        .collect::<Vec<_>>()
+                };
+                let (rows, cols) = (runs(m, tm), runs(n, tn));
+                let spread = |r: &[usize]| r.iter().max().unwrap() - r.iter().min().unwrap();
+                let short = |r: &[usize], align: usize| spread(r) < r.len() * align;
+                assert!(short(&rows, ROW_ALIGN), "{m}x{n}, {threads}: rows {rows:?}");
+                assert!(short(&cols, COL_ALIGN), "{m}x{n}, {threads}: cols {cols:?}");
+                if m * n >= 2 * threads * TILE_ELEMS {
+                    assert!(rows.len() * cols.len() >= 2 * threads, "{m}x{n}, {threads}");
                 }
             }
         }

@@ -12,7 +12,8 @@
 //!   convolution (im2col or 1x1) on [`Conv2d`], a matrix product on the tiled GEMM, a
 //!   product of two activations on the GEMM over both buffers; its JIT'd epilogue runs on
 //!   each finished tile. An output the product cannot be written to in place (a permuted
-//!   one) is computed transposed when that makes it row-major, else scattered from scratch;
+//!   one) is computed transposed when that makes it row-major without turning a row-major
+//!   activation into a column-major operand, else scattered from scratch;
 //! - a depthwise convolution (alone, or the one in a group such as depthwise conv +
 //!   LayerNorm) runs on the runtime's direct depthwise kernel, which keeps taps in registers
 //!   as the generated loop nest does not (several times faster on ConvNeXt and EfficientNet
@@ -140,6 +141,9 @@ pub struct ExecStats {
     /// Contraction epilogues (bias + a common activation) run by the runtime's kernel
     /// instead of generated code.
     pub native_epilogues: usize,
+    /// Contractions whose product goes to scratch and is scattered into a permuted output
+    /// tile by tile (counted in `conv_kernels` or `gemm_kernels`).
+    pub scattered_products: usize,
     pub arena_bytes: usize,
     /// No arena placement can be smaller than this (the most bytes live at once).
     pub arena_lower_bound: usize,
@@ -865,9 +869,19 @@ impl Builder<'_, '_> {
                     };
                     set_epilogue(&mut step, epilogue);
                 }
-                match step {
-                    StepKernel::Conv { .. } => self.stats.conv_kernels += 1,
-                    _ => self.stats.gemm_kernels += 1,
+                let product = match &step {
+                    StepKernel::Conv { product, .. } => {
+                        self.stats.conv_kernels += 1;
+                        Some(product)
+                    }
+                    StepKernel::Gemm(g) => {
+                        self.stats.gemm_kernels += 1;
+                        Some(&g.product)
+                    }
+                    _ => None,
+                };
+                if product.is_some_and(|p| p.scatter.is_some()) {
+                    self.stats.scattered_products += 1;
                 }
                 used.retain(|&b| b != kernel.output());
                 Ok((step, used))
@@ -935,9 +949,20 @@ impl Builder<'_, '_> {
             return Err("an im2col operand without a constant convolution weight".into());
         };
         // The GEMM's epilogue needs a row-major output: compute `Cᵀ = Bᵀ·Aᵀ` when the
-        // output is column-major, and scatter from scratch when it is neither.
-        let transposed = col_stride != 1 && row_stride == 1;
-        let scattered = col_stride != 1 && row_stride != 1 && c.epilogue.is_some();
+        // output is column-major, and scatter from scratch when it is neither. Transposing
+        // makes `Aᵀ` the right operand, which the GEMM reads along its rows: an activation
+        // `A` stored row-major would then be repacked by every output tile (ConvNeXt's fc2
+        // storing back to NCHW ran at half fc1's speed), so such a product is computed as
+        // it stands and scattered instead.
+        let a_row_major = match &c.a {
+            Operand::Strided {
+                buf, row_stride, ..
+            } => *row_stride != 1 && self.constant_data(operands[*buf]).is_none(),
+            Operand::Im2col { .. } => false,
+        };
+        let column_major = col_stride != 1 && row_stride == 1;
+        let transposed = column_major && !a_row_major;
+        let scattered = col_stride != 1 && (row_stride != 1 || !transposed) && c.epilogue.is_some();
         let (first, second, rows, cols) = if transposed {
             (&c.b, &c.a, c.n, c.m)
         } else {
