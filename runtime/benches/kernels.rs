@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::{
-    gemm, Conv2d, Conv2dShape, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef, Output,
-    PackedMatrix, Tile,
+    gemm, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef,
+    Output, PackedMatrix, Tile,
 };
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
@@ -317,43 +317,50 @@ fn bench_conv(
             }
         }
     };
-    let mut scratch_kib = 0;
-    let mut scratch_threads = 0;
-    let mut strategy = None;
-    let times: Vec<(usize, Duration)> = pools
-        .iter()
-        .map(|pool| {
-            let conv = Conv2d::new(shape, &weights, pool.threads()).unwrap();
-            let input = random(conv.input_len());
-            let mut out = vec![0.0; conv.output_len()];
-            let mut scratch = vec![0.0; conv.scratch_len(pool.threads())];
-            scratch_kib = scratch.len() * 4 / 1024;
-            scratch_threads = pool.threads();
-            strategy = Some(conv.strategy());
-            let t = best_time(budget, || {
-                conv.run(
-                    pool,
-                    &input,
-                    &mut out,
-                    &mut scratch,
-                    Epilogue::from_closure(&relu),
-                )
-                .unwrap()
-            });
-            (pool.threads(), t)
-        })
-        .collect();
-    let flops = shape.flops().unwrap() as f64;
-    report.line(
-        &format!("{name} {:?} {:?} +relu", shape.layout, strategy.unwrap()),
-        flops,
-        &times,
-    );
-    if scratch_kib > 0 {
-        println!(
-            "{:<46}   scratch {scratch_kib} KiB for {scratch_threads} threads",
-            ""
+    // The strategy `Conv2d::new` picks, and im2col beside Winograd for comparison.
+    let chosen = Conv2d::new(shape, &weights, 1).unwrap().strategy();
+    let mut strategies = vec![chosen];
+    if chosen == ConvStrategy::Winograd {
+        strategies.push(ConvStrategy::Im2col);
+    }
+    for strategy in strategies {
+        let mut scratch_kib = 0;
+        let mut scratch_threads = 0;
+        let times: Vec<(usize, Duration)> = pools
+            .iter()
+            .map(|pool| {
+                let conv =
+                    Conv2d::with_strategy(shape, &weights, pool.threads(), strategy).unwrap();
+                let input = random(conv.input_len());
+                let mut out = vec![0.0; conv.output_len()];
+                let mut scratch = vec![0.0; conv.scratch_len(pool.threads())];
+                scratch_kib = scratch.len() * 4 / 1024;
+                scratch_threads = pool.threads();
+                let t = best_time(budget, || {
+                    conv.run(
+                        pool,
+                        &input,
+                        &mut out,
+                        &mut scratch,
+                        Epilogue::from_closure(&relu),
+                    )
+                    .unwrap()
+                });
+                (pool.threads(), t)
+            })
+            .collect();
+        let flops = shape.flops().unwrap() as f64;
+        report.line(
+            &format!("{name} {:?} {strategy:?} +relu", shape.layout),
+            flops,
+            &times,
         );
+        if scratch_kib > 0 {
+            println!(
+                "{:<46}   scratch {scratch_kib} KiB for {scratch_threads} threads",
+                ""
+            );
+        }
     }
 }
 
@@ -521,6 +528,21 @@ fn main() {
             "resnet50 1x1 64->256 @56",
             conv_shape(64, 256, 56, 1, 1, 1, layout),
         );
+        for (name, cin, cout, size) in [
+            ("convnext_atto pw 320->1280 @7", 320, 1280, 7),
+            ("convnext_atto pw 1280->320 @7", 1280, 320, 7),
+            ("convnext_atto pw 160->640 @14", 160, 640, 14),
+            ("convnext_atto pw 40->160 @56", 40, 160, 56),
+            ("efficientnet pw 16->96 @112", 16, 96, 112),
+        ] {
+            bench_conv(
+                &report,
+                &pools,
+                budget,
+                name,
+                conv_shape(cin, cout, size, 1, 1, 1, layout),
+            );
+        }
         bench_conv(
             &report,
             &pools,

@@ -422,8 +422,19 @@ fn transpose_inner<T: Copy>(data: &[T], batch: usize, c: usize, p: usize) -> Vec
 }
 
 /// Runs `shape` in both layouts on each pool and checks the output and the
-/// epilogue's coverage against the NCHW reference.
+/// epilogue's coverage against the NCHW reference. `expected` is the NCHW strategy; NHWC
+/// computes what Winograd would by im2col.
 fn check_conv(shape: Conv2dShape, pools: &[ThreadPool], expected: ConvStrategy) {
+    check_conv_with(shape, pools, expected, None);
+}
+
+/// [`check_conv`], with the strategy forced (NCHW only) when `forced` is given.
+fn check_conv_with(
+    shape: Conv2dShape,
+    pools: &[ThreadPool],
+    expected: ConvStrategy,
+    forced: Option<ConvStrategy>,
+) {
     let [h, w] = shape.in_size;
     let input = random(shape.batch * shape.in_channels * h * w, 31);
     let weight = random(
@@ -434,10 +445,22 @@ fn check_conv(shape: Conv2dShape, pools: &[ThreadPool], expected: ConvStrategy) 
     let pixels = oh * ow;
     let want: Vec<f64> = want.iter().map(|v| 2.0 * v + 1.0).collect();
     let scale: Vec<f64> = scale.iter().map(|s| 2.0 * s).collect();
-    for layout in [Layout::Nchw, Layout::Nhwc] {
+    let layouts: &[Layout] = match forced {
+        Some(_) => &[Layout::Nchw],
+        None => &[Layout::Nchw, Layout::Nhwc],
+    };
+    for &layout in layouts {
         let s = Conv2dShape { layout, ..shape };
+        let expected = match (layout, expected) {
+            (Layout::Nhwc, ConvStrategy::Winograd) => ConvStrategy::Im2col,
+            _ => expected,
+        };
         for pool in pools {
-            let conv = Conv2d::new(s, &weight, pool.threads()).unwrap();
+            let conv = match forced {
+                Some(strategy) => Conv2d::with_strategy(s, &weight, pool.threads(), strategy),
+                None => Conv2d::new(s, &weight, pool.threads()),
+            }
+            .unwrap();
             assert_eq!(conv.strategy(), expected, "{s:?}");
             assert_eq!(conv.out_size(), [oh, ow]);
             let x = match layout {
@@ -633,8 +656,10 @@ fn im2col_conv_on_small_maps_and_uneven_splits() {
     }
 }
 
+/// Neither im2col nor Winograd needs scratch in proportion to the image: both work on
+/// bounded tiles, and both refuse a scratch buffer one float too short.
 #[test]
-fn im2col_scratch_stays_bounded_for_large_images() {
+fn conv_scratch_stays_bounded_for_large_images() {
     let pools = pools();
     let s = geometry(
         shape(1, [64, 24], [56, 56], [3, 3], 1),
@@ -642,30 +667,114 @@ fn im2col_scratch_stays_bounded_for_large_images() {
         [1, 1],
         [1, 1],
     );
-    check_conv(s, &pools, ConvStrategy::Im2col);
-    let conv = Conv2d::new(s, &random(24 * 64 * 9, 3), 1).unwrap();
+    check_conv(s, &pools, ConvStrategy::Winograd);
     let full_im2col = 64 * 9 * 56 * 56;
-    let scratch = conv.scratch_len(1);
-    assert!(
-        scratch > 0 && scratch * 8 <= full_im2col,
-        "scratch {scratch} vs full {full_im2col}"
-    );
-    let mut out = vec![0.0; conv.output_len()];
-    let mut small = vec![0.0; scratch - 1];
-    let pool = ThreadPool::new(1).unwrap();
-    assert!(matches!(
-        conv.run(
-            &pool,
-            &random(conv.input_len(), 4),
-            &mut out,
-            &mut small,
-            Epilogue::NONE
+    // Winograd's tiles hold 16 transformed values per input channel and 2x2 pixels (4 per
+    // pixel where im2col holds 9), plus the products, so its bound is looser.
+    for (strategy, bound) in [(ConvStrategy::Im2col, 8), (ConvStrategy::Winograd, 4)] {
+        check_conv_with(s, &pools, strategy, Some(strategy));
+        let conv = Conv2d::with_strategy(s, &random(24 * 64 * 9, 3), 1, strategy).unwrap();
+        let scratch = conv.scratch_len(1);
+        assert!(
+            scratch > 0 && scratch * bound <= full_im2col,
+            "{strategy:?}: scratch {scratch} vs full {full_im2col}"
+        );
+        let mut out = vec![0.0; conv.output_len()];
+        let mut small = vec![0.0; scratch - 1];
+        let pool = ThreadPool::new(1).unwrap();
+        assert!(matches!(
+            conv.run(
+                &pool,
+                &random(conv.input_len(), 4),
+                &mut out,
+                &mut small,
+                Epilogue::NONE
+            ),
+            Err(KernelError::BufferTooSmall {
+                what: "conv scratch",
+                ..
+            })
+        ));
+    }
+}
+
+/// Winograd F(2x2, 3x3) against the direct reference: odd output sizes (a last tile row
+/// and column of one pixel), paddings 0 to 2, batches, channel counts that are not
+/// multiples of 8, and plans split into bands and channel blocks over 1 to 3 threads,
+/// with the epilogue seeing every output element once. Shapes it does not suit are
+/// refused when forced and planned as im2col otherwise.
+#[test]
+fn winograd_conv_matches_the_reference() {
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        geometry(
+            shape(1, [16, 16], [14, 14], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
         ),
-        Err(KernelError::BufferTooSmall {
-            what: "conv scratch",
-            ..
-        })
-    ));
+        geometry(
+            shape(2, [20, 36], [15, 17], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [24, 40], [16, 16], [3, 3], 1),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [17, 24], [13, 13], [3, 3], 1),
+            [1, 1],
+            [2, 2],
+            [1, 1],
+        ),
+        geometry(
+            shape(3, [32, 96], [20, 20], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [64, 64], [56, 56], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+    ];
+    for s in cases {
+        check_conv(s, &pools, ConvStrategy::Winograd);
+    }
+    let weight = random(16 * 16 * 9, 5);
+    let unsuited = [
+        geometry(
+            shape(1, [16, 16], [30, 30], [3, 3], 1),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [16, 16], [30, 30], [3, 3], 1),
+            [1, 1],
+            [2, 2],
+            [2, 2],
+        ),
+        geometry(
+            shape(1, [16, 16], [9, 9], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+    ];
+    for s in unsuited {
+        assert!(Conv2d::with_strategy(s, &weight, 1, ConvStrategy::Winograd).is_err());
+        assert_eq!(
+            Conv2d::new(s, &weight, 1).unwrap().strategy(),
+            ConvStrategy::Im2col
+        );
+    }
 }
 
 #[test]

@@ -22,7 +22,9 @@
 //! thread busy, the whole `col` (at most 2 MiB) is built once per call instead,
 //! spread over the threads by input channel, and the tasks then split output
 //! channels and read it like a pointwise input: split channels over per-task
-//! tiles would rebuild the same tile once per channel tile. **Depthwise**
+//! tiles would rebuild the same tile once per channel tile. **Winograd**: an NCHW 3x3
+//! stride-1 convolution with enough channels and pixels runs as F(2x2, 3x3) in
+//! `winograd` instead ([`ConvStrategy::Winograd`]). **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in
 //! [`depthwise`](super::depthwise) instead: a GEMM with K = kh*kw per channel
 //! would be all overhead.
@@ -38,6 +40,7 @@ use std::ops::Range;
 
 use crate::kernels::depthwise::DepthwiseConv2d;
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
+use crate::kernels::winograd::WinogradConv;
 use crate::kernels::{
     check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
 };
@@ -235,6 +238,9 @@ pub enum ConvStrategy {
     Im2col,
     /// The direct depthwise kernel.
     Depthwise,
+    /// 3x3 stride 1 by Winograd's F(2x2, 3x3): 16 GEMMs over transformed tiles
+    /// ([`winograd`](super::winograd)).
+    Winograd,
 }
 
 /// Per-thread im2col scratch target, in floats (512 KiB: half a Zen/Skylake
@@ -270,15 +276,15 @@ enum Columns {
 /// on a partial unit): a GEMM costs the same for any length within a micro-kernel block,
 /// so equal block counts mean equal work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Split {
+pub(crate) struct Split {
     len: usize,
     unit: usize,
-    parts: usize,
+    pub(crate) parts: usize,
 }
 
 impl Split {
     /// At most one part per unit, at least one part.
-    fn new(len: usize, unit: usize, parts: usize) -> Split {
+    pub(crate) fn new(len: usize, unit: usize, parts: usize) -> Split {
         let units = len.div_ceil(unit).max(1);
         Split {
             len,
@@ -288,14 +294,14 @@ impl Split {
     }
 
     /// Part `i` as `(start, length)`.
-    fn part(&self, i: usize) -> (usize, usize) {
+    pub(crate) fn part(&self, i: usize) -> (usize, usize) {
         let units = self.len.div_ceil(self.unit);
         let edge = |j: usize| (j * units / self.parts * self.unit).min(self.len);
         (edge(i), edge(i + 1) - edge(i))
     }
 
     /// A bound on the length of every part (exact unless the last part is the longest).
-    fn longest(&self) -> usize {
+    pub(crate) fn longest(&self) -> usize {
         (self.len.div_ceil(self.unit).div_ceil(self.parts) * self.unit).min(self.len)
     }
 }
@@ -322,6 +328,7 @@ struct GemmConv {
 enum Plan {
     Gemm(GemmConv),
     Depthwise(Box<DepthwiseConv2d>),
+    Winograd(Box<WinogradConv>),
 }
 
 /// A convolution planned for one shape and one weight; see the module docs.
@@ -339,20 +346,51 @@ impl Conv2d {
     /// tasks per thread; the plan runs correctly on a pool of any size.
     pub fn new(shape: Conv2dShape, weights: &[f32], threads: usize) -> Result<Conv2d, KernelError> {
         let out = Conv2d::check(&shape, weights.len())?;
-        if shape.is_depthwise() {
-            return Ok(Conv2d {
-                shape,
-                out,
-                strategy: ConvStrategy::Depthwise,
-                plan: Plan::Depthwise(Box::new(DepthwiseConv2d::new(shape, weights)?)),
-            });
-        }
-        let strategy = if shape.is_pointwise() {
+        let strategy = if shape.is_depthwise() {
+            ConvStrategy::Depthwise
+        } else if shape.is_pointwise() {
             ConvStrategy::Pointwise
+        } else if WinogradConv::suits(&shape, out) {
+            ConvStrategy::Winograd
         } else {
             ConvStrategy::Im2col
         };
-        let plan = Plan::Gemm(plan_gemm(&shape, out, strategy, weights, threads.max(1))?);
+        Conv2d::with_strategy(shape, weights, threads, strategy)
+    }
+
+    /// [`Conv2d::new`] with the strategy given instead of chosen: for comparing strategies.
+    /// Fails if the strategy cannot compute `shape` (depthwise and Winograd need their
+    /// shapes, pointwise a 1x1 stride-1 unpadded one; im2col computes any).
+    pub fn with_strategy(
+        shape: Conv2dShape,
+        weights: &[f32],
+        threads: usize,
+        strategy: ConvStrategy,
+    ) -> Result<Conv2d, KernelError> {
+        let out = Conv2d::check(&shape, weights.len())?;
+        let applies = match strategy {
+            ConvStrategy::Depthwise => shape.is_depthwise(),
+            ConvStrategy::Pointwise => shape.is_pointwise(),
+            ConvStrategy::Winograd => WinogradConv::suits(&shape, out),
+            ConvStrategy::Im2col => true,
+        };
+        if !applies {
+            return Err(KernelError::Shape(format!(
+                "a {strategy:?} convolution cannot compute {shape:?}"
+            )));
+        }
+        let threads = threads.max(1);
+        let plan = match strategy {
+            ConvStrategy::Depthwise => {
+                Plan::Depthwise(Box::new(DepthwiseConv2d::new(shape, weights)?))
+            }
+            ConvStrategy::Winograd => {
+                Plan::Winograd(Box::new(WinogradConv::new(shape, out, weights, threads)?))
+            }
+            ConvStrategy::Pointwise | ConvStrategy::Im2col => {
+                Plan::Gemm(plan_gemm(&shape, out, strategy, weights, threads)?)
+            }
+        };
         Ok(Conv2d {
             shape,
             out,
@@ -418,6 +456,7 @@ impl Conv2d {
                 .saturating_mul(threads.max(1))
                 .saturating_add(g.scratch_shared),
             Plan::Depthwise(d) => d.scratch_len(threads),
+            Plan::Winograd(w) => w.scratch_len(threads),
         }
     }
 
@@ -441,6 +480,7 @@ impl Conv2d {
         )?;
         match &self.plan {
             Plan::Depthwise(d) => d.run(pool, input, output, scratch, epilogue),
+            Plan::Winograd(w) => w.run(pool, input, output, scratch, epilogue),
             Plan::Gemm(g) => self.run_gemm(g, pool, input, output, scratch, epilogue),
         }
     }
@@ -992,11 +1032,18 @@ mod tests {
         }
     }
 
+    /// The GEMM plan of `s`: pointwise where it is 1x1, else im2col (also where Winograd
+    /// would be chosen).
     fn gemm_plan(s: Conv2dShape, threads: usize) -> GemmConv {
         let weights = vec![0.5; s.weight_len().unwrap()];
-        match Conv2d::new(s, &weights, threads).unwrap().plan {
+        let strategy = if s.is_pointwise() {
+            ConvStrategy::Pointwise
+        } else {
+            ConvStrategy::Im2col
+        };
+        match Conv2d::with_strategy(s, &weights, threads, strategy).unwrap().plan {
             Plan::Gemm(g) => g,
-            Plan::Depthwise(_) => panic!("{s:?} planned as depthwise"),
+            Plan::Depthwise(_) | Plan::Winograd(_) => panic!("{s:?} planned without a GEMM"),
         }
     }
 

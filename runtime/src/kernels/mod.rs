@@ -7,6 +7,7 @@
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
 //! - [`depthwise`]: direct depthwise convolution, vectorised over a row.
+//! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
 //!   the native form of the most common epilogues.
 //!
@@ -49,6 +50,7 @@ pub mod activation;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+mod winograd;
 
 use std::ffi::c_void;
 use std::marker::PhantomData;

@@ -1,0 +1,362 @@
+//! 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//!
+//! Each 2x2 block of output pixels ("tile") of one output channel is
+//! `Y = Aᵀ [Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)] A` over the 4x4 input patch `d` of every input channel:
+//! with `U[ξ] = (G g Gᵀ)[ξ]` (one `[C_out, C_in]` matrix per position `ξ` of the 4x4
+//! transformed patch, computed once at load time) and `V[ξ] = (Bᵀ d B)[ξ]` (`[C_in, tiles]`),
+//! the sum over input channels is 16 independent matrix products `M[ξ] = U[ξ]·V[ξ]`, which
+//! run on the tuned GEMM. That is 16 multiply-adds per input channel and tile where im2col
+//! needs 36, so the products shrink 2.25x and only additions move into the transforms:
+//! `B` and `A` hold 0 and ±1 and `G` halves, so the transforms round no more than the direct
+//! sum's own reordering (the weight transform runs in f64 and rounds once).
+//!
+//! Work is split into tasks of (image, band of tile rows, block of output channels). A task
+//! transforms its band's input patches into per-thread scratch, runs the 16 products,
+//! transforms them back into the output rows of its band and runs the epilogue on those
+//! rows, a contiguous run of pixels of each of its channels, while they are in cache.
+//! Bands are sized so a task's transformed input and products fit a per-thread scratch
+//! target; when bands alone cannot keep every thread busy, output channels are split too
+//! (each channel block then transforms the band's input again: cheap next to its products).
+
+use crate::kernels::conv::{Conv2dShape, Split};
+use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
+use crate::kernels::{for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS};
+use crate::pool::ThreadPool;
+
+/// Positions of a transformed 4x4 patch: one matrix product each.
+const POSITIONS: usize = 16;
+/// Per-thread scratch target in floats (1 MiB: a Zen 4 L2), for a task's transformed input
+/// and products together.
+const SCRATCH_TARGET: usize = 256 * 1024;
+/// Fewest tiles a task's products span: narrower products are dominated by the GEMM's
+/// per-call overhead, so the scratch target gives way.
+const MIN_TASK_TILES: usize = 32;
+/// Smallest block of output channels a task computes.
+const MIN_CHANNEL_BLOCK: usize = 16;
+
+/// One column of `(Bᵀ d) B` from a tile's even and odd columns `e0, o0` and the next
+/// pair's `e1, o1`.
+type Combine = fn(f32, f32, f32, f32) -> f32;
+
+/// `G`, the 4x3 filter transform.
+const G: [[f64; 3]; 4] = [
+    [1.0, 0.0, 0.0],
+    [0.5, 0.5, 0.5],
+    [0.5, -0.5, 0.5],
+    [0.0, 0.0, 1.0],
+];
+
+/// A 3x3, stride-1, dilation-1, single-group NCHW convolution planned for F(2x2, 3x3).
+#[derive(Debug, Clone)]
+pub(crate) struct WinogradConv {
+    shape: Conv2dShape,
+    out: [usize; 2],
+    /// Tiles per output row and column.
+    tiles: [usize; 2],
+    /// `U[ξ]`, `[C_out, C_in]` each.
+    weights: Vec<PackedMatrix>,
+    /// Tile rows per task.
+    bands: Split,
+    /// Output channels per task.
+    channels: Split,
+    /// Floats of scratch per thread.
+    scratch_per_thread: usize,
+    serial: bool,
+}
+
+impl WinogradConv {
+    /// Whether `shape` is one this kernel computes, and one where it beats im2col: 3x3,
+    /// stride 1, no dilation, one group, NCHW, with enough channels and pixels for the 16
+    /// products to stay efficient (at most 8x8 output pixels, such as ResNet's last stage,
+    /// would pad 7x7 to 8x8 and store 16 transformed weights per 9: im2col is faster there).
+    pub(crate) fn suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
+        shape.layout == crate::kernels::Layout::Nchw
+            && shape.kernel == [3, 3]
+            && shape.stride == [1, 1]
+            && shape.dilation == [1, 1]
+            && shape.groups == 1
+            && shape.in_channels >= 16
+            && shape.out_channels >= 16
+            && out[0] * out[1] >= 14 * 14
+    }
+
+    /// Transforms the PyTorch-layout weight `[C_out, C_in, 3, 3]` and plans tasks for
+    /// `threads` threads. The caller has checked the shape and the weight's length.
+    pub(crate) fn new(
+        shape: Conv2dShape,
+        out: [usize; 2],
+        weights: &[f32],
+        threads: usize,
+    ) -> Result<WinogradConv, KernelError> {
+        let (cin, cout) = (shape.in_channels, shape.out_channels);
+        let mut transformed = vec![vec![0.0f32; cout * cin]; POSITIONS];
+        for co in 0..cout {
+            for ci in 0..cin {
+                let g = &weights[(co * cin + ci) * 9..][..9];
+                // G g, then (G g) Gᵀ.
+                let mut gg = [[0.0f64; 3]; 4];
+                for (i, row) in gg.iter_mut().enumerate() {
+                    for (b, v) in row.iter_mut().enumerate() {
+                        *v = (0..3).map(|a| G[i][a] * f64::from(g[a * 3 + b])).sum();
+                    }
+                }
+                for i in 0..4 {
+                    for j in 0..4 {
+                        let u: f64 = (0..3).map(|b| gg[i][b] * G[j][b]).sum();
+                        transformed[i * 4 + j][co * cin + ci] = u as f32;
+                    }
+                }
+            }
+        }
+        let weights = transformed
+            .iter()
+            .map(|u| PackedMatrix::from_row_major(u, cout, cin))
+            .collect::<Result<Vec<_>, _>>()?;
+
+        let tiles = [out[0].div_ceil(2), out[1].div_ceil(2)];
+        let serial = shape.flops().is_ok_and(|f| f < SERIAL_FLOPS as u64);
+        let threads = if serial { 1 } else { threads.max(1) };
+        let wanted = if threads > 1 { 2 * threads } else { 1 };
+        // Floats a task needs per tile for `channels` output channels.
+        let per_tile = |channels: usize| POSITIONS * (cin + channels);
+        let band_tiles = |rows: usize| rows * tiles[1];
+        // The most tile rows whose scratch fits the target, but never fewer tiles than
+        // MIN_TASK_TILES (nor more rows than there are).
+        let fit = (SCRATCH_TARGET / per_tile(cout) / tiles[1].max(1))
+            .max(MIN_TASK_TILES.div_ceil(tiles[1].max(1)))
+            .clamp(1, tiles[0].max(1));
+        let most_bands = (tiles[0] / MIN_TASK_TILES.div_ceil(tiles[1].max(1)).max(1)).max(1);
+        let mut band_parts = tiles[0].div_ceil(fit).max(1);
+        let images = shape.batch;
+        // Enough tasks for every thread, from bands first, then from channel blocks; equal
+        // task counts per thread where the parts allow.
+        while images * band_parts < wanted && band_parts < most_bands {
+            band_parts += 1;
+        }
+        let most_channel_parts = (cout / MIN_CHANNEL_BLOCK).max(1);
+        let mut channel_parts = wanted
+            .div_ceil(images * band_parts)
+            .clamp(1, most_channel_parts);
+        let tasks = |b: usize, c: usize| images * b * c;
+        // More bands first: a channel block transforms its band's input again.
+        if threads > 1 && tasks(band_parts, channel_parts) % threads != 0 {
+            if let Some(b) =
+                (band_parts..=most_bands).find(|&b| tasks(b, channel_parts) % threads == 0)
+            {
+                band_parts = b;
+            } else if let Some(c) =
+                (channel_parts..=most_channel_parts).find(|&c| tasks(band_parts, c) % threads == 0)
+            {
+                channel_parts = c;
+            }
+        }
+        let bands = Split::new(tiles[0], 1, band_parts);
+        let channels = Split::new(cout, 8, channel_parts);
+        let longest = band_tiles(bands.longest());
+        // Four padded input rows and eight rows of per-tile-row temporaries.
+        let row_buf = 4 * (2 * tiles[1] + 2) + 8 * (tiles[1] + 1);
+        Ok(WinogradConv {
+            shape,
+            out,
+            tiles,
+            weights,
+            bands,
+            channels,
+            scratch_per_thread: per_tile(channels.longest()) * longest + row_buf,
+            serial,
+        })
+    }
+
+    /// Floats of scratch [`WinogradConv::run`] needs on `threads` threads.
+    pub(crate) fn scratch_len(&self, threads: usize) -> usize {
+        self.scratch_per_thread.saturating_mul(threads.max(1))
+    }
+
+    /// Computes the convolution; lengths were checked by the caller.
+    pub(crate) fn run(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), KernelError> {
+        let (bands, channels) = (self.bands.parts, self.channels.parts);
+        let tasks = self.shape.batch * bands * channels;
+        let out_ptr = SendPtr(output.as_mut_ptr());
+        let scratch_ptr = SendPtr(scratch.as_mut_ptr());
+        let per_thread = self.scratch_per_thread;
+        for_each_task(pool, tasks, self.serial, |range, thread| {
+            for task in range {
+                let ct = task % channels;
+                let bt = (task / channels) % bands;
+                let b = task / (channels * bands);
+                // SAFETY: `thread < pool.threads()`, and scratch holds a disjoint slice of
+                // `per_thread` floats per thread; tasks write disjoint (channel, band)
+                // blocks of the exclusively borrowed output.
+                unsafe {
+                    let scratch = std::slice::from_raw_parts_mut(
+                        scratch_ptr.get().add(thread * per_thread),
+                        per_thread,
+                    );
+                    self.run_task(
+                        b,
+                        self.bands.part(bt),
+                        self.channels.part(ct),
+                        input,
+                        out_ptr.get(),
+                        scratch,
+                        epilogue,
+                    );
+                }
+            }
+        })?;
+        Ok(())
+    }
+
+    /// One task: tile rows `band` of image `b`, output channels `chans`.
+    ///
+    /// # Safety
+    /// `out` holds the whole output; the task's block of it is accessed by no one else.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_task(
+        &self,
+        b: usize,
+        (ty0, band_rows): (usize, usize),
+        (c0, cblk): (usize, usize),
+        input: &[f32],
+        out: *mut f32,
+        scratch: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) {
+        let s = &self.shape;
+        let (cin, cout) = (s.in_channels, s.out_channels);
+        let [h, w] = s.in_size;
+        let [oh, ow] = self.out;
+        let tx_count = self.tiles[1];
+        let t = band_rows * tx_count;
+        if t == 0 || cblk == 0 {
+            return;
+        }
+        let padded = 2 * tx_count + 2;
+        let lane = tx_count + 1;
+        let (rows, rest) = scratch.split_at_mut(4 * padded);
+        let (tmp, rest) = rest.split_at_mut(8 * lane);
+        let (v, rest) = rest.split_at_mut(POSITIONS * cin * t);
+        let m = &mut rest[..POSITIONS * cblk * t];
+
+        // V[ξ][ci][tile] = (Bᵀ d B)[ξ], tiles row-major over the band. Every loop below runs
+        // over a whole tile row at once, on contiguous slices, so that it vectorises.
+        let [pad_y, pad_x] = s.padding;
+        for ci in 0..cin {
+            let plane = &input[(b * cin + ci) * h * w..][..h * w];
+            for r in 0..band_rows {
+                let y0 = 2 * (ty0 + r);
+                for (i, row) in rows.chunks_exact_mut(padded).enumerate() {
+                    row.fill(0.0);
+                    let Some(y) = (y0 + i).checked_sub(pad_y).filter(|&y| y < h) else {
+                        continue;
+                    };
+                    // Padded column x holds input column x - pad_x.
+                    let (lo, hi) = (pad_x.min(padded), (pad_x + w).min(padded));
+                    if lo < hi {
+                        row[lo..hi].copy_from_slice(&plane[y * w..][..hi - lo]);
+                    }
+                }
+                // Bᵀ d (rows d0 - d2, d1 + d2, d2 - d1, d1 - d3), split into even and odd
+                // columns: tile tx reads columns 2tx..2tx+4, i.e. even/odd pairs tx, tx+1.
+                let (even, odd) = tmp.split_at_mut(4 * lane);
+                for k in 0..lane {
+                    for (half, store) in [(0, &mut *even), (1, &mut *odd)] {
+                        let x = 2 * k + half;
+                        let (d0, d1) = (rows[x], rows[padded + x]);
+                        let (d2, d3) = (rows[2 * padded + x], rows[3 * padded + x]);
+                        store[k] = d0 - d2;
+                        store[lane + k] = d1 + d2;
+                        store[2 * lane + k] = d2 - d1;
+                        store[3 * lane + k] = d1 - d3;
+                    }
+                }
+                // (Bᵀ d) B: per row i, columns e0 - e1, o0 + e1, e1 - o0, o0 - o1 where e0/o0
+                // are the tile's first even/odd column and e1/o1 the next pair's.
+                let base = ci * t + r * tx_count;
+                for i in 0..4 {
+                    let e = &even[i * lane..][..lane];
+                    let o = &odd[i * lane..][..lane];
+                    let dst = |j: usize| (i * 4 + j) * cin * t + base;
+                    let combos: [Combine; 4] = [
+                        |e0, _o0, e1, _o1| e0 - e1,
+                        |_e0, o0, e1, _o1| o0 + e1,
+                        |_e0, o0, e1, _o1| e1 - o0,
+                        |_e0, o0, _e1, o1| o0 - o1,
+                    ];
+                    for (j, f) in combos.into_iter().enumerate() {
+                        let out = &mut v[dst(j)..][..tx_count];
+                        for (tx, val) in out.iter_mut().enumerate() {
+                            *val = f(e[tx], o[tx], e[tx + 1], o[tx + 1]);
+                        }
+                    }
+                }
+            }
+        }
+
+        // M[ξ] = U[ξ]·V[ξ] for this block of output channels.
+        for xi in 0..POSITIONS {
+            let u = self.weights[xi].view().block(c0, 0, cblk, cin);
+            let vm = MatRef::from_raw(v.as_ptr().add(xi * cin * t), cin, t, t as isize, 1);
+            let mut mm =
+                MatMut::from_raw(m.as_mut_ptr().add(xi * cblk * t), cblk, t, t as isize, 1);
+            gemm_unchecked(u, vm, &mut mm, Output::Overwrite);
+        }
+
+        // Y = Aᵀ M A into the band's output rows, a tile row at a time: Aᵀ q has rows
+        // q0 + q1 + q2 and q1 - q2 - q3, and A combines columns the same way.
+        let y_first = 2 * ty0;
+        let y_end = (2 * (ty0 + band_rows)).min(oh);
+        let (top, bottom) = tmp.split_at_mut(4 * lane);
+        for c in 0..cblk {
+            let plane = out.add((b * cout + c0 + c) * oh * ow);
+            for r in 0..band_rows {
+                let at = |xi: usize| &m[(xi * cblk + c) * t + r * tx_count..][..tx_count];
+                for j in 0..4 {
+                    let (q0, q1, q2, q3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
+                    let (a, bo) = (
+                        &mut top[j * lane..][..tx_count],
+                        &mut bottom[j * lane..][..tx_count],
+                    );
+                    for tx in 0..tx_count {
+                        a[tx] = q0[tx] + q1[tx] + q2[tx];
+                        bo[tx] = q1[tx] - q2[tx] - q3[tx];
+                    }
+                }
+                let y = 2 * (ty0 + r);
+                for (dy, s2) in [&*top, &*bottom].into_iter().enumerate() {
+                    if y + dy >= oh {
+                        break;
+                    }
+                    let row = std::slice::from_raw_parts_mut(plane.add((y + dy) * ow), ow);
+                    let (c0s, c1s) = (&s2[..tx_count], &s2[lane..][..tx_count]);
+                    let (c2s, c3s) = (&s2[2 * lane..][..tx_count], &s2[3 * lane..][..tx_count]);
+                    let (pairs, last) = row.split_at_mut(ow / 2 * 2);
+                    for (tx, pair) in pairs.chunks_exact_mut(2).enumerate() {
+                        pair[0] = c0s[tx] + c1s[tx] + c2s[tx];
+                        pair[1] = c1s[tx] - c2s[tx] - c3s[tx];
+                    }
+                    if let Some(x) = last.first_mut() {
+                        let tx = tx_count - 1;
+                        *x = c0s[tx] + c1s[tx] + c2s[tx];
+                    }
+                }
+            }
+        }
+        epilogue.apply(
+            out,
+            b * cout + c0,
+            cblk,
+            y_first * ow,
+            (y_end - y_first) * ow,
+            oh * ow,
+        );
+    }
+}
