@@ -1041,7 +1041,10 @@ mod tests {
         } else {
             ConvStrategy::Im2col
         };
-        match Conv2d::with_strategy(s, &weights, threads, strategy).unwrap().plan {
+        match Conv2d::with_strategy(s, &weights, threads, strategy)
+            .unwrap()
+            .plan
+        {
             Plan::Gemm(g) => g,
             Plan::Depthwise(_) | Plan::Winograd(_) => panic!("{s:?} planned without a GEMM"),
         }
