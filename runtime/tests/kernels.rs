@@ -743,6 +743,25 @@ fn winograd_conv_matches_the_reference() {
             [1, 1],
             [1, 1],
         ),
+        // Larger odd maps: partial last tiles with paddings 0 and 2, two images.
+        geometry(
+            shape(2, [20, 36], [29, 31], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [17, 24], [30, 30], [3, 3], 1),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [16, 40], [27, 27], [3, 3], 1),
+            [1, 1],
+            [2, 2],
+            [1, 1],
+        ),
     ];
     for s in cases {
         check_conv(s, &pools, ConvStrategy::Winograd);
