@@ -337,6 +337,23 @@ impl PackedMatrix {
         }
     }
 
+    /// A `rows x cols` matrix of zeros, to be written through [`PackedMatrix::row_mut`]
+    /// (for weights computed rather than copied).
+    pub(crate) fn zeroed(rows: usize, cols: usize) -> PackedMatrix {
+        let ld = cols.next_multiple_of(16);
+        PackedMatrix {
+            buf: AlignedBuffer::zeroed(rows * ld),
+            rows,
+            cols,
+            ld,
+        }
+    }
+
+    /// Row `i` (its `cols` elements).
+    pub(crate) fn row_mut(&mut self, i: usize) -> &mut [f32] {
+        &mut self.buf.as_mut_slice()[i * self.ld..][..self.cols]
+    }
+
     /// A row-major `rows x cols` matrix from a contiguous slice.
     pub fn from_row_major(
         data: &[f32],

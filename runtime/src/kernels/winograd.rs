@@ -39,13 +39,28 @@ const MIN_CHANNEL_BLOCK: usize = 16;
 /// pair's `e1, o1`.
 type Combine = fn(f32, f32, f32, f32) -> f32;
 
-/// `G`, the 4x3 filter transform.
-const G: [[f64; 3]; 4] = [
-    [1.0, 0.0, 0.0],
-    [0.5, 0.5, 0.5],
-    [0.5, -0.5, 0.5],
-    [0.0, 0.0, 1.0],
-];
+/// `G x` for one column (or row) `x` of a filter: `G`, the 4x3 filter transform, is
+/// `[[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+fn apply_g([x0, x1, x2]: [f64; 3]) -> [f64; 4] {
+    [x0, 0.5 * (x0 + x1 + x2), 0.5 * (x0 - x1 + x2), x2]
+}
+
+/// `G g Gᵀ` of one 3x3 filter `g` (row-major), computed in f64 and rounded once, as the 16
+/// positions `ξ = 4i + j`.
+fn transform_filter(g: &[f32]) -> [f32; POSITIONS] {
+    let x = |a: usize, b: usize| f64::from(g[a * 3 + b]);
+    // G applied down each column of g, then along each row of the result.
+    let col = |b: usize| apply_g([x(0, b), x(1, b), x(2, b)]);
+    let (c0, c1, c2) = (col(0), col(1), col(2));
+    let mut u = [0.0f32; POSITIONS];
+    for i in 0..4 {
+        let row = apply_g([c0[i], c1[i], c2[i]]);
+        for (j, v) in row.into_iter().enumerate() {
+            u[i * 4 + j] = v as f32;
+        }
+    }
+    u
+}
 
 /// A 3x3, stride-1, dilation-1, single-group NCHW convolution planned for F(2x2, 3x3).
 #[derive(Debug, Clone)]
@@ -54,8 +69,8 @@ pub(crate) struct WinogradConv {
     out: [usize; 2],
     /// Tiles per output row and column.
     tiles: [usize; 2],
-    /// `U[ξ]`, `[C_out, C_in]` each.
-    weights: Vec<PackedMatrix>,
+    /// `U[ξ]`, `[C_out, C_in]` each, stacked: `U[ξ]` is rows `ξ·C_out..(ξ+1)·C_out`.
+    weights: PackedMatrix,
     /// Tile rows per task.
     bands: Split,
     /// Output channels per task.
@@ -86,33 +101,26 @@ impl WinogradConv {
     pub(crate) fn new(
         shape: Conv2dShape,
         out: [usize; 2],
-        weights: &[f32],
+        filters: &[f32],
         threads: usize,
     ) -> Result<WinogradConv, KernelError> {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
-        let mut transformed = vec![vec![0.0f32; cout * cin]; POSITIONS];
+        // U[ξ] an output channel at a time: that channel's pairs are transformed into
+        // `row` (small enough for L1/L2), then written to row `co` of each U[ξ]. The 16
+        // matrices are one allocation, U[ξ] its rows `ξ·C_out..(ξ+1)·C_out`: one buffer
+        // large enough for huge pages instead of 16 page-faulting ones.
+        let mut weights = PackedMatrix::zeroed(POSITIONS * cout, cin);
+        let mut row = vec![[0.0f32; POSITIONS]; cin];
         for co in 0..cout {
-            for ci in 0..cin {
-                let g = &weights[(co * cin + ci) * 9..][..9];
-                // G g, then (G g) Gᵀ.
-                let mut gg = [[0.0f64; 3]; 4];
-                for (i, row) in gg.iter_mut().enumerate() {
-                    for (b, v) in row.iter_mut().enumerate() {
-                        *v = (0..3).map(|a| G[i][a] * f64::from(g[a * 3 + b])).sum();
-                    }
-                }
-                for i in 0..4 {
-                    for j in 0..4 {
-                        let u: f64 = (0..3).map(|b| gg[i][b] * G[j][b]).sum();
-                        transformed[i * 4 + j][co * cin + ci] = u as f32;
-                    }
+            for (ci, u) in row.iter_mut().enumerate() {
+                *u = transform_filter(&filters[(co * cin + ci) * 9..][..9]);
+            }
+            for xi in 0..POSITIONS {
+                for (dst, u) in weights.row_mut(xi * cout + co).iter_mut().zip(&row) {
+                    *dst = u[xi];
                 }
             }
         }
-        let weights = transformed
-            .iter()
-            .map(|u| PackedMatrix::from_row_major(u, cout, cin))
-            .collect::<Result<Vec<_>, _>>()?;
 
         let tiles = [out[0].div_ceil(2), out[1].div_ceil(2)];
         let serial = shape.flops().is_ok_and(|f| f < SERIAL_FLOPS as u64);
@@ -303,7 +311,7 @@ impl WinogradConv {
 
         // M[ξ] = U[ξ]·V[ξ] for this block of output channels.
         for xi in 0..POSITIONS {
-            let u = self.weights[xi].view().block(c0, 0, cblk, cin);
+            let u = self.weights.view().block(xi * cout + c0, 0, cblk, cin);
             let vm = MatRef::from_raw(v.as_ptr().add(xi * cin * t), cin, t, t as isize, 1);
             let mut mm =
                 MatMut::from_raw(m.as_mut_ptr().add(xi * cblk * t), cblk, t, t as isize, 1);
