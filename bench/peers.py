@@ -13,9 +13,10 @@ runtime) the script:
 3. runs PyTorch, ONNX Runtime and ``bbc run`` on the same input and compares each output with
    PyTorch's (max abs difference over max abs output); a runtime that disagrees by more than
    the tolerance gets no timings for that model;
-4. times PyTorch (``torch.inference_mode``) and ONNX Runtime in-process, in interleaved
-   rounds so machine noise hits both alike, and bbc through ``bbc bench --json`` when the
-   binary has that command;
+4. times PyTorch (``torch.inference_mode``) and ONNX Runtime in-process and bbc through one
+   ``bbc bench --json`` process per round (its ``samples_ms``), the three alternating round
+   by round so that a noisy stretch of the machine hits them alike; bbc's compile time is
+   the median of its rounds' (each process compiles anew);
 5. measures peak activation memory: ONNX Runtime and PyTorch as the peak-RSS growth of one
    first inference in a fresh subprocess, bbc as ``peak_arena_bytes`` from ``bbc bench``;
 6. prints one table and optionally writes it as markdown and the raw results as JSON.
@@ -376,12 +377,14 @@ class BbcCli:
         return self.call(argv, args.bbc_timeout)
 
     def bench(self, spec: str, name: str, art: Artefacts, args, target: str = "cpu",
-              batch: int | None = None) -> dict:
-        """`bbc bench ... --json`, parsed defensively: the last JSON object on stdout."""
+              batch: int | None = None, runs: int | None = None) -> dict:
+        """`bbc bench ... --json` with `runs` timed runs (default: every round's), parsed
+        defensively: the last JSON object on stdout."""
         assert self.bench_flags is not None
         argv = self.command("bench", self.bench_flags, spec, name, art.weights, args, target,
                             batch)
-        for flag, value in (("--runs", args.runs * args.rounds), ("--warmup", args.warmup),
+        runs = args.runs * args.rounds if runs is None else runs
+        for flag, value in (("--runs", runs), ("--warmup", args.warmup),
                             ("--input", art.input)):
             if flag in self.bench_flags:
                 argv += [flag, str(value)]
@@ -480,21 +483,32 @@ def relative_error(out, ref) -> float:
 
 
 def time_interleaved(runners: dict[str, Callable[[], Any]], warmup: int, runs: int,
-                     rounds: int) -> dict[str, Timing]:
-    """`rounds` rounds of `runs` timed calls per runner, runners alternating each round."""
+                     rounds: int,
+                     round_runners: dict[str, Callable[[int], list[float]]] | None = None,
+                     ) -> dict[str, Timing]:
+    """`rounds` rounds of `runs` timed calls per runner, runners alternating each round, so
+    that a noisy stretch of the machine hits every runtime alike. A round runner times a
+    whole round itself (bbc: one `bbc bench` process) and returns its samples in ms."""
     for run in runners.values():
         for _ in range(warmup):
             run()
-    per_round: dict[str, list[list[float]]] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            time.sleep(SWITCH_PAUSE_S)
+
+    def calls(run: Callable[[], Any]) -> Callable[[int], list[float]]:
+        def one_round(n: int) -> list[float]:
             samples = []
-            for _ in range(runs):
+            for _ in range(n):
                 t0 = time.perf_counter()
                 run()
                 samples.append((time.perf_counter() - t0) * 1e3)
-            per_round[key].append(samples)
+            return samples
+        return one_round
+
+    all_runners = {k: calls(run) for k, run in runners.items()} | (round_runners or {})
+    per_round: dict[str, list[list[float]]] = {k: [] for k in all_runners}
+    for _ in range(rounds):
+        for key, run_round in all_runners.items():
+            time.sleep(SWITCH_PAUSE_S)
+            per_round[key].append(run_round(runs))
     return {k: Timing.of([s for r in rs for s in r], rs) for k, rs in per_round.items()}
 
 
@@ -545,24 +559,36 @@ def bench_model(name: str, spec: str, bbc: BbcCli, args, cache: Path) -> ModelRe
     if res.ort_session_ms is not None:
         print(f"  ORT session creation {res.ort_session_ms:.0f} ms")
 
-    # 2. Latency.
+    # 2. Latency: bbc as one `bbc bench` process per round, between the others' rounds.
     timed = {k: v for k, v in runners.items() if k not in res.refused}
-    res.timing.update(time_interleaved(timed, args.warmup, args.runs, args.rounds))
-    if "bbc" not in res.refused:
-        if bbc.bench_flags is None:
-            res.refused["bbc"] = "bbc bench: not available"
-        else:
-            try:
-                res.bbc_bench = bbc.bench(spec, name, art, args)
-            except BenchError as e:
-                res.refused["bbc"] = "bbc bench failed"
-                print(f"  bbc: {e}", file=sys.stderr)
-            else:
-                med, p90, fastest = (number(res.bbc_bench, k)
-                                     for k in ("median_ms", "p90_ms", "min_ms"))
-                if not math.isnan(med):
-                    res.timing["bbc"] = Timing(med, p90, fastest)
-                print(f"  bbc bench: {json.dumps(res.bbc_bench)}")
+    bbc_rounds: list[dict] = []
+    round_runners: dict[str, Callable[[int], list[float]]] = {}
+    if "bbc" not in res.refused and bbc.bench_flags is None:
+        res.refused["bbc"] = "bbc bench: not available"
+    elif "bbc" not in res.refused:
+        def bbc_round(n: int) -> list[float]:
+            report = bbc.bench(spec, name, art, args, runs=n)
+            bbc_rounds.append(report)
+            samples = report.get("samples_ms")
+            if not isinstance(samples, list) or not samples:
+                raise BenchError(f"`bbc bench --json` reported no samples: {report}")
+            return [float(v) for v in samples]
+        round_runners["bbc"] = bbc_round
+    try:
+        res.timing.update(time_interleaved(timed, args.warmup, args.runs, args.rounds,
+                                           round_runners))
+    except BenchError as e:
+        res.refused["bbc"] = "bbc bench failed"
+        print(f"  bbc: {e}", file=sys.stderr)
+        res.timing.update(time_interleaved(timed, args.warmup, args.runs, args.rounds))
+    if bbc_rounds and "bbc" not in res.refused:
+        # The report of the round with the median compile time (each round compiles anew),
+        # with every round's compile time beside it.
+        compiles = [number(r, "compile_ms") for r in bbc_rounds]
+        middle = sorted(range(len(compiles)), key=lambda i: compiles[i])[len(compiles) // 2]
+        res.bbc_bench = dict(bbc_rounds[middle], compile_ms_rounds=compiles)
+        res.bbc_bench.pop("samples_ms", None)
+        print(f"  bbc bench: {json.dumps(res.bbc_bench)}")
     for rt, t in res.timing.items():
         spread = "" if math.isnan(t.min_ms) else f"  min {t.min_ms:8.2f} ms"
         if len(t.round_medians_ms) > 1:

@@ -672,6 +672,16 @@ fn bench_reports_latency_compile_stages_and_memory() {
     }
     let total: f64 = stages.values().filter_map(serde_json::Value::as_f64).sum();
     assert!((total - number("compile_ms")).abs() < 1e-6 * total.max(1.0));
+    // Every timed run, in order: the statistics are theirs.
+    let samples: Vec<f64> = json["samples_ms"]
+        .as_array()
+        .expect("samples_ms")
+        .iter()
+        .map(|v| v.as_f64().expect("a number"))
+        .collect();
+    assert_eq!(samples.len(), 3);
+    let least = samples.iter().copied().fold(f64::INFINITY, f64::min);
+    assert!((least - number("min_ms")).abs() < 1e-9, "{json}");
 
     let interp: serde_json::Value =
         serde_json::from_str(&ok(

@@ -202,6 +202,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "fallback_nodes": fallbacks,
             "threads": if threads == 0 { serde_json::Value::Null } else { threads.into() },
             "runs": runs,
+            "samples_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
         });
         return print(&format!("{report}\n"));
     }
