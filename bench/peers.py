@@ -338,19 +338,21 @@ class BbcCli:
             cmd += ["--threads", str(args.threads)]
         return cmd
 
-    def call(self, argv: list[str],
-             timeout: float) -> tuple[subprocess.CompletedProcess, float, int]:
+    def call(self, argv: list[str], timeout: float,
+             sample_memory: bool = True) -> tuple[subprocess.CompletedProcess, float, int]:
         """Runs bbc; returns the process, its wall time (s) and its own peak RSS (bytes).
 
         The peak is bbc's VmHWM, sampled while it runs (it only grows, so the last sample
         misses at most the final poll interval). Not the child's rusage: its `ru_maxrss`
-        starts from this Python process's RSS at the fork, torch and all."""
+        starts from this Python process's RSS at the fork, torch and all. Without
+        `sample_memory` (timed runs) this process just waits: its polling took up to three
+        quarters of a core, which on two cores slowed bbc's timed rounds by up to 40%."""
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
             t0 = time.perf_counter()
             # Popen returns once the child has exec'd bbc, so every sample below is bbc's.
             proc = subprocess.Popen(argv, stdout=out, stderr=err)
             deadline, timed_out, peak_kib = time.monotonic() + timeout, False, 0
-            while True:
+            while sample_memory:
                 peak_kib = max(peak_kib, proc_status_kib("VmHWM", proc.pid) or 0)
                 if proc.poll() is not None:
                     break
@@ -358,6 +360,13 @@ class BbcCli:
                     proc.kill()
                     timed_out = True
                 time.sleep(0.005)
+            if not sample_memory:
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+                    timed_out = True
             wall = time.perf_counter() - t0
             out.seek(0)
             err.seek(0)
@@ -389,7 +398,7 @@ class BbcCli:
             if flag in self.bench_flags:
                 argv += [flag, str(value)]
         argv += ["--json"]
-        done, _, _ = self.call(argv, args.bbc_timeout)
+        done, _, _ = self.call(argv, args.bbc_timeout, sample_memory=False)
         for line in reversed(done.stdout.strip().splitlines()):
             try:
                 parsed = json.loads(line)
