@@ -951,9 +951,10 @@ impl Builder<'_, '_> {
         // The GEMM's epilogue needs a row-major output: compute `Cᵀ = Bᵀ·Aᵀ` when the
         // output is column-major, and scatter from scratch when it is neither. Transposing
         // makes `Aᵀ` the right operand, which the GEMM reads along its rows: an activation
-        // `A` stored row-major would then be repacked by every output tile (ConvNeXt's fc2
-        // storing back to NCHW ran at half fc1's speed), so such a product is computed as
-        // it stands and scattered instead.
+        // `A` stored row-major would then be repacked by every output tile, so such a
+        // product is computed as it stands and scattered instead. (With `gemm`'s AVX-512
+        // kernels, which are not enabled, ConvNeXt's fc2 storing back to NCHW ran at half
+        // fc1's speed transposed; with its AVX2 kernels both forms measure the same.)
         let a_row_major = match &c.a {
             Operand::Strided {
                 buf, row_stride, ..
