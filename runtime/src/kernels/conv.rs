@@ -989,7 +989,7 @@ fn plan_gemm(
 /// makes the task count a multiple of `threads`:
 /// equal tasks then finish together instead of one thread running the last alone. Each
 /// `[parts, most]` pair is a count and its limit.
-fn balance(
+pub(crate) fn balance(
     images: usize,
     [px, most_px]: [usize; 2],
     [ch, most_ch]: [usize; 2],

@@ -19,7 +19,7 @@
 //! target; when bands alone cannot keep every thread busy, output channels are split too
 //! (each channel block then transforms the band's input again: cheap next to its products).
 
-use crate::kernels::conv::{Conv2dShape, Split};
+use crate::kernels::conv::{balance, Conv2dShape, Split};
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 use crate::kernels::{for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
@@ -143,22 +143,17 @@ impl WinogradConv {
             band_parts += 1;
         }
         let most_channel_parts = (cout / MIN_CHANNEL_BLOCK).max(1);
-        let mut channel_parts = wanted
+        let channel_parts = wanted
             .div_ceil(images * band_parts)
             .clamp(1, most_channel_parts);
-        let tasks = |b: usize, c: usize| images * b * c;
-        // More bands first: a channel block transforms its band's input again.
-        if threads > 1 && tasks(band_parts, channel_parts) % threads != 0 {
-            if let Some(b) =
-                (band_parts..=most_bands).find(|&b| tasks(b, channel_parts) % threads == 0)
-            {
-                band_parts = b;
-            } else if let Some(c) =
-                (channel_parts..=most_channel_parts).find(|&c| tasks(band_parts, c) % threads == 0)
-            {
-                channel_parts = c;
-            }
-        }
+        // A task count divisible by the threads, more bands first: a channel block
+        // transforms its band's input again.
+        let (band_parts, channel_parts) = balance(
+            images,
+            [band_parts, most_bands],
+            [channel_parts, most_channel_parts],
+            threads,
+        );
         let bands = Split::new(tiles[0], 1, band_parts);
         let channels = Split::new(cout, 8, channel_parts);
         let longest = band_tiles(bands.longest());
