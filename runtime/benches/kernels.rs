@@ -318,7 +318,7 @@ fn bench_conv(
         }
     };
     // The strategy `Conv2d::new` picks, and im2col beside Winograd for comparison.
-    let chosen = Conv2d::new(shape, &weights, 1).unwrap().strategy();
+    let chosen = ConvStrategy::of(&shape).unwrap();
     let mut strategies = vec![chosen];
     if chosen == ConvStrategy::Winograd {
         strategies.push(ConvStrategy::Im2col);

@@ -243,6 +243,22 @@ pub enum ConvStrategy {
     Winograd,
 }
 
+impl ConvStrategy {
+    /// The strategy [`Conv2d::new`] picks for `shape` (an error if the shape is invalid).
+    pub fn of(shape: &Conv2dShape) -> Result<ConvStrategy, KernelError> {
+        let out = shape.out_size()?;
+        Ok(if shape.is_depthwise() {
+            ConvStrategy::Depthwise
+        } else if shape.is_pointwise() {
+            ConvStrategy::Pointwise
+        } else if WinogradConv::suits(shape, out) {
+            ConvStrategy::Winograd
+        } else {
+            ConvStrategy::Im2col
+        })
+    }
+}
+
 /// Per-thread im2col scratch target, in floats (512 KiB: half a Zen/Skylake
 /// L2, leaving room for the weight panel and the output tile).
 const SCRATCH_TARGET: usize = 128 * 1024;
@@ -345,17 +361,7 @@ impl Conv2d {
     /// Tiles are sized so that a pool of `threads` threads gets at least two
     /// tasks per thread; the plan runs correctly on a pool of any size.
     pub fn new(shape: Conv2dShape, weights: &[f32], threads: usize) -> Result<Conv2d, KernelError> {
-        let out = Conv2d::check(&shape, weights.len())?;
-        let strategy = if shape.is_depthwise() {
-            ConvStrategy::Depthwise
-        } else if shape.is_pointwise() {
-            ConvStrategy::Pointwise
-        } else if WinogradConv::suits(&shape, out) {
-            ConvStrategy::Winograd
-        } else {
-            ConvStrategy::Im2col
-        };
-        Conv2d::with_strategy(shape, weights, threads, strategy)
+        Conv2d::with_strategy(shape, weights, threads, ConvStrategy::of(&shape)?)
     }
 
     /// [`Conv2d::new`] with the strategy given instead of chosen: for comparing strategies.
