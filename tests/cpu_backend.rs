@@ -145,6 +145,25 @@ fn more_threads_compute_what_one_thread_does() {
     }
 }
 
+/// 1x1 convolutions on maps large enough for the direct register kernel (where the CPU has
+/// AVX2), at batch 1 and 2: EfficientNet's expanding convolutions with BatchNorm + SiLU
+/// applied to the accumulators, its projections whose residual add runs on finished tiles,
+/// and a bottleneck ResNet's 1x1 + BatchNorm + ReLU, on 1 to 3 threads.
+#[test]
+fn pointwise_convolutions_on_large_maps_match_the_interpreter() {
+    for (spec, model, size) in [
+        ("specs/efficientnet.bb", "efficientnet_test", 64),
+        ("specs/resnet.bb", "resnet_test_bottleneck", 96),
+    ] {
+        for batch in [1, 2] {
+            let m = seeded(spec, model, &[("B", batch), ("H", size), ("W", size)]);
+            for n in [1, 2, 3] {
+                check(&m, &threads(n));
+            }
+        }
+    }
+}
+
 /// ConvNeXt's channels-last MLP at batch > 1: fc2 stores through the permute back to NCHW,
 /// which is one strided matrix per image, not over the whole batch; it must still compile
 /// to a contraction (no reference fallback) and compute the interpreter's values. Its

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::{
     gemm, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef,
-    Output, PackedMatrix, Tile,
+    Output, PackedMatrix,
 };
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
@@ -310,18 +310,16 @@ fn bench_conv(
     let weights = random(
         shape.out_channels * shape.in_channels / shape.groups * shape.kernel[0] * shape.kernel[1],
     );
-    let relu = |mut t: Tile<'_>| {
-        for i in 0..t.rows() {
-            for x in t.row_mut(i) {
-                *x = x.max(0.0);
-            }
-        }
-    };
-    // The strategy `Conv2d::new` picks, and im2col beside Winograd for comparison.
+    // A convolution's usual epilogue: its (folded BatchNorm) bias and a ReLU.
+    let bias = random(shape.out_channels);
+    // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: im2col
+    // beside Winograd, the GEMM over the input in place beside the direct 1x1 kernel.
     let chosen = ConvStrategy::of(&shape).unwrap();
     let mut strategies = vec![chosen];
-    if chosen == ConvStrategy::Winograd {
-        strategies.push(ConvStrategy::Im2col);
+    match chosen {
+        ConvStrategy::Winograd => strategies.push(ConvStrategy::Im2col),
+        ConvStrategy::Direct1x1 => strategies.push(ConvStrategy::Pointwise),
+        _ => {}
     }
     for strategy in strategies {
         let mut scratch_kib = 0;
@@ -342,7 +340,7 @@ fn bench_conv(
                         &input,
                         &mut out,
                         &mut scratch,
-                        Epilogue::from_closure(&relu),
+                        Epilogue::activation(Activation::Relu, Some(&bias)),
                     )
                     .unwrap()
                 });
@@ -351,7 +349,7 @@ fn bench_conv(
             .collect();
         let flops = shape.flops().unwrap() as f64;
         report.line(
-            &format!("{name} {:?} {strategy:?} +relu", shape.layout),
+            &format!("{name} {:?} {strategy:?} +bias+relu", shape.layout),
             flops,
             &times,
         );
@@ -534,6 +532,9 @@ fn main() {
             ("convnext_atto pw 160->640 @14", 160, 640, 14),
             ("convnext_atto pw 40->160 @56", 40, 160, 56),
             ("efficientnet pw 16->96 @112", 16, 96, 112),
+            ("efficientnet pw 24->144 @56", 24, 144, 56),
+            ("efficientnet pw 144->24 @56", 144, 24, 56),
+            ("efficientnet pw 192->1152 @7", 192, 1152, 7),
         ] {
             bench_conv(
                 &report,

@@ -39,8 +39,8 @@ use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
 use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, Activation, RowBias};
 use crate::kernels::{
-    gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, MatMut, MatRef, Output, PackedMatrix,
-    Tile,
+    gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef, Output,
+    PackedMatrix, Tile,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -641,14 +641,16 @@ impl Executor {
                 };
                 let sink = Sink::new(product, table, 0);
                 let f = |tile: Tile<'_>| sink.finish(tile);
-                conv.run(
-                    pool,
-                    input(*x),
-                    product_buf,
-                    conv_scratch,
-                    sink.epilogue(&f),
-                )
-                .map_err(kernel_err)?;
+                let channels = conv.shape().out_channels;
+                let fused = plain_activation(product, conv).and_then(|(act, bias)| match bias {
+                    None => Some(Epilogue::activation(act, None)),
+                    Some(slot) => input(slot)
+                        .get(..channels)
+                        .map(|b| Epilogue::activation(act, Some(b))),
+                });
+                let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
+                conv.run(pool, input(*x), product_buf, conv_scratch, epilogue)
+                    .map_err(kernel_err)?;
             }
             StepKernel::Gemm(g) => {
                 let scratch = scratch.as_mut_slice();
@@ -856,6 +858,44 @@ impl<'a> Sink<'a> {
             }
             r += seg;
         }
+    }
+}
+
+/// When all a convolution's [`ProductMap`] does is `act(x + bias[channel])` on the NCHW
+/// output in place: the activation and the bias's slot, for [`Epilogue::activation`], which
+/// kernels may apply in registers. `check_step` checked that a bias slot holds a value per
+/// channel.
+fn plain_activation(map: &ProductMap, conv: &Conv2d) -> Option<(Activation, Option<usize>)> {
+    let s = conv.shape();
+    let pixels = conv.out_size()[0] * conv.out_size()[1];
+    if s.layout != Layout::Nchw
+        || map.scatter.is_some()
+        || map.transposed
+        || map.rows_per_batch != s.out_channels
+    {
+        return None;
+    }
+    match (map.bias, &map.epilogue) {
+        (Some(slot), None) => Some((Activation::Identity, Some(slot))),
+        (bias, Some(TileEpilogue::Native(e)))
+            if e.offset == 0
+                && e.row_stride == pixels
+                && (s.batch == 1 || e.batch_stride == s.out_channels * pixels) =>
+        {
+            match (bias, e.bias) {
+                (None, None) => Some((e.activation, None)),
+                (Some(slot), None)
+                | (
+                    None,
+                    Some(TileBias {
+                        slot,
+                        per_column: false,
+                    }),
+                ) => Some((e.activation, Some(slot))),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 
@@ -1071,7 +1111,89 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kernels::{Conv2dShape, Layout};
+    use crate::kernels::Conv2dShape;
+
+    /// A convolution's product map that only adds a bias per channel and applies a native
+    /// activation to its NCHW output in place goes to the kernel as `Epilogue::activation`
+    /// (applied in registers where the kernel can); anything else stays a tile epilogue.
+    #[test]
+    fn plain_bias_and_activation_maps_are_recognised() {
+        let shape = Conv2dShape {
+            batch: 2,
+            in_channels: 8,
+            out_channels: 6,
+            in_size: [4, 4],
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            layout: Layout::Nchw,
+        };
+        let conv = Conv2d::new(shape, &[0.0; 48], 1).unwrap();
+        let per_row = |slot| TileBias {
+            slot,
+            per_column: false,
+        };
+        let native = |bias, offset, batch_stride, row_stride| ProductMap {
+            rows_per_batch: 6,
+            epilogue: Some(TileEpilogue::Native(NativeEpilogue {
+                activation: Activation::Silu,
+                bias,
+                offset,
+                batch_stride,
+                row_stride,
+            })),
+            ..ProductMap::default()
+        };
+        let silu = Activation::Silu;
+        let plain = |m: &ProductMap| plain_activation(m, &conv);
+        assert_eq!(
+            plain(&native(Some(per_row(1)), 0, 96, 16)),
+            Some((silu, Some(1)))
+        );
+        assert_eq!(plain(&native(None, 0, 96, 16)), Some((silu, None)));
+        let bias_only = ProductMap {
+            rows_per_batch: 6,
+            bias: Some(2),
+            ..ProductMap::default()
+        };
+        assert_eq!(plain(&bias_only), Some((Activation::Identity, Some(2))));
+        let both = ProductMap {
+            bias: Some(2),
+            ..native(None, 0, 96, 16)
+        };
+        assert_eq!(plain(&both), Some((silu, Some(2))));
+        // Elsewhere than the output in place, two biases, a bias per column.
+        for m in [
+            native(None, 1, 96, 16),
+            native(None, 0, 100, 16),
+            native(None, 0, 96, 17),
+            ProductMap {
+                bias: Some(2),
+                ..native(Some(per_row(1)), 0, 96, 16)
+            },
+            native(
+                Some(TileBias {
+                    slot: 1,
+                    per_column: true,
+                }),
+                0,
+                96,
+                16,
+            ),
+            ProductMap {
+                transposed: true,
+                ..native(None, 0, 96, 16)
+            },
+            ProductMap {
+                rows_per_batch: 12,
+                ..native(None, 0, 96, 16)
+            },
+        ] {
+            assert_eq!(plain(&m), None, "{m:?}");
+        }
+    }
 
     /// A native epilogue fits only where every element has its own place inside the output
     /// and the bias covers its rows or columns.

@@ -5,6 +5,7 @@
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use bbc_runtime::kernels::activation::{simd_available, Activation};
 use bbc_runtime::kernels::{
     gemm, gemm_serial, Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue,
     KernelError, Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
@@ -453,6 +454,7 @@ fn check_conv_with(
         let s = Conv2dShape { layout, ..shape };
         let expected = match (layout, expected) {
             (Layout::Nhwc, ConvStrategy::Winograd) => ConvStrategy::Im2col,
+            (Layout::Nhwc, ConvStrategy::Direct1x1) => ConvStrategy::Pointwise,
             _ => expected,
         };
         for pool in pools {
@@ -541,13 +543,132 @@ fn pointwise_conv_reads_the_input_in_place() {
     let cases = [
         shape(2, [5, 7], [6, 9], [1, 1], 1),
         shape(1, [12, 9], [7, 5], [1, 1], 3),
-        shape(1, [64, 40], [33, 35], [1, 1], 1),
+        shape(1, [300, 40], [33, 35], [1, 1], 1),
     ];
     for s in cases {
         check_conv(s, &pools, ConvStrategy::Pointwise);
         let conv =
             Conv2d::new(s, &random(s.out_channels * s.in_channels / s.groups, 1), 2).unwrap();
         assert_eq!(conv.scratch_len(2), 0);
+    }
+}
+
+/// The shapes the direct 1x1 kernel takes, on this CPU: every other pointwise one goes
+/// through the GEMM.
+#[test]
+fn direct_1x1_conv_is_chosen_where_it_applies() {
+    let direct = simd_available();
+    for (s, takes) in [
+        (shape(1, [24, 144], [56, 56], [1, 1], 1), direct),
+        (shape(1, [256, 64], [12, 12], [1, 1], 1), direct),
+        // Deep reductions, small maps and groups stay on the GEMM.
+        (shape(1, [257, 64], [56, 56], [1, 1], 1), false),
+        (shape(1, [192, 1152], [7, 7], [1, 1], 1), false),
+        (shape(1, [24, 144], [56, 56], [1, 1], 2), false),
+    ] {
+        let want = if takes {
+            ConvStrategy::Direct1x1
+        } else {
+            ConvStrategy::Pointwise
+        };
+        assert_eq!(ConvStrategy::of(&s).unwrap(), want, "{s:?}");
+        let nhwc = Conv2dShape {
+            layout: Layout::Nhwc,
+            ..s
+        };
+        assert_eq!(ConvStrategy::of(&nhwc).unwrap(), ConvStrategy::Pointwise);
+    }
+}
+
+/// The direct 1x1 kernel against the f64 reference: full and partial 16-pixel and 6-channel
+/// blocks, batches, 1-3 threads; with a tile epilogue (which must see each element once),
+/// and with a bias and an activation it applies in registers.
+#[test]
+fn direct_1x1_conv_matches_the_reference() {
+    if !simd_available() {
+        eprintln!("skipped: the direct 1x1 kernel needs AVX2 and FMA");
+        return;
+    }
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        shape(1, [24, 144], [12, 12], [1, 1], 1),
+        shape(2, [17, 13], [13, 11], [1, 1], 1),
+        shape(3, [8, 40], [16, 9], [1, 1], 1),
+        shape(1, [256, 7], [11, 13], [1, 1], 1),
+        shape(1, [3, 96], [40, 41], [1, 1], 1),
+    ];
+    for s in cases {
+        check_conv_with(
+            s,
+            &pools,
+            ConvStrategy::Direct1x1,
+            Some(ConvStrategy::Direct1x1),
+        );
+        check_activation_epilogue(s, &pools);
+        // A bias that is not one per channel is refused, not read past.
+        let conv = Conv2d::new(s, &random(s.out_channels * s.in_channels, 1), 1).unwrap();
+        let input = random(conv.input_len(), 2);
+        let mut out = vec![0.0; conv.output_len()];
+        let mut scratch = vec![0.0; conv.scratch_len(1)];
+        let bias = random(s.out_channels - 1, 3);
+        let short = Epilogue::activation(Activation::Relu, Some(&bias));
+        let err = conv.run(&pools[0], &input, &mut out, &mut scratch, short);
+        assert!(matches!(err, Err(KernelError::Shape(_))), "{err:?}");
+    }
+}
+
+/// A bias-and-activation epilogue ([`Epilogue::activation`]) on the GEMM-based strategies,
+/// which run it on finished tiles.
+#[test]
+fn activation_epilogue_on_gemm_convolutions() {
+    let pools = [1, 2].map(|t| ThreadPool::new(t).unwrap());
+    check_activation_epilogue(shape(2, [16, 20], [14, 14], [3, 3], 1), &pools);
+    check_activation_epilogue(
+        geometry(
+            shape(1, [5, 12], [9, 11], [3, 3], 1),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        &pools,
+    );
+    check_activation_epilogue(shape(1, [5, 7], [6, 9], [1, 1], 1), &pools);
+}
+
+/// `act(conv + bias[channel])` through [`Epilogue::activation`] against the f64 reference,
+/// NCHW, for ReLU and SiLU, with the strategy `Conv2d::new` picks.
+fn check_activation_epilogue(s: Conv2dShape, pools: &[ThreadPool]) {
+    let taps = s.kernel[0] * s.kernel[1];
+    let input = random(s.batch * s.in_channels * s.in_size[0] * s.in_size[1], 41);
+    let weight = random(s.out_channels * s.in_channels / s.groups * taps, 42);
+    let bias = random(s.out_channels, 43);
+    let (want, scale, [oh, ow]) = reference_conv(&s, &input, &weight);
+    let pixels = oh * ow;
+    for (act, f) in [
+        (Activation::Relu, (|x: f64| x.max(0.0)) as fn(f64) -> f64),
+        (Activation::Silu, |x: f64| x / (1.0 + (-x).exp())),
+    ] {
+        let want: Vec<f64> = want
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| f(v + bias[i / pixels % s.out_channels] as f64))
+            .collect();
+        // The activation's own error (about 1e-7 of its result) on top of the sum's.
+        let scale: Vec<f64> = scale.iter().map(|&x| x + 1.0).collect();
+        for pool in pools {
+            let conv = Conv2d::new(s, &weight, pool.threads()).unwrap();
+            let mut out = vec![f32::NAN; conv.output_len()];
+            let mut scratch = vec![f32::NAN; conv.scratch_len(pool.threads())];
+            let epilogue = Epilogue::activation(act, Some(&bias));
+            conv.run(pool, &input, &mut out, &mut scratch, epilogue)
+                .unwrap();
+            let what = format!(
+                "{s:?} ({:?}), {act:?} on {} threads",
+                conv.strategy(),
+                pool.threads()
+            );
+            assert_close(&out, &want, &scale, &what);
+        }
     }
 }
 

@@ -134,26 +134,44 @@ fn activate_rows_on<'a>(
     rows: impl Iterator<Item = (&'a mut [f32], RowBias<'a>)>,
     simd: bool,
 ) {
-    match act {
-        Activation::Identity => dispatch::<Identity>(rows, simd),
-        Activation::Relu => dispatch::<Relu>(rows, simd),
-        Activation::Relu6 => dispatch::<Relu6>(rows, simd),
-        Activation::Sigmoid => dispatch::<Sigmoid>(rows, simd),
-        Activation::Silu => dispatch::<Silu>(rows, simd),
-        Activation::Gelu => dispatch::<Gelu>(rows, simd),
+    struct Rows<I> {
+        rows: I,
+        simd: bool,
     }
+    impl<'a, I: Iterator<Item = (&'a mut [f32], RowBias<'a>)>> WithAct for Rows<I> {
+        type Output = ();
+        fn call<A: Act>(self) {
+            #[cfg(target_arch = "x86_64")]
+            if self.simd && simd_available() {
+                // SAFETY: AVX2 and FMA were detected.
+                unsafe { avx2::rows::<A>(self.rows) };
+                return;
+            }
+            for (row, bias) in self.rows {
+                run_row::<f32, A>(row, bias);
+            }
+        }
+    }
+    with_act(act, Rows { rows, simd });
 }
 
-fn dispatch<'a, A: Act>(rows: impl Iterator<Item = (&'a mut [f32], RowBias<'a>)>, simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    if simd && simd_available() {
-        // SAFETY: AVX2 and FMA were detected.
-        unsafe { avx2::rows::<A>(rows) };
-        return;
-    }
-    let _ = simd;
-    for (row, bias) in rows {
-        run_row::<f32, A>(row, bias);
+/// Code generic over the [`Act`] type, called by [`with_act`] with the type of an
+/// [`Activation`] value: the one match from values to types that every kernel monomorphising
+/// over activations goes through.
+pub(crate) trait WithAct {
+    type Output;
+    fn call<A: Act>(self) -> Self::Output;
+}
+
+/// `f.call::<A>()` with `A` the type of `act`.
+pub(crate) fn with_act<F: WithAct>(act: Activation, f: F) -> F::Output {
+    match act {
+        Activation::Identity => f.call::<Identity>(),
+        Activation::Relu => f.call::<Relu>(),
+        Activation::Relu6 => f.call::<Relu6>(),
+        Activation::Sigmoid => f.call::<Sigmoid>(),
+        Activation::Silu => f.call::<Silu>(),
+        Activation::Gelu => f.call::<Gelu>(),
     }
 }
 
@@ -254,7 +272,7 @@ const MAX_WIDTH: usize = 8;
 
 /// The arithmetic the approximations are written in, once for scalars and once for 8-lane
 /// vectors, so both paths compute the same algorithm.
-trait Lanes: Copy {
+pub(crate) trait Lanes: Copy {
     const WIDTH: usize;
     /// The first `WIDTH` elements of `s`.
     fn load(s: &[f32]) -> Self;
@@ -340,7 +358,7 @@ impl Lanes for f32 {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use super::{Act, Lanes, RowBias};
     use std::arch::x86_64::*;
 
@@ -360,6 +378,16 @@ mod avx2 {
         for (row, bias) in rows {
             super::run_row::<Avx, A>(row, bias);
         }
+    }
+
+    /// `act(x + bias)` on eight lanes: for kernels that finish their accumulators in
+    /// registers before the one store.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2 and FMA (callers are `target_feature` functions).
+    #[inline(always)]
+    pub(crate) unsafe fn activate<A: Act>(x: __m256, bias: __m256) -> __m256 {
+        A::apply(Avx(x).add(Avx(bias))).0
     }
 
     // SAFETY (every `unsafe` block below): see `Avx`; loads and stores check their length.
@@ -422,7 +450,7 @@ mod avx2 {
 }
 
 /// An activation written once over [`Lanes`].
-trait Act {
+pub(crate) trait Act {
     fn apply<V: Lanes>(x: V) -> V;
 }
 

@@ -40,6 +40,8 @@ use std::ops::Range;
 
 use crate::kernels::depthwise::DepthwiseConv2d;
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::pointwise::PointwiseConv;
 use crate::kernels::winograd::WinogradConv;
 use crate::kernels::{
     check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
@@ -234,6 +236,10 @@ impl Conv2dShape {
 pub enum ConvStrategy {
     /// 1x1, stride 1, no padding: one GEMM per tile over the input in place.
     Pointwise,
+    /// 1x1, stride 1, no padding, NCHW, one group, at most 256 input channels, on a CPU with
+    /// AVX2 and FMA: the register kernel in `pointwise`, which applies a bias and a native
+    /// activation before its one store.
+    Direct1x1,
     /// GEMM over im2col pixel tiles built in scratch.
     Im2col,
     /// The direct depthwise kernel.
@@ -249,6 +255,8 @@ impl ConvStrategy {
         let out = shape.out_size()?;
         Ok(if shape.is_depthwise() {
             ConvStrategy::Depthwise
+        } else if direct_1x1_suits(shape) {
+            ConvStrategy::Direct1x1
         } else if shape.is_pointwise() {
             ConvStrategy::Pointwise
         } else if WinogradConv::suits(shape, out) {
@@ -256,6 +264,19 @@ impl ConvStrategy {
         } else {
             ConvStrategy::Im2col
         })
+    }
+}
+
+/// Whether [`ConvStrategy::Direct1x1`] computes `shape` on this CPU.
+fn direct_1x1_suits(shape: &Conv2dShape) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        PointwiseConv::suits(shape)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = shape;
+        false
     }
 }
 
@@ -345,6 +366,8 @@ enum Plan {
     Gemm(GemmConv),
     Depthwise(Box<DepthwiseConv2d>),
     Winograd(Box<WinogradConv>),
+    #[cfg(target_arch = "x86_64")]
+    Direct1x1(Box<PointwiseConv>),
 }
 
 /// A convolution planned for one shape and one weight; see the module docs.
@@ -377,6 +400,7 @@ impl Conv2d {
         let applies = match strategy {
             ConvStrategy::Depthwise => shape.is_depthwise(),
             ConvStrategy::Pointwise => shape.is_pointwise(),
+            ConvStrategy::Direct1x1 => direct_1x1_suits(&shape),
             ConvStrategy::Winograd => WinogradConv::suits(&shape, out),
             ConvStrategy::Im2col => true,
         };
@@ -396,6 +420,12 @@ impl Conv2d {
             ConvStrategy::Pointwise | ConvStrategy::Im2col => {
                 Plan::Gemm(plan_gemm(&shape, out, strategy, weights, threads)?)
             }
+            #[cfg(target_arch = "x86_64")]
+            ConvStrategy::Direct1x1 => {
+                Plan::Direct1x1(Box::new(PointwiseConv::new(&shape, weights, threads)?))
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            ConvStrategy::Direct1x1 => unreachable!("refused above on this architecture"),
         };
         Ok(Conv2d {
             shape,
@@ -463,6 +493,8 @@ impl Conv2d {
                 .saturating_add(g.scratch_shared),
             Plan::Depthwise(d) => d.scratch_len(threads),
             Plan::Winograd(w) => w.scratch_len(threads),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct1x1(p) => p.scratch_len(threads),
         }
     }
 
@@ -487,6 +519,8 @@ impl Conv2d {
         match &self.plan {
             Plan::Depthwise(d) => d.run(pool, input, output, scratch, epilogue),
             Plan::Winograd(w) => w.run(pool, input, output, scratch, epilogue),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct1x1(p) => p.run(pool, input, output, scratch, epilogue),
             Plan::Gemm(g) => self.run_gemm(g, pool, input, output, scratch, epilogue),
         }
     }
@@ -1052,7 +1086,7 @@ mod tests {
             .plan
         {
             Plan::Gemm(g) => g,
-            Plan::Depthwise(_) | Plan::Winograd(_) => panic!("{s:?} planned without a GEMM"),
+            _ => panic!("{s:?} planned without a GEMM"),
         }
     }
 

@@ -50,12 +50,15 @@ pub mod activation;
 pub mod conv;
 pub mod depthwise;
 pub mod gemm;
+#[cfg(target_arch = "x86_64")]
+mod pointwise;
 mod winograd;
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
 
 use crate::pool::{Chunking, PoolError, ThreadPool};
+use activation::{Activation, RowBias};
 
 pub use conv::{Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Layout};
 pub use depthwise::DepthwiseConv2d;
@@ -163,6 +166,10 @@ enum EpilogueKind<'a> {
         ctx: *const c_void,
     },
     Closure(&'a (dyn Fn(Tile<'_>) + Sync)),
+    Activation {
+        act: Activation,
+        bias: Option<&'a [f32]>,
+    },
 }
 
 /// What to run on each finished output tile: nothing, an [`EpilogueFn`] with
@@ -203,6 +210,27 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// `x = act(x + bias[row % bias.len()])` on every output element, `row` the output
+    /// matrix's (an NCHW convolution's bias per channel has `C` values). Kernels that can
+    /// apply it to their accumulators before storing do; the others run it on each
+    /// finished tile.
+    pub fn activation(act: Activation, bias: Option<&'a [f32]>) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::Activation {
+                act,
+                bias: bias.filter(|b| !b.is_empty()),
+            },
+        }
+    }
+
+    /// The activation and bias of an [`Epilogue::activation`].
+    pub(crate) fn as_activation(&self) -> Option<(Activation, Option<&'a [f32]>)> {
+        match self.kind {
+            EpilogueKind::Activation { act, bias } => Some((act, bias)),
+            _ => None,
+        }
+    }
+
     /// Whether this is [`Epilogue::NONE`].
     pub fn is_none(&self) -> bool {
         matches!(self.kind, EpilogueKind::None)
@@ -238,6 +266,17 @@ impl<'a> Epilogue<'a> {
                 ld,
                 _borrow: PhantomData,
             }),
+            EpilogueKind::Activation { act, bias } => {
+                let tile = tile(base);
+                let rows = (0..rows).map(|i| {
+                    // SAFETY: (the caller's) row `i` of the tile is in bounds and ours.
+                    let row = std::slice::from_raw_parts_mut(tile.add(i * ld), cols);
+                    let b =
+                        bias.map_or(RowBias::None, |b| RowBias::Scalar(b[(row0 + i) % b.len()]));
+                    (row, b)
+                });
+                activation::activate_rows(act, rows);
+            }
         }
     }
 }

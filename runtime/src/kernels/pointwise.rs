@@ -1,0 +1,296 @@
+//! NCHW 1x1 stride-1 convolutions on an AVX2 + FMA register kernel.
+//!
+//! `out[b, co, p] = Σ_ci w[co, ci] · x[b, ci, p]`: the input's channel rows already are the
+//! product's right operand, so nothing is copied per call. The register tile is 6 output
+//! channels by 16 pixels (12 accumulators, two input vectors and one broadcast weight in the
+//! 16 AVX2 registers); the weight is packed once at load time into blocks of 6 channels,
+//! `[block][ci][6]`, so one step's six broadcasts read consecutive floats.
+//!
+//! Why not the `gemm` crate, as the other convolutions do: the layers this kernel takes have
+//! few input channels (EfficientNet's expanding convolutions have 16 to 192), where each
+//! call's packing and set-up weigh on a short reduction, and a GEMM tile's epilogue re-reads
+//! the finished tile from cache. Here a bias and a native activation
+//! ([`Epilogue::activation`]) are applied to the accumulators before the one store, so the
+//! output is written once and never read back; any other epilogue runs on each task's
+//! finished tile, as everywhere else.
+//!
+//! Tasks are (image, pixel range, channel range) with ranges of whole 16-pixel and 6-channel
+//! blocks. A partial pixel block (the image's last) reads its input from a zero-padded copy
+//! in the thread's scratch; a partial block either way is computed into a register-sized
+//! buffer and copied out, so the kernel never reads or writes past its buffers.
+
+use std::arch::x86_64::*;
+
+use crate::arena::AlignedBuffer;
+use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation, WithAct};
+use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
+use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
+use crate::pool::ThreadPool;
+
+/// Output channels per register tile.
+const MR: usize = 6;
+/// Pixels per register tile (two vectors).
+const NR: usize = 16;
+/// Most input channels this kernel takes: an input block of `K x 16` pixels (16 KiB at 256)
+/// then stays in cache across a task's channel blocks without blocking the reduction. The
+/// `gemm` crate, which blocks it, was as fast at 480 and 672 and 5-10% faster from 1024 on.
+const MAX_IN_CHANNELS: usize = 256;
+/// Fewest pixels per image: on 7x7 maps the partial last pixel block wastes up to a quarter
+/// of the register tiles (49 = 3·16 + 1), and the `gemm` crate was as fast or 5-10% faster.
+const MIN_PIXELS: usize = 128;
+/// Fewest pixels a task covers, unless the image is smaller.
+const MIN_TASK_PIXELS: usize = 4 * NR;
+
+/// A planned NCHW pointwise convolution (`groups == 1`).
+#[derive(Debug, Clone)]
+pub(crate) struct PointwiseConv {
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    pixels: usize,
+    /// `[ceil(C_out / 6)][C_in][6]`, the last block's missing channels zero.
+    weights: AlignedBuffer,
+    pixel_split: Split,
+    channel_split: Split,
+    serial: bool,
+}
+
+impl PointwiseConv {
+    /// Whether this kernel computes `shape` on this CPU.
+    pub(crate) fn suits(shape: &Conv2dShape) -> bool {
+        shape.kernel == [1, 1]
+            && shape.stride == [1, 1]
+            && shape.padding == [0, 0]
+            && shape.groups == 1
+            && shape.layout == Layout::Nchw
+            && shape.in_channels <= MAX_IN_CHANNELS
+            && shape.in_size[0] * shape.in_size[1] >= MIN_PIXELS
+            && simd_available()
+    }
+
+    /// Packs `weights` (`[C_out, C_in]`, PyTorch's `[C_out, C_in, 1, 1]`) and splits the work
+    /// for `threads` threads. The caller checked the shape with [`PointwiseConv::suits`].
+    pub(crate) fn new(
+        shape: &Conv2dShape,
+        weights: &[f32],
+        threads: usize,
+    ) -> Result<PointwiseConv, KernelError> {
+        let (cin, cout) = (shape.in_channels, shape.out_channels);
+        let pixels = shape.in_size[0] * shape.in_size[1];
+        let blocks = cout.div_ceil(MR);
+        let mut packed = AlignedBuffer::zeroed(blocks * cin * MR);
+        let dst = packed.as_mut_slice();
+        for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
+            let (block, lane) = (co / MR, co % MR);
+            for (ci, &w) in row.iter().enumerate() {
+                dst[(block * cin + ci) * MR + lane] = w;
+            }
+        }
+        let serial = shape.flops()? < SERIAL_FLOPS as u64;
+        let threads = if serial { 1 } else { threads.max(1) };
+        // At least two tasks per thread, from pixel ranges first, then channel ranges.
+        let wanted = if threads > 1 { 2 * threads } else { 1 };
+        let most_px = (pixels / MIN_TASK_PIXELS).max(1);
+        let most_ch = blocks;
+        let px = wanted.div_ceil(shape.batch).min(most_px);
+        let ch = wanted.div_ceil(shape.batch * px).min(most_ch);
+        let (px, ch) = balance(shape.batch, [px, most_px], [ch, most_ch], threads);
+        Ok(PointwiseConv {
+            batch: shape.batch,
+            in_channels: cin,
+            out_channels: cout,
+            pixels,
+            weights: packed,
+            pixel_split: Split::new(pixels, NR, px),
+            channel_split: Split::new(cout, MR, ch),
+            serial,
+        })
+    }
+
+    /// Floats of scratch [`PointwiseConv::run`] needs on `threads` threads: one zero-padded
+    /// input block per thread for a partial pixel block.
+    pub(crate) fn scratch_len(&self, threads: usize) -> usize {
+        if self.pixels.is_multiple_of(NR) {
+            0
+        } else {
+            threads.max(1) * self.in_channels * NR
+        }
+    }
+
+    /// Computes the convolution; lengths were checked by the caller
+    /// ([`Conv2d::run`](super::Conv2d::run)).
+    pub(crate) fn run(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), KernelError> {
+        let (px, ch) = (self.pixel_split.parts, self.channel_split.parts);
+        let tasks = self.batch * px * ch;
+        let fused = epilogue.as_activation();
+        if let Some((_, Some(bias))) = fused {
+            if bias.len() != self.out_channels {
+                return Err(KernelError::Shape(format!(
+                    "a bias of {} values for {} channels",
+                    bias.len(),
+                    self.out_channels
+                )));
+            }
+        }
+        let (act, bias) = fused.unwrap_or((Activation::Identity, None));
+        let out = SendPtr(output.as_mut_ptr());
+        let panel_len = self.scratch_len(1);
+        let panels = SendPtr(scratch.as_mut_ptr());
+        for_each_task(pool, tasks, self.serial, |range, thread| {
+            for task in range {
+                let b = task / (px * ch);
+                let (p0, np) = self.pixel_split.part(task / ch % px);
+                let (c0, nc) = self.channel_split.part(task % ch);
+                let block = Block {
+                    b,
+                    pixels: p0..p0 + np,
+                    channels: c0..c0 + nc,
+                };
+                // SAFETY: the caller checked `input`, `output` and `scratch` (which holds
+                // `panel_len` floats per thread) against this plan's sizes; tasks write
+                // disjoint output blocks, and each thread its own scratch panel.
+                unsafe {
+                    let panel = panels.get().add(thread * panel_len);
+                    let x = input.as_ptr();
+                    with_act(
+                        act,
+                        TaskRun {
+                            conv: self,
+                            block: &block,
+                            x,
+                            out: out.get(),
+                            panel,
+                            bias,
+                        },
+                    );
+                    if fused.is_none() {
+                        let row0 = b * self.out_channels + block.channels.start;
+                        epilogue.apply(out.get(), row0, nc, p0, np, self.pixels);
+                    }
+                }
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// One task's output block.
+struct Block {
+    b: usize,
+    pixels: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
+}
+
+/// [`task`] for the activation type [`with_act`] picks.
+struct TaskRun<'a> {
+    conv: &'a PointwiseConv,
+    block: &'a Block,
+    x: *const f32,
+    out: *mut f32,
+    panel: *mut f32,
+    bias: Option<&'a [f32]>,
+}
+
+impl WithAct for TaskRun<'_> {
+    type Output = ();
+    fn call<A: Act>(self) {
+        // SAFETY: `PointwiseConv::suits` checked AVX2 and FMA; `run` checked the buffers.
+        unsafe { task::<A>(self) }
+    }
+}
+
+/// Every register tile of one task.
+///
+/// # Safety
+/// AVX2 and FMA are present; `t.x` holds the input, `t.out` the output (of which this task
+/// owns `t.block`), `t.panel` `K * 16` floats when the image ends on a partial pixel block.
+#[target_feature(enable = "avx2,fma")]
+unsafe fn task<A: Act>(t: TaskRun<'_>) {
+    let c = t.conv;
+    let k = c.in_channels;
+    let x_img = t.x.add(t.block.b * k * c.pixels);
+    let out_img = t.out.add(t.block.b * c.out_channels * c.pixels);
+    let mut p = t.block.pixels.start;
+    while p < t.block.pixels.end {
+        let width = (t.block.pixels.end - p).min(NR);
+        let (x, ldx) = if width == NR {
+            (x_img.add(p), c.pixels)
+        } else {
+            // The image's last, partial pixel block: a zero-padded copy.
+            for ci in 0..k {
+                let src = x_img.add(ci * c.pixels + p);
+                let dst = t.panel.add(ci * NR);
+                std::ptr::copy_nonoverlapping(src, dst, width);
+                std::ptr::write_bytes(dst.add(width), 0, NR - width);
+            }
+            (t.panel.cast_const(), NR)
+        };
+        let mut co = t.block.channels.start;
+        while co < t.block.channels.end {
+            let rows = (t.block.channels.end - co).min(MR);
+            let mut bias = [0.0f32; MR];
+            if let Some(b) = t.bias {
+                bias[..rows].copy_from_slice(&b[co..co + rows]);
+            }
+            let w = c.weights.as_slice().as_ptr().add(co / MR * k * MR);
+            let dst = out_img.add(co * c.pixels + p);
+            if rows == MR && width == NR {
+                tile::<A>(k, w, x, ldx, dst, c.pixels, &bias);
+            } else {
+                let mut buf = [0.0f32; MR * NR];
+                tile::<A>(k, w, x, ldx, buf.as_mut_ptr(), NR, &bias);
+                for r in 0..rows {
+                    std::ptr::copy_nonoverlapping(
+                        buf.as_ptr().add(r * NR),
+                        dst.add(r * c.pixels),
+                        width,
+                    );
+                }
+            }
+            co += MR;
+        }
+        p += NR;
+    }
+}
+
+/// `out[r][0..16] = act(Σ_ci w[ci][r] · x[ci][0..16] + bias[r])` for the 6 rows `r`.
+///
+/// # Safety
+/// AVX2 and FMA are present; `w` holds `k * 6` floats, `x` `k` rows of 16 at stride `ldx`,
+/// `out` 6 rows of 16 at stride `ldc`.
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn tile<A: Act>(
+    k: usize,
+    w: *const f32,
+    x: *const f32,
+    ldx: usize,
+    out: *mut f32,
+    ldc: usize,
+    bias: &[f32; MR],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    for ci in 0..k {
+        let row = x.add(ci * ldx);
+        let (x0, x1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+        let wr = w.add(ci * MR);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let wv = _mm256_broadcast_ss(&*wr.add(r));
+            acc[0] = _mm256_fmadd_ps(wv, x0, acc[0]);
+            acc[1] = _mm256_fmadd_ps(wv, x1, acc[1]);
+        }
+    }
+    for (r, acc) in acc.iter().enumerate() {
+        let b = _mm256_set1_ps(bias[r]);
+        let dst = out.add(r * ldc);
+        _mm256_storeu_ps(dst, avx2::activate::<A>(acc[0], b));
+        _mm256_storeu_ps(dst.add(8), avx2::activate::<A>(acc[1], b));
+    }
+}
