@@ -340,7 +340,7 @@ fn bench_conv(
                         &input,
                         &mut out,
                         &mut scratch,
-                        Epilogue::activation(Activation::Relu, Some(&bias)),
+                        Epilogue::activation(Activation::Silu, Some(&bias)),
                     )
                     .unwrap()
                 });
@@ -533,6 +533,7 @@ fn main() {
             ("convnext_atto pw 40->160 @56", 40, 160, 56),
             ("efficientnet pw 16->96 @112", 16, 96, 112),
             ("efficientnet pw 24->144 @56", 24, 144, 56),
+            ("efficientnet pw 40->240 @28", 40, 240, 28),
             ("efficientnet pw 144->24 @56", 144, 24, 56),
             ("efficientnet pw 192->1152 @7", 192, 1152, 7),
         ] {

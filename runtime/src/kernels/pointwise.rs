@@ -11,8 +11,8 @@
 //! call's packing and set-up weigh on a short reduction, and a GEMM tile's epilogue re-reads
 //! the finished tile from cache. Here a bias and a native activation
 //! ([`Epilogue::activation`]) are applied to the accumulators before the one store, so the
-//! output is written once and never read back; any other epilogue runs on each task's
-//! finished tile, as everywhere else.
+//! output is written once and never read back; any other epilogue runs on each finished
+//! strip of 256 pixels of a task's channels, while the strip is in cache.
 //!
 //! Tasks are (image, pixel range, channel range) with ranges of whole 16-pixel and 6-channel
 //! blocks. A partial pixel block (the image's last) reads its input from a zero-padded copy
@@ -40,6 +40,9 @@ const MAX_IN_CHANNELS: usize = 256;
 const MIN_PIXELS: usize = 128;
 /// Fewest pixels a task covers, unless the image is smaller.
 const MIN_TASK_PIXELS: usize = 4 * NR;
+/// Pixels per strip, after which the strip's epilogue (one the kernel does not apply itself)
+/// runs while the strip is in cache (1 KiB per channel).
+const STRIP: usize = 16 * NR;
 
 /// A planned NCHW pointwise convolution (`groups == 1`).
 #[derive(Debug, Clone)]
@@ -140,6 +143,12 @@ impl PointwiseConv {
             }
         }
         let (act, bias) = fused.unwrap_or((Activation::Identity, None));
+        // Any other epilogue runs on each finished strip.
+        let after = if fused.is_some() {
+            None
+        } else {
+            Some(epilogue)
+        };
         let out = SendPtr(output.as_mut_ptr());
         let panel_len = self.scratch_len(1);
         let panels = SendPtr(scratch.as_mut_ptr());
@@ -157,23 +166,18 @@ impl PointwiseConv {
                 // `panel_len` floats per thread) against this plan's sizes; tasks write
                 // disjoint output blocks, and each thread its own scratch panel.
                 unsafe {
-                    let panel = panels.get().add(thread * panel_len);
-                    let x = input.as_ptr();
                     with_act(
                         act,
                         TaskRun {
                             conv: self,
                             block: &block,
-                            x,
+                            x: input.as_ptr(),
                             out: out.get(),
-                            panel,
+                            panel: panels.get().add(thread * panel_len),
                             bias,
+                            after,
                         },
                     );
-                    if fused.is_none() {
-                        let row0 = b * self.out_channels + block.channels.start;
-                        epilogue.apply(out.get(), row0, nc, p0, np, self.pixels);
-                    }
                 }
             }
         })?;
@@ -196,6 +200,23 @@ struct TaskRun<'a> {
     out: *mut f32,
     panel: *mut f32,
     bias: Option<&'a [f32]>,
+    /// The epilogue to run on each finished strip, where the tiles do not apply it.
+    after: Option<Epilogue<'a>>,
+}
+
+impl TaskRun<'_> {
+    /// Runs the epilogue the tiles did not apply on pixels `pixels` of the task's channels.
+    ///
+    /// # Safety
+    /// Those output elements are finished and this task's.
+    unsafe fn finish(&self, pixels: std::ops::Range<usize>) {
+        if let Some(e) = self.after {
+            let c = self.conv;
+            let row0 = self.block.b * c.out_channels + self.block.channels.start;
+            let rows = self.block.channels.len();
+            e.apply(self.out, row0, rows, pixels.start, pixels.len(), c.pixels);
+        }
+    }
 }
 
 impl WithAct for TaskRun<'_> {
@@ -217,9 +238,34 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
     let k = c.in_channels;
     let x_img = t.x.add(t.block.b * k * c.pixels);
     let out_img = t.out.add(t.block.b * c.out_channels * c.pixels);
-    let mut p = t.block.pixels.start;
-    while p < t.block.pixels.end {
-        let width = (t.block.pixels.end - p).min(NR);
+    let end = t.block.pixels.end;
+    let mut strip = t.block.pixels.start;
+    while strip < end {
+        let strip_end = (strip + STRIP).min(end);
+        for p in (strip..strip_end).step_by(NR) {
+            panel::<A>(&t, x_img, out_img, p, strip_end);
+        }
+        t.finish(strip..strip_end);
+        strip = strip_end;
+    }
+}
+
+/// The register tiles of the task's channels at pixels `p..min(p + 16, end)`.
+///
+/// # Safety
+/// As for [`task`].
+#[target_feature(enable = "avx2,fma")]
+unsafe fn panel<A: Act>(
+    t: &TaskRun<'_>,
+    x_img: *const f32,
+    out_img: *mut f32,
+    p: usize,
+    end: usize,
+) {
+    let c = t.conv;
+    let k = c.in_channels;
+    {
+        let width = (end - p).min(NR);
         let (x, ldx) = if width == NR {
             (x_img.add(p), c.pixels)
         } else {
@@ -256,7 +302,6 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
             }
             co += MR;
         }
-        p += NR;
     }
 }
 
