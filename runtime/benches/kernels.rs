@@ -340,7 +340,7 @@ fn bench_conv(
                         &input,
                         &mut out,
                         &mut scratch,
-                        Epilogue::activation(Activation::Silu, Some(&bias)),
+                        Epilogue::activation(Activation::Relu, Some(&bias)),
                     )
                     .unwrap()
                 });
