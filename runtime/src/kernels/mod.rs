@@ -7,6 +7,8 @@
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
 //! - [`depthwise`]: direct depthwise convolution, vectorised over a row.
+//! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 register
+//!   kernel that applies a bias and an activation ([`Epilogue::activation`]) before storing.
 //! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
 //!   the native form of the most common epilogues.
