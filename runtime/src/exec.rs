@@ -693,16 +693,8 @@ impl Executor {
                         let out = unsafe {
                             std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
                         };
-                        let activate = |mut tile: Tile<'_>| {
-                            if let Some(act) = *activation {
-                                for i in 0..tile.rows() {
-                                    let row = (tile.row_mut(i), RowBias::None);
-                                    activate_rows(act, std::iter::once(row));
-                                }
-                            }
-                        };
                         let epilogue = match activation {
-                            Some(_) => Epilogue::from_closure(&activate),
+                            Some(act) => Epilogue::activation(*act, None),
                             None => Epilogue::NONE,
                         };
                         conv.run(pool, input(*x), out, scratch, epilogue)

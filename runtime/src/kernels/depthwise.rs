@@ -19,6 +19,9 @@
 //!   image over all channels (the epilogue's tile is then `C` rows by the
 //!   band's pixels), so the epilogue sees every channel of each pixel: what a
 //!   normalisation over channels fused after the convolution needs.
+//! - NCHW maps of at most 14x14 output pixels with per-plane tasks, where the CPU has AVX2
+//!   and FMA: eight channels per task in the vector lanes instead (`depthwise_lanes`), whose
+//!   epilogue tiles are those eight channels' planes.
 //! - NHWC: one task per output image row; for each pixel, blocks of 32
 //!   channels accumulate every valid tap in registers (channels are
 //!   contiguous in both the input and the `[kh * kw, C]` weight). The
@@ -33,7 +36,11 @@
 //! compiler keeps in vector registers in either build.
 
 use crate::arena::AlignedBuffer;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::activation::Activation;
 use crate::kernels::conv::{input_index, Conv2dShape, Layout, Tap};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::depthwise_lanes::ChannelLanes;
 use crate::kernels::{check_len, Epilogue, KernelError, SendPtr};
 use crate::pool::{Chunking, ThreadPool};
 
@@ -57,6 +64,10 @@ pub struct DepthwiseConv2d {
     /// NCHW: one task per band of output rows over all channels, not per plane.
     pixel_bands: bool,
     use_fma: bool,
+    /// Small NCHW maps on a CPU with AVX2 and FMA: the weights for eight channels per task
+    /// (`depthwise_lanes`), used unless the tasks are pixel bands.
+    #[cfg(target_arch = "x86_64")]
+    lanes: Option<ChannelLanes>,
 }
 
 fn cpu_has_avx2_fma() -> bool {
@@ -409,7 +420,13 @@ impl DepthwiseConv2d {
                 })
                 .collect()
         };
+        let use_fma = cpu_has_avx2_fma();
+        #[cfg(target_arch = "x86_64")]
+        let lanes = (use_fma && ChannelLanes::suits(&shape, out))
+            .then(|| ChannelLanes::new(&shape, out, weights.as_slice()));
         Ok(DepthwiseConv2d {
+            #[cfg(target_arch = "x86_64")]
+            lanes,
             shape,
             out,
             weights,
@@ -422,7 +439,7 @@ impl DepthwiseConv2d {
                 Layout::Nhwc => PaddedRows::default(),
             },
             pixel_bands: false,
-            use_fma: cpu_has_avx2_fma(),
+            use_fma,
         })
     }
 
@@ -503,7 +520,18 @@ impl DepthwiseConv2d {
         rows.saturating_sub(1) * s.stride[0] + s.kernel[0].saturating_sub(1) * s.dilation[0] + 1
     }
 
+    /// The eight-channel kernel for small maps, where this convolution uses it.
+    #[cfg(target_arch = "x86_64")]
+    fn channel_lanes(&self) -> Option<&ChannelLanes> {
+        self.lanes.as_ref().filter(|_| !self.pixel_bands)
+    }
+
+    /// Scratch floats per thread.
     fn padded_chunk_len(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(lanes) = self.channel_lanes() {
+            return lanes.scratch_len(self.out);
+        }
         match self.shape.layout {
             Layout::Nchw => self
                 .rows_in(self.out[0].min(CHUNK_ROWS))
@@ -546,6 +574,47 @@ impl DepthwiseConv2d {
         let out_ptr = SendPtr(output.as_mut_ptr());
         let scratch_ptr = SendPtr(scratch.as_mut_ptr());
         let per_thread = self.padded_chunk_len();
+        // SAFETY: `thread < pool.threads()`, so this thread's slice of the scratch is in
+        // bounds and used by no other thread.
+        let thread_scratch = |thread: usize| unsafe {
+            std::slice::from_raw_parts_mut(scratch_ptr.get().add(thread * per_thread), per_thread)
+        };
+        #[cfg(target_arch = "x86_64")]
+        if let Some(lanes) = self.channel_lanes() {
+            let groups = lanes.groups(s);
+            let plane = self.out[0] * self.out[1];
+            // An activation alone runs on the accumulators.
+            let fused = epilogue
+                .as_activation()
+                .filter(|(_, bias)| bias.is_none())
+                .map(|(act, _)| act);
+            pool.parallel_for(0..s.batch * groups, Chunking::Auto, |range, thread| {
+                let buf = thread_scratch(thread);
+                for task in range {
+                    let (b, g) = (task / groups, task % groups);
+                    // SAFETY: `ChannelLanes` exists only where AVX2 and FMA were detected;
+                    // the buffers were checked above, and each task writes its own channels.
+                    unsafe {
+                        let (c0, nc) = lanes.run_group(
+                            s,
+                            self.out,
+                            b,
+                            g,
+                            input,
+                            out_ptr.get(),
+                            &self.bias,
+                            fused.unwrap_or(Activation::Identity),
+                            buf,
+                        );
+                        if fused.is_none() {
+                            let row0 = b * s.out_channels + c0;
+                            epilogue.apply(out_ptr.get(), row0, nc, 0, plane, plane);
+                        }
+                    }
+                }
+            })?;
+            return Ok(());
+        }
         let bands = self.bands_per_image(pool.threads());
         let tasks = match s.layout {
             Layout::Nchw if self.pixel_bands => s.batch * bands,
@@ -553,14 +622,7 @@ impl DepthwiseConv2d {
             Layout::Nhwc => s.batch * out_h,
         };
         pool.parallel_for(0..tasks, Chunking::Auto, |range, thread| {
-            // SAFETY: `thread < pool.threads()`, so this thread's slice of
-            // the scratch is in bounds and used by no other thread.
-            let buf = unsafe {
-                std::slice::from_raw_parts_mut(
-                    scratch_ptr.get().add(thread * per_thread),
-                    per_thread,
-                )
-            };
+            let buf = thread_scratch(thread);
             let mut padded = Scratch {
                 buf,
                 zeroed_for: None,

@@ -6,7 +6,8 @@
 //! - [`conv`]: conv2d / conv1d (NCHW and NHWC, stride, padding, dilation,
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
-//! - [`depthwise`]: direct depthwise convolution, vectorised over a row.
+//! - [`depthwise`]: direct depthwise convolution, vectorised over a row, or on small maps
+//!   over eight channels (`depthwise_lanes`).
 //! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 register
 //!   kernel that applies a bias and an activation ([`Epilogue::activation`]) before storing.
 //! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
@@ -51,6 +52,8 @@
 pub mod activation;
 pub mod conv;
 pub mod depthwise;
+#[cfg(target_arch = "x86_64")]
+mod depthwise_lanes;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod pointwise;
