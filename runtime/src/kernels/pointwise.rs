@@ -264,44 +264,42 @@ unsafe fn panel<A: Act>(
 ) {
     let c = t.conv;
     let k = c.in_channels;
-    {
-        let width = (end - p).min(NR);
-        let (x, ldx) = if width == NR {
-            (x_img.add(p), c.pixels)
-        } else {
-            // The image's last, partial pixel block: a zero-padded copy.
-            for ci in 0..k {
-                let src = x_img.add(ci * c.pixels + p);
-                let dst = t.panel.add(ci * NR);
-                std::ptr::copy_nonoverlapping(src, dst, width);
-                std::ptr::write_bytes(dst.add(width), 0, NR - width);
-            }
-            (t.panel.cast_const(), NR)
-        };
-        let mut co = t.block.channels.start;
-        while co < t.block.channels.end {
-            let rows = (t.block.channels.end - co).min(MR);
-            let mut bias = [0.0f32; MR];
-            if let Some(b) = t.bias {
-                bias[..rows].copy_from_slice(&b[co..co + rows]);
-            }
-            let w = c.weights.as_slice().as_ptr().add(co / MR * k * MR);
-            let dst = out_img.add(co * c.pixels + p);
-            if rows == MR && width == NR {
-                tile::<A>(k, w, x, ldx, dst, c.pixels, &bias);
-            } else {
-                let mut buf = [0.0f32; MR * NR];
-                tile::<A>(k, w, x, ldx, buf.as_mut_ptr(), NR, &bias);
-                for r in 0..rows {
-                    std::ptr::copy_nonoverlapping(
-                        buf.as_ptr().add(r * NR),
-                        dst.add(r * c.pixels),
-                        width,
-                    );
-                }
-            }
-            co += MR;
+    let width = (end - p).min(NR);
+    let (x, ldx) = if width == NR {
+        (x_img.add(p), c.pixels)
+    } else {
+        // The image's last, partial pixel block: a zero-padded copy.
+        for ci in 0..k {
+            let src = x_img.add(ci * c.pixels + p);
+            let dst = t.panel.add(ci * NR);
+            std::ptr::copy_nonoverlapping(src, dst, width);
+            std::ptr::write_bytes(dst.add(width), 0, NR - width);
         }
+        (t.panel.cast_const(), NR)
+    };
+    let mut co = t.block.channels.start;
+    while co < t.block.channels.end {
+        let rows = (t.block.channels.end - co).min(MR);
+        let mut bias = [0.0f32; MR];
+        if let Some(b) = t.bias {
+            bias[..rows].copy_from_slice(&b[co..co + rows]);
+        }
+        let w = c.weights.as_slice().as_ptr().add(co / MR * k * MR);
+        let dst = out_img.add(co * c.pixels + p);
+        if rows == MR && width == NR {
+            tile::<A>(k, w, x, ldx, dst, c.pixels, &bias);
+        } else {
+            let mut buf = [0.0f32; MR * NR];
+            tile::<A>(k, w, x, ldx, buf.as_mut_ptr(), NR, &bias);
+            for r in 0..rows {
+                std::ptr::copy_nonoverlapping(
+                    buf.as_ptr().add(r * NR),
+                    dst.add(r * c.pixels),
+                    width,
+                );
+            }
+        }
+        co += MR;
     }
 }
 
