@@ -14,7 +14,9 @@
 //!   (the weight is re-ordered to `(kh, kw, c_in)` rows at load time).
 //!
 //! **Pointwise** (1x1, stride 1, no padding): `col` is the input itself, read
-//! in place through strides; no copy. **Im2col**: `col` is built one pixel tile
+//! in place through strides; no copy. NCHW ones with at most 256 input channels and 128
+//! pixels run on the register kernel in `pointwise` instead where the CPU has AVX2
+//! ([`ConvStrategy::Direct1x1`]). **Im2col**: `col` is built one pixel tile
 //! at a time into the calling thread's slice of the caller's scratch buffer,
 //! so the scratch is bounded by `K * pixel_tile` floats per thread
 //! ([`Conv2d::scratch_len`]) however large the image is. On small NCHW maps
