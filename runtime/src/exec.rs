@@ -11,7 +11,7 @@
 //! - [`StepKernel::Loops`]: generated code over a grid whose iterations are independent,
 //!   `entry(bufs, start, end)`; the grid is split over the pool.
 //! - [`StepKernel::Conv`]: a planned [`Conv2d`] (weights packed at load time).
-//! - [`StepKernel::Gemm`]: one [`gemm`] call per batch entry, constant operands pre-packed.
+//! - [`StepKernel::Gemm`]: one [`gemm()`] call per batch entry, constant operands pre-packed.
 //! - [`StepKernel::Depthwise`]: a direct [`DepthwiseConv2d`], optionally with the rest of its
 //!   fusion group as generated loop code run on each finished band of pixels while it is in
 //!   cache ([`BandLoop`]); the convolution's product then lives in scratch
@@ -334,8 +334,9 @@ pub struct Gemm<F: Form = Resolved> {
     pub batches: usize,
     pub a: GemmOperand<F>,
     pub b: GemmOperand<F>,
-    /// Without a scatter, `C[b](i, j)` is written at `out[out_offsets[b] + i·out_row_stride
-    /// + j·out_col_stride]` (the column stride must be 1 when there is an epilogue).
+    /// Without a scatter, `C[b](i, j)` is written at
+    /// `out[out_offsets[b] + i·out_row_stride + j·out_col_stride]` (the column stride must be
+    /// 1 when there is an epilogue).
     pub out_offsets: Vec<usize>,
     pub out_row_stride: usize,
     pub out_col_stride: usize,

@@ -36,7 +36,7 @@
 //! [module docs](crate::kernels) for the output matrix each layout presents).
 //! Tiles are near-equal runs of whole micro-kernel blocks, and when there are
 //! few of them their count is a multiple of the threads, so no thread waits on
-//! a straggler; a convolution under [`SERIAL_FLOPS`] runs on the caller alone.
+//! a straggler; a convolution under `SERIAL_FLOPS` runs on the caller alone.
 
 use std::ops::Range;
 
@@ -247,7 +247,7 @@ pub enum ConvStrategy {
     /// The direct depthwise kernel.
     Depthwise,
     /// 3x3 stride 1 by Winograd's F(2x2, 3x3): 16 GEMMs over transformed tiles
-    /// ([`winograd`](super::winograd)).
+    /// (`winograd`).
     Winograd,
 }
 

@@ -1,7 +1,7 @@
 //! CPU contraction kernels: GEMM, convolutions and depthwise convolution.
 //!
 //! - [`gemm`](mod@gemm): `C = A·B` on strided f32 matrices through the `gemm` crate,
-//!   split into output tiles over a [`ThreadPool`](crate::pool::ThreadPool),
+//!   split into output tiles over a [`ThreadPool`],
 //!   with weights pre-packed once ([`PackedMatrix`]).
 //! - [`conv`]: conv2d / conv1d (NCHW and NHWC, stride, padding, dilation,
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
