@@ -102,6 +102,10 @@ fn gemm_matches_reference_for_odd_sizes_and_strides() {
         (130, 257, 65),
         (6, 1100, 17),
         (301, 97, 0),
+        // One row (a linear layer at batch 1): streamed without packing where `B` has unit
+        // column stride (row-major and bottom-up kinds), an odd depth for the 4-row passes.
+        (1, 1000, 1283),
+        (1, 37, 6),
     ];
     for (si, &(m, n, k)) in shapes.iter().enumerate() {
         for kind_a in 0..4 {
@@ -136,9 +140,21 @@ fn gemm_matches_reference_for_odd_sizes_and_strides() {
 #[test]
 fn gemm_accumulates_into_strided_and_column_major_outputs() {
     let pool = ThreadPool::new(2).unwrap();
-    let (m, n, k) = (45, 70, 33);
+    // The second: one row times a row-major `B`, the streamed matrix-vector path.
+    for (m, n, k, b_kind) in [(45, 70, 33, 2), (1, 300, 37, 0)] {
+        accumulate_into_every_output_kind(&pool, m, n, k, b_kind);
+    }
+}
+
+fn accumulate_into_every_output_kind(
+    pool: &ThreadPool,
+    m: usize,
+    n: usize,
+    k: usize,
+    b_kind: usize,
+) {
     let a = strided(m, k, 0, 1);
-    let b = strided(k, n, 2, 2);
+    let b = strided(k, n, b_kind, 2);
     let (prod, scale) = reference_gemm(&a, &b, m, n, k);
     for out_kind in 0..4 {
         let mut c = strided(m, n, out_kind, 3);
@@ -146,7 +162,7 @@ fn gemm_accumulates_into_strided_and_column_major_outputs() {
             .map(|e| at(&c.data, c.offset, c.rs, c.cs, e / n, e % n))
             .collect();
         gemm(
-            &pool,
+            pool,
             MatRef::new(&a.data, 0, m, k, a.rs, a.cs).unwrap(),
             MatRef::new(&b.data, 0, k, n, b.rs, b.cs).unwrap(),
             MatMut::new(&mut c.data, c.offset, m, n, c.rs, c.cs).unwrap(),
@@ -162,7 +178,7 @@ fn gemm_accumulates_into_strided_and_column_major_outputs() {
             &got,
             &want,
             &scale,
-            &format!("accumulate into kind {out_kind}"),
+            &format!("{m}x{n}x{k}: accumulate into kind {out_kind}"),
         );
     }
 }

@@ -618,18 +618,75 @@ pub fn gemm(
                     rs,
                     cs,
                 );
-                gemm_unchecked(
-                    a.block(r0, 0, rows, a.cols),
-                    b.block(0, c0, b.rows, cols),
-                    &mut block,
-                    output,
-                );
+                let (a, b) = (a.block(r0, 0, rows, a.cols), b.block(0, c0, b.rows, cols));
+                if rows == 1 && b.cs == 1 && cs == 1 {
+                    gemv_row(a, b, block.ptr, output);
+                } else {
+                    gemm_unchecked(a, b, &mut block, output);
+                }
                 // `rs >= 0` whenever there is an epilogue (checked above).
                 epilogue.apply(base, r0, rows, c0, cols, rs.unsigned_abs());
             }
         }
     })?;
     Ok(())
+}
+
+/// `c[j] = Σ_k a[k]·b[k, j]` (or `+=`) for a one-row `a` and a `b` with unit column stride:
+/// a linear layer at batch 1, which streams its weight once where `gemm` would pack it
+/// first (on 2 threads, in the model: EfficientNet's 1280 -> 1000 classifier 0.28 -> 0.22-0.24
+/// ms, ResNet's 512 -> 1000 0.17-0.19 -> 0.12 ms).
+///
+/// # Safety
+/// `c` starts `b.cols` contiguous floats that no one else accesses meanwhile.
+unsafe fn gemv_row(a: MatRef<'_>, b: MatRef<'_>, c: *mut f32, output: Output) {
+    let out = std::slice::from_raw_parts_mut(c, b.cols);
+    if output == Output::Overwrite {
+        out.fill(0.0);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::activation::simd_available() {
+        return gemv_avx2(a, b, out);
+    }
+    gemv_body::<false>(a, b, out);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gemv_avx2(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    gemv_body::<true>(a, b, out);
+}
+
+/// [`gemv_row`]'s sum, four rows of `b` per pass over `out` (fused multiply-adds when `FMA`,
+/// only instantiated with that feature enabled).
+///
+/// # Safety
+/// `a` and `b` are views of live data (their rows and elements in bounds).
+#[inline(always)]
+unsafe fn gemv_body<const FMA: bool>(a: MatRef<'_>, b: MatRef<'_>, out: &mut [f32]) {
+    let madd = |x: f32, w: f32, acc: f32| if FMA { x.mul_add(w, acc) } else { acc + x * w };
+    let n = out.len();
+    let row = |k: usize| std::slice::from_raw_parts(b.ptr.offset(k as isize * b.rs), n);
+    let x = |k: usize| *a.ptr.offset(k as isize * a.cs);
+    let k = b.rows;
+    let quads = k / 4 * 4;
+    for k0 in (0..quads).step_by(4) {
+        let (r0, r1, r2, r3) = (row(k0), row(k0 + 1), row(k0 + 2), row(k0 + 3));
+        let (x0, x1, x2, x3) = (x(k0), x(k0 + 1), x(k0 + 2), x(k0 + 3));
+        for (j, o) in out.iter_mut().enumerate() {
+            *o = madd(
+                x3,
+                r3[j],
+                madd(x2, r2[j], madd(x1, r1[j], madd(x0, r0[j], *o))),
+            );
+        }
+    }
+    for kk in quads..k {
+        let (r, xk) = (row(kk), x(kk));
+        for (o, &w) in out.iter_mut().zip(r) {
+            *o = madd(xk, w, *o);
+        }
+    }
 }
 
 #[cfg(test)]
