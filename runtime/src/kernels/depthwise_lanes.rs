@@ -25,7 +25,7 @@ use crate::kernels::conv::{Conv2dShape, Layout};
 /// Channels per task: one AVX2 vector.
 const LANES: usize = 8;
 /// Largest output map (pixels) computed this way; larger maps fill the row kernel's vectors.
-pub(crate) const MAX_PIXELS: usize = 14 * 14;
+const MAX_PIXELS: usize = 14 * 14;
 /// Output pixels sharing each weight load.
 const PIXELS: usize = 4;
 
