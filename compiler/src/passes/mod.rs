@@ -10,6 +10,7 @@ mod const_fold;
 mod cse;
 mod dce;
 mod fold_batch_norm;
+mod fold_channel_scale;
 mod fold_haar_conv;
 mod fuse_attention;
 mod fuse_dwconv_norm;
@@ -47,6 +48,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(const_fold::ConstFold),
         Box::new(simplify_layout::SimplifyLayout),
         Box::new(fold_batch_norm::FoldBatchNorm),
+        Box::new(fold_channel_scale::FoldChannelScale),
         Box::new(fold_haar_conv::FoldHaarConv),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
