@@ -557,7 +557,13 @@ fn ir_explain_says_why_a_fusion_did_not_fire() {
         "--explain",
     ]);
     assert!(
-        text.contains("fuse-epilogue: `blocks.0.0.conv_dw` stops early"),
+        text.contains("fuse-epilogue: `blocks.2.0.conv_dw` stops early"),
+        "{text}"
+    );
+    // The last block's gate stays a multiply: its 4x4 map is smaller than the weight.
+    assert!(
+        text.contains("fold-channel-scale: `blocks.2.0.se.mul` is not folded")
+            && text.contains("costs more than the input"),
         "{text}"
     );
     assert!(

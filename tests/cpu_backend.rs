@@ -185,6 +185,39 @@ fn batched_channels_last_mlp_has_no_fallback() {
     }
 }
 
+/// Max pooling runs on the runtime's kernel, one step per pool, and computes the
+/// interpreter's values: padded, ceil-mode (the last window hangs past the input),
+/// rectangular and stride-1 windows, on one to three threads, including a NaN.
+#[test]
+fn max_pools_run_on_the_runtime_kernel() {
+    let source = "bb 0.1;\nmodel pools() {\n    input x: f32[2, 3, 13, 11];\n    \
+                  a = max_pool2d(x, k=3, s=2, pad=1);\n    \
+                  b = max_pool2d(x, k=3, s=2, ceil_mode=true);\n    \
+                  c = max_pool2d(x, k=[2, 3], s=[1, 2], pad=[1, 1]);\n    \
+                  d = max_pool2d(relu(x), k=2);\n    \
+                  output ya = a;\n    output yb = b;\n    output yc = c;\n    \
+                  output yd = d;\n}\n";
+    let program =
+        elab::Program::from_source("pools.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
+    let graph = program
+        .elaborate(&elab::Options::default())
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph;
+    let mut x = Rng::new(3).standard_normal_tensor(&[2, 3, 13, 11]);
+    x.as_slice_mut().expect("contiguous")[40] = f32::NAN;
+    let pools = Model {
+        label: "pools".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([("x".to_string(), x)]),
+        graph,
+    };
+    for n in [1, 2, 3] {
+        check(&pools, &threads(n));
+    }
+    let exe = compile(&optimized(&pools.graph), &pools.weights, &threads(2)).expect("compiles");
+    assert_eq!(exe.stats().pool_kernels, 4, "{:?}", exe.stats());
+}
+
 /// One step per kernel `bbc stats` counts (two for a group split around its depthwise
 /// convolution); weights folded at load time are not steps; nodes without a kernel are
 /// reported as fallbacks and still compute the right values.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::{
     gemm, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef,
-    Output, PackedMatrix,
+    MaxPool2d, Output, PackedMatrix,
 };
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
@@ -597,6 +597,56 @@ fn main() {
     for act in Activation::ALL {
         bench_activation(&report, budget, act);
     }
+
+    println!("\n== Max pooling (NCHW) ==");
+    bench_max_pool(
+        &report,
+        &pools,
+        budget,
+        "resnet stem pool 3x3/2 64 @112",
+        MaxPool2d {
+            planes: 64,
+            in_size: [112, 112],
+            out_size: [56, 56],
+            kernel: [3, 3],
+            stride: [2, 2],
+            padding: [1, 1],
+        },
+    );
+}
+
+/// A max pooling over fresh input each call (the layer reads what the convolution before it
+/// just wrote); GB/s counts the input read and the output written once.
+fn bench_max_pool(
+    report: &Report,
+    pools: &[ThreadPool],
+    budget: Duration,
+    name: &str,
+    shape: MaxPool2d,
+) {
+    if !report.wants(name) {
+        return;
+    }
+    let input = random(shape.input_len());
+    let mut output = vec![0.0; shape.output_len()];
+    let mut line = format!("{name:<46}");
+    for pool in pools {
+        let mut scratch = vec![0.0; shape.scratch_len(pool.threads())];
+        let t = best_time(budget, || {
+            shape
+                .run(pool, black_box(&input), &mut output, &mut scratch)
+                .unwrap();
+            black_box(&output);
+        });
+        let bytes = 4.0 * (shape.input_len() + shape.output_len()) as f64;
+        line += &format!(
+            " | {}T {:>9.3} ms {:>6.1} GB/s",
+            pool.threads(),
+            t.as_secs_f64() * 1e3,
+            bytes / t.as_secs_f64() / 1e9
+        );
+    }
+    println!("{line}");
 }
 
 /// ns per element of `act(x + bias[row])` on tiles of a 96 x 3136 output (56x56 pixels):

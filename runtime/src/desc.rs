@@ -246,7 +246,7 @@ impl PlanDesc {
                         && conv.bias.is_none_or(constant)
                         && rest.is_none_or(|r| function(r.entry, FunctionKind::Loop))
                 }
-                StepKernel::Host(_) => true,
+                StepKernel::MaxPool { .. } | StepKernel::Host(_) => true,
             };
             if !ok {
                 return fail("a function or constant out of range, or of the wrong kind");
@@ -454,6 +454,10 @@ pub fn resolve_step<'a>(
                 activation: *activation,
             }
         }
+        StepKernel::MaxPool { pool, input } => StepKernel::MaxPool {
+            pool: *pool,
+            input: *input,
+        },
         StepKernel::Host(i) => StepKernel::Host(host(*i).ok_or_else(|| {
             fail("it runs a reference implementation, which only the JIT supplies".into())
         })?),

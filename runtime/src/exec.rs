@@ -17,6 +17,7 @@
 //!   cache ([`BandLoop`]); the convolution's product then lives in scratch
 //!   ([`Slot::Product`]), never in the arena. A rest that is one activation runs natively
 //!   on each finished tile instead.
+//! - [`StepKernel::MaxPool`]: a [`MaxPool2d`] over NCHW planes.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
 //!
@@ -39,8 +40,8 @@ use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
 use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, Activation, RowBias};
 use crate::kernels::{
-    gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef, Output,
-    PackedMatrix, Tile,
+    gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef, MaxPool2d,
+    Output, PackedMatrix, Tile,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -164,6 +165,11 @@ pub enum StepKernel<F: Form = Resolved> {
         rest: Option<BandLoop<F>>,
         #[serde(default)]
         activation: Option<Activation>,
+    },
+    /// Max pooling of buffer `input` (a position in the step's slots) into the output.
+    MaxPool {
+        pool: MaxPool2d,
+        input: usize,
     },
     Host(F::Host),
 }
@@ -728,6 +734,16 @@ impl Executor {
                 }
                 .map_err(kernel_err)?;
             }
+            StepKernel::MaxPool {
+                pool: max_pool,
+                input: x,
+            } => {
+                // SAFETY: the output slot, written only by this step.
+                let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                max_pool
+                    .run(pool, input(*x), out, scratch.as_mut_slice())
+                    .map_err(kernel_err)?;
+            }
             StepKernel::Host(f) => {
                 let ins: Vec<&[f32]> = (0..out_pos).map(input).collect();
                 // SAFETY: the output slot, written only by this step.
@@ -907,6 +923,7 @@ fn scratch_len(kernel: &StepKernel, threads: usize) -> usize {
         StepKernel::Depthwise { conv, rest, .. } => {
             conv.scratch_len(threads) + rest.map_or(0, |_| conv.output_len())
         }
+        StepKernel::MaxPool { pool, .. } => pool.scratch_len(threads),
         _ => 0,
     }
 }
@@ -929,6 +946,18 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             return fail("a product slot without a depthwise band loop".into());
         }
         StepKernel::Loops { .. } | StepKernel::Host(_) => return Ok(()),
+        StepKernel::MaxPool { pool, input } => {
+            if *input + 1 >= lens.len() {
+                return fail(format!("input position {input}"));
+            }
+            if let Err(e) = pool.check() {
+                return fail(e.to_string());
+            }
+            if lens[*input] < pool.input_len() || out_len < pool.output_len() {
+                return fail("buffers smaller than the pooling".into());
+            }
+            return Ok(());
+        }
         StepKernel::Depthwise {
             conv,
             input,

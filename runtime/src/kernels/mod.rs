@@ -10,6 +10,7 @@
 //!   over eight channels (`depthwise_lanes`).
 //! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 register
 //!   kernel that applies a bias and an activation ([`Epilogue::activation`]) before storing.
+//! - [`pool`]: max pooling over NCHW planes.
 //! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
 //!   the native form of the most common epilogues.
@@ -57,6 +58,7 @@ mod depthwise_lanes;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod pointwise;
+pub mod pool;
 mod winograd;
 
 use std::ffi::c_void;
@@ -68,6 +70,7 @@ use activation::{Activation, RowBias};
 pub use conv::{Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Layout};
 pub use depthwise::DepthwiseConv2d;
 pub use gemm::{gemm, gemm_serial, MatMut, MatRef, PackedMatrix};
+pub use pool::MaxPool2d;
 
 /// An error from a kernel call: a shape or buffer that does not match, or a
 /// panicking epilogue closure.

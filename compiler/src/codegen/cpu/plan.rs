@@ -48,6 +48,7 @@ use crate::kernel::{
     lower_node, Body, BufId, Contraction, ConvGeometry, Expr, Kernel, LowerError, Operand,
     ProductLayout, Stmt,
 };
+use crate::ops::pool::Pool;
 use crate::ops::AttrsExt;
 use crate::passes::input_dependent;
 use bbc_runtime::arena::AlignedBuffer;
@@ -60,7 +61,7 @@ use bbc_runtime::exec::{
     Step, StepKernel, TileEpilogue,
 };
 use bbc_runtime::kernels::activation::Activation;
-use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef};
+use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d};
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -124,6 +125,8 @@ pub struct ExecStats {
     pub loop_kernels: usize,
     pub conv_kernels: usize,
     pub gemm_kernels: usize,
+    /// Max poolings on the runtime's kernel.
+    pub pool_kernels: usize,
     pub fallbacks: Vec<Fallback>,
     /// Groups whose depthwise convolution runs on the runtime's kernel and the rest of the
     /// group as a second step (each counted in `conv_kernels` and `loop_kernels`).
@@ -156,7 +159,11 @@ pub struct ExecStats {
 impl ExecStats {
     /// Kernel launches per inference.
     pub fn steps(&self) -> usize {
-        self.loop_kernels + self.conv_kernels + self.gemm_kernels + self.fallbacks.len()
+        self.loop_kernels
+            + self.conv_kernels
+            + self.gemm_kernels
+            + self.pool_kernels
+            + self.fallbacks.len()
     }
 }
 
@@ -515,6 +522,7 @@ fn kind_name(k: &StepKernel) -> &'static str {
         StepKernel::Conv { .. } => "conv",
         StepKernel::Depthwise { .. } => "depthwise",
         StepKernel::Gemm(_) => "gemm",
+        StepKernel::MaxPool { .. } => "pool",
         StepKernel::Host(_) => "reference",
     }
 }
@@ -656,6 +664,18 @@ impl Builder<'_, '_> {
     fn step(&mut self, id: ValueId) -> Result<(), CompileError> {
         if self.depthwise_steps(id)? {
             return Ok(());
+        }
+        if let Some(pool) = max_pool_shape(self.graph, id) {
+            let slots = vec![
+                self.operand_slot(self.graph.inputs(id)[0]),
+                Slot::Value(self.value(id)),
+            ];
+            self.stats.pool_kernels += 1;
+            return self.push(Step {
+                name: self.graph.node(id).name.clone(),
+                slots,
+                kernel: StepKernel::MaxPool { pool, input: 0 },
+            });
         }
         let started = Instant::now();
         let lowered = lower_node(self.graph, id);
@@ -1093,8 +1113,32 @@ fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<
     match step {
         StepKernel::Conv { product, .. } => product.epilogue = epilogue,
         StepKernel::Gemm(g) => g.product.epilogue = epilogue,
-        StepKernel::Loops { .. } | StepKernel::Depthwise { .. } | StepKernel::Host(_) => {}
+        StepKernel::Loops { .. }
+        | StepKernel::Depthwise { .. }
+        | StepKernel::MaxPool { .. }
+        | StepKernel::Host(_) => {}
     }
+}
+
+/// The runtime kernel's shape for a `max_pool2d` node over `[.., H, W]`.
+fn max_pool_shape(graph: &Graph, id: ValueId) -> Option<MaxPool2d> {
+    let NodeKind::Op { op, attrs, .. } = &graph.node(id).kind else {
+        return None;
+    };
+    if op.name != "max_pool2d" {
+        return None;
+    }
+    let in_shape = &graph.node(graph.inputs(id)[0]).shape;
+    let p = Pool::new(op.name, attrs, in_shape).ok()?;
+    let shape = MaxPool2d {
+        planes: in_shape[..in_shape.len().checked_sub(2)?].iter().product(),
+        in_size: p.hw,
+        out_size: p.out_hw,
+        kernel: p.k,
+        stride: p.s,
+        padding: p.pad,
+    };
+    shape.check().is_ok().then_some(shape)
 }
 
 /// The depthwise convolution node `id` is or contains: the graph holding it, the node, and

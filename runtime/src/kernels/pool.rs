@@ -1,0 +1,314 @@
+//! Max pooling over the last two axes of `[planes, H, W]` data (NCHW images).
+//!
+//! Each output row is two passes over a row buffer in the thread's scratch: the maximum of
+//! the window's input rows, element by element (contiguous, so the compiler vectorises it),
+//! with `-inf` in the padding columns on both sides; then, the buffer split into its stride
+//! phases (even and odd columns for stride 2), the maximum over each window's columns, which
+//! are then contiguous runs of the phases. The generated loop this replaces evaluated every window tap
+//! with a bounds test and a strided load (ResNet-18's 3x3 stride-2 pool over 64 x 112 x 112:
+//! 0.60 ms against ONNX Runtime's 0.11 on two threads).
+//!
+//! NaN propagates, as in PyTorch's `max_pool2d` and the op table's reference: a window with
+//! a NaN gives NaN. Padding never wins, since every window overlaps the input.
+
+use serde::{Deserialize, Serialize};
+
+use crate::kernels::{check_len, for_each_task, KernelError, SendPtr};
+use crate::pool::ThreadPool;
+
+/// Output elements below which the pool runs on the calling thread.
+const SERIAL_OUTPUTS: usize = 16 * 1024;
+
+/// The shape of a max pooling: `planes` images of `in_size` (rows, columns) pooled to
+/// `out_size` by `kernel`-sized windows `stride` apart, starting `padding` before the first
+/// row and column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MaxPool2d {
+    pub planes: usize,
+    pub in_size: [usize; 2],
+    pub out_size: [usize; 2],
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+/// `a` or `b`, whichever is larger, NaN if either is.
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    // `|`, not `||`: no branch, so the loops over rows vectorise (a compare and a blend).
+    if (a > b) | a.is_nan() {
+        a
+    } else {
+        b
+    }
+}
+
+impl MaxPool2d {
+    /// Fails unless every size is positive and every window overlaps the input.
+    pub fn check(&self) -> Result<(), KernelError> {
+        let sizes = [self.in_size, self.out_size, self.kernel, self.stride];
+        if sizes.iter().flatten().any(|&v| v == 0) {
+            return Err(KernelError::Shape(format!(
+                "max pool: an empty size in {self:?}"
+            )));
+        }
+        for a in 0..2 {
+            let last_start = (self.out_size[a] - 1) * self.stride[a];
+            if last_start >= self.in_size[a] + self.padding[a] || self.padding[a] >= self.kernel[a]
+            {
+                return Err(KernelError::Shape(format!(
+                    "max pool: a window that misses the input in {self:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Input elements.
+    pub fn input_len(&self) -> usize {
+        self.planes * self.in_size[0] * self.in_size[1]
+    }
+
+    /// Output elements.
+    pub fn output_len(&self) -> usize {
+        self.planes * self.out_size[0] * self.out_size[1]
+    }
+
+    /// Floats in a row buffer: the padded input row, and every window's columns.
+    fn row_len(&self) -> usize {
+        let windows = (self.out_size[1] - 1) * self.stride[1] + self.kernel[1];
+        windows.max(self.padding[1] + self.in_size[1])
+    }
+
+    /// Floats of one thread's scratch: the padded row, then its stride phases.
+    fn thread_scratch(&self) -> usize {
+        let phases = if self.stride[1] > 1 {
+            self.row_len().div_ceil(self.stride[1]) * self.stride[1]
+        } else {
+            0
+        };
+        self.row_len() + phases
+    }
+
+    /// Scratch floats [`MaxPool2d::run`] needs on `threads` threads.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        threads.max(1) * self.thread_scratch()
+    }
+
+    /// Pools `input` into `output`; `scratch` holds [`MaxPool2d::scratch_len`] floats for
+    /// the pool's threads.
+    pub fn run(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut [f32],
+    ) -> Result<(), KernelError> {
+        self.check()?;
+        check_len("max pool input", self.input_len(), input.len())?;
+        check_len("max pool output", self.output_len(), output.len())?;
+        check_len(
+            "max pool scratch",
+            self.scratch_len(pool.threads()),
+            scratch.len(),
+        )?;
+        let [out_h, out_w] = self.out_size;
+        // Tasks are bands of output rows, at least two per thread where there are rows enough.
+        let serial = self.output_len() < SERIAL_OUTPUTS;
+        let wanted = if serial { 1 } else { 4 * pool.threads() };
+        let bands = wanted.div_ceil(self.planes).clamp(1, out_h);
+        let band = out_h.div_ceil(bands);
+        let bands = out_h.div_ceil(band);
+        let row_len = self.thread_scratch();
+        let (out, rows) = (SendPtr(output.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
+        for_each_task(pool, self.planes * bands, serial, |range, thread| {
+            for task in range {
+                let (plane, b) = (task / bands, task % bands);
+                let oy = b * band..((b + 1) * band).min(out_h);
+                // SAFETY: `run` checked the buffers; each task writes its own output rows
+                // and each thread its own row buffer.
+                let (dst, row) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(
+                            out.get().add((plane * out_h + oy.start) * out_w),
+                            oy.len() * out_w,
+                        ),
+                        std::slice::from_raw_parts_mut(rows.get().add(thread * row_len), row_len),
+                    )
+                };
+                let src = &input[plane * self.in_size[0] * self.in_size[1]..]
+                    [..self.in_size[0] * self.in_size[1]];
+                self.rows(src, oy, dst, row);
+            }
+        })?;
+        Ok(())
+    }
+
+    /// Output rows `oy` of one plane `src` into `dst`, through the row buffer `row` (the
+    /// padded row, then its stride phases).
+    fn rows(&self, src: &[f32], oy: std::ops::Range<usize>, dst: &mut [f32], row: &mut [f32]) {
+        let [h, w] = self.in_size;
+        let (pad_w, sw, kw) = (self.padding[1], self.stride[1], self.kernel[1]);
+        let out_w = self.out_size[1];
+        let (padded, phases) = row.split_at_mut(self.row_len());
+        padded.fill(f32::NEG_INFINITY);
+        // Phase `r` holds padded columns `r, r + s, r + 2s, ...`; `phase_len` of each.
+        let phase_len = self.row_len().div_ceil(sw);
+        for (y_out, out_row) in oy.zip(dst.chunks_exact_mut(out_w)) {
+            // The window's input rows, clipped to the image (never empty: `check`).
+            let top = (y_out * self.stride[0]).saturating_sub(self.padding[0]);
+            let bottom = (y_out * self.stride[0] + self.kernel[0])
+                .saturating_sub(self.padding[0])
+                .min(h);
+            let inner = &mut padded[pad_w..pad_w + w];
+            inner.copy_from_slice(&src[top * w..][..w]);
+            for y in top + 1..bottom {
+                for (m, &x) in inner.iter_mut().zip(&src[y * w..][..w]) {
+                    *m = max_nan(*m, x);
+                }
+            }
+            // Window `x` covers padded columns `x·s + t`, which is element `x + t / s` of
+            // phase `t % s`: contiguous runs, which vectorise where strided reads did not.
+            if sw == 2 {
+                // The common case, in pairs, which compiles to vector shuffles.
+                let (even, odd) = phases.split_at_mut(phase_len);
+                let pairs = padded.chunks_exact(2);
+                if let [last] = pairs.remainder() {
+                    even[phase_len - 1] = *last;
+                }
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
+                    (*e, *o) = (pair[0], pair[1]);
+                }
+            } else if sw > 2 {
+                for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                    for (p, &v) in phase.iter_mut().zip(padded[r..].iter().step_by(sw)) {
+                        *p = v;
+                    }
+                }
+            }
+            let tap = |t: usize| -> &[f32] {
+                if sw == 1 {
+                    &padded[t..t + out_w]
+                } else {
+                    &phases[(t % sw) * phase_len + t / sw..][..out_w]
+                }
+            };
+            out_row.copy_from_slice(tap(0));
+            for t in 1..kw {
+                for (o, &x) in out_row.iter_mut().zip(tap(t)) {
+                    *o = max_nan(*o, x);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The windows' maxima by definition, over the clipped window.
+    fn reference(p: &MaxPool2d, x: &[f32]) -> Vec<f32> {
+        let mut out = Vec::new();
+        let [h, w] = p.in_size;
+        for plane in 0..p.planes {
+            for oy in 0..p.out_size[0] {
+                for ox in 0..p.out_size[1] {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..p.kernel[0] {
+                        for kx in 0..p.kernel[1] {
+                            let y = (oy * p.stride[0] + ky) as isize - p.padding[0] as isize;
+                            let xx = (ox * p.stride[1] + kx) as isize - p.padding[1] as isize;
+                            if (0..h as isize).contains(&y) && (0..w as isize).contains(&xx) {
+                                let v = x[plane * h * w + y as usize * w + xx as usize];
+                                m = max_nan(m, v);
+                            }
+                        }
+                    }
+                    out.push(m);
+                }
+            }
+        }
+        out
+    }
+
+    /// Padded, unpadded, ceil-mode-sized and rectangular pools on one to three threads agree
+    /// with the definition bit for bit, NaN included.
+    #[test]
+    fn pools_match_the_definition() {
+        let shapes = [
+            // ResNet's stem pool: 3x3, stride 2, padding 1.
+            ([5, 11, 13], [6, 7], [3, 3], [2, 2], [1, 1]),
+            ([3, 8, 8], [4, 4], [2, 2], [2, 2], [0, 0]),
+            // ceil mode: the last window hangs past the input.
+            ([2, 7, 7], [4, 4], [3, 3], [2, 2], [0, 0]),
+            ([4, 9, 6], [9, 6], [3, 5], [1, 1], [1, 2]),
+            ([70, 40, 40], [20, 20], [3, 3], [2, 2], [1, 1]),
+        ];
+        for ([planes, h, w], out_size, kernel, stride, padding) in shapes {
+            let p = MaxPool2d {
+                planes,
+                in_size: [h, w],
+                out_size,
+                kernel,
+                stride,
+                padding,
+            };
+            let mut x: Vec<f32> = (0..p.input_len())
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+                .collect();
+            x[3] = f32::NAN;
+            let want = reference(&p, &x);
+            for threads in 1..=3 {
+                let pool = ThreadPool::new(threads).unwrap();
+                let mut out = vec![0.0; p.output_len()];
+                let mut scratch = vec![0.0; p.scratch_len(threads)];
+                p.run(&pool, &x, &mut out, &mut scratch).unwrap();
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        a.to_bits() == b.to_bits(),
+                        "{p:?} {threads}T [{i}]: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Windows that miss the input, empty sizes and short buffers are errors.
+    #[test]
+    fn bad_shapes_and_buffers_are_refused() {
+        let good = MaxPool2d {
+            planes: 1,
+            in_size: [4, 4],
+            out_size: [2, 2],
+            kernel: [2, 2],
+            stride: [2, 2],
+            padding: [0, 0],
+        };
+        let pool = ThreadPool::new(1).unwrap();
+        let (x, mut out, mut scratch) = (vec![0.0; 16], vec![0.0; 4], vec![0.0; 8]);
+        assert!(good.run(&pool, &x, &mut out, &mut scratch).is_ok());
+        assert!(good.run(&pool, &x[..15], &mut out, &mut scratch).is_err());
+        assert!(good.run(&pool, &x, &mut out[..3], &mut scratch).is_err());
+        assert!(good.run(&pool, &x, &mut out, &mut scratch[..1]).is_err());
+        for bad in [
+            MaxPool2d {
+                out_size: [3, 2],
+                ..good
+            },
+            MaxPool2d {
+                stride: [0, 2],
+                ..good
+            },
+            MaxPool2d {
+                padding: [2, 0],
+                ..good
+            },
+        ] {
+            assert!(
+                bad.run(&pool, &x, &mut out, &mut scratch).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
