@@ -113,7 +113,7 @@ impl MaxPool2d {
             scratch.len(),
         )?;
         let [out_h, out_w] = self.out_size;
-        // Tasks are bands of output rows, at least two per thread where there are rows enough.
+        // Tasks are (plane, band of output rows): about four per thread where there are rows.
         let serial = self.output_len() < SERIAL_OUTPUTS;
         let wanted = if serial { 1 } else { 4 * pool.threads() };
         let bands = wanted.div_ceil(self.planes).clamp(1, out_h);
