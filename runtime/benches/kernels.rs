@@ -313,11 +313,12 @@ fn bench_conv(
     // A convolution's usual epilogue: its (folded BatchNorm) bias and a ReLU.
     let bias = random(shape.out_channels);
     // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: im2col
-    // beside Winograd, the GEMM over the input in place beside the direct 1x1 kernel.
+    // beside Winograd and the direct kernel, the GEMM over the input in place beside the
+    // direct 1x1 kernel.
     let chosen = ConvStrategy::of(&shape).unwrap();
     let mut strategies = vec![chosen];
     match chosen {
-        ConvStrategy::Winograd => strategies.push(ConvStrategy::Im2col),
+        ConvStrategy::Winograd | ConvStrategy::Direct => strategies.push(ConvStrategy::Im2col),
         ConvStrategy::Direct1x1 => strategies.push(ConvStrategy::Pointwise),
         _ => {}
     }
@@ -497,6 +498,20 @@ fn main() {
             budget,
             "resnet stem 7x7/2 3->64 @224",
             conv_shape(3, 64, 224, 7, 2, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "efficientnet stem 3x3/2 3->32 @224",
+            conv_shape(3, 32, 224, 3, 2, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet18 3x3/2 64->128 @56",
+            conv_shape(64, 128, 56, 3, 2, 1, layout),
         );
         bench_conv(
             &report,

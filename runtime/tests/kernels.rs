@@ -445,6 +445,20 @@ fn check_conv(shape: Conv2dShape, pools: &[ThreadPool], expected: ConvStrategy) 
     check_conv_with(shape, pools, expected, None);
 }
 
+/// Im2col on `s`, forced where the direct kernel is what `Conv2d::new` picks (stems), which
+/// then runs too.
+fn check_im2col(s: Conv2dShape, pools: &[ThreadPool]) {
+    let chosen = ConvStrategy::of(&s).unwrap();
+    assert!(
+        matches!(chosen, ConvStrategy::Im2col | ConvStrategy::Direct),
+        "{s:?}: {chosen:?}"
+    );
+    check_conv(s, pools, chosen);
+    if chosen != ConvStrategy::Im2col {
+        check_conv_with(s, pools, ConvStrategy::Im2col, Some(ConvStrategy::Im2col));
+    }
+}
+
 /// [`check_conv`], with the strategy forced (NCHW only) when `forced` is given.
 fn check_conv_with(
     shape: Conv2dShape,
@@ -471,6 +485,7 @@ fn check_conv_with(
         let expected = match (layout, expected) {
             (Layout::Nhwc, ConvStrategy::Winograd) => ConvStrategy::Im2col,
             (Layout::Nhwc, ConvStrategy::Direct1x1) => ConvStrategy::Pointwise,
+            (Layout::Nhwc, ConvStrategy::Direct) => ConvStrategy::Im2col,
             _ => expected,
         };
         for pool in pools {
@@ -593,6 +608,89 @@ fn direct_1x1_conv_is_chosen_where_it_applies() {
             ..s
         };
         assert_eq!(ConvStrategy::of(&nhwc).unwrap(), ConvStrategy::Pointwise);
+    }
+}
+
+/// The direct kernel takes NCHW convolutions with a spatial kernel, stride 1 or 2, one
+/// group and at most four input channels (the stems), on this CPU; the rest stay on im2col
+/// or Winograd.
+#[test]
+fn direct_conv_is_chosen_for_stems() {
+    let direct = simd_available();
+    let strided = |s, stride, pad| geometry(s, stride, pad, [1, 1]);
+    for (s, takes) in [
+        (
+            strided(shape(1, [3, 64], [224, 224], [7, 7], 1), [2, 2], [3, 3]),
+            direct,
+        ),
+        (
+            strided(shape(1, [3, 32], [224, 224], [3, 3], 1), [2, 2], [1, 1]),
+            direct,
+        ),
+        (
+            strided(shape(2, [4, 8], [9, 9], [5, 3], 1), [1, 1], [2, 1]),
+            direct,
+        ),
+        // More channels, stride 4, dilation, unequal strides and groups do not.
+        (
+            strided(shape(1, [5, 8], [16, 16], [3, 3], 1), [2, 2], [1, 1]),
+            false,
+        ),
+        (
+            strided(shape(1, [3, 96], [224, 224], [4, 4], 1), [4, 4], [0, 0]),
+            false,
+        ),
+        (
+            geometry(
+                shape(1, [3, 8], [16, 16], [3, 3], 1),
+                [1, 1],
+                [2, 2],
+                [2, 2],
+            ),
+            false,
+        ),
+        (
+            strided(shape(1, [3, 8], [16, 16], [3, 3], 1), [2, 1], [1, 1]),
+            false,
+        ),
+        (
+            strided(shape(1, [4, 8], [16, 16], [3, 3], 2), [1, 1], [1, 1]),
+            false,
+        ),
+    ] {
+        let chosen = ConvStrategy::of(&s).unwrap();
+        assert_eq!(chosen == ConvStrategy::Direct, takes, "{s:?}: {chosen:?}");
+        let nhwc = Conv2dShape {
+            layout: Layout::Nhwc,
+            ..s
+        };
+        assert_ne!(ConvStrategy::of(&nhwc).unwrap(), ConvStrategy::Direct);
+    }
+}
+
+/// The direct kernel against the f64 reference: strides 1 and 2, odd and even paddings
+/// (both phase orders), rectangular kernels, widths whose grid tiles cross rows, partial
+/// 6-channel blocks, batches, 1-3 threads; with a tile epilogue (which must see each
+/// element once), and with a bias and an activation applied in registers.
+#[test]
+fn direct_conv_matches_the_reference() {
+    if !simd_available() {
+        eprintln!("skipped: the direct kernel needs AVX2 and FMA");
+        return;
+    }
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let strided = |s, stride, pad| geometry(s, stride, pad, [1, 1]);
+    let cases = [
+        strided(shape(1, [3, 16], [23, 29], [7, 7], 1), [2, 2], [3, 3]),
+        strided(shape(2, [3, 13], [20, 21], [3, 3], 1), [2, 2], [1, 1]),
+        strided(shape(1, [2, 7], [17, 16], [3, 3], 1), [2, 2], [0, 0]),
+        strided(shape(1, [4, 9], [9, 40], [3, 5], 1), [1, 1], [1, 2]),
+        strided(shape(3, [1, 6], [6, 5], [2, 2], 1), [2, 2], [1, 0]),
+        strided(shape(1, [3, 32], [64, 64], [3, 3], 1), [2, 2], [1, 1]),
+    ];
+    for s in cases {
+        check_conv_with(s, &pools, ConvStrategy::Direct, Some(ConvStrategy::Direct));
+        check_activation_epilogue(s, &pools);
     }
 }
 
@@ -759,7 +857,7 @@ fn im2col_conv_handles_stride_padding_dilation_and_groups() {
         geometry(shape(1, [4, 4], [5, 5], [1, 1], 1), [1, 1], [1, 1], [1, 1]),
     ];
     for s in cases {
-        check_conv(s, &pools, ConvStrategy::Im2col);
+        check_im2col(s, &pools);
     }
 }
 
@@ -820,7 +918,7 @@ fn im2col_conv_on_small_maps_and_uneven_splits() {
         ),
     ];
     for s in cases {
-        check_conv(s, &pools, ConvStrategy::Im2col);
+        check_im2col(s, &pools);
     }
 }
 

@@ -26,7 +26,10 @@
 //! channels and read it like a pointwise input: split channels over per-task
 //! tiles would rebuild the same tile once per channel tile. **Winograd**: an NCHW 3x3
 //! stride-1 convolution with enough channels and pixels runs as F(2x2, 3x3) in
-//! `winograd` instead ([`ConvStrategy::Winograd`]). **Depthwise**
+//! `winograd` instead ([`ConvStrategy::Winograd`]). **Direct**: an NCHW convolution with
+//! at most four input channels (a stem), stride 1 or 2 and one group runs on the register
+//! kernel in `direct` over the input's stride phases, without im2col, where the CPU has
+//! AVX2 ([`ConvStrategy::Direct`]). **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in
 //! [`depthwise`](super::depthwise) instead: a GEMM with K = kh*kw per channel
 //! would be all overhead.
@@ -41,6 +44,8 @@
 use std::ops::Range;
 
 use crate::kernels::depthwise::DepthwiseConv2d;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::pointwise::PointwiseConv;
@@ -249,6 +254,10 @@ pub enum ConvStrategy {
     /// 3x3 stride 1 by Winograd's F(2x2, 3x3): 16 GEMMs over transformed tiles
     /// (`winograd`).
     Winograd,
+    /// A spatial kernel with stride 1 or 2, NCHW, one group, few input channels, on a CPU
+    /// with AVX2 and FMA: the register kernel in `direct`, over the input's stride phases
+    /// (no im2col), applying a bias and a native activation before its one store.
+    Direct,
 }
 
 impl ConvStrategy {
@@ -263,6 +272,8 @@ impl ConvStrategy {
             ConvStrategy::Pointwise
         } else if WinogradConv::suits(shape, out) {
             ConvStrategy::Winograd
+        } else if direct_suits(shape) {
+            ConvStrategy::Direct
         } else {
             ConvStrategy::Im2col
         })
@@ -274,6 +285,19 @@ fn direct_1x1_suits(shape: &Conv2dShape) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         PointwiseConv::suits(shape)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = shape;
+        false
+    }
+}
+
+/// Whether [`ConvStrategy::Direct`] computes `shape` on this CPU.
+fn direct_suits(shape: &Conv2dShape) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        DirectConv::suits(shape)
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -370,6 +394,8 @@ enum Plan {
     Winograd(Box<WinogradConv>),
     #[cfg(target_arch = "x86_64")]
     Direct1x1(Box<PointwiseConv>),
+    #[cfg(target_arch = "x86_64")]
+    Direct(Box<DirectConv>),
 }
 
 /// A convolution planned for one shape and one weight; see the module docs.
@@ -403,6 +429,7 @@ impl Conv2d {
             ConvStrategy::Depthwise => shape.is_depthwise(),
             ConvStrategy::Pointwise => shape.is_pointwise(),
             ConvStrategy::Direct1x1 => direct_1x1_suits(&shape),
+            ConvStrategy::Direct => direct_suits(&shape),
             ConvStrategy::Winograd => WinogradConv::suits(&shape, out),
             ConvStrategy::Im2col => true,
         };
@@ -426,8 +453,14 @@ impl Conv2d {
             ConvStrategy::Direct1x1 => {
                 Plan::Direct1x1(Box::new(PointwiseConv::new(&shape, weights, threads)?))
             }
+            #[cfg(target_arch = "x86_64")]
+            ConvStrategy::Direct => {
+                Plan::Direct(Box::new(DirectConv::new(&shape, out, weights, threads)?))
+            }
             #[cfg(not(target_arch = "x86_64"))]
-            ConvStrategy::Direct1x1 => unreachable!("refused above on this architecture"),
+            ConvStrategy::Direct1x1 | ConvStrategy::Direct => {
+                unreachable!("refused above on this architecture")
+            }
         };
         Ok(Conv2d {
             shape,
@@ -497,6 +530,8 @@ impl Conv2d {
             Plan::Winograd(w) => w.scratch_len(threads),
             #[cfg(target_arch = "x86_64")]
             Plan::Direct1x1(p) => p.scratch_len(threads),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct(d) => d.scratch_len(threads),
         }
     }
 
@@ -523,6 +558,8 @@ impl Conv2d {
             Plan::Winograd(w) => w.run(pool, input, output, scratch, epilogue),
             #[cfg(target_arch = "x86_64")]
             Plan::Direct1x1(p) => p.run(pool, input, output, scratch, epilogue),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct(d) => d.run(pool, input, output, scratch, epilogue),
             Plan::Gemm(g) => self.run_gemm(g, pool, input, output, scratch, epilogue),
         }
     }

@@ -55,6 +55,8 @@ pub mod conv;
 pub mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_lanes;
+#[cfg(target_arch = "x86_64")]
+mod direct;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
 mod pointwise;
