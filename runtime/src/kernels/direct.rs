@@ -16,18 +16,13 @@
 //! dropped columns. Any other epilogue runs on each finished chunk of a task's output rows
 //! (about 64 KiB) while it is in cache.
 
-use std::arch::x86_64::*;
-
 use crate::arena::AlignedBuffer;
-use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation, WithAct};
+use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
+use crate::kernels::pointwise::{tile, MR, NR};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
-/// Output channels per register tile.
-const MR: usize = 6;
-/// Grid pixels per register tile (two vectors).
-const NR: usize = 16;
 /// Most input channels: the stems (RGB, or RGBA). With more, im2col's GEMM was as fast:
 /// on 2 threads ResNet's stride-2 64->128 at 56x56 took 0.78 ms here against 0.73, and
 /// 512->512 at 7x7 1.43 against 1.57 but 3.6 against 2.9 on one thread.
@@ -357,11 +352,18 @@ unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
             if rows == MR && n == NR && ox + NR <= out_w {
                 // All 16 are output pixels of one row: stored from the registers.
                 let dst = out_img.add(co * out_h * out_w + oy * out_w + ox);
-                tile::<A>(&c.taps, w, x, dst, out_h * out_w, &bias);
+                tile::<A>(
+                    c.taps.iter().map(|&o| x.add(o)),
+                    w,
+                    dst,
+                    out_h * out_w,
+                    &bias,
+                );
                 continue;
             }
             let mut buf = [0.0f32; MR * NR];
-            tile::<A>(&c.taps, w, x, buf.as_mut_ptr(), NR, &bias);
+            let taps = c.taps.iter().map(|&o| x.add(o));
+            tile::<A>(taps, w, buf.as_mut_ptr(), NR, &bias);
             // The tile's grid pixels as runs of output pixels within a row (the grid's
             // columns from `out_w` on are dropped).
             let (mut oy, mut ox, mut j) = (oy, ox, 0);
@@ -377,39 +379,5 @@ unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
             }
         }
         co += MR;
-    }
-}
-
-/// `out[r][0..16] = act(Σ_t w[t][r] · x[taps[t]..][0..16] + bias[r])` for the 6 rows `r`.
-///
-/// # Safety
-/// AVX2 and FMA are present; `w` holds `taps.len() * 6` floats, `x` 16 floats at every tap
-/// offset, `out` 6 rows of 16 at stride `ldc`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn tile<A: Act>(
-    taps: &[usize],
-    w: *const f32,
-    x: *const f32,
-    out: *mut f32,
-    ldc: usize,
-    bias: &[f32; MR],
-) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for (t, &offset) in taps.iter().enumerate() {
-        let row = x.add(offset);
-        let (x0, x1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
-        let wr = w.add(t * MR);
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let wv = _mm256_broadcast_ss(&*wr.add(r));
-            acc[0] = _mm256_fmadd_ps(wv, x0, acc[0]);
-            acc[1] = _mm256_fmadd_ps(wv, x1, acc[1]);
-        }
-    }
-    for (r, acc) in acc.iter().enumerate() {
-        let b = _mm256_set1_ps(bias[r]);
-        let dst = out.add(r * ldc);
-        _mm256_storeu_ps(dst, avx2::activate::<A>(acc[0], b));
-        _mm256_storeu_ps(dst.add(8), avx2::activate::<A>(acc[1], b));
     }
 }

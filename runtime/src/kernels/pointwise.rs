@@ -28,9 +28,9 @@ use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS
 use crate::pool::ThreadPool;
 
 /// Output channels per register tile.
-const MR: usize = 6;
+pub(super) const MR: usize = 6;
 /// Pixels per register tile (two vectors).
-const NR: usize = 16;
+pub(super) const NR: usize = 16;
 /// Most input channels this kernel takes: an input block of `K x 16` pixels (16 KiB at 256)
 /// then stays in cache across a task's channel blocks without blocking the reduction. The
 /// `gemm` crate, which blocks it, was as fast at 480 and 672 and 5-10% faster from 1024 on.
@@ -287,10 +287,11 @@ unsafe fn panel<A: Act>(
         let w = c.weights.as_slice().as_ptr().add(co / MR * k * MR);
         let dst = out_img.add(co * c.pixels + p);
         if rows == MR && width == NR {
-            tile::<A>(k, w, x, ldx, dst, c.pixels, &bias);
+            tile::<A>((0..k).map(|ci| x.add(ci * ldx)), w, dst, c.pixels, &bias);
         } else {
             let mut buf = [0.0f32; MR * NR];
-            tile::<A>(k, w, x, ldx, buf.as_mut_ptr(), NR, &bias);
+            let channels = (0..k).map(|ci| x.add(ci * ldx));
+            tile::<A>(channels, w, buf.as_mut_ptr(), NR, &bias);
             for r in 0..rows {
                 std::ptr::copy_nonoverlapping(
                     buf.as_ptr().add(r * NR),
@@ -303,27 +304,25 @@ unsafe fn panel<A: Act>(
     }
 }
 
-/// `out[r][0..16] = act(Σ_ci w[ci][r] · x[ci][0..16] + bias[r])` for the 6 rows `r`.
+/// `out[r][0..16] = act(Σ_t w[t][r] · rows[t][0..16] + bias[r])` for the 6 rows `r`: the
+/// register tile this kernel and the direct one (`direct`, whose rows are its taps) share.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `w` holds `k * 6` floats, `x` `k` rows of 16 at stride `ldx`,
+/// AVX2 and FMA are present; `w` holds 6 floats per row of `rows`, each row 16 floats,
 /// `out` 6 rows of 16 at stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
 #[inline]
-unsafe fn tile<A: Act>(
-    k: usize,
+pub(super) unsafe fn tile<A: Act>(
+    rows: impl Iterator<Item = *const f32>,
     w: *const f32,
-    x: *const f32,
-    ldx: usize,
     out: *mut f32,
     ldc: usize,
     bias: &[f32; MR],
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    for ci in 0..k {
-        let row = x.add(ci * ldx);
+    for (t, row) in rows.enumerate() {
         let (x0, x1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
-        let wr = w.add(ci * MR);
+        let wr = w.add(t * MR);
         for (r, acc) in acc.iter_mut().enumerate() {
             let wv = _mm256_broadcast_ss(&*wr.add(r));
             acc[0] = _mm256_fmadd_ps(wv, x0, acc[0]);
