@@ -153,16 +153,7 @@ impl DirectConv {
         scratch: &mut [f32],
         epilogue: Epilogue<'_>,
     ) -> Result<(), KernelError> {
-        let fused = epilogue.as_activation();
-        if let Some((_, Some(bias))) = fused {
-            if bias.len() != self.out_channels {
-                return Err(KernelError::Shape(format!(
-                    "a bias of {} values for {} channels",
-                    bias.len(),
-                    self.out_channels
-                )));
-            }
-        }
+        let fused = epilogue.channel_activation(self.out_channels)?;
         let planes = &mut scratch[..self.scratch_len(1)];
         self.fill_planes(pool, input, planes)?;
         // Cheap activations go on the accumulators. SiLU, sigmoid and GELU are long

@@ -241,6 +241,25 @@ impl<'a> Epilogue<'a> {
         }
     }
 
+    /// [`Epilogue::as_activation`] for an output of `channels` rows per image, refusing a
+    /// bias that is not one value per channel (kernels that apply it in registers index it
+    /// by channel).
+    pub(crate) fn channel_activation(
+        &self,
+        channels: usize,
+    ) -> Result<Option<(Activation, Option<&'a [f32]>)>, KernelError> {
+        let fused = self.as_activation();
+        if let Some((_, Some(bias))) = fused {
+            if bias.len() != channels {
+                return Err(KernelError::Shape(format!(
+                    "a bias of {} values for {channels} channels",
+                    bias.len()
+                )));
+            }
+        }
+        Ok(fused)
+    }
+
     /// Whether this is [`Epilogue::NONE`].
     pub fn is_none(&self) -> bool {
         matches!(self.kind, EpilogueKind::None)

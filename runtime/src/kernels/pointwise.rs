@@ -132,16 +132,7 @@ impl PointwiseConv {
     ) -> Result<(), KernelError> {
         let (px, ch) = (self.pixel_split.parts, self.channel_split.parts);
         let tasks = self.batch * px * ch;
-        let fused = epilogue.as_activation();
-        if let Some((_, Some(bias))) = fused {
-            if bias.len() != self.out_channels {
-                return Err(KernelError::Shape(format!(
-                    "a bias of {} values for {} channels",
-                    bias.len(),
-                    self.out_channels
-                )));
-            }
-        }
+        let fused = epilogue.channel_activation(self.out_channels)?;
         let (act, bias) = fused.unwrap_or((Activation::Identity, None));
         // Any other epilogue runs on each finished strip.
         let after = if fused.is_some() {
