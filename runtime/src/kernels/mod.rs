@@ -182,6 +182,9 @@ enum EpilogueKind<'a> {
     },
 }
 
+/// An [`Epilogue::activation`]'s activation and its bias per row, if any.
+pub(crate) type RowActivation<'a> = (Activation, Option<&'a [f32]>);
+
 /// What to run on each finished output tile: nothing, an [`EpilogueFn`] with
 /// its context, or a Rust closure.
 #[derive(Clone, Copy)]
@@ -234,7 +237,7 @@ impl<'a> Epilogue<'a> {
     }
 
     /// The activation and bias of an [`Epilogue::activation`].
-    pub(crate) fn as_activation(&self) -> Option<(Activation, Option<&'a [f32]>)> {
+    pub(crate) fn as_activation(&self) -> Option<RowActivation<'a>> {
         match self.kind {
             EpilogueKind::Activation { act, bias } => Some((act, bias)),
             _ => None,
@@ -247,7 +250,7 @@ impl<'a> Epilogue<'a> {
     pub(crate) fn channel_activation(
         &self,
         channels: usize,
-    ) -> Result<Option<(Activation, Option<&'a [f32]>)>, KernelError> {
+    ) -> Result<Option<RowActivation<'a>>, KernelError> {
         let fused = self.as_activation();
         if let Some((_, Some(bias))) = fused {
             if bias.len() != channels {
