@@ -312,13 +312,15 @@ fn bench_conv(
     );
     // A convolution's usual epilogue: its (folded BatchNorm) bias and a ReLU.
     let bias = random(shape.out_channels);
-    // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: im2col
-    // beside Winograd and the direct kernel, the GEMM over the input in place beside the
-    // direct 1x1 kernel.
+    // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: NCHW im2col
+    // beside Winograd, the direct kernel and the channels-last plan, the GEMM over the input
+    // in place beside the direct 1x1 kernel.
     let chosen = ConvStrategy::of(&shape).unwrap();
     let mut strategies = vec![chosen];
     match chosen {
-        ConvStrategy::Winograd | ConvStrategy::Direct => strategies.push(ConvStrategy::Im2col),
+        ConvStrategy::Winograd | ConvStrategy::Direct | ConvStrategy::ChannelsLast => {
+            strategies.push(ConvStrategy::Im2col)
+        }
         ConvStrategy::Direct1x1 => strategies.push(ConvStrategy::Pointwise),
         _ => {}
     }

@@ -445,12 +445,15 @@ fn check_conv(shape: Conv2dShape, pools: &[ThreadPool], expected: ConvStrategy) 
     check_conv_with(shape, pools, expected, None);
 }
 
-/// Im2col on `s`, forced where the direct kernel is what `Conv2d::new` picks (stems), which
-/// then runs too.
+/// Im2col on `s`, forced where the direct kernel (stems) or the channels-last plan is what
+/// `Conv2d::new` picks, which then runs too.
 fn check_im2col(s: Conv2dShape, pools: &[ThreadPool]) {
     let chosen = ConvStrategy::of(&s).unwrap();
     assert!(
-        matches!(chosen, ConvStrategy::Im2col | ConvStrategy::Direct),
+        matches!(
+            chosen,
+            ConvStrategy::Im2col | ConvStrategy::Direct | ConvStrategy::ChannelsLast
+        ),
         "{s:?}: {chosen:?}"
     );
     check_conv(s, pools, chosen);
@@ -485,7 +488,9 @@ fn check_conv_with(
         let expected = match (layout, expected) {
             (Layout::Nhwc, ConvStrategy::Winograd) => ConvStrategy::Im2col,
             (Layout::Nhwc, ConvStrategy::Direct1x1) => ConvStrategy::Pointwise,
-            (Layout::Nhwc, ConvStrategy::Direct) => ConvStrategy::Im2col,
+            (Layout::Nhwc, ConvStrategy::Direct | ConvStrategy::ChannelsLast) => {
+                ConvStrategy::Im2col
+            }
             _ => expected,
         };
         for pool in pools {
@@ -692,6 +697,59 @@ fn direct_conv_matches_the_reference() {
         check_conv_with(s, &pools, ConvStrategy::Direct, Some(ConvStrategy::Direct));
         check_activation_epilogue(s, &pools);
     }
+}
+
+/// The channels-last plan of NCHW convolutions against the f64 reference: strides,
+/// padding, dilation, rectangular kernels, batches whose product tiles cross images, on
+/// 1-3 threads, with a tile epilogue that must see each NCHW element once and with a bias
+/// and an activation.
+#[test]
+fn channels_last_conv_matches_the_reference() {
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        geometry(
+            shape(1, [16, 24], [15, 14], [3, 3], 1),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(shape(3, [8, 13], [7, 7], [3, 3], 1), [1, 1], [1, 1], [1, 1]),
+        geometry(
+            shape(2, [5, 9], [12, 11], [3, 5], 1),
+            [2, 1],
+            [3, 2],
+            [1, 2],
+        ),
+        geometry(
+            shape(2, [12, 20], [9, 9], [1, 1], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [40, 37], [7, 7], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+    ];
+    for s in cases {
+        assert_eq!(
+            ConvStrategy::of(&s).unwrap(),
+            ConvStrategy::ChannelsLast,
+            "{s:?}"
+        );
+        check_conv_with(
+            s,
+            &pools,
+            ConvStrategy::ChannelsLast,
+            Some(ConvStrategy::ChannelsLast),
+        );
+        check_activation_epilogue(s, &pools);
+    }
+    // Groups and channels-last inputs keep im2col.
+    let grouped = geometry(shape(1, [8, 8], [9, 9], [3, 3], 2), [2, 2], [1, 1], [1, 1]);
+    assert_eq!(ConvStrategy::of(&grouped).unwrap(), ConvStrategy::Im2col);
 }
 
 /// The direct 1x1 kernel against the f64 reference: full and partial 16-pixel and 6-channel
@@ -1057,7 +1115,7 @@ fn winograd_conv_matches_the_reference() {
         assert!(Conv2d::with_strategy(s, &weight, 1, ConvStrategy::Winograd).is_err());
         assert_eq!(
             Conv2d::new(s, &weight, 1).unwrap().strategy(),
-            ConvStrategy::Im2col
+            ConvStrategy::ChannelsLast
         );
     }
 }

@@ -29,7 +29,10 @@
 //! `winograd` instead ([`ConvStrategy::Winograd`]). **Direct**: an NCHW convolution with
 //! at most four input channels (a stem), stride 1 or 2 and one group runs on the register
 //! kernel in `direct` over the input's stride phases, without im2col, where the CPU has
-//! AVX2 ([`ConvStrategy::Direct`]). **Depthwise**
+//! AVX2 ([`ConvStrategy::Direct`]). **Channels-last**: the other NCHW convolutions with
+//! one group (stride-2 and 7x7-map 3x3s, strided 1x1s) transpose their input to NHWC in
+//! scratch and run the NHWC im2col plan, whose `col` tile needs no transposing, each
+//! finished output tile transposed back ([`ConvStrategy::ChannelsLast`]). **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in
 //! [`depthwise`](super::depthwise) instead: a GEMM with K = kh*kw per channel
 //! would be all overhead.
@@ -51,7 +54,7 @@ use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 use crate::kernels::pointwise::PointwiseConv;
 use crate::kernels::winograd::WinogradConv;
 use crate::kernels::{
-    check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
+    check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, Tile, SERIAL_FLOPS,
 };
 use crate::pool::{Chunking, ThreadPool};
 
@@ -258,6 +261,10 @@ pub enum ConvStrategy {
     /// with AVX2 and FMA: the register kernel in `direct`, over the input's stride phases
     /// (no im2col), applying a bias and a native activation before its one store.
     Direct,
+    /// An NCHW convolution computed channels-last: the input transposed to NHWC in scratch,
+    /// the NHWC im2col plan, and each finished output tile transposed back into the NCHW
+    /// output, where the epilogue runs on it.
+    ChannelsLast,
 }
 
 impl ConvStrategy {
@@ -274,6 +281,8 @@ impl ConvStrategy {
             ConvStrategy::Winograd
         } else if direct_suits(shape) {
             ConvStrategy::Direct
+        } else if channels_last_suits(shape, out) {
+            ConvStrategy::ChannelsLast
         } else {
             ConvStrategy::Im2col
         })
@@ -304,6 +313,53 @@ fn direct_suits(shape: &Conv2dShape) -> bool {
         let _ = shape;
         false
     }
+}
+
+/// Most floats of input and output the channels-last plan copies into scratch (8 MiB).
+const CHANNELS_LAST_MAX: usize = 2 << 20;
+
+/// Whether [`ConvStrategy::ChannelsLast`] computes `shape`: NCHW with one group, small enough
+/// that the transposed input and output in scratch stay bounded.
+fn channels_last_suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
+    let input = shape.batch * shape.in_channels * shape.in_size[0] * shape.in_size[1];
+    let output = shape.batch * shape.out_channels * out[0] * out[1];
+    shape.layout == Layout::Nchw && shape.groups == 1 && input + output <= CHANNELS_LAST_MAX
+}
+
+/// `dst[b][p][c] = src[b][c][p]` for `batch` images of `channels` planes of `pixels`, in
+/// 32x32 blocks so that reads and writes both stay within a few cache lines; tasks are
+/// (image, block of pixels).
+fn transpose_planes(
+    pool: &ThreadPool,
+    src: &[f32],
+    dst: &mut [f32],
+    batch: usize,
+    channels: usize,
+    pixels: usize,
+) -> Result<(), KernelError> {
+    const BLOCK: usize = 32;
+    let image = channels * pixels;
+    let blocks = pixels.div_ceil(BLOCK);
+    let out = SendPtr(dst.as_mut_ptr());
+    let serial = batch * image < 64 * 1024;
+    for_each_task(pool, batch * blocks, serial, |range, _| {
+        for task in range {
+            let (b, p0) = (task / blocks, task % blocks * BLOCK);
+            let p1 = (p0 + BLOCK).min(pixels);
+            let src = &src[b * image..][..image];
+            for c0 in (0..channels).step_by(BLOCK) {
+                for p in p0..p1 {
+                    for c in c0..(c0 + BLOCK).min(channels) {
+                        // SAFETY: each task writes its own pixels of its image, in bounds.
+                        unsafe {
+                            *out.get().add(b * image + p * channels + c) = src[c * pixels + p]
+                        };
+                    }
+                }
+            }
+        }
+    })?;
+    Ok(())
 }
 
 /// Per-thread im2col scratch target, in floats (512 KiB: half a Zen/Skylake
@@ -396,6 +452,8 @@ enum Plan {
     Direct1x1(Box<PointwiseConv>),
     #[cfg(target_arch = "x86_64")]
     Direct(Box<DirectConv>),
+    /// The NHWC plan of the same convolution.
+    ChannelsLast(Box<Conv2d>),
 }
 
 /// A convolution planned for one shape and one weight; see the module docs.
@@ -430,6 +488,7 @@ impl Conv2d {
             ConvStrategy::Pointwise => shape.is_pointwise(),
             ConvStrategy::Direct1x1 => direct_1x1_suits(&shape),
             ConvStrategy::Direct => direct_suits(&shape),
+            ConvStrategy::ChannelsLast => channels_last_suits(&shape, out),
             ConvStrategy::Winograd => WinogradConv::suits(&shape, out),
             ConvStrategy::Im2col => true,
         };
@@ -448,6 +507,18 @@ impl Conv2d {
             }
             ConvStrategy::Pointwise | ConvStrategy::Im2col => {
                 Plan::Gemm(plan_gemm(&shape, out, strategy, weights, threads)?)
+            }
+            ConvStrategy::ChannelsLast => {
+                let nhwc = Conv2dShape {
+                    layout: Layout::Nhwc,
+                    ..shape
+                };
+                Plan::ChannelsLast(Box::new(Conv2d::with_strategy(
+                    nhwc,
+                    weights,
+                    threads,
+                    ConvStrategy::Im2col,
+                )?))
             }
             #[cfg(target_arch = "x86_64")]
             ConvStrategy::Direct1x1 => {
@@ -532,6 +603,10 @@ impl Conv2d {
             Plan::Direct1x1(p) => p.scratch_len(threads),
             #[cfg(target_arch = "x86_64")]
             Plan::Direct(d) => d.scratch_len(threads),
+            Plan::ChannelsLast(c) => c
+                .scratch_len(threads)
+                .saturating_add(c.input_len())
+                .saturating_add(c.output_len()),
         }
     }
 
@@ -560,8 +635,55 @@ impl Conv2d {
             Plan::Direct1x1(p) => p.run(pool, input, output, scratch, epilogue),
             #[cfg(target_arch = "x86_64")]
             Plan::Direct(d) => d.run(pool, input, output, scratch, epilogue),
+            Plan::ChannelsLast(c) => {
+                self.run_channels_last(c, pool, input, output, scratch, epilogue)
+            }
             Plan::Gemm(g) => self.run_gemm(g, pool, input, output, scratch, epilogue),
         }
+    }
+
+    /// [`ConvStrategy::ChannelsLast`]: `nhwc` on the transposed input, each finished tile of
+    /// its `[B·P, C_out]` product transposed into the NCHW output (a rectangle of its
+    /// `[B·C_out, P]` matrix), where `epilogue` then runs.
+    fn run_channels_last(
+        &self,
+        nhwc: &Conv2d,
+        pool: &ThreadPool,
+        input: &[f32],
+        output: &mut [f32],
+        scratch: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), KernelError> {
+        let (x_nhwc, rest) = scratch.split_at_mut(nhwc.input_len());
+        let (y_nhwc, inner) = rest.split_at_mut(nhwc.output_len());
+        let s = &self.shape;
+        let (c_in, c_out) = (s.in_channels, s.out_channels);
+        let in_pixels = s.in_size[0] * s.in_size[1];
+        let pixels = self.out[0] * self.out[1];
+        transpose_planes(pool, input, x_nhwc, s.batch, c_in, in_pixels)?;
+        let out = SendPtr(output.as_mut_ptr());
+        let back = |mut tile: Tile<'_>| {
+            let (row0, rows, col0, cols) = (tile.row0(), tile.rows(), tile.col0(), tile.cols());
+            // Rows are (image, pixel); split where a tile crosses into the next image.
+            let mut r = 0;
+            while r < rows {
+                let (b, p0) = ((row0 + r) / pixels, (row0 + r) % pixels);
+                let n = (pixels - p0).min(rows - r);
+                for i in 0..n {
+                    let row = tile.row_mut(r + i);
+                    for (j, &v) in row.iter().enumerate() {
+                        let at = (b * c_out + col0 + j) * pixels + p0 + i;
+                        // SAFETY: tiles partition the product, so their transposes partition
+                        // the output (`Conv2d::run` checked its length).
+                        unsafe { *out.get().add(at) = v };
+                    }
+                }
+                // SAFETY: that block of the NCHW output is finished and this tile's alone.
+                unsafe { epilogue.apply(out.get(), b * c_out + col0, cols, p0, n, pixels) };
+                r += n;
+            }
+        };
+        nhwc.run(pool, x_nhwc, y_nhwc, inner, Epilogue::from_closure(&back))
     }
 
     fn run_gemm(
