@@ -273,13 +273,13 @@ impl ConvStrategy {
         let out = shape.out_size()?;
         Ok(if shape.is_depthwise() {
             ConvStrategy::Depthwise
-        } else if direct_1x1_suits(shape) {
+        } else if register_kernel_suits(ConvStrategy::Direct1x1, shape) {
             ConvStrategy::Direct1x1
         } else if shape.is_pointwise() {
             ConvStrategy::Pointwise
         } else if WinogradConv::suits(shape, out) {
             ConvStrategy::Winograd
-        } else if direct_suits(shape) {
+        } else if register_kernel_suits(ConvStrategy::Direct, shape) {
             ConvStrategy::Direct
         } else if channels_last_suits(shape, out) {
             ConvStrategy::ChannelsLast
@@ -289,28 +289,20 @@ impl ConvStrategy {
     }
 }
 
-/// Whether [`ConvStrategy::Direct1x1`] computes `shape` on this CPU.
-fn direct_1x1_suits(shape: &Conv2dShape) -> bool {
+/// Whether the x86-64 register kernel of `strategy` ([`ConvStrategy::Direct1x1`] or
+/// [`ConvStrategy::Direct`]) computes `shape` on this CPU; never elsewhere.
+fn register_kernel_suits(strategy: ConvStrategy, shape: &Conv2dShape) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        PointwiseConv::suits(shape)
+        match strategy {
+            ConvStrategy::Direct1x1 => PointwiseConv::suits(shape),
+            ConvStrategy::Direct => DirectConv::suits(shape),
+            _ => false,
+        }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = shape;
-        false
-    }
-}
-
-/// Whether [`ConvStrategy::Direct`] computes `shape` on this CPU.
-fn direct_suits(shape: &Conv2dShape) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        DirectConv::suits(shape)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = shape;
+        let _ = (strategy, shape);
         false
     }
 }
@@ -486,8 +478,9 @@ impl Conv2d {
         let applies = match strategy {
             ConvStrategy::Depthwise => shape.is_depthwise(),
             ConvStrategy::Pointwise => shape.is_pointwise(),
-            ConvStrategy::Direct1x1 => direct_1x1_suits(&shape),
-            ConvStrategy::Direct => direct_suits(&shape),
+            ConvStrategy::Direct1x1 | ConvStrategy::Direct => {
+                register_kernel_suits(strategy, &shape)
+            }
             ConvStrategy::ChannelsLast => channels_last_suits(&shape, out),
             ConvStrategy::Winograd => WinogradConv::suits(&shape, out),
             ConvStrategy::Im2col => true,
