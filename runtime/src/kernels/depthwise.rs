@@ -142,12 +142,12 @@ impl PaddedRows {
     }
 }
 
-/// A thread's scratch for padded input rows, and the chunk of output rows whose zero
-/// border it holds: channels of the same chunk write input values to the same places only,
-/// so the border is written once per chunk, not once per channel.
+/// A thread's scratch for padded input rows, and how long a prefix of it has its zero border
+/// written: every chunk writes input values to the same places of a padded row and zeros to
+/// the rows outside the input, so the border is written once per thread, not once per chunk.
 struct Scratch<'a> {
     buf: &'a mut [f32],
-    zeroed_for: Option<(usize, usize)>,
+    zeroed: usize,
 }
 
 /// Splits `lo..hi` into the fewest parts of at most `most` (at least 1) elements, as equal
@@ -277,15 +277,9 @@ fn store<const FMA: bool>(
 #[inline(always)]
 fn copy<const FMA: bool>(row: &mut [f32], at: usize, src: &[f32], n: usize) {
     let whole = n / LANES * LANES;
-    for x in (0..whole).step_by(LANES) {
-        let (Some(Ok(d)), Some(Ok(s))) = (
-            row.get_mut(at + x..at + x + LANES)
-                .map(<&mut [f32; LANES]>::try_from),
-            src.get(x..x + LANES).map(<&[f32; LANES]>::try_from),
-        ) else {
-            continue; // unreachable: x + LANES <= n
-        };
-        *d = *s;
+    let (dst, from) = (&mut row[at..at + whole], &src[..whole]);
+    for (d, s) in dst.chunks_exact_mut(LANES).zip(from.chunks_exact(LANES)) {
+        d.copy_from_slice(s);
     }
     if whole == n {
         return;
@@ -623,10 +617,7 @@ impl DepthwiseConv2d {
         };
         pool.parallel_for(0..tasks, Chunking::Auto, |range, thread| {
             let buf = thread_scratch(thread);
-            let mut padded = Scratch {
-                buf,
-                zeroed_for: None,
-            };
+            let mut padded = Scratch { buf, zeroed: 0 };
             for task in range {
                 // SAFETY: each task writes only its own planes' rows / image row of
                 // the exclusively borrowed output.
@@ -734,9 +725,9 @@ impl DepthwiseConv2d {
         let row_stride = self.padded.row_stride;
         for (c0, c1) in even_parts(oy0, oy1, CHUNK_ROWS) {
             let region = &mut padded.buf[..self.rows_in(c1 - c0) * row_stride];
-            if padded.zeroed_for != Some((c0, c1)) {
+            if region.len() > padded.zeroed {
                 region.fill(0.0);
-                padded.zeroed_for = Some((c0, c1));
+                padded.zeroed = region.len();
             }
             self.copy_rows::<FMA>(in_plane, c0 * s.stride[0], region);
             let args = TileArgs {
@@ -759,7 +750,8 @@ impl DepthwiseConv2d {
     }
 
     /// Copies the input values of padded rows `first..` of an input plane into `dst` (whole
-    /// padded rows whose zero border is already written).
+    /// padded rows whose zero border is already written), and zeros into the rows outside
+    /// the input.
     #[inline(always)]
     fn copy_rows<const FMA: bool>(&self, in_plane: &[f32], first: usize, dst: &mut [f32]) {
         let s = &self.shape;
@@ -772,6 +764,7 @@ impl DepthwiseConv2d {
                 .filter(|&iy| iy < h)
                 .map(|iy| &in_plane[iy * w..])
             else {
+                row.fill(0.0);
                 continue;
             };
             if sx == 1 {
