@@ -312,15 +312,16 @@ fn bench_conv(
     );
     // A convolution's usual epilogue: its (folded BatchNorm) bias and a ReLU.
     let bias = random(shape.out_channels);
-    // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: NCHW im2col
-    // beside Winograd, the direct kernel and the channels-last plan, the GEMM over the input
-    // in place beside the direct 1x1 kernel.
+    // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: im2col
+    // beside Winograd, the direct kernel, the channels-last and the subsampling plans, the
+    // GEMM over the input in place beside the direct 1x1 kernel.
     let chosen = ConvStrategy::of(&shape).unwrap();
     let mut strategies = vec![chosen];
     match chosen {
-        ConvStrategy::Winograd | ConvStrategy::Direct | ConvStrategy::ChannelsLast => {
-            strategies.push(ConvStrategy::Im2col)
-        }
+        ConvStrategy::Winograd
+        | ConvStrategy::Direct
+        | ConvStrategy::ChannelsLast
+        | ConvStrategy::Subsample => strategies.push(ConvStrategy::Im2col),
         ConvStrategy::Direct1x1 => strategies.push(ConvStrategy::Pointwise),
         _ => {}
     }
@@ -529,6 +530,18 @@ fn main() {
             "resnet18 3x3 256->256 @14",
             conv_shape(256, 256, 14, 3, 1, 1, layout),
         );
+        for (name, cin, cout, size) in [
+            ("resnet50 1x1/2 256->512 @56", 256, 512, 56),
+            ("resnet50 1x1/2 1024->2048 @14", 1024, 2048, 14),
+        ] {
+            bench_conv(
+                &report,
+                &pools,
+                budget,
+                name,
+                conv_shape(cin, cout, size, 1, 2, 1, layout),
+            );
+        }
         bench_conv(
             &report,
             &pools,

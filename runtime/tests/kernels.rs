@@ -445,14 +445,17 @@ fn check_conv(shape: Conv2dShape, pools: &[ThreadPool], expected: ConvStrategy) 
     check_conv_with(shape, pools, expected, None);
 }
 
-/// Im2col on `s`, forced where the direct kernel (stems) or the channels-last plan is what
-/// `Conv2d::new` picks, which then runs too.
+/// Im2col on `s`, forced where the direct kernel (stems), the channels-last or the
+/// subsampling plan is what `Conv2d::new` picks, which then runs too.
 fn check_im2col(s: Conv2dShape, pools: &[ThreadPool]) {
     let chosen = ConvStrategy::of(&s).unwrap();
     assert!(
         matches!(
             chosen,
-            ConvStrategy::Im2col | ConvStrategy::Direct | ConvStrategy::ChannelsLast
+            ConvStrategy::Im2col
+                | ConvStrategy::Direct
+                | ConvStrategy::ChannelsLast
+                | ConvStrategy::Subsample
         ),
         "{s:?}: {chosen:?}"
     );
@@ -721,12 +724,6 @@ fn channels_last_conv_matches_the_reference() {
             [1, 2],
         ),
         geometry(
-            shape(2, [12, 20], [9, 9], [1, 1], 1),
-            [2, 2],
-            [0, 0],
-            [1, 1],
-        ),
-        geometry(
             shape(1, [40, 37], [7, 7], [3, 3], 1),
             [1, 1],
             [1, 1],
@@ -750,6 +747,67 @@ fn channels_last_conv_matches_the_reference() {
     // Groups and channels-last inputs keep im2col.
     let grouped = geometry(shape(1, [8, 8], [9, 9], [3, 3], 2), [2, 2], [1, 1], [1, 1]);
     assert_eq!(ConvStrategy::of(&grouped).unwrap(), ConvStrategy::Im2col);
+}
+
+/// Strided 1x1 convolutions gather the pixels they read and run the stride-1 plan on them,
+/// against the f64 reference in both layouts on 1-3 threads: strides 2 and 3 over even and
+/// odd sizes, a rectangular stride, batches, groups, few input channels (the inner plan is
+/// the direct 1x1 kernel where the CPU has AVX2) and many (the GEMM over the input in
+/// place), with a tile epilogue that must see each element once and with a bias and an
+/// activation.
+#[test]
+fn strided_1x1_convs_run_the_stride_1_plan_on_gathered_pixels() {
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        geometry(
+            shape(2, [12, 20], [9, 9], [1, 1], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [8, 24], [16, 16], [1, 1], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [5, 7], [10, 11], [1, 1], 1),
+            [3, 3],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(shape(2, [6, 9], [9, 8], [1, 1], 1), [2, 1], [0, 0], [1, 1]),
+        geometry(
+            shape(1, [8, 12], [11, 9], [1, 1], 2),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [300, 20], [34, 34], [1, 1], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+    ];
+    for s in cases {
+        assert_eq!(
+            ConvStrategy::of(&s).unwrap(),
+            ConvStrategy::Subsample,
+            "{s:?}"
+        );
+        check_conv(s, &pools, ConvStrategy::Subsample);
+        check_activation_epilogue(s, &pools);
+    }
+    // Padded 1x1s and 1x1 depthwise convolutions keep their plans.
+    let padded = geometry(shape(1, [4, 4], [5, 5], [1, 1], 1), [2, 2], [1, 1], [1, 1]);
+    assert_ne!(ConvStrategy::of(&padded).unwrap(), ConvStrategy::Subsample);
+    let depthwise = geometry(shape(1, [4, 4], [6, 6], [1, 1], 4), [2, 2], [0, 0], [1, 1]);
+    assert_eq!(
+        ConvStrategy::of(&depthwise).unwrap(),
+        ConvStrategy::Depthwise
+    );
 }
 
 /// The direct 1x1 kernel against the f64 reference: full and partial 16-pixel and 6-channel

@@ -29,8 +29,11 @@
 //! `winograd` instead ([`ConvStrategy::Winograd`]). **Direct**: an NCHW convolution with
 //! at most four input channels (a stem), stride 1 or 2 and one group runs on the register
 //! kernel in `direct` over the input's stride phases, without im2col, where the CPU has
-//! AVX2 ([`ConvStrategy::Direct`]). **Channels-last**: the other NCHW convolutions with
-//! one group (stride-2 and 7x7-map 3x3s, strided 1x1s) transpose their input to NHWC in
+//! AVX2 ([`ConvStrategy::Direct`]). **Subsample**: a strided 1x1 convolution (ResNet's
+//! downsampling shortcut) gathers the pixels it reads into scratch and runs the stride-1
+//! plan on them ([`ConvStrategy::Subsample`]); the transposes or im2col tiles of the whole
+//! input would copy four times as much at stride 2. **Channels-last**: the other NCHW
+//! convolutions with one group (stride-2 and 7x7-map 3x3s) transpose their input to NHWC in
 //! scratch and run the NHWC im2col plan, whose `col` tile needs no transposing, each
 //! finished output tile transposed back ([`ConvStrategy::ChannelsLast`]). **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in
@@ -236,6 +239,22 @@ impl Conv2dShape {
         self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
     }
 
+    /// 1x1 and unpadded, with a stride above 1 (ResNet's downsampling shortcuts).
+    fn is_strided_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride != [1, 1] && self.padding == [0, 0]
+    }
+
+    /// The stride-1 convolution of the pixels a strided 1x1 one reads, gathered: its input
+    /// is the output's size.
+    fn gathered(&self, out: [usize; 2]) -> Conv2dShape {
+        Conv2dShape {
+            in_size: out,
+            stride: [1, 1],
+            dilation: [1, 1],
+            ..*self
+        }
+    }
+
     fn is_depthwise(&self) -> bool {
         self.groups > 1 && self.groups == self.in_channels
     }
@@ -261,6 +280,10 @@ pub enum ConvStrategy {
     /// with AVX2 and FMA: the register kernel in `direct`, over the input's stride phases
     /// (no im2col), applying a bias and a native activation before its one store.
     Direct,
+    /// 1x1, unpadded, with a stride above 1: the pixels it reads gathered into scratch, then
+    /// the stride-1 plan ([`ConvStrategy::Direct1x1`] or [`ConvStrategy::Pointwise`]) of
+    /// the gathered input.
+    Subsample,
     /// An NCHW convolution computed channels-last: the input transposed to NHWC in scratch,
     /// the NHWC im2col plan, and each finished output tile transposed back into the NCHW
     /// output, where the epilogue runs on it.
@@ -277,6 +300,8 @@ impl ConvStrategy {
             ConvStrategy::Direct1x1
         } else if shape.is_pointwise() {
             ConvStrategy::Pointwise
+        } else if shape.is_strided_pointwise() && !shape.is_depthwise() {
+            ConvStrategy::Subsample
         } else if WinogradConv::suits(shape, out) {
             ConvStrategy::Winograd
         } else if register_kernel_suits(ConvStrategy::Direct, shape) {
@@ -446,6 +471,8 @@ enum Plan {
     Direct(Box<DirectConv>),
     /// The NHWC plan of the same convolution.
     ChannelsLast(Box<Conv2d>),
+    /// The stride-1 plan of the gathered pixels.
+    Subsample(Box<Conv2d>),
 }
 
 /// A convolution planned for one shape and one weight; see the module docs.
@@ -482,6 +509,7 @@ impl Conv2d {
                 register_kernel_suits(strategy, &shape)
             }
             ConvStrategy::ChannelsLast => channels_last_suits(&shape, out),
+            ConvStrategy::Subsample => shape.is_strided_pointwise() && !shape.is_depthwise(),
             ConvStrategy::Winograd => WinogradConv::suits(&shape, out),
             ConvStrategy::Im2col => true,
         };
@@ -513,6 +541,11 @@ impl Conv2d {
                     ConvStrategy::Im2col,
                 )?))
             }
+            ConvStrategy::Subsample => Plan::Subsample(Box::new(Conv2d::new(
+                shape.gathered(out),
+                weights,
+                threads,
+            )?)),
             #[cfg(target_arch = "x86_64")]
             ConvStrategy::Direct1x1 => {
                 Plan::Direct1x1(Box::new(PointwiseConv::new(&shape, weights, threads)?))
@@ -600,6 +633,7 @@ impl Conv2d {
                 .scratch_len(threads)
                 .saturating_add(c.input_len())
                 .saturating_add(c.output_len()),
+            Plan::Subsample(c) => c.scratch_len(threads).saturating_add(c.input_len()),
         }
     }
 
@@ -630,6 +664,11 @@ impl Conv2d {
             Plan::Direct(d) => d.run(pool, input, output, scratch, epilogue),
             Plan::ChannelsLast(c) => {
                 self.run_channels_last(c, pool, input, output, scratch, epilogue)
+            }
+            Plan::Subsample(c) => {
+                let (gathered, inner) = scratch.split_at_mut(c.input_len());
+                self.gather_strided(pool, input, gathered)?;
+                c.run(pool, gathered, output, inner, epilogue)
             }
             Plan::Gemm(g) => self.run_gemm(g, pool, input, output, scratch, epilogue),
         }
@@ -677,6 +716,61 @@ impl Conv2d {
             }
         };
         nhwc.run(pool, x_nhwc, y_nhwc, inner, Epilogue::from_closure(&back))
+    }
+
+    /// [`ConvStrategy::Subsample`]: the input pixels a strided 1x1 convolution reads into
+    /// `dst`, in the same layout, one task per (image, channel) plane for NCHW and per
+    /// (image, output row) for NHWC.
+    fn gather_strided(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        dst: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let s = &self.shape;
+        let ([h, w], [oh, ow], [sy, sx]) = (s.in_size, self.out, s.stride);
+        let c = s.in_channels;
+        let out = SendPtr(dst.as_mut_ptr());
+        let serial = dst.len() < 64 * 1024;
+        let tasks = match s.layout {
+            Layout::Nchw => s.batch * c,
+            Layout::Nhwc => s.batch * oh,
+        };
+        for_each_task(pool, tasks, serial, |range, _| {
+            for task in range {
+                match s.layout {
+                    Layout::Nchw => {
+                        let src = &input[task * h * w..][..h * w];
+                        for oy in 0..oh {
+                            let row = &src[oy * sy * w..];
+                            for ox in 0..ow {
+                                // SAFETY: each task writes its own plane of `dst`, whose
+                                // length the caller split off as the gathered input's.
+                                unsafe {
+                                    *out.get().add((task * oh + oy) * ow + ox) = row[ox * sx]
+                                };
+                            }
+                        }
+                    }
+                    Layout::Nhwc => {
+                        let (b, oy) = (task / oh, task % oh);
+                        let src = &input[(b * h + oy * sy) * w * c..][..w * c];
+                        for ox in 0..ow {
+                            let pixel = &src[ox * sx * c..][..c];
+                            // SAFETY: each task writes its own output row's pixels.
+                            let to = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    out.get().add(((b * oh + oy) * ow + ox) * c),
+                                    c,
+                                )
+                            };
+                            to.copy_from_slice(pixel);
+                        }
+                    }
+                }
+            }
+        })?;
+        Ok(())
     }
 
     fn run_gemm(
