@@ -74,7 +74,7 @@ pub enum RowBias<'a> {
 /// the biased exponent of `2^n`, in the low mantissa bits.
 pub const LOGISTIC_MAGIC: f32 = 12_583_039.0;
 /// ln 2 rounded to f32, for the reduction `z − n·ln 2` in one fused multiply-add.
-pub const LOGISTIC_LN2: f32 = 0.693_147_2;
+pub const LOGISTIC_LN2: f32 = std::f32::consts::LN_2;
 /// ln 2 in two parts for the reduction without FMA: `LOGISTIC_LN2_HI` has few enough bits
 /// that `n·LOGISTIC_LN2_HI` is exact.
 pub const LOGISTIC_LN2_HI: f32 = 0.693_145_75;
