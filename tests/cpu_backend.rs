@@ -218,6 +218,47 @@ fn max_pools_run_on_the_runtime_kernel() {
     assert_eq!(exe.stats().pool_kernels, 4, "{:?}", exe.stats());
 }
 
+/// Means over each channel's plane (squeeze-excitation's, global pooling's) with the
+/// channels in the vector lanes reduce each lane's plane as a contiguous vectorised stream;
+/// against the interpreter with channel counts that leave a scalar tail, odd plane sizes,
+/// batches, `keepdim` either way, a mean over the last axis of rows far apart, and one over
+/// the channels (contiguous across the lanes, which keeps the vector loads), on 1-3 threads.
+#[test]
+fn plane_means_match_the_interpreter() {
+    let source = "bb 0.1;\nmodel means() {\n    input x: f32[2, 6, 7, 9];\n    \
+                  input y: f32[2, 9, 16, 16];\n    input z: f32[2, 5, 40];\n    \
+                  a = mean(x, axes=[2, 3], keepdim=true);\n    \
+                  b = mean(relu(y), axes=[2, 3]);\n    \
+                  c = mean(z, axes=[2]);\n    \
+                  d = mean(x, axes=[1]);\n    \
+                  output ya = a;\n    output yb = b;\n    output yc = c;\n    \
+                  output yd = d;\n}\n";
+    let program =
+        elab::Program::from_source("means.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
+    let graph = program
+        .elaborate(&elab::Options::default())
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph;
+    let mut rng = Rng::new(5);
+    let inputs = [
+        ("x", vec![2, 6, 7, 9]),
+        ("y", vec![2, 9, 16, 16]),
+        ("z", vec![2, 5, 40]),
+    ]
+    .into_iter()
+    .map(|(name, shape)| (name.to_string(), rng.standard_normal_tensor(&shape)))
+    .collect();
+    let means = Model {
+        label: "means".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs,
+        graph,
+    };
+    for n in [1, 2, 3] {
+        check(&means, &threads(n));
+    }
+}
+
 /// One step per kernel `bbc stats` counts (two for a group split around its depthwise
 /// convolution); weights folded at load time are not steps; nodes without a kernel are
 /// reported as fallbacks and still compute the right values.
