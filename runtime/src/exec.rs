@@ -38,7 +38,7 @@
 
 use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
 use crate::desc::SerialForm;
-use crate::kernels::activation::{activate_rows, Activation, RowBias};
+use crate::kernels::activation::{activate_rows, activate_rows_with_residual, Activation, RowBias};
 use crate::kernels::{
     gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef, MaxPool2d,
     Output, PackedMatrix, Tile,
@@ -216,12 +216,17 @@ pub enum TileEpilogue<F: Form = Resolved> {
     Native(NativeEpilogue),
 }
 
-/// `out(b, i, j) = act(out(b, i, j) + bias)` in place, epilogue element `(b, i, j)` at
-/// `out[offset + b·batch_stride + i·row_stride + j]` (rows contiguous).
+/// `out(b, i, j) = act((out(b, i, j) + bias) + residual(b, i, j))` in place, epilogue
+/// element `(b, i, j)` at `out[offset + b·batch_stride + i·row_stride + j]` (rows
+/// contiguous), and its residual, if any, at the same place of another buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NativeEpilogue {
     pub activation: Activation,
     pub bias: Option<TileBias>,
+    /// The step's buffer at this position, laid out like the output (a residual
+    /// connection's shortcut).
+    #[serde(default)]
+    pub residual: Option<usize>,
     pub offset: usize,
     pub batch_stride: usize,
     pub row_stride: usize,
@@ -236,10 +241,16 @@ pub struct TileBias {
 }
 
 impl NativeEpilogue {
-    /// Whether it stays inside an output of `out_len` elements and a bias of `bias_len`
-    /// over `batches × rows × cols` epilogue elements, each at its own output element (tiles
-    /// run concurrently).
-    pub fn fits(&self, [batches, rows, cols]: [usize; 3], out_len: usize, bias_len: usize) -> bool {
+    /// Whether it stays inside an output of `out_len` elements, a bias of `bias_len` and a
+    /// residual of `residual_len` over `batches × rows × cols` epilogue elements, each at its
+    /// own output element (tiles run concurrently).
+    pub fn fits(
+        &self,
+        [batches, rows, cols]: [usize; 3],
+        out_len: usize,
+        bias_len: usize,
+        residual_len: usize,
+    ) -> bool {
         if batches == 0 || rows == 0 || cols == 0 {
             return true;
         }
@@ -266,14 +277,19 @@ impl NativeEpilogue {
                 }
             }
         }
-        self.offset
-            .checked_add(span)
-            .is_some_and(|end| end <= out_len)
+        let end = self.offset.checked_add(span);
+        let residual_needed = if self.residual.is_some() {
+            end
+        } else {
+            Some(0)
+        };
+        end.is_some_and(|end| end <= out_len)
             && bias_len >= bias_needed
+            && residual_needed.is_some_and(|needed| needed <= residual_len)
     }
 
     /// Runs on rows `rows`, columns `cols` of batch entry `batch` of the output at `out`,
-    /// with the bias at `bias` (null without one).
+    /// with the bias at `bias` and the residual at `residual` (each null without one).
     ///
     /// # Safety
     /// `check_step` accepted this epilogue for the buffers `out` and `bias` point at, the
@@ -283,6 +299,7 @@ impl NativeEpilogue {
         &self,
         out: *mut f32,
         bias: *const f32,
+        residual: *const f32,
         batch: usize,
         rows: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
@@ -290,22 +307,28 @@ impl NativeEpilogue {
         let base = self.offset + batch * self.batch_stride;
         let (c0, width) = (cols.start, cols.len());
         let per_column = self.bias.is_some_and(|b| b.per_column);
-        let tile = rows.map(|i| {
-            // SAFETY: (the caller's) each row segment is inside the output and the bias and
-            // holds exactly this tile's elements of the row, which no other tile has.
-            let row = unsafe {
-                std::slice::from_raw_parts_mut(out.add(base + i * self.row_stride + c0), width)
+        let row_bias = |i: usize| match (bias.is_null(), per_column) {
+            (true, _) => RowBias::None,
+            // SAFETY: (the caller's) the bias covers the tile's rows or columns.
+            (false, true) => {
+                RowBias::PerColumn(unsafe { std::slice::from_raw_parts(bias.add(c0), width) })
+            }
+            (false, false) => RowBias::Scalar(unsafe { *bias.add(i) }),
+        };
+        // SAFETY: (the caller's) each row segment is inside the output (and the residual)
+        // and holds exactly this tile's elements of the row, which no other tile has.
+        let row = |i: usize| unsafe {
+            std::slice::from_raw_parts_mut(out.add(base + i * self.row_stride + c0), width)
+        };
+        if residual.is_null() {
+            activate_rows(self.activation, rows.map(|i| (row(i), row_bias(i))));
+        } else {
+            let shortcut = |i: usize| unsafe {
+                std::slice::from_raw_parts(residual.add(base + i * self.row_stride + c0), width)
             };
-            let b = match (bias.is_null(), per_column) {
-                (true, _) => RowBias::None,
-                (false, true) => {
-                    RowBias::PerColumn(unsafe { std::slice::from_raw_parts(bias.add(c0), width) })
-                }
-                (false, false) => RowBias::Scalar(unsafe { *bias.add(i) }),
-            };
-            (row, b)
-        });
-        activate_rows(self.activation, tile);
+            let tile = rows.map(|i| (row(i), row_bias(i), shortcut(i)));
+            activate_rows_with_residual(self.activation, tile);
+        }
     }
 }
 
@@ -857,12 +880,13 @@ impl<'a> Sink<'a> {
                     f(self.bufs.get(), batch, r0, r1, c0, c1)
                 },
                 Some(TileEpilogue::Native(e)) => {
-                    let bias = e.bias.map_or(std::ptr::null(), |b| {
-                        // SAFETY: `check_step` checked the position.
-                        unsafe { (*self.bufs.get().add(b.slot)).cast_const() }
-                    });
-                    // SAFETY: as above; `check_step` bounded the output and bias extents.
-                    unsafe { e.run(self.out.get(), bias, batch, r0..r1, c0..c1) };
+                    // SAFETY: `check_step` checked the positions.
+                    let buffer = |slot: usize| unsafe { (*self.bufs.get().add(slot)).cast_const() };
+                    let bias = e.bias.map_or(std::ptr::null(), |b| buffer(b.slot));
+                    let residual = e.residual.map_or(std::ptr::null(), buffer);
+                    // SAFETY: as above; `check_step` bounded the output, bias and residual
+                    // extents.
+                    unsafe { e.run(self.out.get(), bias, residual, batch, r0..r1, c0..c1) };
                 }
             }
             r += seg;
@@ -887,7 +911,8 @@ fn plain_activation(map: &ProductMap, conv: &Conv2d) -> Option<(Activation, Opti
     match (map.bias, &map.epilogue) {
         (Some(slot), None) => Some((Activation::Identity, Some(slot))),
         (bias, Some(TileEpilogue::Native(e)))
-            if e.offset == 0
+            if e.residual.is_none()
+                && e.offset == 0
                 && e.row_stride == pixels
                 && (s.batch == 1 || e.batch_stride == s.out_channels * pixels) =>
         {
@@ -1023,12 +1048,13 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
         } else {
             (rows, cols)
         };
-        let bias_len = match e.bias {
-            Some(b) if b.slot + 1 < lens.len() => lens[b.slot],
+        let input_len = |slot: Option<usize>| match slot {
+            Some(slot) if slot + 1 < lens.len() => lens[slot],
             Some(_) => 0,
             None => usize::MAX,
         };
-        if !e.fits([batches, rows, cols], out_len, bias_len) {
+        let (bias_len, residual_len) = (input_len(e.bias.map(|b| b.slot)), input_len(e.residual));
+        if !e.fits([batches, rows, cols], out_len, bias_len, residual_len) {
             return fail("a native epilogue reaching past its buffers or aliasing".into());
         }
     }
@@ -1162,6 +1188,7 @@ pub(crate) mod tests {
             epilogue: Some(TileEpilogue::Native(NativeEpilogue {
                 activation: Activation::Silu,
                 bias,
+                residual: None,
                 offset,
                 batch_stride,
                 row_stride,
@@ -1215,15 +1242,22 @@ pub(crate) mod tests {
         ] {
             assert_eq!(plain(&m), None, "{m:?}");
         }
+        // A residual is added on finished tiles, never in registers.
+        let mut residual = native(Some(per_row(1)), 0, 96, 16);
+        if let Some(TileEpilogue::Native(e)) = &mut residual.epilogue {
+            e.residual = Some(3);
+        }
+        assert_eq!(plain(&residual), None);
     }
 
-    /// A native epilogue fits only where every element has its own place inside the output
-    /// and the bias covers its rows or columns.
+    /// A native epilogue fits only where every element has its own place inside the output,
+    /// the bias covers its rows or columns and a residual the output's extent.
     #[test]
     fn native_epilogues_are_checked_for_bounds_and_aliasing() {
         let e = |batch_stride, row_stride, bias| NativeEpilogue {
             activation: Activation::Silu,
             bias,
+            residual: None,
             offset: 0,
             batch_stride,
             row_stride,
@@ -1235,17 +1269,25 @@ pub(crate) mod tests {
             })
         };
         // 2 x 3 x 4 elements, dense: exactly 24.
-        assert!(e(12, 4, None).fits([2, 3, 4], 24, 0));
-        assert!(!e(12, 4, None).fits([2, 3, 4], 23, 0));
+        assert!(e(12, 4, None).fits([2, 3, 4], 24, 0, 0));
+        assert!(!e(12, 4, None).fits([2, 3, 4], 23, 0, 0));
         // Batch entries interleaved with rows (a permuted product) still never collide.
-        assert!(e(4, 8, None).fits([2, 3, 4], 24, 0));
+        assert!(e(4, 8, None).fits([2, 3, 4], 24, 0, 0));
         // Rows overlapping columns, or batch entries overlapping rows.
-        assert!(!e(12, 3, None).fits([2, 3, 4], 24, 0));
-        assert!(!e(8, 4, None).fits([2, 3, 4], 24, 0));
+        assert!(!e(12, 3, None).fits([2, 3, 4], 24, 0, 0));
+        assert!(!e(8, 4, None).fits([2, 3, 4], 24, 0, 0));
         // The bias covers the rows or the columns.
-        assert!(e(12, 4, per(false)).fits([2, 3, 4], 24, 3));
-        assert!(!e(12, 4, per(true)).fits([2, 3, 4], 24, 3));
-        assert!(e(12, 4, per(true)).fits([2, 3, 4], 24, 4));
+        assert!(e(12, 4, per(false)).fits([2, 3, 4], 24, 3, 0));
+        assert!(!e(12, 4, per(true)).fits([2, 3, 4], 24, 3, 0));
+        assert!(e(12, 4, per(true)).fits([2, 3, 4], 24, 4, 0));
+        // A residual covers every element the output's way, from the same offset.
+        let residual = NativeEpilogue {
+            residual: Some(1),
+            offset: 2,
+            ..e(12, 4, None)
+        };
+        assert!(residual.fits([2, 3, 4], 26, 0, 26));
+        assert!(!residual.fits([2, 3, 4], 26, 0, 25));
     }
 
     /// Rows of one epilogue batch entry and columns of the outputs the test epilogue sees.

@@ -120,6 +120,23 @@ pub fn activate_rows<'a>(
     act: Activation,
     rows: impl Iterator<Item = (&'a mut [f32], RowBias<'a>)>,
 ) {
+    activate_rows_on(
+        act,
+        rows.map(|(row, bias)| (row, bias, None)),
+        simd_available(),
+    );
+}
+
+/// Rewrites every row in place: `x = act((x + bias) + residual)`, `residual` a row of
+/// another tensor laid out like the output (a residual connection's shortcut).
+///
+/// # Panics
+/// If a [`RowBias::PerColumn`] slice or a residual row is shorter than its row.
+pub fn activate_rows_with_residual<'a>(
+    act: Activation,
+    rows: impl Iterator<Item = (&'a mut [f32], RowBias<'a>, &'a [f32])>,
+) {
+    let rows = rows.map(|(row, bias, residual)| (row, bias, Some(residual)));
     activate_rows_on(act, rows, simd_available());
 }
 
@@ -136,18 +153,17 @@ pub fn simd_available() -> bool {
     }
 }
 
+/// A row, its bias and its residual row, if any.
+type Row<'a> = (&'a mut [f32], RowBias<'a>, Option<&'a [f32]>);
+
 /// [`activate_rows`] on the 8-lane path when `simd` (which must then be available), else on
 /// the portable one.
-fn activate_rows_on<'a>(
-    act: Activation,
-    rows: impl Iterator<Item = (&'a mut [f32], RowBias<'a>)>,
-    simd: bool,
-) {
+fn activate_rows_on<'a>(act: Activation, rows: impl Iterator<Item = Row<'a>>, simd: bool) {
     struct Rows<I> {
         rows: I,
         simd: bool,
     }
-    impl<'a, I: Iterator<Item = (&'a mut [f32], RowBias<'a>)>> WithAct for Rows<I> {
+    impl<'a, I: Iterator<Item = Row<'a>>> WithAct for Rows<I> {
         type Output = ();
         fn call<A: Act>(self) {
             #[cfg(target_arch = "x86_64")]
@@ -156,8 +172,8 @@ fn activate_rows_on<'a>(
                 unsafe { avx2::rows::<A>(self.rows) };
                 return;
             }
-            for (row, bias) in self.rows {
-                run_row::<f32, A>(row, bias);
+            for (row, bias, residual) in self.rows {
+                run_row::<f32, A>(row, bias, residual);
             }
         }
     }
@@ -184,10 +200,22 @@ pub(crate) fn with_act<F: WithAct>(act: Activation, f: F) -> F::Output {
     }
 }
 
-/// One row: the bias, then the activation, `V::WIDTH` elements at a time; the tail goes
-/// through the same vector code on a padded copy, so every element gets the same rounding.
+/// What is added to a row's elements before the activation: a bias, `scalar` or
+/// `per_column`'s element at the same offset (or nothing unless `has_bias`), then the
+/// `residual` row's element at the same offset, if any.
+#[derive(Clone, Copy)]
+struct Terms<'a, V> {
+    per_column: Option<&'a [f32]>,
+    scalar: V,
+    has_bias: bool,
+    residual: Option<&'a [f32]>,
+}
+
+/// One row: the bias and the residual, then the activation, `V::WIDTH` elements at a
+/// time; the tail goes through the same vector code on a padded copy, so every element gets
+/// the same rounding.
 #[inline(always)]
-fn run_row<V: Lanes, A: Act>(row: &mut [f32], bias: RowBias<'_>) {
+fn run_row<V: Lanes, A: Act>(row: &mut [f32], bias: RowBias<'_>, residual: Option<&[f32]>) {
     let w = V::WIDTH;
     let full = row.len() - row.len() % w;
     let per_column = match bias {
@@ -197,83 +225,81 @@ fn run_row<V: Lanes, A: Act>(row: &mut [f32], bias: RowBias<'_>) {
         }
         _ => None,
     };
-    let scalar = V::splat(match bias {
-        RowBias::Scalar(b) => b,
-        _ => 0.0,
+    let residual = residual.map(|r| {
+        assert!(r.len() >= row.len(), "a residual row shorter than its row");
+        &r[..row.len()]
     });
-    let has_bias = !matches!(bias, RowBias::None);
+    let terms = Terms {
+        per_column,
+        scalar: V::splat(match bias {
+            RowBias::Scalar(b) => b,
+            _ => 0.0,
+        }),
+        has_bias: !matches!(bias, RowBias::None),
+        residual,
+    };
     let (body, tail) = row.split_at_mut(full);
-    run_body::<V, A>(body, per_column, scalar, has_bias);
+    run_body::<V, A>(body, terms);
     if !tail.is_empty() {
-        let (mut x, mut b) = ([0.0f32; MAX_WIDTH], [0.0f32; MAX_WIDTH]);
+        let mut x = [0.0f32; MAX_WIDTH];
+        let (mut b, mut r) = ([0.0f32; MAX_WIDTH], [0.0f32; MAX_WIDTH]);
         x[..tail.len()].copy_from_slice(tail);
         if let Some(bs) = per_column {
             b[..tail.len()].copy_from_slice(&bs[full..]);
         }
-        let padded_bias = per_column.map(|_| &b[..]);
-        apply::<V, A>(V::load(&x[..w]), padded_bias, scalar, has_bias, 0).store(&mut x[..w]);
+        if let Some(rs) = residual {
+            r[..tail.len()].copy_from_slice(&rs[full..]);
+        }
+        let padded = Terms {
+            per_column: per_column.map(|_| &b[..]),
+            residual: residual.map(|_| &r[..]),
+            ..terms
+        };
+        apply::<V, A>(V::load(&x[..w]), padded, 0).store(&mut x[..w]);
         tail.copy_from_slice(&x[..tail.len()]);
     }
 }
 
-/// `x = act(x + bias)` for each whole vector of `body`, the bias `scalar` or the vector of
-/// `per_column` at the same offset, four vectors per step: the approximations are long
-/// dependency chains, and four independent ones side by side keep the FP units busy where
-/// one chain at a time leaves them waiting on its latency (ns per element on Zen 4, in
-/// cache: SiLU 0.52 -> 0.48, sigmoid 0.52 -> 0.43, GELU 0.44 -> 0.39). Plain functions, not
-/// closures, so that everything inlines into the caller's SIMD target features.
+/// `x = act(x + bias + residual)` for each whole vector of `body` (see [`Terms`]), four
+/// vectors per step: the approximations are long dependency chains, and four independent
+/// ones side by side keep the FP units busy where one chain at a time leaves them waiting
+/// on its latency (ns per element on Zen 4, in cache: SiLU 0.52 -> 0.48, sigmoid 0.52 ->
+/// 0.43, GELU 0.44 -> 0.39). Plain functions, not closures, so that everything inlines into
+/// the caller's SIMD target features.
 #[inline(always)]
-fn run_body<V: Lanes, A: Act>(
-    body: &mut [f32],
-    per_column: Option<&[f32]>,
-    scalar: V,
-    has_bias: bool,
-) {
+fn run_body<V: Lanes, A: Act>(body: &mut [f32], terms: Terms<'_, V>) {
     let w = V::WIDTH;
     let quad = body.len() - body.len() % (4 * w);
     let (quads, singles) = body.split_at_mut(quad);
     for (q, x) in quads.chunks_exact_mut(4 * w).enumerate() {
         let i = q * 4 * w;
-        let y0 = apply::<V, A>(V::load(x), per_column, scalar, has_bias, i);
-        let y1 = apply::<V, A>(V::load(&x[w..]), per_column, scalar, has_bias, i + w);
-        let y2 = apply::<V, A>(
-            V::load(&x[2 * w..]),
-            per_column,
-            scalar,
-            has_bias,
-            i + 2 * w,
-        );
-        let y3 = apply::<V, A>(
-            V::load(&x[3 * w..]),
-            per_column,
-            scalar,
-            has_bias,
-            i + 3 * w,
-        );
+        let y0 = apply::<V, A>(V::load(x), terms, i);
+        let y1 = apply::<V, A>(V::load(&x[w..]), terms, i + w);
+        let y2 = apply::<V, A>(V::load(&x[2 * w..]), terms, i + 2 * w);
+        let y3 = apply::<V, A>(V::load(&x[3 * w..]), terms, i + 3 * w);
         y0.store(x);
         y1.store(&mut x[w..]);
         y2.store(&mut x[2 * w..]);
         y3.store(&mut x[3 * w..]);
     }
     for (k, x) in singles.chunks_exact_mut(w).enumerate() {
-        apply::<V, A>(V::load(x), per_column, scalar, has_bias, quad + k * w).store(x);
+        apply::<V, A>(V::load(x), terms, quad + k * w).store(x);
     }
 }
 
-/// `act(x + bias)` for the vector at offset `i` of a row (see [`run_body`]).
+/// `act((x + bias) + residual)` for the vector at offset `i` of a row (see [`Terms`]).
 #[inline(always)]
-fn apply<V: Lanes, A: Act>(
-    x: V,
-    per_column: Option<&[f32]>,
-    scalar: V,
-    has_bias: bool,
-    i: usize,
-) -> V {
-    let b = match per_column {
+fn apply<V: Lanes, A: Act>(x: V, terms: Terms<'_, V>, i: usize) -> V {
+    let b = match terms.per_column {
         Some(bs) => V::load(&bs[i..]),
-        None => scalar,
+        None => terms.scalar,
     };
-    A::apply(if has_bias { x.add(b) } else { x })
+    let x = if terms.has_bias { x.add(b) } else { x };
+    let x = match terms.residual {
+        Some(r) => x.add(V::load(&r[i..])),
+        None => x,
+    };
+    A::apply(x)
 }
 
 /// The widest [`Lanes::WIDTH`].
@@ -392,7 +418,7 @@ impl Lanes for f32 {
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::{Act, Lanes, RowBias};
+    use super::{Act, Lanes};
     use std::arch::x86_64::*;
 
     /// Eight lanes. Values of this type exist only inside [`rows`], which runs after AVX2
@@ -405,11 +431,9 @@ pub(crate) mod avx2 {
     /// # Safety
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rows<'a, A: Act>(
-        rows: impl Iterator<Item = (&'a mut [f32], RowBias<'a>)>,
-    ) {
-        for (row, bias) in rows {
-            super::run_row::<Avx, A>(row, bias);
+    pub(super) unsafe fn rows<'a, A: Act>(rows: impl Iterator<Item = super::Row<'a>>) {
+        for (row, bias, residual) in rows {
+            super::run_row::<Avx, A>(row, bias, residual);
         }
     }
 
@@ -653,7 +677,7 @@ mod tests {
     /// `A` over `xs` as rows of 37 (so every row has a tail on both paths).
     fn map<A: Act>(xs: &[f32], simd: bool) -> Vec<f32> {
         let mut out = xs.to_vec();
-        let rows = out.chunks_mut(37).map(|r| (r, RowBias::None));
+        let rows = out.chunks_mut(37).map(|r| (r, RowBias::None, None));
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: only asked for where `simd_available`.
@@ -661,7 +685,7 @@ mod tests {
             return out;
         }
         let _ = simd;
-        rows.for_each(|(r, b)| run_row::<f32, A>(r, b));
+        rows.for_each(|(r, b, res)| run_row::<f32, A>(r, b, res));
         out
     }
 
@@ -759,7 +783,11 @@ mod tests {
             assert_eq!([e[1], e[3], e[5]], [0.0, 0.0, 1.0], "{e:?}");
             let at = |act: Activation| {
                 let mut ys = xs.to_vec();
-                activate_rows_on(act, std::iter::once((&mut ys[..], RowBias::None)), simd);
+                activate_rows_on(
+                    act,
+                    std::iter::once((&mut ys[..], RowBias::None, None)),
+                    simd,
+                );
                 ys
             };
             let sigmoid = at(Activation::Sigmoid);
@@ -773,13 +801,17 @@ mod tests {
             );
             for act in Activation::ALL {
                 let mut ys = xs.to_vec();
-                activate_rows_on(act, std::iter::once((&mut ys[..], RowBias::None)), simd);
+                activate_rows_on(
+                    act,
+                    std::iter::once((&mut ys[..], RowBias::None, None)),
+                    simd,
+                );
                 assert!(ys[0].is_nan(), "{act:?} of NaN is {}", ys[0]);
             }
             let mut ys = xs.to_vec();
             activate_rows_on(
                 Activation::Gelu,
-                std::iter::once((&mut ys[..], RowBias::None)),
+                std::iter::once((&mut ys[..], RowBias::None, None)),
                 simd,
             );
             // −inf·0 is NaN at −inf, as in the op table's formula; erf's approximation at its
@@ -794,7 +826,8 @@ mod tests {
 
     /// Every activation on tiles of every width up to three vectors and beyond (past runs of
     /// four vectors, with single vectors and a tail after them), rows of a strided matrix,
-    /// with the bias per row, per column or none, against f64.
+    /// with the bias per row, per column or none, and with or without a residual row (of a
+    /// differently strided tensor), against f64.
     #[test]
     fn tiles_match_f64_references() {
         let mut state = 0x9e37_79b9_7f4a_7c15_u64;
@@ -807,11 +840,13 @@ mod tests {
         let (rows, ld) = (5, 80);
         let data: Vec<f32> = (0..rows * ld).map(|_| random()).collect();
         let bias: Vec<f32> = (0..ld).map(|_| random()).collect();
+        let res_ld = ld + 3;
+        let shortcut: Vec<f32> = (0..rows * res_ld).map(|_| random()).collect();
         for simd in paths() {
             for act in Activation::ALL {
                 for cols in (0..=25).chain([33, 40, 64, 71, 80]) {
                     for c0 in [0, ld - cols.max(1)] {
-                        for kind in 0..3 {
+                        for (kind, residual) in (0..3).flat_map(|k| [(k, false), (k, true)]) {
                             let mut out = data.clone();
                             let c1 = c0 + cols;
                             let tile = out.chunks_mut(ld).enumerate().map(|(r, row)| {
@@ -820,7 +855,8 @@ mod tests {
                                     1 => RowBias::Scalar(bias[r]),
                                     _ => RowBias::PerColumn(&bias[c0..c1]),
                                 };
-                                (&mut row[c0..c1], b)
+                                let res = residual.then(|| &shortcut[r * res_ld + c0..][..cols]);
+                                (&mut row[c0..c1], b, res)
                             });
                             activate_rows_on(act, tile, simd);
                             for r in 0..rows {
@@ -836,13 +872,19 @@ mod tests {
                                         1 => f64::from(bias[r]),
                                         _ => f64::from(bias[c]),
                                     };
-                                    // The bias add rounds to f32 first, as in the product.
-                                    let x = f64::from((x + b) as f32);
+                                    // Each add rounds to f32 first, as in the graph.
+                                    let x = (x + b) as f32;
+                                    let x = f64::from(if residual {
+                                        x + shortcut[r * res_ld + c]
+                                    } else {
+                                        x
+                                    });
                                     let want = reference(act, x);
                                     assert!(
                                         (got - want).abs() <= 2e-6 * want.abs().max(1.0),
                                         "{act:?} simd={simd} cols={cols} c0={c0} bias \
-                                         kind {kind}: {got} vs {want} at ({r}, {c})"
+                                         kind {kind} residual {residual}: {got} vs {want} \
+                                         at ({r}, {c})"
                                     );
                                 }
                             }

@@ -1,6 +1,7 @@
 //! Contraction epilogues the runtime computes natively: an epilogue whose Kernel IR is
-//! exactly `out = act(out + bias)` (bias per row, per column or none; `act` one of
-//! [`Activation`]) runs on the runtime's 8-lane kernel
+//! exactly `out = act((out + bias) + residual)` (bias per row, per column or none; a
+//! residual, read where the product is, or none; `act` one of [`Activation`]) runs on the
+//! runtime's 8-lane kernel
 //! ([`bbc_runtime::kernels::activation`]) instead of generated code, which Cranelift limits
 //! to 4 lanes on x86-64.
 //!
@@ -8,9 +9,10 @@
 //! of the op applied to one value (a one-op graph lowered once, so the op table and the
 //! lowering stay the only definitions); an epilogue matches when its stored value, `let`s
 //! inlined, is that pattern with every occurrence of the value replaced by the same
-//! `out[L]` or `out[L] + bias[B]`, the store goes to `out[L]`, `L` is affine in the
-//! epilogue's (batch, row, column) with unit column stride, and `B` is the row or the
-//! column. Anything else keeps its generated epilogue.
+//! `out[L]`, `out[L] + bias[B]`, `out[L] + res[L]` or `(out[L] + bias[B]) + res[L]` (sums
+//! in either order), the store goes to `out[L]`, `L` is affine in the epilogue's (batch,
+//! row, column) with unit column stride, `B` is the row or the column, and `res[L]` reads
+//! another buffer at `L`'s offset and strides. Anything else keeps its generated epilogue.
 
 use crate::ir::parse_text;
 use crate::kernel::index::{self, Index, Var};
@@ -36,52 +38,112 @@ pub fn native_epilogue(kernel: &Kernel, c: &Contraction) -> Option<NativeEpilogu
     if col_stride != 1 && e.col.extent > 1 {
         return None;
     }
-    // The activation whose pattern leaves the product, or the product plus a bias, in its
-    // holes (the identity's pattern, a hole alone, matches any value).
-    let (activation, read, bias) = templates().iter().find_map(|(act, pattern)| {
-        let (product, bias) = match unify_hole(pattern, &value)? {
-            Expr::Binary(Binary::Add, a, b) => (*a, Some(*b)),
-            other => (other, None),
-        };
-        match product {
-            Expr::Load { buf, index } if buf == c.out => Some((*act, index, bias)),
-            _ => None,
-        }
+    // The activation whose pattern leaves the product, alone or plus a bias, a residual or
+    // both, in its holes (the identity's pattern, a hole alone, matches any value).
+    let here = (offset, [batch_stride, row_stride, col_stride]);
+    let (activation, terms) = templates().iter().find_map(|(act, pattern)| {
+        let terms = sum_terms(unify_hole(pattern, &value)?, c.out, &vars, here)?;
+        Some((*act, terms))
     })?;
-    if affine(&read, &vars)? != (offset, [batch_stride, row_stride, col_stride]) {
-        return None;
-    }
-    let bias = match &bias {
+    let bias = match terms.bias {
         None => None,
-        Some(Expr::Load { buf, index }) if *buf != c.out => {
-            let (constant, k) = affine(index, &vars)?;
-            let per_row = k == [0, 1, 0] || (k == [0, 0, 0] && e.row.extent == 1);
-            let per_column = k == [0, 0, 1] || (k == [0, 0, 0] && e.col.extent == 1);
-            if constant != 0 || !(per_row || per_column) {
-                return None;
-            }
-            kernel.buffers.get(*buf)?;
+        Some((buf, index)) => {
+            kernel.buffers.get(buf)?;
             Some(TileBias {
-                slot: *buf,
-                per_column: !per_row,
+                slot: buf,
+                per_column: bias_per_column(&index, &vars)?,
             })
         }
-        Some(_) => return None,
     };
     let stride = |k: i64| usize::try_from(k).ok();
     let native = NativeEpilogue {
         activation,
         bias,
+        residual: terms.residual,
         offset: stride(offset)?,
         batch_stride: stride(batch_stride)?,
         row_stride: stride(row_stride)?,
     };
     // Inside its buffers, one element per epilogue element, as the executor will check.
-    let bias_len = native
-        .bias
-        .map_or(usize::MAX, |b| kernel.buffers[b.slot].len());
+    let len = |slot: Option<usize>| slot.map_or(usize::MAX, |b| kernel.buffers[b].len());
+    let (bias_len, residual_len) = (len(native.bias.map(|b| b.slot)), len(native.residual));
     let out_len = kernel.buffers.get(c.out)?.len();
-    native.fits(extents, out_len, bias_len).then_some(native)
+    native
+        .fits(extents, out_len, bias_len, residual_len)
+        .then_some(native)
+}
+
+/// Whether a read at `index` is a bias per column (`Some(true)`) or per row (`Some(false)`)
+/// of the epilogue over `vars` (batch, row, column), or neither.
+fn bias_per_column(index: &Index, vars: &[Var; 3]) -> Option<bool> {
+    let (constant, k) = affine(index, vars)?;
+    let per_row = k == [0, 1, 0] || (k == [0, 0, 0] && vars[1].extent == 1);
+    let per_column = k == [0, 0, 1] || (k == [0, 0, 0] && vars[2].extent == 1);
+    (constant == 0 && (per_row || per_column)).then_some(!per_row)
+}
+
+/// What an epilogue adds to its product before the activation.
+struct Terms {
+    /// A bias: a buffer read per row or per column.
+    bias: Option<(usize, Index)>,
+    /// A buffer read where the product is (same offset and strides): a residual.
+    residual: Option<usize>,
+}
+
+/// `value` as `product`, `product + bias`, `(product + bias) + residual` or
+/// `product + residual`, either operand order in each sum (a float add commutes), where the
+/// product is `out` read at `here` (an affine form over `vars`), a bias another buffer read
+/// per row or per column and a residual another buffer read at `here`: the terms besides
+/// the product, or `None` for any other form.
+fn sum_terms(value: Expr, out: usize, vars: &[Var; 3], here: (i64, [i64; 3])) -> Option<Terms> {
+    let at_here = |index: &Index| affine(index, vars) == Some(here);
+    let is_product =
+        |e: &Expr| matches!(e, Expr::Load { buf, index } if *buf == out && at_here(index));
+    let other_load = |e: &Expr| match e {
+        Expr::Load { buf, index } if *buf != out => Some((*buf, index.clone())),
+        _ => None,
+    };
+    // `product + x` or `x + product`: the other operand.
+    let beside_product = |e: &Expr| match e {
+        Expr::Binary(Binary::Add, a, b) if is_product(a) => Some((**b).clone()),
+        Expr::Binary(Binary::Add, a, b) if is_product(b) => Some((**a).clone()),
+        _ => None,
+    };
+    if is_product(&value) {
+        return Some(Terms {
+            bias: None,
+            residual: None,
+        });
+    }
+    let is_bias = |index: &Index| bias_per_column(index, vars).is_some();
+    if let Some(other) = beside_product(&value) {
+        // A bias where the read is one (on a single row both readings agree), else a
+        // residual read at the product's own place.
+        let (buf, index) = other_load(&other)?;
+        return if is_bias(&index) {
+            Some(Terms {
+                bias: Some((buf, index)),
+                residual: None,
+            })
+        } else {
+            at_here(&index).then_some(Terms {
+                bias: None,
+                residual: Some(buf),
+            })
+        };
+    }
+    // `(product + bias) + residual`, either order at either level.
+    let Expr::Binary(Binary::Add, a, b) = &value else {
+        return None;
+    };
+    [(a, b), (b, a)].into_iter().find_map(|(inner, shortcut)| {
+        let (residual, at) = other_load(shortcut)?;
+        let (bias, index) = other_load(&beside_product(inner)?)?;
+        (at_here(&at) && is_bias(&index)).then_some(Terms {
+            bias: Some((bias, index)),
+            residual: Some(residual),
+        })
+    })
 }
 
 /// `index` as `constant + Σ coefficient·var` over `vars` (the coefficient of a variable of
@@ -341,6 +403,7 @@ mod tests {
                         slot: 2,
                         per_column: false
                     }),
+                    residual: None,
                     offset: 0,
                     batch_stride: 0,
                     row_stride: 30,
@@ -351,6 +414,36 @@ mod tests {
         // The bias alone.
         let got = native(&format!("{CONV}\n  output %y = %c")).expect("matches");
         assert_eq!(got.activation, Activation::Identity);
+    }
+
+    /// A residual add (ResNet's shortcut), in either operand order, with or without an
+    /// activation after it: the residual is the buffer read where the product is.
+    #[test]
+    fn residual_adds_run_natively() {
+        for (tail, act) in [
+            (
+                "%a = add(%c, %r): f32[1, 8, 5, 6]\n  %y = relu(%a): f32[1, 8, 5, 6]",
+                Activation::Relu,
+            ),
+            (
+                "%a = add(%r, %c): f32[1, 8, 5, 6]\n  %y = relu(%a): f32[1, 8, 5, 6]",
+                Activation::Relu,
+            ),
+            ("%y = add(%r, %c): f32[1, 8, 5, 6]", Activation::Identity),
+        ] {
+            let body = format!("{CONV}\n  input %r: f32[1, 8, 5, 6]\n  {tail}\n  output %y = %y");
+            let k = contraction(&body);
+            let got = native(&body).unwrap_or_else(|| panic!("{tail}: not native"));
+            assert_eq!(got.activation, act, "{tail}");
+            assert_eq!(
+                got.bias.map(|b| (b.slot, b.per_column)),
+                Some((2, false)),
+                "{tail}"
+            );
+            let slot = got.residual.expect("a residual");
+            assert_eq!(k.buffers[slot].shape, vec![1, 8, 5, 6], "{tail}");
+            assert_eq!((got.offset, got.row_stride), (0, 30), "{tail}");
+        }
     }
 
     #[test]
@@ -372,9 +465,11 @@ mod tests {
     #[test]
     fn other_epilogues_keep_generated_code() {
         for tail in [
-            // The tanh form of GELU, a residual, a channel scale, an activation of another.
+            // The tanh form of GELU, a residual read elsewhere (transposed), two residuals, a
+            // channel scale, an activation of another.
             "  %y = gelu(%c) {approximate=\"tanh\"}: f32[1, 8, 5, 6]\n  output %y = %y",
-            "  input %r: f32[1, 8, 5, 6]\n  %y = add(%c, %r): f32[1, 8, 5, 6]\n  output %y = %y",
+            "  input %q: f32[1, 8, 6, 5]\n  %t = permute(%q) {dims=[0, 1, 3, 2]}: f32[1, 8, 5, 6]\n  %y = add(%c, %t): f32[1, 8, 5, 6]\n  output %y = %y",
+            "  input %r: f32[1, 8, 5, 6]\n  input %s: f32[1, 8, 5, 6]\n  %a = add(%c, %r): f32[1, 8, 5, 6]\n  %y = add(%a, %s): f32[1, 8, 5, 6]\n  output %y = %y",
             "  param %g: f32[8, 1, 1] = uniform(0.5)\n  %y = mul(%c, %g): f32[1, 8, 5, 6]\n  output %y = %y",
             "  %t = tanh(%c): f32[1, 8, 5, 6]\n  %y = silu(%t): f32[1, 8, 5, 6]\n  output %y = %y",
         ] {

@@ -875,10 +875,12 @@ impl Builder<'_, '_> {
                         Some(NativeEpilogue {
                             activation: Activation::Identity,
                             bias: None,
+                            residual: None,
                             ..
                         }) => None,
                         Some(native) => {
                             used.extend(native.bias.map(|b| b.slot));
+                            used.extend(native.residual);
                             self.stats.native_epilogues += 1;
                             Some(TileEpilogue::Native(native))
                         }
