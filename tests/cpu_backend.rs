@@ -185,6 +185,16 @@ fn batched_channels_last_mlp_has_no_fallback() {
     }
 }
 
+/// The graph of the last model of `.bb` source `source`, named `file` in diagnostics.
+fn elaborated(file: &str, source: &str) -> ir::Graph {
+    let program =
+        elab::Program::from_source(file, source).unwrap_or_else(|e| panic!("{}", e.render()));
+    program
+        .elaborate(&elab::Options::default())
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph
+}
+
 /// Max pooling runs on the runtime's kernel, one step per pool, and computes the
 /// interpreter's values: padded, ceil-mode (the last window hangs past the input),
 /// rectangular and stride-1 windows, on one to three threads, including a NaN.
@@ -197,12 +207,7 @@ fn max_pools_run_on_the_runtime_kernel() {
                   d = max_pool2d(relu(x), k=2);\n    \
                   output ya = a;\n    output yb = b;\n    output yc = c;\n    \
                   output yd = d;\n}\n";
-    let program =
-        elab::Program::from_source("pools.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
-    let graph = program
-        .elaborate(&elab::Options::default())
-        .unwrap_or_else(|d| panic!("{d:?}"))
-        .graph;
+    let graph = elaborated("pools.bb", source);
     let mut x = Rng::new(3).standard_normal_tensor(&[2, 3, 13, 11]);
     x.as_slice_mut().expect("contiguous")[40] = f32::NAN;
     let pools = Model {
@@ -233,12 +238,7 @@ fn plane_means_match_the_interpreter() {
                   d = mean(x, axes=[1]);\n    \
                   output ya = a;\n    output yb = b;\n    output yc = c;\n    \
                   output yd = d;\n}\n";
-    let program =
-        elab::Program::from_source("means.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
-    let graph = program
-        .elaborate(&elab::Options::default())
-        .unwrap_or_else(|d| panic!("{d:?}"))
-        .graph;
+    let graph = elaborated("means.bb", source);
     let mut rng = Rng::new(5);
     let inputs = [
         ("x", vec![2, 6, 7, 9]),

@@ -530,18 +530,6 @@ fn main() {
             "resnet18 3x3 256->256 @14",
             conv_shape(256, 256, 14, 3, 1, 1, layout),
         );
-        for (name, cin, cout, size) in [
-            ("resnet50 1x1/2 256->512 @56", 256, 512, 56),
-            ("resnet50 1x1/2 1024->2048 @14", 1024, 2048, 14),
-        ] {
-            bench_conv(
-                &report,
-                &pools,
-                budget,
-                name,
-                conv_shape(cin, cout, size, 1, 2, 1, layout),
-            );
-        }
         bench_conv(
             &report,
             &pools,
@@ -556,23 +544,25 @@ fn main() {
             "resnet50 1x1 64->256 @56",
             conv_shape(64, 256, 56, 1, 1, 1, layout),
         );
-        for (name, cin, cout, size) in [
-            ("convnext_atto pw 320->1280 @7", 320, 1280, 7),
-            ("convnext_atto pw 1280->320 @7", 1280, 320, 7),
-            ("convnext_atto pw 160->640 @14", 160, 640, 14),
-            ("convnext_atto pw 40->160 @56", 40, 160, 56),
-            ("efficientnet pw 16->96 @112", 16, 96, 112),
-            ("efficientnet pw 24->144 @56", 24, 144, 56),
-            ("efficientnet pw 40->240 @28", 40, 240, 28),
-            ("efficientnet pw 144->24 @56", 144, 24, 56),
-            ("efficientnet pw 192->1152 @7", 192, 1152, 7),
+        for (name, cin, cout, size, stride) in [
+            ("convnext_atto pw 320->1280 @7", 320, 1280, 7, 1),
+            ("convnext_atto pw 1280->320 @7", 1280, 320, 7, 1),
+            ("convnext_atto pw 160->640 @14", 160, 640, 14, 1),
+            ("convnext_atto pw 40->160 @56", 40, 160, 56, 1),
+            ("efficientnet pw 16->96 @112", 16, 96, 112, 1),
+            ("efficientnet pw 24->144 @56", 24, 144, 56, 1),
+            ("efficientnet pw 40->240 @28", 40, 240, 28, 1),
+            ("efficientnet pw 144->24 @56", 144, 24, 56, 1),
+            ("efficientnet pw 192->1152 @7", 192, 1152, 7, 1),
+            ("resnet50 1x1/2 256->512 @56", 256, 512, 56, 2),
+            ("resnet50 1x1/2 1024->2048 @14", 1024, 2048, 14, 2),
         ] {
             bench_conv(
                 &report,
                 &pools,
                 budget,
                 name,
-                conv_shape(cin, cout, size, 1, 1, 1, layout),
+                conv_shape(cin, cout, size, 1, stride, 1, layout),
             );
         }
         bench_conv(
