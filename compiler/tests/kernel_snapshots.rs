@@ -1,5 +1,6 @@
 //! The Kernel IR text of representative lowerings, pinned with insta: an elementwise group,
-//! a `dwconv_norm` group, an `epilogue` group (with layer scale and residual), softmax,
+//! a `dwconv_norm` group, an `epilogue` group (bias and residual; the layer scale folds into
+//! the weight), softmax,
 //! layer_norm, a padded max pool, a permute, an `attention` group (permuted q/k/v, scale,
 //! permute and residual after) and an `fff` group (a padded convolution over a concat with a
 //! bilinear resize).

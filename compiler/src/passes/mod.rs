@@ -12,6 +12,7 @@ mod dce;
 mod fold_batch_norm;
 mod fold_channel_scale;
 mod fold_haar_conv;
+mod fold_output_scale;
 mod fuse_attention;
 mod fuse_dwconv_norm;
 mod fuse_elementwise;
@@ -48,6 +49,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(const_fold::ConstFold),
         Box::new(simplify_layout::SimplifyLayout),
         Box::new(fold_batch_norm::FoldBatchNorm),
+        Box::new(fold_output_scale::FoldOutputScale),
         Box::new(fold_channel_scale::FoldChannelScale),
         Box::new(fold_haar_conv::FoldHaarConv),
         Box::new(cse::Cse),
