@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::{
     gemm, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef,
-    MaxPool2d, Output, PackedMatrix,
+    MaxPool2d, Output, PackedMatrix, PanelMatrix,
 };
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
@@ -205,26 +205,48 @@ fn bench_gemm(
     }
     let a = random(m * k);
     let w = random(n * k); // PyTorch layout [out, in]
-    let packed = PackedMatrix::pack(MatRef::row_major(&w, n, k).unwrap().t());
+    let raw = MatRef::row_major(&w, n, k).unwrap().t();
+    // Copies enough to outgrow the caches, used in turn: the weight comes from memory, as
+    // in a model whose weights outgrow the caches.
+    let copies = (64 << 20) / (4 * n * k) + 1;
+    let packed: Vec<PackedMatrix> = (0..copies).map(|_| PackedMatrix::pack(raw)).collect();
+    let panels: Vec<PanelMatrix> = (0..copies).map(|_| PanelMatrix::pack(raw)).collect();
     let mut c = vec![0.0; m * n];
     let flops = 2.0 * (m * n * k) as f64;
     let a_view = MatRef::row_major(&a, m, k).unwrap();
-    for (label, b_view) in [
-        ("packed", packed.view()),
-        ("unpacked [n,k]ᵀ", MatRef::row_major(&w, n, k).unwrap().t()),
-    ] {
+    let next = std::cell::Cell::new(0);
+    let mut variants = vec![
+        ("packed", 1),
+        ("unpacked [n,k]ᵀ", 1),
+        ("packed, cold", copies),
+    ];
+    if PanelMatrix::supported() {
+        variants.extend([("panels", 1), ("panels, cold", copies)]);
+    }
+    for (label, rotate) in variants {
         let times: Vec<(usize, Duration)> = pools
             .iter()
             .map(|pool| {
                 let t = best_time(budget, || {
-                    gemm(
-                        pool,
-                        a_view,
-                        b_view,
-                        MatMut::row_major(&mut c, m, n).unwrap(),
-                        Output::Overwrite,
-                        Epilogue::NONE,
-                    )
+                    let i = next.get() % rotate;
+                    next.set(next.get() + 1);
+                    let c = MatMut::row_major(&mut c, m, n).unwrap();
+                    match label {
+                        "unpacked [n,k]ᵀ" => {
+                            gemm(pool, a_view, raw, c, Output::Overwrite, Epilogue::NONE)
+                        }
+                        l if l.starts_with("panels") => {
+                            panels[i].gemm(pool, a_view, c, Epilogue::NONE)
+                        }
+                        _ => gemm(
+                            pool,
+                            a_view,
+                            packed[i].view(),
+                            c,
+                            Output::Overwrite,
+                            Epilogue::NONE,
+                        ),
+                    }
                     .unwrap()
                 });
                 (pool.threads(), t)
@@ -491,6 +513,33 @@ fn main() {
         196,
         1536,
         384,
+    );
+    bench_gemm(
+        &report,
+        &pools,
+        budget,
+        "convnext_tiny s3 linear 1536->384, 196 px",
+        196,
+        384,
+        1536,
+    );
+    bench_gemm(
+        &report,
+        &pools,
+        budget,
+        "convnext_tiny s4 linear 768->3072, 49 px",
+        49,
+        3072,
+        768,
+    );
+    bench_gemm(
+        &report,
+        &pools,
+        budget,
+        "convnext_tiny s4 linear 3072->768, 49 px",
+        49,
+        768,
+        3072,
     );
 
     println!("\n== Convolutions (batch 1, epilogue = ReLU on every tile) ==");

@@ -17,10 +17,12 @@
 
 use crate::arena::AlignedBuffer;
 use crate::exec::{
-    BandLoop, ExecError, Executor, Form, Gemm, GemmOperand, HostFn, LoopFn, Plan, ProductMap,
-    Resolved, Slot, Step, StepKernel, TileEpilogue, TileFn,
+    BandLoop, ExecError, Executor, Form, Gemm, GemmOperand, HostFn, LoopFn, PackedWeight, Plan,
+    ProductMap, Resolved, Slot, Step, StepKernel, TileEpilogue, TileFn,
 };
-use crate::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, KernelError, MatRef, PackedMatrix};
+use crate::kernels::{
+    Conv2d, Conv2dShape, DepthwiseConv2d, KernelError, MatRef, PackedMatrix, PanelMatrix,
+};
 use crate::pool::ThreadPool;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -158,6 +160,19 @@ pub struct PlanDesc {
     pub inputs: Vec<IoDesc>,
     pub outputs: Vec<IoDesc>,
     pub steps: Vec<Step<Described>>,
+}
+
+/// Whether a GEMM step's constant right operand is packed in panels for the dense kernel:
+/// the CPU runs it, the left operand is an activation with contiguous rows, and the product
+/// is written row-major or column-major (in place, or row-major to scratch).
+fn dense_product(g: &Gemm<Described>) -> bool {
+    let a_rows = match g.a {
+        GemmOperand::Buffer { col_stride, .. } => col_stride == 1 || g.k <= 1,
+        GemmOperand::Packed { .. } => false,
+    };
+    let row_major =
+        g.product.scatter.is_some() || g.out_col_stride == 1 || g.out_row_stride == 1 || g.m <= 1;
+    PanelMatrix::supported() && a_rows && row_major && matches!(g.b, GemmOperand::Packed { .. })
 }
 
 fn invalid(what: String) -> ExecError {
@@ -367,7 +382,8 @@ pub fn resolve_step<'a>(
         })
     };
     let operand = |o: &GemmOperand<Described>,
-                   [rows, cols]: [usize; 2]|
+                   [rows, cols]: [usize; 2],
+                   panels: bool|
      -> Result<GemmOperand, ExecError> {
         Ok(match o {
             GemmOperand::Packed { matrices, of_batch } => {
@@ -378,7 +394,11 @@ pub fn resolve_step<'a>(
                     .map(|v| {
                         let view =
                             MatRef::new(source, v.offset, rows, cols, v.row_stride, v.col_stride)?;
-                        Ok(PackedMatrix::pack(view))
+                        Ok(if panels {
+                            PackedWeight::Panels(PanelMatrix::pack(view))
+                        } else {
+                            PackedWeight::Rows(PackedMatrix::pack(view))
+                        })
                     })
                     .collect::<Result<Vec<_>, KernelError>>()
                     .map_err(kernel_err)?;
@@ -419,8 +439,8 @@ pub fn resolve_step<'a>(
             n: g.n,
             k: g.k,
             batches: g.batches,
-            a: operand(&g.a, [g.m, g.k])?,
-            b: operand(&g.b, [g.k, g.n])?,
+            a: operand(&g.a, [g.m, g.k], false)?,
+            b: operand(&g.b, [g.k, g.n], dense_product(g))?,
             out_offsets: g.out_offsets.clone(),
             out_row_stride: g.out_row_stride,
             out_col_stride: g.out_col_stride,

@@ -41,7 +41,7 @@ use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, activate_rows_with_residual, Activation, RowBias};
 use crate::kernels::{
     gemm, Conv2d, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef, MaxPool2d,
-    Output, PackedMatrix, Tile,
+    Output, PackedMatrix, PanelMatrix, Tile,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -94,7 +94,7 @@ impl Form for Resolved {
     type Tile = TileFn;
     type Conv = Conv2d;
     type Depthwise = DepthwiseConv2d;
-    type Packed = Vec<PackedMatrix>;
+    type Packed = Vec<PackedWeight>;
     type Host = HostFn;
 }
 
@@ -191,7 +191,12 @@ pub struct BandLoop<F: Form = Resolved> {
 /// row `r % rows_per_batch` of epilogue batch entry `base + r / rows_per_batch`, where `base`
 /// is the batch entry of the kernel call (a GEMM call per entry; 0 for a convolution, whose
 /// rows run over images and groups). Product element `(r, c)` is epilogue element `(row r,
-/// column c)`, or `(row c, column r)` when `transposed`.
+/// column c)`, or `(row c, column r)` when `transposed`: generated epilogues are called
+/// with epilogue rows and columns, a [`NativeEpilogue`] with the product's own.
+///
+/// A GEMM presents `C` (`m x n`), or `Cᵀ` when its output is column-major (a column stride
+/// other than 1, no scatter): a product stored transposed, such as a linear layer over
+/// channels-last pixels written back channels-first.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(bound = "F: SerialForm")]
 pub struct ProductMap<F: Form = Resolved> {
@@ -212,7 +217,8 @@ pub struct ProductMap<F: Form = Resolved> {
 pub enum TileEpilogue<F: Form = Resolved> {
     /// Generated code.
     Generated(F::Tile),
-    /// A runtime kernel: bias and activation, 8 lanes at a time.
+    /// A runtime kernel: bias and activation, 8 lanes at a time, on the tile as the kernel
+    /// presents it.
     Native(NativeEpilogue),
 }
 
@@ -370,6 +376,15 @@ pub struct Gemm<F: Form = Resolved> {
     pub out_row_stride: usize,
     pub out_col_stride: usize,
     pub product: ProductMap<F>,
+}
+
+/// A constant GEMM operand as packed at load time: row-major for the `gemm` driver, or in
+/// column panels for the dense kernel when it is the right operand of an activation with
+/// contiguous rows ([`PanelMatrix`]).
+#[derive(Debug, Clone)]
+pub enum PackedWeight {
+    Rows(PackedMatrix),
+    Panels(PanelMatrix),
 }
 
 /// A GEMM operand.
@@ -686,7 +701,6 @@ impl Executor {
                 let scratch = scratch.as_mut_slice();
                 for b in 0..g.batches {
                     let a = operand_view(&g.a, b, g.m, g.k, &input).map_err(kernel_err)?;
-                    let bm = operand_view(&g.b, b, g.k, g.n, &input).map_err(kernel_err)?;
                     let c = if g.product.scatter.is_some() {
                         MatMut::row_major(&mut scratch[..g.m * g.n], g.m, g.n)
                     } else {
@@ -706,8 +720,22 @@ impl Executor {
                     .map_err(kernel_err)?;
                     let sink = Sink::new(&g.product, table, b);
                     let f = |tile: Tile<'_>| sink.finish(tile);
-                    gemm(pool, a, bm, c, Output::Overwrite, sink.epilogue(&f))
-                        .map_err(kernel_err)?;
+                    let epilogue = sink.epilogue(&f);
+                    match &g.b {
+                        GemmOperand::Packed { matrices, of_batch } => {
+                            match &matrices[of_batch[b]] {
+                                PackedWeight::Panels(w) => w.gemm(pool, a, c, epilogue),
+                                PackedWeight::Rows(w) => {
+                                    gemm(pool, a, w.view(), c, Output::Overwrite, epilogue)
+                                }
+                            }
+                        }
+                        GemmOperand::Buffer { .. } => {
+                            let bm = operand_view(&g.b, b, g.k, g.n, &input).map_err(kernel_err)?;
+                            gemm(pool, a, bm, c, Output::Overwrite, epilogue)
+                        }
+                    }
+                    .map_err(kernel_err)?;
                 }
             }
             StepKernel::Depthwise {
@@ -790,7 +818,12 @@ fn operand_view<'a>(
     input: &impl Fn(usize) -> &'a [f32],
 ) -> Result<MatRef<'a>, KernelError> {
     match op {
-        GemmOperand::Packed { matrices, of_batch } => Ok(matrices[of_batch[b]].view()),
+        GemmOperand::Packed { matrices, of_batch } => match &matrices[of_batch[b]] {
+            PackedWeight::Rows(m) => Ok(m.view()),
+            PackedWeight::Panels(_) => Err(KernelError::Shape(
+                "a weight packed in panels is only a dense product's right operand".into(),
+            )),
+        },
         GemmOperand::Buffer {
             slot,
             offsets,
@@ -884,9 +917,11 @@ impl<'a> Sink<'a> {
                     let buffer = |slot: usize| unsafe { (*self.bufs.get().add(slot)).cast_const() };
                     let bias = e.bias.map_or(std::ptr::null(), |b| buffer(b.slot));
                     let residual = e.residual.map_or(std::ptr::null(), buffer);
-                    // SAFETY: as above; `check_step` bounded the output, bias and residual
-                    // extents.
-                    unsafe { e.run(self.out.get(), bias, residual, batch, r0..r1, c0..c1) };
+                    // Native epilogues are described in the product's own (presented)
+                    // coordinates. SAFETY: as above; `check_step` bounded the output, bias and
+                    // residual extents.
+                    let (rows, cols) = (rr.0..rr.1, cc.0..cc.1);
+                    unsafe { e.run(self.out.get(), bias, residual, batch, rows, cols) };
                 }
             }
             r += seg;
@@ -1034,7 +1069,12 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             if g.product.scatter.is_none() && g.out_offsets.len() < g.batches {
                 return fail("output offsets per batch entry".into());
             }
-            (&g.product, g.m, g.n, g.batches)
+            // The kernels present a column-major output transposed.
+            if g.product.scatter.is_none() && g.out_col_stride != 1 {
+                (&g.product, g.n, g.m, g.batches)
+            } else {
+                (&g.product, g.m, g.n, g.batches)
+            }
         }
     };
     if let Some(pos) = product.bias {
@@ -1043,11 +1083,6 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
         }
     }
     if let Some(TileEpilogue::Native(e)) = &product.epilogue {
-        let (rows, cols) = if product.transposed {
-            (cols, rows)
-        } else {
-            (rows, cols)
-        };
         let input_len = |slot: Option<usize>| match slot {
             Some(slot) if slot + 1 < lens.len() => lens[slot],
             Some(_) => 0,
@@ -1059,6 +1094,7 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
         }
     }
     if let Some(s) = &product.scatter {
+        // Scattered elements are placed in the epilogue's coordinates.
         let (rows, cols) = if product.transposed {
             (cols, rows)
         } else {
@@ -1448,7 +1484,9 @@ pub(crate) mod tests {
                 col_stride: 1,
             },
             b: GemmOperand::Packed {
-                matrices: vec![PackedMatrix::from_row_major(&w, k, n).unwrap()],
+                matrices: vec![PackedWeight::Rows(
+                    PackedMatrix::from_row_major(&w, k, n).unwrap(),
+                )],
                 of_batch: vec![0; batch],
             },
             out_offsets: c_offsets.clone(),
@@ -1468,7 +1506,9 @@ pub(crate) mod tests {
             k,
             batches: batch,
             a: GemmOperand::Packed {
-                matrices: vec![PackedMatrix::pack(MatRef::row_major(&w, k, n).unwrap().t())],
+                matrices: vec![PackedWeight::Rows(PackedMatrix::pack(
+                    MatRef::row_major(&w, k, n).unwrap().t(),
+                ))],
                 of_batch: vec![0; batch],
             },
             b: GemmOperand::Buffer {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bbc_runtime::kernels::activation::{simd_available, Activation};
 use bbc_runtime::kernels::{
     gemm, gemm_serial, Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue,
-    KernelError, Layout, MatMut, MatRef, Output, PackedMatrix, Tile,
+    KernelError, Layout, MatMut, MatRef, Output, PackedMatrix, PanelMatrix, Tile,
 };
 use bbc_runtime::pool::ThreadPool;
 
@@ -264,6 +264,116 @@ fn gemm_epilogue_sees_each_finished_element_exactly_once() {
     }
 }
 
+#[test]
+fn panel_packed_products_match_the_reference() {
+    if !PanelMatrix::supported() {
+        return;
+    }
+    for threads in [1, 2, 3] {
+        let pool = ThreadPool::new(threads).unwrap();
+        // Partial row and column blocks, one row (a classifier), one column, long and short
+        // reductions, and enough work to split over the threads.
+        for &(m, n, k) in &[
+            (3, 5, 7),
+            (1, 1000, 64),
+            (49, 200, 300),
+            (200, 1, 9),
+            (517, 33, 129),
+            (196, 384, 1536),
+        ] {
+            // Any weight strides; A row-major with padded rows, C inside a wider matrix.
+            let a = strided(m, k, 0, 31);
+            let b = strided(k, n, (m + n) % 4, 32);
+            let (want, scale) = reference_gemm(&a, &b, m, n, k);
+            let lda = k + 3;
+            let mut a_padded = vec![f32::NAN; m * lda];
+            for (i, row) in a_padded.chunks_exact_mut(lda).enumerate() {
+                row[..k].copy_from_slice(&a.data[i * k..][..k]);
+            }
+            let panels =
+                PanelMatrix::pack(MatRef::new(&b.data, b.offset, k, n, b.rs, b.cs).unwrap());
+            assert_eq!((panels.rows(), panels.cols()), (k, n));
+            let counter = CountingEpilogue::new(m, n);
+            let visit = |t: Tile<'_>| counter.visit(t);
+            let ldc = n + 5;
+            let mut c = vec![f32::NAN; m * ldc];
+            panels
+                .gemm(
+                    &pool,
+                    MatRef::new(&a_padded, 0, m, k, lda as isize, 1).unwrap(),
+                    MatMut::new(&mut c, 0, m, n, ldc as isize, 1).unwrap(),
+                    Epilogue::from_closure(&visit),
+                )
+                .unwrap();
+            counter.assert_each_once("dense epilogue");
+            let got: Vec<f32> = c.chunks_exact(ldc).flat_map(|r| r[..n].to_vec()).collect();
+            let want: Vec<f64> = want.iter().map(|w| 2.0 * w + 1.0).collect();
+            let scale: Vec<f64> = scale.iter().map(|s| 2.0 * s).collect();
+            assert_close(
+                &got,
+                &want,
+                &scale,
+                &format!("dense {m}x{n}x{k}, {threads} threads"),
+            );
+            // Nothing outside the output matrix is written.
+            assert!(c
+                .chunks_exact(ldc)
+                .all(|r| r[n..].iter().all(|v| v.is_nan())));
+        }
+    }
+    // Stored column-major, by the dense kernel and by `gemm`: the epilogue sees `Cᵀ`.
+    for threads in [1, 2] {
+        let pool = ThreadPool::new(threads).unwrap();
+        for &(m, n, k) in &[(3, 5, 7), (49, 200, 300), (517, 33, 129)] {
+            let a = strided(m, k, 0, 41);
+            let b = strided(k, n, 0, 42);
+            let (want, scale) = reference_gemm(&a, &b, m, n, k);
+            let a_view = MatRef::row_major(&a.data, m, k).unwrap();
+            let b_view = MatRef::row_major(&b.data, k, n).unwrap();
+            let panels = PanelMatrix::pack(b_view);
+            let ld = m + 2;
+            for dense in [true, false] {
+                let counter = CountingEpilogue::new(n, m);
+                let visit = |t: Tile<'_>| counter.visit(t);
+                let mut c = vec![f32::NAN; n * ld];
+                let out = MatMut::new(&mut c, 0, m, n, 1, ld as isize).unwrap();
+                let epilogue = Epilogue::from_closure(&visit);
+                if dense {
+                    panels.gemm(&pool, a_view, out, epilogue).unwrap();
+                } else {
+                    gemm(&pool, a_view, b_view, out, Output::Overwrite, epilogue).unwrap();
+                }
+                let what = format!("column-major {m}x{n}x{k}, dense {dense}, {threads} threads");
+                counter.assert_each_once(&what);
+                let got: Vec<f32> = (0..m * n).map(|e| c[e % n * ld + e / n]).collect();
+                let want: Vec<f64> = want.iter().map(|w| 2.0 * w + 1.0).collect();
+                let scale: Vec<f64> = scale.iter().map(|s| 2.0 * s).collect();
+                assert_close(&got, &want, &scale, &what);
+                assert!(c
+                    .chunks_exact(ld)
+                    .all(|col| col[m..].iter().all(|v| v.is_nan())));
+            }
+        }
+    }
+    // Shapes that do not fit, and a column-strided A, are errors.
+    let pool = ThreadPool::new(1).unwrap();
+    let w = random(12, 1);
+    let panels = PanelMatrix::pack(MatRef::row_major(&w, 3, 4).unwrap());
+    let x = random(12, 2);
+    let mut c = [0.0; 8];
+    let bad = [
+        (MatRef::row_major(&x, 2, 4).unwrap(), 4),
+        (MatRef::new(&x, 0, 2, 3, 1, 2).unwrap(), 4),
+    ];
+    for (a, n) in bad {
+        let c = MatMut::row_major(&mut c[..2 * n], 2, n).unwrap();
+        assert!(matches!(
+            panels.gemm(&pool, a, c, Epilogue::NONE),
+            Err(KernelError::Shape(_))
+        ));
+    }
+}
+
 /// A per-row bias through the raw ABI, as generated code would implement it.
 unsafe extern "C" fn add_row_bias(
     ctx: *const c_void,
@@ -336,14 +446,15 @@ fn gemm_rejects_bad_shapes_and_views() {
         Err(KernelError::Shape(_))
     ));
     let closure = |_: Tile<'_>| {};
-    let col_major = MatMut::new(&mut out, 0, 3, 3, 1, 3).unwrap();
-    let sq = MatRef::row_major(&data, 3, 3).unwrap();
+    // An epilogue sees C or Cᵀ row-major: C needs a unit stride on one axis.
+    let neither = MatMut::new(&mut out, 0, 2, 2, 2, 5).unwrap();
+    let sq = MatRef::row_major(&data, 2, 2).unwrap();
     assert!(matches!(
         gemm(
             &pool,
             sq,
             sq,
-            col_major,
+            neither,
             Output::Overwrite,
             Epilogue::from_closure(&closure)
         ),

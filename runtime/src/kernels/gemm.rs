@@ -156,6 +156,10 @@ impl<'a> MatRef<'a> {
     pub fn cols(&self) -> usize {
         self.cols
     }
+    /// Where element `(0, 0)` is.
+    pub(crate) fn as_ptr(&self) -> *const f32 {
+        self.ptr
+    }
     /// Elements between `(i, j)` and `(i + 1, j)`.
     pub fn row_stride(&self) -> isize {
         self.rs
@@ -284,6 +288,18 @@ impl<'a> MatMut<'a> {
     /// Number of columns.
     pub fn cols(&self) -> usize {
         self.cols
+    }
+    /// Elements between `(i, j)` and `(i + 1, j)`.
+    pub fn row_stride(&self) -> isize {
+        self.rs
+    }
+    /// Elements between `(i, j)` and `(i, j + 1)`.
+    pub fn col_stride(&self) -> isize {
+        self.cs
+    }
+    /// Where element `(0, 0)` is.
+    pub(crate) fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.ptr
     }
 
     /// A mutable view over raw memory.
@@ -598,9 +614,9 @@ pub(crate) fn plan_tiles(m: usize, n: usize, threads: usize) -> (usize, usize) {
 }
 
 /// `C = A·B` (or `C += A·B`), tile by tile on `pool`, running `epilogue` on
-/// every finished tile (see the [module docs](crate::kernels) for the ABI; the
-/// output matrix is `C` itself, which must then have unit column stride and a
-/// non-negative row stride).
+/// every finished tile (see the [module docs](crate::kernels) for the ABI). With an
+/// epilogue, `C` needs a unit stride on one axis ([`check_presented`]): the output matrix the
+/// epilogue sees is `C` itself when its columns are contiguous, else `Cᵀ`.
 pub fn gemm(
     pool: &ThreadPool,
     a: MatRef<'_>,
@@ -610,11 +626,8 @@ pub fn gemm(
     epilogue: Epilogue<'_>,
 ) -> Result<(), KernelError> {
     check_product(&a, &b, c.rows, c.cols)?;
-    if !epilogue.is_none() && (c.cs != 1 || c.rs < 0) {
-        return Err(KernelError::Shape(format!(
-            "gemm: an epilogue needs C row-major with unit column stride, got strides ({}, {})",
-            c.rs, c.cs
-        )));
+    if !epilogue.is_none() {
+        check_presented("gemm", &c)?;
     }
     let (m, n) = (c.rows, c.cols);
     // A small product runs on the caller, in as few tiles as the epilogue's cache bound allows.
@@ -644,12 +657,50 @@ pub fn gemm(
                 } else {
                     gemm_unchecked(a, b, &mut block, output);
                 }
-                // `rs >= 0` whenever there is an epilogue (checked above).
-                epilogue.apply(base, r0, rows, c0, cols, rs.unsigned_abs());
+                present(epilogue, base, [r0, rows, c0, cols], rs, cs);
             }
         }
     })?;
     Ok(())
+}
+
+/// Checks that an output `c` with an epilogue can be presented to it as a row-major matrix
+/// (see [`present`]): `C` when its column stride is 1 (and its row stride not negative),
+/// else `Cᵀ`, which needs a unit row stride (or one row) and a non-negative column stride.
+pub(crate) fn check_presented(what: &str, c: &MatMut<'_>) -> Result<(), KernelError> {
+    let ok = if c.cs == 1 {
+        c.rs >= 0 || c.rows <= 1
+    } else {
+        (c.rs == 1 || c.rows <= 1) && c.cs >= 0
+    };
+    if ok {
+        return Ok(());
+    }
+    Err(KernelError::Shape(format!(
+        "{what}: an epilogue needs C with a unit row or column stride, got strides ({}, {})",
+        c.rs, c.cs
+    )))
+}
+
+/// Runs `epilogue` on the finished block `[r0, rows, c0, cols]` of an output `C` at `base`
+/// with strides `(rs, cs)` (accepted by [`check_presented`]): the block itself when `C`'s
+/// column stride is 1, else the block of `Cᵀ` (rows and columns swapped), so the epilogue
+/// always sees a row-major tile.
+///
+/// # Safety
+/// The block is finished, in bounds, and no one else accesses it meanwhile.
+pub(crate) unsafe fn present(
+    epilogue: Epilogue<'_>,
+    base: *mut f32,
+    [r0, rows, c0, cols]: [usize; 4],
+    rs: isize,
+    cs: isize,
+) {
+    if cs == 1 {
+        epilogue.apply(base, r0, rows, c0, cols, rs.max(0).unsigned_abs());
+    } else {
+        epilogue.apply(base, c0, cols, r0, rows, cs.max(0).unsigned_abs());
+    }
 }
 
 /// `c[j] = Σ_k a[k]·b[k, j]` (or `+=`) for a one-row `a` and a `b` with unit column stride:

@@ -3,6 +3,8 @@
 //! - [`gemm`](mod@gemm): `C = A·B` on strided f32 matrices through the `gemm` crate,
 //!   split into output tiles over a [`ThreadPool`],
 //!   with weights pre-packed once ([`PackedMatrix`]).
+//! - [`dense`]: `C = A·W` for a weight `W` packed in column panels ([`PanelMatrix`]) on an
+//!   AVX2 register kernel: linear layers over tokens or channels-last pixels.
 //! - [`conv`]: conv2d / conv1d (NCHW and NHWC, stride, padding, dilation,
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
@@ -27,6 +29,7 @@
 //! | kernel | rows | cols | `ld` |
 //! |---|---|---|---|
 //! | GEMM `C[M, N]` | `M` | `N` | C's row stride |
+//! | GEMM, `C` column-major (presented as `Cᵀ`) | `N` | `M` | C's column stride |
 //! | conv / depthwise, NCHW `[B, C, H, W]` | `B * C` (row = `b * C + c`) | `H * W` | `H * W` |
 //! | conv / depthwise, NHWC `[B, H, W, C]` | `B * H * W` | `C` | `C` |
 //!
@@ -52,6 +55,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod dense;
 pub mod depthwise;
 #[cfg(target_arch = "x86_64")]
 mod depthwise_lanes;
@@ -70,6 +74,7 @@ use crate::pool::{Chunking, PoolError, ThreadPool};
 use activation::{Activation, RowBias};
 
 pub use conv::{Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Layout};
+pub use dense::PanelMatrix;
 pub use depthwise::DepthwiseConv2d;
 pub use gemm::{gemm, gemm_serial, MatMut, MatRef, PackedMatrix};
 pub use pool::MaxPool2d;

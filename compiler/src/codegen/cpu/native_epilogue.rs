@@ -22,8 +22,14 @@ use bbc_runtime::kernels::activation::Activation;
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-/// The native form of `c`'s epilogue (a contraction of `kernel`), if it has one.
-pub fn native_epilogue(kernel: &Kernel, c: &Contraction) -> Option<NativeEpilogue> {
+/// The native form of `c`'s epilogue (a contraction of `kernel`), if it has one, over the
+/// product as the kernel presents it: the epilogue's rows and columns swapped when
+/// `transposed` (a product stored column-major), so the native kernel's rows are contiguous.
+pub fn native_epilogue(
+    kernel: &Kernel,
+    c: &Contraction,
+    transposed: bool,
+) -> Option<NativeEpilogue> {
     let e = c.epilogue.as_ref()?;
     let (Stmt::Store { buf, index, value }, lets) = e.body.split_last()? else {
         return None;
@@ -32,10 +38,14 @@ pub fn native_epilogue(kernel: &Kernel, c: &Contraction) -> Option<NativeEpilogu
         return None;
     }
     let value = inline_lets(lets, value)?;
-    let vars = [e.batch, e.row, e.col];
+    let vars = if transposed {
+        [e.batch, e.col, e.row]
+    } else {
+        [e.batch, e.row, e.col]
+    };
     let (offset, [batch_stride, row_stride, col_stride]) = affine(index, &vars)?;
     let extents = vars.map(|v| v.extent);
-    if col_stride != 1 && e.col.extent > 1 {
+    if col_stride != 1 && vars[2].extent > 1 {
         return None;
     }
     // The activation whose pattern leaves the product, alone or plus a bias, a residual or
@@ -340,7 +350,7 @@ mod tests {
         let Body::Contraction(c) = &k.body else {
             unreachable!()
         };
-        native_epilogue(&k, c)
+        native_epilogue(&k, c, false)
     }
 
     const CONV: &str = "  input %x: f32[1, 4, 5, 6]
@@ -466,14 +476,43 @@ mod tests {
     fn other_epilogues_keep_generated_code() {
         for tail in [
             // The tanh form of GELU, a residual read elsewhere (transposed), two residuals, a
-            // channel scale, an activation of another.
+            // channel scale computed per inference, an activation of another.
             "  %y = gelu(%c) {approximate=\"tanh\"}: f32[1, 8, 5, 6]\n  output %y = %y",
             "  input %q: f32[1, 8, 6, 5]\n  %t = permute(%q) {dims=[0, 1, 3, 2]}: f32[1, 8, 5, 6]\n  %y = add(%c, %t): f32[1, 8, 5, 6]\n  output %y = %y",
             "  input %r: f32[1, 8, 5, 6]\n  input %s: f32[1, 8, 5, 6]\n  %a = add(%c, %r): f32[1, 8, 5, 6]\n  %y = add(%a, %s): f32[1, 8, 5, 6]\n  output %y = %y",
-            "  param %g: f32[8, 1, 1] = uniform(0.5)\n  %y = mul(%c, %g): f32[1, 8, 5, 6]\n  output %y = %y",
+            "  input %g: f32[8, 1, 1]\n  %y = mul(%c, %g): f32[1, 8, 5, 6]\n  output %y = %y",
             "  %t = tanh(%c): f32[1, 8, 5, 6]\n  %y = silu(%t): f32[1, 8, 5, 6]\n  output %y = %y",
         ] {
             assert_eq!(native(&format!("{CONV}\n{tail}")), None, "{tail}");
         }
+    }
+
+    /// ConvNeXt's fc2: a linear layer over channels-last pixels stored back channels-first
+    /// (column-major), scaled per channel and added to the NCHW shortcut. Over the product as
+    /// the kernel presents it (`Cᵀ`, channels by pixels) that is a bias per row and a
+    /// residual along contiguous rows; over `C` itself there is no native form.
+    #[test]
+    fn transposed_products_run_natively_over_the_presented_tile() {
+        let body = "  input %x: f32[1, 5, 6, 8]
+  input %r: f32[1, 4, 5, 6]
+  param %w: f32[4, 8] = uniform(0.5)
+  param %b: f32[4] = uniform(0.5)
+  param %gamma: f32[4] = uniform(0.5)
+  %c = linear(%x, %w, %b) {bias=true, out=4}: f32[1, 5, 6, 4]
+  %s = mul(%c, %gamma): f32[1, 5, 6, 4]
+  %p = permute(%s) {dims=[0, 3, 1, 2]}: f32[1, 4, 5, 6]
+  %y = add(%r, %p): f32[1, 4, 5, 6]
+  output %y = %y";
+        let k = contraction(body);
+        let Body::Contraction(c) = &k.body else {
+            unreachable!()
+        };
+        assert_eq!(native_epilogue(&k, c, false), None);
+        let got = native_epilogue(&k, c, true).expect("native over the transposed tile");
+        assert_eq!(got.activation, Activation::Identity);
+        assert_eq!(got.bias.map(|b| b.per_column), Some(false));
+        let slot = got.residual.expect("a residual");
+        assert_eq!(k.buffers[slot].shape, vec![1, 4, 5, 6]);
+        assert_eq!((got.offset, got.row_stride), (0, 30));
     }
 }

@@ -871,7 +871,7 @@ impl Builder<'_, '_> {
                     // Bias + a common activation runs on the runtime's 8-lane kernel; an
                     // epilogue that only stores the product where it already is (after a
                     // permuted product) needs nothing.
-                    let epilogue = match native_epilogue(kernel, c) {
+                    let epilogue = match native_epilogue(kernel, c, transposed_product(&step)) {
                         Some(NativeEpilogue {
                             activation: Activation::Identity,
                             bias: None,
@@ -970,35 +970,44 @@ impl Builder<'_, '_> {
         let (Operand::Strided { .. }, Operand::Strided { .. }) = (&c.a, &c.b) else {
             return Err("an im2col operand without a constant convolution weight".into());
         };
-        // The GEMM's epilogue needs a row-major output: compute `Cᵀ = Bᵀ·Aᵀ` when the
-        // output is column-major, and scatter from scratch when it is neither. Transposing
-        // makes `Aᵀ` the right operand, which the GEMM reads along its rows: an activation
-        // `A` stored row-major would then be repacked by every output tile, so such a
-        // product is computed as it stands and scattered instead. (With `gemm`'s AVX-512
-        // kernels, which are not enabled, ConvNeXt's fc2 storing back to NCHW ran at half
-        // fc1's speed transposed; with its AVX2 kernels both forms measure the same.)
+        // The GEMM's epilogue sees a row-major tile: of `C`, or of `Cᵀ` when `C` is stored
+        // column-major. Such a product is computed as `Cᵀ = Bᵀ·Aᵀ` row-major, or, when `B` is
+        // a weight and `A` an activation with contiguous rows, as it stands and stored
+        // transposed (the dense kernel's panels take `B` as it is, while `Aᵀ` as the right
+        // operand would be repacked by every output tile). A product whose output is neither
+        // is scattered from scratch. (With `gemm`'s AVX-512 kernels, which are not enabled,
+        // ConvNeXt's fc2 storing back to NCHW ran at half fc1's speed as `Cᵀ = Bᵀ·Aᵀ`.)
         let a_row_major = match &c.a {
             Operand::Strided {
                 buf, row_stride, ..
             } => *row_stride != 1 && self.constant_data(operands[*buf]).is_none(),
             Operand::Im2col { .. } => false,
         };
+        let b_constant = match &c.b {
+            Operand::Strided { buf, .. } => self.constant_data(operands[*buf]).is_some(),
+            Operand::Im2col { .. } => false,
+        };
         let column_major = col_stride != 1 && row_stride == 1;
-        let transposed = column_major && !a_row_major;
-        let scattered = col_stride != 1 && (row_stride != 1 || !transposed) && c.epilogue.is_some();
-        let (first, second, rows, cols) = if transposed {
+        // `Cᵀ = Bᵀ·Aᵀ`, or `C` stored column-major and presented transposed.
+        let swapped = column_major && !a_row_major;
+        let stored_transposed = column_major && a_row_major && b_constant;
+        let transposed = swapped || stored_transposed;
+        let scattered = col_stride != 1 && !transposed && c.epilogue.is_some();
+        let (first, second, rows, cols) = if swapped {
             (&c.b, &c.a, c.n, c.m)
         } else {
             (&c.a, &c.b, c.m, c.n)
         };
         let mut used = Vec::new();
-        let a = self.gemm_operand(c, first, [rows, c.k], transposed, operands, &mut used)?;
-        let b = self.gemm_operand(c, second, [c.k, cols], transposed, operands, &mut used)?;
-        let (out_row_stride, out_col_stride) = if transposed {
+        let a = self.gemm_operand(c, first, [rows, c.k], swapped, operands, &mut used)?;
+        let b = self.gemm_operand(c, second, [c.k, cols], swapped, operands, &mut used)?;
+        let (out_row_stride, out_col_stride) = if swapped {
             (col_stride, row_stride)
         } else {
             (row_stride, col_stride)
         };
+        // Product rows as the kernel presents them: `C`'s columns when stored transposed.
+        let presented_rows = if stored_transposed { cols } else { rows };
         Ok((
             StepKernel::Gemm(Gemm {
                 m: rows,
@@ -1011,7 +1020,7 @@ impl Builder<'_, '_> {
                 out_row_stride,
                 out_col_stride,
                 product: ProductMap {
-                    rows_per_batch: rows,
+                    rows_per_batch: presented_rows,
                     transposed,
                     bias: None,
                     scatter: scattered.then_some(scatter),
@@ -1109,6 +1118,15 @@ fn unnamed(kernel: &Kernel) -> Kernel {
     k.tables.iter_mut().for_each(|t| t.name.clear());
     k.scratch.iter_mut().for_each(|s| s.name.clear());
     k
+}
+
+/// Whether a contraction step's kernel presents its product transposed to the epilogue.
+fn transposed_product(step: &StepKernel<Described>) -> bool {
+    match step {
+        StepKernel::Conv { product, .. } => product.transposed,
+        StepKernel::Gemm(g) => g.product.transposed,
+        _ => false,
+    }
 }
 
 fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<Described>>) {
