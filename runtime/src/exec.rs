@@ -720,7 +720,13 @@ impl Executor {
                     .map_err(kernel_err)?;
                     let sink = Sink::new(&g.product, table, b);
                     let f = |tile: Tile<'_>| sink.finish(tile);
-                    let epilogue = sink.epilogue(&f);
+                    let fused = column_activation(g, b).and_then(|(act, bias)| match bias {
+                        None => Some(Epilogue::column_activation(act, None)),
+                        Some(slot) => input(slot)
+                            .get(..g.n)
+                            .map(|b| Epilogue::column_activation(act, Some(b))),
+                    });
+                    let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
                     match &g.b {
                         GemmOperand::Packed { matrices, of_batch } => {
                             match &matrices[of_batch[b]] {
@@ -965,6 +971,36 @@ fn plain_activation(map: &ProductMap, conv: &Conv2d) -> Option<(Activation, Opti
             }
         }
         _ => None,
+    }
+}
+
+/// When all batch entry `b` of a GEMM's [`ProductMap`] does is `act(x + bias[column])` on
+/// its row-major output in place: the activation and the bias's slot, for
+/// [`Epilogue::column_activation`], which the dense kernel applies in registers.
+/// `check_step` checked that a bias slot holds a value per column.
+fn column_activation(g: &Gemm, b: usize) -> Option<(Activation, Option<usize>)> {
+    let map = &g.product;
+    let Some(TileEpilogue::Native(e)) = &map.epilogue else {
+        return None;
+    };
+    let in_place = map.scatter.is_none()
+        && map.bias.is_none()
+        && !map.transposed
+        && map.rows_per_batch == g.m
+        && g.out_col_stride == 1
+        && e.row_stride == g.out_row_stride
+        && e.batch_stride
+            .checked_mul(b)
+            .and_then(|o| o.checked_add(e.offset))
+            == g.out_offsets.get(b).copied();
+    match e.bias {
+        _ if !in_place || e.residual.is_some() => None,
+        None => Some((e.activation, None)),
+        Some(TileBias {
+            slot,
+            per_column: true,
+        }) => Some((e.activation, Some(slot))),
+        Some(_) => None,
     }
 }
 

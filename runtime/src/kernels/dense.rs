@@ -18,9 +18,9 @@
 //! Work is cut into the same output tiles as [`gemm()`](super::gemm()) (whole 6-row and
 //! 16-column blocks, about 64 Ki elements, at least two per thread), each finished tile
 //! handed to the epilogue while it is in cache. Within a tile each panel is reused by every
-//! row block before the next panel is read. A partial row block reads its missing rows from
-//! the block's last row, and a partial block either way is computed into a register-sized
-//! buffer and copied out, so the kernel never touches memory outside its operands. A
+//! row block before the next panel is read. A partial row block runs a tile of as many rows
+//! as it has, and a partial block either way is computed into a register-sized buffer and
+//! copied out, so the kernel never touches memory outside its operands. A
 //! column-major `C` (a product written back channels-first) is stored from that buffer 16
 //! columns of 6 floats at a time, and the epilogue then sees `Cᵀ`.
 
@@ -28,7 +28,9 @@
 use std::arch::x86_64::*;
 
 use crate::arena::AlignedBuffer;
-use crate::kernels::activation::simd_available;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::activation::avx2;
+use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::gemm::{check_presented, plan_tiles, present, MatMut, MatRef};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
@@ -126,6 +128,24 @@ impl PanelMatrix {
         // Column-major when the column stride is not 1 (`check_presented`).
         let (rs, cs) = (c.row_stride(), c.col_stride());
         let transposed = cs != 1;
+        // A bias per column and an activation are applied to the registers before the store
+        // (on a row-major output); any other epilogue runs on each finished tile.
+        let fused = epilogue.as_column_activation().filter(|_| !transposed);
+        if let Some((_, Some(bias))) = fused {
+            if bias.len() < n {
+                return Err(KernelError::Shape(format!(
+                    "dense product: a bias of {} values for {n} columns",
+                    bias.len()
+                )));
+            }
+        }
+        let (act, bias) = fused.unwrap_or((Activation::Identity, None));
+        let after = if fused.is_some() {
+            Epilogue::NONE
+        } else {
+            epilogue
+        };
+        let bias_ptr = SendPtr(bias.map_or(std::ptr::null_mut(), |b| b.as_ptr().cast_mut()));
         let ldc = if transposed { cs } else { rs }.max(0).unsigned_abs();
         let (a_ptr, c_ptr) = (SendPtr(a.as_ptr().cast_mut()), SendPtr(c.as_mut_ptr()));
         let b_ptr = SendPtr(self.buf.as_slice().as_ptr().cast_mut());
@@ -141,6 +161,7 @@ impl PanelMatrix {
                     c: c_ptr.get(),
                     ldc,
                     transposed,
+                    bias: bias_ptr.get().cast_const(),
                     rows: r0..r0 + rows,
                     cols: c0..c0 + cols,
                     n,
@@ -150,8 +171,8 @@ impl PanelMatrix {
                 // epilogue; the CPU has AVX2 and FMA.
                 unsafe {
                     #[cfg(target_arch = "x86_64")]
-                    tile.run();
-                    present(epilogue, c_ptr.get(), [r0, rows, c0, cols], rs, cs);
+                    with_act(act, tile);
+                    present(after, c_ptr.get(), [r0, rows, c0, cols], rs, cs);
                 }
             }
         })?;
@@ -170,6 +191,8 @@ struct Tile {
     ldc: usize,
     /// `C` is column-major.
     transposed: bool,
+    /// A value per column of `C` added before the activation, or null.
+    bias: *const f32,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     /// Columns of `C` (the last panel's valid width).
@@ -177,24 +200,57 @@ struct Tile {
 }
 
 #[cfg(target_arch = "x86_64")]
+impl WithAct for Tile {
+    type Output = ();
+    fn call<A: Act>(self) {
+        // SAFETY: `PanelMatrix::gemm` checked AVX2 and FMA, the operands and the bias.
+        unsafe { self.run::<A>() }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 impl Tile {
-    /// Computes the tile, panel by panel, each over every row block.
+    /// Computes the tile, panel by panel, each over every row block, and `A(x + bias)` on
+    /// its registers.
     ///
     /// # Safety
-    /// As in [`PanelMatrix::gemm`]: the operands cover the tile, which no one else accesses.
+    /// As in [`PanelMatrix::gemm`]: the operands cover the tile, which no one else accesses;
+    /// the bias, if any, covers `C`'s columns.
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run(&self) {
+    unsafe fn run<A: Act>(&self) {
         let last_row = self.rows.end - 1;
         for j0 in self.cols.clone().step_by(NR) {
             let width = NR.min(self.cols.end - j0).min(self.n - j0);
             let panel = self.b.add(j0 / NR * self.k * NR);
             for i0 in self.rows.clone().step_by(MR) {
                 let height = MR.min(self.rows.end - i0);
-                // Missing rows of a partial block repeat the last one; their sums are dropped.
+                // A partial block runs a shorter tile (its pointers past the end repeat the
+                // last row, never read): 49 rows are 8 blocks of 6 and one of 1, which on the
+                // full tile would cost a ninth of the product.
                 let a: [*const f32; MR] = std::array::from_fn(|r| {
                     self.a.offset((i0 + r).min(last_row) as isize * self.lda)
                 });
-                let acc = product(a, panel, self.k);
+                let mut bias = [0f32; NR];
+                if !self.bias.is_null() {
+                    std::ptr::copy_nonoverlapping(self.bias.add(j0), bias.as_mut_ptr(), width);
+                }
+                let (b_lo, b_hi) = (
+                    _mm256_loadu_ps(bias.as_ptr()),
+                    _mm256_loadu_ps(bias.as_ptr().add(8)),
+                );
+                let k = self.k;
+                let mut acc = match height {
+                    1 => product::<1>(&a, panel, k),
+                    2 => product::<2>(&a, panel, k),
+                    3 => product::<3>(&a, panel, k),
+                    4 => product::<4>(&a, panel, k),
+                    5 => product::<5>(&a, panel, k),
+                    _ => product::<MR>(&a, panel, k),
+                };
+                for [lo, hi] in acc.iter_mut() {
+                    *lo = avx2::activate::<A>(*lo, b_lo);
+                    *hi = avx2::activate::<A>(*hi, b_hi);
+                }
                 if !self.transposed && height == MR && width == NR {
                     let out = self.c.add(i0 * self.ldc + j0);
                     for (r, [lo, hi]) in acc.iter().enumerate() {
@@ -230,15 +286,20 @@ impl Tile {
     }
 }
 
-/// The 6x16 register tile `Σ_p a[r][p] · panel[p][0..16]`.
+/// The `R`x16 register tile `Σ_p a[r][p] · panel[p][0..16]` for the first `R ≤ 6` rows,
+/// the others zero.
 ///
 /// # Safety
-/// Each `a[r]` starts `k` readable floats, `panel` `16k` 32-byte-aligned floats.
+/// Each `a[r]`, `r < R`, starts `k` readable floats, `panel` `16k` 32-byte-aligned floats.
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn product(a: [*const f32; MR], panel: *const f32, k: usize) -> [[__m256; 2]; MR] {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+unsafe fn product<const R: usize>(
+    a: &[*const f32; MR],
+    panel: *const f32,
+    k: usize,
+) -> [[__m256; 2]; MR] {
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
     for p in 0..k {
         let b = panel.add(p * NR);
         let (lo, hi) = (_mm256_load_ps(b), _mm256_load_ps(b.add(8)));
@@ -248,5 +309,70 @@ unsafe fn product(a: [*const f32; MR], panel: *const f32, k: usize) -> [[__m256;
             *acc_hi = _mm256_fmadd_ps(x, hi, *acc_hi);
         }
     }
-    acc
+    let mut tile = [[_mm256_setzero_ps(); 2]; MR];
+    tile[..R].copy_from_slice(&acc);
+    tile
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic values in [-2, 2).
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+        (0..len)
+            .map(|_| {
+                state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                (state >> 8) as f32 / (1u32 << 24) as f32 * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    /// A bias per column and an activation applied to the registers give what the same
+    /// epilogue gives on each finished tile, with partial row and column blocks, on one and
+    /// two threads; a bias too short for the columns is an error.
+    #[test]
+    fn column_activation_in_registers_matches_the_tile_epilogue() {
+        if !PanelMatrix::supported() {
+            return;
+        }
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for (m, n, k) in [(7, 21, 5), (200, 40, 96), (1, 100, 33)] {
+                let (a, w, bias) = (values(m * k, 1), values(k * n, 2), values(n, 3));
+                let panels = PanelMatrix::pack(MatRef::row_major(&w, k, n).unwrap());
+                let a = MatRef::row_major(&a, m, k).unwrap();
+                for act in [Activation::Gelu, Activation::Silu, Activation::Identity] {
+                    let mut fused = vec![0.0; m * n];
+                    let out = MatMut::row_major(&mut fused, m, n).unwrap();
+                    let epilogue = Epilogue::column_activation(act, Some(&bias));
+                    panels.gemm(&pool, a, out, epilogue).unwrap();
+                    let mut tiles = vec![0.0; m * n];
+                    let out = MatMut::row_major(&mut tiles, m, n).unwrap();
+                    panels.gemm(&pool, a, out, Epilogue::NONE).unwrap();
+                    // SAFETY: the whole output, finished.
+                    unsafe { epilogue.apply(tiles.as_mut_ptr(), 0, m, 0, n, n) };
+                    for (i, (x, y)) in fused.iter().zip(&tiles).enumerate() {
+                        assert!(
+                            (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                            "{act:?} {i}: {x} {y}"
+                        );
+                    }
+                }
+            }
+        }
+        let pool = ThreadPool::new(1).unwrap();
+        let w = values(12, 4);
+        let panels = PanelMatrix::pack(MatRef::row_major(&w, 3, 4).unwrap());
+        let (x, short) = (values(6, 5), values(3, 6));
+        let mut c = vec![0.0; 8];
+        let out = MatMut::row_major(&mut c, 2, 4).unwrap();
+        let epilogue = Epilogue::column_activation(Activation::Relu, Some(&short));
+        let a = MatRef::row_major(&x, 2, 3).unwrap();
+        assert!(matches!(
+            panels.gemm(&pool, a, out, epilogue),
+            Err(KernelError::Shape(_))
+        ));
+    }
 }

@@ -185,6 +185,10 @@ enum EpilogueKind<'a> {
         act: Activation,
         bias: Option<&'a [f32]>,
     },
+    ColumnActivation {
+        act: Activation,
+        bias: Option<&'a [f32]>,
+    },
 }
 
 /// An [`Epilogue::activation`]'s activation and its bias per row, if any.
@@ -238,6 +242,24 @@ impl<'a> Epilogue<'a> {
                 act,
                 bias: bias.filter(|b| !b.is_empty()),
             },
+        }
+    }
+
+    /// `act(x + bias[column])` on every element, in place (`bias` one value per column of
+    /// the output matrix, or none): the epilogue of a linear layer over rows of features,
+    /// which the dense kernel applies to its registers before the one store. The caller
+    /// guarantees a bias covers the output's columns (the executor's plan checks do).
+    pub(crate) fn column_activation(act: Activation, bias: Option<&'a [f32]>) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::ColumnActivation { act, bias },
+        }
+    }
+
+    /// The activation and bias of an [`Epilogue::column_activation`].
+    pub(crate) fn as_column_activation(&self) -> Option<RowActivation<'a>> {
+        match self.kind {
+            EpilogueKind::ColumnActivation { act, bias } => Some((act, bias)),
+            _ => None,
         }
     }
 
@@ -310,6 +332,16 @@ impl<'a> Epilogue<'a> {
                     let row = std::slice::from_raw_parts_mut(tile.add(i * ld), cols);
                     let b =
                         bias.map_or(RowBias::None, |b| RowBias::Scalar(b[(row0 + i) % b.len()]));
+                    (row, b)
+                });
+                activation::activate_rows(act, rows);
+            }
+            EpilogueKind::ColumnActivation { act, bias } => {
+                let tile = tile(base);
+                let rows = (0..rows).map(|i| {
+                    // SAFETY: (the caller's) row `i` of the tile is in bounds and ours.
+                    let row = std::slice::from_raw_parts_mut(tile.add(i * ld), cols);
+                    let b = bias.map_or(RowBias::None, |b| RowBias::PerColumn(&b[col0..]));
                     (row, b)
                 });
                 activation::activate_rows(act, rows);
