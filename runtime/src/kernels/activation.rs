@@ -523,7 +523,7 @@ pub(crate) trait Act {
     fn apply<V: Lanes>(x: V) -> V;
 }
 
-struct Identity;
+pub(crate) struct Identity;
 struct Relu;
 struct Relu6;
 struct Sigmoid;

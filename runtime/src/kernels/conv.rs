@@ -11,7 +11,10 @@
 //!
 //! - NCHW: `out[b, g][C_out/groups, P] = W_g[C_out/groups, K] · col[K, P]`;
 //! - NHWC: `out[b][P, g-th channel block] = col[P, K] · W_gᵀ[K, C_out/groups]`
-//!   (the weight is re-ordered to `(kh, kw, c_in)` rows at load time).
+//!   (the weight is re-ordered to `(kh, kw, c_in)` rows at load time). Where the CPU has
+//!   AVX2 it is packed in the dense kernel's 16-column panels ([`PanelMatrix`]) and each
+//!   tile's product runs on that kernel (`dense`), so a weight that comes from memory
+//!   streams front to back.
 //!
 //! **Pointwise** (1x1, stride 1, no padding): `col` is the input itself, read
 //! in place through strides; no copy. NCHW ones with at most 256 input channels and 128
@@ -49,6 +52,7 @@
 
 use std::ops::Range;
 
+use crate::kernels::dense::{self, PanelMatrix};
 use crate::kernels::depthwise::DepthwiseConv2d;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::direct::DirectConv;
@@ -445,8 +449,13 @@ impl Split {
 /// The GEMM-based part of a plan.
 #[derive(Debug, Clone)]
 struct GemmConv {
-    /// One weight matrix per group: `[C_out/g, K]` (NCHW) or `[K, C_out/g]` (NHWC).
+    /// One weight matrix per group: `[C_out/g, K]` (NCHW) or `[K, C_out/g]` (NHWC), unless
+    /// in `panels`.
     weights: Vec<PackedMatrix>,
+    /// NHWC on a CPU with AVX2 and FMA: each group's `[K, C_out/g]` weight in the dense
+    /// kernel's column panels, which stream from memory where a row-major weight does not
+    /// (`dense`); channel tiles are then whole panels.
+    panels: Vec<PanelMatrix>,
     columns: Columns,
     pixels: Split,
     channels: Split,
@@ -888,7 +897,7 @@ impl Conv2d {
         let (cig, cog) = (s.in_channels / s.groups, s.out_channels / s.groups);
         let taps = s.kernel[0] * s.kernel[1];
         let k = cig * taps;
-        let weight = plan.weights[block.g].view();
+        let weight = |g: usize| plan.weights[g].view();
         match s.layout {
             Layout::Nchw => {
                 let cols = if plan.columns == Columns::Tiles {
@@ -916,7 +925,7 @@ impl Conv2d {
                     pixels as isize,
                     1,
                 );
-                let a = weight.block(block.c0, 0, block.channels, k);
+                let a = weight(block.g).block(block.c0, 0, block.channels, k);
                 gemm_unchecked(a, cols, &mut c, Output::Overwrite);
                 epilogue.apply(out, row0, block.channels, block.p0, block.pixels, pixels);
             }
@@ -944,8 +953,14 @@ impl Conv2d {
                     ld as isize,
                     1,
                 );
-                let b = weight.block(0, block.c0, k, block.channels);
-                gemm_unchecked(rows, b, &mut c, Output::Overwrite);
+                match plan.panels.get(block.g) {
+                    #[cfg(target_arch = "x86_64")]
+                    Some(panels) => panels.product_block(rows, &mut c, block.c0),
+                    _ => {
+                        let b = weight(block.g).block(0, block.c0, k, block.channels);
+                        gemm_unchecked(rows, b, &mut c, Output::Overwrite);
+                    }
+                }
                 epilogue.apply(out, row0, block.pixels, col0, block.channels, ld);
             }
         }
@@ -1177,11 +1192,12 @@ fn plan_gemm(
     let taps = s.kernel[0] * s.kernel[1];
     let k = cig * taps;
     let pixels = out[0] * out[1];
-    let mut packed = Vec::with_capacity(s.groups);
+    let use_panels = s.layout == Layout::Nhwc && PanelMatrix::supported();
+    let (mut packed, mut panels) = (Vec::new(), Vec::new());
     for g in 0..s.groups {
         let w_g = &weights[g * cog * k..(g + 1) * cog * k];
-        packed.push(match s.layout {
-            Layout::Nchw => PackedMatrix::from_row_major(w_g, cog, k)?,
+        match s.layout {
+            Layout::Nchw => packed.push(PackedMatrix::from_row_major(w_g, cog, k)?),
             Layout::Nhwc => {
                 // Rows (ky, kx, ci), columns output channels.
                 let mut t = vec![0.0f32; k * cog];
@@ -1192,9 +1208,14 @@ fn plan_gemm(
                         }
                     }
                 }
-                PackedMatrix::from_row_major(&t, k, cog)?
+                let view = MatRef::row_major(&t, k, cog)?;
+                if use_panels {
+                    panels.push(PanelMatrix::pack(view));
+                } else {
+                    packed.push(PackedMatrix::pack(view));
+                }
             }
-        });
+        }
     }
 
     let flops = s.flops()?;
@@ -1205,6 +1226,7 @@ fn plan_gemm(
     // per micro-kernel call, and the NHWC one 16 channels by 6 pixels.
     let (pixel_unit, channel_unit) = match s.layout {
         Layout::Nchw => (8, 6),
+        Layout::Nhwc if use_panels => (6, dense::NR),
         Layout::Nhwc => (6, 8),
     };
     // At least two tasks per thread (so a thread held up elsewhere delays little),
@@ -1262,6 +1284,7 @@ fn plan_gemm(
     };
     Ok(GemmConv {
         weights: packed,
+        panels,
         columns,
         pixels: pixel_split,
         channels: Split::new(cog, channel_unit, ch),

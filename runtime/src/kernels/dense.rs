@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 use crate::arena::AlignedBuffer;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::activation::avx2;
-use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
+use crate::kernels::activation::{simd_available, with_act, Act, Activation, Identity, WithAct};
 use crate::kernels::gemm::{check_presented, plan_tiles, present, MatMut, MatRef};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
@@ -177,6 +177,38 @@ impl PanelMatrix {
             }
         })?;
         Ok(())
+    }
+}
+
+impl PanelMatrix {
+    /// `C = A·B[:, col0..col0 + C.cols()]` on the calling thread, no epilogue: for a kernel
+    /// that cuts the work itself (the channels-last convolution's tiles).
+    ///
+    /// # Safety
+    /// This CPU has AVX2 and FMA; `a` is `C.rows() x self.rows()` with a unit column stride;
+    /// `c` is row-major (unit column stride, non-negative row stride) and this caller's;
+    /// `col0` is a multiple of 16 and `col0 + c.cols() <= self.cols()`.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) unsafe fn product_block(&self, a: MatRef<'_>, c: &mut MatMut<'_>, col0: usize) {
+        debug_assert!(col0.is_multiple_of(NR) && col0 + c.cols() <= self.cols);
+        debug_assert!(a.rows() == c.rows() && a.cols() == self.rows && c.col_stride() == 1);
+        if c.rows() == 0 || c.cols() == 0 {
+            return;
+        }
+        let tile = Tile {
+            a: a.as_ptr(),
+            lda: a.row_stride(),
+            b: self.buf.as_slice().as_ptr().add(col0 / NR * self.rows * NR),
+            k: self.rows,
+            c: c.as_mut_ptr(),
+            ldc: c.row_stride().unsigned_abs(),
+            transposed: false,
+            bias: std::ptr::null(),
+            rows: 0..c.rows(),
+            cols: 0..c.cols(),
+            n: c.cols(),
+        };
+        tile.run::<Identity>();
     }
 }
 
