@@ -128,47 +128,24 @@ impl Pass for FoldOutputScale {
                 continue;
             };
             let inputs = graph.inputs(layer);
-            let (weight, bias) = (inputs[1], inputs.get(2).copied());
-            let w_rank = graph.node(weight).shape.len();
             // One value per channel, or one for all of them.
             let values = graph.node(scale).shape.iter().product::<usize>() as i64;
             let base = graph.node(layer).name.clone();
-            // The weight's output channels are its first axis, for both layers.
-            let mut along_out = vec![1i64; w_rank];
-            along_out[0] = values;
-            let scale_w = reshaped(
-                graph,
-                mul,
-                names.fresh(&format!("{base}.out_scale")),
-                scale,
-                along_out,
-            );
-            let new_w = add_op(
-                graph,
-                mul,
-                names.fresh(&format!("{base}.scaled_weight")),
-                "mul",
-                Attrs::new(),
-                &[weight, scale_w],
-            );
-            graph.set_input(layer, 1, new_w);
-            if let Some(bias) = bias {
-                let scale_b = reshaped(
-                    graph,
-                    mul,
-                    names.fresh(&format!("{base}.bias_scale")),
-                    scale,
-                    vec![values],
-                );
-                let new_b = add_op(
-                    graph,
-                    mul,
-                    names.fresh(&format!("{base}.scaled_bias")),
-                    "mul",
-                    Attrs::new(),
-                    &[bias, scale_b],
-                );
-                graph.set_input(layer, 2, new_b);
+            // Operand `position` (weight or bias) times the scale reshaped along its first
+            // axis, the output channels of both layers' weights and biases.
+            let mut scale_operand = |graph: &mut Graph, position: usize, what: &str| {
+                let operand = inputs[position];
+                let mut shape = vec![1i64; graph.node(operand).shape.len()];
+                shape[0] = values;
+                let name = names.fresh(&format!("{base}.{what}_scale"));
+                let along = reshaped(graph, mul, name, scale, shape);
+                let name = names.fresh(&format!("{base}.scaled_{what}"));
+                let scaled = add_op(graph, mul, name, "mul", Attrs::new(), &[operand, along]);
+                graph.set_input(layer, position, scaled);
+            };
+            scale_operand(graph, 1, "weight");
+            if inputs.len() > 2 {
+                scale_operand(graph, 2, "bias");
             }
             graph.replace_uses(mul, layer);
             graph.nodes.remove_node(mul);

@@ -254,6 +254,14 @@ impl Tile {
         for j0 in self.cols.clone().step_by(NR) {
             let width = NR.min(self.cols.end - j0).min(self.n - j0);
             let panel = self.b.add(j0 / NR * self.k * NR);
+            let mut bias = [0f32; NR];
+            if !self.bias.is_null() {
+                std::ptr::copy_nonoverlapping(self.bias.add(j0), bias.as_mut_ptr(), width);
+            }
+            let (b_lo, b_hi) = (
+                _mm256_loadu_ps(bias.as_ptr()),
+                _mm256_loadu_ps(bias.as_ptr().add(8)),
+            );
             for i0 in self.rows.clone().step_by(MR) {
                 let height = MR.min(self.rows.end - i0);
                 // A partial block runs a shorter tile (its pointers past the end repeat the
@@ -262,14 +270,6 @@ impl Tile {
                 let a: [*const f32; MR] = std::array::from_fn(|r| {
                     self.a.offset((i0 + r).min(last_row) as isize * self.lda)
                 });
-                let mut bias = [0f32; NR];
-                if !self.bias.is_null() {
-                    std::ptr::copy_nonoverlapping(self.bias.add(j0), bias.as_mut_ptr(), width);
-                }
-                let (b_lo, b_hi) = (
-                    _mm256_loadu_ps(bias.as_ptr()),
-                    _mm256_loadu_ps(bias.as_ptr().add(8)),
-                );
                 let k = self.k;
                 let mut acc = match height {
                     1 => product::<1>(&a, panel, k),
