@@ -403,6 +403,27 @@ fn missing_file_is_io_error() {
     ));
 }
 
+/// Tensors are read from the file when loaded: one cut short after its header was read
+/// gives an I/O error for each tensor it lost, not a panic or stale data.
+#[test]
+fn file_truncated_after_opening_is_io_error() {
+    let dir = TempDir::new("ck-cut");
+    let (path, bytes) = valid_file(&dir);
+    let ck = Checkpoint::open(&path).unwrap();
+    // Keep the length prefix and the header, drop every tensor's data.
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    std::fs::write(&path, &bytes[..8 + header_len]).unwrap();
+    for e in ck.entries() {
+        match ck.load(&e.name) {
+            Ok(t) => assert_eq!(t.len(), 0, "{} has data", e.name),
+            Err(err) => {
+                assert!(matches!(err, IoError::Io { .. }), "{err}");
+                assert!(err.to_string().contains("ok.safetensors"), "{err}");
+            }
+        }
+    }
+}
+
 #[test]
 fn reads_files_from_reference_serializer_with_metadata() {
     let dir = TempDir::new("ck-refmeta");

@@ -1199,20 +1199,28 @@ fn plan_gemm(
         match s.layout {
             Layout::Nchw => packed.push(PackedMatrix::from_row_major(w_g, cog, k)?),
             Layout::Nhwc => {
-                // Rows (ky, kx, ci), columns output channels.
-                let mut t = vec![0.0f32; k * cog];
-                for co in 0..cog {
-                    for ci in 0..cig {
-                        for tap in 0..taps {
-                            t[(tap * cig + ci) * cog + co] = w_g[(co * cig + ci) * taps + tap];
+                // Rows (ky, kx, ci), columns output channels: each output channel's
+                // weights re-ordered within their own row of `w_g` (in cache). Scattering
+                // them straight into a `[K, C_out/g]` matrix wrote a new page per float: 20
+                // ms for a 3x3 512-channel weight, against about 4 this way.
+                let reorder = |co: usize, column: &mut [f32]| {
+                    let src = &w_g[co * k..(co + 1) * k];
+                    for (ci, taps_of_ci) in src.chunks_exact(taps).enumerate() {
+                        for (tap, &w) in taps_of_ci.iter().enumerate() {
+                            column[tap * cig + ci] = w;
                         }
                     }
-                }
-                let view = MatRef::row_major(&t, k, cog)?;
+                };
                 if use_panels {
-                    panels.push(PanelMatrix::pack(view));
+                    panels.push(PanelMatrix::from_columns(k, cog, reorder));
                 } else {
-                    packed.push(PackedMatrix::pack(view));
+                    let mut t = vec![0.0f32; k * cog];
+                    for (co, column) in t.chunks_exact_mut(k).enumerate() {
+                        reorder(co, column);
+                    }
+                    packed.push(PackedMatrix::pack(MatRef::new(
+                        &t, 0, k, cog, 1, k as isize,
+                    )?));
                 }
             }
         }

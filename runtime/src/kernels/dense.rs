@@ -51,8 +51,20 @@ pub struct PanelMatrix {
 
 impl PanelMatrix {
     /// Copies `src` (any strides) into panels.
+    ///
+    /// The copy walks `src` along its smaller stride: a weight stored `[n, k]` (a linear
+    /// layer's, read as `Bᵀ`) is read one column at a time, each written down its panel
+    /// (`k · 64` bytes, which stays in cache for the panel's 16 columns). Walking it by rows
+    /// instead reads 16 columns a step apart, a new page for every float of a large weight.
     pub fn pack(src: MatRef<'_>) -> PanelMatrix {
         let (k, n) = (src.rows(), src.cols());
+        if src.row_stride().unsigned_abs() < src.col_stride().unsigned_abs() {
+            return PanelMatrix::from_columns(k, n, |j, column| {
+                for (p, d) in column.iter_mut().enumerate() {
+                    *d = src.get(p, j);
+                }
+            });
+        }
         let mut buf = AlignedBuffer::zeroed(n.div_ceil(NR) * k * NR);
         if k > 0 {
             for (panel, block) in buf.as_mut_slice().chunks_exact_mut(k * NR).enumerate() {
@@ -61,6 +73,34 @@ impl PanelMatrix {
                 for (p, row) in block.chunks_exact_mut(NR).enumerate() {
                     for (t, d) in row[..width].iter_mut().enumerate() {
                         *d = src.get(p, j0 + t);
+                    }
+                }
+            }
+        }
+        PanelMatrix {
+            buf,
+            rows: k,
+            cols: n,
+        }
+    }
+
+    /// A `[k, n]` matrix whose column `j` `fill(j, column)` writes into a `k`-float buffer:
+    /// for weights stored one output at a time (a convolution's `[C_out, C_in, kh, kw]`),
+    /// re-ordered on the way without a full-size copy.
+    pub(crate) fn from_columns(
+        k: usize,
+        n: usize,
+        mut fill: impl FnMut(usize, &mut [f32]),
+    ) -> PanelMatrix {
+        let mut buf = AlignedBuffer::zeroed(n.div_ceil(NR) * k * NR);
+        let mut column = vec![0.0f32; k];
+        if k > 0 {
+            for (panel, block) in buf.as_mut_slice().chunks_exact_mut(k * NR).enumerate() {
+                let j0 = panel * NR;
+                for t in 0..NR.min(n - j0) {
+                    fill(j0 + t, &mut column);
+                    for (d, &v) in block[t..].iter_mut().step_by(NR).zip(&column) {
+                        *d = v;
                     }
                 }
             }
