@@ -46,8 +46,10 @@ pub struct StepTime {
     /// On the cpu target, the kind of kernel: `loops`, `conv`, `depthwise`, `gemm` or
     /// `reference`; `None` on a GPU, where every step is one launch.
     pub kind: Option<&'static str>,
-    /// Wall time on the CPU, device time on a GPU.
+    /// Wall time on the CPU, device time on a GPU, summed over the profiled runs.
     pub time: Duration,
+    /// On the cpu target, the fastest profiled run's wall time.
+    pub fastest: Option<Duration>,
 }
 
 /// A spec's model compiled for one target, with its weights: compile once, run many times.
@@ -420,10 +422,11 @@ impl Model {
             Engine::Cpu { exe, .. } => lock(exe)
                 .profile()
                 .into_iter()
-                .map(|(step, kind, time)| StepTime {
+                .map(|(step, kind, times)| StepTime {
                     step,
                     kind: Some(kind),
-                    time,
+                    time: times.total,
+                    fastest: times.fastest,
                 })
                 .collect(),
             Engine::Gpu { exe, .. } => lock(exe)
@@ -434,6 +437,7 @@ impl Model {
                     step,
                     kind: None,
                     time,
+                    fastest: None,
                 })
                 .collect(),
             Engine::Interp { .. } => Vec::new(),
@@ -708,6 +712,9 @@ mod tests {
         cpu.run(&[cpu.random_inputs(0)[0].view()]).unwrap();
         let profile = cpu.profile();
         assert!(!profile.is_empty() && profile.iter().all(|s| s.kind.is_some()));
+        assert!(profile
+            .iter()
+            .all(|s| s.fastest.is_some_and(|f| f <= s.time)));
         assert_eq!(profile.len(), cpu.exec_stats().unwrap().steps());
     }
 }

@@ -651,6 +651,7 @@ fn bench_reports_latency_compile_stages_and_memory() {
         "0 reference",
         "slowest kernels",
         "all kernels",
+        "(fastest ",
     ] {
         assert!(text.contains(needle), "`{needle}` missing:\n{text}");
     }

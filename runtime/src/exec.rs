@@ -439,6 +439,23 @@ impl<T: Copy> Shared<T> {
     }
 }
 
+/// Wall time of one step over the profiled runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepTimes {
+    /// Summed over the runs.
+    pub total: Duration,
+    /// The fastest run's (`None` before the first): on a shared host, where other work
+    /// delays some runs by far more than a kernel takes, the better measure of the kernel.
+    pub fastest: Option<Duration>,
+}
+
+impl StepTimes {
+    fn record(&mut self, t: Duration) {
+        self.total += t;
+        self.fastest = Some(self.fastest.map_or(t, |f| f.min(t)));
+    }
+}
+
 /// A plan set up over its arena, ready to run many times.
 pub struct Executor {
     plan: Plan,
@@ -451,7 +468,7 @@ pub struct Executor {
     scratch: AlignedBuffer,
     arena_bytes: usize,
     arena_lower_bound: usize,
-    profile: Option<Vec<Duration>>,
+    profile: Option<Vec<StepTimes>>,
     /// Owns the memory `value_ptrs` point into; never touched after setup.
     _arena: AlignedBuffer,
 }
@@ -567,11 +584,11 @@ impl Executor {
 
     /// Records the wall time of every step from now on ([`Executor::step_times`]).
     pub fn set_profiling(&mut self, on: bool) {
-        self.profile = on.then(|| vec![Duration::ZERO; self.plan.steps.len()]);
+        self.profile = on.then(|| vec![StepTimes::default(); self.plan.steps.len()]);
     }
 
-    /// Wall time per step summed over the runs since profiling was turned on.
-    pub fn step_times(&self) -> Option<&[Duration]> {
+    /// Wall time per step over the runs since profiling was turned on.
+    pub fn step_times(&self) -> Option<&[StepTimes]> {
         self.profile.as_deref()
     }
 
@@ -603,7 +620,7 @@ impl Executor {
             let started = self.profile.is_some().then(Instant::now);
             self.run_step(s)?;
             if let (Some(times), Some(t)) = (&mut self.profile, started) {
-                times[s] += t.elapsed();
+                times[s].record(t.elapsed());
             }
         }
         for (i, out) in outputs.iter_mut().enumerate() {
@@ -1648,7 +1665,13 @@ pub(crate) mod tests {
         let mut y = vec![f32::NAN; want.len()];
         exec.run(&[&x], &mut [&mut y]).unwrap();
         assert!(max_diff(&y, &want) < 1e-5);
-        assert_eq!(exec.step_times().map(<[Duration]>::len), Some(2));
+        exec.run(&[&x], &mut [&mut y]).unwrap();
+        let times = exec.step_times().unwrap();
+        assert_eq!(times.len(), 2);
+        for t in times {
+            let fastest = t.fastest.unwrap();
+            assert!(fastest > Duration::ZERO && 2 * fastest <= t.total, "{t:?}");
+        }
     }
 
     /// Channels and output plane of the depthwise band-loop test.

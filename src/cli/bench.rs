@@ -49,7 +49,8 @@ pub struct BenchArgs {
     pub warmup: u64,
 
     /// Also list the N slowest kernels, timed over the runs (on the gpu target, where the
-    /// device has timestamp queries).
+    /// device has timestamp queries): the mean per run, and on the cpu target the fastest
+    /// run's time too.
     #[arg(long, value_name = "N", conflicts_with = "interp")]
     pub profile: Option<usize>,
 
@@ -325,9 +326,15 @@ fn write_profile(out: &mut String, steps: Vec<StepTime>, n: usize, runs: usize, 
     );
     for step in steps.into_iter().take(n) {
         let kind = step.kind.map(|k| format!("{k:<9}  ")).unwrap_or_default();
+        // The fastest run beside the mean: on a busy host the mean also counts the runs
+        // other work delayed.
+        let fastest = step
+            .fastest
+            .map(|f| format!("  (fastest {:>7.3})", ms(f)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "    {:>9.3} ms  {kind}{}",
+            "    {:>9.3} ms{fastest}  {kind}{}",
             per_run(step.time),
             step.step
         );

@@ -58,7 +58,7 @@ use bbc_runtime::desc::{
 };
 use bbc_runtime::exec::{
     self, BandLoop, Executor, Gemm, GemmOperand, HostFn, NativeEpilogue, ProductMap, Scatter, Slot,
-    Step, StepKernel, TileEpilogue,
+    Step, StepKernel, StepTimes, TileEpilogue,
 };
 use bbc_runtime::kernels::activation::Activation;
 use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d};
@@ -498,9 +498,9 @@ impl Executable {
         self.exec.set_profiling(on);
     }
 
-    /// `(step, kind, time)` summed over the runs since profiling was turned on, slowest
+    /// `(step, kind, times)` over the runs since profiling was turned on, slowest in total
     /// first; empty when profiling is off.
-    pub fn profile(&self) -> Vec<(String, &'static str, Duration)> {
+    pub fn profile(&self) -> Vec<(String, &'static str, StepTimes)> {
         let Some(times) = self.exec.step_times() else {
             return Vec::new();
         };
@@ -511,7 +511,7 @@ impl Executable {
             .zip(times)
             .map(|(s, &t)| (s.name.clone(), kind_name(&s.kernel), t))
             .collect();
-        rows.sort_by_key(|r| std::cmp::Reverse(r.2));
+        rows.sort_by_key(|r| std::cmp::Reverse(r.2.total));
         rows
     }
 }
