@@ -340,11 +340,16 @@ fn bench_conv(
     let chosen = ConvStrategy::of(&shape).unwrap();
     let mut strategies = vec![chosen];
     match chosen {
+        ConvStrategy::ChannelsLast | ConvStrategy::Direct1x1 if shape.kernel == [1, 1] => {
+            strategies.push(ConvStrategy::Pointwise)
+        }
         ConvStrategy::Winograd
         | ConvStrategy::Direct
         | ConvStrategy::ChannelsLast
         | ConvStrategy::Subsample => strategies.push(ConvStrategy::Im2col),
-        ConvStrategy::Direct1x1 => strategies.push(ConvStrategy::Pointwise),
+        ConvStrategy::Pointwise if shape.layout == Layout::Nchw => {
+            strategies.push(ConvStrategy::ChannelsLast)
+        }
         _ => {}
     }
     // The chosen strategy again with its weight (from 256 KiB) coming from memory, as in a

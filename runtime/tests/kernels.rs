@@ -602,6 +602,11 @@ fn check_conv_with(
         let expected = match (layout, expected) {
             (Layout::Nhwc, ConvStrategy::Winograd) => ConvStrategy::Im2col,
             (Layout::Nhwc, ConvStrategy::Direct1x1) => ConvStrategy::Pointwise,
+            (Layout::Nhwc, ConvStrategy::ChannelsLast)
+                if s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == [0, 0] =>
+            {
+                ConvStrategy::Pointwise
+            }
             (Layout::Nhwc, ConvStrategy::Direct | ConvStrategy::ChannelsLast) => {
                 ConvStrategy::Im2col
             }
@@ -691,7 +696,7 @@ fn pools() -> Vec<ThreadPool> {
 fn pointwise_conv_reads_the_input_in_place() {
     let pools = pools();
     let cases = [
-        shape(2, [5, 7], [6, 9], [1, 1], 1),
+        shape(2, [5, 7], [9, 9], [1, 1], 1),
         shape(1, [12, 9], [7, 5], [1, 1], 3),
         shape(1, [300, 40], [33, 35], [1, 1], 1),
     ];
@@ -703,24 +708,53 @@ fn pointwise_conv_reads_the_input_in_place() {
     }
 }
 
-/// The shapes the direct 1x1 kernel takes, on this CPU: every other pointwise one goes
-/// through the GEMM.
+/// The shapes the direct 1x1 kernel takes, on this CPU: 7x7 maps run channels-last on the
+/// dense kernel, every other pointwise one goes through the GEMM.
 #[test]
 fn direct_1x1_conv_is_chosen_where_it_applies() {
-    let direct = simd_available();
-    for (s, takes) in [
-        (shape(1, [24, 144], [56, 56], [1, 1], 1), direct),
-        (shape(1, [256, 64], [12, 12], [1, 1], 1), direct),
-        // Deep reductions, small maps and groups stay on the GEMM.
-        (shape(1, [257, 64], [56, 56], [1, 1], 1), false),
-        (shape(1, [192, 1152], [7, 7], [1, 1], 1), false),
-        (shape(1, [24, 144], [56, 56], [1, 1], 2), false),
-    ] {
-        let want = if takes {
-            ConvStrategy::Direct1x1
+    let avx2 = simd_available();
+    let on_avx2 = |strategy| {
+        if avx2 {
+            strategy
         } else {
             ConvStrategy::Pointwise
-        };
+        }
+    };
+    for (s, want) in [
+        (
+            shape(1, [24, 144], [56, 56], [1, 1], 1),
+            on_avx2(ConvStrategy::Direct1x1),
+        ),
+        (
+            shape(1, [256, 64], [12, 12], [1, 1], 1),
+            on_avx2(ConvStrategy::Direct1x1),
+        ),
+        (
+            shape(1, [192, 1152], [7, 7], [1, 1], 1),
+            on_avx2(ConvStrategy::ChannelsLast),
+        ),
+        (
+            shape(1, [2048, 512], [7, 7], [1, 1], 1),
+            on_avx2(ConvStrategy::ChannelsLast),
+        ),
+        // Deep reductions on larger maps and groups stay on the GEMM.
+        (
+            shape(1, [257, 64], [56, 56], [1, 1], 1),
+            ConvStrategy::Pointwise,
+        ),
+        (
+            shape(1, [1024, 256], [14, 14], [1, 1], 1),
+            ConvStrategy::Pointwise,
+        ),
+        (
+            shape(1, [24, 144], [56, 56], [1, 1], 2),
+            ConvStrategy::Pointwise,
+        ),
+        (
+            shape(1, [24, 144], [7, 7], [1, 1], 2),
+            ConvStrategy::Pointwise,
+        ),
+    ] {
         assert_eq!(ConvStrategy::of(&s).unwrap(), want, "{s:?}");
         let nhwc = Conv2dShape {
             layout: Layout::Nhwc,
@@ -728,6 +762,35 @@ fn direct_1x1_conv_is_chosen_where_it_applies() {
         };
         assert_eq!(ConvStrategy::of(&nhwc).unwrap(), ConvStrategy::Pointwise);
     }
+}
+
+/// 1x1 convolutions on 7x7 maps and smaller run channels-last on this CPU, the dense kernel
+/// storing each block transposed into the NCHW output: values and epilogue coverage against
+/// the reference (odd channel counts, several images, 1-3 threads), a bias and activation in
+/// registers, and a strided one whose gathered pixels take the same plan.
+#[test]
+fn small_map_1x1_convs_run_channels_last() {
+    if !simd_available() {
+        eprintln!("skipped: the dense kernel needs AVX2 and FMA");
+        return;
+    }
+    let pools = pools();
+    for s in [
+        shape(1, [192, 1152], [7, 7], [1, 1], 1),
+        shape(2, [37, 21], [5, 9], [1, 1], 1),
+        shape(3, [300, 70], [1, 1], [1, 1], 1),
+    ] {
+        check_conv(s, &pools, ConvStrategy::ChannelsLast);
+        check_activation_epilogue(s, &pools);
+    }
+    let strided = geometry(
+        shape(2, [40, 33], [14, 13], [1, 1], 1),
+        [2, 2],
+        [0, 0],
+        [1, 1],
+    );
+    check_conv(strided, &pools, ConvStrategy::Subsample);
+    check_activation_epilogue(strided, &pools);
 }
 
 /// The direct kernel takes NCHW convolutions with a spatial kernel, stride 1 or 2, one

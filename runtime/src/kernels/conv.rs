@@ -36,9 +36,10 @@
 //! downsampling shortcut) gathers the pixels it reads into scratch and runs the stride-1
 //! plan on them ([`ConvStrategy::Subsample`]); the transposes or im2col tiles of the whole
 //! input would copy four times as much at stride 2. **Channels-last**: the other NCHW
-//! convolutions with one group (stride-2 and 7x7-map 3x3s) transpose their input to NHWC in
-//! scratch and run the NHWC im2col plan, whose `col` tile needs no transposing, each
-//! finished output tile transposed back ([`ConvStrategy::ChannelsLast`]). **Depthwise**
+//! convolutions with one group (stride-2 and 7x7-map 3x3s), and 1x1s on 7x7 maps, transpose
+//! their input to NHWC in scratch and run the NHWC plan, whose `col` tile needs no
+//! transposing; the dense kernel stores each block transposed straight into the NCHW output
+//! ([`ConvStrategy::ChannelsLast`]). **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in
 //! [`depthwise`](super::depthwise) instead: a GEMM with K = kh*kw per channel
 //! would be all overhead.
@@ -61,7 +62,8 @@ use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 use crate::kernels::pointwise::PointwiseConv;
 use crate::kernels::winograd::WinogradConv;
 use crate::kernels::{
-    check_len, for_each_task, Epilogue, KernelError, Output, SendPtr, Tile, SERIAL_FLOPS,
+    check_len, for_each_task, Epilogue, KernelError, Output, RowActivation, SendPtr, Tile,
+    SERIAL_FLOPS,
 };
 use crate::pool::{Chunking, ThreadPool};
 
@@ -285,12 +287,14 @@ pub enum ConvStrategy {
     /// (no im2col), applying a bias and a native activation before its one store.
     Direct,
     /// 1x1, unpadded, with a stride above 1: the pixels it reads gathered into scratch, then
-    /// the stride-1 plan ([`ConvStrategy::Direct1x1`] or [`ConvStrategy::Pointwise`]) of
-    /// the gathered input.
+    /// the stride-1 plan ([`ConvStrategy::Direct1x1`], [`ConvStrategy::Pointwise`] or, on a
+    /// 7x7 map, [`ConvStrategy::ChannelsLast`]) of the gathered input.
     Subsample,
-    /// An NCHW convolution computed channels-last: the input transposed to NHWC in scratch,
-    /// the NHWC im2col plan, and each finished output tile transposed back into the NCHW
-    /// output, where the epilogue runs on it.
+    /// An NCHW convolution computed channels-last: the input transposed to NHWC in scratch
+    /// and the NHWC plan (im2col, or the input in place for a 1x1), whose dense kernel
+    /// stores each block transposed into the NCHW output, applying a bias and a native
+    /// activation before the store and any other epilogue to the finished block. Without
+    /// AVX2 the `gemm` crate computes NHWC tiles in scratch, each transposed back.
     ChannelsLast,
 }
 
@@ -303,7 +307,11 @@ impl ConvStrategy {
         } else if register_kernel_suits(ConvStrategy::Direct1x1, shape) {
             ConvStrategy::Direct1x1
         } else if shape.is_pointwise() {
-            ConvStrategy::Pointwise
+            if small_map_pointwise_suits(shape, out) {
+                ConvStrategy::ChannelsLast
+            } else {
+                ConvStrategy::Pointwise
+            }
         } else if shape.is_strided_pointwise() && !shape.is_depthwise() {
             ConvStrategy::Subsample
         } else if WinogradConv::suits(shape, out) {
@@ -345,6 +353,21 @@ fn channels_last_suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
     let input = shape.batch * shape.in_channels * shape.in_size[0] * shape.in_size[1];
     let output = shape.batch * shape.out_channels * out[0] * out[1];
     shape.layout == Layout::Nchw && shape.groups == 1 && input + output <= CHANNELS_LAST_MAX
+}
+
+/// Most output pixels of a 1x1 convolution computed channels-last ([`SMALL_MAP_PIXELS`]).
+const SMALL_MAP_PIXELS: usize = 64;
+
+/// Whether an NCHW 1x1 stride-1 convolution that the register kernel in `pointwise` does not
+/// take runs channels-last on the dense kernel ([`ConvStrategy::ChannelsLast`]): on maps of
+/// at most [`SMALL_MAP_PIXELS`] (7x7), where 16-pixel vectors fit the map poorly (49 = 3·16
+/// + 1) and the transposes are cheap beside the product. Kernels benchmark, 2 threads,
+/// bias + ReLU: 2048->512 0.62 -> 0.52 ms, 512->2048 0.60 -> 0.51, 192->1152 0.136 ->
+/// 0.130; at 14x14 and 28x28 the `gemm` crate over the input in place stayed faster.
+fn small_map_pointwise_suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
+    out[0] * out[1] <= SMALL_MAP_PIXELS
+        && PanelMatrix::supported()
+        && channels_last_suits(shape, out)
 }
 
 /// `dst[b][p][c] = src[b][c][p]` for `batch` images of `channels` planes of `pixels`, in
@@ -469,6 +492,32 @@ struct GemmConv {
     serial: bool,
 }
 
+/// How an NHWC plan on the dense kernel's panels stores its output blocks.
+#[derive(Clone, Copy)]
+struct Store<'a> {
+    /// Transposed into an NCHW output (for [`ConvStrategy::ChannelsLast`]), the epilogue
+    /// then seeing that output's `[B·C_out, P]` matrix.
+    nchw: bool,
+    /// An [`Epilogue::activation`] applied to the registers instead of each finished block.
+    fused: Option<RowActivation<'a>>,
+}
+
+impl<'a> Store<'a> {
+    fn new(
+        plan: &GemmConv,
+        shape: &Conv2dShape,
+        nchw: bool,
+        epilogue: &Epilogue<'a>,
+    ) -> Result<Store<'a>, KernelError> {
+        let fused = if plan.panels.is_empty() {
+            None
+        } else {
+            epilogue.channel_activation(shape.out_channels)?
+        };
+        Ok(Store { nchw, fused })
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Plan {
     Gemm(GemmConv),
@@ -543,11 +592,14 @@ impl Conv2d {
                     layout: Layout::Nhwc,
                     ..shape
                 };
+                // A 1x1 reads the transposed input in place.
+                let inner = if shape.is_pointwise() {
+                    ConvStrategy::Pointwise
+                } else {
+                    ConvStrategy::Im2col
+                };
                 Plan::ChannelsLast(Box::new(Conv2d::with_strategy(
-                    nhwc,
-                    weights,
-                    threads,
-                    ConvStrategy::Im2col,
+                    nhwc, weights, threads, inner,
                 )?))
             }
             ConvStrategy::Subsample => Plan::Subsample(Box::new(Conv2d::new(
@@ -679,7 +731,10 @@ impl Conv2d {
                 self.gather_strided(pool, input, gathered)?;
                 c.run(pool, gathered, output, inner, epilogue)
             }
-            Plan::Gemm(g) => self.run_gemm(g, pool, input, output, scratch, epilogue),
+            Plan::Gemm(g) => {
+                let store = Store::new(g, &self.shape, false, &epilogue)?;
+                self.run_gemm(g, pool, input, output, scratch, epilogue, store)
+            }
         }
     }
 
@@ -702,6 +757,13 @@ impl Conv2d {
         let in_pixels = s.in_size[0] * s.in_size[1];
         let pixels = self.out[0] * self.out[1];
         transpose_planes(pool, input, x_nhwc, s.batch, c_in, in_pixels)?;
+        if let Plan::Gemm(g) = &nhwc.plan {
+            if !g.panels.is_empty() {
+                // The dense kernel stores each block transposed, straight into the output.
+                let store = Store::new(g, &nhwc.shape, true, &epilogue)?;
+                return nhwc.run_gemm(g, pool, x_nhwc, output, inner, epilogue, store);
+            }
+        }
         let out = SendPtr(output.as_mut_ptr());
         let back = |mut tile: Tile<'_>| {
             let (row0, rows, col0, cols) = (tile.row0(), tile.rows(), tile.col0(), tile.cols());
@@ -782,6 +844,7 @@ impl Conv2d {
         Ok(())
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn run_gemm(
         &self,
         plan: &GemmConv,
@@ -790,6 +853,7 @@ impl Conv2d {
         output: &mut [f32],
         scratch: &mut [f32],
         epilogue: Epilogue<'_>,
+        store: Store<'_>,
     ) -> Result<(), KernelError> {
         let s = &self.shape;
         if self.output_len() == 0 {
@@ -831,7 +895,8 @@ impl Conv2d {
                         scratch_ptr.get().add(thread * plan.scratch_per_thread),
                         plan.scratch_per_thread,
                     );
-                    self.run_block(plan, &block, source, out_ptr.get(), col, epilogue);
+                    let out = out_ptr.get();
+                    self.run_block(plan, &block, source, out, col, epilogue, store);
                 }
             }
         })?;
@@ -882,6 +947,7 @@ impl Conv2d {
     /// `block` part no one else accesses meanwhile.
     ///
     /// `source` is the input, or for [`Columns::Whole`] the columns built from it.
+    #[allow(clippy::too_many_arguments)]
     unsafe fn run_block(
         &self,
         plan: &GemmConv,
@@ -890,6 +956,7 @@ impl Conv2d {
         out: *mut f32,
         col: &mut [f32],
         epilogue: Epilogue<'_>,
+        store: Store<'_>,
     ) {
         let s = &self.shape;
         let [h, w] = s.in_size;
@@ -943,25 +1010,43 @@ impl Conv2d {
                     self.im2col_nhwc(block, source, col, plan.col_ld);
                     MatRef::from_raw(col.as_ptr(), block.pixels, k, plan.col_ld as isize, 1)
                 };
-                let row0 = block.b * pixels + block.p0;
                 let col0 = block.g * cog + block.c0;
-                let ld = s.out_channels;
-                let mut c = MatMut::from_raw(
-                    out.add(row0 * ld + col0),
-                    block.pixels,
-                    block.channels,
-                    ld as isize,
-                    1,
-                );
                 match plan.panels.get(block.g) {
                     #[cfg(target_arch = "x86_64")]
-                    Some(panels) => panels.product_block(rows, &mut c, block.c0),
+                    Some(panels) => {
+                        let identity = (crate::kernels::activation::Activation::Identity, None);
+                        let (act, bias) = store.fused.unwrap_or(identity);
+                        let bias = bias.map(|b| &b[col0..col0 + block.channels]);
+                        // The output block, and its place in the matrix the epilogue sees.
+                        let (mut c, tile) = if store.nchw {
+                            let row0 = block.b * s.out_channels + col0;
+                            let at = out.add(row0 * pixels + block.p0);
+                            let ld = pixels as isize;
+                            let c = MatMut::from_raw(at, block.pixels, block.channels, 1, ld);
+                            (c, [row0, block.channels, block.p0, block.pixels, pixels])
+                        } else {
+                            let (row0, ld) = (block.b * pixels + block.p0, s.out_channels);
+                            let at = out.add(row0 * ld + col0);
+                            let rs = ld as isize;
+                            let c = MatMut::from_raw(at, block.pixels, block.channels, rs, 1);
+                            (c, [row0, block.pixels, col0, block.channels, ld])
+                        };
+                        panels.product_block(rows, &mut c, block.c0, act, bias);
+                        if store.fused.is_none() {
+                            let [row0, rows, col0, cols, ld] = tile;
+                            epilogue.apply(out, row0, rows, col0, cols, ld);
+                        }
+                    }
                     _ => {
+                        let (row0, ld) = (block.b * pixels + block.p0, s.out_channels);
+                        let at = out.add(row0 * ld + col0);
+                        let mut c =
+                            MatMut::from_raw(at, block.pixels, block.channels, ld as isize, 1);
                         let b = weight(block.g).block(0, block.c0, k, block.channels);
                         gemm_unchecked(rows, b, &mut c, Output::Overwrite);
+                        epilogue.apply(out, row0, block.pixels, col0, block.channels, ld);
                     }
                 }
-                epilogue.apply(out, row0, block.pixels, col0, block.channels, ld);
             }
         }
     }

@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 use crate::arena::AlignedBuffer;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::activation::avx2;
-use crate::kernels::activation::{simd_available, with_act, Act, Activation, Identity, WithAct};
+use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::gemm::{check_presented, plan_tiles, present, MatMut, MatRef};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
@@ -221,34 +221,51 @@ impl PanelMatrix {
 }
 
 impl PanelMatrix {
-    /// `C = A·B[:, col0..col0 + C.cols()]` on the calling thread, no epilogue: for a kernel
-    /// that cuts the work itself (the channels-last convolution's tiles).
+    /// `C = act(A·B[:, col0..col0 + C.cols()] + bias)` on the calling thread: for a kernel
+    /// that cuts the work itself (the convolutions' tiles), `bias` one value per column of
+    /// `C` (or none) and `act` applied to the registers before the one store.
     ///
     /// # Safety
     /// This CPU has AVX2 and FMA; `a` is `C.rows() x self.rows()` with a unit column stride;
-    /// `c` is row-major (unit column stride, non-negative row stride) and this caller's;
-    /// `col0` is a multiple of 16 and `col0 + c.cols() <= self.cols()`.
+    /// `c` is this caller's and row-major or column-major (a unit stride one way, a
+    /// non-negative one the other); `col0` is a multiple of 16, `col0 + c.cols() <=
+    /// self.cols()` and a bias has at least `c.cols()` values.
     #[cfg(target_arch = "x86_64")]
-    pub(crate) unsafe fn product_block(&self, a: MatRef<'_>, c: &mut MatMut<'_>, col0: usize) {
+    pub(crate) unsafe fn product_block(
+        &self,
+        a: MatRef<'_>,
+        c: &mut MatMut<'_>,
+        col0: usize,
+        act: Activation,
+        bias: Option<&[f32]>,
+    ) {
         debug_assert!(col0.is_multiple_of(NR) && col0 + c.cols() <= self.cols);
-        debug_assert!(a.rows() == c.rows() && a.cols() == self.rows && c.col_stride() == 1);
+        debug_assert!(a.rows() == c.rows() && a.cols() == self.rows);
+        debug_assert!(c.col_stride() == 1 || c.row_stride() == 1);
+        debug_assert!(bias.is_none_or(|b| b.len() >= c.cols()));
         if c.rows() == 0 || c.cols() == 0 {
             return;
         }
+        let transposed = c.col_stride() != 1;
+        let ldc = if transposed {
+            c.col_stride()
+        } else {
+            c.row_stride()
+        };
         let tile = Tile {
             a: a.as_ptr(),
             lda: a.row_stride(),
             b: self.buf.as_slice().as_ptr().add(col0 / NR * self.rows * NR),
             k: self.rows,
             c: c.as_mut_ptr(),
-            ldc: c.row_stride().unsigned_abs(),
-            transposed: false,
-            bias: std::ptr::null(),
+            ldc: ldc.unsigned_abs(),
+            transposed,
+            bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
             rows: 0..c.rows(),
             cols: 0..c.cols(),
             n: c.cols(),
         };
-        tile.run::<Identity>();
+        with_act(act, tile);
     }
 }
 
