@@ -704,11 +704,18 @@ impl Executor {
                 let sink = Sink::new(product, table, 0);
                 let f = |tile: Tile<'_>| sink.finish(tile);
                 let channels = conv.shape().out_channels;
-                let fused = plain_activation(product, conv).and_then(|(act, bias)| match bias {
-                    None => Some(Epilogue::activation(act, None)),
-                    Some(slot) => input(slot)
-                        .get(..channels)
-                        .map(|b| Epilogue::activation(act, Some(b))),
+                let fused = plain_activation(product, conv).and_then(|(act, bias, residual)| {
+                    let bias = match bias {
+                        None => None,
+                        Some(slot) => Some(input(slot).get(..channels)?),
+                    };
+                    Some(match residual {
+                        None => Epilogue::activation(act, bias),
+                        Some(slot) => {
+                            let residual = input(slot).get(..conv.output_len())?;
+                            Epilogue::activation_with_residual(act, bias, residual)
+                        }
+                    })
                 });
                 let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
                 conv.run(pool, input(*x), product_buf, conv_scratch, epilogue)
@@ -952,11 +959,15 @@ impl<'a> Sink<'a> {
     }
 }
 
-/// When all a convolution's [`ProductMap`] does is `act(x + bias[channel])` on the NCHW
-/// output in place: the activation and the bias's slot, for [`Epilogue::activation`], which
-/// kernels may apply in registers. `check_step` checked that a bias slot holds a value per
-/// channel.
-fn plain_activation(map: &ProductMap, conv: &Conv2d) -> Option<(Activation, Option<usize>)> {
+/// When all a convolution's [`ProductMap`] does is `act((x + bias[channel]) + residual)` on
+/// the NCHW output in place, the residual laid out like the output: the activation and the
+/// slots of the bias and the residual, each optional, for [`Epilogue::activation`] or
+/// [`Epilogue::activation_with_residual`], which kernels may apply in registers.
+/// `check_step` checked that a bias slot holds a value per channel.
+fn plain_activation(
+    map: &ProductMap,
+    conv: &Conv2d,
+) -> Option<(Activation, Option<usize>, Option<usize>)> {
     let s = conv.shape();
     let pixels = conv.out_size()[0] * conv.out_size()[1];
     if s.layout != Layout::Nchw
@@ -967,15 +978,14 @@ fn plain_activation(map: &ProductMap, conv: &Conv2d) -> Option<(Activation, Opti
         return None;
     }
     match (map.bias, &map.epilogue) {
-        (Some(slot), None) => Some((Activation::Identity, Some(slot))),
+        (Some(slot), None) => Some((Activation::Identity, Some(slot), None)),
         (bias, Some(TileEpilogue::Native(e)))
-            if e.residual.is_none()
-                && e.offset == 0
+            if e.offset == 0
                 && e.row_stride == pixels
                 && (s.batch == 1 || e.batch_stride == s.out_channels * pixels) =>
         {
             match (bias, e.bias) {
-                (None, None) => Some((e.activation, None)),
+                (None, None) => Some((e.activation, None, e.residual)),
                 (Some(slot), None)
                 | (
                     None,
@@ -983,7 +993,7 @@ fn plain_activation(map: &ProductMap, conv: &Conv2d) -> Option<(Activation, Opti
                         slot,
                         per_column: false,
                     }),
-                ) => Some((e.activation, Some(slot))),
+                ) => Some((e.activation, Some(slot), e.residual)),
                 _ => None,
             }
         }
@@ -1250,9 +1260,10 @@ pub(crate) mod tests {
     use super::*;
     use crate::kernels::Conv2dShape;
 
-    /// A convolution's product map that only adds a bias per channel and applies a native
-    /// activation to its NCHW output in place goes to the kernel as `Epilogue::activation`
-    /// (applied in registers where the kernel can); anything else stays a tile epilogue.
+    /// A convolution's product map that only adds a bias per channel (and a residual laid out
+    /// like the output) and applies a native activation to its NCHW output in place goes to
+    /// the kernel as `Epilogue::activation` (or `activation_with_residual`), applied in
+    /// registers where the kernel can; anything else stays a tile epilogue.
     #[test]
     fn plain_bias_and_activation_maps_are_recognised() {
         let shape = Conv2dShape {
@@ -1288,20 +1299,23 @@ pub(crate) mod tests {
         let plain = |m: &ProductMap| plain_activation(m, &conv);
         assert_eq!(
             plain(&native(Some(per_row(1)), 0, 96, 16)),
-            Some((silu, Some(1)))
+            Some((silu, Some(1), None))
         );
-        assert_eq!(plain(&native(None, 0, 96, 16)), Some((silu, None)));
+        assert_eq!(plain(&native(None, 0, 96, 16)), Some((silu, None, None)));
         let bias_only = ProductMap {
             rows_per_batch: 6,
             bias: Some(2),
             ..ProductMap::default()
         };
-        assert_eq!(plain(&bias_only), Some((Activation::Identity, Some(2))));
+        assert_eq!(
+            plain(&bias_only),
+            Some((Activation::Identity, Some(2), None))
+        );
         let both = ProductMap {
             bias: Some(2),
             ..native(None, 0, 96, 16)
         };
-        assert_eq!(plain(&both), Some((silu, Some(2))));
+        assert_eq!(plain(&both), Some((silu, Some(2), None)));
         // Elsewhere than the output in place, two biases, a bias per column.
         for m in [
             native(None, 1, 96, 16),
@@ -1331,12 +1345,18 @@ pub(crate) mod tests {
         ] {
             assert_eq!(plain(&m), None, "{m:?}");
         }
-        // A residual is added on finished tiles, never in registers.
-        let mut residual = native(Some(per_row(1)), 0, 96, 16);
-        if let Some(TileEpilogue::Native(e)) = &mut residual.epilogue {
-            e.residual = Some(3);
-        }
-        assert_eq!(plain(&residual), None);
+        // A residual laid out like the output goes along (the direct 1x1 kernel adds it in
+        // registers); elsewhere it keeps the whole epilogue on finished tiles.
+        let with_residual = |offset, batch_stride| {
+            let mut m = native(Some(per_row(1)), offset, batch_stride, 16);
+            if let Some(TileEpilogue::Native(e)) = &mut m.epilogue {
+                e.residual = Some(3);
+            }
+            m
+        };
+        assert_eq!(plain(&with_residual(0, 96)), Some((silu, Some(1), Some(3))));
+        assert_eq!(plain(&with_residual(1, 96)), None);
+        assert_eq!(plain(&with_residual(0, 100)), None);
     }
 
     /// A native epilogue fits only where every element has its own place inside the output,

@@ -1061,14 +1061,21 @@ fn activation_epilogue_on_every_strategy() {
     }
 }
 
-/// `act(conv + bias[channel])`, and `act(conv)`, through [`Epilogue::activation`] against
-/// the f64 reference, NCHW, for ReLU and SiLU, with the strategy `Conv2d::new` picks.
+/// `act(conv + bias[channel])`, `act(conv)` and `act((conv + bias[channel]) + residual)`,
+/// through [`Epilogue::activation`] and [`Epilogue::activation_with_residual`] against the
+/// f64 reference, NCHW, for ReLU and SiLU, with the strategy `Conv2d::new` picks.
 fn check_activation_epilogue(s: Conv2dShape, pools: &[ThreadPool]) {
-    check_activation_epilogue_with(s, pools, true);
-    check_activation_epilogue_with(s, pools, false);
+    check_activation_epilogue_with(s, pools, true, false);
+    check_activation_epilogue_with(s, pools, false, false);
+    check_activation_epilogue_with(s, pools, true, true);
 }
 
-fn check_activation_epilogue_with(s: Conv2dShape, pools: &[ThreadPool], with_bias: bool) {
+fn check_activation_epilogue_with(
+    s: Conv2dShape,
+    pools: &[ThreadPool],
+    with_bias: bool,
+    with_residual: bool,
+) {
     let taps = s.kernel[0] * s.kernel[1];
     let input = random(s.batch * s.in_channels * s.in_size[0] * s.in_size[1], 41);
     let weight = random(s.out_channels * s.in_channels / s.groups * taps, 42);
@@ -1079,6 +1086,11 @@ fn check_activation_epilogue_with(s: Conv2dShape, pools: &[ThreadPool], with_bia
     };
     let (want, scale, [oh, ow]) = reference_conv(&s, &input, &weight);
     let pixels = oh * ow;
+    let residual = if with_residual {
+        random(want.len(), 44)
+    } else {
+        vec![0.0; want.len()]
+    };
     for (act, f) in [
         (Activation::Relu, (|x: f64| x.max(0.0)) as fn(f64) -> f64),
         (Activation::Silu, |x: f64| x / (1.0 + (-x).exp())),
@@ -1086,7 +1098,7 @@ fn check_activation_epilogue_with(s: Conv2dShape, pools: &[ThreadPool], with_bia
         let want: Vec<f64> = want
             .iter()
             .enumerate()
-            .map(|(i, &v)| f(v + bias[i / pixels % s.out_channels] as f64))
+            .map(|(i, &v)| f(v + bias[i / pixels % s.out_channels] as f64 + residual[i] as f64))
             .collect();
         // The activation's own error (about 1e-7 of its result) on top of the sum's.
         let scale: Vec<f64> = scale.iter().map(|&x| x + 1.0).collect();
@@ -1094,11 +1106,17 @@ fn check_activation_epilogue_with(s: Conv2dShape, pools: &[ThreadPool], with_bia
             let conv = Conv2d::new(s, &weight, pool.threads()).unwrap();
             let mut out = vec![f32::NAN; conv.output_len()];
             let mut scratch = vec![f32::NAN; conv.scratch_len(pool.threads())];
-            let epilogue = Epilogue::activation(act, with_bias.then_some(&bias[..]));
+            let bias = with_bias.then_some(&bias[..]);
+            let epilogue = if with_residual {
+                Epilogue::activation_with_residual(act, bias, &residual)
+            } else {
+                Epilogue::activation(act, bias)
+            };
             conv.run(pool, &input, &mut out, &mut scratch, epilogue)
                 .unwrap();
             let what = format!(
-                "{s:?} ({:?}), {act:?}, bias {with_bias}, on {} threads",
+                "{s:?} ({:?}), {act:?}, bias {with_bias}, residual {with_residual}, on {} \
+                 threads",
                 conv.strategy(),
                 pool.threads()
             );

@@ -349,12 +349,13 @@ unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
                     dst,
                     out_h * out_w,
                     &bias,
+                    None,
                 );
                 continue;
             }
             let mut buf = [0.0f32; MR * NR];
             let taps = c.taps.iter().map(|&o| x.add(o));
-            tile::<A>(taps, w, buf.as_mut_ptr(), NR, &bias);
+            tile::<A>(taps, w, buf.as_mut_ptr(), NR, &bias, None);
             // The tile's grid pixels as runs of output pixels within a row (the grid's
             // columns from `out_w` on are dropped).
             let (mut oy, mut ox, mut j) = (oy, ox, 0);

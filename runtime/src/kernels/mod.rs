@@ -184,6 +184,8 @@ enum EpilogueKind<'a> {
     Activation {
         act: Activation,
         bias: Option<&'a [f32]>,
+        /// Laid out like the output: element `e` of the output adds element `e` of it.
+        residual: Option<&'a [f32]>,
     },
     ColumnActivation {
         act: Activation,
@@ -241,6 +243,26 @@ impl<'a> Epilogue<'a> {
             kind: EpilogueKind::Activation {
                 act,
                 bias: bias.filter(|b| !b.is_empty()),
+                residual: None,
+            },
+        }
+    }
+
+    /// `x = act((x + bias[row % bias.len()]) + residual[e])` on every output element `e` (an
+    /// index into the output buffer the kernel writes): [`Epilogue::activation`] followed by
+    /// a residual connection whose shortcut is laid out like the output. The direct 1x1
+    /// kernel applies it to its registers; the others run it on each finished tile. The
+    /// caller guarantees `residual` covers the output buffer.
+    pub fn activation_with_residual(
+        act: Activation,
+        bias: Option<&'a [f32]>,
+        residual: &'a [f32],
+    ) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::Activation {
+                act,
+                bias: bias.filter(|b| !b.is_empty()),
+                residual: Some(residual),
             },
         }
     }
@@ -263,12 +285,43 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// The activation and bias of an [`Epilogue::activation`].
+    /// The activation and bias of an [`Epilogue::activation`] (not one with a residual).
     pub(crate) fn as_activation(&self) -> Option<RowActivation<'a>> {
         match self.kind {
-            EpilogueKind::Activation { act, bias } => Some((act, bias)),
+            EpilogueKind::Activation {
+                act,
+                bias,
+                residual: None,
+            } => Some((act, bias)),
             _ => None,
         }
+    }
+
+    /// The residual of an [`Epilogue::activation_with_residual`] and its activation and
+    /// bias, for an output of `out_len` elements with `channels` rows per image; a bias
+    /// that is not one value per channel or a residual shorter than the output is refused.
+    pub(crate) fn channel_residual_activation(
+        &self,
+        channels: usize,
+        out_len: usize,
+    ) -> Result<Option<(RowActivation<'a>, &'a [f32])>, KernelError> {
+        let EpilogueKind::Activation {
+            act,
+            bias,
+            residual: Some(residual),
+        } = self.kind
+        else {
+            return Ok(None);
+        };
+        if bias.is_some_and(|b| b.len() != channels) || residual.len() < out_len {
+            return Err(KernelError::Shape(format!(
+                "a bias of {} values for {channels} channels, a residual of {} for {out_len} \
+                 outputs",
+                bias.map_or(0, <[f32]>::len),
+                residual.len()
+            )));
+        }
+        Ok(Some(((act, bias), residual)))
     }
 
     /// [`Epilogue::as_activation`] for an output of `channels` rows per image, refusing a
@@ -325,7 +378,11 @@ impl<'a> Epilogue<'a> {
                 ld,
                 _borrow: PhantomData,
             }),
-            EpilogueKind::Activation { act, bias } => {
+            EpilogueKind::Activation {
+                act,
+                bias,
+                residual,
+            } => {
                 let tile = tile(base);
                 let rows = (0..rows).map(|i| {
                     // SAFETY: (the caller's) row `i` of the tile is in bounds and ours.
@@ -334,7 +391,16 @@ impl<'a> Epilogue<'a> {
                         bias.map_or(RowBias::None, |b| RowBias::Scalar(b[(row0 + i) % b.len()]));
                     (row, b)
                 });
-                activation::activate_rows(act, rows);
+                match residual {
+                    None => activation::activate_rows(act, rows),
+                    Some(residual) => {
+                        let at = |i: usize| (row0 + i) * ld + col0;
+                        let rows = rows
+                            .enumerate()
+                            .map(|(i, (row, b))| (row, b, &residual[at(i)..at(i) + cols]));
+                        activation::activate_rows_with_residual(act, rows);
+                    }
+                }
             }
             EpilogueKind::ColumnActivation { act, bias } => {
                 let tile = tile(base);

@@ -132,8 +132,14 @@ impl PointwiseConv {
     ) -> Result<(), KernelError> {
         let (px, ch) = (self.pixel_split.parts, self.channel_split.parts);
         let tasks = self.batch * px * ch;
-        let fused = epilogue.channel_activation(self.out_channels)?;
+        let with_residual =
+            epilogue.channel_residual_activation(self.out_channels, output.len())?;
+        let fused = match with_residual {
+            Some((fused, _)) => Some(fused),
+            None => epilogue.channel_activation(self.out_channels)?,
+        };
         let (act, bias) = fused.unwrap_or((Activation::Identity, None));
+        let residual = with_residual.map(|(_, r)| r);
         // Any other epilogue runs on each finished strip.
         let after = if fused.is_some() {
             None
@@ -166,6 +172,7 @@ impl PointwiseConv {
                             out: out.get(),
                             panel: panels.get().add(thread * panel_len),
                             bias,
+                            residual,
                             after,
                         },
                     );
@@ -191,6 +198,8 @@ struct TaskRun<'a> {
     out: *mut f32,
     panel: *mut f32,
     bias: Option<&'a [f32]>,
+    /// A shortcut laid out like the output, added to the registers after the bias.
+    residual: Option<&'a [f32]>,
     /// The epilogue to run on each finished strip, where the tiles do not apply it.
     after: Option<Epilogue<'a>>,
 }
@@ -268,6 +277,17 @@ unsafe fn panel<A: Act>(
         }
         (t.panel.cast_const(), NR)
     };
+    if let Some(r) = t.residual {
+        // The shortcut two pixel blocks ahead, one line per channel: each channel's row is
+        // read 64 bytes per block, too many rows at once for the prefetchers to follow.
+        let ahead = p + 2 * NR;
+        if ahead < c.pixels {
+            for ch in t.block.channels.clone() {
+                let at = (t.block.b * c.out_channels + ch) * c.pixels + ahead;
+                _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().wrapping_add(at).cast());
+            }
+        }
+    }
     let mut co = t.block.channels.start;
     while co < t.block.channels.end {
         let rows = (t.block.channels.end - co).min(MR);
@@ -276,13 +296,31 @@ unsafe fn panel<A: Act>(
             bias[..rows].copy_from_slice(&b[co..co + rows]);
         }
         let w = c.weights.as_slice().as_ptr().add(co / MR * k * MR);
+        let at = (t.block.b * c.out_channels + co) * c.pixels + p;
         let dst = out_img.add(co * c.pixels + p);
         if rows == MR && width == NR {
-            tile::<A>((0..k).map(|ci| x.add(ci * ldx)), w, dst, c.pixels, &bias);
+            let residual = t.residual.map(|r| (r.as_ptr().add(at), c.pixels));
+            tile::<A>(
+                (0..k).map(|ci| x.add(ci * ldx)),
+                w,
+                dst,
+                c.pixels,
+                &bias,
+                residual,
+            );
         } else {
+            // The block's residual, where it has one, goes into the buffer the tile then
+            // overwrites, so nothing past the block is read.
             let mut buf = [0.0f32; MR * NR];
+            if let Some(r) = t.residual {
+                for i in 0..rows {
+                    let row = r.as_ptr().add(at + i * c.pixels);
+                    std::ptr::copy_nonoverlapping(row, buf.as_mut_ptr().add(i * NR), width);
+                }
+            }
+            let residual = t.residual.map(|_| (buf.as_ptr(), NR));
             let channels = (0..k).map(|ci| x.add(ci * ldx));
-            tile::<A>(channels, w, buf.as_mut_ptr(), NR, &bias);
+            tile::<A>(channels, w, buf.as_mut_ptr(), NR, &bias, residual);
             for r in 0..rows {
                 std::ptr::copy_nonoverlapping(
                     buf.as_ptr().add(r * NR),
@@ -295,12 +333,14 @@ unsafe fn panel<A: Act>(
     }
 }
 
-/// `out[r][0..16] = act(Σ_t w[t][r] · rows[t][0..16] + bias[r])` for the 6 rows `r`: the
-/// register tile this kernel and the direct one (`direct`, whose rows are its taps) share.
+/// `out[r][0..16] = act((Σ_t w[t][r] · rows[t][0..16] + bias[r]) + residual[r][0..16])`
+/// for the 6 rows `r`, without the residual where there is none: the register tile this
+/// kernel and the direct one (`direct`, whose rows are its taps) share.
 ///
 /// # Safety
 /// AVX2 and FMA are present; `w` holds 6 floats per row of `rows`, each row 16 floats,
-/// `out` 6 rows of 16 at stride `ldc`.
+/// `out` 6 rows of 16 at stride `ldc`, a residual `(start, stride)` 6 rows of 16 (it may be
+/// `out` itself).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub(super) unsafe fn tile<A: Act>(
@@ -309,6 +349,7 @@ pub(super) unsafe fn tile<A: Act>(
     out: *mut f32,
     ldc: usize,
     bias: &[f32; MR],
+    residual: Option<(*const f32, usize)>,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     for (t, row) in rows.enumerate() {
@@ -323,7 +364,20 @@ pub(super) unsafe fn tile<A: Act>(
     for (r, acc) in acc.iter().enumerate() {
         let b = _mm256_set1_ps(bias[r]);
         let dst = out.add(r * ldc);
-        _mm256_storeu_ps(dst, avx2::activate::<A>(acc[0], b));
-        _mm256_storeu_ps(dst.add(8), avx2::activate::<A>(acc[1], b));
+        let (lo, hi) = match residual {
+            None => (
+                avx2::activate::<A>(acc[0], b),
+                avx2::activate::<A>(acc[1], b),
+            ),
+            Some((res, ld)) => {
+                let res = res.add(r * ld);
+                let zero = _mm256_setzero_ps();
+                let lo = _mm256_add_ps(_mm256_add_ps(acc[0], b), _mm256_loadu_ps(res));
+                let hi = _mm256_add_ps(_mm256_add_ps(acc[1], b), _mm256_loadu_ps(res.add(8)));
+                (avx2::activate::<A>(lo, zero), avx2::activate::<A>(hi, zero))
+            }
+        };
+        _mm256_storeu_ps(dst, lo);
+        _mm256_storeu_ps(dst.add(8), hi);
     }
 }
