@@ -355,15 +355,16 @@ fn channels_last_suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
     shape.layout == Layout::Nchw && shape.groups == 1 && input + output <= CHANNELS_LAST_MAX
 }
 
-/// Most output pixels of a 1x1 convolution computed channels-last ([`SMALL_MAP_PIXELS`]).
+/// Most output pixels of a 1x1 convolution computed channels-last ([`small_map_pointwise_suits`]).
 const SMALL_MAP_PIXELS: usize = 64;
 
 /// Whether an NCHW 1x1 stride-1 convolution that the register kernel in `pointwise` does not
 /// take runs channels-last on the dense kernel ([`ConvStrategy::ChannelsLast`]): on maps of
-/// at most [`SMALL_MAP_PIXELS`] (7x7), where 16-pixel vectors fit the map poorly (49 = 3·16
-/// + 1) and the transposes are cheap beside the product. Kernels benchmark, 2 threads,
-/// bias + ReLU: 2048->512 0.62 -> 0.52 ms, 512->2048 0.60 -> 0.51, 192->1152 0.136 ->
-/// 0.130; at 14x14 and 28x28 the `gemm` crate over the input in place stayed faster.
+/// at most [`SMALL_MAP_PIXELS`] (7x7), where 16-pixel vectors fit the map poorly (49 pixels
+/// are three vectors and one pixel) and the transposes are cheap beside the product.
+/// Kernels benchmark, 2 threads, bias + ReLU: 2048->512 0.62 -> 0.52 ms, 512->2048 0.60 ->
+/// 0.51, 192->1152 0.136 -> 0.130; at 14x14 and 28x28 the `gemm` crate over the input in
+/// place stayed faster.
 fn small_map_pointwise_suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
     out[0] * out[1] <= SMALL_MAP_PIXELS
         && PanelMatrix::supported()
