@@ -8,12 +8,15 @@
 //! with a bounds test and a strided load (ResNet-18's 3x3 stride-2 pool over 64 x 112 x 112:
 //! 0.60 ms against ONNX Runtime's 0.11 on two threads).
 //!
+//! ResNet's stem pool (3x3, stride 2, padding 1, an even width) skips the row buffer: an
+//! AVX2 kernel ([`stem_row`]) reads the window's input rows directly, eight outputs at a time.
+//!
 //! NaN propagates, as in PyTorch's `max_pool2d` and the op table's reference: a window with
 //! a NaN gives NaN. Padding never wins, since every window overlaps the input.
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{check_len, for_each_task, KernelError, SendPtr};
+use crate::kernels::{activation, check_len, for_each_task, KernelError, SendPtr};
 use crate::pool::ThreadPool;
 
 /// Output elements below which the pool runs on the calling thread.
@@ -144,10 +147,38 @@ impl MaxPool2d {
         Ok(())
     }
 
+    /// Whether this is ResNet's stem pool on an even width (3x3, stride 2, padding 1, half
+    /// the columns out), which [`stem_row`] computes straight from the input rows.
+    #[cfg(target_arch = "x86_64")]
+    fn is_stem_pool(&self) -> bool {
+        let [_, w] = self.in_size;
+        self.kernel == [3, 3]
+            && self.stride == [2, 2]
+            && self.padding == [1, 1]
+            && w.is_multiple_of(2)
+            && self.out_size[1] == w / 2
+            && activation::simd_available()
+    }
+
     /// Output rows `oy` of one plane `src` into `dst`, through the row buffer `row` (the
     /// padded row, then its stride phases).
     fn rows(&self, src: &[f32], oy: std::ops::Range<usize>, dst: &mut [f32], row: &mut [f32]) {
         let [h, w] = self.in_size;
+        #[cfg(target_arch = "x86_64")]
+        if self.is_stem_pool() {
+            for (y_out, out_row) in oy.zip(dst.chunks_exact_mut(self.out_size[1])) {
+                let top = (2 * y_out).saturating_sub(1);
+                let bottom = (2 * y_out + 2).min(h);
+                let mut rows: [&[f32]; 3] = [&[]; 3];
+                for (r, y) in rows.iter_mut().zip(top..bottom) {
+                    *r = &src[y * w..][..w];
+                }
+                // SAFETY: `is_stem_pool` checked AVX2; the window's rows (one to three, as
+                // `check` keeps every window on the input) are `w = 2·out_w` floats each.
+                unsafe { stem_row(&rows[..bottom - top], out_row) };
+            }
+            return;
+        }
         let (pad_w, sw, kw) = (self.padding[1], self.stride[1], self.kernel[1]);
         let out_w = self.out_size[1];
         let (padded, phases) = row.split_at_mut(self.row_len());
@@ -203,6 +234,65 @@ impl MaxPool2d {
     }
 }
 
+/// One output row of a 3x3, stride-2, padding-1 max pool over the window's input `rows`
+/// (two or three, each `2·out.len()` floats), eight outputs at a time: the rows' maximum
+/// over 16 columns in two vectors, split into even and odd columns by two shuffles, and
+/// `out[x] = max(odd[x − 1], even[x], odd[x])` with the odd vector shifted one lane (the
+/// previous block's last odd column, or the padding's `-inf`, in front). The generic path
+/// makes five passes over row buffers per output row: ResNet's stem pool took 0.19 ms
+/// against ORT's 0.06 in the model.
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn stem_row(rows: &[&[f32]], out: &mut [f32]) {
+    use std::arch::x86_64::*;
+    // `max_nan` on eight lanes: `maxps(b, a)` is `a` where `a` is NaN; `b`'s NaN blended in.
+    let vmax = |a: __m256, b: __m256| {
+        let m = _mm256_max_ps(b, a);
+        _mm256_blendv_ps(m, b, _mm256_cmp_ps::<_CMP_UNORD_Q>(b, b))
+    };
+    let column_max = |at: usize| {
+        let mut m = _mm256_loadu_ps(rows[0][at..at + 8].as_ptr());
+        for row in &rows[1..] {
+            m = vmax(m, _mm256_loadu_ps(row[at..at + 8].as_ptr()));
+        }
+        m
+    };
+    let rotate = _mm256_setr_epi32(7, 0, 1, 2, 3, 4, 5, 6);
+    let mut carry = _mm256_set1_ps(f32::NEG_INFINITY);
+    let blocks = out.len() / 8;
+    for (j, out8) in out.chunks_exact_mut(8).enumerate() {
+        let (lo, hi) = (column_max(16 * j), column_max(16 * j + 8));
+        // Per 128-bit lane: lo's even (odd) pair, hi's even (odd) pair; then in order.
+        let even = _mm256_shuffle_ps::<0b10_00_10_00>(lo, hi);
+        let odd = _mm256_shuffle_ps::<0b11_01_11_01>(lo, hi);
+        let even = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+            even,
+        )));
+        let odd = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+            odd,
+        )));
+        let rotated = _mm256_permutevar8x32_ps(odd, rotate);
+        let before = _mm256_blend_ps::<1>(rotated, carry);
+        carry = rotated;
+        let m = vmax(vmax(before, even), odd);
+        _mm256_storeu_ps(out8.as_mut_ptr(), m);
+    }
+    // The last outputs (fewer than eight), one at a time over the same windows.
+    let w = 2 * out.len();
+    for (x, o) in out.iter_mut().enumerate().skip(8 * blocks) {
+        let mut m = f32::NEG_INFINITY;
+        for col in (2 * x).saturating_sub(1)..(2 * x + 2).min(w) {
+            for row in rows {
+                m = max_nan(m, row[col]);
+            }
+        }
+        *o = m;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,6 +334,11 @@ mod tests {
             ([2, 7, 7], [4, 4], [3, 3], [2, 2], [0, 0]),
             ([4, 9, 6], [9, 6], [3, 5], [1, 1], [1, 2]),
             ([70, 40, 40], [20, 20], [3, 3], [2, 2], [1, 1]),
+            // The stem pool's own kernel (even widths): blocks of eight and a tail, and a
+            // height of 1 (a window of two rows at most).
+            ([2, 112, 112], [56, 56], [3, 3], [2, 2], [1, 1]),
+            ([3, 9, 36], [5, 18], [3, 3], [2, 2], [1, 1]),
+            ([2, 1, 16], [1, 8], [3, 3], [2, 2], [1, 1]),
         ];
         for ([planes, h, w], out_size, kernel, stride, padding) in shapes {
             let p = MaxPool2d {
@@ -257,7 +352,13 @@ mod tests {
             let mut x: Vec<f32> = (0..p.input_len())
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
                 .collect();
-            x[3] = f32::NAN;
+            // NaN at the start, at a row's last column and inside: each must reach every
+            // window it lies in.
+            for at in [3, w - 1, (h / 2) * w + w / 2] {
+                if at < x.len() {
+                    x[at] = f32::NAN;
+                }
+            }
             let want = reference(&p, &x);
             for threads in 1..=3 {
                 let pool = ThreadPool::new(threads).unwrap();
