@@ -499,23 +499,25 @@ struct Store<'a> {
     /// Transposed into an NCHW output (for [`ConvStrategy::ChannelsLast`]), the epilogue
     /// then seeing that output's `[B·C_out, P]` matrix.
     nchw: bool,
-    /// An [`Epilogue::activation`] applied to the registers instead of each finished block.
+    /// An [`Epilogue::activation`] applied to the registers instead of each finished block:
+    /// only when storing NCHW, where the epilogue's bias per row is one per channel, as the
+    /// kernel's per output column.
     fused: Option<RowActivation<'a>>,
 }
 
 impl<'a> Store<'a> {
-    fn new(
-        plan: &GemmConv,
-        shape: &Conv2dShape,
-        nchw: bool,
-        epilogue: &Epilogue<'a>,
-    ) -> Result<Store<'a>, KernelError> {
-        let fused = if plan.panels.is_empty() {
-            None
-        } else {
-            epilogue.channel_activation(shape.out_channels)?
-        };
-        Ok(Store { nchw, fused })
+    /// The output as the plan's own layout, every epilogue on finished blocks.
+    const AS_PLANNED: Store<'static> = Store {
+        nchw: false,
+        fused: None,
+    };
+
+    /// Transposed into the NCHW output, a bias and activation in registers.
+    fn nchw(shape: &Conv2dShape, epilogue: &Epilogue<'a>) -> Result<Store<'a>, KernelError> {
+        Ok(Store {
+            nchw: true,
+            fused: epilogue.channel_activation(shape.out_channels)?,
+        })
     }
 }
 
@@ -733,8 +735,7 @@ impl Conv2d {
                 c.run(pool, gathered, output, inner, epilogue)
             }
             Plan::Gemm(g) => {
-                let store = Store::new(g, &self.shape, false, &epilogue)?;
-                self.run_gemm(g, pool, input, output, scratch, epilogue, store)
+                self.run_gemm(g, pool, input, output, scratch, epilogue, Store::AS_PLANNED)
             }
         }
     }
@@ -761,7 +762,7 @@ impl Conv2d {
         if let Plan::Gemm(g) = &nhwc.plan {
             if !g.panels.is_empty() {
                 // The dense kernel stores each block transposed, straight into the output.
-                let store = Store::new(g, &nhwc.shape, true, &epilogue)?;
+                let store = Store::nchw(&nhwc.shape, &epilogue)?;
                 return nhwc.run_gemm(g, pool, x_nhwc, output, inner, epilogue, store);
             }
         }

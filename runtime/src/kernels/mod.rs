@@ -196,6 +196,10 @@ enum EpilogueKind<'a> {
 /// An [`Epilogue::activation`]'s activation and its bias per row, if any.
 pub(crate) type RowActivation<'a> = (Activation, Option<&'a [f32]>);
 
+/// A [`RowActivation`] and the residual laid out like the output, if any
+/// ([`Epilogue::channel_epilogue`]).
+pub(crate) type ChannelEpilogue<'a> = (RowActivation<'a>, Option<&'a [f32]>);
+
 /// What to run on each finished output tile: nothing, an [`EpilogueFn`] with
 /// its context, or a Rust closure.
 #[derive(Clone, Copy)]
@@ -297,50 +301,48 @@ impl<'a> Epilogue<'a> {
         }
     }
 
-    /// The residual of an [`Epilogue::activation_with_residual`] and its activation and
-    /// bias, for an output of `out_len` elements with `channels` rows per image; a bias
-    /// that is not one value per channel or a residual shorter than the output is refused.
-    pub(crate) fn channel_residual_activation(
+    /// The activation and bias of an [`Epilogue::activation`] or
+    /// [`Epilogue::activation_with_residual`], and the residual if any, for an output of
+    /// `out_len` elements with `channels` rows per image: a bias that is not one value per
+    /// channel, or a residual shorter than the output, is refused (kernels that apply them
+    /// in registers index the bias by channel and the residual like the output).
+    pub(crate) fn channel_epilogue(
         &self,
         channels: usize,
         out_len: usize,
-    ) -> Result<Option<(RowActivation<'a>, &'a [f32])>, KernelError> {
+    ) -> Result<Option<ChannelEpilogue<'a>>, KernelError> {
         let EpilogueKind::Activation {
             act,
             bias,
-            residual: Some(residual),
+            residual,
         } = self.kind
         else {
             return Ok(None);
         };
-        if bias.is_some_and(|b| b.len() != channels) || residual.len() < out_len {
+        if bias.is_some_and(|b| b.len() != channels) {
             return Err(KernelError::Shape(format!(
-                "a bias of {} values for {channels} channels, a residual of {} for {out_len} \
-                 outputs",
-                bias.map_or(0, <[f32]>::len),
-                residual.len()
+                "a bias of {} values for {channels} channels",
+                bias.map_or(0, <[f32]>::len)
+            )));
+        }
+        if residual.is_some_and(|r| r.len() < out_len) {
+            return Err(KernelError::Shape(format!(
+                "a residual of {} values for {out_len} outputs",
+                residual.map_or(0, <[f32]>::len)
             )));
         }
         Ok(Some(((act, bias), residual)))
     }
 
-    /// [`Epilogue::as_activation`] for an output of `channels` rows per image, refusing a
-    /// bias that is not one value per channel (kernels that apply it in registers index it
-    /// by channel).
+    /// [`Epilogue::channel_epilogue`] for kernels that take no residual: `None` for one
+    /// with a residual, which then runs on finished tiles.
     pub(crate) fn channel_activation(
         &self,
         channels: usize,
     ) -> Result<Option<RowActivation<'a>>, KernelError> {
-        let fused = self.as_activation();
-        if let Some((_, Some(bias))) = fused {
-            if bias.len() != channels {
-                return Err(KernelError::Shape(format!(
-                    "a bias of {} values for {channels} channels",
-                    bias.len()
-                )));
-            }
-        }
-        Ok(fused)
+        Ok(self
+            .channel_epilogue(channels, 0)?
+            .and_then(|(fused, residual)| residual.is_none().then_some(fused)))
     }
 
     /// Whether this is [`Epilogue::NONE`].

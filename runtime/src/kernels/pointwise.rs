@@ -132,14 +132,8 @@ impl PointwiseConv {
     ) -> Result<(), KernelError> {
         let (px, ch) = (self.pixel_split.parts, self.channel_split.parts);
         let tasks = self.batch * px * ch;
-        let with_residual =
-            epilogue.channel_residual_activation(self.out_channels, output.len())?;
-        let fused = match with_residual {
-            Some((fused, _)) => Some(fused),
-            None => epilogue.channel_activation(self.out_channels)?,
-        };
-        let (act, bias) = fused.unwrap_or((Activation::Identity, None));
-        let residual = with_residual.map(|(_, r)| r);
+        let fused = epilogue.channel_epilogue(self.out_channels, output.len())?;
+        let ((act, bias), residual) = fused.unwrap_or(((Activation::Identity, None), None));
         // Any other epilogue runs on each finished strip.
         let after = if fused.is_some() {
             None
