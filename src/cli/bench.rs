@@ -50,7 +50,7 @@ pub struct BenchArgs {
 
     /// Also list the N slowest kernels, timed over the runs (on the gpu target, where the
     /// device has timestamp queries): the mean per run, and on the cpu target the fastest
-    /// run's time too.
+    /// run's time too. With --json, as the report's `profile` object.
     #[arg(long, value_name = "N", conflicts_with = "interp")]
     pub profile: Option<usize>,
 
@@ -205,6 +205,10 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "runs": runs,
             "samples_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
         });
+        let mut report = report;
+        if let Some(n) = args.profile {
+            report["profile"] = profile_json(compiled.profile(), n, runs);
+        }
         return print(&format!("{report}\n"));
     }
 
@@ -313,6 +317,26 @@ pub fn main(args: &BenchArgs) -> CliResult {
         }
     }
     print(&out)
+}
+
+/// The profile for `--json`: the total per run of every step, then the `n` slowest steps,
+/// each with its mean per run and, on the cpu target, its fastest run (null elsewhere).
+fn profile_json(steps: Vec<StepTime>, n: usize, runs: usize) -> serde_json::Value {
+    let per_run = |t: Duration| ms(t) / runs as f64;
+    let total: f64 = steps.iter().map(|s| per_run(s.time)).sum();
+    let slowest: Vec<serde_json::Value> = steps
+        .into_iter()
+        .take(n)
+        .map(|s| {
+            serde_json::json!({
+                "step": s.step,
+                "kind": s.kind,
+                "mean_ms": per_run(s.time),
+                "fastest_ms": s.fastest.map(ms),
+            })
+        })
+        .collect();
+    serde_json::json!({ "total_ms": total, "slowest": slowest })
 }
 
 /// The `n` slowest steps of a profile over `runs` timed runs (each with its kind where the
