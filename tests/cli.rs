@@ -694,17 +694,28 @@ fn bench_reports_latency_compile_stages_and_memory() {
     let profile = &json["profile"];
     let slowest = profile["slowest"].as_array().expect("profile.slowest");
     assert_eq!(slowest.len(), 4, "{profile}");
-    let means: Vec<f64> = slowest.iter().map(|k| k["mean_ms"].as_f64().unwrap()).collect();
+    let means: Vec<f64> = slowest
+        .iter()
+        .map(|k| k["mean_ms"].as_f64().unwrap())
+        .collect();
     assert!(means.windows(2).all(|w| w[0] >= w[1]), "{profile}");
     for k in slowest {
         assert!(k["step"].as_str().is_some_and(|s| !s.is_empty()), "{k}");
         assert!(k["kind"].as_str().is_some(), "{k}");
-        let fastest = k["fastest_ms"].as_f64().expect("fastest_ms on the cpu target");
-        assert!(fastest > 0.0 && fastest <= k["mean_ms"].as_f64().unwrap() + 1e-9, "{k}");
+        let fastest = k["fastest_ms"]
+            .as_f64()
+            .expect("fastest_ms on the cpu target");
+        assert!(
+            fastest > 0.0 && fastest <= k["mean_ms"].as_f64().unwrap() + 1e-9,
+            "{k}"
+        );
     }
     let total = profile["total_ms"].as_f64().expect("profile.total_ms");
     let slowest_run = samples.iter().copied().fold(0.0, f64::max);
-    assert!(total >= means.iter().sum::<f64>() - 1e-9 && total <= slowest_run, "{profile}");
+    assert!(
+        total >= means.iter().sum::<f64>() - 1e-9 && total <= slowest_run,
+        "{profile}"
+    );
 
     let interp: serde_json::Value =
         serde_json::from_str(&ok(
