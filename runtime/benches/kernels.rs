@@ -662,6 +662,8 @@ fn main() {
         ("convnext_atto dw 7x7 80 @28", 80, 28, 7, 1),
         ("convnext_atto dw 7x7 160 @14", 160, 14, 7, 1),
         ("convnext_atto dw 7x7 320 @7", 320, 7, 7, 1),
+        ("convnext_tiny dw 7x7 96 @56", 96, 56, 7, 1),
+        ("convnext_tiny dw 7x7 192 @28", 192, 28, 7, 1),
         ("convnext_tiny dw 7x7 384 @14", 384, 14, 7, 1),
         ("convnext_tiny dw 7x7 768 @7", 768, 7, 7, 1),
         ("efficientnet dw 3x3 32 @112", 32, 112, 3, 1),
