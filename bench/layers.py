@@ -37,6 +37,8 @@ import peers  # noqa: E402  (the shared artefacts, bbc CLI and ORT session)
 # Element-wise nodes ORT fuses into the convolution or product before them (its NCHWc
 # convolutions take an activation and a residual add), followed back to that layer's weight.
 FUSED_INTO_LAYERS = {"Relu", "Clip", "Add", "Sum", "Sigmoid", "HardSigmoid", "LeakyRelu"}
+# Nodes that hold a layer's weight.
+PRODUCTS = {"Conv", "MatMul", "Gemm"}
 
 
 @dataclass
@@ -87,10 +89,28 @@ def weight_keys(onnx_path: Path) -> tuple[dict[str, str], dict[str, str]]:
     initializers = {i.name for i in graph.initializer}
     producer = {out: node for node in graph.node for out in node.output}
 
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for i in node.input:
+            consumers[i].append(node)
+
+    def bias_after(node) -> str | None:
+        # A product whose weight the exporter folded into an anonymous constant (a linear
+        # layer's, transposed): the module is named by the bias its output is added to.
+        for out in node.output:
+            for c in consumers[out]:
+                biases = [i for i in c.input if i in initializers and i.endswith(".bias")]
+                if c.op_type == "Add" and biases:
+                    return biases[0].removesuffix(".bias")
+        return None
+
     def key_of(node, seen: int = 0) -> str | None:
         weights = [i for i in node.input[1:] if i in initializers]
-        if weights:
-            return weights[0].removesuffix(".weight")
+        named = [w for w in weights if w.endswith(".weight")]
+        if named:
+            return named[0].removesuffix(".weight")
+        if node.op_type in PRODUCTS and weights:
+            return bias_after(node) or weights[0]
         # An activation or add ORT fused into the layer before it: follow the data input.
         if seen < 8 and node.op_type in FUSED_INTO_LAYERS and node.input[0] in producer:
             return key_of(producer[node.input[0]], seen + 1)
