@@ -50,16 +50,9 @@ class Layer:
 
 def ort_layer_times(onnx_path: Path, x, threads: int, runs: int, warmup: int) -> dict[str, float]:
     """The fastest run of each ORT node (its `*_kernel_time` profiler events), by node name."""
-    ort = peers.require("onnxruntime")
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    so.enable_profiling = True
-    so.profile_file_prefix = str(Path(tempfile.gettempdir()) / "bbc-layers-ort")
-    session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+    prefix = str(Path(tempfile.gettempdir()) / "bbc-layers-ort")
+    session = peers.ort_session(onnx_path, threads, enable_profiling=True,
+                                profile_file_prefix=prefix)
     feed = {session.get_inputs()[0].name: x}
     for _ in range(warmup):
         session.run(None, feed)
@@ -172,16 +165,11 @@ def compare(bbc_ms: dict[str, float], bbc_kind: dict[str, str], ort_ms: dict[str
 
 def ort_op_types(onnx_path: Path, ort_ms: dict[str, float], threads: int) -> dict[str, str]:
     """Each ORT node's op type, from a second, unprofiled look at its optimised graph."""
-    ort = peers.require("onnxruntime")
     with tempfile.TemporaryDirectory() as d:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = threads
-        so.optimized_model_filepath = str(Path(d) / "optimised.onnx")
-        so.log_severity_level = 3
-        ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        optimised = Path(d) / "optimised.onnx"
+        peers.ort_session(onnx_path, threads, optimized_model_filepath=str(optimised))
         onnx = peers.require("onnx")
-        graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+        graph = onnx.load(str(optimised), load_external_data=False).graph
         ops = {n.name: n.op_type for n in graph.node}
     return {node: ops.get(node, "?") for node in ort_ms}
 
@@ -237,17 +225,7 @@ def parse_args(argv: list[str]):
                     help="peers.py's cache of weights, inputs and ONNX files")
     ap.add_argument("--no-cache", action="store_true", help="rebuild the cached files")
     args = ap.parse_args(argv)
-    for name in ("threads", "runs", "size"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name} must be >= 1")
-    if args.warmup < 0:
-        ap.error("--warmup must be >= 0")
-    if args.opset < 17:
-        ap.error("--opset must be >= 17")
-    bad = [s for s in args.spec if "=" not in s]
-    if bad:
-        ap.error(f"--spec takes MODEL=SPEC, got {bad[0]!r}")
-    args.spec = dict(s.split("=", 1) for s in args.spec)
+    peers.check_args(ap, args, ("threads", "runs", "size"))
     return args
 
 

@@ -224,8 +224,9 @@ def prepare_artefacts(name: str, args, cache: Path):
 # --------------------------------------------------------------------------------------
 
 
-def ort_session(onnx_path: Path, threads: int):
-    """An ORT CPU session with every graph optimisation, N intra-op threads, sequential."""
+def ort_session(onnx_path: Path, threads: int, **options):
+    """An ORT CPU session with every graph optimisation, N intra-op threads, sequential;
+    `options` set further `SessionOptions` fields (e.g. `enable_profiling=True`)."""
     ort = require("onnxruntime")
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -233,6 +234,8 @@ def ort_session(onnx_path: Path, threads: int):
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.log_severity_level = 3  # errors only
+    for name, value in options.items():
+        setattr(so, name, value)
     return ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
 
 
@@ -719,9 +722,16 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--markdown", type=Path, help="also write the table here as markdown")
     ap.add_argument("--json", type=Path, help="also write every measurement here as JSON")
     args = ap.parse_args(argv)
+    check_args(ap, args, ("threads", "runs", "rounds", "size"))
+    return args
+
+
+def check_args(ap: argparse.ArgumentParser, args, positive: tuple[str, ...]) -> None:
+    """The checks of the options `peers.py` and `layers.py` share (exits through `ap` on a
+    bad one); turns `--spec MODEL=SPEC` into a dict."""
     if args.opset < 17:
         ap.error("--opset must be >= 17")
-    for name in ("threads", "runs", "rounds", "size"):
+    for name in positive:
         if getattr(args, name) < 1:
             ap.error(f"--{name} must be >= 1")
     if args.warmup < 0:
@@ -730,7 +740,6 @@ def parse_args(argv: list[str] | None):
     if bad:
         ap.error(f"--spec takes MODEL=SPEC, got {bad[0]!r}")
     args.spec = dict(s.split("=", 1) for s in args.spec)
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:
