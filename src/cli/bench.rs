@@ -187,7 +187,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             Some(name) => serde_json::json!(name),
             None => serde_json::Value::Null,
         };
-        let report = serde_json::json!({
+        let mut report = serde_json::json!({
             "model": model.model,
             "engine": engine_name,
             "device": device,
@@ -205,7 +205,6 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "runs": runs,
             "samples_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
         });
-        let mut report = report;
         if let Some(n) = args.profile {
             report["profile"] = profile_json(compiled.profile(), n, runs);
         }

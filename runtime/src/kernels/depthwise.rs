@@ -614,16 +614,10 @@ impl DepthwiseConv2d {
             })?;
             if self.pixel_bands && !epilogue.is_none() {
                 let bands = self.bands_per_image(pool.threads());
-                let (c, out_w) = (s.out_channels, self.out[1]);
                 pool.parallel_for(0..s.batch * bands, Chunking::Auto, |range, _| {
                     for task in range {
-                        let (b, band) = (task / bands, task % bands);
-                        let (oy0, oy1) = part(0, out_h, bands, band);
-                        let cols = (oy1 - oy0) * out_w;
                         // SAFETY: the output is finished; each band is one task's.
-                        unsafe {
-                            epilogue.apply(out_ptr.get(), b * c, c, oy0 * out_w, cols, plane)
-                        };
+                        unsafe { self.band_epilogue(task, bands, out_ptr.get(), epilogue) };
                     }
                 })?;
             }
@@ -701,8 +695,7 @@ impl DepthwiseConv2d {
                 for co in 0..c_out {
                     self.channel_rows::<FMA>(b, co, oy0, oy1, input, plane(b * c_out + co), padded);
                 }
-                let cols = (oy1 - oy0) * out_w;
-                epilogue.apply(out, b * c_out, c_out, oy0 * out_w, cols, plane_len);
+                self.band_epilogue(task, bands, out, epilogue);
             }
             Layout::Nchw => {
                 let (b, co) = (task / c_out, task % c_out);
@@ -720,6 +713,25 @@ impl DepthwiseConv2d {
                 epilogue.apply(out, task * out_w, out_w, 0, c_out, c_out);
             }
         }
+    }
+
+    /// Runs `epilogue` on pixel-band task `task` of `bands` per image: every channel of the
+    /// band's whole output rows, one tile.
+    ///
+    /// # Safety
+    /// `out` is the output buffer; the band is finished and accessed by no one else.
+    unsafe fn band_epilogue(&self, task: usize, bands: usize, out: *mut f32, e: Epilogue<'_>) {
+        let (c, [out_h, out_w]) = (self.shape.out_channels, self.out);
+        let (b, band) = (task / bands, task % bands);
+        let (oy0, oy1) = part(0, out_h, bands, band);
+        e.apply(
+            out,
+            b * c,
+            c,
+            oy0 * out_w,
+            (oy1 - oy0) * out_w,
+            out_h * out_w,
+        );
     }
 
     /// Output rows `oy0..oy1` of output channel `co` of image `b` (NCHW) into `plane`, that
