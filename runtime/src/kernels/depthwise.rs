@@ -243,7 +243,28 @@ fn tile<const R: usize, const NV: usize, const FMA: bool>(
             }
         }
     }
-    for (r, acc_r) in acc.iter().enumerate() {
+    // Whole vectors when every row's last one is whole or may spill (see `store`): the
+    // common case, written straight from the accumulators. The general path below works on
+    // a copy, so that taking its vectors' addresses does not keep `acc` itself in memory
+    // (measured: that alone made a 3x3 over 112x112 maps 1.3-1.6x slower).
+    let whole_end = out_at + (R - 1) * a.out_w + NV * LANES;
+    if cols == NV * LANES || whole_end <= a.room_end {
+        let dst = &mut out[out_at..whole_end];
+        for (r, acc_r) in acc.iter().enumerate() {
+            for (v, lanes) in acc_r.iter().enumerate() {
+                // SAFETY: `r < R` and `v < NV`, so these LANES floats lie inside `dst`.
+                unsafe {
+                    dst.as_mut_ptr()
+                        .add(r * a.out_w + v * LANES)
+                        .cast::<[f32; LANES]>()
+                        .write_unaligned(*lanes)
+                };
+            }
+        }
+        return;
+    }
+    let copy = acc;
+    for (r, acc_r) in copy.iter().enumerate() {
         for (v, lanes) in acc_r.iter().enumerate() {
             let n = cols.saturating_sub(v * LANES).min(LANES);
             store::<FMA>(out, out_at + r * a.out_w + v * LANES, n, a.room_end, lanes);
