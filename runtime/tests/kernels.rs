@@ -1465,6 +1465,34 @@ fn depthwise_bias_and_pixel_bands_match_reference() {
             [2, 2],
             [1, 1],
         ),
+        // Maps past the eight-channel kernel's 14x14, where the AVX2 build computes pairs
+        // of vectors in column tiles (3x3, 5x5 and 7x7 at stride 1, 3x3 and 5x5 at stride
+        // 2): odd vector counts leave a last single vector, and chunks of rows leave tiles
+        // of every height up to the most.
+        geometry(
+            shape(1, [3, 3], [33, 35], [3, 3], 3),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(2, [5, 5], [45, 50], [3, 3], 5),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [4, 4], [41, 47], [5, 5], 4),
+            [2, 2],
+            [2, 2],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [3, 3], [29, 31], [7, 7], 3),
+            [1, 1],
+            [3, 3],
+            [1, 1],
+        ),
         // Stride 3, dilation, no padding; a channel multiplier of 2.
         geometry(
             shape(1, [4, 4], [19, 20], [3, 3], 4),
