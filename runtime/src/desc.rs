@@ -451,13 +451,14 @@ pub fn resolve_step<'a>(
             input,
             rest,
             activation,
+            norm,
         } => {
             let mut kernel =
                 DepthwiseConv2d::new(conv.shape, data(conv.weight)?).map_err(kernel_err)?;
             if let Some(bias) = conv.bias {
                 kernel = kernel.with_bias(data(bias)?).map_err(kernel_err)?;
             }
-            if rest.is_some() {
+            if rest.is_some() || norm.is_some() {
                 kernel = kernel.with_pixel_bands();
             }
             StepKernel::Depthwise {
@@ -472,6 +473,7 @@ pub fn resolve_step<'a>(
                     })
                     .transpose()?,
                 activation: *activation,
+                norm: *norm,
             }
         }
         StepKernel::MaxPool { pool, input } => StepKernel::MaxPool {

@@ -16,7 +16,8 @@
 //!   fusion group as generated loop code run on each finished band of pixels while it is in
 //!   cache ([`BandLoop`]); the convolution's product then lives in scratch
 //!   ([`Slot::Product`]), never in the arena. A rest that is one activation runs natively
-//!   on each finished tile instead.
+//!   on each finished tile instead, and one that is a `layer_norm2d` of the convolution
+//!   natively and in place on each finished band of the output ([`ChannelNorm`]).
 //! - [`StepKernel::MaxPool`]: a [`MaxPool2d`] over NCHW planes.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
@@ -165,6 +166,10 @@ pub enum StepKernel<F: Form = Resolved> {
         rest: Option<BandLoop<F>>,
         #[serde(default)]
         activation: Option<Activation>,
+        /// With neither `rest` nor an activation: the group is a layer normalisation of the
+        /// convolution over its channels, run natively on each finished band of the output.
+        #[serde(default)]
+        norm: Option<ChannelNorm>,
     },
     /// Max pooling of buffer `input` (a position in the step's slots) into the output.
     MaxPool {
@@ -172,6 +177,17 @@ pub enum StepKernel<F: Form = Resolved> {
         input: usize,
     },
     Host(F::Host),
+}
+
+/// A layer normalisation over the channels of a depthwise convolution's output (its
+/// group's `layer_norm2d`), run in place on each finished band of pixels
+/// ([`Epilogue::channel_norm`]): `weight` and `bias`, where the norm has them, are positions
+/// in the step's slots, one value per channel.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChannelNorm {
+    pub weight: Option<usize>,
+    pub bias: Option<usize>,
+    pub eps: f32,
 }
 
 /// Generated loop code run on each finished band of a depthwise convolution with
@@ -773,6 +789,7 @@ impl Executor {
                 input: x,
                 rest,
                 activation,
+                norm,
             } => {
                 let scratch = scratch.as_mut_slice();
                 match rest {
@@ -781,9 +798,14 @@ impl Executor {
                         let out = unsafe {
                             std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
                         };
-                        let epilogue = match activation {
-                            Some(act) => Epilogue::activation(*act, None),
-                            None => Epilogue::NONE,
+                        let epilogue = match (activation, norm) {
+                            (Some(act), _) => Epilogue::activation(*act, None),
+                            (None, Some(n)) => Epilogue::channel_norm(
+                                n.weight.map(input),
+                                n.bias.map(input),
+                                n.eps,
+                            ),
+                            (None, None) => Epilogue::NONE,
                         };
                         conv.run(pool, input(*x), out, scratch, epilogue)
                     }
@@ -1086,12 +1108,24 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             input,
             rest,
             activation,
+            norm,
         } => {
             if *input + 1 >= lens.len() {
                 return fail(format!("input position {input}"));
             }
             if rest.is_some() && activation.is_some() {
                 return fail("an activation beside a band loop".into());
+            }
+            if let Some(n) = norm {
+                if rest.is_some() || activation.is_some() || !conv.pixel_bands() {
+                    return fail("a channel norm needs pixel-band tiles and nothing else".into());
+                }
+                let channels = conv.shape().out_channels;
+                for at in [n.weight, n.bias].into_iter().flatten() {
+                    if at + 1 >= lens.len() || lens[at] < channels {
+                        return fail(format!("a norm parameter at position {at}"));
+                    }
+                }
             }
             if rest.is_some() && (products != 1 || !conv.pixel_bands()) {
                 return fail("a band loop needs one product slot and pixel-band tiles".into());
@@ -1763,6 +1797,7 @@ pub(crate) mod tests {
                         per_row: DW_W,
                     }),
                     activation: None,
+                    norm: None,
                 },
             }],
         };
@@ -1782,6 +1817,118 @@ pub(crate) mod tests {
         ] {
             assert!(matches!(
                 Executor::new(plan(conv, slot), pool(1)),
+                Err(ExecError::Plan(_))
+            ));
+        }
+    }
+
+    /// A depthwise step with a channel norm computes the convolution followed by
+    /// `layer_norm2d` (f64 here), with and without the affine parameters, on any thread
+    /// count; a norm without pixel bands, or with a parameter shorter than the channels, is
+    /// refused.
+    #[test]
+    fn depthwise_channel_norm_normalises_each_pixel() {
+        // Wider than a vector group, with a partial one, so the 4-vector, 1-vector and
+        // scalar columns all run; 11 channels.
+        let (c, h, w) = (11, 5, 43);
+        let shape = Conv2dShape {
+            batch: 2,
+            in_channels: c,
+            out_channels: c,
+            in_size: [h, w],
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+            groups: c,
+            layout: Layout::Nchw,
+        };
+        let conv = DepthwiseConv2d::new(shape, &data(c * 9, 31))
+            .and_then(|k| k.with_bias(&data(c, 37)))
+            .unwrap();
+        let x = data(2 * c * h * w, 41);
+        let (gamma, beta, eps) = (data(c, 43), data(c, 47), 1e-6f32);
+        let mut product = vec![0.0; conv.output_len()];
+        let mut scratch = vec![0.0; conv.scratch_len(1)];
+        conv.run(&pool(1), &x, &mut product, &mut scratch, Epilogue::NONE)
+            .unwrap();
+        let plane = h * w;
+        let want = |affine: bool| -> Vec<f32> {
+            let mut y = product.clone();
+            for b in 0..2 {
+                for p in 0..plane {
+                    let at = |ch: usize| (b * c + ch) * plane + p;
+                    let v: Vec<f64> = (0..c).map(|ch| f64::from(product[at(ch)])).collect();
+                    let mean = v.iter().sum::<f64>() / c as f64;
+                    let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / c as f64;
+                    for (ch, x) in v.iter().enumerate() {
+                        let n = (x - mean) / (var + f64::from(eps)).sqrt();
+                        let n = match affine {
+                            true => n * f64::from(gamma[ch]) + f64::from(beta[ch]),
+                            false => n,
+                        };
+                        y[at(ch)] = n as f32;
+                    }
+                }
+            }
+            y
+        };
+        let plan = |conv: DepthwiseConv2d, norm: ChannelNorm, constants: Vec<&[f32]>| Plan {
+            values: vec![x.len(), product.len()],
+            constants: constants
+                .into_iter()
+                .map(AlignedBuffer::from_slice)
+                .collect(),
+            inputs: vec![0],
+            outputs: vec![Slot::Value(1)],
+            steps: vec![Step {
+                name: "dwconv_norm".into(),
+                slots: vec![
+                    Slot::Value(0),
+                    Slot::Constant(0),
+                    Slot::Constant(1),
+                    Slot::Value(1),
+                ],
+                kernel: StepKernel::Depthwise {
+                    conv,
+                    input: 0,
+                    rest: None,
+                    activation: None,
+                    norm: Some(norm),
+                },
+            }],
+        };
+        let banded = conv.clone().with_pixel_bands();
+        for affine in [true, false] {
+            let norm = ChannelNorm {
+                weight: affine.then_some(1),
+                bias: affine.then_some(2),
+                eps,
+            };
+            let want = want(affine);
+            for threads in [1, 2, 3] {
+                let params = vec![&gamma[..], &beta[..]];
+                let mut exec =
+                    Executor::new(plan(banded.clone(), norm, params), pool(threads)).unwrap();
+                let mut y = vec![f32::NAN; want.len()];
+                exec.run(&[&x], &mut [&mut y]).unwrap();
+                assert!(
+                    max_diff(&y, &want) < 1e-4,
+                    "affine {affine}, {threads} threads"
+                );
+            }
+        }
+        let norm = ChannelNorm {
+            weight: Some(1),
+            bias: Some(2),
+            eps,
+        };
+        for (conv, params) in [
+            (conv.clone(), vec![&gamma[..], &beta[..]]),
+            (banded.clone(), vec![&gamma[..], &beta[..c - 1]]),
+        ] {
+            assert!(matches!(
+                Executor::new(plan(conv, norm, params), pool(1)),
                 Err(ExecError::Plan(_))
             ));
         }

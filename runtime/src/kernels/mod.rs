@@ -63,6 +63,7 @@ mod depthwise_lanes;
 mod direct;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
+mod norm;
 mod pointwise;
 pub mod pool;
 mod winograd;
@@ -191,6 +192,11 @@ enum EpilogueKind<'a> {
         act: Activation,
         bias: Option<&'a [f32]>,
     },
+    ChannelNorm {
+        weight: Option<&'a [f32]>,
+        bias: Option<&'a [f32]>,
+        eps: f32,
+    },
 }
 
 /// An [`Epilogue::activation`]'s activation and its bias per row, if any.
@@ -278,6 +284,21 @@ impl<'a> Epilogue<'a> {
     pub(crate) fn column_activation(act: Activation, bias: Option<&'a [f32]>) -> Epilogue<'a> {
         Epilogue {
             kind: EpilogueKind::ColumnActivation { act, bias },
+        }
+    }
+
+    /// Layer normalisation of every column of each tile over the tile's rows, scaled by
+    /// `weight[row]` and shifted by `bias[row]` where given (`row` the tile's own): for tiles
+    /// that hold every channel of their pixels, a depthwise convolution's pixel bands
+    /// ([`depthwise::DepthwiseConv2d::with_pixel_bands`]). The caller guarantees a weight and
+    /// a bias cover the tiles' rows (the executor's plan checks do).
+    pub fn channel_norm(
+        weight: Option<&'a [f32]>,
+        bias: Option<&'a [f32]>,
+        eps: f32,
+    ) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::ChannelNorm { weight, bias, eps },
         }
     }
 
@@ -403,6 +424,9 @@ impl<'a> Epilogue<'a> {
                         activation::activate_rows_with_residual(act, rows);
                     }
                 }
+            }
+            EpilogueKind::ChannelNorm { weight, bias, eps } => {
+                norm::normalize_columns(tile(base), rows, cols, ld, weight, bias, eps);
             }
             EpilogueKind::ColumnActivation { act, bias } => {
                 let tile = tile(base);

@@ -57,8 +57,8 @@ use bbc_runtime::desc::{
     PackedDesc, PlanDesc,
 };
 use bbc_runtime::exec::{
-    self, BandLoop, Executor, Gemm, GemmOperand, HostFn, NativeEpilogue, ProductMap, Scatter, Slot,
-    Step, StepKernel, StepTimes, TileEpilogue,
+    self, BandLoop, ChannelNorm, Executor, Gemm, GemmOperand, HostFn, NativeEpilogue, ProductMap,
+    Scatter, Slot, Step, StepKernel, StepTimes, TileEpilogue,
 };
 use bbc_runtime::kernels::activation::Activation;
 use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d};
@@ -141,8 +141,8 @@ pub struct ExecStats {
     pub code_bytes: usize,
     /// Kernels and epilogues that run the code of an identical one instead of their own.
     pub reused_kernels: usize,
-    /// Contraction epilogues (bias + a common activation) run by the runtime's kernel
-    /// instead of generated code.
+    /// Epilogues run by the runtime's kernels instead of generated code: a contraction's or
+    /// a depthwise convolution's bias + common activation, a depthwise group's channel norm.
     pub native_epilogues: usize,
     /// Contractions whose product goes to scratch and is scattered into a permuted output
     /// tile by tile (counted in `conv_kernels` or `gemm_kernels`).
@@ -751,6 +751,43 @@ impl Builder<'_, '_> {
         if !DepthwiseConv2d::check(&shape, weight_len, bias_len).is_ok_and(|out| out == out_hw) {
             return Ok(false);
         }
+        // A group that is the convolution and a `layer_norm2d` of it: the norm runs natively
+        // on each finished band of the output.
+        if let Some(norm) = channel_norm(g, conv) {
+            let mut slots: Vec<Slot> = operands
+                .iter()
+                .enumerate()
+                .map(|(i, &o)| {
+                    let read = i == positions[0] || [norm.weight, norm.bias].contains(&Some(i));
+                    if read {
+                        self.operand_slot(o)
+                    } else {
+                        Slot::Unused
+                    }
+                })
+                .collect();
+            slots.push(Slot::Value(self.value(id)));
+            let kernel = DepthwiseDesc {
+                shape,
+                weight: self.constant(conv_inputs[1], false),
+                bias: conv_inputs.get(2).map(|&b| self.constant(b, false)),
+            };
+            self.push(Step {
+                name: self.graph.node(id).name.clone(),
+                slots,
+                kernel: StepKernel::Depthwise {
+                    conv: kernel,
+                    input: positions[0],
+                    rest: None,
+                    activation: None,
+                    norm: Some(norm),
+                },
+            })?;
+            self.stats.conv_kernels += 1;
+            self.stats.band_groups += 1;
+            self.stats.native_epilogues += 1;
+            return Ok(true);
+        }
         // The rest of the group: nothing, one activation (run natively on each finished
         // tile), or generated loop code.
         let mut activation = None;
@@ -808,6 +845,7 @@ impl Builder<'_, '_> {
                     input: positions[0],
                     rest: Some(BandLoop { entry, per_row }),
                     activation: None,
+                    norm: None,
                 },
             })?;
             self.stats.conv_kernels += 1;
@@ -846,6 +884,7 @@ impl Builder<'_, '_> {
                 input: 0,
                 rest: None,
                 activation,
+                norm: None,
             },
         })?;
         self.stats.conv_kernels += 1;
@@ -1270,6 +1309,30 @@ fn rest_kernel(graph: &Graph, id: ValueId, conv: ValueId) -> Result<Kernel, Lowe
     lower_node(&outer, group)
 }
 
+/// The channel norm of a group that is its depthwise convolution `conv` and a
+/// `layer_norm2d` of it, nothing else (`band_rest`'s first form), over the group's operands:
+/// the norm's weight and bias are the group inputs at those positions.
+fn channel_norm(body: &Graph, conv: ValueId) -> Option<ChannelNorm> {
+    let out = body.outputs.first()?.value;
+    let NodeKind::Op { op, attrs } = &body.node(out).kind else {
+        return None;
+    };
+    if op.name != "layer_norm2d" || !band_rest(body, conv) {
+        return None;
+    }
+    let position = |i: &ValueId| body.inputs.iter().position(|b| b == i);
+    let (weight, bias) = match body.inputs(out).as_slice() {
+        [x] if *x == conv => (None, None),
+        [x, w, b] if *x == conv => (Some(position(w)?), Some(position(b)?)),
+        _ => return None,
+    };
+    Some(ChannelNorm {
+        weight,
+        bias,
+        eps: attrs.float("eps") as f32,
+    })
+}
+
 /// Whether the rest of a group after its depthwise convolution `conv` (in `body`) computes
 /// each output pixel from that pixel's channels alone and lowers to a grid over pixels in
 /// row-major order, so that it may run on each finished band of output rows: the group is
@@ -1513,6 +1576,68 @@ fn reference_step(graph: &Graph, id: ValueId) -> HostFn {
 mod tests {
     use super::*;
     use crate::ir::parse_text;
+
+    /// A depthwise group that is the convolution and a `layer_norm2d` of it gets a native
+    /// channel norm over the group's operands (with its weight and bias, or none when not
+    /// affine); one that normalises channels-last through a permute does not.
+    #[test]
+    fn depthwise_layer_norm2d_groups_get_a_channel_norm() {
+        let group = |norm: &str, inputs: &str, tail: &str| {
+            format!(
+                "graph g {{
+  input %x: f32[1, 4, 9, 9]
+  param %w: f32[4, 1, 3, 3] = uniform(0.3)
+  param %b: f32[4] = uniform(0.3)
+  param %g: f32[4] = uniform(0.3)
+  param %beta: f32[4] = uniform(0.3)
+  %y = fused dwconv_norm({inputs}): f32[1, 4, 9, 9] {{
+    input %in0: f32[1, 4, 9, 9]
+    input %in1: f32[4, 1, 3, 3]
+    input %in2: f32[4]
+    input %in3: f32[4]
+    input %in4: f32[4]
+    %c = conv2d(%in0, %in1, %in2) {{bias=true, dilation=[1, 1], groups=4, k=[3, 3], out=4, pad=[1, 1], s=[1, 1]}}: f32[1, 4, 9, 9]
+    {norm}
+    output %out = {tail}
+  }}
+  output %out = %y
+}}"
+            )
+        };
+        let norm_of = |text: &str| {
+            let graph = parse_text(text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            let y = graph.outputs[0].value;
+            let (body, conv, positions) = find_depthwise(&graph, y).expect("a depthwise group");
+            assert_eq!(positions, [0, 1, 2]);
+            channel_norm(body, conv)
+        };
+        let operands = "%x, %w, %b, %g, %beta";
+        let affine = "%n = layer_norm2d(%c, %in3, %in4) {affine=true, eps=1e-6}: f32[1, 4, 9, 9]";
+        assert_eq!(
+            norm_of(&group(affine, operands, "%n")),
+            Some(ChannelNorm {
+                weight: Some(3),
+                bias: Some(4),
+                eps: 1e-6
+            })
+        );
+        let plain = "%n = layer_norm2d(%c) {affine=false, eps=1e-5}: f32[1, 4, 9, 9]";
+        assert_eq!(
+            norm_of(&group(plain, operands, "%n")),
+            Some(ChannelNorm {
+                weight: None,
+                bias: None,
+                eps: 1e-5
+            })
+        );
+        let channels_last = "%p = permute(%c) {dims=[0, 2, 3, 1]}: f32[1, 9, 9, 4]
+    %n = layer_norm(%p, %in3, %in4) {affine=true, eps=1e-6}: f32[1, 9, 9, 4]";
+        let text = group(channels_last, operands, "%n").replace(
+            "%y = fused dwconv_norm(%x, %w, %b, %g, %beta): f32[1, 4, 9, 9]",
+            "%y = fused dwconv_norm(%x, %w, %b, %g, %beta): f32[1, 9, 9, 4]",
+        );
+        assert_eq!(norm_of(&text), None);
+    }
 
     /// Two chains that differ only in their names compile to one piece of code (unless
     /// bounds-checked), and both still compute the interpreter's values.
