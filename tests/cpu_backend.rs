@@ -274,6 +274,9 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     // Each depthwise conv + LayerNorm group runs as one step: the runtime's depthwise
     // kernel, with the normalisation applied to each finished band of pixels.
     assert!(s.band_groups > 0, "{s:?}");
+    // The norms of their own (after the stem, before each downsampling) run on the
+    // runtime's kernel too.
+    assert!(s.norm_kernels > 0, "{s:?}");
     assert_eq!(s.steps(), stats::stats(&graph).kernels + s.split_groups);
     assert!(s.fallbacks.is_empty(), "{:?}", s.fallbacks);
     assert!(s.conv_kernels > 0 && s.loop_kernels > 0, "{s:?}");

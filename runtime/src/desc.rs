@@ -261,7 +261,7 @@ impl PlanDesc {
                         && conv.bias.is_none_or(constant)
                         && rest.is_none_or(|r| function(r.entry, FunctionKind::Loop))
                 }
-                StepKernel::MaxPool { .. } | StepKernel::Host(_) => true,
+                StepKernel::Norm { .. } | StepKernel::MaxPool { .. } | StepKernel::Host(_) => true,
             };
             if !ok {
                 return fail("a function or constant out of range, or of the wrong kind");
@@ -476,6 +476,11 @@ pub fn resolve_step<'a>(
                 norm: *norm,
             }
         }
+        StepKernel::Norm { input, shape, norm } => StepKernel::Norm {
+            input: *input,
+            shape: *shape,
+            norm: *norm,
+        },
         StepKernel::MaxPool { pool, input } => StepKernel::MaxPool {
             pool: *pool,
             input: *input,

@@ -18,6 +18,7 @@
 //!   ([`Slot::Product`]), never in the arena. A rest that is one activation runs natively
 //!   on each finished tile instead, and one that is a `layer_norm2d` of the convolution
 //!   natively and in place on each finished band of the output ([`ChannelNorm`]).
+//! - [`StepKernel::Norm`]: a layer normalisation over the channels of NCHW pixels.
 //! - [`StepKernel::MaxPool`]: a [`MaxPool2d`] over NCHW planes.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
@@ -170,6 +171,14 @@ pub enum StepKernel<F: Form = Resolved> {
         /// convolution over its channels, run natively on each finished band of the output.
         #[serde(default)]
         norm: Option<ChannelNorm>,
+    },
+    /// A layer normalisation over the channels of buffer `input`, a `[batch, channels,
+    /// pixels]` NCHW tensor, into the output ([`crate::kernels::norm::layer_norm_channels`]); `norm`'s weight
+    /// and bias are positions in the step's slots.
+    Norm {
+        input: usize,
+        shape: [usize; 3],
+        norm: ChannelNorm,
     },
     /// Max pooling of buffer `input` (a position in the step's slots) into the output.
     MaxPool {
@@ -837,6 +846,25 @@ impl Executor {
                 }
                 .map_err(kernel_err)?;
             }
+            StepKernel::Norm {
+                input: x,
+                shape,
+                norm,
+            } => {
+                // SAFETY: the output slot, written only by this step.
+                let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                let (weight, bias) = (norm.weight.map(input), norm.bias.map(input));
+                crate::kernels::norm::layer_norm_channels(
+                    pool,
+                    input(*x),
+                    out,
+                    *shape,
+                    weight,
+                    bias,
+                    norm.eps,
+                )
+                .map_err(kernel_err)?;
+            }
             StepKernel::MaxPool {
                 pool: max_pool,
                 input: x,
@@ -1091,6 +1119,18 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             return fail("a product slot without a depthwise band loop".into());
         }
         StepKernel::Loops { .. } | StepKernel::Host(_) => return Ok(()),
+        StepKernel::Norm { input, shape, norm } => {
+            let len = shape.iter().product::<usize>();
+            if *input + 1 >= lens.len() || lens[*input] < len || out_len < len {
+                return fail("buffers smaller than the norm".into());
+            }
+            for at in [norm.weight, norm.bias].into_iter().flatten() {
+                if at + 1 >= lens.len() || lens[at] < shape[1] {
+                    return fail(format!("a norm parameter at position {at}"));
+                }
+            }
+            return Ok(());
+        }
         StepKernel::MaxPool { pool, input } => {
             if *input + 1 >= lens.len() {
                 return fail(format!("input position {input}"));

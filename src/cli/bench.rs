@@ -263,14 +263,15 @@ pub fn main(args: &BenchArgs) -> CliResult {
             );
             let _ = writeln!(
                 out,
-                "  kernels   {} per inference: {} loop, {} conv, {} gemm, {} pool, {} reference; {} \
-                 values prepared at load, {} KiB of code ({} kernels reuse identical code, {} \
-                 epilogues run natively)",
+                "  kernels   {} per inference: {} loop, {} conv, {} gemm, {} pool, {} norm, {} \
+                 reference; {} values prepared at load, {} KiB of code ({} kernels reuse \
+                 identical code, {} epilogues run natively)",
                 s.steps(),
                 s.loop_kernels,
                 s.conv_kernels,
                 s.gemm_kernels,
                 s.pool_kernels,
+                s.norm_kernels,
                 s.fallbacks.len(),
                 s.prepared_values,
                 s.code_bytes / 1024,

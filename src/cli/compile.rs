@@ -150,7 +150,8 @@ fn compile_cpu(
     let stats = &program.stats;
     note!(
         "wrote `{}`: symbol `{symbol}`, {} steps ({} loop, {} conv ({} banded depthwise \
-         groups), {} gemm, {} pool), {} functions ({:.1} KiB of code), weights {:.1} MiB; needs {}",
+         groups), {} gemm, {} pool, {} norm), {} functions ({:.1} KiB of code), weights {:.1} \
+         MiB; needs {}",
         args.output.display(),
         stats.steps(),
         stats.loop_kernels,
@@ -158,6 +159,7 @@ fn compile_cpu(
         stats.band_groups,
         stats.gemm_kernels,
         stats.pool_kernels,
+        stats.norm_kernels,
         program.desc.functions.len(),
         stats.code_bytes as f64 / 1024.0,
         program.constants.iter().map(Vec::len).sum::<usize>() as f64 * 4.0 / (1 << 20) as f64,

@@ -63,7 +63,7 @@ mod depthwise_lanes;
 mod direct;
 pub mod gemm;
 #[cfg(target_arch = "x86_64")]
-mod norm;
+pub mod norm;
 mod pointwise;
 pub mod pool;
 mod winograd;
@@ -426,7 +426,7 @@ impl<'a> Epilogue<'a> {
                 }
             }
             EpilogueKind::ChannelNorm { weight, bias, eps } => {
-                norm::normalize_columns(tile(base), rows, cols, ld, weight, bias, eps);
+                norm::normalize_columns(tile(base), tile(base), rows, cols, ld, weight, bias, eps);
             }
             EpilogueKind::ColumnActivation { act, bias } => {
                 let tile = tile(base);

@@ -8,14 +8,70 @@
 //! apart, so it cannot vectorise (ConvNeXt-T's norm over 96 channels at 56x56 took about as
 //! long as the 7x7 depthwise convolution before it). Here eight neighbouring pixels share a
 //! vector and four vectors go side by side, each pass one walk down the tile's rows.
+//! [`layer_norm_channels`] runs the same over whole tensors (a norm of its own, as after
+//! ConvNeXt's stem and before each downsampling).
+
+use crate::kernels::{check_len, KernelError, SendPtr};
+use crate::pool::{Chunking, ThreadPool};
+
+/// [`normalize_columns`] over `[batch, channels, pixels]` NCHW tensors, `input` into
+/// `output`, the pixels of each image cut into bands over `pool`.
+pub fn layer_norm_channels(
+    pool: &ThreadPool,
+    input: &[f32],
+    output: &mut [f32],
+    [batch, channels, pixels]: [usize; 3],
+    weight: Option<&[f32]>,
+    bias: Option<&[f32]>,
+    eps: f32,
+) -> Result<(), KernelError> {
+    let len = batch * channels * pixels;
+    check_len("norm input", len, input.len())?;
+    check_len("norm output", len, output.len())?;
+    for p in [weight, bias].into_iter().flatten() {
+        check_len("norm parameter", channels, p.len())?;
+    }
+    // Bands of whole vector groups, two per thread and image.
+    let bands = (2 * pool.threads()).min(pixels.div_ceil(32)).max(1);
+    let band = pixels.div_ceil(bands).next_multiple_of(8);
+    let bands = pixels.div_ceil(band.max(1));
+    let (src, dst) = (
+        SendPtr(input.as_ptr().cast_mut()),
+        SendPtr(output.as_mut_ptr()),
+    );
+    pool.parallel_for(0..batch * bands, Chunking::Grain(1), |tasks, _| {
+        for task in tasks {
+            let (b, p0) = (task / bands, task % bands * band);
+            let at = b * channels * pixels + p0;
+            let cols = band.min(pixels - p0);
+            // SAFETY: lengths checked above; each task writes its own band's columns.
+            unsafe {
+                normalize_columns(
+                    src.get().add(at),
+                    dst.get().add(at),
+                    channels,
+                    cols,
+                    pixels,
+                    weight,
+                    bias,
+                    eps,
+                )
+            };
+        }
+    })?;
+    Ok(())
+}
 
 /// Normalises every column of the tile of `rows` rows of `cols` floats at stride `ld` from
-/// `tile` over its rows; `weight` and `bias` (one value per row) are optional.
+/// `src` over its rows into the same places from `dst` (which may be `src`); `weight` and
+/// `bias` (one value per row) are optional.
 ///
 /// # Safety
-/// The tile is in bounds and accessed by no one else; `weight` and `bias`, where given,
-/// hold at least `rows` values.
+/// Both tiles are in bounds, and `dst`'s is accessed by no one else; `weight` and `bias`,
+/// where given, hold at least `rows` values.
+#[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn normalize_columns(
+    src: *const f32,
     tile: *mut f32,
     rows: usize,
     cols: usize,
@@ -30,16 +86,17 @@ pub(crate) unsafe fn normalize_columns(
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if super::activation::simd_available() {
-        done = avx2::columns(tile, rows, cols, ld, weight, bias, eps);
+        done = avx2::columns(src, tile, rows, cols, ld, weight, bias, eps);
     }
     for j in done..cols {
-        column(tile.add(j), rows, ld, weight, bias, eps);
+        column(src.add(j), tile.add(j), rows, ld, weight, bias, eps);
     }
 }
 
 /// One column, scalar.
 unsafe fn column(
-    p: *mut f32,
+    src: *const f32,
+    dst: *mut f32,
     rows: usize,
     ld: usize,
     weight: Option<&[f32]>,
@@ -47,19 +104,18 @@ unsafe fn column(
     eps: f32,
 ) {
     let inv = 1.0 / rows as f32;
-    let mean = (0..rows).map(|r| *p.add(r * ld)).sum::<f32>() * inv;
+    let mean = (0..rows).map(|r| *src.add(r * ld)).sum::<f32>() * inv;
     let var = (0..rows)
         .map(|r| {
-            let d = *p.add(r * ld) - mean;
+            let d = *src.add(r * ld) - mean;
             d * d
         })
         .sum::<f32>()
         * inv;
     let rstd = 1.0 / (var + eps).sqrt();
     for r in 0..rows {
-        let x = p.add(r * ld);
         let scale = rstd * weight.map_or(1.0, |w| w[r]);
-        *x = (*x - mean) * scale + bias.map_or(0.0, |b| b[r]);
+        *dst.add(r * ld) = (*src.add(r * ld) - mean) * scale + bias.map_or(0.0, |b| b[r]);
     }
 }
 
@@ -75,8 +131,10 @@ mod avx2 {
     ///
     /// # Safety
     /// As for [`super::normalize_columns`], and the CPU has AVX2 and FMA.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn columns(
+        src: *const f32,
         tile: *mut f32,
         rows: usize,
         cols: usize,
@@ -94,11 +152,11 @@ mod avx2 {
         };
         let mut j = 0;
         while j + 4 * LANES <= cols {
-            block::<4>(tile.add(j), &args);
+            block::<4>(src.add(j), tile.add(j), &args);
             j += 4 * LANES;
         }
         while j + LANES <= cols {
-            block::<1>(tile.add(j), &args);
+            block::<1>(src.add(j), tile.add(j), &args);
             j += LANES;
         }
         j
@@ -115,8 +173,8 @@ mod avx2 {
     /// `V` vectors of columns from `p`: sums, squared deviations, then the normalised
     /// values, each pass down every row; `V` independent chains hide the adds' latency.
     #[inline(always)]
-    unsafe fn block<const V: usize>(p: *mut f32, a: &Args<'_>) {
-        let at = |r: usize, v: usize| p.add(r * a.ld + v * LANES);
+    unsafe fn block<const V: usize>(src: *const f32, dst: *mut f32, a: &Args<'_>) {
+        let at = |r: usize, v: usize| src.add(r * a.ld + v * LANES);
         let inv = _mm256_set1_ps(1.0 / a.rows as f32);
         let mut sum = [_mm256_setzero_ps(); V];
         for r in 0..a.rows {
@@ -141,8 +199,86 @@ mod avx2 {
             for v in 0..V {
                 let x = _mm256_sub_ps(_mm256_loadu_ps(at(r, v)), mean[v]);
                 let y = _mm256_fmadd_ps(x, _mm256_mul_ps(rstd[v], w), b);
-                _mm256_storeu_ps(at(r, v), y);
+                _mm256_storeu_ps(dst.add(r * a.ld + v * LANES), y);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 37 + seed * 11) % 97) as f32 / 13.0 - 3.0)
+            .collect()
+    }
+
+    /// Whole tensors against an f64 two-pass reference: pixel counts that leave 4-vector,
+    /// 1-vector and scalar columns in every band, 1 to 3 threads, with and without the
+    /// affine parameters; buffers shorter than the shape are errors.
+    #[test]
+    fn channel_norm_matches_the_f64_reference() {
+        let (batch, channels, eps) = (2, 13, 1e-5f32);
+        let (weight, bias) = (data(channels, 1), data(channels, 2));
+        for pixels in [1, 7, 45, 203] {
+            let len = batch * channels * pixels;
+            let x = data(len, 3);
+            for affine in [false, true] {
+                let mut want = vec![0.0f32; len];
+                for b in 0..batch {
+                    for p in 0..pixels {
+                        let at = |c: usize| (b * channels + c) * pixels + p;
+                        let v: Vec<f64> = (0..channels).map(|c| f64::from(x[at(c)])).collect();
+                        let mean = v.iter().sum::<f64>() / channels as f64;
+                        let var =
+                            v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / channels as f64;
+                        for (c, x) in v.iter().enumerate() {
+                            let n = (x - mean) / (var + f64::from(eps)).sqrt();
+                            let n = match affine {
+                                true => n * f64::from(weight[c]) + f64::from(bias[c]),
+                                false => n,
+                            };
+                            want[at(c)] = n as f32;
+                        }
+                    }
+                }
+                let params = affine.then_some((&weight[..], &bias[..]));
+                for threads in 1..=3 {
+                    let pool = ThreadPool::new(threads).unwrap();
+                    let mut y = vec![f32::NAN; len];
+                    layer_norm_channels(
+                        &pool,
+                        &x,
+                        &mut y,
+                        [batch, channels, pixels],
+                        params.map(|p| p.0),
+                        params.map(|p| p.1),
+                        eps,
+                    )
+                    .unwrap();
+                    for (i, (a, b)) in y.iter().zip(&want).enumerate() {
+                        assert!(
+                            (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                            "{pixels} pixels, affine {affine}, {threads} threads, at {i}: {a} vs {b}"
+                        );
+                    }
+                }
+            }
+        }
+        let pool = ThreadPool::new(1).unwrap();
+        let (x, mut y) = (data(26, 0), vec![0.0; 26]);
+        assert!(layer_norm_channels(&pool, &x[..25], &mut y, [1, 13, 2], None, None, eps).is_err());
+        assert!(layer_norm_channels(
+            &pool,
+            &x,
+            &mut y,
+            [1, 13, 2],
+            Some(&weight[..12]),
+            None,
+            eps
+        )
+        .is_err());
     }
 }

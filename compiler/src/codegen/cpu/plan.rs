@@ -127,6 +127,8 @@ pub struct ExecStats {
     pub gemm_kernels: usize,
     /// Max poolings on the runtime's kernel.
     pub pool_kernels: usize,
+    /// Channel normalisations of their own (`layer_norm2d`) on the runtime's kernel.
+    pub norm_kernels: usize,
     pub fallbacks: Vec<Fallback>,
     /// Groups whose depthwise convolution runs on the runtime's kernel and the rest of the
     /// group as a second step (each counted in `conv_kernels` and `loop_kernels`).
@@ -163,6 +165,7 @@ impl ExecStats {
             + self.conv_kernels
             + self.gemm_kernels
             + self.pool_kernels
+            + self.norm_kernels
             + self.fallbacks.len()
     }
 }
@@ -522,6 +525,7 @@ fn kind_name(k: &StepKernel) -> &'static str {
         StepKernel::Conv { .. } => "conv",
         StepKernel::Depthwise { .. } => "depthwise",
         StepKernel::Gemm(_) => "gemm",
+        StepKernel::Norm { .. } => "norm",
         StepKernel::MaxPool { .. } => "pool",
         StepKernel::Host(_) => "reference",
     }
@@ -664,6 +668,21 @@ impl Builder<'_, '_> {
     fn step(&mut self, id: ValueId) -> Result<(), CompileError> {
         if self.depthwise_steps(id)? {
             return Ok(());
+        }
+        if let Some((shape, norm)) = standalone_channel_norm(self.graph, id) {
+            let inputs = self.graph.inputs(id);
+            let mut slots: Vec<Slot> = inputs.iter().map(|&o| self.operand_slot(o)).collect();
+            slots.push(Slot::Value(self.value(id)));
+            self.stats.norm_kernels += 1;
+            return self.push(Step {
+                name: self.graph.node(id).name.clone(),
+                slots,
+                kernel: StepKernel::Norm {
+                    input: 0,
+                    shape,
+                    norm,
+                },
+            });
         }
         if let Some(pool) = max_pool_shape(self.graph, id) {
             let slots = vec![
@@ -1174,6 +1193,7 @@ fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<
         StepKernel::Gemm(g) => g.product.epilogue = epilogue,
         StepKernel::Loops { .. }
         | StepKernel::Depthwise { .. }
+        | StepKernel::Norm { .. }
         | StepKernel::MaxPool { .. }
         | StepKernel::Host(_) => {}
     }
@@ -1307,6 +1327,35 @@ fn rest_kernel(graph: &Graph, id: ValueId, conv: ValueId) -> Result<Kernel, Lowe
         &leaves,
     );
     lower_node(&outer, group)
+}
+
+/// The runtime's norm for node `id` if it is a `layer_norm2d` of its own over an NCHW (or
+/// CHW) input: `[batch, channels, pixels]` and the norm over the node's operands.
+fn standalone_channel_norm(graph: &Graph, id: ValueId) -> Option<([usize; 3], ChannelNorm)> {
+    let NodeKind::Op { op, attrs } = &graph.node(id).kind else {
+        return None;
+    };
+    if op.name != "layer_norm2d" {
+        return None;
+    }
+    let shape = match graph.node(id).shape.as_slice() {
+        [n, c, h, w] => [*n, *c, h * w],
+        [c, h, w] => [1, *c, h * w],
+        _ => return None,
+    };
+    let (weight, bias) = match graph.inputs(id).len() {
+        1 => (None, None),
+        3 => (Some(1), Some(2)),
+        _ => return None,
+    };
+    Some((
+        shape,
+        ChannelNorm {
+            weight,
+            bias,
+            eps: attrs.float("eps") as f32,
+        },
+    ))
 }
 
 /// The channel norm of a group that is its depthwise convolution `conv` and a
