@@ -83,44 +83,51 @@ pub(crate) unsafe fn normalize_columns(
     if rows == 0 {
         return;
     }
+    let p = Params {
+        rows,
+        ld,
+        weight: weight.map(|w| &w[..rows]),
+        bias: bias.map(|b| &b[..rows]),
+        eps,
+    };
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if super::activation::simd_available() {
-        done = avx2::columns(src, tile, rows, cols, ld, weight, bias, eps);
+        done = avx2::columns(src, tile, cols, &p);
     }
     for j in done..cols {
-        column(src.add(j), tile.add(j), rows, ld, weight, bias, eps);
+        column(src.add(j), tile.add(j), &p);
     }
 }
 
-/// One column, scalar.
-unsafe fn column(
-    src: *const f32,
-    dst: *mut f32,
+/// What every column of a tile shares: its rows, their stride and the per-row parameters.
+struct Params<'a> {
     rows: usize,
     ld: usize,
-    weight: Option<&[f32]>,
-    bias: Option<&[f32]>,
+    weight: Option<&'a [f32]>,
+    bias: Option<&'a [f32]>,
     eps: f32,
-) {
-    let inv = 1.0 / rows as f32;
-    let mean = (0..rows).map(|r| *src.add(r * ld)).sum::<f32>() * inv;
-    let var = (0..rows)
-        .map(|r| {
-            let d = *src.add(r * ld) - mean;
-            d * d
-        })
+}
+
+/// One column, scalar.
+unsafe fn column(src: *const f32, dst: *mut f32, p: &Params<'_>) {
+    let inv = 1.0 / p.rows as f32;
+    let at = |r: usize| *src.add(r * p.ld);
+    let mean = (0..p.rows).map(at).sum::<f32>() * inv;
+    let var = (0..p.rows)
+        .map(|r| (at(r) - mean) * (at(r) - mean))
         .sum::<f32>()
         * inv;
-    let rstd = 1.0 / (var + eps).sqrt();
-    for r in 0..rows {
-        let scale = rstd * weight.map_or(1.0, |w| w[r]);
-        *dst.add(r * ld) = (*src.add(r * ld) - mean) * scale + bias.map_or(0.0, |b| b[r]);
+    let rstd = 1.0 / (var + p.eps).sqrt();
+    for r in 0..p.rows {
+        let scale = rstd * p.weight.map_or(1.0, |w| w[r]);
+        *dst.add(r * p.ld) = (at(r) - mean) * scale + p.bias.map_or(0.0, |b| b[r]);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::Params;
     use std::arch::x86_64::*;
 
     /// Floats per vector.
@@ -131,49 +138,29 @@ mod avx2 {
     ///
     /// # Safety
     /// As for [`super::normalize_columns`], and the CPU has AVX2 and FMA.
-    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn columns(
         src: *const f32,
-        tile: *mut f32,
-        rows: usize,
+        dst: *mut f32,
         cols: usize,
-        ld: usize,
-        weight: Option<&[f32]>,
-        bias: Option<&[f32]>,
-        eps: f32,
+        p: &Params<'_>,
     ) -> usize {
-        let args = Args {
-            rows,
-            ld,
-            weight: weight.map(|w| &w[..rows]),
-            bias: bias.map(|b| &b[..rows]),
-            eps,
-        };
         let mut j = 0;
         while j + 4 * LANES <= cols {
-            block::<4>(src.add(j), tile.add(j), &args);
+            block::<4>(src.add(j), dst.add(j), p);
             j += 4 * LANES;
         }
         while j + LANES <= cols {
-            block::<1>(src.add(j), tile.add(j), &args);
+            block::<1>(src.add(j), dst.add(j), p);
             j += LANES;
         }
         j
     }
 
-    struct Args<'a> {
-        rows: usize,
-        ld: usize,
-        weight: Option<&'a [f32]>,
-        bias: Option<&'a [f32]>,
-        eps: f32,
-    }
-
     /// `V` vectors of columns from `p`: sums, squared deviations, then the normalised
     /// values, each pass down every row; `V` independent chains hide the adds' latency.
     #[inline(always)]
-    unsafe fn block<const V: usize>(src: *const f32, dst: *mut f32, a: &Args<'_>) {
+    unsafe fn block<const V: usize>(src: *const f32, dst: *mut f32, a: &Params<'_>) {
         let at = |r: usize, v: usize| src.add(r * a.ld + v * LANES);
         let inv = _mm256_set1_ps(1.0 / a.rows as f32);
         let mut sum = [_mm256_setzero_ps(); V];
