@@ -412,6 +412,16 @@ fn store<const FMA: bool>(
 fn copy<const FMA: bool>(row: &mut [f32], at: usize, src: &[f32], n: usize) {
     let whole = n / LANES * LANES;
     let (dst, from) = (&mut row[at..at + whole], &src[..whole]);
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        // SAFETY: the `FMA` build only runs where AVX2 was detected.
+        unsafe { copy_vectors_avx2(dst, from) };
+    } else {
+        for (d, s) in dst.chunks_exact_mut(LANES).zip(from.chunks_exact(LANES)) {
+            d.copy_from_slice(s);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
     for (d, s) in dst.chunks_exact_mut(LANES).zip(from.chunks_exact(LANES)) {
         d.copy_from_slice(s);
     }
@@ -448,6 +458,27 @@ fn copy_partial<const FMA: bool>(dst: &mut [f32], src: &[f32]) {
     }
     for (d, &x) in dst.iter_mut().zip(src) {
         *d = x;
+    }
+}
+
+/// Copies whole vectors, four at a time, inline.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn copy_vectors_avx2(dst: &mut [f32], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(src.len()) / LANES * LANES;
+    let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+    let mut i = 0;
+    while i + 4 * LANES <= n {
+        let v = [0, 1, 2, 3].map(|k| _mm256_loadu_ps(s.add(i + k * LANES)));
+        for (k, v) in v.into_iter().enumerate() {
+            _mm256_storeu_ps(d.add(i + k * LANES), v);
+        }
+        i += 4 * LANES;
+    }
+    while i < n {
+        _mm256_storeu_ps(d.add(i), _mm256_loadu_ps(s.add(i)));
+        i += LANES;
     }
 }
 

@@ -1,4 +1,5 @@
-//! CPU contraction kernels: GEMM, convolutions and depthwise convolution.
+//! CPU kernels: GEMM, convolutions, depthwise convolution, and the native epilogues and
+//! normalisations that run on their tiles.
 //!
 //! - [`gemm`](mod@gemm): `C = A·B` on strided f32 matrices through the `gemm` crate,
 //!   split into output tiles over a [`ThreadPool`],
@@ -16,6 +17,8 @@
 //! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
 //!   the native form of the most common epilogues.
+//! - [`norm`]: layer normalisation over the channels of NCHW pixels, on a depthwise
+//!   convolution's finished bands ([`Epilogue::channel_norm`]) or over whole tensors.
 //!
 //! Every kernel calls an [`Epilogue`] exactly once per output element, on
 //! tiles that are still in cache; the epilogue is how a fused group's bias,

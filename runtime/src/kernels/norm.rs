@@ -14,8 +14,9 @@
 use crate::kernels::{check_len, KernelError, SendPtr};
 use crate::pool::{Chunking, ThreadPool};
 
-/// [`normalize_columns`] over `[batch, channels, pixels]` NCHW tensors, `input` into
-/// `output`, the pixels of each image cut into bands over `pool`.
+/// Layer normalisation over the channels of `[batch, channels, pixels]` NCHW tensors, each
+/// pixel by its own statistics, `input` into `output`, the pixels of each image cut into
+/// bands over `pool`; `weight` and `bias` (one value per channel) are optional.
 pub fn layer_norm_channels(
     pool: &ThreadPool,
     input: &[f32],
