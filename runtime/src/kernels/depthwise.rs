@@ -264,12 +264,11 @@ fn store_tile<const R: usize, const NV: usize, const FMA: bool>(
     out_at: usize,
     cols: usize,
 ) {
-    // Whole vectors when every row's last one is whole or may spill (see `store`): the
-    // common case, written straight from the accumulators. The general path below works on
-    // a copy, so that taking its vectors' addresses does not keep the accumulators in
-    // memory (measured: that alone made a 3x3 over 112x112 maps 1.3-1.6x slower).
-    let whole_end = out_at + (R - 1) * a.out_w + NV * LANES;
-    if cols == NV * LANES || whole_end <= a.room_end {
+    // Whole vectors in the common case, written straight from the accumulators. The general
+    // path below works on a copy, so that taking its vectors' addresses does not keep the
+    // accumulators in memory (measured: that alone made a 3x3 over 112x112 maps 1.3-1.6x
+    // slower).
+    if let Some(whole_end) = whole_vectors_end::<R, NV>(a, out_at, cols) {
         let dst = &mut out[out_at..whole_end];
         for (r, acc_r) in acc.iter().enumerate() {
             for (v, lanes) in acc_r.iter().enumerate() {
@@ -291,6 +290,18 @@ fn store_tile<const R: usize, const NV: usize, const FMA: bool>(
             store::<FMA>(out, out_at + r * a.out_w + v * LANES, n, a.room_end, lanes);
         }
     }
+}
+
+/// Where a tile of `R` rows by `NV` vectors from `out_at` may store every vector whole
+/// (every row's last one is whole, or may spill, see [`store`]): the end of what it writes.
+#[inline(always)]
+fn whole_vectors_end<const R: usize, const NV: usize>(
+    a: &TileArgs<'_>,
+    out_at: usize,
+    cols: usize,
+) -> Option<usize> {
+    let end = out_at + (R - 1) * a.out_w + NV * LANES;
+    (cols == NV * LANES || end <= a.room_end).then_some(end)
 }
 
 /// A register tile of `R` output rows by `NV` vectors for a kernel of `KH` rows (no
@@ -352,8 +363,7 @@ unsafe fn column_tile<const R: usize, const NV: usize, const KH: usize, const SY
         }
         input_rows!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15);
     }
-    let whole_end = out_at + (R - 1) * a.out_w + NV * LANES;
-    if cols == NV * LANES || whole_end <= a.room_end {
+    if let Some(whole_end) = whole_vectors_end::<R, NV>(a, out_at, cols) {
         let dst = &mut out[out_at..whole_end];
         for (r, acc_r) in acc.iter().enumerate() {
             for (v, &lanes) in acc_r.iter().enumerate() {
@@ -412,18 +422,17 @@ fn store<const FMA: bool>(
 fn copy<const FMA: bool>(row: &mut [f32], at: usize, src: &[f32], n: usize) {
     let whole = n / LANES * LANES;
     let (dst, from) = (&mut row[at..at + whole], &src[..whole]);
+    // The portable loop becomes a `memcpy` call per row; the AVX2 build copies inline.
+    let inline = cfg!(target_arch = "x86_64") && FMA;
     #[cfg(target_arch = "x86_64")]
-    if FMA {
+    if inline {
         // SAFETY: the `FMA` build only runs where AVX2 was detected.
         unsafe { copy_vectors_avx2(dst, from) };
-    } else {
+    }
+    if !inline {
         for (d, s) in dst.chunks_exact_mut(LANES).zip(from.chunks_exact(LANES)) {
             d.copy_from_slice(s);
         }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for (d, s) in dst.chunks_exact_mut(LANES).zip(from.chunks_exact(LANES)) {
-        d.copy_from_slice(s);
     }
     if whole == n {
         return;

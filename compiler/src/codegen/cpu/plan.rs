@@ -720,23 +720,39 @@ impl Builder<'_, '_> {
                 (StepKernel::Host(host), (0..operands.len()).collect())
             }
         };
-        let mut slots: Vec<Slot> = operands
-            .iter()
-            .enumerate()
-            .map(|(i, &o)| {
-                if used.contains(&i) {
-                    self.operand_slot(o)
-                } else {
-                    Slot::Unused
-                }
-            })
-            .collect();
+        let mut slots = self.read_slots(&operands, |i| used.contains(&i));
         slots.push(Slot::Value(self.value(id)));
         self.push(Step {
             name: self.graph.node(id).name.clone(),
             slots,
             kernel,
         })
+    }
+
+    /// The slots of a step's operands: each one `read` says the step reads, the others
+    /// [`Slot::Unused`].
+    fn read_slots(&mut self, operands: &[ValueId], read: impl Fn(usize) -> bool) -> Vec<Slot> {
+        operands
+            .iter()
+            .enumerate()
+            .map(|(i, &o)| {
+                if read(i) {
+                    self.operand_slot(o)
+                } else {
+                    Slot::Unused
+                }
+            })
+            .collect()
+    }
+
+    /// The runtime's description of a depthwise convolution of `shape` over its weight and
+    /// optional bias (`conv_inputs[1..]`).
+    fn depthwise_desc(&mut self, shape: Conv2dShape, conv_inputs: &[ValueId]) -> DepthwiseDesc {
+        DepthwiseDesc {
+            shape,
+            weight: self.constant(conv_inputs[1], false),
+            bias: conv_inputs.get(2).map(|&b| self.constant(b, false)),
+        }
     }
 
     /// Runs a depthwise convolution with constant weights (alone, or the one in a group
@@ -773,24 +789,11 @@ impl Builder<'_, '_> {
         // A group that is the convolution and a `layer_norm2d` of it: the norm runs natively
         // on each finished band of the output.
         if let Some(norm) = channel_norm(g, conv) {
-            let mut slots: Vec<Slot> = operands
-                .iter()
-                .enumerate()
-                .map(|(i, &o)| {
-                    let read = i == positions[0] || [norm.weight, norm.bias].contains(&Some(i));
-                    if read {
-                        self.operand_slot(o)
-                    } else {
-                        Slot::Unused
-                    }
-                })
-                .collect();
+            let mut slots = self.read_slots(&operands, |i| {
+                i == positions[0] || [norm.weight, norm.bias].contains(&Some(i))
+            });
             slots.push(Slot::Value(self.value(id)));
-            let kernel = DepthwiseDesc {
-                shape,
-                weight: self.constant(conv_inputs[1], false),
-                bias: conv_inputs.get(2).map(|&b| self.constant(b, false)),
-            };
+            let kernel = self.depthwise_desc(shape, &conv_inputs);
             self.push(Step {
                 name: self.graph.node(id).name.clone(),
                 slots,
@@ -832,11 +835,7 @@ impl Builder<'_, '_> {
         };
         let name = self.graph.node(id).name.clone();
         let x = self.operand_slot(conv_inputs[0]);
-        let kernel = DepthwiseDesc {
-            shape,
-            weight: self.constant(conv_inputs[1], false),
-            bias: conv_inputs.get(2).map(|&b| self.constant(b, false)),
-        };
+        let kernel = self.depthwise_desc(shape, &conv_inputs);
         let Some((entry, grid, reads)) = rest else {
             let slots = vec![x, Slot::Value(self.value(id))];
             self.push_depthwise(name, slots, kernel, activation)?;
@@ -847,14 +846,7 @@ impl Builder<'_, '_> {
         let per_row = grid / rows.max(1);
         if band_rest(g, conv) && per_row > 0 && per_row * rows == grid {
             // The operands the rest reads and the convolution's input; the product in scratch.
-            let mut slots: Vec<Slot> = operands
-                .iter()
-                .enumerate()
-                .map(|(i, &o)| match reads.contains(&i) || i == positions[0] {
-                    true => self.operand_slot(o),
-                    false => Slot::Unused,
-                })
-                .collect();
+            let mut slots = self.read_slots(&operands, |i| reads.contains(&i) || i == positions[0]);
             slots.extend([Slot::Product, Slot::Value(self.value(id))]);
             self.push(Step {
                 name,
