@@ -160,6 +160,11 @@ impl<'a> MatRef<'a> {
     pub(crate) fn as_ptr(&self) -> *const f32 {
         self.ptr
     }
+    /// Where element `(0, j)` is (`j` in range; not dereferenced here).
+    pub(crate) fn column_ptr(&self, j: usize) -> *const f32 {
+        debug_assert!(j < self.cols);
+        self.ptr.wrapping_offset(j as isize * self.cs)
+    }
     /// Elements between `(i, j)` and `(i + 1, j)`.
     pub fn row_stride(&self) -> isize {
         self.rs
