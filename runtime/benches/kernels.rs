@@ -343,6 +343,10 @@ fn bench_conv(
         ConvStrategy::ChannelsLast | ConvStrategy::Direct1x1 if shape.kernel == [1, 1] => {
             strategies.push(ConvStrategy::Pointwise)
         }
+        // A patchify layer's plan before the gather took it.
+        ConvStrategy::Subsample if shape.kernel != [1, 1] => {
+            strategies.push(ConvStrategy::ChannelsLast)
+        }
         ConvStrategy::Winograd
         | ConvStrategy::Direct
         | ConvStrategy::ChannelsLast
@@ -576,6 +580,20 @@ fn main() {
             "efficientnet stem 3x3/2 3->32 @224",
             conv_shape(3, 32, 224, 3, 2, 1, layout),
         );
+        for (name, cin, cout, size, k) in [
+            ("convnext_tiny stem 4x4/4 3->96 @224", 3, 96, 224, 4),
+            ("convnext_atto stem 4x4/4 3->40 @224", 3, 40, 224, 4),
+            ("convnext_tiny down 2x2/2 96->192 @56", 96, 192, 56, 2),
+            ("convnext_tiny down 2x2/2 192->384 @28", 192, 384, 28, 2),
+            ("convnext_tiny down 2x2/2 384->768 @14", 384, 768, 14, 2),
+            ("convnext_atto down 2x2/2 40->80 @56", 40, 80, 56, 2),
+            ("convnext_atto down 2x2/2 80->160 @28", 80, 160, 28, 2),
+            ("convnext_atto down 2x2/2 160->320 @14", 160, 320, 14, 2),
+        ] {
+            let mut patchify = conv_shape(cin, cout, size, k, k, 1, layout);
+            patchify.padding = [0, 0];
+            bench_conv(&report, &pools, budget, name, patchify);
+        }
         bench_conv(
             &report,
             &pools,

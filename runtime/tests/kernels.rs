@@ -610,6 +610,8 @@ fn check_conv_with(
             (Layout::Nhwc, ConvStrategy::Direct | ConvStrategy::ChannelsLast) => {
                 ConvStrategy::Im2col
             }
+            // NHWC gathers 1x1s only.
+            (Layout::Nhwc, ConvStrategy::Subsample) if s.kernel != [1, 1] => ConvStrategy::Im2col,
             _ => expected,
         };
         for pool in pools {
@@ -982,6 +984,103 @@ fn strided_1x1_convs_run_the_stride_1_plan_on_gathered_pixels() {
         ConvStrategy::of(&depthwise).unwrap(),
         ConvStrategy::Depthwise
     );
+}
+
+/// NCHW "patchify" convolutions (kernel no larger than the stride, unpadded) gather a plane
+/// per (channel, tap) and run the 1x1 register kernel over them, where it takes the
+/// gathered shape: ConvNeXt's 4x4/4 stem, 2x2/2 downsampling, a non-square kernel and a
+/// kernel smaller than its stride, batch 2. Each is checked in both layouts against the
+/// reference and im2col, with each epilogue element visited once; forced, the gather also
+/// runs grouped and onto the `gemm` crate (many planes).
+#[test]
+fn patchify_convs_run_a_1x1_plan_on_gathered_planes() {
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        geometry(
+            shape(2, [3, 8], [48, 52], [4, 4], 1),
+            [4, 4],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [8, 20], [24, 26], [2, 2], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [5, 7], [36, 26], [3, 2], 1),
+            [3, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [4, 6], [38, 39], [2, 2], 1),
+            [3, 3],
+            [0, 0],
+            [1, 1],
+        ),
+    ];
+    for s in cases {
+        assert_eq!(
+            ConvStrategy::of(&s).unwrap(),
+            ConvStrategy::Subsample,
+            "{s:?}"
+        );
+        check_conv(s, &pools, ConvStrategy::Subsample);
+        check_activation_epilogue(s, &pools);
+    }
+    let grouped = geometry(
+        shape(1, [8, 6], [20, 20], [2, 2], 2),
+        [2, 2],
+        [0, 0],
+        [1, 1],
+    );
+    let many_planes = geometry(
+        shape(1, [80, 24], [20, 20], [2, 2], 1),
+        [2, 2],
+        [0, 0],
+        [1, 1],
+    );
+    for s in [grouped, many_planes] {
+        assert_ne!(ConvStrategy::of(&s).unwrap(), ConvStrategy::Subsample);
+        check_conv_with(
+            s,
+            &pools,
+            ConvStrategy::Subsample,
+            Some(ConvStrategy::Subsample),
+        );
+    }
+    // Overlapping windows, padding or dilation keep their plans.
+    for s in [
+        geometry(
+            shape(1, [3, 8], [48, 40], [3, 3], 1),
+            [2, 2],
+            [0, 0],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [3, 8], [48, 40], [2, 2], 1),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [3, 8], [48, 40], [2, 2], 1),
+            [2, 2],
+            [0, 0],
+            [2, 2],
+        ),
+    ] {
+        assert_ne!(
+            ConvStrategy::of(&s).unwrap(),
+            ConvStrategy::Subsample,
+            "{s:?}"
+        );
+        assert!(
+            Conv2d::with_strategy(s, &vec![0.0; 8 * 3 * 9], 1, ConvStrategy::Subsample).is_err()
+        );
+    }
 }
 
 /// The direct 1x1 kernel against the f64 reference: full and partial 16-pixel and 6-channel
