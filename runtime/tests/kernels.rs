@@ -700,7 +700,7 @@ fn pointwise_conv_reads_the_input_in_place() {
     let cases = [
         shape(2, [5, 7], [9, 9], [1, 1], 1),
         shape(1, [12, 9], [7, 5], [1, 1], 3),
-        shape(1, [300, 40], [33, 35], [1, 1], 1),
+        shape(1, [600, 40], [33, 35], [1, 1], 1),
     ];
     for s in cases {
         check_conv(s, &pools, ConvStrategy::Pointwise);
@@ -739,9 +739,13 @@ fn direct_1x1_conv_is_chosen_where_it_applies() {
             shape(1, [2048, 512], [7, 7], [1, 1], 1),
             on_avx2(ConvStrategy::ChannelsLast),
         ),
-        // Deep reductions on larger maps and groups stay on the GEMM.
         (
-            shape(1, [257, 64], [56, 56], [1, 1], 1),
+            shape(1, [512, 128], [28, 28], [1, 1], 1),
+            on_avx2(ConvStrategy::Direct1x1),
+        ),
+        // Deeper reductions on larger maps and groups stay on the GEMM.
+        (
+            shape(1, [513, 64], [56, 56], [1, 1], 1),
             ConvStrategy::Pointwise,
         ),
         (
@@ -1084,7 +1088,7 @@ fn patchify_convs_run_a_1x1_plan_on_gathered_planes() {
 }
 
 /// The direct 1x1 kernel against the f64 reference: full and partial 16-pixel and 6-channel
-/// blocks, batches, 1-3 threads; with a tile epilogue (which must see each element once),
+/// blocks, reductions in one and two blocks, batches, 1-3 threads; with a tile epilogue (which must see each element once),
 /// and with a bias and an activation it applies in registers.
 #[test]
 fn direct_1x1_conv_matches_the_reference() {
@@ -1099,6 +1103,10 @@ fn direct_1x1_conv_matches_the_reference() {
         shape(3, [8, 40], [16, 9], [1, 1], 1),
         shape(1, [256, 7], [11, 13], [1, 1], 1),
         shape(1, [3, 96], [40, 41], [1, 1], 1),
+        // Reductions in two blocks (256 + 44 and 256 + 256 input channels), the second with
+        // enough output channels for its input blocks to be copied.
+        shape(1, [300, 13], [13, 11], [1, 1], 1),
+        shape(2, [512, 100], [12, 12], [1, 1], 1),
     ];
     for s in cases {
         check_conv_with(

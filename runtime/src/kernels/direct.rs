@@ -19,7 +19,7 @@
 use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
-use crate::kernels::pointwise::{tile, MR, NR};
+use crate::kernels::pointwise::{tile, Part, MR, NR};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
@@ -350,12 +350,13 @@ unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
                     out_h * out_w,
                     &bias,
                     None,
+                    Part::WHOLE,
                 );
                 continue;
             }
             let mut buf = [0.0f32; MR * NR];
             let taps = c.taps.iter().map(|&o| x.add(o));
-            tile::<A>(taps, w, buf.as_mut_ptr(), NR, &bias, None);
+            tile::<A>(taps, w, buf.as_mut_ptr(), NR, &bias, None, Part::WHOLE);
             // The tile's grid pixels as runs of output pixels within a row (the grid's
             // columns from `out_w` on are dropped).
             let (mut oy, mut ox, mut j) = (oy, ox, 0);

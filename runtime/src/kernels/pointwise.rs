@@ -6,13 +6,18 @@
 //! 16 AVX2 registers); the weight is packed once at load time into blocks of 6 channels,
 //! `[block][ci][6]`, so one step's six broadcasts read consecutive floats.
 //!
-//! Why not the `gemm` crate, as the other convolutions do: the layers this kernel takes have
-//! few input channels (EfficientNet's expanding convolutions have 16 to 192), where each
-//! call's packing and set-up weigh on a short reduction, and a GEMM tile's epilogue re-reads
+//! Why not the `gemm` crate, as the other convolutions do: many of the layers this kernel
+//! takes have few input channels (EfficientNet's expanding convolutions have 16 to 192),
+//! where each call's packing and set-up weigh on a short reduction, and a GEMM tile's
+//! epilogue re-reads
 //! the finished tile from cache. Here a bias and a native activation
 //! ([`Epilogue::activation`]) are applied to the accumulators before the one store, so the
 //! output is written once and never read back; any other epilogue runs on each finished
 //! strip of 256 pixels of a task's channels, while the strip is in cache.
+//!
+//! Reductions deeper than 256 input channels (ResNet-50's 512->128 at 28x28) run in blocks
+//! of 256, each over a strip of pixels before the next, the partial sums kept in the output:
+//! a block's input stays in L1 and its weights for the task's channels in L2.
 //!
 //! Tasks are (image, pixel range, channel range) with ranges of whole 16-pixel and 6-channel
 //! blocks. A partial pixel block (the image's last) reads its input from a zero-padded copy
@@ -32,10 +37,14 @@ use crate::pool::ThreadPool;
 pub(super) const MR: usize = 6;
 /// Pixels per register tile (two vectors).
 pub(super) const NR: usize = 16;
-/// Most input channels this kernel takes: an input block of `K x 16` pixels (16 KiB at 256)
-/// then stays in cache across a task's channel blocks without blocking the reduction. The
-/// `gemm` crate, which blocks it, was as fast at 480 and 672 and 5-10% faster from 1024 on.
-const MAX_IN_CHANNELS: usize = 256;
+/// Input channels per block of the reduction: a block's input, `K_BLOCK x 16` pixels (16
+/// KiB), stays in L1 across a task's channel blocks.
+const K_BLOCK: usize = 256;
+/// Most input channels this kernel takes. Kernels benchmark and ResNet-50 (alternated runs,
+/// fastest of each layer) against the `gemm` crate: 512->128 at 28x28 0.52 -> 0.50 ms,
+/// 512->256 at 28x28 1.05 -> 1.01, 512->1024 gathered at 14x14 1.25 -> 1.13; at 1024 input
+/// channels on 14x14 maps 4-8% slower.
+const MAX_IN_CHANNELS: usize = 512;
 /// Fewest pixels per image: on 7x7 maps the partial last pixel block wastes up to a quarter
 /// of the register tiles (49 = 3·16 + 1), and the `gemm` crate was as fast or 5-10% faster.
 const MIN_PIXELS: usize = 128;
@@ -125,7 +134,7 @@ impl PointwiseConv {
         if self.pixels.is_multiple_of(NR) && self.channel_split.longest() < PACK_CHANNELS {
             0
         } else {
-            threads.max(1) * self.in_channels * NR
+            threads.max(1) * self.in_channels.min(K_BLOCK) * NR
         }
     }
 
@@ -242,11 +251,19 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
     let x_img = t.x.add(t.block.b * k * c.pixels);
     let out_img = t.out.add(t.block.b * c.out_channels * c.pixels);
     let end = t.block.pixels.end;
+    let parts = k.div_ceil(K_BLOCK);
     let mut strip = t.block.pixels.start;
     while strip < end {
         let strip_end = (strip + STRIP).min(end);
-        for p in (strip..strip_end).step_by(NR) {
-            panel::<A>(&t, x_img, out_img, p, strip_end);
+        // The reduction in blocks of `K_BLOCK` channels, each over the whole strip before
+        // the next: the block's weights for the task's channels stay in L2 across the
+        // strip's pixel blocks, and each pixel block's input (16 KiB) in L1 across them.
+        for (i, k0) in (0..k).step_by(K_BLOCK).enumerate() {
+            let reduction = k0..(k0 + K_BLOCK).min(k);
+            for p in (strip..strip_end).step_by(NR) {
+                let part = Part::of(i, parts);
+                panel::<A>(&t, x_img, out_img, p, strip_end, reduction.clone(), part);
+            }
         }
         t.finish(strip..strip_end);
         strip = strip_end;
@@ -264,18 +281,22 @@ unsafe fn panel<A: Act>(
     out_img: *mut f32,
     p: usize,
     end: usize,
+    reduction: std::ops::Range<usize>,
+    part: Part,
 ) {
     let c = t.conv;
     let k = c.in_channels;
     let width = (end - p).min(NR);
     let packed = t.block.channels.len() >= PACK_CHANNELS;
+    let k0 = reduction.start;
+    // Input channel `ci` of the block is row `ci - k0` of `x`.
     let (x, ldx) = if width == NR && !packed {
-        (x_img.add(p), c.pixels)
+        (x_img.add(k0 * c.pixels + p), c.pixels)
     } else {
         // A contiguous copy, zero-padded for the image's last, partial pixel block.
-        for ci in 0..k {
+        for ci in reduction.clone() {
             let src = x_img.add(ci * c.pixels + p);
-            let dst = t.panel.add(ci * NR);
+            let dst = t.panel.add((ci - k0) * NR);
             if width == NR {
                 _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
                 _mm256_storeu_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
@@ -286,7 +307,7 @@ unsafe fn panel<A: Act>(
         }
         (t.panel.cast_const(), NR)
     };
-    if let Some(r) = t.residual {
+    if let (Some(r), true) = (t.residual, part.last) {
         // The shortcut two pixel blocks ahead, one line per channel: each channel's row is
         // read 64 bytes per block, too many rows at once for the prefetchers to follow.
         let ahead = p + 2 * NR;
@@ -297,6 +318,7 @@ unsafe fn panel<A: Act>(
             }
         }
     }
+    let channels = || (0..reduction.len()).map(|i| x.add(i * ldx));
     let mut co = t.block.channels.start;
     while co < t.block.channels.end {
         let rows = (t.block.channels.end - co).min(MR);
@@ -304,32 +326,30 @@ unsafe fn panel<A: Act>(
         if let Some(b) = t.bias {
             bias[..rows].copy_from_slice(&b[co..co + rows]);
         }
-        let w = c.weights.as_slice().as_ptr().add(co / MR * k * MR);
+        let w = c.weights.as_slice().as_ptr().add((co / MR * k + k0) * MR);
         let at = (t.block.b * c.out_channels + co) * c.pixels + p;
         let dst = out_img.add(co * c.pixels + p);
         if rows == MR && width == NR {
             let residual = t.residual.map(|r| (r.as_ptr().add(at), c.pixels));
-            tile::<A>(
-                (0..k).map(|ci| x.add(ci * ldx)),
-                w,
-                dst,
-                c.pixels,
-                &bias,
-                residual,
-            );
+            tile::<A>(channels(), w, dst, c.pixels, &bias, residual, part);
         } else {
-            // The block's residual, where it has one, goes into the buffer the tile then
-            // overwrites, so nothing past the block is read.
+            // A partial block goes through a register-sized buffer (its partial sums
+            // read into it first, its residual into another), so nothing past the
+            // block is read or written.
             let mut buf = [0.0f32; MR * NR];
-            if let Some(r) = t.residual {
-                for i in 0..rows {
-                    let row = r.as_ptr().add(at + i * c.pixels);
-                    std::ptr::copy_nonoverlapping(row, buf.as_mut_ptr().add(i * NR), width);
+            let mut shortcut = [0.0f32; MR * NR];
+            for r in 0..rows {
+                let (row, sums) = (buf.as_mut_ptr().add(r * NR), dst.add(r * c.pixels));
+                if !part.first {
+                    std::ptr::copy_nonoverlapping(sums, row, width);
+                }
+                if let (Some(res), true) = (t.residual, part.last) {
+                    let from = res.as_ptr().add(at + r * c.pixels);
+                    std::ptr::copy_nonoverlapping(from, shortcut.as_mut_ptr().add(r * NR), width);
                 }
             }
-            let residual = t.residual.map(|_| (buf.as_ptr(), NR));
-            let channels = (0..k).map(|ci| x.add(ci * ldx));
-            tile::<A>(channels, w, buf.as_mut_ptr(), NR, &bias, residual);
+            let residual = t.residual.map(|_| (shortcut.as_ptr(), NR));
+            tile::<A>(channels(), w, buf.as_mut_ptr(), NR, &bias, residual, part);
             for r in 0..rows {
                 std::ptr::copy_nonoverlapping(
                     buf.as_ptr().add(r * NR),
@@ -342,14 +362,41 @@ unsafe fn panel<A: Act>(
     }
 }
 
+/// Which blocks of a reduction split over several [`tile`] calls one call computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Part {
+    /// The first block: the accumulators start at zero, not from `out`.
+    pub first: bool,
+    /// The last block: the bias, residual and activation are applied before the store.
+    pub last: bool,
+}
+
+impl Part {
+    /// The whole reduction in one call.
+    pub const WHOLE: Part = Part {
+        first: true,
+        last: true,
+    };
+
+    /// Block `i` of `n`.
+    fn of(i: usize, n: usize) -> Part {
+        Part {
+            first: i == 0,
+            last: i + 1 == n,
+        }
+    }
+}
+
 /// `out[r][0..16] = act((Σ_t w[t][r] · rows[t][0..16] + bias[r]) + residual[r][0..16])`
 /// for the 6 rows `r`, without the residual where there is none: the register tile this
-/// kernel and the direct one (`direct`, whose rows are its taps) share.
+/// kernel and the direct one (`direct`, whose rows are its taps) share. With a reduction
+/// split in blocks ([`Part`]), a block after the first adds to the partial sums in `out`
+/// and one before the last stores its sums as they are.
 ///
 /// # Safety
 /// AVX2 and FMA are present; `w` holds 6 floats per row of `rows`, each row 16 floats,
 /// `out` 6 rows of 16 at stride `ldc`, a residual `(start, stride)` 6 rows of 16 (it may be
-/// `out` itself).
+/// `out` itself when `part` is the whole reduction).
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 pub(super) unsafe fn tile<A: Act>(
@@ -359,8 +406,15 @@ pub(super) unsafe fn tile<A: Act>(
     ldc: usize,
     bias: &[f32; MR],
     residual: Option<(*const f32, usize)>,
+    part: Part,
 ) {
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    if !part.first {
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let row = out.add(r * ldc);
+            *acc = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
+        }
+    }
     for (t, row) in rows.enumerate() {
         let (x0, x1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
         let wr = w.add(t * MR);
@@ -369,6 +423,14 @@ pub(super) unsafe fn tile<A: Act>(
             acc[0] = _mm256_fmadd_ps(wv, x0, acc[0]);
             acc[1] = _mm256_fmadd_ps(wv, x1, acc[1]);
         }
+    }
+    if !part.last {
+        for (r, acc) in acc.iter().enumerate() {
+            let row = out.add(r * ldc);
+            _mm256_storeu_ps(row, acc[0]);
+            _mm256_storeu_ps(row.add(8), acc[1]);
+        }
+        return;
     }
     for (r, acc) in acc.iter().enumerate() {
         let b = _mm256_set1_ps(bias[r]);
