@@ -62,6 +62,7 @@ use crate::kernels::direct::DirectConv;
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::pointwise::PointwiseConv;
+use crate::kernels::transpose::transpose;
 use crate::kernels::winograd::WinogradConv;
 use crate::kernels::{
     check_len, for_each_task, Epilogue, KernelError, Output, RowActivation, SendPtr, Tile,
@@ -397,8 +398,8 @@ fn small_map_pointwise_suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
 }
 
 /// `dst[b][p][c] = src[b][c][p]` for `batch` images of `channels` planes of `pixels`, in
-/// 32x32 blocks so that reads and writes both stay within a few cache lines; tasks are
-/// (image, block of pixels).
+/// 8x8 register blocks (`transpose`); tasks are (image, block of 32 pixels), so that each
+/// task's reads stay within a few lines of every plane and its writes are whole rows.
 fn transpose_planes(
     pool: &ThreadPool,
     src: &[f32],
@@ -409,23 +410,20 @@ fn transpose_planes(
 ) -> Result<(), KernelError> {
     const BLOCK: usize = 32;
     let image = channels * pixels;
+    assert!(src.len() >= batch * image && dst.len() >= batch * image);
     let blocks = pixels.div_ceil(BLOCK);
     let out = SendPtr(dst.as_mut_ptr());
     let serial = batch * image < 64 * 1024;
     for_each_task(pool, batch * blocks, serial, |range, _| {
         for task in range {
             let (b, p0) = (task / blocks, task % blocks * BLOCK);
-            let p1 = (p0 + BLOCK).min(pixels);
-            let src = &src[b * image..][..image];
-            for c0 in (0..channels).step_by(BLOCK) {
-                for p in p0..p1 {
-                    for c in c0..(c0 + BLOCK).min(channels) {
-                        // SAFETY: each task writes its own pixels of its image, in bounds.
-                        unsafe {
-                            *out.get().add(b * image + p * channels + c) = src[c * pixels + p]
-                        };
-                    }
-                }
+            let n = BLOCK.min(pixels - p0);
+            // SAFETY: `channels x n` from pixel `p0` of image `b` is inside `src`, and its
+            // transpose inside this task's own rows of `dst` (both checked above).
+            unsafe {
+                let from = src.as_ptr().add(b * image + p0);
+                let to = out.get().add(b * image + p0 * channels);
+                transpose(from, pixels as isize, to, channels, channels, n);
             }
         }
     })?;

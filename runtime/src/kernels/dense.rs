@@ -32,6 +32,7 @@ use crate::arena::AlignedBuffer;
 use crate::kernels::activation::avx2;
 use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::gemm::{check_presented, plan_tiles, present, MatMut, MatRef};
+use crate::kernels::transpose::transpose;
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
@@ -53,19 +54,18 @@ impl PanelMatrix {
     /// Copies `src` (any strides) into panels.
     ///
     /// A weight stored `[n, k]` (a linear layer's, read as `Bᵀ`) has each column contiguous:
-    /// a panel is then its 16 columns interleaved, eight rows of eight at a time through an
-    /// AVX2 transpose (reads and writes both sequential; 4-5x the element-by-element copy
-    /// it replaced, which made packing most of ConvNeXt-T's compile time). A row-major
-    /// weight is copied 16 floats of a row at a time.
+    /// a panel is then its 16 columns transposed in 8x8 blocks (`transpose`; 4-5x the
+    /// element-by-element copy before, which made packing most of ConvNeXt-T's compile
+    /// time). Any other view is copied element by element.
     pub fn pack(src: MatRef<'_>) -> PanelMatrix {
         let (k, n) = (src.rows(), src.cols());
         if src.row_stride() == 1 {
-            // SAFETY: column `j` of the view is `k` contiguous elements, all inside the
-            // borrowed data (checked when the view was made).
-            let column = |j: usize| unsafe { std::slice::from_raw_parts(src.column_ptr(j), k) };
             return PanelMatrix::from_panel_columns(k, n, |j0, width, panel| {
-                let columns: [&[f32]; NR] = std::array::from_fn(|t| column(j0 + t.min(width - 1)));
-                interleave(&columns[..width], panel);
+                let (from, stride) = (src.column_ptr(j0), src.col_stride());
+                // SAFETY: columns `j0..j0 + width` of the view are `k` contiguous elements
+                // each, inside the borrowed data (checked when the view was made); the
+                // panel holds `k` rows of 16.
+                unsafe { transpose(from, stride, panel.as_mut_ptr(), NR, width, k) };
             });
         }
         PanelMatrix::from_panel_columns(k, n, |j0, width, panel| {
@@ -80,7 +80,7 @@ impl PanelMatrix {
     /// A `[k, n]` matrix whose column `j` `fill(j, column)` writes into a `k`-float buffer:
     /// for weights stored one output at a time (a convolution's `[C_out, C_in, kh, kw]`),
     /// re-ordered on the way without a full-size copy: 16 columns at a time into a scratch
-    /// `[16][k]`, then interleaved into their panel.
+    /// `[16][k]`, then transposed into their panel.
     pub(crate) fn from_columns(
         k: usize,
         n: usize,
@@ -91,9 +91,10 @@ impl PanelMatrix {
             for (t, column) in scratch.chunks_exact_mut(k).take(width).enumerate() {
                 fill(j0 + t, column);
             }
-            let columns: [&[f32]; NR] =
-                std::array::from_fn(|t| &scratch[t.min(width - 1) * k..][..k]);
-            interleave(&columns[..width], panel);
+            let from = scratch.as_ptr();
+            // SAFETY: `width` columns of `k` floats in scratch; the panel holds `k` rows of
+            // 16.
+            unsafe { transpose(from, k as isize, panel.as_mut_ptr(), NR, width, k) };
         })
     }
 
@@ -407,79 +408,6 @@ unsafe fn product<const R: usize>(
     let mut tile = [[_mm256_setzero_ps(); 2]; MR];
     tile[..R].copy_from_slice(&acc);
     tile
-}
-
-/// `panel[p][t] = columns[t][p]` for a panel of 16-float rows (columns past
-/// `columns.len()` untouched): a whole panel eight rows by eight columns at a time through
-/// an AVX2 transpose where the CPU has it, element by element otherwise.
-fn interleave(columns: &[&[f32]], panel: &mut [f32]) {
-    let k = panel.len() / NR;
-    debug_assert!(columns.len() <= NR && columns.iter().all(|c| c.len() == k));
-    #[cfg(target_arch = "x86_64")]
-    if columns.len() == NR && simd_available() {
-        // SAFETY: AVX2 is present; sixteen columns of `k` floats and a panel of `16 k`.
-        unsafe { interleave_avx2(columns, panel) };
-        return;
-    }
-    for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
-        for (d, column) in row.iter_mut().zip(columns) {
-            *d = column[p];
-        }
-    }
-}
-
-/// [`interleave`] of sixteen columns: each step transposes two 8x8 blocks (columns 0-7
-/// and 8-15 over eight rows) in registers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn interleave_avx2(columns: &[&[f32]], panel: &mut [f32]) {
-    let k = panel.len() / NR;
-    assert!(columns.len() == NR && columns.iter().all(|c| c.len() == k));
-    let out = panel.as_mut_ptr();
-    let whole = k / 8 * 8;
-    for p in (0..whole).step_by(8) {
-        for half in 0..2 {
-            // SAFETY (loads and stores): `p + 8 <= k`, every column holds `k` floats and
-            // the panel `16 k`; rows `p..p + 8`, columns `8 half..8 half + 8`.
-            let r: [__m256; 8] = std::array::from_fn(|i| unsafe {
-                _mm256_loadu_ps(columns[half * 8 + i].as_ptr().add(p))
-            });
-            let t0 = _mm256_unpacklo_ps(r[0], r[1]);
-            let t1 = _mm256_unpackhi_ps(r[0], r[1]);
-            let t2 = _mm256_unpacklo_ps(r[2], r[3]);
-            let t3 = _mm256_unpackhi_ps(r[2], r[3]);
-            let t4 = _mm256_unpacklo_ps(r[4], r[5]);
-            let t5 = _mm256_unpackhi_ps(r[4], r[5]);
-            let t6 = _mm256_unpacklo_ps(r[6], r[7]);
-            let t7 = _mm256_unpackhi_ps(r[6], r[7]);
-            let s0 = _mm256_shuffle_ps::<0x44>(t0, t2);
-            let s1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
-            let s2 = _mm256_shuffle_ps::<0x44>(t1, t3);
-            let s3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
-            let s4 = _mm256_shuffle_ps::<0x44>(t4, t6);
-            let s5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
-            let s6 = _mm256_shuffle_ps::<0x44>(t5, t7);
-            let s7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-            let rows = [
-                _mm256_permute2f128_ps::<0x20>(s0, s4),
-                _mm256_permute2f128_ps::<0x20>(s1, s5),
-                _mm256_permute2f128_ps::<0x20>(s2, s6),
-                _mm256_permute2f128_ps::<0x20>(s3, s7),
-                _mm256_permute2f128_ps::<0x31>(s0, s4),
-                _mm256_permute2f128_ps::<0x31>(s1, s5),
-                _mm256_permute2f128_ps::<0x31>(s2, s6),
-                _mm256_permute2f128_ps::<0x31>(s3, s7),
-            ];
-            for (i, row) in rows.into_iter().enumerate() {
-                unsafe { _mm256_storeu_ps(out.add((p + i) * NR + half * 8), row) };
-            }
-        }
-    }
-    for p in whole..k {
-        for (t, column) in columns.iter().enumerate() {
-            panel[p * NR + t] = column[p];
-        }
-    }
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ pub mod gemm;
 pub mod norm;
 mod pointwise;
 pub mod pool;
+mod transpose;
 mod winograd;
 
 use std::ffi::c_void;
