@@ -1521,6 +1521,12 @@ fn found_bugs_stay_fixed() {
         "bb 0.1;\nmodel m() {\n    input x: f32[1, 1, 2, 2];\n    \
          a = conv2d(concat([x, x], axis=1), out=4, k=1);\n    b = conv2d(x, out=4, k=1);\n    \
          param w: f32[1] = ones();\n    output y = a * w + upsample(b, size=(2, 2));\n}\n",
+        // A 1x1 convolution scaled on both sides defined its folded weight twice.
+        "bb 0.1;\nmodel m() {\n    input x: f32[1, 1, 2, 3];\n    \
+         v1 = sigmoid(full([1, 1, 1], value=0.3)) * 2.0 + 0.5;\n    \
+         v3 = conv2d(x * v1, out=4, k=1, s=1, pad=0, groups=1, bias=false);\n    \
+         param p4: f32[4, 1, 1] = fill(0.1);\n    v5 = v3 * p4;\n    output o0 = v5;\n    \
+         output o1 = silu(v5);\n}\n",
     ];
     for (seed, text) in cases.iter().enumerate() {
         if let Err(e) = check_program(text, seed as u64) {

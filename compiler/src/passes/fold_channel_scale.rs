@@ -12,7 +12,7 @@
 //! - the product `x * s` has no other reader and is not a graph output;
 //! - scaling the weight is cheaper: `C_out < N·H·W`.
 
-use super::fusion::{add_op, must_be_written};
+use super::fusion::{add_op, must_be_written, Names};
 use super::Pass;
 use crate::ir::{Graph, NodeKind, ValueId};
 use crate::ops::{Attr, Attrs, AttrsExt};
@@ -105,6 +105,8 @@ impl Pass for FoldChannelScale {
     }
 
     fn run(&self, graph: &mut Graph) -> bool {
+        // A convolution whose output scale was folded already has a `scaled_weight`.
+        let mut names = Names::of(graph);
         let mut changed = false;
         for conv in graph.topo_order() {
             let Some(Ok((mul, x, scale))) = scale_to_fold(graph, conv) else {
@@ -122,7 +124,7 @@ impl Pass for FoldChannelScale {
                 add_op(
                     graph,
                     conv,
-                    format!("{base}.input_scale"),
+                    names.fresh(&format!("{base}.input_scale")),
                     "reshape",
                     shape,
                     &[scale],
@@ -131,7 +133,7 @@ impl Pass for FoldChannelScale {
             let scaled = add_op(
                 graph,
                 conv,
-                format!("{base}.scaled_weight"),
+                names.fresh(&format!("{base}.scaled_weight")),
                 "mul",
                 Attrs::new(),
                 &[weight, scale4],
