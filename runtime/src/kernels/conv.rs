@@ -35,9 +35,9 @@
 //! AVX2 ([`ConvStrategy::Direct`]). **Subsample**: a strided 1x1 convolution (ResNet's
 //! downsampling shortcut) gathers the pixels it reads into scratch and runs the stride-1
 //! plan on them ([`ConvStrategy::Subsample`]); the transposes or im2col tiles of the whole
-//! input would copy four times as much at stride 2. An NCHW "patchify" layer (kernel no
-//! larger than its stride, unpadded: ConvNeXt's stem) gathers a plane per (channel, tap)
-//! the same way and runs as a 1x1 over them where that lands on the register kernel. **Channels-last**: the other NCHW
+//! input would copy four times as much at stride 2. An NCHW "patchify" stem (kernel no
+//! larger than its stride, unpadded, few channels: ConvNeXt's) gathers a plane per
+//! (channel, tap) the same way and runs as a 1x1 over them on the register kernel. **Channels-last**: the other NCHW
 //! convolutions with one group (stride-2 and 7x7-map 3x3s), and 1x1s on 7x7 maps, transpose
 //! their input to NHWC in scratch and run the NHWC plan, whose `col` tile needs no
 //! transposing; the dense kernel stores each block transposed straight into the NCHW output
@@ -343,14 +343,20 @@ impl ConvStrategy {
 
 /// Whether a patchwise `shape` runs gathered ([`ConvStrategy::Subsample`]): a strided 1x1
 /// always (the other plans would copy its whole input for a quarter of it at stride 2); a
-/// patchify layer where its gathered 1x1 runs on the register kernel in `pointwise`.
-/// Kernels benchmark, 2 threads, bias + ReLU, against the channels-last plan: ConvNeXt-T's
-/// 4x4/4 stem 0.29 -> 0.20 ms, ConvNeXt-atto's 0.20 -> 0.12, its 2x2/2 40->80 at 56x56
-/// 0.151 -> 0.136; gathered onto the `gemm` crate (192->384 at 28x28, 768 planes) or a 7x7
-/// map, 5-10% slower than channels-last.
+/// patchify layer when it is a stem (at most [`STEM_CHANNELS`] input channels) whose
+/// gathered 1x1 runs on the register kernel in `pointwise`. Kernels benchmark, 2 threads,
+/// bias + ReLU, against the channels-last plan: ConvNeXt-T's 4x4/4 stem 0.28 -> 0.20 ms,
+/// ConvNeXt-atto's 0.20 -> 0.12. With more channels channels-last, whose transposes go
+/// through registers, is 12-30% faster (ConvNeXt-T's 2x2/2 96->192 at 56x56 0.57 against
+/// 0.64 gathered, convnext_atto's 80->160 at 28x28 0.114 against 0.148).
 fn gathering_pays(shape: &Conv2dShape, out: [usize; 2]) -> bool {
-    shape.kernel == [1, 1] || register_kernel_suits(ConvStrategy::Direct1x1, &shape.gathered(out))
+    shape.kernel == [1, 1]
+        || (shape.in_channels <= STEM_CHANNELS
+            && register_kernel_suits(ConvStrategy::Direct1x1, &shape.gathered(out)))
 }
+
+/// Most input channels of a patchify layer that runs gathered: an image's.
+const STEM_CHANNELS: usize = 4;
 
 /// Whether the x86-64 register kernel of `strategy` ([`ConvStrategy::Direct1x1`] or
 /// [`ConvStrategy::Direct`]) computes `shape` on this CPU; never elsewhere.
