@@ -21,6 +21,7 @@ use std::arch::x86_64::*;
 use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{avx2, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{Conv2dShape, Layout};
+use crate::kernels::transpose::transpose8;
 
 /// Channels per task: one AVX2 vector.
 const LANES: usize = 8;
@@ -122,7 +123,7 @@ impl ChannelLanes {
             for (l, r) in rows.iter_mut().enumerate().take(nc) {
                 *r = _mm256_loadu_ps(planes[l * plane_in + q..][..LANES].as_ptr());
             }
-            for (j, v) in transpose(rows).into_iter().enumerate() {
+            for (j, v) in transpose8(rows).into_iter().enumerate() {
                 _mm256_storeu_ps(block[place(q + j)..][..LANES].as_mut_ptr(), v);
             }
         }
@@ -163,7 +164,7 @@ impl ChannelLanes {
             for (j, r) in rows.iter_mut().enumerate() {
                 *r = _mm256_loadu_ps(result[(p + j) * LANES..][..LANES].as_ptr());
             }
-            for (l, v) in transpose(rows).into_iter().enumerate().take(nc) {
+            for (l, v) in transpose8(rows).into_iter().enumerate().take(nc) {
                 _mm256_storeu_ps(dst(l).add(p), v);
             }
         }
@@ -258,52 +259,4 @@ unsafe fn pixels<const J: usize, A: Act>(a: &Args, p: usize) {
             avx2::activate::<A>(*acc, zero),
         );
     }
-}
-
-/// The 8x8 transpose of `r` (eight rows of eight): element `j` of row `i` becomes element `i`
-/// of row `j`.
-#[inline(always)]
-unsafe fn transpose(r: [__m256; LANES]) -> [__m256; LANES] {
-    let (t0, t1) = (
-        _mm256_unpacklo_ps(r[0], r[1]),
-        _mm256_unpackhi_ps(r[0], r[1]),
-    );
-    let (t2, t3) = (
-        _mm256_unpacklo_ps(r[2], r[3]),
-        _mm256_unpackhi_ps(r[2], r[3]),
-    );
-    let (t4, t5) = (
-        _mm256_unpacklo_ps(r[4], r[5]),
-        _mm256_unpackhi_ps(r[4], r[5]),
-    );
-    let (t6, t7) = (
-        _mm256_unpacklo_ps(r[6], r[7]),
-        _mm256_unpackhi_ps(r[6], r[7]),
-    );
-    let (s0, s1) = (
-        _mm256_shuffle_ps::<0x44>(t0, t2),
-        _mm256_shuffle_ps::<0xEE>(t0, t2),
-    );
-    let (s2, s3) = (
-        _mm256_shuffle_ps::<0x44>(t1, t3),
-        _mm256_shuffle_ps::<0xEE>(t1, t3),
-    );
-    let (s4, s5) = (
-        _mm256_shuffle_ps::<0x44>(t4, t6),
-        _mm256_shuffle_ps::<0xEE>(t4, t6),
-    );
-    let (s6, s7) = (
-        _mm256_shuffle_ps::<0x44>(t5, t7),
-        _mm256_shuffle_ps::<0xEE>(t5, t7),
-    );
-    [
-        _mm256_permute2f128_ps::<0x20>(s0, s4),
-        _mm256_permute2f128_ps::<0x20>(s1, s5),
-        _mm256_permute2f128_ps::<0x20>(s2, s6),
-        _mm256_permute2f128_ps::<0x20>(s3, s7),
-        _mm256_permute2f128_ps::<0x31>(s0, s4),
-        _mm256_permute2f128_ps::<0x31>(s1, s5),
-        _mm256_permute2f128_ps::<0x31>(s2, s6),
-        _mm256_permute2f128_ps::<0x31>(s3, s7),
-    ]
 }

@@ -1,6 +1,7 @@
 //! Matrix transposes in 8x8 register blocks: the weight packing that interleaves a linear
-//! layer's rows into column panels, and the NCHW -> NHWC copy of the channels-last
-//! convolutions.
+//! layer's rows into column panels, the NCHW -> NHWC copy of the channels-last
+//! convolutions, and (the register transpose alone) the small-map depthwise kernel's
+//! channel lanes.
 //!
 //! Where the CPU has AVX2, each 8x8 block is eight row loads, the 24 shuffles of the
 //! standard unpack / shuffle / lane-permute transpose, and eight row stores, so both sides
@@ -68,11 +69,12 @@ unsafe fn blocks_avx2(
     }
 }
 
-/// The transpose of the 8x8 matrix whose rows are `r`.
+/// The transpose of the 8x8 matrix whose rows are `r`: element `j` of row `i` becomes
+/// element `i` of row `j`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 #[inline]
-fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+pub(crate) fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
     let t0 = _mm256_unpacklo_ps(r[0], r[1]);
     let t1 = _mm256_unpackhi_ps(r[0], r[1]);
     let t2 = _mm256_unpacklo_ps(r[2], r[3]);
