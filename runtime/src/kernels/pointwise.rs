@@ -9,8 +9,7 @@
 //! Why not the `gemm` crate, as the other convolutions do: many of the layers this kernel
 //! takes have few input channels (EfficientNet's expanding convolutions have 16 to 192),
 //! where each call's packing and set-up weigh on a short reduction, and a GEMM tile's
-//! epilogue re-reads
-//! the finished tile from cache. Here a bias and a native activation
+//! epilogue re-reads the finished tile from cache. Here a bias and a native activation
 //! ([`Epilogue::activation`]) are applied to the accumulators before the one store, so the
 //! output is written once and never read back; any other epilogue runs on each finished
 //! strip of 256 pixels of a task's channels, while the strip is in cache.
