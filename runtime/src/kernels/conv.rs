@@ -300,7 +300,8 @@ pub enum ConvStrategy {
     /// (no im2col), applying a bias and a native activation before its one store.
     Direct,
     /// Unpadded with a stride above 1 and windows that do not overlap (a strided 1x1; in
-    /// NCHW also a kernel no larger than its stride, a "patchify" layer): the pixels it reads
+    /// NCHW also a kernel no larger than its stride, a "patchify" layer, which
+    /// [`ConvStrategy::of`] picks this for only in a stem): the pixels it reads
     /// gathered into scratch, a plane per (channel, kernel tap), then the stride-1 1x1 plan
     /// ([`ConvStrategy::Direct1x1`], [`ConvStrategy::Pointwise`] or, on a 7x7 map,
     /// [`ConvStrategy::ChannelsLast`]) of the gathered input.

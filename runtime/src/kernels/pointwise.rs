@@ -258,9 +258,8 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
         // the next: the block's weights for the task's channels stay in L2 across the
         // strip's pixel blocks, and each pixel block's input (16 KiB) in L1 across them.
         for (i, k0) in (0..k).step_by(K_BLOCK).enumerate() {
-            let reduction = k0..(k0 + K_BLOCK).min(k);
+            let (reduction, part) = (k0..(k0 + K_BLOCK).min(k), Part::of(i, parts));
             for p in (strip..strip_end).step_by(NR) {
-                let part = Part::of(i, parts);
                 panel::<A>(&t, x_img, out_img, p, strip_end, reduction.clone(), part);
             }
         }
