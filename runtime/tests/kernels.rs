@@ -6,6 +6,7 @@ use std::ffi::c_void;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bbc_runtime::kernels::activation::{simd_available, Activation};
+use bbc_runtime::kernels::isa;
 use bbc_runtime::kernels::{
     gemm, gemm_serial, Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue,
     KernelError, Layout, MatMut, MatRef, Output, PackedMatrix, PanelMatrix, Tile,
@@ -25,6 +26,15 @@ fn random(len: usize, seed: u64) -> Vec<f32> {
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect()
+}
+
+/// Runs `f` once per build of the register kernels this CPU has: the AVX-512 one (the
+/// plans' default where the CPU has it), then the AVX2 one.
+fn for_each_build(mut f: impl FnMut()) {
+    if isa::wide_detected() {
+        f();
+    }
+    isa::with_avx2_only(f);
 }
 
 /// Asserts `got` matches `want`, with a tolerance scaled by each element's
@@ -876,10 +886,12 @@ fn direct_conv_matches_the_reference() {
         strided(shape(3, [1, 6], [6, 5], [2, 2], 1), [2, 2], [1, 0]),
         strided(shape(1, [3, 32], [64, 64], [3, 3], 1), [2, 2], [1, 1]),
     ];
-    for s in cases {
-        check_conv_with(s, &pools, ConvStrategy::Direct, Some(ConvStrategy::Direct));
-        check_activation_epilogue(s, &pools);
-    }
+    for_each_build(|| {
+        for s in cases {
+            check_conv_with(s, &pools, ConvStrategy::Direct, Some(ConvStrategy::Direct));
+            check_activation_epilogue(s, &pools);
+        }
+    });
 }
 
 /// The channels-last plan of NCHW convolutions against the f64 reference: strides,
@@ -971,15 +983,17 @@ fn strided_1x1_convs_run_the_stride_1_plan_on_gathered_pixels() {
             [1, 1],
         ),
     ];
-    for s in cases {
-        assert_eq!(
-            ConvStrategy::of(&s).unwrap(),
-            ConvStrategy::Subsample,
-            "{s:?}"
-        );
-        check_conv(s, &pools, ConvStrategy::Subsample);
-        check_activation_epilogue(s, &pools);
-    }
+    for_each_build(|| {
+        for s in cases {
+            assert_eq!(
+                ConvStrategy::of(&s).unwrap(),
+                ConvStrategy::Subsample,
+                "{s:?}"
+            );
+            check_conv(s, &pools, ConvStrategy::Subsample);
+            check_activation_epilogue(s, &pools);
+        }
+    });
     // Padded 1x1s and 1x1 depthwise convolutions keep their plans.
     let padded = geometry(shape(1, [4, 4], [5, 5], [1, 1], 1), [2, 2], [1, 1], [1, 1]);
     assert_ne!(ConvStrategy::of(&padded).unwrap(), ConvStrategy::Subsample);
@@ -1025,15 +1039,17 @@ fn patchify_convs_run_a_1x1_plan_on_gathered_planes() {
             [1, 1],
         ),
     ];
-    for s in cases {
-        assert_eq!(
-            ConvStrategy::of(&s).unwrap(),
-            ConvStrategy::Subsample,
-            "{s:?}"
-        );
-        check_conv(s, &pools, ConvStrategy::Subsample);
-        check_activation_epilogue(s, &pools);
-    }
+    for_each_build(|| {
+        for s in cases {
+            assert_eq!(
+                ConvStrategy::of(&s).unwrap(),
+                ConvStrategy::Subsample,
+                "{s:?}"
+            );
+            check_conv(s, &pools, ConvStrategy::Subsample);
+            check_activation_epilogue(s, &pools);
+        }
+    });
     let grouped = geometry(
         shape(1, [8, 6], [20, 20], [2, 2], 2),
         [2, 2],
@@ -1108,14 +1124,19 @@ fn direct_1x1_conv_matches_the_reference() {
         shape(1, [300, 13], [13, 11], [1, 1], 1),
         shape(2, [512, 100], [12, 12], [1, 1], 1),
     ];
-    for s in cases {
+    for_each_build(|| check_direct_1x1(&cases, &pools));
+}
+
+/// [`direct_1x1_conv_matches_the_reference`] on the build the plans pick.
+fn check_direct_1x1(cases: &[Conv2dShape], pools: &[ThreadPool]) {
+    for &s in cases {
         check_conv_with(
             s,
-            &pools,
+            pools,
             ConvStrategy::Direct1x1,
             Some(ConvStrategy::Direct1x1),
         );
-        check_activation_epilogue(s, &pools);
+        check_activation_epilogue(s, pools);
         // A bias that is not one per channel is refused, not read past.
         let conv = Conv2d::new(s, &random(s.out_channels * s.in_channels, 1), 1).unwrap();
         let input = random(conv.input_len(), 2);

@@ -16,9 +16,12 @@
 //! dropped columns. Any other epilogue runs on each finished chunk of a task's output rows
 //! (about 64 KiB) while it is in cache.
 
+use std::arch::x86_64::{__m256, __m512};
+
 use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
+use crate::kernels::isa::{wide_available, Row16};
 use crate::kernels::pointwise::{tile, Part, MR, NR};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
@@ -52,6 +55,8 @@ pub(crate) struct DirectConv {
     row_split: Split,
     channel_split: Split,
     serial: bool,
+    /// The AVX-512 build of the tiles ([`Row16`]).
+    wide: bool,
 }
 
 impl DirectConv {
@@ -130,6 +135,7 @@ impl DirectConv {
             row_split: Split::new(out_size[0], 1, rows),
             channel_split: Split::new(cout, MR, ch),
             serial,
+            wide: wide_available(),
         })
     }
 
@@ -281,17 +287,43 @@ struct TaskRun<'a> {
 impl WithAct for TaskRun<'_> {
     type Output = ();
     fn call<A: Act>(self) {
-        // SAFETY: `DirectConv::suits` checked AVX2 and FMA; `run` checked the buffers.
-        unsafe { task::<A>(&self) }
+        // SAFETY: `DirectConv::suits` checked AVX2 and FMA, `wide_available` AVX-512F for
+        // the wide build; `run` checked the buffers.
+        unsafe {
+            if self.conv.wide {
+                task_avx512::<A>(&self)
+            } else {
+                task_avx2::<A>(&self)
+            }
+        }
     }
 }
 
-/// Every register tile of one task.
+/// [`task`] on AVX2 registers.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `t.out` holds the output, of which this task owns its block.
+/// As for [`task`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn task<A: Act>(t: &TaskRun<'_>) {
+unsafe fn task_avx2<A: Act>(t: &TaskRun<'_>) {
+    task::<A, [__m256; 2]>(t)
+}
+
+/// [`task`] on AVX-512 registers.
+///
+/// # Safety
+/// As for [`task`], and the CPU has AVX-512F.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn task_avx512<A: Act>(t: &TaskRun<'_>) {
+    task::<A, __m512>(t)
+}
+
+/// Every register tile of one task, on rows of 16 floats `R`.
+///
+/// # Safety
+/// The CPU has `R`'s instructions (the caller is built for them); `t.out` holds the
+/// output, of which this task owns its block.
+#[inline(always)]
+unsafe fn task<A: Act, R: Row16>(t: &TaskRun<'_>) {
     let c = t.conv;
     let [out_h, out_w] = c.out_size;
     // Chunks of output rows whose block of the task's channels (about 64 KiB) is still in
@@ -300,7 +332,7 @@ unsafe fn task<A: Act>(t: &TaskRun<'_>) {
     let mut oy = t.rows.start;
     while oy < t.rows.end {
         let end = (oy + chunk).min(t.rows.end);
-        chunk_rows::<A>(t, oy..end);
+        chunk_rows::<A, R>(t, oy..end);
         if let Some(e) = t.after {
             let row0 = t.b * c.out_channels + t.channels.start;
             let cols = (end - oy) * out_w;
@@ -321,8 +353,8 @@ unsafe fn task<A: Act>(t: &TaskRun<'_>) {
 ///
 /// # Safety
 /// As for [`task`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
+#[inline(always)]
+unsafe fn chunk_rows<A: Act, R: Row16>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
     let c = t.conv;
     let [out_h, out_w] = c.out_size;
     let grid = rows.start * c.wq..rows.end * c.wq;
@@ -343,7 +375,7 @@ unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
             if rows == MR && n == NR && ox + NR <= out_w {
                 // All 16 are output pixels of one row: stored from the registers.
                 let dst = out_img.add(co * out_h * out_w + oy * out_w + ox);
-                tile::<A>(
+                tile::<A, R>(
                     c.taps.iter().map(|&o| x.add(o)),
                     w,
                     dst,
@@ -356,7 +388,7 @@ unsafe fn chunk_rows<A: Act>(t: &TaskRun<'_>, rows: std::ops::Range<usize>) {
             }
             let mut buf = [0.0f32; MR * NR];
             let taps = c.taps.iter().map(|&o| x.add(o));
-            tile::<A>(taps, w, buf.as_mut_ptr(), NR, &bias, None, Part::WHOLE);
+            tile::<A, R>(taps, w, buf.as_mut_ptr(), NR, &bias, None, Part::WHOLE);
             // The tile's grid pixels as runs of output pixels within a row (the grid's
             // columns from `out_w` on are dropped).
             let (mut oy, mut ox, mut j) = (oy, ox, 0);

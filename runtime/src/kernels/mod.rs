@@ -65,6 +65,7 @@ mod depthwise_lanes;
 #[cfg(target_arch = "x86_64")]
 mod direct;
 pub mod gemm;
+pub mod isa;
 #[cfg(target_arch = "x86_64")]
 pub mod norm;
 mod pointwise;

@@ -29,6 +29,7 @@ use std::arch::x86_64::*;
 use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
+use crate::kernels::isa::{wide_available, Row16};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
@@ -73,6 +74,8 @@ pub(crate) struct PointwiseConv {
     pixel_split: Split,
     channel_split: Split,
     serial: bool,
+    /// The AVX-512 build of the tiles ([`Row16`]).
+    wide: bool,
 }
 
 impl PointwiseConv {
@@ -124,6 +127,7 @@ impl PointwiseConv {
             pixel_split: Split::new(pixels, NR, px),
             channel_split: Split::new(cout, MR, ch),
             serial,
+            wide: wide_available(),
         })
     }
 
@@ -233,18 +237,44 @@ impl TaskRun<'_> {
 impl WithAct for TaskRun<'_> {
     type Output = ();
     fn call<A: Act>(self) {
-        // SAFETY: `PointwiseConv::suits` checked AVX2 and FMA; `run` checked the buffers.
-        unsafe { task::<A>(self) }
+        // SAFETY: `PointwiseConv::suits` checked AVX2 and FMA, `wide_available` AVX-512F
+        // for the wide build; `run` checked the buffers.
+        unsafe {
+            if self.conv.wide {
+                task_avx512::<A>(self)
+            } else {
+                task_avx2::<A>(self)
+            }
+        }
     }
 }
 
-/// Every register tile of one task.
+/// [`task`] on AVX2 registers.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `t.x` holds the input, `t.out` the output (of which this task
-/// owns `t.block`), `t.panel` `K * 16` floats when the image ends on a partial pixel block.
+/// As for [`task`].
 #[target_feature(enable = "avx2,fma")]
-unsafe fn task<A: Act>(t: TaskRun<'_>) {
+unsafe fn task_avx2<A: Act>(t: TaskRun<'_>) {
+    task::<A, [__m256; 2]>(t)
+}
+
+/// [`task`] on AVX-512 registers.
+///
+/// # Safety
+/// As for [`task`], and the CPU has AVX-512F.
+#[target_feature(enable = "avx512f,avx2,fma")]
+unsafe fn task_avx512<A: Act>(t: TaskRun<'_>) {
+    task::<A, __m512>(t)
+}
+
+/// Every register tile of one task, on rows of 16 floats `R`.
+///
+/// # Safety
+/// The CPU has `R`'s instructions (the caller is built for them); `t.x` holds the input,
+/// `t.out` the output (of which this task owns `t.block`), `t.panel` `K * 16` floats when
+/// the image ends on a partial pixel block.
+#[inline(always)]
+unsafe fn task<A: Act, R: Row16>(t: TaskRun<'_>) {
     let c = t.conv;
     let k = c.in_channels;
     let x_img = t.x.add(t.block.b * k * c.pixels);
@@ -260,7 +290,7 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
         for (i, k0) in (0..k).step_by(K_BLOCK).enumerate() {
             let (reduction, part) = (k0..(k0 + K_BLOCK).min(k), Part::of(i, parts));
             for p in (strip..strip_end).step_by(NR) {
-                panel::<A>(&t, x_img, out_img, p, strip_end, reduction.clone(), part);
+                panel::<A, R>(&t, x_img, out_img, p, strip_end, reduction.clone(), part);
             }
         }
         t.finish(strip..strip_end);
@@ -272,8 +302,8 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
 ///
 /// # Safety
 /// As for [`task`].
-#[target_feature(enable = "avx2,fma")]
-unsafe fn panel<A: Act>(
+#[inline(always)]
+unsafe fn panel<A: Act, R: Row16>(
     t: &TaskRun<'_>,
     x_img: *const f32,
     out_img: *mut f32,
@@ -296,8 +326,7 @@ unsafe fn panel<A: Act>(
             let src = x_img.add(ci * c.pixels + p);
             let dst = t.panel.add((ci - k0) * NR);
             if width == NR {
-                _mm256_storeu_ps(dst, _mm256_loadu_ps(src));
-                _mm256_storeu_ps(dst.add(8), _mm256_loadu_ps(src.add(8)));
+                R::load(src).store(dst);
             } else {
                 std::ptr::copy_nonoverlapping(src, dst, width);
                 std::ptr::write_bytes(dst.add(width), 0, NR - width);
@@ -329,7 +358,7 @@ unsafe fn panel<A: Act>(
         let dst = out_img.add(co * c.pixels + p);
         if rows == MR && width == NR {
             let residual = t.residual.map(|r| (r.as_ptr().add(at), c.pixels));
-            tile::<A>(channels(), w, dst, c.pixels, &bias, residual, part);
+            tile::<A, R>(channels(), w, dst, c.pixels, &bias, residual, part);
         } else {
             // A partial block goes through a register-sized buffer (its partial sums
             // read into it first, its residual into another), so nothing past the
@@ -347,7 +376,7 @@ unsafe fn panel<A: Act>(
                 }
             }
             let residual = t.residual.map(|_| (shortcut.as_ptr(), NR));
-            tile::<A>(channels(), w, buf.as_mut_ptr(), NR, &bias, residual, part);
+            tile::<A, R>(channels(), w, buf.as_mut_ptr(), NR, &bias, residual, part);
             for r in 0..rows {
                 std::ptr::copy_nonoverlapping(
                     buf.as_ptr().add(r * NR),
@@ -387,17 +416,18 @@ impl Part {
 
 /// `out[r][0..16] = act((Σ_t w[t][r] · rows[t][0..16] + bias[r]) + residual[r][0..16])`
 /// for the 6 rows `r`, without the residual where there is none: the register tile this
-/// kernel and the direct one (`direct`, whose rows are its taps) share. With a reduction
-/// split in blocks ([`Part`]), a block after the first adds to the partial sums in `out`
-/// and one before the last stores its sums as they are.
+/// kernel and the direct one (`direct`, whose rows are its taps) share, on rows of 16
+/// floats `R` (two AVX2 registers or one AVX-512 register). With a reduction split in
+/// blocks ([`Part`]), a block after the first adds to the partial sums in `out` and one
+/// before the last stores its sums as they are.
 ///
 /// # Safety
-/// AVX2 and FMA are present; `w` holds 6 floats per row of `rows`, each row 16 floats,
-/// `out` 6 rows of 16 at stride `ldc`, a residual `(start, stride)` 6 rows of 16 (it may be
-/// `out` itself when `part` is the whole reduction).
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-pub(super) unsafe fn tile<A: Act>(
+/// The CPU has `R`'s instructions (the caller is built for them); `w` holds 6 floats per
+/// row of `rows`, each row 16 floats, `out` 6 rows of 16 at stride `ldc`, a residual
+/// `(start, stride)` 6 rows of 16 (it may be `out` itself when `part` is the whole
+/// reduction).
+#[inline(always)]
+pub(super) unsafe fn tile<A: Act, R: Row16>(
     rows: impl Iterator<Item = *const f32>,
     w: *const f32,
     out: *mut f32,
@@ -406,43 +436,36 @@ pub(super) unsafe fn tile<A: Act>(
     residual: Option<(*const f32, usize)>,
     part: Part,
 ) {
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+    let mut acc = [R::zero(); MR];
     if !part.first {
         for (r, acc) in acc.iter_mut().enumerate() {
-            let row = out.add(r * ldc);
-            *acc = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
+            *acc = R::load(out.add(r * ldc));
         }
     }
     for (t, row) in rows.enumerate() {
-        let (x0, x1) = (_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8)));
+        let x = R::load(row);
         let wr = w.add(t * MR);
         for (r, acc) in acc.iter_mut().enumerate() {
-            let wv = _mm256_broadcast_ss(&*wr.add(r));
-            acc[0] = _mm256_fmadd_ps(wv, x0, acc[0]);
-            acc[1] = _mm256_fmadd_ps(wv, x1, acc[1]);
+            *acc = acc.mul_add_scalar(wr.add(r), x);
         }
     }
     if !part.last {
         for (r, acc) in acc.iter().enumerate() {
-            let row = out.add(r * ldc);
-            _mm256_storeu_ps(row, acc[0]);
-            _mm256_storeu_ps(row.add(8), acc[1]);
+            acc.store(out.add(r * ldc));
         }
         return;
     }
     for (r, acc) in acc.iter().enumerate() {
         let b = _mm256_set1_ps(bias[r]);
         let dst = out.add(r * ldc);
+        let [lo, hi] = acc.halves();
         let (lo, hi) = match residual {
-            None => (
-                avx2::activate::<A>(acc[0], b),
-                avx2::activate::<A>(acc[1], b),
-            ),
+            None => (avx2::activate::<A>(lo, b), avx2::activate::<A>(hi, b)),
             Some((res, ld)) => {
                 let res = res.add(r * ld);
                 let zero = _mm256_setzero_ps();
-                let lo = _mm256_add_ps(_mm256_add_ps(acc[0], b), _mm256_loadu_ps(res));
-                let hi = _mm256_add_ps(_mm256_add_ps(acc[1], b), _mm256_loadu_ps(res.add(8)));
+                let lo = _mm256_add_ps(_mm256_add_ps(lo, b), _mm256_loadu_ps(res));
+                let hi = _mm256_add_ps(_mm256_add_ps(hi, b), _mm256_loadu_ps(res.add(8)));
                 (avx2::activate::<A>(lo, zero), avx2::activate::<A>(hi, zero))
             }
         };
