@@ -1527,6 +1527,12 @@ fn found_bugs_stay_fixed() {
          v3 = conv2d(x * v1, out=4, k=1, s=1, pad=0, groups=1, bias=false);\n    \
          param p4: f32[4, 1, 1] = fill(0.1);\n    v5 = v3 * p4;\n    output o0 = v5;\n    \
          output o1 = silu(v5);\n}\n",
+        // Two batch norms folded into one convolution defined their values twice; so did
+        // one whose folded names a scope of the spec had already taken.
+        "bb 0.1;\nmodel m() {\n    input x: f32[1, 2, 5, 5];\n    c = conv2d(x, out=4, k=3, pad=1);\n    \
+         b1 = batch_norm2d(c);\n    output y = batch_norm2d(b1);\n}\n",
+        "bb 0.1;\nmodel m() {\n    input x: f32[1, 4, 5, 5];\n    c = conv2d(x, out=4, k=3, pad=1);\n    \
+         b = batch_norm2d(c);\n    scope \"c\" {\n        bn_scale = relu(x);\n    }\n    output y = b + bn_scale;\n}\n",
     ];
     for (seed, text) in cases.iter().enumerate() {
         if let Err(e) = check_program(text, seed as u64) {

@@ -5,7 +5,7 @@
 //! weight values and the interpreter checks it like any other rewrite. Fires only when the
 //! convolution has no other user and is not a graph output.
 
-use super::fusion::{add_op, must_be_written};
+use super::fusion::{add_op, must_be_written, Names};
 use super::Pass;
 use crate::ir::{Graph, NodeKind, ValueId};
 use crate::ops::{Attr, Attrs, AttrsExt};
@@ -57,6 +57,7 @@ impl Pass for FoldBatchNorm {
 
     fn run(&self, graph: &mut Graph) -> bool {
         let mut changed = false;
+        let mut names = Names::of(graph);
         for bn in graph.topo_order() {
             if graph.node(bn).op().map(|o| o.name) != Some("batch_norm2d") {
                 continue;
@@ -77,7 +78,9 @@ impl Pass for FoldBatchNorm {
             let (w, b) = (conv_inputs[1], conv_inputs.get(2).copied());
             let out = graph.node(w).shape[0] as i64;
             let base = graph.node(conv).name.clone();
-            let n = |suffix: &str| format!("{base}.bn_{suffix}");
+            // Fresh names: a second batch norm folded into the same convolution, or a value
+            // the spec itself named like these, must not be defined twice.
+            let mut n = |suffix: &str| names.fresh(&format!("{base}.bn_{suffix}"));
 
             let eps_node = scalar(graph, bn, n("eps"), eps);
             let var_eps = add_op(

@@ -20,7 +20,7 @@
 //! Only ungrouped, undilated convolutions fold: a group would see a subset of the bands, and
 //! a dilated kernel over the bands is not one dense kernel over `x`.
 
-use super::fusion::add_op;
+use super::fusion::{add_op, fresh_name};
 use super::Pass;
 use crate::ir::{Graph, NodeKind, ValueId};
 use crate::ops::{self, Attr, Attrs, AttrsExt};
@@ -170,11 +170,7 @@ fn fold(graph: &mut Graph, site: &Site) {
     let conv = site.conv;
     let weight = graph.inputs(conv)[1];
     let x = graph.inputs(site.dwt)[0];
-    let base = format!("{}.haar_weight", graph.node(conv).name);
-    let name = std::iter::once(base.clone())
-        .chain((1..).map(|i| format!("{base}_{i}")))
-        .find(|n| graph.find(n).is_none())
-        .expect("some suffix is free");
+    let name = fresh_name(graph, &format!("{}.haar_weight", graph.node(conv).name));
     let folded = add_op(graph, conv, name, "haar_idwt", Attrs::new(), &[weight]);
 
     if let NodeKind::Op { attrs, .. } = &mut graph.nodes[conv].kind {
