@@ -262,6 +262,39 @@ fn plane_means_match_the_interpreter() {
     }
 }
 
+/// Zero-size tensors (an empty slice) compile and run: an empty output, an activation of
+/// one, a concatenation with one, and a sum over an empty axis, which is zero, as PyTorch
+/// gives it (+0), in the executable and the interpreter alike.
+#[test]
+fn zero_size_tensors_compile_and_run() {
+    let source = "bb 0.1;\nmodel empty() {\n    input x: f32[1, 3, 6, 5];\n    \
+                  e = slice(x, axis=2, start=4, end=2);\n    \
+                  output ya = e;\n    output yb = relu(e);\n    \
+                  output yc = concat([x, e], axis=2) * 2.0;\n    \
+                  output yd = sum(slice(x, axis=2, start=4, end=4), axes=[2]);\n}\n";
+    let graph = elaborated("empty.bb", source);
+    let x = Rng::new(7).standard_normal_tensor(&[1, 3, 6, 5]);
+    let empty = Model {
+        label: "empty".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([("x".to_string(), x)]),
+        graph,
+    };
+    for n in [1, 2] {
+        check(&empty, &threads(n));
+    }
+    let reference = interp::run(&empty.graph, &empty.inputs, &empty.weights).expect("runs");
+    let mut exe = compile(&optimized(&empty.graph), &empty.weights, &threads(2)).expect("compiles");
+    let got = exe.run(&empty.inputs).expect("runs");
+    for outputs in [&reference, &got] {
+        assert_eq!(outputs["ya"].shape(), &[1, 3, 0, 5]);
+        assert_eq!(outputs["yb"].shape(), &[1, 3, 0, 5]);
+        let sums = &outputs["yd"];
+        assert_eq!(sums.shape(), &[1, 3, 5]);
+        assert!(sums.iter().all(|v| v.to_bits() == 0), "{sums:?}");
+    }
+}
+
 /// One step per kernel `bbc stats` counts (two for a group split around its depthwise
 /// convolution); weights folded at load time are not steps; nodes without a kernel are
 /// reported as fallbacks and still compute the right values.

@@ -31,7 +31,8 @@ pub static OPS: &[OpDef] = &[
     reduction!(
         "sum",
         "Sum over `axes`.",
-        |v| v.iter().map(|&e| f64::from(e)).sum::<f64>() as f32
+        // From +0: an empty sum is 0 as in PyTorch (`Iterator::sum` starts from -0).
+        |v| v.iter().fold(0.0, |s, &e| s + f64::from(e)) as f32
     ),
     reduction!("mean", "Mean over `axes`.", |v| {
         (v.iter().map(|&e| f64::from(e)).sum::<f64>() / v.len() as f64) as f32

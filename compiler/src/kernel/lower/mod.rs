@@ -380,6 +380,11 @@ pub(crate) fn flatten(idx: &[Index], shape: &[usize]) -> Index {
 /// The multi-index into `shape` of a flat row-major index, innermost axis first peeled off.
 pub(crate) fn unflatten(flat: &Index, shape: &[usize]) -> Vec<Index> {
     let mut out = vec![Index::Const(0); shape.len()];
+    if shape.contains(&0) {
+        // An empty shape has no element to index (its loop runs no iteration); the
+        // remainders below would divide by its zero extent.
+        return out;
+    }
     let mut rest = flat.clone();
     for (i, &n) in shape.iter().enumerate().rev() {
         if i == 0 {
