@@ -262,16 +262,17 @@ fn plane_means_match_the_interpreter() {
     }
 }
 
-/// Zero-size tensors (an empty slice) compile and run: an empty output, an activation of
-/// one, a concatenation with one, and a sum over an empty axis, which is zero, as PyTorch
-/// gives it (+0), in the executable and the interpreter alike.
+/// Zero-size tensors (an empty slice, an empty part of a split) compile and run: an empty
+/// output, an activation of one, a concatenation with one, and a sum over an empty axis,
+/// which is zero, as PyTorch gives it (+0), in the executable and the interpreter alike.
 #[test]
 fn zero_size_tensors_compile_and_run() {
     let source = "bb 0.1;\nmodel empty() {\n    input x: f32[1, 3, 6, 5];\n    \
                   e = slice(x, axis=2, start=4, end=2);\n    \
                   output ya = e;\n    output yb = relu(e);\n    \
                   output yc = concat([x, e], axis=2) * 2.0;\n    \
-                  output yd = sum(slice(x, axis=2, start=4, end=4), axes=[2]);\n}\n";
+                  output yd = sum(slice(x, axis=2, start=4, end=4), axes=[2]);\n    \
+                  (p, q) = split(x, [0, 3], axis=1);\n    output ye = q + 1.0;\n}\n";
     let graph = elaborated("empty.bb", source);
     let x = Rng::new(7).standard_normal_tensor(&[1, 3, 6, 5]);
     let empty = Model {
@@ -292,6 +293,7 @@ fn zero_size_tensors_compile_and_run() {
         let sums = &outputs["yd"];
         assert_eq!(sums.shape(), &[1, 3, 5]);
         assert!(sums.iter().all(|v| v.to_bits() == 0), "{sums:?}");
+        assert_eq!(outputs["ye"].shape(), &[1, 3, 6, 5]);
     }
 }
 

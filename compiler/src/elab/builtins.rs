@@ -476,14 +476,22 @@ pub fn call(
                 for v in &items {
                     sizes.push(e.expect_int(v, a.pos[1].span, "a split size")?);
                 }
-                if sizes.iter().any(|&s| s <= 0) || sizes.iter().sum::<i64>() != len {
+                // Empty parts are allowed, as in PyTorch: a slice may be empty.
+                let problem = if sizes.iter().any(|&s| s < 0) {
+                    Some(format!("`split`: sizes {sizes:?} include a negative one"))
+                } else if sizes.iter().sum::<i64>() != len {
+                    Some(format!(
+                        "`split`: sizes {sizes:?} do not add up to axis {axis} of size {len}"
+                    ))
+                } else {
+                    None
+                };
+                if let Some(message) = problem {
                     return Err(e.error(
                         Phase::Shape,
                         codes::SHAPE,
                         a.pos[1].span,
-                        format!(
-                            "`split`: sizes {sizes:?} do not add up to axis {axis} of size {len}"
-                        ),
+                        message,
                         "here",
                     ));
                 }

@@ -1076,6 +1076,20 @@ impl<'s> Elab<'s> {
                         next += 1;
                     }
                     if next >= op.args.len() {
+                        // A number or list where a tensor slot is still open (`pow(x, 2.0)`)
+                        // is a wrong type, not one argument too many.
+                        let open_tensor = op.args.iter().zip(&slots).find(|(spec, slot)| {
+                            slot.is_none() && matches!(spec.ty, ArgType::Tensor | ArgType::Tensors)
+                        });
+                        if let (false, Some((spec, _))) = (is_tensor, open_tensor) {
+                            let want = match spec.ty {
+                                ArgType::Tensors => "a list of tensors",
+                                _ => "a tensor",
+                            };
+                            return Err(
+                                self.arg_type_error(op.name, spec.name, want, &a.value, a.span)
+                            );
+                        }
                         return Err(self.error(
                             Phase::Resolution,
                             codes::BAD_ARG,
