@@ -178,6 +178,10 @@ pub fn main(args: &BenchArgs) -> CliResult {
         (None, None) => (1, stats::stats(compiled.graph()).peak_bytes as usize, 0),
     };
 
+    // Which build of the CPU kernels ran (`BBC_CPU_ISA=avx2` caps it).
+    let cpu_kernels = compiled
+        .exec_stats()
+        .map(|_| bbc::runtime::kernels::isa::name());
     if args.json {
         let stage_ms: serde_json::Map<String, serde_json::Value> = stages
             .iter()
@@ -202,6 +206,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "peak_arena_bytes": arena,
             "fallback_nodes": fallbacks,
             "threads": if threads == 0 { serde_json::Value::Null } else { threads.into() },
+            "cpu_kernels": cpu_kernels,
             "runs": runs,
             "samples_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
         });
@@ -214,7 +219,13 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let mut out = String::new();
     let resources = match compiled.device_name() {
         Some(name) => name.to_string(),
-        None => format!("{threads} thread{}", if threads == 1 { "" } else { "s" }),
+        None => {
+            let plural = if threads == 1 { "" } else { "s" };
+            match cpu_kernels {
+                Some(isa) => format!("{threads} thread{plural} ({isa} kernels)"),
+                None => format!("{threads} thread{plural}"),
+            }
+        }
     };
     let _ = writeln!(
         out,

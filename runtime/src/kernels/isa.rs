@@ -46,6 +46,19 @@ pub fn wide_available() -> bool {
     })
 }
 
+/// The vector instructions the register kernels use here: `avx512` (16-lane tiles where a
+/// kernel gains from them, AVX2 elsewhere), `avx2` or `portable` (no AVX2 and FMA: the
+/// `gemm` crate and portable loops).
+pub fn name() -> &'static str {
+    if wide_available() {
+        "avx512"
+    } else if crate::kernels::activation::simd_available() {
+        "avx2"
+    } else {
+        "portable"
+    }
+}
+
 thread_local! {
     /// Set inside [`with_avx2_only`].
     static AVX2_ONLY: Cell<bool> = const { Cell::new(false) };
