@@ -640,8 +640,10 @@ fn bench_reports_latency_compile_stages_and_memory() {
         &["--runs", "3", "--threads", "2", "--profile", "3"],
     ]
     .concat());
+    let kernels = bbc::runtime::kernels::isa::name();
+    let resources = format!("on cpu, 2 threads ({kernels} kernels), 3 runs");
     for needle in [
-        "on cpu, 2 threads, 3 runs",
+        resources.as_str(),
         "compile",
         "jit",
         "median",
@@ -673,6 +675,7 @@ fn bench_reports_latency_compile_stages_and_memory() {
     assert!(number("peak_arena_bytes") > 0.0);
     assert_eq!(number("fallback_nodes"), 0.0);
     assert_eq!(number("threads"), 2.0);
+    assert_eq!(json["cpu_kernels"], kernels);
     let stages = json["compile_stages_ms"].as_object().expect("stages");
     for stage in ["lowering", "jit", "weights", "planning"] {
         assert!(stages[stage].as_f64().is_some(), "stage `{stage}`: {json}");
