@@ -1,24 +1,23 @@
 //! Which x86-64 vector instructions the register kernels use, and the 16-float row they share.
 //!
-//! The register kernels (`pointwise`, `direct`, `dense`) all accumulate tiles of rows of 16
-//! floats: `acc[r] += broadcast(s[r]) · x` per step. With AVX2 a row is two 8-lane
-//! registers and each step of a 6-row tile is two loads, six broadcasts and twelve
-//! multiply-adds. With AVX-512 a row is one 16-lane register, and the broadcast folds into
-//! the multiply-add as an embedded-broadcast memory operand: one load and six instructions
-//! for the same work. On Zen 4, which runs 512-bit instructions over its 256-bit units, the
-//! peak is the same either way (116 GFLOP/s per core measured for both), but a third of the
-//! instructions lets the out-of-order window cover the input's cache misses: in a
-//! stand-alone loop over a `[C, K]·[K, P]` product the same tile went from 60-84% of peak
-//! to 96-101% (K = 256 over 3136 pixels, K = 1024 over 192). [`Row16`] is that row, written
-//! once for both, so each kernel is one body compiled twice, behind `#[target_feature]`
-//! entry points chosen per plan.
-//!
-//! Measured per kernel, and used where it wins: the 1x1 and stem kernels (`pointwise`,
-//! `direct`) took 2-9% less time on EfficientNet's and ConvNeXt's 1x1 shapes, ResNet's
-//! 64->256 and 512->128 and the 7x7 stem (kernels benchmark, one thread, alternated runs);
-//! the linear layers' kernel (`dense`), whose broadcasts come from six rows of its left
-//! operand rather than one packed weight line, took 10-12% more on ConvNeXt-T's MLP shapes,
-//! so it stays on AVX2.
+//! The register kernels accumulate tiles of rows of 16 floats: `acc[r] += broadcast(s[r]) · x`
+//! per step. With AVX2 a row is two 8-lane registers and each step of a 6-row tile is two
+//! loads, six broadcasts and twelve multiply-adds. With AVX-512 a row is one 16-lane
+//! register, and the broadcast folds into the multiply-add as an embedded-broadcast memory
+//! operand: one load and six instructions for the same work. On Zen 4, which runs 512-bit
+//! instructions over its 256-bit units, the peak is the same either way (116 GFLOP/s per
+//! core measured for both), but fewer instructions leave more of the out-of-order window to
+//! cover cache misses: in an unblocked stand-alone loop over a `[C, K]·[K, P]` product the
+//! tile went from 60-84% of peak to 96-101% (K = 256 over 3136 pixels, K = 1024 over 192).
+//! The kernels themselves already block for the caches, so there the gain is smaller, and
+//! it was measured per kernel before use: the 1x1 and stem kernels (`pointwise`, and
+//! `direct`, which shares its tile) took 2-9% less time on EfficientNet's and ConvNeXt's 1x1
+//! shapes, ResNet's 64->256 and 512->128 and the 7x7 stem (kernels benchmark, one thread,
+//! alternated runs), so they have both builds; the linear layers' kernel (`dense`), whose
+//! broadcasts come from six rows of its left operand rather than one packed weight line,
+//! took 10-12% more on ConvNeXt-T's MLP shapes, so it stays AVX2. [`Row16`] is the row,
+//! written once for both: a kernel is one body compiled twice, behind `#[target_feature]`
+//! entry points, and each plan records its build when it is made.
 //!
 //! [`wide_available`] says whether the AVX-512 build runs: the CPU must report AVX-512F,
 //! and `BBC_CPU_ISA=avx2` in the environment caps the kernels at AVX2 (as oneDNN's

@@ -11,8 +11,11 @@
 //!   the input in place.
 //! - [`depthwise`]: direct depthwise convolution, vectorised over a row, or on small maps
 //!   over eight channels (`depthwise_lanes`).
-//! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 register
-//!   kernel that applies a bias and an activation ([`Epilogue::activation`]) before storing.
+//! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 (or AVX-512)
+//!   register kernel that applies a bias and an activation ([`Epilogue::activation`]) before
+//!   storing.
+//! - [`isa`]: which vector instructions the register kernels use (AVX-512 where it
+//!   measured faster, `BBC_CPU_ISA=avx2` to cap), and the 16-float row they are written over.
 //! - [`pool`]: max pooling over NCHW planes.
 //! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),

@@ -3,8 +3,9 @@
 //! `out[b, co, p] = Σ_ci w[co, ci] · x[b, ci, p]`: the input's channel rows already are the
 //! product's right operand, so nothing is copied per call. The register tile is 6 output
 //! channels by 16 pixels (12 accumulators, two input vectors and one broadcast weight in the
-//! 16 AVX2 registers); the weight is packed once at load time into blocks of 6 channels,
-//! `[block][ci][6]`, so one step's six broadcasts read consecutive floats.
+//! 16 AVX2 registers; on AVX-512 six accumulators, each broadcast folded into its
+//! multiply-add, see `isa`); the weight is packed once at load time into blocks of 6
+//! channels, `[block][ci][6]`, so one step's six broadcasts read consecutive floats.
 //!
 //! Why not the `gemm` crate, as the other convolutions do: many of the layers this kernel
 //! takes have few input channels (EfficientNet's expanding convolutions have 16 to 192),
