@@ -15,7 +15,7 @@
 //! shapes, ResNet's 64->256 and 512->128 and the 7x7 stem (kernels benchmark, one thread,
 //! alternated runs), so they have both builds; the linear layers' kernel (`dense`), whose
 //! broadcasts come from six rows of its left operand rather than one packed weight line,
-//! took 10-12% more on ConvNeXt-T's MLP shapes, so it stays AVX2. [`Row16`] is the row,
+//! took 10-12% more on ConvNeXt-T's MLP shapes, so it stays AVX2. `Row16` is the row,
 //! written once for both: a kernel is one body compiled twice, behind `#[target_feature]`
 //! entry points, and each plan records its build when it is made.
 //!
