@@ -424,8 +424,19 @@ class BbcCli:
             if p.returncode == 0 else []
 
 
+# Zoo families whose timm namesake is a different network: compared, they would fail the
+# checkpoint check, not measure anything.
+NOT_TIMM = {
+    "vgg": "bbc's vgg specs are torchvision's VGG (linear classifier `classifier.0/3/6`); "
+           "timm's vgg ends in a convolutional `pre_logits` and `head.fc`, another network",
+}
+
+
 def find_spec(bbc: BbcCli, name: str, override: dict[str, str]) -> str:
     """The spec defining model `name`: --spec, the known table, or a search of specs/."""
+    differs = next((why for family, why in NOT_TIMM.items() if name.startswith(family)), None)
+    if differs and name not in override:
+        raise BenchError(f"`{name}` cannot be compared with timm's: {differs}")
     if name in override:
         spec = override[name]
     elif name in KNOWN_SPECS:

@@ -1007,65 +1007,61 @@ fn multi_contraction_group_throughput() {
         flops,
         ATTENTION_TOL,
     );
-    // Res2Net-50 26w×4s, layer 1: four 26-channel inputs (one a slice) into 256, 56×56.
+    // `fuse-fff` forms its concat groups only for small products (at most 2^16
+    // multiply-adds), so the three shapes below are the models' at that size.
+    // Res2Net-style: four 6-channel inputs (one a slice) into 16, a residual and a ReLU.
     let res2net = "graph t {
-  input %x: f32[1, 104, 56, 56]
-  input %p: f32[1, 26, 56, 56]
-  input %q: f32[1, 26, 56, 56]
-  input %r: f32[1, 26, 56, 56]
-  input %h: f32[1, 256, 56, 56]
-  %sp = slice(%x) {axis=1, end=104, start=78, step=1}: f32[1, 26, 56, 56]
-  %cat = concat(%p, %q, %r, %sp) {axis=1}: f32[1, 104, 56, 56]
-  param %c.weight: f32[256, 104, 1, 1] = uniform(0.1)
-  param %c.bias: f32[256] = uniform(0.1)
-  %c = conv2d(%cat, %c.weight, %c.bias) {bias=true, dilation=[1, 1], groups=1, k=[1, 1], out=256, pad=[0, 0], s=[1, 1]}: f32[1, 256, 56, 56]
-  %res = add(%c, %h): f32[1, 256, 56, 56]
-  %y = relu(%res): f32[1, 256, 56, 56]
+  input %x: f32[1, 24, 12, 12]
+  input %p: f32[1, 6, 12, 12]
+  input %q: f32[1, 6, 12, 12]
+  input %r: f32[1, 6, 12, 12]
+  input %h: f32[1, 16, 12, 12]
+  %sp = slice(%x) {axis=1, end=24, start=18, step=1}: f32[1, 6, 12, 12]
+  %cat = concat(%p, %q, %r, %sp) {axis=1}: f32[1, 24, 12, 12]
+  param %c.weight: f32[16, 24, 1, 1] = uniform(0.1)
+  param %c.bias: f32[16] = uniform(0.1)
+  %c = conv2d(%cat, %c.weight, %c.bias) {bias=true, dilation=[1, 1], groups=1, k=[1, 1], out=16, pad=[0, 0], s=[1, 1]}: f32[1, 16, 12, 12]
+  %res = add(%c, %h): f32[1, 16, 12, 12]
+  %y = relu(%res): f32[1, 16, 12, 12]
   output %out = %y
 }
 ";
-    let flops = 2.0 * (104 * 256 * 56 * 56) as f64;
-    time_group("fff 1x1 4x26->256 56x56", res2net, "fff", flops, 1e-4);
-    // RDN-style local fusion: two 32-channel inputs, a padded 3x3 into 32, 48×48.
+    let flops = 2.0 * (24 * 16 * 12 * 12) as f64;
+    time_group("fff 1x1 4x6->16 12x12", res2net, "fff", flops, 1e-4);
+    // RDN-style local fusion: two 4-channel inputs, a padded 3x3 into 8, 10×10.
     let rdn = "graph t {
-  input %a: f32[1, 32, 48, 48]
-  input %b: f32[1, 32, 48, 48]
-  %cat = concat(%a, %b) {axis=1}: f32[1, 64, 48, 48]
-  param %c.weight: f32[32, 64, 3, 3] = uniform(0.05)
-  param %c.bias: f32[32] = uniform(0.05)
-  %c = conv2d(%cat, %c.weight, %c.bias) {bias=true, dilation=[1, 1], groups=1, k=[3, 3], out=32, pad=[1, 1], s=[1, 1]}: f32[1, 32, 48, 48]
-  %y = relu(%c): f32[1, 32, 48, 48]
+  input %a: f32[1, 4, 10, 10]
+  input %b: f32[1, 4, 10, 10]
+  %cat = concat(%a, %b) {axis=1}: f32[1, 8, 10, 10]
+  param %c.weight: f32[8, 8, 3, 3] = uniform(0.05)
+  param %c.bias: f32[8] = uniform(0.05)
+  %c = conv2d(%cat, %c.weight, %c.bias) {bias=true, dilation=[1, 1], groups=1, k=[3, 3], out=8, pad=[1, 1], s=[1, 1]}: f32[1, 8, 10, 10]
+  %y = relu(%c): f32[1, 8, 10, 10]
   output %out = %y
 }
 ";
-    let flops = 2.0 * (64 * 9 * 32 * 48 * 48) as f64;
-    time_group("fff 3x3 2x32->32 48x48", rdn, "fff", flops, 1e-4);
-    // DenseNet-121 transition 2: BatchNorm and ReLU over four 128-channel inputs, then a 1x1
-    // into 256, 28×28.
+    let flops = 2.0 * (8 * 9 * 8 * 10 * 10) as f64;
+    time_group("fff 3x3 2x4->8 10x10", rdn, "fff", flops, 1e-4);
+    // DenseNet-style transition: BatchNorm and ReLU over four 8-channel inputs, then a 1x1
+    // into 16, 8×8.
     let mut dense = String::from("graph t {\n");
     for i in 0..4 {
-        dense += &format!("  input %x{i}: f32[1, 128, 28, 28]\n");
+        dense += &format!("  input %x{i}: f32[1, 8, 8, 8]\n");
     }
-    dense += "  %cat = concat(%x0, %x1, %x2, %x3) {axis=1}: f32[1, 512, 28, 28]
-  param %n.weight: f32[512] = uniform(1.0)
-  param %n.bias: f32[512] = uniform(1.0)
-  param %n.running_mean: f32[512] = uniform(1.0)
-  param %n.running_var: f32[512] = ones
-  %n = batch_norm2d(%cat, %n.weight, %n.bias, %n.running_mean, %n.running_var) {eps=1e-5}: f32[1, 512, 28, 28]
-  %r = relu(%n): f32[1, 512, 28, 28]
-  param %c.weight: f32[256, 512, 1, 1] = uniform(0.05)
-  %y = conv2d(%r, %c.weight) {bias=false, dilation=[1, 1], groups=1, k=[1, 1], out=256, pad=[0, 0], s=[1, 1]}: f32[1, 256, 28, 28]
+    dense += "  %cat = concat(%x0, %x1, %x2, %x3) {axis=1}: f32[1, 32, 8, 8]
+  param %n.weight: f32[32] = uniform(1.0)
+  param %n.bias: f32[32] = uniform(1.0)
+  param %n.running_mean: f32[32] = uniform(1.0)
+  param %n.running_var: f32[32] = ones
+  %n = batch_norm2d(%cat, %n.weight, %n.bias, %n.running_mean, %n.running_var) {eps=1e-5}: f32[1, 32, 8, 8]
+  %r = relu(%n): f32[1, 32, 8, 8]
+  param %c.weight: f32[16, 32, 1, 1] = uniform(0.05)
+  %y = conv2d(%r, %c.weight) {bias=false, dilation=[1, 1], groups=1, k=[1, 1], out=16, pad=[0, 0], s=[1, 1]}: f32[1, 16, 8, 8]
   output %out = %y
 }
 ";
-    let flops = 2.0 * (512 * 256 * 28 * 28) as f64;
-    time_group(
-        "fff bn+relu+1x1 4x128->256 28x28",
-        &dense,
-        "fff",
-        flops,
-        1e-4,
-    );
+    let flops = 2.0 * (32 * 16 * 8 * 8) as f64;
+    time_group("fff bn+relu+1x1 4x8->16 8x8", &dense, "fff", flops, 1e-4);
 }
 
 /// The epilogue of a 1x1 convolution `24 -> rows` over a `side × side` map followed by
