@@ -297,6 +297,35 @@ fn zero_size_tensors_compile_and_run() {
     }
 }
 
+/// A chain of 1500 elementwise ops compiles and runs on a thread with a 2 MiB stack (an
+/// embedding program's): fusion cuts it into groups of bounded length, where one group's
+/// nested expression overflowed the stack.
+#[test]
+fn long_elementwise_chains_compile_on_a_small_stack() {
+    let mut source =
+        String::from("bb 0.1;\nmodel chain() {\n    input x: f32[2, 3];\n    h0 = x;\n");
+    for i in 0..1500 {
+        let op = if i % 2 == 0 { "relu" } else { "tanh" };
+        source += &format!("    h{} = {op}(h{i}) + 0.25;\n", i + 1);
+    }
+    source += "    output y = h1500;\n}\n";
+    let graph = elaborated("chain.bb", &source);
+    let chain = Model {
+        label: "chain".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([("x".to_string(), Rng::new(9).standard_normal_tensor(&[2, 3]))]),
+        graph,
+    };
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            check(&chain, &threads(1));
+        })
+        .expect("spawns")
+        .join()
+        .expect("compiles and matches the interpreter");
+}
+
 /// One step per kernel `bbc stats` counts (two for a group split around its depthwise
 /// convolution); weights folded at load time are not steps; nodes without a kernel are
 /// reported as fallbacks and still compute the right values.

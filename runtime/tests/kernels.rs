@@ -37,6 +37,22 @@ fn for_each_build(mut f: impl FnMut()) {
     isa::with_avx2_only(f);
 }
 
+/// Each of `cases` gets the `Subsample` plan and matches the reference, with a tile
+/// epilogue and with bias and activation epilogues, on each build of the register kernels.
+fn check_subsampled(cases: &[Conv2dShape], pools: &[ThreadPool]) {
+    for_each_build(|| {
+        for &s in cases {
+            assert_eq!(
+                ConvStrategy::of(&s).unwrap(),
+                ConvStrategy::Subsample,
+                "{s:?}"
+            );
+            check_conv(s, pools, ConvStrategy::Subsample);
+            check_activation_epilogue(s, pools);
+        }
+    });
+}
+
 /// Asserts `got` matches `want`, with a tolerance scaled by each element's
 /// sum of absolute products (`scale`): f32 accumulation error grows with it.
 fn assert_close(got: &[f32], want: &[f64], scale: &[f64], what: &str) {
@@ -983,17 +999,7 @@ fn strided_1x1_convs_run_the_stride_1_plan_on_gathered_pixels() {
             [1, 1],
         ),
     ];
-    for_each_build(|| {
-        for s in cases {
-            assert_eq!(
-                ConvStrategy::of(&s).unwrap(),
-                ConvStrategy::Subsample,
-                "{s:?}"
-            );
-            check_conv(s, &pools, ConvStrategy::Subsample);
-            check_activation_epilogue(s, &pools);
-        }
-    });
+    check_subsampled(&cases, &pools);
     // Padded 1x1s and 1x1 depthwise convolutions keep their plans.
     let padded = geometry(shape(1, [4, 4], [5, 5], [1, 1], 1), [2, 2], [1, 1], [1, 1]);
     assert_ne!(ConvStrategy::of(&padded).unwrap(), ConvStrategy::Subsample);
@@ -1039,17 +1045,7 @@ fn patchify_convs_run_a_1x1_plan_on_gathered_planes() {
             [1, 1],
         ),
     ];
-    for_each_build(|| {
-        for s in cases {
-            assert_eq!(
-                ConvStrategy::of(&s).unwrap(),
-                ConvStrategy::Subsample,
-                "{s:?}"
-            );
-            check_conv(s, &pools, ConvStrategy::Subsample);
-            check_activation_epilogue(s, &pools);
-        }
-    });
+    check_subsampled(&cases, &pools);
     let grouped = geometry(
         shape(1, [8, 6], [20, 20], [2, 2], 2),
         [2, 2],

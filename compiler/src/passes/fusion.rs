@@ -50,6 +50,13 @@ fn joins_chain(node: &Node) -> bool {
     is_elementwise(node) || is_layout_change(node)
 }
 
+/// Most ops in one group built from a chain (its start included). A group's kernel is
+/// one expression nested as deep as its chain, which lowering and code generation walk
+/// recursively: a chain of 3000 ReLUs overflowed the 8 MiB main-thread stack, and an
+/// embedding program's threads may have 2 MiB. 128 keeps that far off and costs nothing
+/// measurable: a chain this long is one pass over memory per 128 ops instead of one.
+pub const MAX_CHAIN: usize = 128;
+
 /// The chain of elementwise ops and layout changes that only `start` feeds (excluding
 /// `start`), and why it stopped when the next op could have joined but did not (`None` when
 /// it ended naturally).
@@ -79,6 +86,13 @@ pub fn chain_after(graph: &Graph, start: ValueId) -> (Vec<ValueId>, Option<Strin
         }
         if graph.inputs(next).iter().filter(|&&i| i == tail).count() != 1 {
             return (chain, Some(format!("`{}` reads `{name}` twice", node.name)));
+        }
+        if chain.len() + 1 >= MAX_CHAIN {
+            let why = format!(
+                "`{}` would make the group longer than {MAX_CHAIN} ops, so it starts the next one",
+                node.name
+            );
+            return (chain, Some(why));
         }
         chain.push(next);
         tail = next;
