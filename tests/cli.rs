@@ -417,6 +417,11 @@ fn bad_dims_are_usage_errors() {
         assert!(err.contains("--dim"), "{err}");
     }
     fails(&["stats", "specs/deep_sets.bb", "--depth", "0"], 2);
+    // Run counts are bounded (each run's time is kept).
+    for (flag, k) in [("--runs", "18446744073709551614"), ("--warmup", "1000001")] {
+        let err = fails(&["bench", "specs/deep_sets.bb", flag, k], 2);
+        assert!(err.contains(flag) && err.contains("1000000"), "{err}");
+    }
     fails(
         &[
             "check",
@@ -426,6 +431,34 @@ fn bad_dims_are_usage_errors() {
             "x",
         ],
         2,
+    );
+}
+
+/// An `--output-dir` destination that cannot be written is found before any output is:
+/// nothing is left half-written.
+#[test]
+fn output_dir_destinations_are_checked_before_writing() {
+    let dir = scratch("output-dir");
+    let out = dir.join("haar");
+    std::fs::create_dir_all(out.join("y.1.npy")).expect("a folder where an output goes");
+    let err = fails(
+        &[
+            "run",
+            "specs/wavelet.bb",
+            "--model",
+            "haar_roundtrip",
+            "--output-dir",
+            &out.to_string_lossy(),
+        ],
+        1,
+    );
+    assert!(
+        err.contains("y.1.npy") && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert!(
+        !out.join("y.0.npy").exists(),
+        "the first output was written"
     );
 }
 

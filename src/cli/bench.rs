@@ -14,6 +14,10 @@ use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
 
+/// Most timed (or warm-up) runs `bench` takes: a bound on the samples it keeps, far beyond
+/// any useful measurement.
+const MAX_RUNS: u64 = 1_000_000;
+
 /// Time a model: compile it once, then run it repeatedly.
 ///
 /// Inputs come from --input files or are drawn from N(0, 1) with --seed; weights come from
@@ -40,12 +44,13 @@ pub struct BenchArgs {
     #[command(flatten)]
     pub data: DataArgs,
 
-    /// Timed runs.
-    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Timed runs (at most a million: each one's time is kept for the percentiles).
+    #[arg(long, value_name = "K", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=MAX_RUNS))]
     pub runs: u64,
 
-    /// Untimed runs before the timed ones (page faults, caches, waking the threads).
-    #[arg(long, value_name = "K", default_value_t = 2)]
+    /// Untimed runs before the timed ones (page faults, caches, waking the threads); at most
+    /// a million.
+    #[arg(long, value_name = "K", default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=MAX_RUNS))]
     pub warmup: u64,
 
     /// Also list the N slowest kernels, timed over the runs (on the gpu target, where the

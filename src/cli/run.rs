@@ -445,6 +445,20 @@ pub fn main(args: &RunArgs) -> CliResult {
             dir.display()
         )));
     }
+    // Every destination checked before anything is computed or written, so a bad one does
+    // not leave the outputs before it written.
+    if let Some(dir) = &args.output_dir {
+        if let Some(taken) = outputs
+            .iter()
+            .map(|name| dir.join(format!("{name}.npy")))
+            .find(|path| path.exists() && !path.is_file())
+        {
+            return Err(CliError::msg(format!(
+                "--output-dir: `{}` exists and is not a file; nothing was written",
+                taken.display()
+            )));
+        }
+    }
     let (weights, inputs) = args.data.load(&program, &model)?;
     // Exact products on CUDA (no tensor cores): `run` is for checking outputs.
     let opts = compile_options(&args.spec, &args.opt, &args.engine)?;
