@@ -493,6 +493,44 @@ fn run_input_errors_exit_1() {
         1,
     );
     assert!(err.contains("missing.npy"), "{err}");
+    // One input, named wrongly: the name is reported, not a missing file `y=...`.
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_sum",
+            "--input",
+            &format!("y={x}"),
+        ],
+        1,
+    );
+    assert!(err.contains("has no input `y` (inputs: x)"), "{err}");
+    // Files that are neither .npy nor .png are refused by name, in and out.
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_sum",
+            "--input",
+            "x.jpg",
+        ],
+        1,
+    );
+    assert!(err.contains("`.jpg` is not a format"), "{err}");
+    let err = fails(
+        &[
+            "run",
+            "specs/deep_sets.bb",
+            "--model",
+            "deep_sets_sum",
+            "--output",
+            "y.txt",
+        ],
+        1,
+    );
+    assert!(err.contains("`.txt` is not a format"), "{err}");
 
     // Two inputs: a bare path is ambiguous, an unknown name is reported.
     let err = fails(

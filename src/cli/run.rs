@@ -277,7 +277,11 @@ fn inputs(
     for arg in given {
         let (name, path) = match arg.split_once('=') {
             Some((n, p)) if names.contains(&n) => (n.to_string(), PathBuf::from(p)),
-            _ if declared.len() == 1 => (declared[0].0.clone(), PathBuf::from(arg)),
+            // A single input takes a bare path, or one that contains `=` and exists;
+            // `NAME=FILE` with another name is a wrong name, not a missing file.
+            _ if declared.len() == 1 && (!arg.contains('=') || Path::new(arg).exists()) => {
+                (declared[0].0.clone(), PathBuf::from(arg))
+            }
             Some((n, _)) => {
                 return Err(CliError::msg(format!(
                     "model `{}` has no input `{n}` (inputs: {})",
@@ -298,6 +302,9 @@ fn inputs(
         if files.insert(name.clone(), path).is_some() {
             return Err(CliError::msg(format!("input `{name}` is given twice")));
         }
+    }
+    for path in files.values() {
+        known_format(path, "input")?;
     }
     let mut out = HashMap::new();
     for (name, expected) in declared {
@@ -330,6 +337,23 @@ fn inputs(
         out.insert(name, t);
     }
     Ok(out)
+}
+
+/// Refuses a file whose extension is neither `.npy` nor `.png` (a file without one is read
+/// or written as `.npy`): a `.jpg` input would otherwise fail as a malformed `.npy`, and a
+/// `.txt` output silently hold `.npy` bytes.
+fn known_format(path: &Path, what: &str) -> Result<(), CliError> {
+    let ext = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match ext.as_deref() {
+        None | Some("npy") | Some("png") => Ok(()),
+        Some(ext) => Err(CliError::msg(format!(
+            "{what} `{}`: `.{ext}` is not a format bbc reads or writes\n\
+             help: {what}s are .npy arrays (or .png images)",
+            path.display()
+        ))),
+    }
 }
 
 /// Reads a `.png` input and fits it to the declared `[1, C, H, W]` (or `[C, H, W]`) shape.
@@ -405,6 +429,9 @@ pub fn main(args: &RunArgs) -> CliResult {
             outputs.len(),
             outputs.join(", ")
         )));
+    }
+    if let Some(path) = &args.output {
+        known_format(path, "output")?;
     }
     if let Some(path) = args.output.as_ref().filter(|p| is_png_path(p)) {
         let out = &model.graph.outputs[0];
