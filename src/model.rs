@@ -522,12 +522,17 @@ pub fn random_input(seed: u64, name: &str, shape: &[usize]) -> Tensor {
 /// assert_eq!((s.min, s.max, s.mean), (1.0, 3.0, 2.0));
 /// assert_eq!(s.to_string(), "min 1.000000  max 3.000000  mean 2.000000  std 0.816497");
 /// assert!(bbc::Summary::of(&[]).is_none());
+/// // NaNs are skipped by min and max, which are NaN only when every value is.
+/// let s = bbc::Summary::of(&[f32::NAN, -1.0]).unwrap();
+/// assert_eq!((s.min, s.max), (-1.0, -1.0));
+/// let s = bbc::Summary::of(&[f32::NAN; 2]).unwrap();
+/// assert!(s.min.is_nan() && s.max.is_nan());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Summary {
-    /// The smallest value (NaNs are skipped).
+    /// The smallest value (NaNs are skipped; NaN when every value is NaN).
     pub min: f64,
-    /// The largest value (NaNs are skipped).
+    /// The largest value (NaNs are skipped; NaN when every value is NaN).
     pub max: f64,
     /// The mean, accumulated in f64.
     pub mean: f64,
@@ -549,6 +554,10 @@ impl Summary {
         }
         if n == 0 {
             return None;
+        }
+        if lo > hi {
+            // Every value was NaN (`min`/`max` skip NaNs): not ±inf.
+            (lo, hi) = (f64::NAN, f64::NAN);
         }
         let mean = sum / n as f64;
         let var = values
