@@ -85,7 +85,7 @@ impl std::fmt::Display for ObjectError {
             ObjectError::Symbol(s) => write!(
                 f,
                 "`{s}` is not a C identifier (letters, digits and `_`, not starting with a \
-                 digit)"
+                 digit, and not a C keyword)"
             ),
             ObjectError::Compile(e) => write!(f, "{e}"),
             ObjectError::Codegen(e) => write!(f, "code generation failed: {e}"),
@@ -105,12 +105,63 @@ pub fn default_symbol(name: &str) -> String {
     format!("bbc_model_{safe}")
 }
 
+/// C's keywords (C23's included): a descriptor named like one would not compile in the
+/// generated header.
+const C_KEYWORDS: &[&str] = &[
+    "alignas",
+    "alignof",
+    "auto",
+    "bool",
+    "break",
+    "case",
+    "char",
+    "const",
+    "constexpr",
+    "continue",
+    "default",
+    "do",
+    "double",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "float",
+    "for",
+    "goto",
+    "if",
+    "inline",
+    "int",
+    "long",
+    "nullptr",
+    "register",
+    "restrict",
+    "return",
+    "short",
+    "signed",
+    "sizeof",
+    "static",
+    "static_assert",
+    "struct",
+    "switch",
+    "thread_local",
+    "true",
+    "typedef",
+    "typeof",
+    "typeof_unqual",
+    "union",
+    "unsigned",
+    "void",
+    "volatile",
+    "while",
+];
+
 fn check_symbol(symbol: &str) -> Result<(), ObjectError> {
     let mut chars = symbol.chars();
     let ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !C_KEYWORDS.contains(&symbol);
     if ok {
         Ok(())
     } else {
@@ -481,7 +532,7 @@ mod tests {
         assert!(header.contains(&format!("extern const bbcrt_descriptor {symbol};")));
         assert!(header.contains("BBC_MODEL_TINY_MODEL_V2_INPUT_0_LEN 6"));
         assert!(header.contains("BBC_MODEL_TINY_MODEL_V2_NUM_OUTPUTS 1"));
-        for bad in ["", "9lives", "a-b", "x y"] {
+        for bad in ["", "9lives", "a-b", "x y", "int", "static"] {
             assert!(matches!(
                 compile_object(&graph, &weights, bad),
                 Err(ObjectError::Symbol(_))
