@@ -417,6 +417,11 @@ fn bad_dims_are_usage_errors() {
         assert!(err.contains("--dim"), "{err}");
     }
     fails(&["stats", "specs/deep_sets.bb", "--depth", "0"], 2);
+    // An explicit pass list and a level would leave one of them ignored.
+    fails(
+        &["ir", "specs/deep_sets.bb", "--passes", "dce", "-O", "2"],
+        2,
+    );
     // Run counts are bounded (each run's time is kept).
     for (flag, k) in [("--runs", "18446744073709551614"), ("--warmup", "1000001")] {
         let err = fails(&["bench", "specs/deep_sets.bb", flag, k], 2);

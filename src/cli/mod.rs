@@ -111,7 +111,12 @@ pub struct OptArgs {
     pub level: Option<u8>,
 
     /// Run exactly these passes, in order (comma-separated), instead of a level's pipeline.
-    #[arg(long, value_name = "PASS,...", value_delimiter = ',')]
+    #[arg(
+        long,
+        value_name = "PASS,...",
+        value_delimiter = ',',
+        conflicts_with = "level"
+    )]
     pub passes: Option<Vec<String>>,
 
     /// Leave this pass out of the pipeline; repeatable.
