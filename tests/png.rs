@@ -215,6 +215,20 @@ fn png_shape_errors_are_reported_before_running() {
         err.contains("has 8x8 grey pixels") && err.contains("RGB images"),
         "{err}"
     );
+    // An input of a channel count no PNG is read as: no conversion can help.
+    let err = fails(&[
+        "run",
+        "specs/deep_sets.bb",
+        "--model",
+        "deep_sets_sum",
+        "--input",
+        &dir.path("grey.png"),
+    ]);
+    assert!(
+        err.contains("takes 2 channels, so give it as a .npy array")
+            && !err.contains("convert the PNG"),
+        "{err}"
+    );
     // Not a PNG at all.
     std::fs::write(dir.path("fake.png"), b"GIF89a").expect("write");
     let err = fails(&[

@@ -391,10 +391,15 @@ fn png_input(
         None => format!(
             "help: a PNG is read as [1, C, H, W]; input `{name}` is not an image of that form"
         ),
-        Some((ec, _, _)) if ec != c => format!(
+        Some((ec, _, _)) if ec != c && matches!(ec, 1 | 3) => format!(
             "help: the model takes {} images ({ec} channels); convert the PNG to {}",
             colour(ec),
             colour(ec)
+        ),
+        // The reader gives grey or RGB (alpha dropped): no PNG has what this input takes.
+        Some((ec, _, _)) if ec != c => format!(
+            "help: a PNG is read as grey (1 channel) or RGB (3 channels, alpha dropped); \
+             input `{name}` takes {ec} channels, so give it as a .npy array"
         ),
         Some(_) => format!(
             "help: build the model for this image size with --dim H={h} --dim W={w} \
