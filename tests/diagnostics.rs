@@ -33,6 +33,8 @@
 //! configure it:
 //! - `model=NAME` — elaborate this model (`--model NAME`); default: the last model of the file.
 //! - `dim=NAME=VALUE` — bind a size parameter (`--dim NAME=VALUE`); may repeat.
+//! - `arg=NAME=VALUE` — set a model parameter (`--arg NAME=VALUE`, the value as typed); may
+//!   repeat.
 //! - `unlocated=CODE` — diagnostics with this code may lack a source location in this case (for
 //!   problems with a command-line value, e.g. `--dim H=-32`; or a known gap, said so in the case's
 //!   comment). Without it only the file-level codes listed in [`may_lack_location`] may.
@@ -71,6 +73,7 @@ const CHECKPOINT: &str = "$CHECKPOINT";
 struct Directives {
     model: Option<String>,
     dims: Vec<(String, i64)>,
+    args: Vec<(String, String)>,
     checkpoint_from: Option<String>,
     edits: Vec<String>,
     unlocated: Vec<String>,
@@ -96,6 +99,12 @@ fn parse_directives(name: &str, text: &str) -> Directives {
                     .parse()
                     .unwrap_or_else(|_| panic!("{name}: bad dim value: {line}"));
                 d.dims.push((k.to_string(), v));
+            }
+            "arg" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("{name}: `arg=NAME=VALUE` expected: {line}"));
+                d.args.push((k.to_string(), v.to_string()));
             }
             "checkpoint-from" => d.checkpoint_from = Some(value.to_string()),
             "checkpoint-edit" => d.edits.push(value.to_string()),
@@ -266,6 +275,7 @@ fn run_case(path: &Path) -> Outcome {
     let opts = Options {
         model: dir.model.clone(),
         dims: dir.dims.clone(),
+        args: dir.args.clone(),
         ..Default::default()
     };
     let model = match program.elaborate(&opts) {

@@ -387,7 +387,18 @@ impl Program {
                         format!("cannot read the value of model argument `{k}`: `{text}`"),
                     )
                     .with_help(
-                        "use a literal: an int, a float, true/false, a \"string\" or a [list]",
+                        // An integer literal too large for i64 reads as nothing at all.
+                        if text
+                            .trim()
+                            .trim_start_matches('-')
+                            .bytes()
+                            .all(|b| b.is_ascii_digit())
+                            && !text.trim().trim_start_matches('-').is_empty()
+                        {
+                            "the integer is out of range (a 64-bit signed integer)"
+                        } else {
+                            "use a literal: an int, a float, true/false, a \"string\" or a [list]"
+                        },
                     );
                     return Err(vec![d]);
                 }
