@@ -276,7 +276,6 @@ fn run_case(path: &Path) -> Outcome {
         model: dir.model.clone(),
         dims: dir.dims.clone(),
         args: dir.args.clone(),
-        ..Default::default()
     };
     let model = match program.elaborate(&opts) {
         Ok(m) => m,
