@@ -422,6 +422,12 @@ fn syntax_error(
                 .with_help(format!("did you mean `{kw}`?"));
         }
     }
+    // A letter outside ASCII where a name could start: identifiers are ASCII only.
+    if text[pos..].starts_with(|c: char| !c.is_ascii() && c.is_alphabetic()) {
+        return d
+            .at(found_span, format!("expected {expected}"))
+            .with_help("names are ASCII letters, digits and `_` (not starting with a digit)");
+    }
     if is_single_eq(&text[pos..]) && positives.contains(&Rule::op_eq) && in_condition(text, pos) {
         return d
             .at(found_span, format!("expected {expected}"))
