@@ -1,6 +1,7 @@
 //! Writing a compiled program's folder (`bbc compile -o DIR`, for any target) so that a
 //! failure never leaves a half-written program behind: the files go to a fresh folder
-//! beside the destination, which then takes its place.
+//! beside the destination, which then takes its place. What a killed write left beside it
+//! is removed by the next write of the same folder.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,7 @@ pub fn write_program_dir<E>(
             parent.display()
         )));
     }
+    sweep_interrupted(&parent, &stem);
     let temp = parent.join(format!(".{stem}.partial-{}", std::process::id()));
     let written = std::fs::create_dir(&temp)
         .map_err(|e| io(format!("cannot write `{}`: {e}", temp.display())))
@@ -43,6 +45,37 @@ pub fn write_program_dir<E>(
         let _ = std::fs::remove_dir_all(&temp);
     }
     placed
+}
+
+/// Removes what earlier, interrupted writes of the same folder left beside it: a
+/// `.{stem}.partial-PID` folder whose process no longer runs (a write that fails removes
+/// its own; one killed mid-way cannot).
+fn sweep_interrupted(parent: &Path, stem: &str) {
+    let prefix = format!(".{stem}.partial-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid {
+            if pid != std::process::id() && !process_runs(pid) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// Whether process `pid` runs; `true` where that cannot be told (nothing is removed then).
+fn process_runs(pid: u32) -> bool {
+    if cfg!(target_os = "linux") {
+        Path::new(&format!("/proc/{pid}")).exists()
+    } else {
+        true
+    }
 }
 
 /// What is at the destination: nothing (or an empty folder) to replace
@@ -101,5 +134,38 @@ fn move_into_place(temp: &Path, dir: &Path, replace: Destination) -> Result<(), 
             let _ = std::fs::remove_dir_all(&old);
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An interrupted write's temporary folder (its process gone) is removed by the next
+    /// write of the same folder; one of a running process, or of another folder, is kept.
+    #[test]
+    fn interrupted_writes_are_swept() {
+        let parent = std::env::temp_dir().join(format!("bbc-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&parent);
+        std::fs::create_dir_all(&parent).unwrap();
+        // No process has this id (Linux's pid_max is at most 2^22); pid 1 always runs.
+        let gone = parent.join(".prog.partial-4294967294");
+        let running = parent.join(".prog.partial-1");
+        let other = parent.join(".other.partial-4294967294");
+        for d in [&gone, &running, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("model.o"), b"half").unwrap();
+        }
+        let written = write_program_dir(
+            &parent.join("prog"),
+            false,
+            |dir| std::fs::write(dir.join("plan.json"), b"{}"),
+            std::io::Error::other,
+        );
+        written.unwrap();
+        assert!(parent.join("prog/plan.json").is_file());
+        assert_eq!(gone.exists(), !cfg!(target_os = "linux"));
+        assert!(running.exists() && other.exists());
+        std::fs::remove_dir_all(&parent).unwrap();
     }
 }
