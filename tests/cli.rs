@@ -486,55 +486,24 @@ fn run_input_errors_exit_1() {
         "{err}"
     );
 
-    let err = fails(
-        &[
-            "run",
-            "specs/deep_sets.bb",
-            "--model",
-            "deep_sets_sum",
-            "--input",
-            "missing.npy",
-        ],
-        1,
-    );
+    // `run deep_sets_sum` with these extra arguments fails with exit code 1.
+    let sum_fails = |extra: &[&str]| {
+        let args = [
+            &["run", "specs/deep_sets.bb", "--model", "deep_sets_sum"],
+            extra,
+        ]
+        .concat();
+        fails(&args, 1)
+    };
+    let err = sum_fails(&["--input", "missing.npy"]);
     assert!(err.contains("missing.npy"), "{err}");
     // One input, named wrongly: the name is reported, not a missing file `y=...`.
-    let err = fails(
-        &[
-            "run",
-            "specs/deep_sets.bb",
-            "--model",
-            "deep_sets_sum",
-            "--input",
-            &format!("y={x}"),
-        ],
-        1,
-    );
+    let err = sum_fails(&["--input", &format!("y={x}")]);
     assert!(err.contains("has no input `y` (inputs: x)"), "{err}");
     // Files that are neither .npy nor .png are refused by name, in and out.
-    let err = fails(
-        &[
-            "run",
-            "specs/deep_sets.bb",
-            "--model",
-            "deep_sets_sum",
-            "--input",
-            "x.jpg",
-        ],
-        1,
-    );
+    let err = sum_fails(&["--input", "x.jpg"]);
     assert!(err.contains("`.jpg` is not a format"), "{err}");
-    let err = fails(
-        &[
-            "run",
-            "specs/deep_sets.bb",
-            "--model",
-            "deep_sets_sum",
-            "--output",
-            "y.txt",
-        ],
-        1,
-    );
+    let err = sum_fails(&["--output", "y.txt"]);
     assert!(err.contains("`.txt` is not a format"), "{err}");
 
     // Two inputs: a bare path is ambiguous, an unknown name is reported.
