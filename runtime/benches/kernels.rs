@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::{
-    gemm, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef,
-    MaxPool2d, Output, PackedMatrix, PanelMatrix,
+    gemm, isa, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut,
+    MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix,
 };
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
@@ -356,6 +356,14 @@ fn bench_conv(
         }
         _ => {}
     }
+    // What the AVX2 build picks, beside the kernel only the AVX-512 build has.
+    if chosen == ConvStrategy::Lanes1x1 {
+        let avx2 = isa::with_avx2_only(|| ConvStrategy::of(&shape).unwrap());
+        strategies.push(avx2);
+        if avx2 != ConvStrategy::Pointwise {
+            strategies.push(ConvStrategy::Pointwise);
+        }
+    }
     // The chosen strategy again with its weight (from 256 KiB) coming from memory, as in a
     // model whose weights outgrow the caches: copies enough to outgrow them, used in turn.
     let bytes = 4 * weights.len();
@@ -619,6 +627,20 @@ fn main() {
             &report,
             &pools,
             budget,
+            "resnet50 3x3/2 256->256 @28",
+            conv_shape(256, 256, 28, 3, 2, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "resnet50 3x3/2 512->512 @14",
+            conv_shape(512, 512, 14, 3, 2, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
             "resnet50 1x1 256->64 @56",
             conv_shape(256, 64, 56, 1, 1, 1, layout),
         );
@@ -639,6 +661,13 @@ fn main() {
             ("efficientnet pw 40->240 @28", 40, 240, 28, 1),
             ("efficientnet pw 144->24 @56", 144, 24, 56, 1),
             ("efficientnet pw 192->1152 @7", 192, 1152, 7, 1),
+            ("efficientnet pw 1152->192 @7", 1152, 192, 7, 1),
+            ("efficientnet pw 112->672 @14", 112, 672, 14, 1),
+            ("efficientnet pw 672->112 @14", 672, 112, 14, 1),
+            ("efficientnet pw 80->480 @14", 80, 480, 14, 1),
+            ("efficientnet pw 480->80 @14", 480, 80, 14, 1),
+            ("resnet50 1x1 256->1024 @14", 256, 1024, 14, 1),
+            ("resnet50 1x1 1024->512 @14", 1024, 512, 14, 1),
             ("resnet50 1x1 512->128 @28", 512, 128, 28, 1),
             ("resnet50 1x1 1024->256 @14", 1024, 256, 14, 1),
             ("resnet50 1x1 2048->512 @7", 2048, 512, 7, 1),

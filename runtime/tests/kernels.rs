@@ -627,7 +627,9 @@ fn check_conv_with(
         let s = Conv2dShape { layout, ..shape };
         let expected = match (layout, expected) {
             (Layout::Nhwc, ConvStrategy::Winograd) => ConvStrategy::Im2col,
-            (Layout::Nhwc, ConvStrategy::Direct1x1) => ConvStrategy::Pointwise,
+            (Layout::Nhwc, ConvStrategy::Direct1x1 | ConvStrategy::Lanes1x1) => {
+                ConvStrategy::Pointwise
+            }
             (Layout::Nhwc, ConvStrategy::ChannelsLast)
                 if s.kernel == [1, 1] && s.stride == [1, 1] && s.padding == [0, 0] =>
             {
@@ -728,84 +730,106 @@ fn pointwise_conv_reads_the_input_in_place() {
         shape(1, [12, 9], [7, 5], [1, 1], 3),
         shape(1, [600, 40], [33, 35], [1, 1], 1),
     ];
-    for s in cases {
-        check_conv(s, &pools, ConvStrategy::Pointwise);
-        let conv =
-            Conv2d::new(s, &random(s.out_channels * s.in_channels / s.groups, 1), 2).unwrap();
-        assert_eq!(conv.scratch_len(2), 0);
-    }
+    // The first is the small-map kernel's with AVX-512.
+    isa::with_avx2_only(|| {
+        for s in cases {
+            check_conv(s, &pools, ConvStrategy::Pointwise);
+            let conv =
+                Conv2d::new(s, &random(s.out_channels * s.in_channels / s.groups, 1), 2).unwrap();
+            assert_eq!(conv.scratch_len(2), 0);
+        }
+    });
 }
 
-/// The shapes the direct 1x1 kernel takes, on this CPU: 7x7 maps run channels-last on the
-/// dense kernel, every other pointwise one goes through the GEMM.
+/// The shapes each 1x1 register kernel takes, on each build this CPU has: with AVX-512 the
+/// small-map kernel takes maps up to 14x14 (beside the pixel-lane kernel only for long
+/// reductions over whole 32-channel blocks); with AVX2 7x7 maps run channels-last on the
+/// dense kernel; the rest go through the GEMM.
 #[test]
 fn direct_1x1_conv_is_chosen_where_it_applies() {
-    let avx2 = simd_available();
-    let on_avx2 = |strategy| {
-        if avx2 {
-            strategy
-        } else {
-            ConvStrategy::Pointwise
-        }
-    };
-    for (s, want) in [
+    use ConvStrategy::{ChannelsLast, Direct1x1, Lanes1x1, Pointwise};
+    // Each shape's plan with AVX-512, with AVX2, and without either.
+    let table = [
         (
             shape(1, [24, 144], [56, 56], [1, 1], 1),
-            on_avx2(ConvStrategy::Direct1x1),
+            [Direct1x1, Direct1x1, Pointwise],
         ),
         (
             shape(1, [256, 64], [12, 12], [1, 1], 1),
-            on_avx2(ConvStrategy::Direct1x1),
+            [Lanes1x1, Direct1x1, Pointwise],
+        ),
+        (
+            shape(1, [256, 72], [12, 12], [1, 1], 1),
+            [Direct1x1, Direct1x1, Pointwise],
+        ),
+        (
+            shape(1, [128, 64], [12, 12], [1, 1], 1),
+            [Direct1x1, Direct1x1, Pointwise],
         ),
         (
             shape(1, [192, 1152], [7, 7], [1, 1], 1),
-            on_avx2(ConvStrategy::ChannelsLast),
+            [Lanes1x1, ChannelsLast, Pointwise],
         ),
         (
             shape(1, [2048, 512], [7, 7], [1, 1], 1),
-            on_avx2(ConvStrategy::ChannelsLast),
+            [Lanes1x1, ChannelsLast, Pointwise],
         ),
         (
             shape(1, [512, 128], [28, 28], [1, 1], 1),
-            on_avx2(ConvStrategy::Direct1x1),
+            [Direct1x1, Direct1x1, Pointwise],
         ),
         // Deeper reductions on larger maps and groups stay on the GEMM.
         (
             shape(1, [513, 64], [56, 56], [1, 1], 1),
-            ConvStrategy::Pointwise,
+            [Pointwise, Pointwise, Pointwise],
         ),
         (
             shape(1, [1024, 256], [14, 14], [1, 1], 1),
-            ConvStrategy::Pointwise,
+            [Lanes1x1, Pointwise, Pointwise],
         ),
         (
             shape(1, [24, 144], [56, 56], [1, 1], 2),
-            ConvStrategy::Pointwise,
+            [Pointwise, Pointwise, Pointwise],
         ),
         (
             shape(1, [24, 144], [7, 7], [1, 1], 2),
-            ConvStrategy::Pointwise,
+            [Pointwise, Pointwise, Pointwise],
         ),
-    ] {
-        assert_eq!(ConvStrategy::of(&s).unwrap(), want, "{s:?}");
-        let nhwc = Conv2dShape {
-            layout: Layout::Nhwc,
-            ..s
+    ];
+    for_each_build(|| {
+        let build = if isa::wide_available() {
+            0
+        } else if simd_available() {
+            1
+        } else {
+            2
         };
-        assert_eq!(ConvStrategy::of(&nhwc).unwrap(), ConvStrategy::Pointwise);
-    }
+        for (s, want) in table {
+            assert_eq!(ConvStrategy::of(&s).unwrap(), want[build], "{s:?}");
+            let nhwc = Conv2dShape {
+                layout: Layout::Nhwc,
+                ..s
+            };
+            assert_eq!(ConvStrategy::of(&nhwc).unwrap(), Pointwise);
+        }
+    });
 }
 
-/// 1x1 convolutions on 7x7 maps and smaller run channels-last on this CPU, the dense kernel
-/// storing each block transposed into the NCHW output: values and epilogue coverage against
-/// the reference (odd channel counts, several images, 1-3 threads), a bias and activation in
-/// registers, and a strided one whose gathered pixels take the same plan.
+/// 1x1 convolutions on 7x7 maps and smaller run channels-last with AVX2 (with AVX-512 the
+/// small-map kernel takes them), the dense kernel storing each block transposed into the
+/// NCHW output: values and epilogue coverage against the reference (odd channel counts,
+/// several images, 1-3 threads), a bias and activation in registers, and a strided one
+/// whose gathered pixels take the same plan.
 #[test]
 fn small_map_1x1_convs_run_channels_last() {
     if !simd_available() {
         eprintln!("skipped: the dense kernel needs AVX2 and FMA");
         return;
     }
+    isa::with_avx2_only(small_map_1x1_convs_on_avx2);
+}
+
+fn small_map_1x1_convs_on_avx2() {
     let pools = pools();
     for s in [
         shape(1, [192, 1152], [7, 7], [1, 1], 1),
@@ -1120,18 +1144,53 @@ fn direct_1x1_conv_matches_the_reference() {
         shape(1, [300, 13], [13, 11], [1, 1], 1),
         shape(2, [512, 100], [12, 12], [1, 1], 1),
     ];
-    for_each_build(|| check_direct_1x1(&cases, &pools));
+    for_each_build(|| check_1x1(&cases, &pools, ConvStrategy::Direct1x1));
 }
 
-/// [`direct_1x1_conv_matches_the_reference`] on the build the plans pick.
-fn check_direct_1x1(cases: &[Conv2dShape], pools: &[ThreadPool]) {
-    for &s in cases {
-        check_conv_with(
-            s,
-            pools,
-            ConvStrategy::Direct1x1,
-            Some(ConvStrategy::Direct1x1),
+/// The small-map 1x1 kernel (output channels in the lanes, AVX-512 only) against the f64
+/// reference: full and partial 7-pixel tiles, full and partial 32-channel blocks and
+/// 8-channel groups, one pixel, a long reduction on a map the pixel-lane kernel also takes,
+/// batches, 1-3 threads, each epilogue path. The AVX2 build picks another plan.
+#[test]
+fn lanes_1x1_conv_matches_the_reference() {
+    if !isa::wide_available() {
+        eprintln!("skipped: the small-map 1x1 kernel needs AVX-512");
+        return;
+    }
+    let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
+    let cases = [
+        shape(1, [64, 64], [7, 7], [1, 1], 1),
+        shape(2, [300, 40], [7, 7], [1, 1], 1),
+        shape(1, [5, 13], [3, 5], [1, 1], 1),
+        shape(3, [33, 70], [1, 1], [1, 1], 1),
+        shape(1, [17, 32], [10, 10], [1, 1], 1),
+        shape(1, [1024, 96], [14, 14], [1, 1], 1),
+    ];
+    for s in cases {
+        assert_eq!(
+            ConvStrategy::of(&s).unwrap(),
+            ConvStrategy::Lanes1x1,
+            "{s:?}"
         );
+    }
+    check_1x1(&cases, &pools, ConvStrategy::Lanes1x1);
+    isa::with_avx2_only(|| {
+        for s in cases {
+            assert_ne!(
+                ConvStrategy::of(&s).unwrap(),
+                ConvStrategy::Lanes1x1,
+                "{s:?}"
+            );
+        }
+    });
+}
+
+/// A 1x1 register kernel (`strategy`) on `cases` against the reference, on the build the
+/// plans pick: with a tile epilogue, with bias, activation and residual epilogues, and a
+/// bias that is not one per channel refused.
+fn check_1x1(cases: &[Conv2dShape], pools: &[ThreadPool], strategy: ConvStrategy) {
+    for &s in cases {
+        check_conv_with(s, pools, strategy, Some(strategy));
         check_activation_epilogue(s, pools);
         // A bias that is not one per channel is refused, not read past.
         let conv = Conv2d::new(s, &random(s.out_channels * s.in_channels, 1), 1).unwrap();

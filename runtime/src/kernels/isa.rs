@@ -77,11 +77,13 @@ pub fn with_avx2_only<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-/// Whether this CPU has AVX-512F (and AVX2 and FMA), whatever the cap.
+/// Whether this CPU has AVX-512F and AVX-512VL (masked 8-lane stores; every AVX-512 CPU
+/// but Xeon Phi has both), and AVX2 and FMA, whatever the cap.
 pub fn wide_detected() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
     }

@@ -72,6 +72,8 @@ pub mod isa;
 #[cfg(target_arch = "x86_64")]
 pub mod norm;
 mod pointwise;
+#[cfg(target_arch = "x86_64")]
+mod pointwise_lanes;
 pub mod pool;
 mod transpose;
 mod winograd;

@@ -1,0 +1,334 @@
+//! NCHW 1x1 stride-1 convolutions on small maps, output channels in the vector lanes
+//! (AVX-512).
+//!
+//! `out[b, co, p] = Σ_ci w[co, ci] · x[b, ci, p]` as in `pointwise`, with the register tile
+//! turned around: its lanes are 32 output channels (two 16-lane registers of the packed
+//! weight) and its rows 7 pixels, each a broadcast of one input element, so one step is two
+//! weight loads and fourteen multiply-adds whose broadcasts fold into the instruction. The
+//! pixel-lane tile of `pointwise` covers a map in 16-pixel vectors, and ResNet's and
+//! EfficientNet's last two stages have maps of 14x14 and 7x7: 196 pixels are 12 vectors and
+//! 4 pixels, 49 are 3 vectors and one, so a thirteenth or a quarter of its work is padding.
+//! Their maps are multiples of 7 pixels, so these tiles have none.
+//!
+//! The finished tile is transposed in 8x8 register blocks (`transpose8`) into rows of one
+//! channel's 7 pixels, which take the bias, the residual and the native activation before a
+//! masked store: the output is written once and never read back. Any other epilogue runs on
+//! each finished block of 32 channels over the task's pixels.
+//!
+//! The weight is packed once at load time into blocks of 32 channels, `[block][ci][32]`,
+//! zero-padded; tasks are (image, pixel range, channel range) of whole 7-pixel and
+//! 32-channel blocks. A task walks its channel blocks, and each block's pixel tiles, so
+//! the block's weights (128 KiB at 1024 input channels) stay in L2 across its tiles. In a
+//! model those weights come from memory each call, and the first tile, which reads them,
+//! runs at the memory's pace; so the second tile of each block prefetches the next block's
+//! weights into L2, which the rest of the block's tiles give time to arrive.
+//! Partial tiles read only their own pixels and store through masks, so the kernel never
+//! reads or writes past its buffers.
+
+use std::arch::x86_64::*;
+
+use crate::arena::AlignedBuffer;
+use crate::kernels::activation::{avx2, with_act, Act, Activation, WithAct};
+use crate::kernels::conv::{Conv2dShape, Layout, Split};
+use crate::kernels::isa::wide_available;
+use crate::kernels::transpose::transpose8;
+use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
+use crate::pool::ThreadPool;
+
+/// Output channels per register tile: two 16-lane registers.
+const LANES: usize = 32;
+/// Pixels per register tile.
+const ROWS: usize = 7;
+/// Most pixels per image this kernel takes: 14x14.
+pub(super) const MAX_PIXELS: usize = 196;
+/// Fewest pixels a task covers, unless the image is smaller.
+const MIN_TASK_PIXELS: usize = 4 * ROWS;
+
+/// A planned NCHW pointwise convolution on a small map.
+#[derive(Debug, Clone)]
+pub(crate) struct PointwiseLanes {
+    batch: usize,
+    in_channels: usize,
+    out_channels: usize,
+    pixels: usize,
+    /// `[ceil(C_out / 32)][C_in][32]`, the last block's missing channels zero.
+    weights: AlignedBuffer,
+    pixel_split: Split,
+    channel_split: Split,
+    serial: bool,
+}
+
+impl PointwiseLanes {
+    /// Whether this kernel computes `shape` on this CPU: a 1x1, stride-1, unpadded, one-group
+    /// NCHW convolution on a map of at most [`MAX_PIXELS`], where the AVX-512 build runs.
+    pub(crate) fn suits(shape: &Conv2dShape) -> bool {
+        let pixels = shape.in_size[0] * shape.in_size[1];
+        shape.kernel == [1, 1]
+            && shape.stride == [1, 1]
+            && shape.padding == [0, 0]
+            && shape.groups == 1
+            && shape.layout == Layout::Nchw
+            && (1..=MAX_PIXELS).contains(&pixels)
+            && wide_available()
+    }
+
+    /// Packs `weights` (`[C_out, C_in]`, PyTorch's `[C_out, C_in, 1, 1]`) and splits the work
+    /// for `threads` threads. The caller checked the shape with [`PointwiseLanes::suits`].
+    pub(crate) fn new(
+        shape: &Conv2dShape,
+        weights: &[f32],
+        threads: usize,
+    ) -> Result<PointwiseLanes, KernelError> {
+        let (cin, cout) = (shape.in_channels, shape.out_channels);
+        let pixels = shape.in_size[0] * shape.in_size[1];
+        let blocks = cout.div_ceil(LANES);
+        let mut packed = AlignedBuffer::zeroed(blocks * cin * LANES);
+        let dst = packed.as_mut_slice();
+        for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
+            let (block, lane) = (co / LANES, co % LANES);
+            for (ci, &w) in row.iter().enumerate() {
+                dst[(block * cin + ci) * LANES + lane] = w;
+            }
+        }
+        let serial = shape.flops()? < SERIAL_FLOPS as u64;
+        let threads = if serial { 1 } else { threads.max(1) };
+        // With at least two channel blocks per thread, one channel range per thread, over
+        // every pixel: a task then prefetches each next block's weights while it computes
+        // the block before (see `task`). With fewer, a task per channel block and pixel
+        // ranges too, for at least four tasks per thread, which the pool hands out as
+        // threads come free. (Four ranges of 6 blocks, 1-2-1-2, left one thread 4 blocks
+        // and the other 2: EfficientNet's 1152->192 at 7x7 took 0.125 ms on 2 threads.)
+        let most_px = (pixels / MIN_TASK_PIXELS).max(1);
+        let (ch, px) = if threads == 1 {
+            (1, 1)
+        } else if shape.batch * blocks >= 2 * threads {
+            (threads.div_ceil(shape.batch), 1)
+        } else {
+            (
+                blocks,
+                (4 * threads).div_ceil(shape.batch * blocks).min(most_px),
+            )
+        };
+        Ok(PointwiseLanes {
+            batch: shape.batch,
+            in_channels: cin,
+            out_channels: cout,
+            pixels,
+            weights: packed,
+            pixel_split: Split::new(pixels, ROWS, px),
+            channel_split: Split::new(cout, LANES, ch),
+            serial,
+        })
+    }
+
+    /// Computes the convolution; lengths were checked by the caller
+    /// ([`Conv2d::run`](super::conv::Conv2d::run)).
+    pub(crate) fn run(
+        &self,
+        pool: &ThreadPool,
+        input: &[f32],
+        output: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) -> Result<(), KernelError> {
+        let (px, ch) = (self.pixel_split.parts, self.channel_split.parts);
+        let tasks = self.batch * px * ch;
+        let fused = epilogue.channel_epilogue(self.out_channels, output.len())?;
+        let ((act, bias), residual) = fused.unwrap_or(((Activation::Identity, None), None));
+        let after = fused.is_none().then_some(epilogue);
+        let out = SendPtr(output.as_mut_ptr());
+        for_each_task(pool, tasks, self.serial, |range, _| {
+            for task in range {
+                let b = task / (px * ch);
+                let (p0, np) = self.pixel_split.part(task / ch % px);
+                let (c0, nc) = self.channel_split.part(task % ch);
+                // Tasks write disjoint output blocks.
+                with_act(
+                    act,
+                    TaskRun {
+                        conv: self,
+                        b,
+                        pixels: p0..p0 + np,
+                        channels: c0..c0 + nc,
+                        x: input.as_ptr(),
+                        out: out.get(),
+                        bias,
+                        residual,
+                        after,
+                    },
+                );
+            }
+        })?;
+        Ok(())
+    }
+}
+
+/// One task: its image, pixels and channels, and what its tiles apply.
+struct TaskRun<'a> {
+    conv: &'a PointwiseLanes,
+    b: usize,
+    pixels: std::ops::Range<usize>,
+    channels: std::ops::Range<usize>,
+    x: *const f32,
+    out: *mut f32,
+    bias: Option<&'a [f32]>,
+    /// A shortcut laid out like the output, added after the bias.
+    residual: Option<&'a [f32]>,
+    /// The epilogue to run on each finished channel block, where the tiles do not apply it.
+    after: Option<Epilogue<'a>>,
+}
+
+impl WithAct for TaskRun<'_> {
+    type Output = ();
+    fn call<A: Act>(self) {
+        // SAFETY: `PointwiseLanes::suits` checked AVX-512F/VL, AVX2 and FMA (`wide_available`);
+        // `run` checked the buffers.
+        unsafe { task::<A>(self) }
+    }
+}
+
+/// Every tile of one task.
+///
+/// # Safety
+/// The CPU has AVX-512F/VL, AVX2 and FMA; `t.x` holds the input and `t.out` the output, of
+/// which this task owns its block.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+unsafe fn task<A: Act>(t: TaskRun<'_>) {
+    let c = t.conv;
+    let (k, pixels) = (c.in_channels, c.pixels);
+    let x_img = t.x.add(t.b * k * pixels);
+    let row0 = t.b * c.out_channels;
+    let mut co = t.channels.start;
+    while co < t.channels.end {
+        let nc = (t.channels.end - co).min(LANES);
+        let w = c.weights.as_slice().as_ptr().add(co / LANES * k * LANES);
+        // The next block's weights, prefetched by the second tile (the first without more).
+        let next = (co + LANES < t.channels.end).then(|| w.add(k * LANES));
+        let prefetch_at = if t.pixels.len() > ROWS {
+            t.pixels.start + ROWS
+        } else {
+            t.pixels.start
+        };
+        let mut bias = [0.0f32; LANES];
+        if let Some(b) = t.bias {
+            bias[..nc].copy_from_slice(&b[co..co + nc]);
+        }
+        let tile_out = Out {
+            at: (row0 + co) * pixels,
+            ld: pixels,
+            channels: nc,
+        };
+        let mut p = t.pixels.start;
+        while p < t.pixels.end {
+            let x = x_img.add(p);
+            let out = Out {
+                at: tile_out.at + p,
+                ..tile_out
+            };
+            let w = Weights {
+                block: w,
+                next: next.filter(|_| p == prefetch_at),
+            };
+            match (t.pixels.end - p).min(ROWS) {
+                7 => tile::<A, 7>(&t, x, w, out, &bias),
+                6 => tile::<A, 6>(&t, x, w, out, &bias),
+                5 => tile::<A, 5>(&t, x, w, out, &bias),
+                4 => tile::<A, 4>(&t, x, w, out, &bias),
+                3 => tile::<A, 3>(&t, x, w, out, &bias),
+                2 => tile::<A, 2>(&t, x, w, out, &bias),
+                _ => tile::<A, 1>(&t, x, w, out, &bias),
+            }
+            p += ROWS;
+        }
+        if let Some(e) = t.after {
+            let cols = t.pixels.start..t.pixels.end;
+            e.apply(t.out, row0 + co, nc, cols.start, cols.len(), pixels);
+        }
+        co += LANES;
+    }
+}
+
+/// A tile's packed weight block, and the next block's to prefetch, if this tile does.
+#[derive(Clone, Copy)]
+struct Weights {
+    block: *const f32,
+    next: Option<*const f32>,
+}
+
+/// Where a tile's rows go: channel `j` of the tile is element `at + j·ld` of the output
+/// (and of the residual), for the tile's first `channels` channels.
+#[derive(Clone, Copy)]
+struct Out {
+    at: usize,
+    ld: usize,
+    channels: usize,
+}
+
+/// `out[j][r] = act((Σ_ci w[ci][j] · x[ci][r] + bias[j]) + residual[j][r])` for the tile's
+/// `R` pixels `r` and its channels `j`.
+///
+/// # Safety
+/// As for [`task`]; `x` is the input at the tile's first pixel (row stride `pixels`), `w`
+/// the packed weight blocks, `out` inside the task's block.
+#[inline(always)]
+unsafe fn tile<A: Act, const R: usize>(
+    t: &TaskRun<'_>,
+    x: *const f32,
+    w: Weights,
+    out: Out,
+    bias: &[f32; LANES],
+) {
+    let (k, pixels) = (t.conv.in_channels, t.conv.pixels);
+    let mut acc = [[_mm512_setzero_ps(); 2]; R];
+    for ci in 0..k {
+        if let Some(next) = w.next {
+            // Two lines per step: the next block's weights for this input channel.
+            let line = next.add(ci * LANES).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T1>(line);
+            _mm_prefetch::<_MM_HINT_T1>(line.add(64));
+        }
+        let wi = w.block.add(ci * LANES);
+        let (w0, w1) = (_mm512_loadu_ps(wi), _mm512_loadu_ps(wi.add(16)));
+        let xi = x.add(ci * pixels);
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let s = _mm512_set1_ps(*xi.add(r));
+            acc[0] = _mm512_fmadd_ps(s, w0, acc[0]);
+            acc[1] = _mm512_fmadd_ps(s, w1, acc[1]);
+        }
+    }
+    // Channels `8g..8g + 8` of every row, as 8x8 blocks whose transposes are channel rows.
+    let mask: __mmask8 = (1u8 << R) - 1;
+    for g in 0..LANES / 8 {
+        if 8 * g >= out.channels {
+            break;
+        }
+        let mut rows = [_mm256_setzero_ps(); 8];
+        for (r, acc) in acc.iter().enumerate() {
+            let half = acc[g / 2];
+            rows[r] = if g % 2 == 0 {
+                _mm512_castps512_ps256(half)
+            } else {
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(half)))
+            };
+        }
+        let channel_rows = transpose8(rows);
+        for (j, &v) in channel_rows.iter().enumerate() {
+            let ch = 8 * g + j;
+            if ch >= out.channels {
+                break;
+            }
+            let at = out.at + ch * out.ld;
+            let b = _mm256_set1_ps(bias[ch]);
+            let v = match t.residual {
+                None => avx2::activate::<A>(v, b),
+                Some(res) => {
+                    let res = _mm256_maskz_loadu_ps(mask, res.as_ptr().add(at));
+                    avx2::activate::<A>(
+                        _mm256_add_ps(_mm256_add_ps(v, b), res),
+                        _mm256_setzero_ps(),
+                    )
+                }
+            };
+            _mm256_mask_storeu_ps(t.out.add(at), mask, v);
+        }
+    }
+}
