@@ -1457,8 +1457,8 @@ fn conv_scratch_stays_bounded_for_large_images() {
 
 /// Winograd F(2x2, 3x3) against the direct reference: odd output sizes (a last tile row
 /// and column of one pixel), paddings 0 to 2, batches, channel counts that are not
-/// multiples of 8, and plans split into bands and channel blocks over 1 to 3 threads,
-/// with the epilogue seeing every output element once. Shapes it does not suit are
+/// multiples of 8 (or 32), and plans split into bands and channel blocks over 1 to 3
+/// threads, with the epilogue seeing every output element once, on each build. Shapes it does not suit are
 /// refused when forced and planned as im2col otherwise.
 #[test]
 fn winograd_conv_matches_the_reference() {
@@ -1519,10 +1519,20 @@ fn winograd_conv_matches_the_reference() {
             [2, 2],
             [1, 1],
         ),
+        // Several 32-channel blocks per task for the AVX-512 build's products, the last
+        // partial, on ResNet's 14x14 map.
+        geometry(
+            shape(1, [80, 144], [14, 14], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
     ];
-    for s in cases {
-        check_conv(s, &pools, ConvStrategy::Winograd);
-    }
+    for_each_build(|| {
+        for s in cases {
+            check_conv(s, &pools, ConvStrategy::Winograd);
+        }
+    });
     let weight = random(16 * 16 * 9, 5);
     let unsuited = [
         geometry(

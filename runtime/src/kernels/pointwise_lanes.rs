@@ -28,7 +28,7 @@
 use std::arch::x86_64::*;
 
 use crate::arena::AlignedBuffer;
-use crate::kernels::activation::{avx2, with_act, Act, Activation, WithAct};
+use crate::kernels::activation::{avx2, with_act, Act, Activation, Identity, WithAct};
 use crate::kernels::conv::{Conv2dShape, Layout, Split};
 use crate::kernels::isa::wide_available;
 use crate::kernels::transpose::transpose8;
@@ -36,7 +36,7 @@ use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS
 use crate::pool::ThreadPool;
 
 /// Output channels per register tile: two 16-lane registers.
-const LANES: usize = 32;
+pub(super) const LANES: usize = 32;
 /// Pixels per register tile.
 const ROWS: usize = 7;
 /// Most pixels per image this kernel takes: 14x14.
@@ -85,9 +85,8 @@ impl PointwiseLanes {
         let mut packed = AlignedBuffer::zeroed(blocks * cin * LANES);
         let dst = packed.as_mut_slice();
         for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
-            let (block, lane) = (co / LANES, co % LANES);
             for (ci, &w) in row.iter().enumerate() {
-                dst[(block * cin + ci) * LANES + lane] = w;
+                dst[packed_index(co, ci, cin)] = w;
             }
         }
         let serial = shape.flops()? < SERIAL_FLOPS as u64;
@@ -195,50 +194,29 @@ impl WithAct for TaskRun<'_> {
 unsafe fn task<A: Act>(t: TaskRun<'_>) {
     let c = t.conv;
     let (k, pixels) = (c.in_channels, c.pixels);
-    let x_img = t.x.add(t.b * k * pixels);
     let row0 = t.b * c.out_channels;
     let mut co = t.channels.start;
     while co < t.channels.end {
         let nc = (t.channels.end - co).min(LANES);
-        let w = c.weights.as_slice().as_ptr().add(co / LANES * k * LANES);
-        // The next block's weights, prefetched by the second tile (the first without more).
-        let next = (co + LANES < t.channels.end).then(|| w.add(k * LANES));
-        let prefetch_at = if t.pixels.len() > ROWS {
-            t.pixels.start + ROWS
-        } else {
-            t.pixels.start
-        };
+        let w = c.weights.as_slice().as_ptr().add(packed_index(co, 0, k));
         let mut bias = [0.0f32; LANES];
         if let Some(b) = t.bias {
             bias[..nc].copy_from_slice(&b[co..co + nc]);
         }
-        let tile_out = Out {
-            at: (row0 + co) * pixels,
-            ld: pixels,
+        let at = (row0 + co) * pixels;
+        let product = LanesBlock {
+            x: t.x.add(t.b * k * pixels),
+            ldx: pixels,
+            k,
+            w,
+            next: (co + LANES < t.channels.end).then(|| w.add(k * LANES)),
+            out: t.out.add(at),
+            ldo: pixels,
             channels: nc,
+            bias,
+            residual: t.residual.map(|r| r.as_ptr().add(at)),
         };
-        let mut p = t.pixels.start;
-        while p < t.pixels.end {
-            let x = x_img.add(p);
-            let out = Out {
-                at: tile_out.at + p,
-                ..tile_out
-            };
-            let w = Weights {
-                block: w,
-                next: next.filter(|_| p == prefetch_at),
-            };
-            match (t.pixels.end - p).min(ROWS) {
-                7 => tile::<A, 7>(&t, x, w, out, &bias),
-                6 => tile::<A, 6>(&t, x, w, out, &bias),
-                5 => tile::<A, 5>(&t, x, w, out, &bias),
-                4 => tile::<A, 4>(&t, x, w, out, &bias),
-                3 => tile::<A, 3>(&t, x, w, out, &bias),
-                2 => tile::<A, 2>(&t, x, w, out, &bias),
-                _ => tile::<A, 1>(&t, x, w, out, &bias),
-            }
-            p += ROWS;
-        }
+        block::<A>(&product, t.pixels.clone());
         if let Some(e) = t.after {
             let cols = t.pixels.start..t.pixels.end;
             e.apply(t.out, row0 + co, nc, cols.start, cols.len(), pixels);
@@ -247,48 +225,91 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
     }
 }
 
-/// A tile's packed weight block, and the next block's to prefetch, if this tile does.
-#[derive(Clone, Copy)]
-struct Weights {
-    block: *const f32,
-    next: Option<*const f32>,
+/// Where weight `w[co][ci]` of a `K = k` reduction goes in the packed layout,
+/// `[C_out / 32][K][32]`.
+pub(super) fn packed_index(co: usize, ci: usize, k: usize) -> usize {
+    (co / LANES * k + ci) * LANES + co % LANES
 }
 
-/// Where a tile's rows go: channel `j` of the tile is element `at + j·ld` of the output
-/// (and of the residual), for the tile's first `channels` channels.
-#[derive(Clone, Copy)]
-struct Out {
-    at: usize,
-    ld: usize,
-    channels: usize,
+/// One block of at most 32 output channels of a product over a run of pixels:
+/// `out[j·ldo + p] = act((Σ_i w[i][j] · x[i·ldx + p] + bias[j]) + residual[j·ldo + p])`
+/// for the block's channels `j` (the residual, where there is one, laid out like `out`).
+pub(super) struct LanesBlock {
+    /// The right operand, `k` rows of stride `ldx`, from its first pixel.
+    pub x: *const f32,
+    pub ldx: usize,
+    pub k: usize,
+    /// The packed weight block, `[k][32]`.
+    pub w: *const f32,
+    /// A weight block to prefetch into L2 while this one runs: the next a task computes.
+    pub next: Option<*const f32>,
+    /// The output, channel rows of stride `ldo`, from its first pixel.
+    pub out: *mut f32,
+    pub ldo: usize,
+    /// Channels of the block that are written (at most 32).
+    pub channels: usize,
+    pub bias: [f32; LANES],
+    pub residual: Option<*const f32>,
 }
 
-/// `out[j][r] = act((Σ_ci w[ci][j] · x[ci][r] + bias[j]) + residual[j][r])` for the tile's
-/// `R` pixels `r` and its channels `j`.
+/// Pixels `pixels` of `b`, in tiles of 7; the second tile (the first without more)
+/// prefetches `b.next`.
 ///
 /// # Safety
-/// As for [`task`]; `x` is the input at the tile's first pixel (row stride `pixels`), `w`
-/// the packed weight blocks, `out` inside the task's block.
+/// The CPU has AVX-512F/VL, AVX2 and FMA (the caller is built for them); `b`'s pointers
+/// hold what it says for these pixels, and its output rows are the caller's alone.
 #[inline(always)]
-unsafe fn tile<A: Act, const R: usize>(
-    t: &TaskRun<'_>,
-    x: *const f32,
-    w: Weights,
-    out: Out,
-    bias: &[f32; LANES],
-) {
-    let (k, pixels) = (t.conv.in_channels, t.conv.pixels);
+unsafe fn block<A: Act>(b: &LanesBlock, pixels: std::ops::Range<usize>) {
+    let prefetch_at = if pixels.len() > ROWS {
+        pixels.start + ROWS
+    } else {
+        pixels.start
+    };
+    let mut p = pixels.start;
+    while p < pixels.end {
+        let prefetch = p == prefetch_at;
+        match (pixels.end - p).min(ROWS) {
+            7 => tile::<A, 7>(b, p, prefetch),
+            6 => tile::<A, 6>(b, p, prefetch),
+            5 => tile::<A, 5>(b, p, prefetch),
+            4 => tile::<A, 4>(b, p, prefetch),
+            3 => tile::<A, 3>(b, p, prefetch),
+            2 => tile::<A, 2>(b, p, prefetch),
+            _ => tile::<A, 1>(b, p, prefetch),
+        }
+        p += ROWS;
+    }
+}
+
+/// [`block`] without bias, residual or activation, for products that are not
+/// convolutions of their own (Winograd's, in `winograd`).
+///
+/// # Safety
+/// As for [`block`]; the CPU has AVX-512F/VL, AVX2 and FMA.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+pub(super) unsafe fn product_block(b: &LanesBlock, pixels: std::ops::Range<usize>) {
+    block::<Identity>(b, pixels)
+}
+
+/// The tile of `b` at pixels `p..p + R`: `R` rows of 32 channels in 14 registers, then
+/// transposed into channel rows for the store.
+///
+/// # Safety
+/// As for [`block`].
+#[inline(always)]
+unsafe fn tile<A: Act, const R: usize>(b: &LanesBlock, p: usize, prefetch: bool) {
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
-    for ci in 0..k {
-        if let Some(next) = w.next {
+    let x = b.x.add(p);
+    for ci in 0..b.k {
+        if let (Some(next), true) = (b.next, prefetch) {
             // Two lines per step: the next block's weights for this input channel.
             let line = next.add(ci * LANES).cast::<i8>();
             _mm_prefetch::<_MM_HINT_T1>(line);
             _mm_prefetch::<_MM_HINT_T1>(line.add(64));
         }
-        let wi = w.block.add(ci * LANES);
+        let wi = b.w.add(ci * LANES);
         let (w0, w1) = (_mm512_loadu_ps(wi), _mm512_loadu_ps(wi.add(16)));
-        let xi = x.add(ci * pixels);
+        let xi = x.add(ci * b.ldx);
         for (r, acc) in acc.iter_mut().enumerate() {
             let s = _mm512_set1_ps(*xi.add(r));
             acc[0] = _mm512_fmadd_ps(s, w0, acc[0]);
@@ -298,7 +319,7 @@ unsafe fn tile<A: Act, const R: usize>(
     // Channels `8g..8g + 8` of every row, as 8x8 blocks whose transposes are channel rows.
     let mask: __mmask8 = (1u8 << R) - 1;
     for g in 0..LANES / 8 {
-        if 8 * g >= out.channels {
+        if 8 * g >= b.channels {
             break;
         }
         let mut rows = [_mm256_setzero_ps(); 8];
@@ -313,22 +334,20 @@ unsafe fn tile<A: Act, const R: usize>(
         let channel_rows = transpose8(rows);
         for (j, &v) in channel_rows.iter().enumerate() {
             let ch = 8 * g + j;
-            if ch >= out.channels {
+            if ch >= b.channels {
                 break;
             }
-            let at = out.at + ch * out.ld;
-            let b = _mm256_set1_ps(bias[ch]);
-            let v = match t.residual {
-                None => avx2::activate::<A>(v, b),
+            let at = ch * b.ldo + p;
+            let bias = _mm256_set1_ps(b.bias[ch]);
+            let v = match b.residual {
+                None => avx2::activate::<A>(v, bias),
                 Some(res) => {
-                    let res = _mm256_maskz_loadu_ps(mask, res.as_ptr().add(at));
-                    avx2::activate::<A>(
-                        _mm256_add_ps(_mm256_add_ps(v, b), res),
-                        _mm256_setzero_ps(),
-                    )
+                    let res = _mm256_maskz_loadu_ps(mask, res.add(at));
+                    let sum = _mm256_add_ps(_mm256_add_ps(v, bias), res);
+                    avx2::activate::<A>(sum, _mm256_setzero_ps())
                 }
             };
-            _mm256_mask_storeu_ps(t.out.add(at), mask, v);
+            _mm256_mask_storeu_ps(b.out.add(at), mask, v);
         }
     }
 }

@@ -26,8 +26,12 @@
 //! weight block into L2 before transforming its input, and each next one while the product
 //! before it runs: the eight went 9.88 -> 9.56 ms (best of five medians, 2 threads).
 
+use crate::arena::AlignedBuffer;
 use crate::kernels::conv::{balance, Conv2dShape, Split};
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
+use crate::kernels::isa::wide_available;
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::pointwise_lanes::{self, packed_index, LanesBlock, LANES};
 use crate::kernels::{for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
@@ -69,6 +73,17 @@ fn transform_filter(g: &[f32]) -> [f32; POSITIONS] {
     u
 }
 
+/// The transformed weights `U[ξ]`, packed for the kernel that runs the products.
+#[derive(Debug, Clone)]
+enum Transformed {
+    /// For the `gemm` crate: stacked, `U[ξ]` rows `ξ·C_out..(ξ+1)·C_out`.
+    Packed(PackedMatrix),
+    /// For the small-map 1x1 kernel's tile (`pointwise_lanes`), with AVX-512: `U[ξ]` in
+    /// blocks of 32 channels, `[ξ][C_out / 32][C_in][32]`. On 14x14 maps (49 tiles, three
+    /// 16-wide vectors and one tile for the `gemm` crate's kernel) ...
+    Lanes(AlignedBuffer),
+}
+
 /// A 3x3, stride-1, dilation-1, single-group NCHW convolution planned for F(2x2, 3x3).
 #[derive(Debug, Clone)]
 pub(crate) struct WinogradConv {
@@ -76,8 +91,8 @@ pub(crate) struct WinogradConv {
     out: [usize; 2],
     /// Tiles per output row and column.
     tiles: [usize; 2],
-    /// `U[ξ]`, `[C_out, C_in]` each, stacked: `U[ξ]` is rows `ξ·C_out..(ξ+1)·C_out`.
-    weights: PackedMatrix,
+    /// `U[ξ]`, `[C_out, C_in]` each.
+    weights: Transformed,
     /// Tile rows per task.
     bands: Split,
     /// Output channels per task.
@@ -116,16 +131,39 @@ impl WinogradConv {
         // `row` (small enough for L1/L2), then written to row `co` of each U[ξ]. The 16
         // matrices are one allocation, U[ξ] its rows `ξ·C_out..(ξ+1)·C_out`: one buffer
         // large enough for huge pages instead of 16 page-faulting ones.
-        let mut weights = PackedMatrix::zeroed(POSITIONS * cout, cin);
+        let lanes = cfg!(target_arch = "x86_64") && wide_available();
+        let mut weights = if lanes {
+            let per_position = cout.div_ceil(LANES) * LANES * cin;
+            Transformed::Lanes(AlignedBuffer::zeroed(POSITIONS * per_position))
+        } else {
+            Transformed::Packed(PackedMatrix::zeroed(POSITIONS * cout, cin))
+        };
         let mut row = vec![[0.0f32; POSITIONS]; cin];
         for co in 0..cout {
             for (ci, u) in row.iter_mut().enumerate() {
                 *u = transform_filter(&filters[(co * cin + ci) * 9..][..9]);
             }
-            for xi in 0..POSITIONS {
-                for (dst, u) in weights.row_mut(xi * cout + co).iter_mut().zip(&row) {
-                    *dst = u[xi];
+            match &mut weights {
+                Transformed::Packed(packed) => {
+                    for xi in 0..POSITIONS {
+                        for (dst, u) in packed.row_mut(xi * cout + co).iter_mut().zip(&row) {
+                            *dst = u[xi];
+                        }
+                    }
                 }
+                #[cfg(target_arch = "x86_64")]
+                Transformed::Lanes(buffer) => {
+                    let per_position = buffer.len() / POSITIONS;
+                    let dst = buffer.as_mut_slice();
+                    for (ci, u) in row.iter().enumerate() {
+                        let at = packed_index(co, ci, cin);
+                        for (xi, &v) in u.iter().enumerate() {
+                            dst[xi * per_position + at] = v;
+                        }
+                    }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
             }
         }
 
@@ -165,7 +203,9 @@ impl WinogradConv {
             threads,
         );
         let bands = Split::new(tiles[0], 1, band_parts);
-        let channels = Split::new(cout, 8, channel_parts);
+        // Whole 32-channel blocks for the lanes kernel's tile.
+        let unit = if lanes { LANES } else { 8 };
+        let channels = Split::new(cout, unit, channel_parts);
         let longest = band_tiles(bands.longest());
         // Four padded input rows and eight rows of per-tile-row temporaries.
         let row_buf = 4 * (2 * tiles[1] + 2) + 8 * (tiles[1] + 1);
@@ -262,8 +302,9 @@ impl WinogradConv {
         // The products' weights come from memory in a model whose weights outgrow the
         // caches: fetch the first block while the input is transformed, and each next one
         // while the product before it runs.
-        let weight_block = |xi: usize| self.weights.view().block(xi * cout + c0, 0, cblk, cin);
-        weight_block(0).prefetch();
+        if let Transformed::Packed(packed) = &self.weights {
+            packed.view().block(c0, 0, cblk, cin).prefetch();
+        }
 
         // V[ξ][ci][tile] = (Bᵀ d B)[ξ], tiles row-major over the band. Every loop below runs
         // over a whole tile row at once, on contiguous slices, so that it vectorises.
@@ -321,15 +362,60 @@ impl WinogradConv {
         }
 
         // M[ξ] = U[ξ]·V[ξ] for this block of output channels.
-        for xi in 0..POSITIONS {
-            if xi + 1 < POSITIONS {
-                weight_block(xi + 1).prefetch();
+        match &self.weights {
+            Transformed::Packed(packed) => {
+                let weight_block = |xi: usize| packed.view().block(xi * cout + c0, 0, cblk, cin);
+                for xi in 0..POSITIONS {
+                    if xi + 1 < POSITIONS {
+                        weight_block(xi + 1).prefetch();
+                    }
+                    let u = weight_block(xi);
+                    let vm = MatRef::from_raw(v.as_ptr().add(xi * cin * t), cin, t, t as isize, 1);
+                    let mut mm =
+                        MatMut::from_raw(m.as_mut_ptr().add(xi * cblk * t), cblk, t, t as isize, 1);
+                    gemm_unchecked(u, vm, &mut mm, Output::Overwrite);
+                }
             }
-            let u = weight_block(xi);
-            let vm = MatRef::from_raw(v.as_ptr().add(xi * cin * t), cin, t, t as isize, 1);
-            let mut mm =
-                MatMut::from_raw(m.as_mut_ptr().add(xi * cblk * t), cblk, t, t as isize, 1);
-            gemm_unchecked(u, vm, &mut mm, Output::Overwrite);
+            #[cfg(target_arch = "x86_64")]
+            Transformed::Lanes(buffer) => {
+                let per_position = buffer.len() / POSITIONS;
+                let u = |xi: usize, co: usize| {
+                    buffer
+                        .as_slice()
+                        .as_ptr()
+                        .add(xi * per_position + packed_index(co, 0, cin))
+                };
+                // Blocks in order, position by position: each prefetches the next.
+                let next = |xi: usize, co: usize| {
+                    if co + LANES < c0 + cblk {
+                        Some(u(xi, co + LANES))
+                    } else {
+                        (xi + 1 < POSITIONS).then(|| u(xi + 1, c0))
+                    }
+                };
+                for (xi, co) in (0..POSITIONS)
+                    .flat_map(|xi| (c0..c0 + cblk).step_by(LANES).map(move |co| (xi, co)))
+                {
+                    let product = LanesBlock {
+                        x: v.as_ptr().add(xi * cin * t),
+                        ldx: t,
+                        k: cin,
+                        w: u(xi, co),
+                        next: next(xi, co),
+                        out: m.as_mut_ptr().add((xi * cblk + co - c0) * t),
+                        ldo: t,
+                        channels: (c0 + cblk - co).min(LANES),
+                        bias: [0.0; LANES],
+                        residual: None,
+                    };
+                    // SAFETY: the plan packs `Lanes` only where `wide_available`; `v` holds
+                    // `U`'s `cin` rows of `t` tiles for each position, `m` `cblk` rows of
+                    // `t` for each, this task's alone.
+                    pointwise_lanes::product_block(&product, 0..t);
+                }
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
         }
 
         // Y = Aᵀ M A into the band's output rows, a tile row at a time: Aᵀ q has rows
