@@ -940,6 +940,11 @@ fn direct_conv_matches_the_reference() {
 /// and an activation.
 #[test]
 fn channels_last_conv_matches_the_reference() {
+    // With AVX-512 the 7x7 map's 3x3 with 40 channels runs as Winograd.
+    isa::with_avx2_only(channels_last_on_avx2);
+}
+
+fn channels_last_on_avx2() {
     let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
     let cases = [
         geometry(
@@ -1408,9 +1413,12 @@ fn im2col_conv_on_small_maps_and_uneven_splits() {
             [1, 1],
         ),
     ];
-    for s in cases {
-        check_im2col(s, &pools);
-    }
+    // With AVX-512 the 7x7 map's 3x3 runs as Winograd (its own test covers it).
+    isa::with_avx2_only(|| {
+        for s in cases {
+            check_im2col(s, &pools);
+        }
+    });
 }
 
 /// Neither im2col nor Winograd needs scratch in proportion to the image: both work on
@@ -1554,12 +1562,29 @@ fn winograd_conv_matches_the_reference() {
             [1, 1],
         ),
     ];
-    for s in unsuited {
-        assert!(Conv2d::with_strategy(s, &weight, 1, ConvStrategy::Winograd).is_err());
+    isa::with_avx2_only(|| {
+        for s in unsuited {
+            assert!(Conv2d::with_strategy(s, &weight, 1, ConvStrategy::Winograd).is_err());
+            assert_eq!(
+                Conv2d::new(s, &weight, 1).unwrap().strategy(),
+                ConvStrategy::ChannelsLast
+            );
+        }
+    });
+    // Maps down to 7x7 suit the AVX-512 build, whose products fit them.
+    if isa::wide_available() {
         assert_eq!(
-            Conv2d::new(s, &weight, 1).unwrap().strategy(),
-            ConvStrategy::ChannelsLast
+            Conv2d::new(unsuited[2], &weight, 1).unwrap().strategy(),
+            ConvStrategy::Winograd
         );
+        let small = geometry(
+            shape(2, [40, 37], [7, 7], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        );
+        check_conv(small, &pools, ConvStrategy::Winograd);
+        check_activation_epilogue(small, &pools);
     }
 }
 

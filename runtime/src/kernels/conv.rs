@@ -17,9 +17,11 @@
 //!   streams front to back.
 //!
 //! **Pointwise** (1x1, stride 1, no padding): `col` is the input itself, read
-//! in place through strides; no copy. NCHW ones with at most 256 input channels and 128
+//! in place through strides; no copy. NCHW ones with at most 512 input channels and 128
 //! pixels run on the register kernel in `pointwise` instead where the CPU has AVX2
-//! ([`ConvStrategy::Direct1x1`]). **Im2col**: `col` is built one pixel tile
+//! ([`ConvStrategy::Direct1x1`]), and with AVX-512 those on maps of at most 14x14 run on
+//! the one in `pointwise_lanes`, whose tile holds output channels in its lanes
+//! ([`ConvStrategy::Lanes1x1`]; beside the other only where it measured faster). **Im2col**: `col` is built one pixel tile
 //! at a time into the calling thread's slice of the caller's scratch buffer,
 //! so the scratch is bounded by `K * pixel_tile` floats per thread
 //! ([`Conv2d::scratch_len`]) however large the image is. On small NCHW maps
@@ -29,7 +31,8 @@
 //! channels and read it like a pointwise input: split channels over per-task
 //! tiles would rebuild the same tile once per channel tile. **Winograd**: an NCHW 3x3
 //! stride-1 convolution with enough channels and pixels runs as F(2x2, 3x3) in
-//! `winograd` instead ([`ConvStrategy::Winograd`]). **Direct**: an NCHW convolution with
+//! `winograd` instead, its products on the lanes tile with AVX-512
+//! ([`ConvStrategy::Winograd`]). **Direct**: an NCHW convolution with
 //! at most four input channels (a stem), stride 1 or 2 and one group runs on the register
 //! kernel in `direct` over the input's stride phases, without im2col, where the CPU has
 //! AVX2 ([`ConvStrategy::Direct`]). **Subsample**: a strided 1x1 convolution (ResNet's
@@ -37,9 +40,9 @@
 //! plan on them ([`ConvStrategy::Subsample`]); the transposes or im2col tiles of the whole
 //! input would copy four times as much at stride 2. An NCHW "patchify" stem (kernel no
 //! larger than its stride, unpadded, few channels: ConvNeXt's) gathers a plane per
-//! (channel, tap) the same way and runs as a 1x1 over them on the register kernel. **Channels-last**: the other NCHW
-//! convolutions with one group (stride-2 and 7x7-map 3x3s), and 1x1s on 7x7 maps, transpose
-//! their input to NHWC in scratch and run the NHWC plan, whose `col` tile needs no
+//! (channel, tap) the same way and runs as a 1x1 over them on the register kernel.
+//! **Channels-last**: the other NCHW convolutions with one group (stride-2 3x3s, and
+//! without AVX-512 7x7-map 3x3s and 1x1s), transpose their input to NHWC in scratch and run the NHWC plan, whose `col` tile needs no
 //! transposing; the dense kernel stores each block transposed straight into the NCHW output
 //! ([`ConvStrategy::ChannelsLast`]). **Depthwise**
 //! (`groups == C_in > 1`) goes to the direct kernel in

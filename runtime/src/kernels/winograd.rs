@@ -79,8 +79,10 @@ enum Transformed {
     /// For the `gemm` crate: stacked, `U[ξ]` rows `ξ·C_out..(ξ+1)·C_out`.
     Packed(PackedMatrix),
     /// For the small-map 1x1 kernel's tile (`pointwise_lanes`), with AVX-512: `U[ξ]` in
-    /// blocks of 32 channels, `[ξ][C_out / 32][C_in][32]`. On 14x14 maps (49 tiles, three
-    /// 16-wide vectors and one tile for the `gemm` crate's kernel) ...
+    /// blocks of 32 channels, `[ξ][C_out / 32][C_in][32]`. A 14x14 map has 49 tiles, three
+    /// 16-wide vectors and one tile for the `gemm` crate's kernel and seven rows of 7 for
+    /// this one. ResNet-50's 3x3s, fastest of each layer over alternated runs, 2 threads:
+    /// at 14x14 1.08 -> 0.75 ms, at 28x28 0.93 -> 0.80, at 56x56 0.95 -> 0.90.
     Lanes(AlignedBuffer),
 }
 
@@ -105,8 +107,12 @@ pub(crate) struct WinogradConv {
 impl WinogradConv {
     /// Whether `shape` is one this kernel computes, and one where it beats im2col: 3x3,
     /// stride 1, no dilation, one group, NCHW, with enough channels and pixels for the 16
-    /// products to stay efficient (at most 8x8 output pixels, such as ResNet's last stage,
-    /// would pad 7x7 to 8x8 and store 16 transformed weights per 9: im2col is faster there).
+    /// products to stay efficient. A 7x7 map pads to 8x8 and stores 16 transformed weights
+    /// per 9; on the `gemm` crate's products that made it slower than the channels-last
+    /// plan, so without AVX-512 the map must be at least 14x14. On the lanes tile it is
+    /// faster: ResNet-50's 512->512 at 7x7, kernels benchmark, 2 threads, 1.10 -> 0.88 ms
+    /// (1.33 -> 1.12 with its weights from memory); in the model, fastest of each layer
+    /// over four alternated runs, 1.28 -> 0.97 ms each.
     pub(crate) fn suits(shape: &Conv2dShape, out: [usize; 2]) -> bool {
         shape.layout == crate::kernels::Layout::Nchw
             && shape.kernel == [3, 3]
@@ -115,7 +121,7 @@ impl WinogradConv {
             && shape.groups == 1
             && shape.in_channels >= 16
             && shape.out_channels >= 16
-            && out[0] * out[1] >= 14 * 14
+            && out[0] * out[1] >= if wide_available() { 7 * 7 } else { 14 * 14 }
     }
 
     /// Transforms the PyTorch-layout weight `[C_out, C_in, 3, 3]` and plans tasks for
