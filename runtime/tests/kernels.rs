@@ -776,6 +776,14 @@ fn direct_1x1_conv_is_chosen_where_it_applies() {
         ),
         (
             shape(1, [512, 128], [28, 28], [1, 1], 1),
+            [Lanes1x1, Direct1x1, Pointwise],
+        ),
+        (
+            shape(1, [256, 64], [28, 28], [1, 1], 1),
+            [Direct1x1, Direct1x1, Pointwise],
+        ),
+        (
+            shape(1, [512, 64], [56, 56], [1, 1], 1),
             [Direct1x1, Direct1x1, Pointwise],
         ),
         // Deeper reductions on larger maps and groups stay on the GEMM.
@@ -1154,7 +1162,7 @@ fn direct_1x1_conv_matches_the_reference() {
 
 /// The small-map 1x1 kernel (output channels in the lanes, AVX-512 only) against the f64
 /// reference: full and partial 7-pixel tiles, full and partial 32-channel blocks and
-/// 8-channel groups, one pixel, a long reduction on a map the pixel-lane kernel also takes,
+/// 8-channel groups, one pixel, long reductions on maps the pixel-lane kernel also takes,
 /// batches, 1-3 threads, each epilogue path. The AVX2 build picks another plan.
 #[test]
 fn lanes_1x1_conv_matches_the_reference() {
@@ -1170,6 +1178,7 @@ fn lanes_1x1_conv_matches_the_reference() {
         shape(3, [33, 70], [1, 1], [1, 1], 1),
         shape(1, [17, 32], [10, 10], [1, 1], 1),
         shape(1, [1024, 96], [14, 14], [1, 1], 1),
+        shape(1, [512, 64], [28, 28], [1, 1], 1),
     ];
     for s in cases {
         assert_eq!(

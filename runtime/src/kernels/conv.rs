@@ -19,7 +19,7 @@
 //! **Pointwise** (1x1, stride 1, no padding): `col` is the input itself, read
 //! in place through strides; no copy. NCHW ones with at most 512 input channels and 128
 //! pixels run on the register kernel in `pointwise` instead where the CPU has AVX2
-//! ([`ConvStrategy::Direct1x1`]), and with AVX-512 those on maps of at most 14x14 run on
+//! ([`ConvStrategy::Direct1x1`]), and with AVX-512 those on maps of at most 28x28 run on
 //! the one in `pointwise_lanes`, whose tile holds output channels in its lanes
 //! ([`ConvStrategy::Lanes1x1`]; beside the other only where it measured faster). **Im2col**: `col` is built one pixel tile
 //! at a time into the calling thread's slice of the caller's scratch buffer,
@@ -295,7 +295,7 @@ pub enum ConvStrategy {
     Direct1x1,
     /// GEMM over im2col pixel tiles built in scratch.
     Im2col,
-    /// 1x1, stride 1, NCHW, on a map of at most 14x14, on a CPU with AVX-512: the register
+    /// 1x1, stride 1, NCHW, on a map of at most 28x28, on a CPU with AVX-512: the register
     /// kernel in `pointwise_lanes`, output channels in the lanes and pixels in the rows,
     /// storing transposed.
     Lanes1x1,
@@ -392,15 +392,19 @@ fn register_kernel_suits(strategy: ConvStrategy, shape: &Conv2dShape) -> bool {
 /// Whether a 1x1 that [`ConvStrategy::Lanes1x1`] computes runs on it: always where the
 /// pixel-lane kernel in `pointwise` does not take the shape (fewer than 128 pixels, or more
 /// than 512 input channels), and beside it where the reduction is long and the channels
-/// fill whole 32-lane blocks. Kernels benchmark, 2 threads, bias + ReLU, against the plan
-/// picked before: ResNet-50's 1024->256 at 14x14 0.51 -> 0.44 ms, 2048->512 at 7x7 0.52 ->
-/// 0.45, 512->2048 at 7x7 0.50 -> 0.45, 256->1024 at 14x14 0.48 -> 0.47; EfficientNet's
-/// 1152->192 at 7x7 0.135 -> 0.093, 672->112 at 14x14 0.158 -> 0.146. With short
-/// reductions at 14x14 the two are level (112->672, 160->640) and with a partial channel
-/// block the pixel-lane kernel is faster (480->80: 0.077 against 0.088).
+/// fill whole 32-lane blocks: from 256 input channels on maps up to 14x14, from 512 on
+/// 28x28. Kernels benchmark, 2 threads, bias + ReLU, against the plan picked before:
+/// ResNet-50's 1024->256 at 14x14 0.51 -> 0.44 ms, 2048->512 at 7x7 0.52 -> 0.45, 512->2048
+/// at 7x7 0.50 -> 0.45, 256->1024 at 14x14 0.48 -> 0.47, 512->128 at 28x28 0.49 -> 0.46;
+/// EfficientNet's 1152->192 at 7x7 0.135 -> 0.093, 672->112 at 14x14 0.158 -> 0.146. With
+/// short reductions at 14x14 the two are level (112->672, 160->640), with a partial channel
+/// block the pixel-lane kernel is faster (480->80: 0.077 against 0.088), and so it is in
+/// ResNet-50 on 256->64 at 56x56 (0.46 against 0.48-0.49, fastest of each layer).
 fn lanes_pay(shape: &Conv2dShape) -> bool {
+    let pixels = shape.in_size[0] * shape.in_size[1];
+    let long = if pixels <= 14 * 14 { 256 } else { 512 };
     !register_kernel_suits(ConvStrategy::Direct1x1, shape)
-        || (shape.in_channels >= 256 && shape.out_channels.is_multiple_of(32))
+        || (shape.in_channels >= long && shape.out_channels.is_multiple_of(32))
 }
 
 /// Most floats of input and output the channels-last plan copies into scratch (8 MiB).

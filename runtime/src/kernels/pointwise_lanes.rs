@@ -1,5 +1,5 @@
-//! NCHW 1x1 stride-1 convolutions on small maps, output channels in the vector lanes
-//! (AVX-512).
+//! NCHW 1x1 stride-1 convolutions on maps of at most 28x28, output channels in the vector
+//! lanes (AVX-512).
 //!
 //! `out[b, co, p] = Σ_ci w[co, ci] · x[b, ci, p]` as in `pointwise`, with the register tile
 //! turned around: its lanes are 32 output channels (two 16-lane registers of the packed
@@ -39,8 +39,8 @@ use crate::pool::ThreadPool;
 pub(super) const LANES: usize = 32;
 /// Pixels per register tile.
 const ROWS: usize = 7;
-/// Most pixels per image this kernel takes: 14x14.
-pub(super) const MAX_PIXELS: usize = 196;
+/// Most pixels per image this kernel takes: 28x28.
+pub(super) const MAX_PIXELS: usize = 784;
 /// Fewest pixels a task covers, unless the image is smaller.
 const MIN_TASK_PIXELS: usize = 4 * ROWS;
 
