@@ -608,7 +608,7 @@ fn ir_explain_says_why_a_fusion_did_not_fire() {
     // The last block's gate stays a multiply: its 4x4 map is smaller than the weight.
     assert!(
         text.contains("fold-channel-scale: `blocks.2.0.se.mul` is not folded")
-            && text.contains("costs more than the input"),
+            && text.contains("costs more than a third of scaling the input"),
         "{text}"
     );
     assert!(
