@@ -102,14 +102,7 @@ impl PointwiseConv {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         let pixels = shape.in_size[0] * shape.in_size[1];
         let blocks = cout.div_ceil(MR);
-        let mut packed = AlignedBuffer::zeroed(blocks * cin * MR);
-        let dst = packed.as_mut_slice();
-        for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
-            let (block, lane) = (co / MR, co % MR);
-            for (ci, &w) in row.iter().enumerate() {
-                dst[(block * cin + ci) * MR + lane] = w;
-            }
-        }
+        let packed = pack_channel_blocks(weights, cout, cin, MR);
         let serial = shape.flops()? < SERIAL_FLOPS as u64;
         let threads = if serial { 1 } else { threads.max(1) };
         // At least two tasks per thread, from pixel ranges first, then channel ranges.
@@ -197,6 +190,30 @@ impl PointwiseConv {
         })?;
         Ok(())
     }
+}
+
+/// `weights` (`[C_out, C_in]`) in blocks of `width` output channels, `[C_out / width][C_in]
+/// [width]` (the last block's missing channels zero): a block's weights for one input
+/// channel are consecutive floats.
+pub(super) fn pack_channel_blocks(
+    weights: &[f32],
+    cout: usize,
+    cin: usize,
+    width: usize,
+) -> AlignedBuffer {
+    let mut packed = AlignedBuffer::zeroed(cout.div_ceil(width) * cin * width);
+    let dst = packed.as_mut_slice();
+    for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
+        for (ci, &w) in row.iter().enumerate() {
+            dst[packed_index(co, ci, cin, width)] = w;
+        }
+    }
+    packed
+}
+
+/// Where weight `w[co][ci]` of a `K = k` reduction goes in blocks of `width` channels.
+pub(super) fn packed_index(co: usize, ci: usize, k: usize, width: usize) -> usize {
+    (co / width * k + ci) * width + co % width
 }
 
 /// One task's output block.

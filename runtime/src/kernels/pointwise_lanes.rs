@@ -31,6 +31,7 @@ use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{avx2, with_act, Act, Activation, Identity, WithAct};
 use crate::kernels::conv::{Conv2dShape, Layout, Split};
 use crate::kernels::isa::wide_available;
+use crate::kernels::pointwise::{self, pack_channel_blocks};
 use crate::kernels::transpose::transpose8;
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
@@ -82,13 +83,7 @@ impl PointwiseLanes {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         let pixels = shape.in_size[0] * shape.in_size[1];
         let blocks = cout.div_ceil(LANES);
-        let mut packed = AlignedBuffer::zeroed(blocks * cin * LANES);
-        let dst = packed.as_mut_slice();
-        for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
-            for (ci, &w) in row.iter().enumerate() {
-                dst[packed_index(co, ci, cin)] = w;
-            }
-        }
+        let packed = pack_channel_blocks(weights, cout, cin, LANES);
         let serial = shape.flops()? < SERIAL_FLOPS as u64;
         let threads = if serial { 1 } else { threads.max(1) };
         // With at least two channel blocks per thread, one channel range per thread, over
@@ -228,7 +223,7 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
 /// Where weight `w[co][ci]` of a `K = k` reduction goes in the packed layout,
 /// `[C_out / 32][K][32]`.
 pub(super) fn packed_index(co: usize, ci: usize, k: usize) -> usize {
-    (co / LANES * k + ci) * LANES + co % LANES
+    pointwise::packed_index(co, ci, k, LANES)
 }
 
 /// One block of at most 32 output channels of a product over a run of pixels:
