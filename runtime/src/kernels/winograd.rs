@@ -144,33 +144,47 @@ impl WinogradConv {
         } else {
             Transformed::Packed(PackedMatrix::zeroed(POSITIONS * cout, cin))
         };
-        let mut row = vec![[0.0f32; POSITIONS]; cin];
-        for co in 0..cout {
-            for (ci, u) in row.iter_mut().enumerate() {
-                *u = transform_filter(&filters[(co * cin + ci) * 9..][..9]);
-            }
-            match &mut weights {
-                Transformed::Packed(packed) => {
+        let filter = |co: usize, ci: usize| transform_filter(&filters[(co * cin + ci) * 9..][..9]);
+        match &mut weights {
+            Transformed::Packed(packed) => {
+                let mut row = vec![[0.0f32; POSITIONS]; cin];
+                for co in 0..cout {
+                    for (ci, u) in row.iter_mut().enumerate() {
+                        *u = filter(co, ci);
+                    }
                     for xi in 0..POSITIONS {
                         for (dst, u) in packed.row_mut(xi * cout + co).iter_mut().zip(&row) {
                             *dst = u[xi];
                         }
                     }
                 }
-                #[cfg(target_arch = "x86_64")]
-                Transformed::Lanes(buffer) => {
-                    let per_position = buffer.len() / POSITIONS;
-                    let dst = buffer.as_mut_slice();
-                    for (ci, u) in row.iter().enumerate() {
-                        let at = packed_index(co, ci, cin);
-                        for (xi, &v) in u.iter().enumerate() {
-                            dst[xi * per_position + at] = v;
+            }
+            #[cfg(target_arch = "x86_64")]
+            Transformed::Lanes(buffer) => {
+                // A block's 32 filters of one input channel at a time, so that each
+                // position's write is 32 consecutive floats: written an element at a time
+                // across the 16 matrices, ResNet-50's 512->512 took 11 ms to pack.
+                let per_position = buffer.len() / POSITIONS;
+                let dst = buffer.as_mut_slice();
+                let mut block = [[0.0f32; POSITIONS]; LANES];
+                for b0 in (0..cout).step_by(LANES) {
+                    let width = (cout - b0).min(LANES);
+                    for ci in 0..cin {
+                        for (j, u) in block[..width].iter_mut().enumerate() {
+                            *u = filter(b0 + j, ci);
+                        }
+                        let at = packed_index(b0, ci, cin);
+                        for xi in 0..POSITIONS {
+                            let lanes = &mut dst[xi * per_position + at..][..width];
+                            for (v, u) in lanes.iter_mut().zip(&block) {
+                                *v = u[xi];
+                            }
                         }
                     }
                 }
-                #[cfg(not(target_arch = "x86_64"))]
-                Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
             }
+            #[cfg(not(target_arch = "x86_64"))]
+            Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
         }
 
         let tiles = [out[0].div_ceil(2), out[1].div_ceil(2)];
