@@ -263,6 +263,51 @@ fn weights_against_checkpoints() {
     assert!(missing.contains("E0505"), "{missing}");
 }
 
+/// A checkpoint that matches the model key for key but holds NaN, infinite or negative
+/// variance values passes `weights --against` with a warning for each tensor.
+#[test]
+fn weights_against_warns_about_poisoned_values() {
+    let dir = scratch("poisoned");
+    let path = dir.join("w.safetensors");
+    let w = path.to_string_lossy();
+    let spec = "specs/resnet.bb";
+    ok(&["weights", spec, "--model", "resnet_test", "--save", &w]);
+    let clean = bbc(&["weights", spec, "--model", "resnet_test", "--against", &w]);
+    assert!(!stderr(&clean).contains("warning"), "{}", stderr(&clean));
+    let ckpt = bbc::runtime::Checkpoint::open(&path).unwrap();
+    let mut tensors: Vec<(String, bbc::runtime::Tensor)> = ckpt
+        .entries()
+        .iter()
+        .map(|e| (e.name.clone(), ckpt.load(&e.name).unwrap()))
+        .collect();
+    drop(ckpt);
+    for (name, t) in &mut tensors {
+        match name.as_str() {
+            "conv1.weight" => {
+                t.as_slice_mut().unwrap()[..2].copy_from_slice(&[f32::NAN, f32::INFINITY])
+            }
+            "layer1.0.bn1.running_var" => t.as_slice_mut().unwrap()[3] = -0.5,
+            _ => {}
+        }
+    }
+    let refs: Vec<(String, &bbc::runtime::Tensor)> =
+        tensors.iter().map(|(k, t)| (k.clone(), t)).collect();
+    bbc::runtime::save(&path, &refs).unwrap();
+    let out = bbc(&["weights", spec, "--model", "resnet_test", "--against", &w]);
+    assert_eq!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: `conv1.weight` holds 1 NaN and 1 infinite values of"),
+        "{err}"
+    );
+    assert!(
+        err.contains("warning: `layer1.0.bn1.running_var` holds 1 negative values of 8"),
+        "{err}"
+    );
+    assert_eq!(err.matches("warning:").count(), 2, "{err}");
+    assert!(stdout(&out).starts_with("ok: "), "{}", stdout(&out));
+}
+
 #[test]
 fn saved_weights_check_and_reproduce_the_seeded_run() {
     let dir = scratch("save");

@@ -316,6 +316,41 @@ pub fn check_file(
     check(model, ckpt.entries(), &path.display().to_string())
 }
 
+/// What in loaded weights would poison every inference, one line per key: NaN or infinite
+/// values, and negative values in a BatchNorm running variance (a key ending in
+/// `running_var`, PyTorch's name), whose square root the normalisation takes. A checkpoint
+/// can match the model key for key and still hold these: a diverged training run, or a
+/// corrupt or hand-edited file.
+pub fn value_warnings(weights: &BTreeMap<String, Tensor>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (key, t) in weights {
+        let (nan, inf) = t.iter().fold((0usize, 0usize), |(nan, inf), v| {
+            (
+                nan + usize::from(v.is_nan()),
+                inf + usize::from(v.is_infinite()),
+            )
+        });
+        if nan + inf > 0 {
+            out.push(format!(
+                "`{key}` holds {nan} NaN and {inf} infinite values of {}: every output they \
+                 reach will be NaN or infinite",
+                t.len()
+            ));
+        }
+        if key.ends_with("running_var") {
+            let negative = t.iter().filter(|&&v| v < 0.0).count();
+            if negative > 0 {
+                out.push(format!(
+                    "`{key}` holds {negative} negative values of {}: a variance is never \
+                     negative, and BatchNorm takes its square root (NaN)",
+                    t.len()
+                ));
+            }
+        }
+    }
+    out
+}
+
 /// Checks, then loads a checkpoint's tensors under the model's keys.
 pub fn load_file(
     model: &Elaborated,

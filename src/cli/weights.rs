@@ -3,7 +3,7 @@
 
 use super::{print, shape, table, thousands, CliError, CliResult, SpecArgs};
 use bbc::compiler::ops::ParamKind;
-use bbc::compiler::weights::{check_file, init_weights, param_table};
+use bbc::compiler::weights::{init_weights, load_file, param_table, value_warnings};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -11,8 +11,9 @@ use std::path::PathBuf;
 ///
 /// Without `--against`, prints every key with its shape, kind (param or buffer) and the
 /// `file:line:col` that declares it, then the totals. With `--against`, checks the checkpoint
-/// from its header alone (keys after the model's `rename`/`ignore` rules, shapes, dtypes) and
-/// reports every mismatch at the spec line that declares the key.
+/// (keys after the model's `rename`/`ignore` rules, shapes, dtypes), reports every mismatch
+/// at the spec line that declares the key, then reads the values and warns about NaN or
+/// infinite ones and negative BatchNorm variances.
 #[derive(Args, Debug)]
 pub struct WeightsArgs {
     #[command(flatten)]
@@ -37,7 +38,11 @@ pub fn main(args: &WeightsArgs) -> CliResult {
     let entries = param_table(&model.graph);
     match &args.against {
         Some(ckpt) => {
-            check_file(&model, ckpt).map_err(|d| CliError::diags(&d, Some(&program.sources)))?;
+            let weights =
+                load_file(&model, ckpt).map_err(|d| CliError::diags(&d, Some(&program.sources)))?;
+            for warning in value_warnings(&weights) {
+                super::note!("warning: {warning}");
+            }
             print(&format!(
                 "ok: {} matches {} ({} keys)\n",
                 ckpt.display(),
