@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::atomic::sweep_abandoned;
+
 /// A file every compiled program folder holds, of any target: an existing folder holding
 /// one of these is a program that `force` may replace.
 pub const PROGRAM_MARKERS: &[&str] = &["plan.json", "model.o"];
@@ -35,7 +37,8 @@ pub fn write_program_dir<E>(
             parent.display()
         )));
     }
-    sweep_interrupted(&parent, &stem);
+    // A write that fails removes its own temporary folder; one killed mid-way cannot.
+    sweep_abandoned(&parent, &format!(".{stem}.partial-"));
     let temp = parent.join(format!(".{stem}.partial-{}", std::process::id()));
     let written = std::fs::create_dir(&temp)
         .map_err(|e| io(format!("cannot write `{}`: {e}", temp.display())))
@@ -45,37 +48,6 @@ pub fn write_program_dir<E>(
         let _ = std::fs::remove_dir_all(&temp);
     }
     placed
-}
-
-/// Removes what earlier, interrupted writes of the same folder left beside it: a
-/// `.{stem}.partial-PID` folder whose process no longer runs (a write that fails removes
-/// its own; one killed mid-way cannot).
-fn sweep_interrupted(parent: &Path, stem: &str) {
-    let prefix = format!(".{stem}.partial-");
-    let Ok(entries) = std::fs::read_dir(parent) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(&prefix))
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if pid != std::process::id() && !process_runs(pid) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-/// Whether process `pid` runs; `true` where that cannot be told (nothing is removed then).
-fn process_runs(pid: u32) -> bool {
-    if cfg!(target_os = "linux") {
-        Path::new(&format!("/proc/{pid}")).exists()
-    } else {
-        true
-    }
 }
 
 /// What is at the destination: nothing (or an empty folder) to replace
