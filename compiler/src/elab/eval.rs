@@ -351,16 +351,18 @@ impl<'s> Elab<'s> {
     }
 
     fn check_numel(&mut self, shape: &[usize], span: Span, what: &str) -> R<()> {
-        let mut n: u64 = 1;
-        for &d in shape {
-            n = n.saturating_mul(d as u64);
-        }
-        if n > MAX_NUMEL {
+        // Counted in u128: the product of up to four 64-bit extents still fits, so the
+        // message states the true count.
+        let n = shape
+            .iter()
+            .try_fold(1u128, |n, &d| n.checked_mul(d as u128));
+        if n.is_none_or(|n| n > u128::from(MAX_NUMEL)) {
+            let count = n.map_or_else(|| "more than 2^128".to_string(), |n| n.to_string());
             return Err(self.error(
                 Phase::Shape,
                 codes::TOO_LARGE,
                 span,
-                format!("{what} of shape {shape:?} has {n} elements, more than the limit of {MAX_NUMEL}"),
+                format!("{what} of shape {shape:?} has {count} elements, more than the limit of {MAX_NUMEL}"),
                 "too large",
             ));
         }
