@@ -17,7 +17,8 @@
 //!
 //! The weight is packed once at load time into blocks of 32 channels, `[block][ci][32]`,
 //! zero-padded; tasks are (image, pixel range, channel range) of whole 7-pixel and
-//! 32-channel blocks. A task walks its channel blocks, and each block's pixel tiles, so
+//! 32-channel blocks. Winograd's products (`winograd`) run on the same tile
+//! ([`product_block`]). A task walks its channel blocks, and each block's pixel tiles, so
 //! the block's weights (128 KiB at 1024 input channels) stay in L2 across its tiles. In a
 //! model those weights come from memory each call, and the first tile, which reads them,
 //! runs at the memory's pace; so the second tile of each block prefetches the next block's
@@ -41,7 +42,7 @@ pub(super) const LANES: usize = 32;
 /// Pixels per register tile.
 const ROWS: usize = 7;
 /// Most pixels per image this kernel takes: 28x28.
-pub(super) const MAX_PIXELS: usize = 784;
+const MAX_PIXELS: usize = 784;
 /// Fewest pixels a task covers, unless the image is smaller.
 const MIN_TASK_PIXELS: usize = 4 * ROWS;
 
