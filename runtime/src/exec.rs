@@ -32,7 +32,9 @@
 //!
 //! [`Executor::new`] derives every value's lifetime from the steps (defined by the step that
 //! writes it, live until the last step that reads it; inputs are written before the first
-//! step and outputs read after the last), places them with [`plan_arena`], allocates the arena
+//! step and outputs read after the last), gives a dying shortcut's bytes to the output of a
+//! convolution that adds it in registers (`shared_storage`), places them with
+//! [`plan_arena`], allocates the arena
 //! and the largest scratch any step needs once, and resolves every step's buffer pointers.
 //! [`Executor::run`] then copies the inputs in, runs the steps and copies the outputs out;
 //! loop steps and the pool allocate nothing per inference (the GEMM library allocates its
@@ -510,14 +512,16 @@ impl Executor {
     /// Checks `plan`, places its values and resolves every pointer.
     pub fn new(plan: Plan, pool: ThreadPool) -> Result<Executor, ExecError> {
         let lifetimes = lifetimes(&plan)?;
-        let arena_plan = plan_arena(&lifetimes)?;
+        let storage = shared_storage(&plan, &lifetimes);
+        let arena_plan = plan_arena(&storage.lifetimes)?;
         let mut arena = AlignedBuffer::zeroed(arena_plan.size / 4);
         let base = arena.as_mut_slice().as_mut_ptr();
-        let value_ptrs: Vec<*mut f32> = arena_plan
-            .offsets
+        let value_ptrs: Vec<*mut f32> = storage
+            .of_value
             .iter()
-            // SAFETY: every offset plus its value's size lies inside the planned arena.
-            .map(|&bytes| unsafe { base.add(bytes / 4) })
+            // SAFETY: every offset plus its storage's size lies inside the planned arena, and
+            // a value's storage is at least as large as the value.
+            .map(|&g| unsafe { base.add(arena_plan.offsets[g] / 4) })
             .collect();
         let scratch_floats = plan
             .steps
@@ -736,6 +740,11 @@ impl Executor {
                     };
                     Some(match residual {
                         None => Epilogue::activation(act, bias),
+                        // The planner gave the dying shortcut's bytes to the output
+                        // (`shared_storage`): the kernel reads it there.
+                        Some(slot) if table[slot] == table[out_pos] => {
+                            Epilogue::activation_with_residual_in_output(act, bias)
+                        }
                         Some(slot) => {
                             let residual = input(slot).get(..conv.output_len())?;
                             Epilogue::activation_with_residual(act, bias, residual)
@@ -1329,10 +1338,74 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
         .collect())
 }
 
+/// Which arena storage each value lives in ([`shared_storage`]).
+struct Storage {
+    /// Every storage's size and lifetime: the union of its values'.
+    lifetimes: Vec<Lifetime>,
+    /// The storage of each value.
+    of_value: Vec<usize>,
+}
+
+/// Gives the bytes of a convolution's shortcut to the convolution's output where the
+/// shortcut dies at that step, no other buffer of the step is the shortcut, both have the
+/// same length, and the kernel adds the shortcut in registers before storing over it
+/// ([`Conv2d::writes_over_residual`]): the closing 1x1 of a ResNet bottleneck then needs no
+/// third block-sized buffer beside its input and shortcut. Every other value has a storage
+/// of its own.
+fn shared_storage(plan: &Plan, lifetimes: &[Lifetime]) -> Storage {
+    let mut owner: Vec<usize> = (0..lifetimes.len()).collect();
+    for (s, step) in plan.steps.iter().enumerate() {
+        let StepKernel::Conv { conv, product, .. } = &step.kernel else {
+            continue;
+        };
+        let Some((_, _, Some(at))) = plain_activation(product, conv) else {
+            continue;
+        };
+        let (Some(&Slot::Value(shortcut)), Some(&Slot::Value(out))) =
+            (step.slots.get(at), step.slots.last())
+        else {
+            continue;
+        };
+        let read_once = step
+            .slots
+            .iter()
+            .filter(|&&slot| slot == Slot::Value(shortcut))
+            .count()
+            == 1;
+        if read_once
+            && lifetimes[shortcut].last_use == s + 1
+            && plan.values[shortcut] == plan.values[out]
+            && conv.writes_over_residual()
+        {
+            owner[out] = owner[shortcut];
+        }
+    }
+    let mut storage_of_owner = vec![usize::MAX; lifetimes.len()];
+    let mut storage = Storage {
+        lifetimes: Vec::with_capacity(lifetimes.len()),
+        of_value: Vec::with_capacity(lifetimes.len()),
+    };
+    for (v, life) in lifetimes.iter().enumerate() {
+        let g = &mut storage_of_owner[owner[v]];
+        if *g == usize::MAX {
+            *g = storage.lifetimes.len();
+            storage.lifetimes.push(*life);
+        } else {
+            let merged = &mut storage.lifetimes[*g];
+            merged.bytes = merged.bytes.max(life.bytes);
+            merged.first_def = merged.first_def.min(life.first_def);
+            merged.last_use = merged.last_use.max(life.last_use);
+            merged.pinned |= life.pinned;
+        }
+        storage.of_value.push(*g);
+    }
+    storage
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::kernels::Conv2dShape;
+    use crate::kernels::{Conv2dShape, ConvStrategy};
 
     /// A convolution's product map that only adds a bias per channel (and a residual laid out
     /// like the output) and applies a native activation to its NCHW output in place goes to
@@ -2029,5 +2102,127 @@ pub(crate) mod tests {
         let mut y = vec![f32::NAN; want.len()];
         exec.run(&[&x], &mut [&mut y]).unwrap();
         assert!(max_diff(&y, &want) < 1e-6);
+    }
+
+    /// A 1x1 convolution `relu((conv(x) + bias) + shortcut)`, the shortcut a graph input
+    /// read by nothing after the step (and, with `shortcut_is_input`, also the convolution's
+    /// input): where the kernel adds the shortcut in registers the output takes over its
+    /// bytes, so the arena holds two values instead of three; the result is the same.
+    #[test]
+    fn dying_shortcuts_give_their_bytes_to_the_output() {
+        let shape = |in_channels, side, kernel: usize| Conv2dShape {
+            batch: 2,
+            in_channels,
+            out_channels: in_channels,
+            in_size: [side, side],
+            kernel: [kernel, kernel],
+            stride: [1, 1],
+            padding: [kernel / 2, kernel / 2],
+            dilation: [1, 1],
+            groups: 1,
+            layout: Layout::Nchw,
+        };
+        let mut shared = 0;
+        for (shape, strategy) in [
+            (shape(64, 16, 1), ConvStrategy::Direct1x1),
+            (shape(40, 14, 1), ConvStrategy::Lanes1x1),
+            (shape(64, 16, 1), ConvStrategy::Pointwise),
+            (shape(16, 9, 3), ConvStrategy::Im2col),
+            // Two blocks of the reduction: partial sums are stored before the shortcut
+            // is read, so the bytes stay separate.
+            (shape(300, 12, 1), ConvStrategy::Direct1x1),
+        ] {
+            let weights = data(shape.in_channels * shape.out_channels * 9, 41);
+            let weights = &weights
+                [..shape.in_channels * shape.out_channels * shape.kernel[0] * shape.kernel[1]];
+            // A strategy this CPU lacks is skipped.
+            let Ok(conv) = Conv2d::with_strategy(shape, weights, 2, strategy) else {
+                continue;
+            };
+            let pixels = conv.out_size()[0] * conv.out_size()[1];
+            let (x, bias) = (data(conv.input_len(), 43), data(shape.out_channels, 47));
+            let mut product = vec![0.0; conv.output_len()];
+            let mut scratch = vec![0.0; conv.scratch_len(1)];
+            conv.run(&pool(1), &x, &mut product, &mut scratch, Epilogue::NONE)
+                .unwrap();
+            for shortcut_is_input in [false, true] {
+                let shortcut = if shortcut_is_input {
+                    x.clone()
+                } else {
+                    data(conv.output_len(), 53)
+                };
+                let want: Vec<f32> = (0..product.len())
+                    .map(|e| {
+                        (product[e] + bias[e / pixels % shape.out_channels] + shortcut[e]).max(0.0)
+                    })
+                    .collect();
+                // Values: the input, the shortcut unless it is the input, the output.
+                let (values, inputs, out) = if shortcut_is_input {
+                    (vec![x.len(), want.len()], vec![0], 1)
+                } else {
+                    (vec![x.len(), shortcut.len(), want.len()], vec![0, 1], 2)
+                };
+                let plan = Plan {
+                    values,
+                    constants: vec![AlignedBuffer::from_slice(&bias)],
+                    inputs,
+                    outputs: vec![Slot::Value(out)],
+                    steps: vec![Step {
+                        name: "conv".into(),
+                        slots: vec![
+                            Slot::Value(0),
+                            Slot::Constant(0),
+                            Slot::Value(out - 1),
+                            Slot::Value(out),
+                        ],
+                        kernel: StepKernel::Conv {
+                            conv: conv.clone(),
+                            input: 0,
+                            product: ProductMap {
+                                rows_per_batch: shape.out_channels,
+                                epilogue: Some(TileEpilogue::Native(NativeEpilogue {
+                                    activation: Activation::Relu,
+                                    bias: Some(TileBias {
+                                        slot: 1,
+                                        per_column: false,
+                                    }),
+                                    residual: Some(2),
+                                    offset: 0,
+                                    batch_stride: shape.out_channels * pixels,
+                                    row_stride: pixels,
+                                })),
+                                ..ProductMap::default()
+                            },
+                        },
+                    }],
+                };
+                let mut exec = Executor::new(plan, pool(2)).unwrap();
+                // Every value's bytes, less the output's where it takes the shortcut's.
+                let bytes = |n: usize| (n * 4).next_multiple_of(64);
+                let all = bytes(x.len()) + bytes(want.len());
+                if shortcut_is_input {
+                    assert_eq!(exec.arena_bytes(), all, "{strategy:?}");
+                } else if conv.writes_over_residual() {
+                    shared += 1;
+                    assert_eq!(exec.arena_bytes(), all, "{strategy:?}");
+                } else {
+                    assert_eq!(exec.arena_bytes(), all + bytes(want.len()), "{strategy:?}");
+                }
+                let inputs: Vec<&[f32]> = if shortcut_is_input {
+                    vec![&x]
+                } else {
+                    vec![&x, &shortcut]
+                };
+                let mut y = vec![f32::NAN; want.len()];
+                for _ in 0..2 {
+                    exec.run(&inputs, &mut [&mut y]).unwrap();
+                    assert!(
+                        max_diff(&y, &want) < 1e-4,
+                        "{strategy:?} {shortcut_is_input}"
+                    );
+                }
+            }
+        }
+        assert!(shared > 0, "no kernel on this CPU writes over its shortcut");
     }
 }

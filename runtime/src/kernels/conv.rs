@@ -746,6 +746,21 @@ impl Conv2d {
         self.strategy
     }
 
+    /// Whether [`Conv2d::run`] may be given an epilogue whose shortcut is the output's own
+    /// contents: the kernel reads each element's shortcut into registers before it stores
+    /// anything there, so the memory planner may give a dying shortcut's bytes to the output.
+    /// Kernels that store partial sums, or run the epilogue on finished tiles, may not.
+    pub fn writes_over_residual(&self) -> bool {
+        match &self.plan {
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct1x1(p) => p.adds_residual_before_storing(),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Lanes1x1(_) => true,
+            Plan::Subsample(c) => c.writes_over_residual(),
+            _ => false,
+        }
+    }
+
     /// Floats of scratch [`Conv2d::run`] needs on a pool of `threads` threads.
     pub fn scratch_len(&self, threads: usize) -> usize {
         match &self.plan {
@@ -787,6 +802,12 @@ impl Conv2d {
             self.scratch_len(pool.threads()),
             scratch.len(),
         )?;
+        if epilogue.residual_in_output() && !self.writes_over_residual() {
+            return Err(KernelError::Shape(format!(
+                "a {:?} convolution cannot add a shortcut held in its output",
+                self.strategy
+            )));
+        }
         match &self.plan {
             Plan::Depthwise(d) => d.run(pool, input, output, scratch, epilogue),
             Plan::Winograd(w) => w.run(pool, input, output, scratch, epilogue),

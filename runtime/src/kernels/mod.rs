@@ -196,7 +196,7 @@ enum EpilogueKind<'a> {
         act: Activation,
         bias: Option<&'a [f32]>,
         /// Laid out like the output: element `e` of the output adds element `e` of it.
-        residual: Option<&'a [f32]>,
+        residual: Option<Residual<'a>>,
     },
     ColumnActivation {
         act: Activation,
@@ -214,7 +214,29 @@ pub(crate) type RowActivation<'a> = (Activation, Option<&'a [f32]>);
 
 /// A [`RowActivation`] and the residual laid out like the output, if any
 /// ([`Epilogue::channel_epilogue`]).
-pub(crate) type ChannelEpilogue<'a> = (RowActivation<'a>, Option<&'a [f32]>);
+pub(crate) type ChannelEpilogue<'a> = (RowActivation<'a>, Option<Residual<'a>>);
+
+/// Where the shortcut of an epilogue with a residual is.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Residual<'a> {
+    /// A buffer of its own, laid out like the output.
+    Buffer(&'a [f32]),
+    /// The output buffer itself: the memory planner gave the shortcut's bytes to the output,
+    /// so each element holds its shortcut until the kernel stores the result over it. Only
+    /// kernels that read every element's shortcut into registers before that store accept
+    /// it ([`Conv2d::writes_over_residual`](conv::Conv2d::writes_over_residual)).
+    InOutput,
+}
+
+impl Residual<'_> {
+    /// The shortcut's first element, given the output's.
+    pub(crate) fn base(self, output: SendPtr) -> SendPtr {
+        match self {
+            Residual::Buffer(r) => SendPtr(r.as_ptr().cast_mut()),
+            Residual::InOutput => output,
+        }
+    }
+}
 
 /// What to run on each finished output tile: nothing, an [`EpilogueFn`] with
 /// its context, or a Rust closure.
@@ -282,9 +304,36 @@ impl<'a> Epilogue<'a> {
             kind: EpilogueKind::Activation {
                 act,
                 bias: bias.filter(|b| !b.is_empty()),
-                residual: Some(residual),
+                residual: Some(Residual::Buffer(residual)),
             },
         }
+    }
+
+    /// [`Epilogue::activation_with_residual`] whose shortcut is the output buffer's own
+    /// contents ([`Residual::InOutput`]). Only [`Conv2d::run`](conv::Conv2d::run) takes it,
+    /// and refuses it for kernels that do not add the shortcut in registers.
+    pub(crate) fn activation_with_residual_in_output(
+        act: Activation,
+        bias: Option<&'a [f32]>,
+    ) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::Activation {
+                act,
+                bias: bias.filter(|b| !b.is_empty()),
+                residual: Some(Residual::InOutput),
+            },
+        }
+    }
+
+    /// Whether this epilogue's shortcut is the output buffer's own contents.
+    pub(crate) fn residual_in_output(&self) -> bool {
+        matches!(
+            self.kind,
+            EpilogueKind::Activation {
+                residual: Some(Residual::InOutput),
+                ..
+            }
+        )
     }
 
     /// `act(x + bias[column])` on every element, in place (`bias` one value per column of
@@ -356,11 +405,13 @@ impl<'a> Epilogue<'a> {
                 bias.map_or(0, <[f32]>::len)
             )));
         }
-        if residual.is_some_and(|r| r.len() < out_len) {
-            return Err(KernelError::Shape(format!(
-                "a residual of {} values for {out_len} outputs",
-                residual.map_or(0, <[f32]>::len)
-            )));
+        if let Some(Residual::Buffer(r)) = residual {
+            if r.len() < out_len {
+                return Err(KernelError::Shape(format!(
+                    "a residual of {} values for {out_len} outputs",
+                    r.len()
+                )));
+            }
         }
         Ok(Some(((act, bias), residual)))
     }
@@ -426,7 +477,12 @@ impl<'a> Epilogue<'a> {
                 });
                 match residual {
                     None => activation::activate_rows(act, rows),
-                    Some(residual) => {
+                    // The tile's shortcut was overwritten by its product: `Conv2d::run`
+                    // refuses this epilogue for kernels that call `apply` with it.
+                    Some(Residual::InOutput) => {
+                        unreachable!("a shortcut in the output applied after the product")
+                    }
+                    Some(Residual::Buffer(residual)) => {
                         let at = |i: usize| (row0 + i) * ld + col0;
                         let rows = rows
                             .enumerate()

@@ -135,6 +135,13 @@ impl PointwiseConv {
         }
     }
 
+    /// Whether the whole reduction is one block, so the tiles add the residual to their
+    /// registers before the only store to each output element (the memory planner may then
+    /// give a dying shortcut's bytes to the output).
+    pub(crate) fn adds_residual_before_storing(&self) -> bool {
+        self.in_channels <= K_BLOCK
+    }
+
     /// Computes the convolution; lengths were checked by the caller
     /// ([`Conv2d::run`](super::Conv2d::run)).
     pub(crate) fn run(
@@ -156,6 +163,7 @@ impl PointwiseConv {
             Some(epilogue)
         };
         let out = SendPtr(output.as_mut_ptr());
+        let residual = residual.map(|r| r.base(out));
         let panel_len = self.scratch_len(1);
         let panels = SendPtr(scratch.as_mut_ptr());
         for_each_task(pool, tasks, self.serial, |range, thread| {
@@ -231,8 +239,9 @@ struct TaskRun<'a> {
     out: *mut f32,
     panel: *mut f32,
     bias: Option<&'a [f32]>,
-    /// A shortcut laid out like the output, added to the registers after the bias.
-    residual: Option<&'a [f32]>,
+    /// A shortcut laid out like the output (possibly the output itself), added to the
+    /// registers after the bias.
+    residual: Option<SendPtr>,
     /// The epilogue to run on each finished strip, where the tiles do not apply it.
     after: Option<Epilogue<'a>>,
 }
@@ -359,7 +368,7 @@ unsafe fn panel<A: Act, R: Row16>(
         if ahead < c.pixels {
             for ch in t.block.channels.clone() {
                 let at = (t.block.b * c.out_channels + ch) * c.pixels + ahead;
-                _mm_prefetch::<_MM_HINT_T0>(r.as_ptr().wrapping_add(at).cast());
+                _mm_prefetch::<_MM_HINT_T0>(r.get().wrapping_add(at).cast());
             }
         }
     }
@@ -375,7 +384,7 @@ unsafe fn panel<A: Act, R: Row16>(
         let at = (t.block.b * c.out_channels + co) * c.pixels + p;
         let dst = out_img.add(co * c.pixels + p);
         if rows == MR && width == NR {
-            let residual = t.residual.map(|r| (r.as_ptr().add(at), c.pixels));
+            let residual = t.residual.map(|r| (r.get().cast_const().add(at), c.pixels));
             tile::<A, R>(channels(), w, dst, c.pixels, &bias, residual, part);
         } else {
             // A partial block goes through a register-sized buffer (its partial sums
@@ -389,7 +398,7 @@ unsafe fn panel<A: Act, R: Row16>(
                     std::ptr::copy_nonoverlapping(sums, row, width);
                 }
                 if let (Some(res), true) = (t.residual, part.last) {
-                    let from = res.as_ptr().add(at + r * c.pixels);
+                    let from = res.get().add(at + r * c.pixels);
                     std::ptr::copy_nonoverlapping(from, shortcut.as_mut_ptr().add(r * NR), width);
                 }
             }

@@ -131,6 +131,7 @@ impl PointwiseLanes {
         let ((act, bias), residual) = fused.unwrap_or(((Activation::Identity, None), None));
         let after = fused.is_none().then_some(epilogue);
         let out = SendPtr(output.as_mut_ptr());
+        let residual = residual.map(|r| r.base(out));
         for_each_task(pool, tasks, self.serial, |range, _| {
             for task in range {
                 let b = task / (px * ch);
@@ -166,8 +167,9 @@ struct TaskRun<'a> {
     x: *const f32,
     out: *mut f32,
     bias: Option<&'a [f32]>,
-    /// A shortcut laid out like the output, added after the bias.
-    residual: Option<&'a [f32]>,
+    /// A shortcut laid out like the output (possibly the output itself), added after the
+    /// bias.
+    residual: Option<SendPtr>,
     /// The epilogue to run on each finished channel block, where the tiles do not apply it.
     after: Option<Epilogue<'a>>,
 }
@@ -210,7 +212,7 @@ unsafe fn task<A: Act>(t: TaskRun<'_>) {
             ldo: pixels,
             channels: nc,
             bias,
-            residual: t.residual.map(|r| r.as_ptr().add(at)),
+            residual: t.residual.map(|r| r.get().cast_const().add(at)),
         };
         block::<A>(&product, t.pixels.clone());
         if let Some(e) = t.after {
