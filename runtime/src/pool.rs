@@ -173,6 +173,24 @@ impl std::fmt::Debug for ThreadPool {
     }
 }
 
+/// Runs `f` on every part, the first on the calling thread and each other on a scoped
+/// thread of its own: one-off parallel work where no pool is at hand, such as packing a
+/// large weight while a model loads (the pool runs inference; its threads are not shared
+/// with load-time work). Returns once every part is done; a panic in a part propagates.
+pub(crate) fn run_scoped<T: Send>(parts: Vec<T>, f: impl Fn(T) + Sync) {
+    let mut parts = parts.into_iter();
+    let Some(first) = parts.next() else {
+        return;
+    };
+    std::thread::scope(|scope| {
+        for part in parts {
+            let f = &f;
+            scope.spawn(move || f(part));
+        }
+        f(first);
+    });
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // The pool never panics while holding its locks; tolerate poisoning anyway.
     m.lock().unwrap_or_else(PoisonError::into_inner)

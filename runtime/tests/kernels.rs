@@ -1137,7 +1137,8 @@ fn patchify_convs_run_a_1x1_plan_on_gathered_planes() {
 }
 
 /// The direct 1x1 kernel against the f64 reference: full and partial 16-pixel and 6-channel
-/// blocks, reductions in one and two blocks, batches, 1-3 threads; with a tile epilogue (which must see each element once),
+/// blocks, reductions in one and two blocks, batches, 1-3 threads, a weight packed on
+/// several threads; with a tile epilogue (which must see each element once),
 /// and with a bias and an activation it applies in registers.
 #[test]
 fn direct_1x1_conv_matches_the_reference() {
@@ -1156,6 +1157,9 @@ fn direct_1x1_conv_matches_the_reference() {
         // enough output channels for its input blocks to be copied.
         shape(1, [300, 13], [13, 11], [1, 1], 1),
         shape(2, [512, 100], [12, 12], [1, 1], 1),
+        // A weight large enough to be packed on several threads, its last 6-channel block
+        // partial.
+        shape(1, [256, 1030], [12, 12], [1, 1], 1),
     ];
     for_each_build(|| check_1x1(&cases, &pools, ConvStrategy::Direct1x1));
 }
@@ -1179,6 +1183,8 @@ fn lanes_1x1_conv_matches_the_reference() {
         shape(1, [17, 32], [10, 10], [1, 1], 1),
         shape(1, [1024, 96], [14, 14], [1, 1], 1),
         shape(1, [512, 64], [28, 28], [1, 1], 1),
+        // A weight packed on several threads, whole 32-channel blocks each, the last partial.
+        shape(1, [1024, 300], [7, 7], [1, 1], 1),
     ];
     for s in cases {
         assert_eq!(
@@ -1540,6 +1546,14 @@ fn winograd_conv_matches_the_reference() {
         // partial, on ResNet's 14x14 map.
         geometry(
             shape(1, [80, 144], [14, 14], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
+        // Transformed weights large enough to be packed on several threads, whole blocks
+        // each, the last partial.
+        geometry(
+            shape(1, [136, 130], [14, 14], [3, 3], 1),
             [1, 1],
             [1, 1],
             [1, 1],

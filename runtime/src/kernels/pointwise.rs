@@ -31,8 +31,10 @@ use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
 use crate::kernels::isa::{wide_available, Row16};
-use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
-use crate::pool::ThreadPool;
+use crate::kernels::{
+    for_each_task, load_time_parts, Epilogue, KernelError, SendPtr, SERIAL_FLOPS,
+};
+use crate::pool::{run_scoped, ThreadPool};
 
 /// Output channels per register tile.
 pub(super) const MR: usize = 6;
@@ -102,7 +104,7 @@ impl PointwiseConv {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         let pixels = shape.in_size[0] * shape.in_size[1];
         let blocks = cout.div_ceil(MR);
-        let packed = pack_channel_blocks(weights, cout, cin, MR);
+        let packed = pack_channel_blocks(weights, cout, cin, MR, threads);
         let serial = shape.flops()? < SERIAL_FLOPS as u64;
         let threads = if serial { 1 } else { threads.max(1) };
         // At least two tasks per thread, from pixel ranges first, then channel ranges.
@@ -202,20 +204,35 @@ impl PointwiseConv {
 
 /// `weights` (`[C_out, C_in]`) in blocks of `width` output channels, `[C_out / width][C_in]
 /// [width]` (the last block's missing channels zero): a block's weights for one input
-/// channel are consecutive floats.
+/// channel are consecutive floats. A large weight is packed on up to `threads` threads,
+/// whole blocks each.
 pub(super) fn pack_channel_blocks(
     weights: &[f32],
     cout: usize,
     cin: usize,
     width: usize,
+    threads: usize,
 ) -> AlignedBuffer {
-    let mut packed = AlignedBuffer::zeroed(cout.div_ceil(width) * cin * width);
-    let dst = packed.as_mut_slice();
-    for (co, row) in weights[..cout * cin].chunks_exact(cin).enumerate() {
-        for (ci, &w) in row.iter().enumerate() {
-            dst[packed_index(co, ci, cin, width)] = w;
+    let blocks = cout.div_ceil(width);
+    let block_len = cin * width;
+    let mut packed = AlignedBuffer::zeroed(blocks * block_len);
+    let parts = load_time_parts(packed.len(), threads).min(blocks);
+    let per_part = blocks.div_ceil(parts.max(1)) * block_len;
+    let chunks: Vec<(usize, &mut [f32])> = packed
+        .as_mut_slice()
+        .chunks_mut(per_part.max(1))
+        .enumerate()
+        .collect();
+    run_scoped(chunks, |(part, dst)| {
+        let first = part * per_part / block_len * width;
+        let channels = first..(first + dst.len() / block_len * width).min(cout);
+        for co in channels {
+            let row = &weights[co * cin..][..cin];
+            for (ci, &w) in row.iter().enumerate() {
+                dst[packed_index(co - first, ci, cin, width)] = w;
+            }
         }
-    }
+    });
     packed
 }
 

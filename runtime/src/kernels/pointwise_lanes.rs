@@ -84,7 +84,7 @@ impl PointwiseLanes {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         let pixels = shape.in_size[0] * shape.in_size[1];
         let blocks = cout.div_ceil(LANES);
-        let packed = pack_channel_blocks(weights, cout, cin, LANES);
+        let packed = pack_channel_blocks(weights, cout, cin, LANES, threads);
         let serial = shape.flops()? < SERIAL_FLOPS as u64;
         let threads = if serial { 1 } else { threads.max(1) };
         // With at least two channel blocks per thread, one channel range per thread, over

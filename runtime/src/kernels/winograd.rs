@@ -32,8 +32,10 @@ use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 use crate::kernels::isa::wide_available;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::pointwise_lanes::{self, packed_index, LanesBlock, LANES};
-use crate::kernels::{for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS};
-use crate::pool::ThreadPool;
+use crate::kernels::{
+    for_each_task, load_time_parts, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
+};
+use crate::pool::{run_scoped, ThreadPool};
 
 /// Positions of a transformed 4x4 patch: one matrix product each.
 const POSITIONS: usize = 16;
@@ -163,25 +165,43 @@ impl WinogradConv {
             Transformed::Lanes(buffer) => {
                 // A block's 32 filters of one input channel at a time, so that each
                 // position's write is 32 consecutive floats: written an element at a time
-                // across the 16 matrices, ResNet-50's 512->512 took 11 ms to pack.
+                // across the 16 matrices, ResNet-50's 512->512 took 11 ms to pack. Large
+                // weights are packed on several threads, each taking whole blocks of all
+                // 16 matrices.
                 let per_position = buffer.len() / POSITIONS;
-                let dst = buffer.as_mut_slice();
-                let mut block = [[0.0f32; POSITIONS]; LANES];
-                for b0 in (0..cout).step_by(LANES) {
-                    let width = (cout - b0).min(LANES);
-                    for ci in 0..cin {
-                        for (j, u) in block[..width].iter_mut().enumerate() {
-                            *u = filter(b0 + j, ci);
+                let (blocks, block_len) = (cout.div_ceil(LANES), cin * LANES);
+                let per_part = blocks.div_ceil(load_time_parts(buffer.len(), threads).max(1));
+                let mut parts: Vec<Vec<&mut [f32]>> = Vec::new();
+                for matrix in buffer.as_mut_slice().chunks_mut(per_position.max(1)) {
+                    let shares = matrix.chunks_mut((per_part * block_len).max(1));
+                    for (i, share) in shares.enumerate() {
+                        if i == parts.len() {
+                            parts.push(Vec::with_capacity(POSITIONS));
                         }
-                        let at = packed_index(b0, ci, cin);
-                        for xi in 0..POSITIONS {
-                            let lanes = &mut dst[xi * per_position + at..][..width];
-                            for (v, u) in lanes.iter_mut().zip(&block) {
-                                *v = u[xi];
-                            }
-                        }
+                        parts[i].push(share);
                     }
                 }
+                run_scoped(
+                    parts.into_iter().enumerate().collect(),
+                    |(part, mut matrices)| {
+                        let first = part * per_part * LANES;
+                        let mut block = [[0.0f32; POSITIONS]; LANES];
+                        for b0 in (first..(first + per_part * LANES).min(cout)).step_by(LANES) {
+                            let width = (cout - b0).min(LANES);
+                            for ci in 0..cin {
+                                for (j, u) in block[..width].iter_mut().enumerate() {
+                                    *u = filter(b0 + j, ci);
+                                }
+                                let at = packed_index(b0 - first, ci, cin);
+                                for (xi, matrix) in matrices.iter_mut().enumerate() {
+                                    for (v, u) in matrix[at..][..width].iter_mut().zip(&block) {
+                                        *v = u[xi];
+                                    }
+                                }
+                            }
+                        }
+                    },
+                );
             }
             #[cfg(not(target_arch = "x86_64"))]
             Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
