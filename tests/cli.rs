@@ -486,6 +486,57 @@ fn bad_dims_are_usage_errors() {
 
 /// An `--output-dir` destination that cannot be written is found before any output is:
 /// nothing is left half-written.
+/// Every command that writes a file refuses an impossible destination before doing its
+/// work, in the same words: a parent that is a file, a parent that does not exist, a
+/// destination that is a folder.
+#[test]
+fn file_destinations_are_checked_alike_by_every_writer() {
+    let dir = scratch("destinations");
+    let file = dir.join("a-file");
+    std::fs::write(&file, b"x").expect("a plain file");
+    let folder = dir.join("a-folder");
+    std::fs::create_dir_all(&folder).expect("a folder");
+    let spec = &["specs/deep_sets.bb", "--model", "deep_sets_sum"];
+    let writers: [(&[&str], &str, &str); 5] = [
+        (&["ir"], "-o", "x.ir"),
+        (&["graph"], "-o", "x.dot"),
+        (&["run", "--interp"], "-o", "x.npy"),
+        (&["weights"], "--save", "x.safetensors"),
+        (&["compile", "--target", "cpu"], "-o", "program"),
+    ];
+    for (command, flag, name) in writers {
+        let cases = [
+            (
+                file.join(name),
+                format!("`{}` is not a folder", file.display()),
+            ),
+            (
+                dir.join("missing").join(name),
+                format!(
+                    "the folder `{}` does not exist (create it first)",
+                    dir.join("missing").display()
+                ),
+            ),
+            (folder.clone(), "it is a folder".to_string()),
+        ];
+        for (path, why) in cases {
+            if command[0] == "compile" && path == folder {
+                // An empty folder is where a compiled program may go.
+                continue;
+            }
+            let path_text = path.to_string_lossy().into_owned();
+            let mut args: Vec<&str> = command.to_vec();
+            args.extend_from_slice(spec);
+            args.extend_from_slice(&[flag, &path_text]);
+            let err = fails(&args, 1);
+            let want = format!("cannot write `{}`: {why}", path.display());
+            assert!(err.contains(&want), "bbc {args:?}: {err}");
+            // Refused before the work: nothing listed or computed first.
+            assert_eq!(err.lines().count(), 1, "bbc {args:?}: {err}");
+        }
+    }
+}
+
 #[test]
 fn output_dir_destinations_are_checked_before_writing() {
     let dir = scratch("output-dir");

@@ -171,6 +171,26 @@ model scaled(phi: int) = base(width=2 ** phi, depth=phi);
     let m = program.elaborate(&opts).unwrap_or_else(|d| panic!("{d:?}"));
     assert_eq!(m.graph.node(m.graph.outputs[0].value).shape, [1, 8]);
     assert_eq!(param_table(&m.graph).len(), 6, "three layers of width 2**3");
+    // The command line is the outermost setting: it replaces what a variant fixes, as
+    // keyword arguments to timm's `create_model` replace a variant's `model_args`.
+    let opts = Options {
+        model: Some("wide".into()),
+        args: vec![("width".into(), "5".into()), ("depth".into(), "2".into())],
+        ..Default::default()
+    };
+    let m = program.elaborate(&opts).unwrap_or_else(|d| panic!("{d:?}"));
+    assert_eq!(m.graph.node(m.graph.outputs[0].value).shape, [1, 5]);
+    assert_eq!(param_table(&m.graph).len(), 4, "two layers");
+    let opts = Options {
+        model: Some("wide".into()),
+        args: vec![("heigth".into(), "5".into())],
+        ..Default::default()
+    };
+    let e = format!(
+        "{:?}",
+        program.elaborate(&opts).err().expect("no such parameter")
+    );
+    assert!(e.contains("no parameter `heigth`"), "{e}");
     let e = elaborate(src, Some("wid"), &[])
         .err()
         .expect("unknown model");

@@ -17,6 +17,33 @@ use crate::IoError;
 /// Distinguishes temporaries created concurrently by threads of one process.
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Checks, before any work is done, that a file can be created or replaced at `path`: it
+/// is not a folder, and its folder exists ([`check_parent`]). The message is worded as every
+/// writer words it: "cannot write `PATH`: why".
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!("cannot write `{}`: it is a folder", path.display()));
+    }
+    check_parent(path)
+}
+
+/// Checks that the folder `path` would be created in exists and is a folder.
+pub fn check_parent(path: &Path) -> Result<(), String> {
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let why = match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => return Ok(()),
+        Ok(_) => format!("`{}` is not a folder", parent.display()),
+        Err(_) => format!(
+            "the folder `{}` does not exist (create it first)",
+            parent.display()
+        ),
+    };
+    Err(format!("cannot write `{}`: {why}", path.display()))
+}
+
 /// Writes `bytes` to `path` atomically (temp file + rename). A symlink is followed (its
 /// target is replaced, not the link); an existing path that is not a regular file (a
 /// directory, a device such as `/dev/null`, a pipe) is refused rather than replaced.

@@ -36,7 +36,7 @@ pub mod pool;
 pub mod program_dir;
 pub mod rng;
 
-pub use atomic::write_atomic;
+pub use atomic::{check_parent, check_writable, write_atomic};
 pub use checkpoint::{save, save_with_metadata, Checkpoint, DType, EntryInfo};
 pub use error::IoError;
 pub use image::{read_png, write_png};

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::atomic::sweep_abandoned;
+use crate::atomic::{check_parent, sweep_abandoned};
 
 /// A file every compiled program folder holds, of any target: an existing folder holding
 /// one of these is a program that `force` may replace.
@@ -30,13 +30,7 @@ pub fn write_program_dir<E>(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "program".into());
-    if !parent.is_dir() {
-        return Err(io(format!(
-            "cannot write `{}`: the folder `{}` does not exist (create it first)",
-            dir.display(),
-            parent.display()
-        )));
-    }
+    check_parent(dir).map_err(&io)?;
     // A write that fails removes its own temporary folder; one killed mid-way cannot.
     sweep_abandoned(&parent, &format!(".{stem}.partial-"));
     let temp = parent.join(format!(".{stem}.partial-{}", std::process::id()));

@@ -81,6 +81,8 @@ pub fn main(args: &CompileArgs) -> CliResult {
     if args.symbol.is_some() && args.target != Target::Cpu {
         return Err(CliError::msg("--symbol applies to --target cpu only"));
     }
+    // Before compiling: the folder the program goes into must exist.
+    bbc::runtime::check_parent(&args.output).map_err(CliError::msg)?;
     let (program, model) = args.spec.build()?;
     let weights = load_weights(&program, &model, args.weights.as_deref(), args.seed)?;
     let graph = optimize(&model.graph, &args.opt.pipeline_or(2)?)?;

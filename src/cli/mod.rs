@@ -85,9 +85,10 @@ pub struct SpecArgs {
     #[arg(short = 'd', long = "dim", value_name = "NAME=VALUE", value_parser = parse_dim)]
     pub dims: Vec<(String, i64)>,
 
-    /// Sets a parameter of the model itself, e.g. `--arg phi=3` for
-    /// `model v(phi: int) = base(...)`; the value is a literal (int, float, true/false,
-    /// "string", [list]); repeatable.
+    /// Sets a parameter of the model, e.g. `--arg phi=3` for `model v(phi: int) = base(...)`;
+    /// on a variant also one of the model it builds on, replacing what the variant fixes (the
+    /// command line is the outermost setting). The value is a literal (int, float,
+    /// true/false, "string", [list]); repeatable.
     #[arg(long = "arg", value_name = "NAME=VALUE", value_parser = parse_arg)]
     pub args: Vec<(String, String)>,
 }
@@ -247,8 +248,19 @@ pub fn print(text: &str) -> CliResult {
 
 /// Writes a text file atomically: a temporary file in the same folder, then a rename.
 pub fn write_text(path: &Path, text: &str) -> CliResult {
-    bbc::runtime::write_atomic(path, text.as_bytes())
-        .map_err(|e| CliError::msg(format!("cannot write: {e}")))
+    bbc::runtime::check_writable(path).map_err(CliError::msg)?;
+    bbc::runtime::write_atomic(path, text.as_bytes()).map_err(|e| write_failed(path, e))
+}
+
+/// A write that failed after [`bbc::runtime::check_writable`] passed (a full disk, a
+/// permission), worded as that check words its refusals.
+pub fn write_failed(path: &Path, e: bbc::runtime::IoError) -> CliError {
+    match e {
+        bbc::runtime::IoError::Io { source, .. } => {
+            CliError::msg(format!("cannot write `{}`: {source}", path.display()))
+        }
+        other => CliError::msg(other.to_string()),
+    }
 }
 
 /// Refuses to run a model whose weights, inputs and peak activations cannot fit in the

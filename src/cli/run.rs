@@ -9,7 +9,7 @@
 //! takes the image without its batch axis). A `.png` output is written from a `[1, C, H, W]`
 //! or `[C, H, W]` output with C = 1 or 3, clamped to [0, 1] and rounded to 8 bits.
 
-use super::{print, shape, CliError, CliResult, OptArgs, SpecArgs};
+use super::{print, shape, write_failed, CliError, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::codegen::cpu::plan::ExecStats;
 use bbc::compiler::elab::{Elaborated, Program};
 use bbc::compiler::ir::Graph;
@@ -451,21 +451,7 @@ pub fn main(args: &RunArgs) -> CliResult {
         })?;
     }
     if let Some(path) = &args.output {
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => std::path::Path::new("."),
-        };
-        if path.is_dir() || !dir.is_dir() {
-            return Err(CliError::msg(format!(
-                "cannot write `{}`: {}",
-                path.display(),
-                if path.is_dir() {
-                    "it is a folder"
-                } else {
-                    "its folder does not exist"
-                }
-            )));
-        }
+        bbc::runtime::check_writable(path).map_err(CliError::msg)?;
     }
     if let Some(dir) = args
         .output_dir
@@ -526,9 +512,9 @@ pub fn main(args: &RunArgs) -> CliResult {
     if let Some(path) = &args.output {
         if let Some(t) = outputs.first().and_then(|n| results.get(*n)) {
             if is_png_path(path) {
-                write_png(path, t).map_err(CliError::msg)?;
+                write_png(path, t).map_err(|e| write_failed(path, e))?;
             } else {
-                write_npy(path, t).map_err(CliError::msg)?;
+                write_npy(path, t).map_err(|e| write_failed(path, e))?;
             }
         }
     }
@@ -537,7 +523,8 @@ pub fn main(args: &RunArgs) -> CliResult {
             .map_err(|e| CliError::msg(format!("cannot create `{}`: {e}", dir.display())))?;
         for name in &outputs {
             if let Some(t) = results.get(*name) {
-                write_npy(dir.join(format!("{name}.npy")), t).map_err(CliError::msg)?;
+                let path = dir.join(format!("{name}.npy"));
+                write_npy(&path, t).map_err(|e| write_failed(&path, e))?;
             }
         }
     }

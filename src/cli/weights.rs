@@ -34,6 +34,9 @@ pub struct WeightsArgs {
 }
 
 pub fn main(args: &WeightsArgs) -> CliResult {
+    if let Some(path) = &args.save {
+        bbc::runtime::check_writable(path).map_err(CliError::msg)?;
+    }
     let (program, model) = args.spec.build()?;
     let entries = param_table(&model.graph);
     match &args.against {
@@ -92,7 +95,7 @@ pub fn main(args: &WeightsArgs) -> CliResult {
         let weights = init_weights(&model.graph, args.seed);
         let tensors: Vec<(String, &bbc::runtime::Tensor)> =
             weights.iter().map(|(k, t)| (k.clone(), t)).collect();
-        bbc::runtime::save(path, &tensors).map_err(CliError::msg)?;
+        bbc::runtime::save(path, &tensors).map_err(|e| super::write_failed(path, e))?;
         super::note!(
             "wrote {} tensors to {} (seed {})",
             tensors.len(),
