@@ -637,7 +637,10 @@ fn run_input_errors_exit_1() {
         ],
         1,
     );
-    assert!(err.contains("folder does not exist"), "{err}");
+    assert!(
+        err.contains("the folder `no/such/folder` does not exist"),
+        "{err}"
+    );
 
     let scratch_dir = scratch("wrong-weights");
     let w = common::weights_file("convnext_test", &scratch_dir.0);
