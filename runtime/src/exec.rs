@@ -741,8 +741,11 @@ impl Executor {
                     Some(match residual {
                         None => Epilogue::activation(act, bias),
                         // The planner gave the dying shortcut's bytes to the output
-                        // (`shared_storage`): the kernel reads it there.
-                        Some(slot) if table[slot] == table[out_pos] => {
+                        // (`shared_storage`): the kernel reads it there. (Empty values may
+                        // share an address without that.)
+                        Some(slot)
+                            if table[slot] == table[out_pos] && conv.writes_over_residual() =>
+                        {
                             Epilogue::activation_with_residual_in_output(act, bias)
                         }
                         Some(slot) => {
