@@ -533,17 +533,20 @@ unsafe impl Sync for SendPtr {}
 pub(crate) const SERIAL_FLOPS: usize = 1 << 16;
 
 /// Weights of fewer floats than this are packed on the calling thread alone; larger ones on
-/// up to the pool's thread count ([`load_time_parts`]), each thread scoped to the packing.
-/// Starting a thread costs tens of microseconds, packing 2^18 floats about a millisecond.
+/// up to the pool's thread count ([`blocks_per_packing_thread`]), each thread scoped to the
+/// packing. Starting a thread costs tens of microseconds, packing 2^18 floats about a
+/// millisecond.
 const PARALLEL_PACK_FLOATS: usize = 1 << 18;
 
-/// How many threads pack a weight of `floats` floats for a pool of `threads` threads.
-pub(crate) fn load_time_parts(floats: usize, threads: usize) -> usize {
-    if floats < PARALLEL_PACK_FLOATS {
+/// How many of a weight's `blocks` blocks (`floats` floats in all) each thread packing it
+/// takes, for a pool of `threads` threads: all of them below [`PARALLEL_PACK_FLOATS`].
+pub(crate) fn blocks_per_packing_thread(floats: usize, blocks: usize, threads: usize) -> usize {
+    let parts = if floats < PARALLEL_PACK_FLOATS {
         1
     } else {
         threads.max(1)
-    }
+    };
+    blocks.div_ceil(parts).max(1)
 }
 
 /// Runs `f` over tasks `0..tasks`, one task per chunk spread over `pool`, or all of them on

@@ -32,7 +32,7 @@ use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
 use crate::kernels::isa::{wide_available, Row16};
 use crate::kernels::{
-    for_each_task, load_time_parts, Epilogue, KernelError, SendPtr, SERIAL_FLOPS,
+    blocks_per_packing_thread, for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS,
 };
 use crate::pool::{run_scoped, ThreadPool};
 
@@ -216,16 +216,15 @@ pub(super) fn pack_channel_blocks(
     let blocks = cout.div_ceil(width);
     let block_len = cin * width;
     let mut packed = AlignedBuffer::zeroed(blocks * block_len);
-    let parts = load_time_parts(packed.len(), threads).min(blocks);
-    let per_part = blocks.div_ceil(parts.max(1)) * block_len;
+    let per_part = blocks_per_packing_thread(packed.len(), blocks, threads);
     let chunks: Vec<(usize, &mut [f32])> = packed
         .as_mut_slice()
-        .chunks_mut(per_part.max(1))
+        .chunks_mut((per_part * block_len).max(1))
         .enumerate()
         .collect();
     run_scoped(chunks, |(part, dst)| {
-        let first = part * per_part / block_len * width;
-        let channels = first..(first + dst.len() / block_len * width).min(cout);
+        let first = part * per_part * width;
+        let channels = first..(first + per_part * width).min(cout);
         for co in channels {
             let row = &weights[co * cin..][..cin];
             for (ci, &w) in row.iter().enumerate() {

@@ -33,7 +33,7 @@ use crate::kernels::isa::wide_available;
 #[cfg(target_arch = "x86_64")]
 use crate::kernels::pointwise_lanes::{self, packed_index, LanesBlock, LANES};
 use crate::kernels::{
-    for_each_task, load_time_parts, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
+    blocks_per_packing_thread, for_each_task, Epilogue, KernelError, Output, SendPtr, SERIAL_FLOPS,
 };
 use crate::pool::{run_scoped, ThreadPool};
 
@@ -170,7 +170,7 @@ impl WinogradConv {
                 // 16 matrices.
                 let per_position = buffer.len() / POSITIONS;
                 let (blocks, block_len) = (cout.div_ceil(LANES), cin * LANES);
-                let per_part = blocks.div_ceil(load_time_parts(buffer.len(), threads).max(1));
+                let per_part = blocks_per_packing_thread(buffer.len(), blocks, threads);
                 let mut parts: Vec<Vec<&mut [f32]>> = Vec::new();
                 for matrix in buffer.as_mut_slice().chunks_mut(per_position.max(1)) {
                     let shares = matrix.chunks_mut((per_part * block_len).max(1));
