@@ -332,8 +332,14 @@ fn bench_conv(
     let weights = random(
         shape.out_channels * shape.in_channels / shape.groups * shape.kernel[0] * shape.kernel[1],
     );
-    // A convolution's usual epilogue: its (folded BatchNorm) bias and a ReLU.
+    // A convolution's usual epilogue: its (folded BatchNorm) bias and the model's
+    // activation (EfficientNet's SiLU, whose cost rivals a short reduction's, else a ReLU).
     let bias = random(shape.out_channels);
+    let act = if name.starts_with("efficientnet") {
+        Activation::Silu
+    } else {
+        Activation::Relu
+    };
     // The strategy `Conv2d::new` picks, and the GEMM it replaces for comparison: im2col
     // beside Winograd, the direct kernel, the channels-last and the subsampling plans, the
     // GEMM over the input in place beside the direct 1x1 kernel.
@@ -396,7 +402,7 @@ fn bench_conv(
                             &input,
                             &mut out,
                             &mut scratch,
-                            Epilogue::activation(Activation::Relu, Some(&bias)),
+                            Epilogue::activation(act, Some(&bias)),
                         )
                         .unwrap()
                 });
@@ -405,7 +411,11 @@ fn bench_conv(
             .collect();
         let flops = shape.flops().unwrap() as f64;
         report.line(
-            &format!("{name} {:?} {strategy:?}{cold} +bias+relu", shape.layout),
+            &format!(
+                "{name} {:?} {strategy:?}{cold} +bias+{}",
+                shape.layout,
+                format!("{act:?}").to_lowercase()
+            ),
             flops,
             &times,
         );

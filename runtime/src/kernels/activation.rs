@@ -24,6 +24,14 @@
 //!   the same rational function, three instructions fewer. The code generator's loops
 //!   compute the op table's form from `erf`.
 //!
+//! Where a kernel finishes a whole register tile before storing it, the tile is activated at
+//! once (`avx2::activate_all`): each step of the approximation is issued for every register
+//! before the next, so a dozen long dependency chains overlap instead of running a row at a
+//! time (EfficientNet's 16->96 1x1 at 112x112 with SiLU, 2 threads: 0.476 -> 0.385 ms). On
+//! AVX-512 CPUs the row pass is compiled with AVX-512VL (`avx2::rows_wide`): still 8 lanes,
+//! but 32 registers keep the constants in place of reloads and spills (SiLU 0.35 -> 0.26 ns
+//! per element, one thread, in cache). All builds compute the same bits.
+//!
 //! Clamps and selects keep NaN, so NaN propagates. Errors against f64 over dense sweeps of
 //! 400 001 points (`approximation_errors` below recomputes and bounds them), the same on
 //! the AVX2 + FMA and the portable path unless two figures (AVX2 first) are given:
@@ -33,6 +41,8 @@
 //! SiLU 1.25e-7 and GELU 1.0e-6 / 1.2e-6 of `max(|result|, 1)` (GELU's is erf's near
 //! x = −5.5, times |x|/2); erf 4.4e-7 / 4.5e-7 absolute on [−6, 6].
 
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::isa::wide_available;
 use serde::{Deserialize, Serialize};
 
 /// An activation the native epilogue computes.
@@ -193,8 +203,14 @@ fn activate_rows_on<'a>(act: Activation, rows: impl Iterator<Item = Row<'a>>, si
         fn call<A: Act>(self) {
             #[cfg(target_arch = "x86_64")]
             if self.simd && simd_available() {
-                // SAFETY: AVX2 and FMA were detected.
-                unsafe { avx2::rows::<A>(self.rows) };
+                // SAFETY: AVX2 and FMA were detected, and AVX-512F/VL for the wide build.
+                unsafe {
+                    if wide_available() {
+                        avx2::rows_wide::<A>(self.rows)
+                    } else {
+                        avx2::rows::<A>(self.rows)
+                    }
+                };
                 return;
             }
             for (row, bias, residual) in self.rows {
@@ -462,6 +478,19 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// [`rows`] compiled for AVX-512 CPUs: still 8 lanes, but with 32 vector registers
+    /// the approximations' constants stay in registers instead of being reloaded or
+    /// spilled (SiLU 0.35 -> 0.26 ns per element on Zen 4, one thread, in cache).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX-512VL, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
+    pub(super) unsafe fn rows_wide<'a, A: Act>(rows: impl Iterator<Item = super::Row<'a>>) {
+        for (row, bias, residual) in rows {
+            super::run_row::<Avx, A>(row, bias, residual);
+        }
+    }
+
     /// `act(x + bias)` on eight lanes: for kernels that finish their accumulators in
     /// registers before the one store.
     ///
@@ -470,6 +499,129 @@ pub(crate) mod avx2 {
     #[inline(always)]
     pub(crate) unsafe fn activate<A: Act>(x: __m256, bias: __m256) -> __m256 {
         A::apply(Avx(x).add(Avx(bias))).0
+    }
+
+    /// `act(x)` on every register of a finished tile at once: each step of the
+    /// approximation is issued for all `N` registers before the next, so their long
+    /// dependency chains overlap in straight-line code.
+    ///
+    /// # Safety
+    /// As for [`activate`].
+    #[inline(always)]
+    pub(crate) unsafe fn activate_all<A: Act, const N: usize>(xs: [__m256; N]) -> [__m256; N] {
+        // Plain loops throughout: `array::map` is not always inlined, and its closure's
+        // intrinsics would then be calls, compiled without the caller's features.
+        let mut many = Many([Avx(_mm256_setzero_ps()); N]);
+        for (m, x) in many.0.iter_mut().zip(xs) {
+            *m = Avx(x);
+        }
+        let many = A::apply(many);
+        let mut out = xs;
+        for (o, m) in out.iter_mut().zip(many.0) {
+            *o = m.0;
+        }
+        out
+    }
+
+    /// `N` registers treated as one: every operation is applied to each in turn.
+    #[derive(Clone, Copy)]
+    struct Many<const N: usize>([Avx; N]);
+
+    impl<const N: usize> Many<N> {
+        #[inline(always)]
+        fn each(self, f: impl Fn(Avx) -> Avx) -> Many<N> {
+            let mut out = self.0;
+            for o in out.iter_mut() {
+                *o = f(*o);
+            }
+            Many(out)
+        }
+        #[inline(always)]
+        fn zip(self, b: Many<N>, f: impl Fn(Avx, Avx) -> Avx) -> Many<N> {
+            let mut out = self.0;
+            for (o, b) in out.iter_mut().zip(b.0) {
+                *o = f(*o, b);
+            }
+            Many(out)
+        }
+    }
+
+    impl<const N: usize> Lanes for Many<N> {
+        const WIDTH: usize = 8 * N;
+        #[inline(always)]
+        fn load(s: &[f32]) -> Many<N> {
+            let mut out = Many::splat(0.0);
+            for (i, o) in out.0.iter_mut().enumerate() {
+                *o = Avx::load(&s[8 * i..]);
+            }
+            out
+        }
+        #[inline(always)]
+        fn store(self, s: &mut [f32]) {
+            for (i, v) in self.0.into_iter().enumerate() {
+                v.store(&mut s[8 * i..]);
+            }
+        }
+        #[inline(always)]
+        fn splat(v: f32) -> Many<N> {
+            Many([Avx::splat(v); N])
+        }
+        #[inline(always)]
+        fn add(self, b: Many<N>) -> Many<N> {
+            self.zip(b, Avx::add)
+        }
+        #[inline(always)]
+        fn mul(self, b: Many<N>) -> Many<N> {
+            self.zip(b, Avx::mul)
+        }
+        #[inline(always)]
+        fn div(self, b: Many<N>) -> Many<N> {
+            self.zip(b, Avx::div)
+        }
+        #[inline(always)]
+        fn mul_add(self, b: Many<N>, c: Many<N>) -> Many<N> {
+            let mut out = self.0;
+            for ((o, b), c) in out.iter_mut().zip(b.0).zip(c.0) {
+                *o = o.mul_add(b, c);
+            }
+            Many(out)
+        }
+        #[inline(always)]
+        fn at_least(self, lo: Many<N>) -> Many<N> {
+            self.zip(lo, Avx::at_least)
+        }
+        #[inline(always)]
+        fn at_most(self, hi: Many<N>) -> Many<N> {
+            self.zip(hi, Avx::at_most)
+        }
+        #[inline(always)]
+        fn pow2_of_biased(self) -> Many<N> {
+            self.each(Avx::pow2_of_biased)
+        }
+        #[inline(always)]
+        fn minus_ln2_times(self, z: Many<N>) -> Many<N> {
+            self.zip(z, Avx::minus_ln2_times)
+        }
+        #[inline(always)]
+        fn minus_abs(self) -> Many<N> {
+            self.each(Avx::minus_abs)
+        }
+        #[inline(always)]
+        fn zero_where_below(self, z: Many<N>, lo: Many<N>) -> Many<N> {
+            let mut out = self.0;
+            for ((o, z), lo) in out.iter_mut().zip(z.0).zip(lo.0) {
+                *o = o.zero_where_below(z, lo);
+            }
+            Many(out)
+        }
+        #[inline(always)]
+        fn sign_select(self, x: Many<N>, negative: Many<N>) -> Many<N> {
+            let mut out = self.0;
+            for ((o, x), n) in out.iter_mut().zip(x.0).zip(negative.0) {
+                *o = o.sign_select(x, n);
+            }
+            Many(out)
+        }
     }
 
     // SAFETY (every `unsafe` block below): see `Avx`; loads and stores check their length.
@@ -765,6 +917,67 @@ mod tests {
 
     /// The largest relative error of [`exp_nonpositive`] over `[LOGISTIC_CUTOFF, 0]`.
     const EXP_BOUND: f64 = 4.0e-7;
+
+    /// The vector builds (8 lanes at a time on 16 or 32 registers, and a whole tile's
+    /// registers at once) run the same instructions on each lane: bit-identical results.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_vector_build_computes_the_same_bits() {
+        if !simd_available() {
+            return;
+        }
+        fn check<A: Act>(act: Activation) {
+            let mut xs = sweep(-20.0, 20.0);
+            xs.extend([
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+                -100.0,
+            ]);
+            xs.truncate(xs.len() / 48 * 48);
+            let narrow = map::<A>(&xs, true);
+            let bits = |v: &[f32]| v.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+            // SAFETY: AVX2 and FMA were detected, AVX-512F/VL where the wide build runs.
+            let tiles: Vec<f32> = xs
+                .chunks(48)
+                .flat_map(|c| unsafe {
+                    use std::arch::x86_64::*;
+                    let regs: [__m256; 6] =
+                        std::array::from_fn(|i| _mm256_loadu_ps(c[8 * i..].as_ptr()));
+                    let mut out = [0.0f32; 48];
+                    for (i, v) in activate_tile::<A>(regs).into_iter().enumerate() {
+                        _mm256_storeu_ps(out[8 * i..].as_mut_ptr(), v);
+                    }
+                    out
+                })
+                .collect();
+            assert_eq!(bits(&tiles), bits(&narrow), "{act:?}: a tile at once");
+            if wide_available() {
+                let mut wide = xs.clone();
+                let rows = wide.chunks_mut(37).map(|r| (r, RowBias::None, None));
+                unsafe { avx2::rows_wide::<A>(rows) };
+                assert_eq!(bits(&wide), bits(&narrow), "{act:?}: the wide build");
+            }
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn activate_tile<A: Act>(
+            regs: [std::arch::x86_64::__m256; 6],
+        ) -> [std::arch::x86_64::__m256; 6] {
+            avx2::activate_all::<A, 6>(regs)
+        }
+        struct Check(Activation);
+        impl WithAct for Check {
+            type Output = ();
+            fn call<A: Act>(self) {
+                check::<A>(self.0)
+            }
+        }
+        for act in Activation::ALL {
+            with_act(act, Check(act));
+        }
+    }
 
     #[test]
     fn approximation_errors() {

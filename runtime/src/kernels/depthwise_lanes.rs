@@ -252,11 +252,7 @@ unsafe fn pixels<const J: usize, A: Act>(a: &Args, p: usize) {
             }
         }
     }
-    let zero = _mm256_setzero_ps();
-    for (j, acc) in acc.iter().enumerate() {
-        _mm256_storeu_ps(
-            a.result.add((p + j) * LANES),
-            avx2::activate::<A>(*acc, zero),
-        );
+    for (j, v) in avx2::activate_all::<A, J>(acc).iter().enumerate() {
+        _mm256_storeu_ps(a.result.add((p + j) * LANES), *v);
     }
 }

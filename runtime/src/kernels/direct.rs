@@ -287,7 +287,7 @@ struct TaskRun<'a> {
 impl WithAct for TaskRun<'_> {
     type Output = ();
     fn call<A: Act>(self) {
-        // SAFETY: `DirectConv::suits` checked AVX2 and FMA, `wide_available` AVX-512F for
+        // SAFETY: `DirectConv::suits` checked AVX2 and FMA, `wide_available` AVX-512F/VL for
         // the wide build; `run` checked the buffers.
         unsafe {
             if self.conv.wide {
@@ -311,8 +311,8 @@ unsafe fn task_avx2<A: Act>(t: &TaskRun<'_>) {
 /// [`task`] on AVX-512 registers.
 ///
 /// # Safety
-/// As for [`task`], and the CPU has AVX-512F.
-#[target_feature(enable = "avx512f,avx2,fma")]
+/// As for [`task`], and the CPU has AVX-512F and AVX-512VL.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn task_avx512<A: Act>(t: &TaskRun<'_>) {
     task::<A, __m512>(t)
 }

@@ -19,7 +19,7 @@
 //! written once for both: a kernel is one body compiled twice, behind `#[target_feature]`
 //! entry points, and each plan records its build when it is made.
 //!
-//! [`wide_available`] says whether the AVX-512 build runs: the CPU must report AVX-512F,
+//! [`wide_available`] says whether the AVX-512 build runs: the CPU must report AVX-512F and VL,
 //! and `BBC_CPU_ISA=avx2` in the environment caps the kernels at AVX2 (as oneDNN's
 //! `ONEDNN_MAX_CPU_ISA` does: on CPUs that lower their clock for 512-bit work, or to compare
 //! the two builds); [`with_avx2_only`] does the same for the plans made inside a call.

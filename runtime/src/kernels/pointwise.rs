@@ -280,7 +280,7 @@ impl TaskRun<'_> {
 impl WithAct for TaskRun<'_> {
     type Output = ();
     fn call<A: Act>(self) {
-        // SAFETY: `PointwiseConv::suits` checked AVX2 and FMA, `wide_available` AVX-512F
+        // SAFETY: `PointwiseConv::suits` checked AVX2 and FMA, `wide_available` AVX-512F/VL
         // for the wide build; `run` checked the buffers.
         unsafe {
             if self.conv.wide {
@@ -304,8 +304,8 @@ unsafe fn task_avx2<A: Act>(t: TaskRun<'_>) {
 /// [`task`] on AVX-512 registers.
 ///
 /// # Safety
-/// As for [`task`], and the CPU has AVX-512F.
-#[target_feature(enable = "avx512f,avx2,fma")]
+/// As for [`task`], and the CPU has AVX-512F and AVX-512VL.
+#[target_feature(enable = "avx512f,avx512vl,avx2,fma")]
 unsafe fn task_avx512<A: Act>(t: TaskRun<'_>) {
     task::<A, __m512>(t)
 }
@@ -498,21 +498,25 @@ pub(super) unsafe fn tile<A: Act, R: Row16>(
         }
         return;
     }
+    // Each row plus its bias (and shortcut), in two halves; the lower halves of all rows are
+    // activated together, then the upper ones.
+    let mut lo = [_mm256_setzero_ps(); MR];
+    let mut hi = [_mm256_setzero_ps(); MR];
     for (r, acc) in acc.iter().enumerate() {
         let b = _mm256_set1_ps(bias[r]);
+        let [l, h] = acc.halves();
+        (lo[r], hi[r]) = (_mm256_add_ps(l, b), _mm256_add_ps(h, b));
+        if let Some((res, ld)) = residual {
+            let res = res.add(r * ld);
+            lo[r] = _mm256_add_ps(lo[r], _mm256_loadu_ps(res));
+            hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(res.add(8)));
+        }
+    }
+    let lo = avx2::activate_all::<A, MR>(lo);
+    let hi = avx2::activate_all::<A, MR>(hi);
+    for r in 0..MR {
         let dst = out.add(r * ldc);
-        let [lo, hi] = acc.halves();
-        let (lo, hi) = match residual {
-            None => (avx2::activate::<A>(lo, b), avx2::activate::<A>(hi, b)),
-            Some((res, ld)) => {
-                let res = res.add(r * ld);
-                let zero = _mm256_setzero_ps();
-                let lo = _mm256_add_ps(_mm256_add_ps(lo, b), _mm256_loadu_ps(res));
-                let hi = _mm256_add_ps(_mm256_add_ps(hi, b), _mm256_loadu_ps(res.add(8)));
-                (avx2::activate::<A>(lo, zero), avx2::activate::<A>(hi, zero))
-            }
-        };
-        _mm256_storeu_ps(dst, lo);
-        _mm256_storeu_ps(dst.add(8), hi);
+        _mm256_storeu_ps(dst, lo[r]);
+        _mm256_storeu_ps(dst.add(8), hi[r]);
     }
 }

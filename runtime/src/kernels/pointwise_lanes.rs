@@ -329,23 +329,21 @@ unsafe fn tile<A: Act, const R: usize>(b: &LanesBlock, p: usize, prefetch: bool)
                 _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(half)))
             };
         }
-        let channel_rows = transpose8(rows);
-        for (j, &v) in channel_rows.iter().enumerate() {
+        // Each channel row plus its bias (and shortcut), then all eight activated together.
+        let mut sums = transpose8(rows);
+        let channels = (b.channels - 8 * g).min(8);
+        for (j, v) in sums.iter_mut().enumerate().take(channels) {
             let ch = 8 * g + j;
-            if ch >= b.channels {
-                break;
+            *v = _mm256_add_ps(*v, _mm256_set1_ps(b.bias[ch]));
+            if let Some(res) = b.residual {
+                let res = _mm256_maskz_loadu_ps(mask, res.add(ch * b.ldo + p));
+                *v = _mm256_add_ps(*v, res);
             }
-            let at = ch * b.ldo + p;
-            let bias = _mm256_set1_ps(b.bias[ch]);
-            let v = match b.residual {
-                None => avx2::activate::<A>(v, bias),
-                Some(res) => {
-                    let res = _mm256_maskz_loadu_ps(mask, res.add(at));
-                    let sum = _mm256_add_ps(_mm256_add_ps(v, bias), res);
-                    avx2::activate::<A>(sum, _mm256_setzero_ps())
-                }
-            };
-            _mm256_mask_storeu_ps(b.out.add(at), mask, v);
+        }
+        let sums = avx2::activate_all::<A, 8>(sums);
+        for (j, v) in sums.iter().enumerate().take(channels) {
+            let at = (8 * g + j) * b.ldo + p;
+            _mm256_mask_storeu_ps(b.out.add(at), mask, *v);
         }
     }
 }
