@@ -847,7 +847,14 @@ fn bench_depthwise(
     shape: Conv2dShape,
     bands: bool,
 ) {
-    let label = format!("{name} {}", if bands { "bands" } else { "planes" });
+    // EfficientNet's depthwise convolutions are followed by a SiLU, which runs on each
+    // finished tile; ConvNeXt's by a LayerNorm (not measured here).
+    let silu = name.starts_with("efficientnet");
+    let label = format!(
+        "{name} {}{}",
+        if bands { "bands" } else { "planes" },
+        if silu { " +silu" } else { "" }
+    );
     if !report.wants(&label) {
         return;
     }
@@ -868,7 +875,12 @@ fn bench_depthwise(
         .map(|pool| {
             let mut scratch = vec![0.0; conv.scratch_len(pool.threads())];
             let t = best_time(budget, || {
-                conv.run(pool, &input, &mut out, &mut scratch, Epilogue::NONE)
+                let epilogue = if silu {
+                    Epilogue::activation(Activation::Silu, None)
+                } else {
+                    Epilogue::NONE
+                };
+                conv.run(pool, &input, &mut out, &mut scratch, epilogue)
                     .unwrap()
             });
             (pool.threads(), t)
