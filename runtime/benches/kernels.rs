@@ -667,6 +667,7 @@ fn main() {
             ("convnext_atto pw 160->640 @14", 160, 640, 14, 1),
             ("convnext_atto pw 40->160 @56", 40, 160, 56, 1),
             ("efficientnet pw 16->96 @112", 16, 96, 112, 1),
+            ("efficientnet pw 32->16 @112", 32, 16, 112, 1),
             ("efficientnet pw 24->144 @56", 24, 144, 56, 1),
             ("efficientnet pw 40->240 @28", 40, 240, 28, 1),
             ("efficientnet pw 144->24 @56", 144, 24, 56, 1),

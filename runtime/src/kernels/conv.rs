@@ -598,6 +598,10 @@ enum Plan {
     Subsample(Box<Conv2d>),
 }
 
+/// Most floats of weight [`Conv2d::for_computed_weight`] repacks per call: EfficientNet's
+/// projections through its 28x28 stages (up to 240 -> 80 channels).
+pub const MAX_REPACKED: usize = 1 << 15;
+
 /// A convolution planned for one shape and one weight; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Conv2d {
@@ -758,6 +762,33 @@ impl Conv2d {
             Plan::Lanes1x1(_) => true,
             Plan::Subsample(c) => c.writes_over_residual(),
             _ => false,
+        }
+    }
+
+    /// A 1x1 convolution over one image whose weight is computed per inference (a
+    /// squeeze-excitation gate folded into it), planned without one on the pixel-lane 1x1
+    /// kernel; [`Conv2d::repack`] gives it each weight. `None` where that kernel does not
+    /// take the shape on this CPU, or the weight (`C_out · C_in` floats) is too large to
+    /// repack on one thread for every call (more than [`MAX_REPACKED`]).
+    pub fn for_computed_weight(shape: Conv2dShape, threads: usize) -> Option<Conv2d> {
+        let floats = shape.out_channels.checked_mul(shape.in_channels)?;
+        if shape.batch != 1 || floats > MAX_REPACKED || !shape.is_pointwise() {
+            return None;
+        }
+        let zeros = vec![0.0; floats];
+        Conv2d::with_strategy(shape, &zeros, threads, ConvStrategy::Direct1x1).ok()
+    }
+
+    /// Replaces the weight of a plan made by [`Conv2d::for_computed_weight`]; other plans
+    /// pack theirs once, at construction, and refuse.
+    pub fn repack(&mut self, weights: &[f32]) -> Result<(), KernelError> {
+        match &mut self.plan {
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct1x1(p) => p.repack(weights),
+            _ => Err(KernelError::Shape(format!(
+                "a {:?} convolution's weight is packed once, when it is planned",
+                self.strategy
+            ))),
         }
     }
 

@@ -22,7 +22,7 @@ use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
 use crate::kernels::isa::{wide_available, Row16};
-use crate::kernels::pointwise::{tile, Part, MR, NR};
+use crate::kernels::pointwise::{tile, tile_of, Part, MR, NR};
 use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
@@ -372,10 +372,11 @@ unsafe fn chunk_rows<A: Act, R: Row16>(t: &TaskRun<'_>, rows: std::ops::Range<us
             let (oy, ox) = (p / c.wq, p % c.wq);
             let n = NR.min(grid.end - p);
             let x = t.planes.as_ptr().add(p);
-            if rows == MR && n == NR && ox + NR <= out_w {
+            if n == NR && ox + NR <= out_w {
                 // All 16 are output pixels of one row: stored from the registers.
                 let dst = out_img.add(co * out_h * out_w + oy * out_w + ox);
-                tile::<A, R>(
+                tile_of::<A, R>(
+                    rows,
                     c.taps.iter().map(|&o| x.add(o)),
                     w,
                     dst,
@@ -388,7 +389,7 @@ unsafe fn chunk_rows<A: Act, R: Row16>(t: &TaskRun<'_>, rows: std::ops::Range<us
             }
             let mut buf = [0.0f32; MR * NR];
             let taps = c.taps.iter().map(|&o| x.add(o));
-            tile::<A, R>(taps, w, buf.as_mut_ptr(), NR, &bias, None, Part::WHOLE);
+            tile::<A, R, MR>(taps, w, buf.as_mut_ptr(), NR, &bias, None, Part::WHOLE);
             // The tile's grid pixels as runs of output pixels within a row (the grid's
             // columns from `out_w` on are dropped).
             let (mut oy, mut ox, mut j) = (oy, ox, 0);

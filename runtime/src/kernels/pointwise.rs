@@ -32,7 +32,8 @@ use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
 use crate::kernels::isa::{wide_available, Row16};
 use crate::kernels::{
-    blocks_per_packing_thread, for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS,
+    blocks_per_packing_thread, check_len, for_each_task, Epilogue, KernelError, SendPtr,
+    SERIAL_FLOPS,
 };
 use crate::pool::{run_scoped, ThreadPool};
 
@@ -137,6 +138,15 @@ impl PointwiseConv {
         }
     }
 
+    /// Replaces the weight (`[C_out, C_in]`), packed in place: for a weight computed per
+    /// inference, on the calling thread (the callers' weights are small).
+    pub(crate) fn repack(&mut self, weights: &[f32]) -> Result<(), KernelError> {
+        let (cout, cin) = (self.out_channels, self.in_channels);
+        check_len("pointwise weight", cout * cin, weights.len())?;
+        pack_blocks(self.weights.as_mut_slice(), weights, cout, cin, MR, 0);
+        Ok(())
+    }
+
     /// Whether the whole reduction is one block, so the tiles add the residual to their
     /// registers before the only store to each output element (the memory planner may then
     /// give a dying shortcut's bytes to the output).
@@ -223,16 +233,29 @@ pub(super) fn pack_channel_blocks(
         .enumerate()
         .collect();
     run_scoped(chunks, |(part, dst)| {
-        let first = part * per_part * width;
-        let channels = first..(first + per_part * width).min(cout);
-        for co in channels {
-            let row = &weights[co * cin..][..cin];
-            for (ci, &w) in row.iter().enumerate() {
-                dst[packed_index(co - first, ci, cin, width)] = w;
-            }
-        }
+        pack_blocks(dst, weights, cout, cin, width, part * per_part * width)
     });
     packed
+}
+
+/// Packs the blocks of `width` channels from channel `first` (a multiple of `width`) into
+/// `dst`, as many as it holds: [`pack_channel_blocks`]' layout. Padding channels past
+/// `cout` are not written.
+fn pack_blocks(
+    dst: &mut [f32],
+    weights: &[f32],
+    cout: usize,
+    cin: usize,
+    width: usize,
+    first: usize,
+) {
+    let blocks = dst.len() / (cin * width).max(1);
+    for co in first..(first + blocks * width).min(cout) {
+        let row = &weights[co * cin..][..cin];
+        for (ci, &w) in row.iter().enumerate() {
+            dst[packed_index(co - first, ci, cin, width)] = w;
+        }
+    }
 }
 
 /// Where weight `w[co][ci]` of a `K = k` reduction goes in blocks of `width` channels.
@@ -399,9 +422,9 @@ unsafe fn panel<A: Act, R: Row16>(
         let w = c.weights.as_slice().as_ptr().add((co / MR * k + k0) * MR);
         let at = (t.block.b * c.out_channels + co) * c.pixels + p;
         let dst = out_img.add(co * c.pixels + p);
-        if rows == MR && width == NR {
+        if width == NR {
             let residual = t.residual.map(|r| (r.get().cast_const().add(at), c.pixels));
-            tile::<A, R>(channels(), w, dst, c.pixels, &bias, residual, part);
+            tile_of::<A, R>(rows, channels(), w, dst, c.pixels, &bias, residual, part);
         } else {
             // A partial block goes through a register-sized buffer (its partial sums
             // read into it first, its residual into another), so nothing past the
@@ -419,7 +442,7 @@ unsafe fn panel<A: Act, R: Row16>(
                 }
             }
             let residual = t.residual.map(|_| (shortcut.as_ptr(), NR));
-            tile::<A, R>(channels(), w, buf.as_mut_ptr(), NR, &bias, residual, part);
+            tile::<A, R, MR>(channels(), w, buf.as_mut_ptr(), NR, &bias, residual, part);
             for r in 0..rows {
                 std::ptr::copy_nonoverlapping(
                     buf.as_ptr().add(r * NR),
@@ -458,19 +481,21 @@ impl Part {
 }
 
 /// `out[r][0..16] = act((Σ_t w[t][r] · rows[t][0..16] + bias[r]) + residual[r][0..16])`
-/// for the 6 rows `r`, without the residual where there is none: the register tile this
-/// kernel and the direct one (`direct`, whose rows are its taps) share, on rows of 16
-/// floats `R` (two AVX2 registers or one AVX-512 register). With a reduction split in
-/// blocks ([`Part`]), a block after the first adds to the partial sums in `out` and one
-/// before the last stores its sums as they are.
+/// for the `ROWS` (at most 6) rows `r`, without the residual where there is none: the
+/// register tile this kernel and the direct one (`direct`, whose rows are its taps) share,
+/// on rows of 16 floats `R` (two AVX2 registers or one AVX-512 register). A block of fewer
+/// than 6 channels (16 channels are two blocks of 6 and one of 4) runs a tile of its own
+/// height, its weights still 6 apart, instead of a full tile into a buffer copied out. With
+/// a reduction split in blocks ([`Part`]), a block after the first adds to the partial sums
+/// in `out` and one before the last stores its sums as they are.
 ///
 /// # Safety
 /// The CPU has `R`'s instructions (the caller is built for them); `w` holds 6 floats per
-/// row of `rows`, each row 16 floats, `out` 6 rows of 16 at stride `ldc`, a residual
-/// `(start, stride)` 6 rows of 16 (it may be `out` itself when `part` is the whole
+/// row of `rows`, each row 16 floats, `out` `ROWS` rows of 16 at stride `ldc`, a residual
+/// `(start, stride)` `ROWS` rows of 16 (it may be `out` itself when `part` is the whole
 /// reduction).
 #[inline(always)]
-pub(super) unsafe fn tile<A: Act, R: Row16>(
+pub(super) unsafe fn tile<A: Act, R: Row16, const ROWS: usize>(
     rows: impl Iterator<Item = *const f32>,
     w: *const f32,
     out: *mut f32,
@@ -479,7 +504,8 @@ pub(super) unsafe fn tile<A: Act, R: Row16>(
     residual: Option<(*const f32, usize)>,
     part: Part,
 ) {
-    let mut acc = [R::zero(); MR];
+    const { assert!(ROWS <= MR) };
+    let mut acc = [R::zero(); ROWS];
     if !part.first {
         for (r, acc) in acc.iter_mut().enumerate() {
             *acc = R::load(out.add(r * ldc));
@@ -500,8 +526,8 @@ pub(super) unsafe fn tile<A: Act, R: Row16>(
     }
     // Each row plus its bias (and shortcut), in two halves; the lower halves of all rows are
     // activated together, then the upper ones.
-    let mut lo = [_mm256_setzero_ps(); MR];
-    let mut hi = [_mm256_setzero_ps(); MR];
+    let mut lo = [_mm256_setzero_ps(); ROWS];
+    let mut hi = [_mm256_setzero_ps(); ROWS];
     for (r, acc) in acc.iter().enumerate() {
         let b = _mm256_set1_ps(bias[r]);
         let [l, h] = acc.halves();
@@ -512,11 +538,37 @@ pub(super) unsafe fn tile<A: Act, R: Row16>(
             hi[r] = _mm256_add_ps(hi[r], _mm256_loadu_ps(res.add(8)));
         }
     }
-    let lo = avx2::activate_all::<A, MR>(lo);
-    let hi = avx2::activate_all::<A, MR>(hi);
-    for r in 0..MR {
+    let lo = avx2::activate_all::<A, ROWS>(lo);
+    let hi = avx2::activate_all::<A, ROWS>(hi);
+    for r in 0..ROWS {
         let dst = out.add(r * ldc);
         _mm256_storeu_ps(dst, lo[r]);
         _mm256_storeu_ps(dst.add(8), hi[r]);
+    }
+}
+
+/// [`tile`] with `rows` (1 to 6) rows.
+///
+/// # Safety
+/// As for [`tile`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(super) unsafe fn tile_of<A: Act, R: Row16>(
+    rows: usize,
+    inputs: impl Iterator<Item = *const f32>,
+    w: *const f32,
+    out: *mut f32,
+    ldc: usize,
+    bias: &[f32; MR],
+    residual: Option<(*const f32, usize)>,
+    part: Part,
+) {
+    match rows {
+        1 => tile::<A, R, 1>(inputs, w, out, ldc, bias, residual, part),
+        2 => tile::<A, R, 2>(inputs, w, out, ldc, bias, residual, part),
+        3 => tile::<A, R, 3>(inputs, w, out, ldc, bias, residual, part),
+        4 => tile::<A, R, 4>(inputs, w, out, ldc, bias, residual, part),
+        5 => tile::<A, R, 5>(inputs, w, out, ldc, bias, residual, part),
+        _ => tile::<A, R, MR>(inputs, w, out, ldc, bias, residual, part),
     }
 }
