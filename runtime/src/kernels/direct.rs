@@ -165,7 +165,8 @@ impl DirectConv {
         // Cheap activations go on the accumulators. SiLU, sigmoid and GELU are long
         // dependency chains that the twelve accumulators leave no registers to interleave:
         // on the EfficientNet stem they took 0.297 ms there against 0.19 ms as a pass over
-        // each finished chunk, four vectors at a time, while it is in cache.
+        // each finished chunk, four vectors at a time, while it is in cache (2 threads;
+        // with the tile's registers activated together, 0.21 against 0.197).
         let in_registers = fused.filter(|(act, _)| {
             matches!(
                 act,
