@@ -500,7 +500,6 @@ pub fn resolve_step<'a>(
 mod tests {
     use super::*;
     use crate::exec::tests::{add_one, data};
-    use crate::kernels::Layout;
 
     /// `tile += 1` on a `[rows, 6]` output.
     unsafe extern "C" fn plus_one_tile(
@@ -542,18 +541,7 @@ mod tests {
         };
         desc.inputs = vec![io("x", vec![1, 2, 3, 3], 0)];
         desc.outputs = vec![io("y", vec![1, 4, 3, 3], 2), io("z", vec![4, 6], 3)];
-        let shape = Conv2dShape {
-            batch: 1,
-            in_channels: 2,
-            out_channels: 4,
-            in_size: [3, 3],
-            kernel: [1, 1],
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
-            layout: Layout::Nchw,
-        };
+        let shape = Conv2dShape::pointwise(1, 2, 4, [3, 3]);
         desc.steps = vec![
             Step {
                 name: "conv".into(),

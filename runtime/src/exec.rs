@@ -1135,19 +1135,7 @@ fn computed_weight_conv(g: &Gemm, threads: usize) -> Option<Conv2d> {
     if g.batches != 1 || !in_place || !contiguous(&g.a, g.k) || !contiguous(&g.b, g.n) {
         return None;
     }
-    let shape = Conv2dShape {
-        batch: 1,
-        in_channels: g.k,
-        out_channels: g.m,
-        in_size: [1, g.n],
-        kernel: [1, 1],
-        stride: [1, 1],
-        padding: [0, 0],
-        dilation: [1, 1],
-        groups: 1,
-        layout: Layout::Nchw,
-    };
-    Conv2d::for_computed_weight(shape, threads)
+    Conv2d::for_computed_weight(Conv2dShape::pointwise(1, g.k, g.m, [1, g.n]), threads)
 }
 
 /// When all a convolution's [`ProductMap`] does is `act((x + bias[channel]) + residual)` on

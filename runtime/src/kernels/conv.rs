@@ -171,6 +171,27 @@ fn product(dims: &[usize]) -> Option<usize> {
 }
 
 impl Conv2dShape {
+    /// A 1x1 convolution, stride 1, unpadded, of `batch` NCHW images of `in_size` pixels.
+    pub fn pointwise(
+        batch: usize,
+        in_channels: usize,
+        out_channels: usize,
+        in_size: [usize; 2],
+    ) -> Conv2dShape {
+        Conv2dShape {
+            batch,
+            in_channels,
+            out_channels,
+            in_size,
+            kernel: [1, 1],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+            groups: 1,
+            layout: Layout::Nchw,
+        }
+    }
+
     /// Output `[height, width]`, or an error naming the first bad parameter.
     pub fn out_size(&self) -> Result<[usize; 2], KernelError> {
         let bad = |what: String| Err(KernelError::Shape(format!("conv2d: {what}")));
