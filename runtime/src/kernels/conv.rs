@@ -1635,6 +1635,46 @@ mod tests {
         assert_eq!(2 * tasks(&three) % 3, 0, "{three:?}");
     }
 
+    /// A plan for a computed weight exists only where the 1x1 kernel takes the shape and
+    /// the weight is small; it computes with each weight it is given, and other plans
+    /// refuse a new weight.
+    #[test]
+    fn only_the_computed_weight_plan_takes_a_new_weight() {
+        let s = Conv2dShape::pointwise(1, 24, 16, [12, 12]);
+        let batch = Conv2dShape { batch: 2, ..s };
+        let large = Conv2dShape::pointwise(1, 512, 128, [12, 12]);
+        assert!(Conv2d::for_computed_weight(batch, 1).is_none());
+        assert!(Conv2d::for_computed_weight(large, 1).is_none());
+        let mut refused =
+            Conv2d::with_strategy(s, &[0.5; 24 * 16], 1, ConvStrategy::Pointwise).unwrap();
+        assert!(refused.repack(&[0.5; 24 * 16]).is_err());
+        let Some(mut conv) = Conv2d::for_computed_weight(s, 2) else {
+            // No AVX2 here: the executor keeps such products on the GEMM.
+            return;
+        };
+        assert!(conv.repack(&[0.5; 10]).is_err(), "a short weight");
+        let pool = ThreadPool::new(2).unwrap();
+        let x: Vec<f32> = (0..conv.input_len())
+            .map(|i| (i % 7) as f32 - 3.0)
+            .collect();
+        let mut scratch = vec![0.0; conv.scratch_len(2)];
+        for seed in [1.0f32, -2.0] {
+            let w: Vec<f32> = (0..24 * 16)
+                .map(|i| seed * ((i % 5) as f32 - 2.0))
+                .collect();
+            conv.repack(&w).unwrap();
+            let planned = Conv2d::new(s, &w, 2).unwrap();
+            let (mut got, mut want) = (vec![0.0; conv.output_len()], vec![0.0; conv.output_len()]);
+            conv.run(&pool, &x, &mut got, &mut scratch, Epilogue::NONE)
+                .unwrap();
+            let mut scratch2 = vec![0.0; planned.scratch_len(2)];
+            planned
+                .run(&pool, &x, &mut want, &mut scratch2, Epilogue::NONE)
+                .unwrap();
+            assert_eq!(got, want, "weight {seed}");
+        }
+    }
+
     #[test]
     fn tiny_products_run_on_the_caller_in_one_task() {
         // EfficientNet's squeeze-excitation 1x1 convolutions on a 1x1 map.
