@@ -11,7 +11,10 @@
 //! - [`StepKernel::Loops`]: generated code over a grid whose iterations are independent,
 //!   `entry(bufs, start, end)`; the grid is split over the pool.
 //! - [`StepKernel::Conv`]: a planned [`Conv2d`] (weights packed at load time).
-//! - [`StepKernel::Gemm`]: one [`gemm()`] call per batch entry, constant operands pre-packed.
+//! - [`StepKernel::Gemm`]: one [`gemm()`] call per batch entry, constant operands pre-packed;
+//!   one that is a 1x1 convolution of one image with a weight computed per inference runs on
+//!   the 1x1 convolution kernel instead, planned here and given each weight repacked
+//!   (`computed_weight_conv`).
 //! - [`StepKernel::Depthwise`]: a direct [`DepthwiseConv2d`], optionally with the rest of its
 //!   fusion group as generated loop code run on each finished band of pixels while it is in
 //!   cache ([`BandLoop`]); the convolution's product then lives in scratch

@@ -638,7 +638,7 @@ pub(crate) fn plan_tiles(m: usize, n: usize, threads: usize) -> (usize, usize) {
 
 /// `C = A·B` (or `C += A·B`), tile by tile on `pool`, running `epilogue` on
 /// every finished tile (see the [module docs](crate::kernels) for the ABI). With an
-/// epilogue, `C` needs a unit stride on one axis ([`check_presented`]): the output matrix the
+/// epilogue, `C` needs a unit stride on one axis (`check_presented`): the output matrix the
 /// epilogue sees is `C` itself when its columns are contiguous, else `Cᵀ`.
 pub fn gemm(
     pool: &ThreadPool,

@@ -22,8 +22,12 @@
 //! Tasks are (image, pixel range, channel range) with ranges of whole 16-pixel and 6-channel
 //! blocks. A partial pixel block (the image's last) reads its input from a zero-padded copy
 //! in the thread's scratch, and so does every block of a task with many channels
-//! ([`PACK_CHANNELS`]); a partial block either way is computed into a register-sized buffer
-//! and copied out, so the kernel never reads or writes past its buffers.
+//! ([`PACK_CHANNELS`]); a partial pixel block is computed into a register-sized buffer and
+//! copied out, so the kernel never reads or writes past its buffers. A last block of fewer
+//! than 6 channels runs a tile of its own height ([`tile_of`]).
+//!
+//! A plan's weight may also be replaced after planning ([`PointwiseConv::repack`]): the
+//! executor runs products with a weight computed per inference on this kernel that way.
 
 use std::arch::x86_64::*;
 

@@ -9,7 +9,7 @@
 //! 0.60 ms against ONNX Runtime's 0.11 on two threads).
 //!
 //! ResNet's stem pool (3x3, stride 2, padding 1, an even width) skips the row buffer: an
-//! AVX2 kernel ([`stem_row`]) reads the window's input rows directly, eight outputs at a time.
+//! AVX2 kernel (`stem_row`) reads the window's input rows directly, eight outputs at a time.
 //!
 //! NaN propagates, as in PyTorch's `max_pool2d` and the op table's reference: a window with
 //! a NaN gives NaN. Padding never wins, since every window overlaps the input.
