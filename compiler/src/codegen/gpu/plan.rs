@@ -2,7 +2,7 @@
 //! [`LaunchPlan`] (kernel sources, buffers, launches) and the constant tensors it binds.
 //!
 //! Values computed from parameters alone are evaluated once here
-//! ([`prepare`](crate::codegen::prepare::prepare), shared with the CPU executable) and
+//! ([`prepare`], shared with the CPU executable) and
 //! become constant buffers keyed by their node's name. Every per-inference node becomes one
 //! launch of its lowered kernel; identical sources are kept once. A node the Kernel IR
 //! cannot lower fails the build, listing every such node: the GPU has no fallback. A graph
