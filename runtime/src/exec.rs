@@ -713,15 +713,8 @@ impl Executor {
             step: step.name.clone(),
             source,
         };
-        // An unused slot reads as empty, so a kernel pointed at one reports a short buffer.
-        let input = |i: usize| -> &[f32] {
-            if table[i].is_null() {
-                return &[];
-            }
-            // SAFETY: the pointer holds `lens[i]` elements; the arena plan keeps the buffers
-            // of one step disjoint, and only the last one is written.
-            unsafe { std::slice::from_raw_parts(table[i].cast_const(), lens[i]) }
-        };
+        let bufs = StepBuffers { table, lens };
+        let input = |i: usize| bufs.input(i);
         match &mut step.kernel {
             StepKernel::Loops { entry, grid } => {
                 let (entry, bufs) = (*entry, Shared(table.as_ptr()));
@@ -741,11 +734,7 @@ impl Executor {
                 input: x,
                 product,
             } => {
-                let conv_step = ConvStep {
-                    table,
-                    lens,
-                    product,
-                };
+                let conv_step = ConvStep { bufs, product };
                 conv_step
                     .run(pool, conv, input(*x), scratch.as_mut_slice())
                     .map_err(kernel_err)?;
@@ -776,8 +765,7 @@ impl Executor {
                 };
                 conv.repack(weight).map_err(kernel_err)?;
                 let conv_step = ConvStep {
-                    table,
-                    lens,
+                    bufs,
                     product: &g.product,
                 };
                 conv_step
@@ -1047,25 +1035,34 @@ impl<'a> Sink<'a> {
     }
 }
 
+/// A step's resolved buffers: base pointers and lengths, in slot order.
+#[derive(Clone, Copy)]
+struct StepBuffers<'a> {
+    table: &'a [*mut f32],
+    lens: &'a [usize],
+}
+
+impl<'a> StepBuffers<'a> {
+    /// The buffer at position `i`. An unused slot reads as empty, so a kernel pointed at one
+    /// reports a short buffer.
+    fn input(self, i: usize) -> &'a [f32] {
+        if self.table[i].is_null() {
+            return &[];
+        }
+        // SAFETY: the pointer holds `lens[i]` elements; the arena plan keeps the buffers of
+        // one step disjoint, and only the last one is written.
+        unsafe { std::slice::from_raw_parts(self.table[i].cast_const(), self.lens[i]) }
+    }
+}
+
 /// A planned convolution run into a step's output: by convolution steps, and by GEMMs that
 /// are 1x1 convolutions with a computed weight.
 struct ConvStep<'a> {
-    table: &'a [*mut f32],
-    lens: &'a [usize],
+    bufs: StepBuffers<'a>,
     product: &'a ProductMap,
 }
 
 impl<'a> ConvStep<'a> {
-    /// The step's buffer at position `i` (empty for an unused slot).
-    fn input(&self, i: usize) -> &'a [f32] {
-        if self.table[i].is_null() {
-            return &[];
-        }
-        // SAFETY: as in `run_step`: the pointer holds `lens[i]` elements, and only the last
-        // buffer of a step is written.
-        unsafe { std::slice::from_raw_parts(self.table[i].cast_const(), self.lens[i]) }
-    }
-
     /// `conv` of `x` into the output (or into scratch, then scattered), with the product
     /// map's epilogue: in the kernel's registers where it is a plain bias and activation.
     fn run(
@@ -1075,13 +1072,14 @@ impl<'a> ConvStep<'a> {
         x: &[f32],
         scratch: &mut [f32],
     ) -> Result<(), KernelError> {
-        let (table, product) = (self.table, self.product);
+        let (table, product) = (self.bufs.table, self.product);
         let out_pos = table.len() - 1;
         let (product_buf, conv_scratch) = if product.scatter.is_some() {
             scratch.split_at_mut(conv.output_len())
         } else {
             // SAFETY: the output slot, written only by this step.
-            let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], self.lens[out_pos]) };
+            let out =
+                unsafe { std::slice::from_raw_parts_mut(table[out_pos], self.bufs.lens[out_pos]) };
             (out, scratch)
         };
         let sink = Sink::new(product, table, 0);
@@ -1090,7 +1088,7 @@ impl<'a> ConvStep<'a> {
         let fused = plain_activation(product, conv).and_then(|(act, bias, residual)| {
             let bias = match bias {
                 None => None,
-                Some(slot) => Some(self.input(slot).get(..channels)?),
+                Some(slot) => Some(self.bufs.input(slot).get(..channels)?),
             };
             Some(match residual {
                 None => Epilogue::activation(act, bias),
@@ -1101,7 +1099,7 @@ impl<'a> ConvStep<'a> {
                     Epilogue::activation_with_residual_in_output(act, bias)
                 }
                 Some(slot) => {
-                    let residual = self.input(slot).get(..conv.output_len())?;
+                    let residual = self.bufs.input(slot).get(..conv.output_len())?;
                     Epilogue::activation_with_residual(act, bias, residual)
                 }
             })
@@ -1536,18 +1534,7 @@ pub(crate) mod tests {
     /// registers where the kernel can; anything else stays a tile epilogue.
     #[test]
     fn plain_bias_and_activation_maps_are_recognised() {
-        let shape = Conv2dShape {
-            batch: 2,
-            in_channels: 8,
-            out_channels: 6,
-            in_size: [4, 4],
-            kernel: [1, 1],
-            stride: [1, 1],
-            padding: [0, 0],
-            dilation: [1, 1],
-            groups: 1,
-            layout: Layout::Nchw,
-        };
+        let shape = Conv2dShape::pointwise(2, 8, 6, [4, 4]);
         let conv = Conv2d::new(shape, &[0.0; 48], 1).unwrap();
         let per_row = |slot| TileBias {
             slot,

@@ -537,6 +537,14 @@ pub(crate) mod avx2 {
             Many(out)
         }
         #[inline(always)]
+        fn zip3(self, b: Many<N>, c: Many<N>, f: impl Fn(Avx, Avx, Avx) -> Avx) -> Many<N> {
+            let mut out = self.0;
+            for ((o, b), c) in out.iter_mut().zip(b.0).zip(c.0) {
+                *o = f(*o, b, c);
+            }
+            Many(out)
+        }
+        #[inline(always)]
         fn zip(self, b: Many<N>, f: impl Fn(Avx, Avx) -> Avx) -> Many<N> {
             let mut out = self.0;
             for (o, b) in out.iter_mut().zip(b.0) {
@@ -580,11 +588,7 @@ pub(crate) mod avx2 {
         }
         #[inline(always)]
         fn mul_add(self, b: Many<N>, c: Many<N>) -> Many<N> {
-            let mut out = self.0;
-            for ((o, b), c) in out.iter_mut().zip(b.0).zip(c.0) {
-                *o = o.mul_add(b, c);
-            }
-            Many(out)
+            self.zip3(b, c, Avx::mul_add)
         }
         #[inline(always)]
         fn at_least(self, lo: Many<N>) -> Many<N> {
@@ -608,19 +612,11 @@ pub(crate) mod avx2 {
         }
         #[inline(always)]
         fn zero_where_below(self, z: Many<N>, lo: Many<N>) -> Many<N> {
-            let mut out = self.0;
-            for ((o, z), lo) in out.iter_mut().zip(z.0).zip(lo.0) {
-                *o = o.zero_where_below(z, lo);
-            }
-            Many(out)
+            self.zip3(z, lo, Avx::zero_where_below)
         }
         #[inline(always)]
         fn sign_select(self, x: Many<N>, negative: Many<N>) -> Many<N> {
-            let mut out = self.0;
-            for ((o, x), n) in out.iter_mut().zip(x.0).zip(negative.0) {
-                *o = o.sign_select(x, n);
-            }
-            Many(out)
+            self.zip3(x, negative, Avx::sign_select)
         }
     }
 
