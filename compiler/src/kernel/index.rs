@@ -396,6 +396,33 @@ impl Cond {
             .iter()
             .any(|(_, a, b)| a.mentions(v) || b.mentions(v))
     }
+
+    /// The condition with `v` replaced by `by`, each comparison decided where the ranges
+    /// allow: `None` when one of them is then false everywhere.
+    pub fn substitute(&self, v: Var, by: &Index) -> Option<Cond> {
+        let mut out = Cond::always();
+        for (op, a, b) in &self.0 {
+            let (a, b) = (a.substitute(v, by), b.substitute(v, by));
+            if never(*op, &a, &b) {
+                return None;
+            }
+            out = out.and(Cond::cmp(*op, a, b));
+        }
+        Some(out)
+    }
+}
+
+/// Whether the ranges decide that `a op b` never holds.
+fn never(op: CmpOp, a: &Index, b: &Index) -> bool {
+    let ((a0, a1), (b0, b1)) = (a.range(), b.range());
+    match op {
+        CmpOp::Lt => a0 >= b1,
+        CmpOp::Le => a0 > b1,
+        CmpOp::Gt => a1 <= b0,
+        CmpOp::Ge => a1 < b0,
+        CmpOp::Eq => a1 < b0 || b1 < a0,
+        CmpOp::Ne => a0 == a1 && b0 == b1 && a0 == b0,
+    }
 }
 
 #[cfg(test)]

@@ -318,6 +318,51 @@ impl Expr {
             Expr::Reduce { body, .. } => body.visit(f),
         }
     }
+
+    /// The expression with variable `v` replaced by `by` in every index; a select whose
+    /// condition the new ranges decide becomes the arm it takes.
+    pub fn substitute(&self, v: Var, by: &Index) -> Expr {
+        let sub = |x: &Index| x.substitute(v, by);
+        match self {
+            Expr::Const(_) | Expr::Scalar(_) => self.clone(),
+            Expr::Load { buf, index } => Expr::Load {
+                buf: *buf,
+                index: sub(index),
+            },
+            Expr::Table { table, index } => Expr::Table {
+                table: *table,
+                index: sub(index),
+            },
+            Expr::Scratch { scratch, index } => Expr::Scratch {
+                scratch: *scratch,
+                index: sub(index),
+            },
+            Expr::Unary(op, x) => Expr::unary(*op, x.substitute(v, by)),
+            Expr::Binary(op, a, b) => Expr::binary(*op, a.substitute(v, by), b.substitute(v, by)),
+            Expr::Select {
+                pred,
+                then,
+                otherwise,
+            } => match &**pred {
+                Pred::Index(c) => match c.substitute(v, by) {
+                    Some(c) => {
+                        Expr::select_index(c, then.substitute(v, by), otherwise.substitute(v, by))
+                    }
+                    None => otherwise.substitute(v, by),
+                },
+                Pred::Float(op, a, b) => Expr::select_float(
+                    *op,
+                    a.substitute(v, by),
+                    b.substitute(v, by),
+                    then.substitute(v, by),
+                    otherwise.substitute(v, by),
+                ),
+            },
+            Expr::Reduce { op, vars, body } => {
+                Expr::reduce(*op, vars.clone(), body.substitute(v, by))
+            }
+        }
+    }
 }
 
 impl std::ops::Add for Expr {
@@ -373,6 +418,47 @@ pub enum Stmt {
         index: Index,
         value: Expr,
     },
+}
+
+impl Stmt {
+    /// The statement with variable `v` replaced by `by` (see [`Expr::substitute`]).
+    pub fn substitute(&self, v: Var, by: &Index) -> Stmt {
+        match self {
+            Stmt::Loop { var, vector, body } => Stmt::Loop {
+                var: *var,
+                vector: *vector,
+                body: body.iter().map(|s| s.substitute(v, by)).collect(),
+            },
+            Stmt::Let { id, value } => Stmt::Let {
+                id: *id,
+                value: value.substitute(v, by),
+            },
+            Stmt::Store { buf, index, value } => Stmt::Store {
+                buf: *buf,
+                index: index.substitute(v, by),
+                value: value.substitute(v, by),
+            },
+            Stmt::ScratchStore {
+                scratch,
+                index,
+                value,
+            } => Stmt::ScratchStore {
+                scratch: *scratch,
+                index: index.substitute(v, by),
+                value: value.substitute(v, by),
+            },
+        }
+    }
+
+    /// Calls `f` on every expression of the statement and of those nested in it.
+    pub fn visit_exprs(&self, f: &mut dyn FnMut(&Expr)) {
+        match self {
+            Stmt::Loop { body, .. } => body.iter().for_each(|s| s.visit_exprs(f)),
+            Stmt::Let { value, .. }
+            | Stmt::Store { value, .. }
+            | Stmt::ScratchStore { value, .. } => value.visit(f),
+        }
+    }
 }
 
 /// A strided or im2col view of a contraction operand as a matrix of `rows × cols` per batch

@@ -13,6 +13,9 @@
 //! to the kernel's violation record and skips the access (a load yields 0). Scratch arrays
 //! are stack slots of the entry function, reused by each grid iteration it runs.
 //!
+//! A loop whose body compares its own variable with constants (a concat's parts) is split
+//! into one loop per interval on which the comparisons are decided ([`splitting`]).
+//!
 //! A vector loop whose body clamps or bounds-checks positions that move with the lanes (a
 //! padded window) is versioned ([`versioning`]): each vector iteration tests once whether
 //! the clamps and conditions can fire anywhere in it and, where they cannot, runs a body
@@ -24,6 +27,7 @@
 //! with fused multiply-adds where the host has them.
 
 use super::math::Math;
+use super::splitting;
 use super::versioning::{self, Check};
 use crate::kernel::{
     Binary, Body, BufId, CmpOp, Cond, Epilogue, Expr, Index, Kernel, Pred, ReduceOp, ScalarId,
@@ -185,6 +189,21 @@ impl Emitter<'_, '_> {
     /// A loop over `var` from `start` to `end`: four lanes at a time then a scalar tail when
     /// `vector` (and not already vectorised), else one at a time.
     pub fn range_loop(&mut self, var: Var, start: Value, end: Value, vector: bool, body: &[Stmt]) {
+        if let Some(pieces) = splitting::split(body, var) {
+            for p in &pieces {
+                // `start..end` clipped to the piece, counted from its start.
+                let lo = self.iconst(p.start);
+                let hi = self.iconst(p.start + p.var.extent as i64);
+                let clip = |e: &mut Self, v: Value| {
+                    let v = e.b.ins().smax(v, lo);
+                    let v = e.b.ins().smin(v, hi);
+                    e.b.ins().isub(v, lo)
+                };
+                let (s, t) = (clip(self, start), clip(self, end));
+                self.range_loop(p.var, s, t, vector, &p.body);
+            }
+            return;
+        }
         if vector && self.lane.is_none() {
             let fast = versioning::specialise(body, var);
             let rest = self.counted_loop(start, end, LANES, &mut |e, i| {

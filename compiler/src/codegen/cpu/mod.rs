@@ -21,6 +21,7 @@ pub(crate) mod math;
 pub mod native_epilogue;
 pub mod object;
 pub mod plan;
+mod splitting;
 mod versioning;
 
 use crate::kernel::{Body, Expr, Kernel, Stmt};

@@ -107,50 +107,6 @@ fn costly(e: &Expr) -> bool {
     found
 }
 
-/// `e` with variable `v` replaced by `by` in every index.
-fn substitute(e: &Expr, v: Var, by: &Index) -> Expr {
-    let sub = |x: &Index| x.substitute(v, by);
-    match e {
-        Expr::Const(_) | Expr::Scalar(_) => e.clone(),
-        Expr::Load { buf, index } => Expr::Load {
-            buf: *buf,
-            index: sub(index),
-        },
-        Expr::Table { table, index } => Expr::Table {
-            table: *table,
-            index: sub(index),
-        },
-        Expr::Scratch { scratch, index } => Expr::Scratch {
-            scratch: *scratch,
-            index: sub(index),
-        },
-        Expr::Unary(op, x) => Expr::unary(*op, substitute(x, v, by)),
-        Expr::Binary(op, a, b) => Expr::binary(*op, substitute(a, v, by), substitute(b, v, by)),
-        Expr::Select {
-            pred,
-            then,
-            otherwise,
-        } => {
-            let pred = match &**pred {
-                Pred::Index(c) => Pred::Index(crate::kernel::Cond(
-                    c.0.iter().map(|(op, a, b)| (*op, sub(a), sub(b))).collect(),
-                )),
-                Pred::Float(op, a, b) => Pred::Float(
-                    *op,
-                    Box::new(substitute(a, v, by)),
-                    Box::new(substitute(b, v, by)),
-                ),
-            };
-            Expr::Select {
-                pred: Box::new(pred),
-                then: Box::new(substitute(then, v, by)),
-                otherwise: Box::new(substitute(otherwise, v, by)),
-            }
-        }
-        Expr::Reduce { op, vars, body } => Expr::reduce(*op, vars.clone(), substitute(body, v, by)),
-    }
-}
-
 impl Tabulator<'_, '_> {
     fn stmt(&mut self, s: &Stmt) -> Stmt {
         match s {
@@ -250,9 +206,10 @@ impl Tabulator<'_, '_> {
                 index::add(index::mul(acc, v.extent as i64), Index::Var(*v))
             })
         };
-        let value = used.iter().zip(&fresh).fold(e.clone(), |acc, (&u, &f)| {
-            substitute(&acc, u, &Index::Var(f))
-        });
+        let value = used
+            .iter()
+            .zip(&fresh)
+            .fold(e.clone(), |acc, (&u, &f)| acc.substitute(u, &Index::Var(f)));
         let mut fill = vec![Stmt::ScratchStore {
             scratch: table,
             index: at(&fresh),
