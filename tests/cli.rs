@@ -667,6 +667,21 @@ fn ir_runs_optimisation_pipelines_by_level_and_by_name() {
     let o2 = ok(&[&spec[..], &["-O2"]].concat());
     assert!(!o2.contains("= batch_norm2d("), "-O2 folds every BatchNorm");
     let skipped = ok(&[&spec[..], &["-O2", "--skip-pass", "fold-batch-norm"]].concat());
+    assert!(
+        !skipped.contains("= batch_norm2d(") && skipped.contains(".bn_scale"),
+        "without folding, -O2 rewrites each BatchNorm as a multiply-add"
+    );
+    let skipped = ok(&[
+        &spec[..],
+        &[
+            "-O2",
+            "--skip-pass",
+            "fold-batch-norm",
+            "--skip-pass",
+            "scale-shift-batch-norm",
+        ],
+    ]
+    .concat());
     assert!(skipped.contains("= batch_norm2d("));
     let after = ok(&[
         &spec[..],

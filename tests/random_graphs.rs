@@ -1055,6 +1055,18 @@ impl Gen {
                     x.shape.clone(),
                 );
             }
+            1 if h >= 2 && w >= 2 && p.chance(25) => {
+                // DenseNet's transition: a 1x1 convolution, then a 2x2 average pool.
+                let out = c.div_ceil(2);
+                let conv = self.bind(
+                    format!("conv2d(relu({}), out={out}, k=1)", x.name),
+                    vec![n, out, h, w],
+                );
+                self.bind_pure(
+                    format!("avg_pool2d({}, k=2)", conv.name),
+                    vec![n, out, h / 2, w / 2],
+                );
+            }
             1 => {
                 let (expr, shape) = match p.below(4) {
                     0 if h >= 2 && w >= 2 => (

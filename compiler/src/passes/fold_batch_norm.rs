@@ -37,6 +37,61 @@ fn scalar(graph: &mut Graph, like: ValueId, name: String, value: f64) -> ValueId
     add_op(graph, like, name, "full", attrs, &[])
 }
 
+/// The per-channel scale `gamma / sqrt(var + eps)` of batch norm `bn`, as ops over its
+/// parameters named `{base}.bn_*` (computed once when weights are bound).
+pub(super) fn bn_scale(
+    graph: &mut Graph,
+    names: &mut Names,
+    bn: ValueId,
+    eps: f64,
+    base: &str,
+) -> ValueId {
+    let inputs = graph.inputs(bn);
+    let (gamma, var) = (inputs[1], inputs[4]);
+    // Fresh names: a second batch norm folded into the same convolution, or a value the
+    // spec itself named like these, must not be defined twice.
+    let mut n = |suffix: &str| names.fresh(&format!("{base}.bn_{suffix}"));
+    let eps_node = scalar(graph, bn, n("eps"), eps);
+    let var_eps = add_op(
+        graph,
+        bn,
+        n("var_eps"),
+        "add",
+        Attrs::new(),
+        &[var, eps_node],
+    );
+    let std = add_op(graph, bn, n("std"), "sqrt", Attrs::new(), &[var_eps]);
+    add_op(graph, bn, n("scale"), "div", Attrs::new(), &[gamma, std])
+}
+
+/// The per-channel shift `(bias - mean) * scale + beta` of batch norm `bn` (`bias` 0 when
+/// absent) for its [`bn_scale`], named like it.
+pub(super) fn bn_shift(
+    graph: &mut Graph,
+    names: &mut Names,
+    bn: ValueId,
+    base: &str,
+    scale: ValueId,
+    bias: Option<ValueId>,
+) -> ValueId {
+    let inputs = graph.inputs(bn);
+    let (beta, mean) = (inputs[2], inputs[3]);
+    let mut n = |suffix: &str| names.fresh(&format!("{base}.bn_{suffix}"));
+    let centred = match bias {
+        Some(b) => add_op(graph, bn, n("centred"), "sub", Attrs::new(), &[b, mean]),
+        None => add_op(graph, bn, n("centred"), "neg", Attrs::new(), &[mean]),
+    };
+    let scaled = add_op(
+        graph,
+        bn,
+        n("scaled"),
+        "mul",
+        Attrs::new(),
+        &[centred, scale],
+    );
+    add_op(graph, bn, n("bias"), "add", Attrs::new(), &[scaled, beta])
+}
+
 impl Pass for FoldBatchNorm {
     fn name(&self) -> &'static str {
         "fold-batch-norm"
@@ -62,7 +117,6 @@ impl Pass for FoldBatchNorm {
             if graph.node(bn).op().map(|o| o.name) != Some("batch_norm2d") {
                 continue;
             }
-            let bn_inputs = graph.inputs(bn);
             let Some(Ok(conv)) = conv_to_fold(graph, bn) else {
                 continue;
             };
@@ -73,43 +127,30 @@ impl Pass for FoldBatchNorm {
                 continue;
             };
             let eps = bn_attrs.float("eps");
-            let (gamma, beta, mean, var) = (bn_inputs[1], bn_inputs[2], bn_inputs[3], bn_inputs[4]);
             let conv_inputs = graph.inputs(conv);
             let (w, b) = (conv_inputs[1], conv_inputs.get(2).copied());
             let out = graph.node(w).shape[0] as i64;
             let base = graph.node(conv).name.clone();
-            // Fresh names: a second batch norm folded into the same convolution, or a value
-            // the spec itself named like these, must not be defined twice.
-            let mut n = |suffix: &str| names.fresh(&format!("{base}.bn_{suffix}"));
-
-            let eps_node = scalar(graph, bn, n("eps"), eps);
-            let var_eps = add_op(
-                graph,
-                bn,
-                n("var_eps"),
-                "add",
-                Attrs::new(),
-                &[var, eps_node],
-            );
-            let std = add_op(graph, bn, n("std"), "sqrt", Attrs::new(), &[var_eps]);
-            let scale = add_op(graph, bn, n("scale"), "div", Attrs::new(), &[gamma, std]);
+            let scale = bn_scale(graph, &mut names, bn, eps, &base);
             let mut shape = Attrs::new();
             shape.insert("shape".into(), Attr::Ints(vec![out, 1, 1, 1]));
-            let scale4 = add_op(graph, bn, n("scale4"), "reshape", shape, &[scale]);
-            let new_w = add_op(graph, bn, n("weight"), "mul", Attrs::new(), &[w, scale4]);
-            let centred = match b {
-                Some(b) => add_op(graph, bn, n("centred"), "sub", Attrs::new(), &[b, mean]),
-                None => add_op(graph, bn, n("centred"), "neg", Attrs::new(), &[mean]),
-            };
-            let scaled = add_op(
+            let scale4 = add_op(
                 graph,
                 bn,
-                n("scaled"),
+                names.fresh(&format!("{base}.bn_scale4")),
+                "reshape",
+                shape,
+                &[scale],
+            );
+            let new_w = add_op(
+                graph,
+                bn,
+                names.fresh(&format!("{base}.bn_weight")),
                 "mul",
                 Attrs::new(),
-                &[centred, scale],
+                &[w, scale4],
             );
-            let new_b = add_op(graph, bn, n("bias"), "add", Attrs::new(), &[scaled, beta]);
+            let new_b = bn_shift(graph, &mut names, bn, &base, scale, b);
 
             if let NodeKind::Op { attrs, .. } = &mut graph.nodes[conv].kind {
                 attrs.insert("bias".into(), Attr::Bool(true));

@@ -19,7 +19,9 @@ mod fuse_elementwise;
 mod fuse_epilogue;
 mod fuse_fff;
 mod fusion;
+mod pool_before_conv;
 mod remove_identities;
+mod scale_shift_batch_norm;
 mod simplify_layout;
 
 pub use fusion::input_dependent;
@@ -51,6 +53,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(fold_batch_norm::FoldBatchNorm),
         Box::new(fold_output_scale::FoldOutputScale),
         Box::new(fold_channel_scale::FoldChannelScale),
+        Box::new(pool_before_conv::PoolBeforeConv),
         Box::new(fold_haar_conv::FoldHaarConv),
         Box::new(cse::Cse),
         Box::new(dce::Dce),
@@ -58,6 +61,7 @@ pub fn all() -> Vec<Box<dyn Pass>> {
         Box::new(fuse_attention::FuseAttention),
         Box::new(fuse_dwconv_norm::FuseDwconvNorm),
         Box::new(fuse_fff::FuseFff),
+        Box::new(scale_shift_batch_norm::ScaleShiftBatchNorm),
         Box::new(fuse_epilogue::FuseEpilogue),
         Box::new(fuse_elementwise::FuseElementwise),
     ]
