@@ -353,10 +353,12 @@ fn bench_conv(
         ConvStrategy::Subsample if shape.kernel != [1, 1] => {
             strategies.push(ConvStrategy::ChannelsLast)
         }
-        ConvStrategy::Winograd
-        | ConvStrategy::Direct
-        | ConvStrategy::ChannelsLast
-        | ConvStrategy::Subsample => strategies.push(ConvStrategy::Im2col),
+        ConvStrategy::Winograd => {
+            strategies.extend([ConvStrategy::Im2col, ConvStrategy::ChannelsLast])
+        }
+        ConvStrategy::Direct | ConvStrategy::ChannelsLast | ConvStrategy::Subsample => {
+            strategies.push(ConvStrategy::Im2col)
+        }
         ConvStrategy::Pointwise if shape.layout == Layout::Nchw => {
             strategies.push(ConvStrategy::ChannelsLast)
         }
@@ -704,6 +706,40 @@ fn main() {
             budget,
             "resnet50 3x3 512->512 @7",
             conv_shape(512, 512, 7, 3, 1, 1, layout),
+        );
+        // DenseNet's growth convolutions, few output channels over a long reduction, and
+        // Res2Net's narrow ones.
+        for size in [56, 28, 14, 7] {
+            bench_conv(
+                &report,
+                &pools,
+                budget,
+                &format!("densenet121 3x3 128->32 @{size}"),
+                conv_shape(128, 32, size, 3, 1, 1, layout),
+            );
+        }
+        for (width, size) in [(26, 56), (52, 28), (104, 14), (208, 7)] {
+            bench_conv(
+                &report,
+                &pools,
+                budget,
+                &format!("res2net50_26w_4s 3x3 {width}->{width} @{size}"),
+                conv_shape(width, width, size, 3, 1, 1, layout),
+            );
+        }
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "3x3 64->64 @14",
+            conv_shape(64, 64, 14, 3, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
+            "3x3 64->64 @7",
+            conv_shape(64, 64, 7, 3, 1, 1, layout),
         );
         bench_conv(
             &report,

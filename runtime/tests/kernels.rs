@@ -1561,9 +1561,27 @@ fn winograd_conv_matches_the_reference() {
     ];
     for_each_build(|| {
         for s in cases {
-            check_conv(s, &pools, ConvStrategy::Winograd);
+            check_conv_with(
+                s,
+                &pools,
+                ConvStrategy::Winograd,
+                Some(ConvStrategy::Winograd),
+            );
         }
     });
+    // Which of them `Conv2d::new` computes this way: few output channels on a small map run
+    // channels-last instead.
+    for (s, winograd) in cases.iter().zip([
+        false, true, false, false, true, true, true, false, true, true, true,
+    ]) {
+        let chosen = ConvStrategy::of(s).unwrap();
+        let want = if winograd {
+            ConvStrategy::Winograd
+        } else {
+            ConvStrategy::ChannelsLast
+        };
+        assert_eq!(chosen, want, "{s:?}");
+    }
     let weight = random(16 * 16 * 9, 5);
     let unsuited = [
         geometry(
@@ -1594,14 +1612,12 @@ fn winograd_conv_matches_the_reference() {
             );
         }
     });
-    // Maps down to 7x7 suit the AVX-512 build, whose products fit them.
+    // Maps down to 7x7 suit the AVX-512 build, whose products fit them, where there are
+    // enough output channels for it to pay.
     if isa::wide_available() {
-        assert_eq!(
-            Conv2d::new(unsuited[2], &weight, 1).unwrap().strategy(),
-            ConvStrategy::Winograd
-        );
+        assert!(Conv2d::with_strategy(unsuited[2], &weight, 1, ConvStrategy::Winograd).is_ok());
         let small = geometry(
-            shape(2, [40, 37], [7, 7], [3, 3], 1),
+            shape(2, [40, 80], [7, 7], [3, 3], 1),
             [1, 1],
             [1, 1],
             [1, 1],

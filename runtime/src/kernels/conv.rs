@@ -362,7 +362,7 @@ impl ConvStrategy {
             }
         } else if shape.is_patchwise() && !shape.is_depthwise() && gathering_pays(shape, out) {
             ConvStrategy::Subsample
-        } else if WinogradConv::suits(shape, out) {
+        } else if WinogradConv::suits(shape, out) && WinogradConv::pays(shape, out) {
             ConvStrategy::Winograd
         } else if register_kernel_suits(ConvStrategy::Direct, shape) {
             ConvStrategy::Direct

@@ -42,9 +42,13 @@ const POSITIONS: usize = 16;
 /// Per-thread scratch target in floats (1 MiB: a Zen 4 L2), for a task's transformed input
 /// and products together.
 const SCRATCH_TARGET: usize = 256 * 1024;
-/// Fewest tiles a task's products span: narrower products are dominated by the GEMM's
-/// per-call overhead, so the scratch target gives way.
+/// Fewest tiles a task's products span on the `gemm` crate: narrower products are
+/// dominated by its per-call overhead, so the scratch target gives way.
 const MIN_TASK_TILES: usize = 32;
+/// The same on the lanes tile, which has no per-call packing: a row of 7 tiles is a whole
+/// register tile. DenseNet's 128->32 at 14x14 (7x7 tiles, one 32-channel block) was one
+/// task, so a second thread had nothing to do.
+const MIN_LANES_TASK_TILES: usize = 7;
 /// Smallest block of output channels a task computes.
 const MIN_CHANNEL_BLOCK: usize = 16;
 
@@ -124,6 +128,20 @@ impl WinogradConv {
             && shape.in_channels >= 16
             && shape.out_channels >= 16
             && out[0] * out[1] >= if wide_available() { 7 * 7 } else { 14 * 14 }
+    }
+
+    /// Whether a shape it [suits](WinogradConv::suits) is better computed this way than
+    /// channels-last, which [`ConvStrategy::of`](crate::kernels::ConvStrategy::of) then
+    /// picks instead. Few output channels on a small map leave too little product per
+    /// transformed tile (kernels benchmark, 2 threads, bias + ReLU, Winograd against
+    /// channels-last): DenseNet's 128->32 at 28x28 0.325 / 0.303 ms, at 14x14 0.112 /
+    /// 0.085, at 7x7 0.043 / 0.023; 64->64 at 14x14 0.114 / 0.098, at 7x7 0.039 / 0.027.
+    /// With more channels Winograd stays ahead: Res2Net's 104->104 at 14x14 0.198 / 0.230,
+    /// 52->52 at 28x28 0.219 / 0.239, 26->26 at 56x56 0.238 / 0.280.
+    pub(crate) fn pays(shape: &Conv2dShape, out: [usize; 2]) -> bool {
+        let pixels = out[0] * out[1];
+        !((shape.out_channels <= 32 && pixels <= 28 * 28)
+            || (shape.out_channels <= 64 && pixels <= 14 * 14))
     }
 
     /// Transforms the PyTorch-layout weight `[C_out, C_in, 3, 3]` and plans tasks for
@@ -214,12 +232,17 @@ impl WinogradConv {
         // Floats a task needs per tile for `channels` output channels.
         let per_tile = |channels: usize| POSITIONS * (cin + channels);
         let band_tiles = |rows: usize| rows * tiles[1];
+        let min_tiles = if lanes {
+            MIN_LANES_TASK_TILES
+        } else {
+            MIN_TASK_TILES
+        };
         // The most tile rows whose scratch fits the target, but never fewer tiles than
-        // MIN_TASK_TILES (nor more rows than there are).
+        // `min_tiles` (nor more rows than there are).
         let fit = (SCRATCH_TARGET / per_tile(cout) / tiles[1].max(1))
-            .max(MIN_TASK_TILES.div_ceil(tiles[1].max(1)))
+            .max(min_tiles.div_ceil(tiles[1].max(1)))
             .clamp(1, tiles[0].max(1));
-        let most_bands = (tiles[0] / MIN_TASK_TILES.div_ceil(tiles[1].max(1)).max(1)).max(1);
+        let most_bands = (tiles[0] / min_tiles.div_ceil(tiles[1].max(1)).max(1)).max(1);
         let mut band_parts = tiles[0].div_ceil(fit).max(1);
         let images = shape.batch;
         // Enough tasks for every thread, from bands first, then from channel blocks; equal
