@@ -42,13 +42,9 @@ const POSITIONS: usize = 16;
 /// Per-thread scratch target in floats (1 MiB: a Zen 4 L2), for a task's transformed input
 /// and products together.
 const SCRATCH_TARGET: usize = 256 * 1024;
-/// Fewest tiles a task's products span on the `gemm` crate: narrower products are
-/// dominated by its per-call overhead, so the scratch target gives way.
+/// Fewest tiles a task's products span: narrower products are dominated by the GEMM's
+/// per-call overhead, so the scratch target gives way.
 const MIN_TASK_TILES: usize = 32;
-/// The same on the lanes tile, which has no per-call packing: a row of 7 tiles is a whole
-/// register tile. DenseNet's 128->32 at 14x14 (7x7 tiles, one 32-channel block) was one
-/// task, so a second thread had nothing to do.
-const MIN_LANES_TASK_TILES: usize = 7;
 /// Smallest block of output channels a task computes.
 const MIN_CHANNEL_BLOCK: usize = 16;
 
@@ -232,17 +228,12 @@ impl WinogradConv {
         // Floats a task needs per tile for `channels` output channels.
         let per_tile = |channels: usize| POSITIONS * (cin + channels);
         let band_tiles = |rows: usize| rows * tiles[1];
-        let min_tiles = if lanes {
-            MIN_LANES_TASK_TILES
-        } else {
-            MIN_TASK_TILES
-        };
         // The most tile rows whose scratch fits the target, but never fewer tiles than
-        // `min_tiles` (nor more rows than there are).
+        // MIN_TASK_TILES (nor more rows than there are).
         let fit = (SCRATCH_TARGET / per_tile(cout) / tiles[1].max(1))
-            .max(min_tiles.div_ceil(tiles[1].max(1)))
+            .max(MIN_TASK_TILES.div_ceil(tiles[1].max(1)))
             .clamp(1, tiles[0].max(1));
-        let most_bands = (tiles[0] / min_tiles.div_ceil(tiles[1].max(1)).max(1)).max(1);
+        let most_bands = (tiles[0] / MIN_TASK_TILES.div_ceil(tiles[1].max(1)).max(1)).max(1);
         let mut band_parts = tiles[0].div_ceil(fit).max(1);
         let images = shape.batch;
         // Enough tasks for every thread, from bands first, then from channel blocks; equal
