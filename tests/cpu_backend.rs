@@ -226,6 +226,41 @@ fn max_pools_run_on_the_runtime_kernel() {
     assert_eq!(exe.stats().pool_kernels, 4, "{:?}", exe.stats());
 }
 
+/// A softmax over the last axis runs on the runtime's kernel, one step each, and computes
+/// the interpreter's values: rows shorter than, equal to and longer than a vector, an
+/// attention's scores (its products on the GEMM kernels, the CPU leaving attention
+/// unfused), a row holding a NaN; a softmax over another axis stays generated code.
+#[test]
+fn last_axis_softmaxes_run_on_the_runtime_kernel() {
+    let source = "bb 0.1;\nmodel soft() {\n    input x: f32[2, 3, 5, 13];\n    \
+                  input q: f32[1, 2, 9, 8];\n    input k: f32[1, 2, 9, 8];\n    \
+                  a = softmax(x, axis=-1);\n    b = softmax(x * 3.0, axis=3);\n    \
+                  c = softmax(x, axis=1);\n    \
+                  kt = rearrange(k, \"b h n d -> b h d n\");\n    \
+                  s = softmax(matmul(q, kt) * 0.25, axis=-1);\n    \
+                  output ya = a;\n    output yb = b;\n    output yc = c;\n    \
+                  output ys = matmul(s, k);\n}\n";
+    let graph = elaborated("soft.bb", source);
+    let mut rng = Rng::new(5);
+    let mut x = rng.standard_normal_tensor(&[2, 3, 5, 13]);
+    x.as_slice_mut().expect("contiguous")[30] = f32::NAN;
+    let model = Model {
+        label: "softmax".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([
+            ("x".to_string(), x),
+            ("q".to_string(), rng.standard_normal_tensor(&[1, 2, 9, 8])),
+            ("k".to_string(), rng.standard_normal_tensor(&[1, 2, 9, 8])),
+        ]),
+        graph,
+    };
+    for n in [1, 2, 3] {
+        check(&model, &threads(n));
+    }
+    let exe = compile(&optimized(&model.graph), &model.weights, &threads(2)).expect("compiles");
+    assert_eq!(exe.stats().norm_kernels, 3, "{:?}", exe.stats());
+}
+
 /// Means over each channel's plane (squeeze-excitation's, global pooling's) with the
 /// channels in the vector lanes reduce each lane's plane as a contiguous vectorised stream;
 /// against the interpreter with channel counts that leave a scalar tail, odd plane sizes,

@@ -24,7 +24,7 @@ use bbc::compiler::interp;
 use bbc::runtime::gpu::wgpu::{WgpuDevice, WgpuExecutor};
 use bbc::runtime::gpu::{load_dir, Executor};
 use bbc::runtime::read_npy;
-use common::models::{deviation, optimized, seeded, test_models, Model};
+use common::models::{deviation, optimized_for, seeded, test_models, Model};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -91,7 +91,7 @@ fn plan(
     dialect: Dialect,
 ) -> (bbc::runtime::gpu::LaunchPlan, bbc::runtime::gpu::Constants) {
     build(
-        &optimized(&m.graph),
+        &optimized_for(&m.graph, bbc::Target::Gpu),
         &m.weights,
         dialect,
         &GpuOptions::default(),

@@ -261,7 +261,10 @@ impl PlanDesc {
                         && conv.bias.is_none_or(constant)
                         && rest.is_none_or(|r| function(r.entry, FunctionKind::Loop))
                 }
-                StepKernel::Norm { .. } | StepKernel::MaxPool { .. } | StepKernel::Host(_) => true,
+                StepKernel::Norm { .. }
+                | StepKernel::Softmax { .. }
+                | StepKernel::MaxPool { .. }
+                | StepKernel::Host(_) => true,
             };
             if !ok {
                 return fail("a function or constant out of range, or of the wrong kind");
@@ -480,6 +483,11 @@ pub fn resolve_step<'a>(
             input: *input,
             shape: *shape,
             norm: *norm,
+        },
+        StepKernel::Softmax { input, rows, len } => StepKernel::Softmax {
+            input: *input,
+            rows: *rows,
+            len: *len,
         },
         StepKernel::MaxPool { pool, input } => StepKernel::MaxPool {
             pool: *pool,

@@ -22,6 +22,7 @@
 //!   on each finished tile instead, and one that is a `layer_norm2d` of the convolution
 //!   natively and in place on each finished band of the output ([`ChannelNorm`]).
 //! - [`StepKernel::Norm`]: a layer normalisation over the channels of NCHW pixels.
+//! - [`StepKernel::Softmax`]: a softmax over the last axis.
 //! - [`StepKernel::MaxPool`]: a [`MaxPool2d`] over NCHW planes.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
@@ -184,6 +185,13 @@ pub enum StepKernel<F: Form = Resolved> {
         input: usize,
         shape: [usize; 3],
         norm: ChannelNorm,
+    },
+    /// Softmax over the last axis of buffer `input`, `rows` rows of `len`, into the output
+    /// ([`crate::kernels::softmax::softmax_rows`]).
+    Softmax {
+        input: usize,
+        rows: usize,
+        len: usize,
     },
     /// Max pooling of buffer `input` (a position in the step's slots) into the output.
     MaxPool {
@@ -891,6 +899,16 @@ impl Executor {
                 )
                 .map_err(kernel_err)?;
             }
+            StepKernel::Softmax {
+                input: x,
+                rows,
+                len,
+            } => {
+                // SAFETY: the output slot, written only by this step.
+                let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                crate::kernels::softmax::softmax_rows(pool, input(*x), out, *rows, *len)
+                    .map_err(kernel_err)?;
+            }
             StepKernel::MaxPool {
                 pool: max_pool,
                 input: x,
@@ -1258,6 +1276,13 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
                 if at + 1 >= lens.len() || lens[at] < shape[1] {
                     return fail(format!("a norm parameter at position {at}"));
                 }
+            }
+            return Ok(());
+        }
+        StepKernel::Softmax { input, rows, len } => {
+            let total = rows.checked_mul(*len);
+            if *input + 1 >= lens.len() || total.is_none_or(|t| lens[*input] < t || out_len < t) {
+                return fail("buffers smaller than the softmax".into());
             }
             return Ok(());
         }

@@ -74,10 +74,20 @@ pub fn test_models() -> Vec<Model> {
     out
 }
 
-/// `graph` after the -O2 pipeline.
+/// `graph` after the -O2 pipeline as a CPU build runs it.
 pub fn optimized(graph: &Graph) -> Graph {
+    optimized_for(graph, bbc::Target::Cpu)
+}
+
+/// `graph` after the -O2 pipeline as a build for `target` runs it (less the passes the
+/// target declines).
+pub fn optimized_for(graph: &Graph, target: bbc::Target) -> Graph {
+    let pipeline: Vec<_> = passes::pipeline(2)
+        .into_iter()
+        .filter(|p| !target.declines_pass(p.name()))
+        .collect();
     let mut g = graph.clone();
-    passes::run(&mut g, &passes::pipeline(2), &passes::Options::default()).expect("passes");
+    passes::run(&mut g, &pipeline, &passes::Options::default()).expect("passes");
     g
 }
 

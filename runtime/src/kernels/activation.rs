@@ -344,7 +344,7 @@ fn apply<V: Lanes, A: Act>(x: V, terms: Terms<'_, V>, i: usize) -> V {
 }
 
 /// The widest [`Lanes::WIDTH`].
-const MAX_WIDTH: usize = 8;
+pub(crate) const MAX_WIDTH: usize = 8;
 
 /// The arithmetic the approximations are written in, once for scalars and once for 8-lane
 /// vectors, so both paths compute the same algorithm.
@@ -465,7 +465,7 @@ pub(crate) mod avx2 {
     /// Eight lanes. Values of this type exist only inside [`rows`], which runs after AVX2
     /// and FMA were detected, so its methods' intrinsics always have their features.
     #[derive(Clone, Copy)]
-    pub(super) struct Avx(__m256);
+    pub(crate) struct Avx(__m256);
 
     /// [`super::run_row`] over every row, 8 lanes at a time.
     ///
@@ -755,7 +755,7 @@ fn logistic<V: Lanes>(x: V) -> (V, V) {
 /// `exp(z)` for `z ≤ 0` (NaN kept), 0 below [`LOGISTIC_CUTOFF`]: `n = round(z·log2 e)`,
 /// `t = z − n·ln 2`, `exp(z) = 2^n·(1 + t·P(t))` with `2^n` built in the exponent bits.
 #[inline(always)]
-fn exp_nonpositive<V: Lanes>(z: V) -> V {
+pub(crate) fn exp_nonpositive<V: Lanes>(z: V) -> V {
     let biased = z.mul_add(V::splat(std::f32::consts::LOG2_E), V::splat(LOGISTIC_MAGIC));
     let scale = biased.pow2_of_biased();
     let n = biased.add(V::splat(-LOGISTIC_MAGIC));

@@ -75,6 +75,7 @@ mod pointwise;
 #[cfg(target_arch = "x86_64")]
 mod pointwise_lanes;
 pub mod pool;
+pub mod softmax;
 mod transpose;
 mod winograd;
 

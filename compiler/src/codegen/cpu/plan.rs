@@ -127,7 +127,8 @@ pub struct ExecStats {
     pub gemm_kernels: usize,
     /// Max poolings on the runtime's kernel.
     pub pool_kernels: usize,
-    /// Channel normalisations of their own (`layer_norm2d`) on the runtime's kernel.
+    /// Channel normalisations of their own (`layer_norm2d`) and last-axis softmaxes on the
+    /// runtime's kernels.
     pub norm_kernels: usize,
     pub fallbacks: Vec<Fallback>,
     /// Groups whose depthwise convolution runs on the runtime's kernel and the rest of the
@@ -525,7 +526,7 @@ fn kind_name(k: &StepKernel) -> &'static str {
         StepKernel::Conv { .. } => "conv",
         StepKernel::Depthwise { .. } => "depthwise",
         StepKernel::Gemm(_) => "gemm",
-        StepKernel::Norm { .. } => "norm",
+        StepKernel::Norm { .. } | StepKernel::Softmax { .. } => "norm",
         StepKernel::MaxPool { .. } => "pool",
         StepKernel::Host(_) => "reference",
     }
@@ -681,6 +682,22 @@ impl Builder<'_, '_> {
                     input: 0,
                     shape,
                     norm,
+                },
+            });
+        }
+        if let Some((rows, len)) = last_axis_softmax(self.graph, id) {
+            let slots = vec![
+                self.operand_slot(self.graph.inputs(id)[0]),
+                Slot::Value(self.value(id)),
+            ];
+            self.stats.norm_kernels += 1;
+            return self.push(Step {
+                name: self.graph.node(id).name.clone(),
+                slots,
+                kernel: StepKernel::Softmax {
+                    input: 0,
+                    rows,
+                    len,
                 },
             });
         }
@@ -1186,9 +1203,25 @@ fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<
         StepKernel::Loops { .. }
         | StepKernel::Depthwise { .. }
         | StepKernel::Norm { .. }
+        | StepKernel::Softmax { .. }
         | StepKernel::MaxPool { .. }
         | StepKernel::Host(_) => {}
     }
+}
+
+/// `(rows, len)` for a `softmax` node of its own over its operand's last axis, which the
+/// runtime's kernel computes row by row.
+fn last_axis_softmax(graph: &Graph, id: ValueId) -> Option<(usize, usize)> {
+    let NodeKind::Op { op, attrs } = &graph.node(id).kind else {
+        return None;
+    };
+    let shape = &graph.node(id).shape;
+    let rank = shape.len() as i64;
+    if op.name != "softmax" || rank == 0 || ![-1, rank - 1].contains(&attrs.int("axis")) {
+        return None;
+    }
+    let len = shape[shape.len() - 1];
+    Some((shape.iter().product::<usize>() / len.max(1), len))
 }
 
 /// The runtime kernel's shape for a `max_pool2d` node over `[.., H, W]`.
