@@ -49,7 +49,7 @@ use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, activate_rows_with_residual, Activation, RowBias};
 use crate::kernels::{
     gemm, Conv2d, Conv2dShape, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef,
-    MaxPool2d, Output, PackedMatrix, PanelMatrix, Tile,
+    MaxPool2d, Output, PackedMatrix, PanelMatrix, Tile, SERIAL_FLOPS,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -781,50 +781,27 @@ impl Executor {
                     .map_err(kernel_err)?;
             }
             StepKernel::Gemm(g) => {
-                let scratch = scratch.as_mut_slice();
-                for b in 0..g.batches {
-                    let a = operand_view(&g.a, b, g.m, g.k, &input).map_err(kernel_err)?;
-                    let c = if g.product.scatter.is_some() {
-                        MatMut::row_major(&mut scratch[..g.m * g.n], g.m, g.n)
-                    } else {
-                        // SAFETY: the output slot, written only by this step.
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
-                        };
-                        MatMut::new(
-                            out,
-                            g.out_offsets[b],
-                            g.m,
-                            g.n,
-                            g.out_row_stride as isize,
-                            g.out_col_stride as isize,
-                        )
-                    }
-                    .map_err(kernel_err)?;
-                    let sink = Sink::new(&g.product, table, b);
-                    let f = |tile: Tile<'_>| sink.finish(tile);
-                    let fused = column_activation(g, b).and_then(|(act, bias)| match bias {
-                        None => Some(Epilogue::column_activation(act, None)),
-                        Some(slot) => input(slot)
-                            .get(..g.n)
-                            .map(|b| Epilogue::column_activation(act, Some(b))),
-                    });
-                    let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
-                    match &g.b {
-                        GemmOperand::Packed { matrices, of_batch } => {
-                            match &matrices[of_batch[b]] {
-                                PackedWeight::Panels(w) => w.gemm(pool, a, c, epilogue),
-                                PackedWeight::Rows(w) => {
-                                    gemm(pool, a, w.view(), c, Output::Overwrite, epilogue)
-                                }
+                let small = 2 * g.m * g.n * g.k < SERIAL_FLOPS;
+                if g.batches > 1 && small && pool.threads() > 1 && g.product.scatter.is_none() {
+                    // Products too small to split run on the caller alone: spread the batch
+                    // entries over the threads instead (TNT's inner attention, 784 products
+                    // of 16x6 by 6x16 per layer). They write disjoint output blocks.
+                    let (shared, failed) = (Shared(bufs), std::sync::Mutex::new(None));
+                    pool.parallel_for(0..g.batches, Chunking::Auto, |range, _| {
+                        for b in range {
+                            if let Err(e) = gemm_batch(pool, g, b, shared.get(), &mut []) {
+                                *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                             }
                         }
-                        GemmOperand::Buffer { .. } => {
-                            let bm = operand_view(&g.b, b, g.k, g.n, &input).map_err(kernel_err)?;
-                            gemm(pool, a, bm, c, Output::Overwrite, epilogue)
-                        }
+                    })
+                    .map_err(pool_err)?;
+                    if let Some(e) = failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+                        return Err(kernel_err(e));
                     }
-                    .map_err(kernel_err)?;
+                } else {
+                    for b in 0..g.batches {
+                        gemm_batch(pool, g, b, bufs, scratch.as_mut_slice()).map_err(kernel_err)?;
+                    }
                 }
             }
             StepKernel::Depthwise {
@@ -1070,6 +1047,55 @@ impl<'a> StepBuffers<'a> {
         // SAFETY: the pointer holds `lens[i]` elements; the arena plan keeps the buffers of
         // one step disjoint, and only the last one is written.
         unsafe { std::slice::from_raw_parts(self.table[i].cast_const(), self.lens[i]) }
+    }
+}
+
+/// Batch entry `b` of GEMM step `g` into the step's output (or, with a scatter, into
+/// `scratch`, then scattered), with its epilogue.
+fn gemm_batch(
+    pool: &ThreadPool,
+    g: &Gemm,
+    b: usize,
+    bufs: StepBuffers<'_>,
+    scratch: &mut [f32],
+) -> Result<(), KernelError> {
+    let input = |i: usize| bufs.input(i);
+    let out_pos = bufs.table.len() - 1;
+    let a = operand_view(&g.a, b, g.m, g.k, &input)?;
+    let c = if g.product.scatter.is_some() {
+        MatMut::row_major(&mut scratch[..g.m * g.n], g.m, g.n)
+    } else {
+        // SAFETY: the output slot, written only by this step, and of it only batch entry
+        // `b`'s block here.
+        let out =
+            unsafe { std::slice::from_raw_parts_mut(bufs.table[out_pos], bufs.lens[out_pos]) };
+        MatMut::new(
+            out,
+            g.out_offsets[b],
+            g.m,
+            g.n,
+            g.out_row_stride as isize,
+            g.out_col_stride as isize,
+        )
+    }?;
+    let sink = Sink::new(&g.product, bufs.table, b);
+    let f = |tile: Tile<'_>| sink.finish(tile);
+    let fused = column_activation(g, b).and_then(|(act, bias)| match bias {
+        None => Some(Epilogue::column_activation(act, None)),
+        Some(slot) => input(slot)
+            .get(..g.n)
+            .map(|b| Epilogue::column_activation(act, Some(b))),
+    });
+    let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
+    match &g.b {
+        GemmOperand::Packed { matrices, of_batch } => match &matrices[of_batch[b]] {
+            PackedWeight::Panels(w) => w.gemm(pool, a, c, epilogue),
+            PackedWeight::Rows(w) => gemm(pool, a, w.view(), c, Output::Overwrite, epilogue),
+        },
+        GemmOperand::Buffer { .. } => {
+            let bm = operand_view(&g.b, b, g.k, g.n, &input)?;
+            gemm(pool, a, bm, c, Output::Overwrite, epilogue)
+        }
     }
 }
 
