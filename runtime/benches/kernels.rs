@@ -670,6 +670,10 @@ fn main() {
             ("convnext_atto pw 40->160 @56", 40, 160, 56, 1),
             ("efficientnet pw 16->96 @112", 16, 96, 112, 1),
             ("efficientnet pw 32->16 @112", 32, 16, 112, 1),
+            // At 256x256 input the maps are powers of two: channel planes 64 KiB apart.
+            ("efficientnet pw 32->16 @128", 32, 16, 128, 1),
+            ("efficientnet pw 16->96 @128", 16, 96, 128, 1),
+            ("efficientnet pw 144->24 @64", 144, 24, 64, 1),
             ("efficientnet pw 24->144 @56", 24, 144, 56, 1),
             ("efficientnet pw 40->240 @28", 40, 240, 28, 1),
             ("efficientnet pw 144->24 @56", 144, 24, 56, 1),

@@ -803,6 +803,24 @@ fn direct_1x1_conv_is_chosen_where_it_applies() {
             shape(1, [24, 144], [7, 7], [1, 1], 2),
             [Pointwise, Pointwise, Pointwise],
         ),
+        // Channel planes 16 KiB apart share 8 sets of L2: 144 of them thrash it, 64 fit;
+        // planes 64 KiB apart share 2, so 16 fit and 32 do not.
+        (
+            shape(1, [144, 24], [64, 64], [1, 1], 1),
+            [Pointwise, Pointwise, Pointwise],
+        ),
+        (
+            shape(1, [64, 24], [64, 64], [1, 1], 1),
+            [Direct1x1, Direct1x1, Pointwise],
+        ),
+        (
+            shape(1, [16, 96], [128, 128], [1, 1], 1),
+            [Direct1x1, Direct1x1, Pointwise],
+        ),
+        (
+            shape(1, [32, 16], [128, 128], [1, 1], 1),
+            [Pointwise, Pointwise, Pointwise],
+        ),
     ];
     for_each_build(|| {
         let build = if isa::wide_available() {

@@ -352,7 +352,7 @@ impl ConvStrategy {
             ConvStrategy::Depthwise
         } else if register_kernel_suits(ConvStrategy::Lanes1x1, shape) && lanes_pay(shape) {
             ConvStrategy::Lanes1x1
-        } else if register_kernel_suits(ConvStrategy::Direct1x1, shape) {
+        } else if direct_1x1_pays(shape) {
             ConvStrategy::Direct1x1
         } else if shape.is_pointwise() {
             if small_map_pointwise_suits(shape, out) {
@@ -384,12 +384,25 @@ impl ConvStrategy {
 /// 0.64 gathered, convnext_atto's 80->160 at 28x28 0.114 against 0.148).
 fn gathering_pays(shape: &Conv2dShape, out: [usize; 2]) -> bool {
     shape.kernel == [1, 1]
-        || (shape.in_channels <= STEM_CHANNELS
-            && register_kernel_suits(ConvStrategy::Direct1x1, &shape.gathered(out)))
+        || (shape.in_channels <= STEM_CHANNELS && direct_1x1_pays(&shape.gathered(out)))
 }
 
 /// Most input channels of a patchify layer that runs gathered: an image's.
 const STEM_CHANNELS: usize = 4;
+
+/// Whether [`ConvStrategy::of`] picks the register kernel in `pointwise` for a 1x1 it
+/// computes: where it suits the shape and [pays](PointwiseConv::pays).
+fn direct_1x1_pays(shape: &Conv2dShape) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        register_kernel_suits(ConvStrategy::Direct1x1, shape) && PointwiseConv::pays(shape)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = shape;
+        false
+    }
+}
 
 /// Whether the x86-64 register kernel of `strategy` ([`ConvStrategy::Direct1x1`] or
 /// [`ConvStrategy::Direct`]) computes `shape` on this CPU; never elsewhere.
@@ -424,8 +437,7 @@ fn register_kernel_suits(strategy: ConvStrategy, shape: &Conv2dShape) -> bool {
 fn lanes_pay(shape: &Conv2dShape) -> bool {
     let pixels = shape.in_size[0] * shape.in_size[1];
     let long = if pixels <= 14 * 14 { 256 } else { 512 };
-    !register_kernel_suits(ConvStrategy::Direct1x1, shape)
-        || (shape.in_channels >= long && shape.out_channels.is_multiple_of(32))
+    !direct_1x1_pays(shape) || (shape.in_channels >= long && shape.out_channels.is_multiple_of(32))
 }
 
 /// Most floats of input and output the channels-last plan copies into scratch (8 MiB).
@@ -789,11 +801,12 @@ impl Conv2d {
     /// A 1x1 convolution over one image whose weight is computed per inference (a
     /// squeeze-excitation gate folded into it), planned without one on the pixel-lane 1x1
     /// kernel; [`Conv2d::repack`] gives it each weight. `None` where that kernel does not
-    /// take the shape on this CPU, or the weight (`C_out · C_in` floats) is too large to
+    /// take the shape on this CPU or would lose to the `gemm` crate (channel planes a large
+    /// power of two apart, see `PointwiseConv::pays`), or the weight (`C_out · C_in` floats) is too large to
     /// repack on one thread for every call (more than [`MAX_REPACKED`]).
     pub fn for_computed_weight(shape: Conv2dShape, threads: usize) -> Option<Conv2d> {
         let floats = shape.out_channels.checked_mul(shape.in_channels)?;
-        if shape.batch != 1 || floats > MAX_REPACKED || !shape.is_pointwise() {
+        if shape.batch != 1 || floats > MAX_REPACKED || !direct_1x1_pays(&shape) {
             return None;
         }
         let zeros = vec![0.0; floats];
@@ -1645,6 +1658,9 @@ mod tests {
         let large = Conv2dShape::pointwise(1, 512, 128, [12, 12]);
         assert!(Conv2d::for_computed_weight(batch, 1).is_none());
         assert!(Conv2d::for_computed_weight(large, 1).is_none());
+        // Planes whose rows would thrash L2 (`PointwiseConv::pays`).
+        let aliased = Conv2dShape::pointwise(1, 144, 24, [64, 64]);
+        assert!(Conv2d::for_computed_weight(aliased, 1).is_none());
         let mut refused =
             Conv2d::with_strategy(s, &[0.5; 24 * 16], 1, ConvStrategy::Pointwise).unwrap();
         assert!(refused.repack(&[0.5; 24 * 16]).is_err());
