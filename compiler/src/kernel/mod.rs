@@ -420,23 +420,30 @@ pub enum Stmt {
     },
 }
 
+/// A rewrite of every index and expression of a statement, applied by [`Stmt::rewrite`].
+pub trait StmtRewrite {
+    fn index(&mut self, x: &Index) -> Index;
+    fn expr(&mut self, e: &Expr) -> Expr;
+}
+
 impl Stmt {
-    /// The statement with variable `v` replaced by `by` (see [`Expr::substitute`]).
-    pub fn substitute(&self, v: Var, by: &Index) -> Stmt {
+    /// The statement with its indices and expressions (those of nested loops too) rewritten
+    /// by `r`; loops keep their variables.
+    pub fn rewrite(&self, r: &mut impl StmtRewrite) -> Stmt {
         match self {
             Stmt::Loop { var, vector, body } => Stmt::Loop {
                 var: *var,
                 vector: *vector,
-                body: body.iter().map(|s| s.substitute(v, by)).collect(),
+                body: body.iter().map(|s| s.rewrite(r)).collect(),
             },
             Stmt::Let { id, value } => Stmt::Let {
                 id: *id,
-                value: value.substitute(v, by),
+                value: r.expr(value),
             },
             Stmt::Store { buf, index, value } => Stmt::Store {
                 buf: *buf,
-                index: index.substitute(v, by),
-                value: value.substitute(v, by),
+                index: r.index(index),
+                value: r.expr(value),
             },
             Stmt::ScratchStore {
                 scratch,
@@ -444,10 +451,24 @@ impl Stmt {
                 value,
             } => Stmt::ScratchStore {
                 scratch: *scratch,
-                index: index.substitute(v, by),
-                value: value.substitute(v, by),
+                index: r.index(index),
+                value: r.expr(value),
             },
         }
+    }
+
+    /// The statement with variable `v` replaced by `by` (see [`Expr::substitute`]).
+    pub fn substitute(&self, v: Var, by: &Index) -> Stmt {
+        struct Substitute<'a>(Var, &'a Index);
+        impl StmtRewrite for Substitute<'_> {
+            fn index(&mut self, x: &Index) -> Index {
+                x.substitute(self.0, self.1)
+            }
+            fn expr(&mut self, e: &Expr) -> Expr {
+                e.substitute(self.0, self.1)
+            }
+        }
+        self.rewrite(&mut Substitute(v, by))
     }
 
     /// Calls `f` on every expression of the statement and of those nested in it.

@@ -665,6 +665,23 @@ impl Builder<'_, '_> {
         Ok(())
     }
 
+    /// Adds a step computing node `id` from its first operand (slot 0) with `kernel`.
+    fn push_unary(
+        &mut self,
+        id: ValueId,
+        kernel: StepKernel<Described>,
+    ) -> Result<(), CompileError> {
+        let slots = vec![
+            self.operand_slot(self.graph.inputs(id)[0]),
+            Slot::Value(self.value(id)),
+        ];
+        self.push(Step {
+            name: self.graph.node(id).name.clone(),
+            slots,
+            kernel,
+        })
+    }
+
     /// Adds the step computing node `id`.
     fn step(&mut self, id: ValueId) -> Result<(), CompileError> {
         if self.depthwise_steps(id)? {
@@ -686,32 +703,17 @@ impl Builder<'_, '_> {
             });
         }
         if let Some((rows, len)) = last_axis_softmax(self.graph, id) {
-            let slots = vec![
-                self.operand_slot(self.graph.inputs(id)[0]),
-                Slot::Value(self.value(id)),
-            ];
             self.stats.norm_kernels += 1;
-            return self.push(Step {
-                name: self.graph.node(id).name.clone(),
-                slots,
-                kernel: StepKernel::Softmax {
-                    input: 0,
-                    rows,
-                    len,
-                },
-            });
+            let kernel = StepKernel::Softmax {
+                input: 0,
+                rows,
+                len,
+            };
+            return self.push_unary(id, kernel);
         }
         if let Some(pool) = max_pool_shape(self.graph, id) {
-            let slots = vec![
-                self.operand_slot(self.graph.inputs(id)[0]),
-                Slot::Value(self.value(id)),
-            ];
             self.stats.pool_kernels += 1;
-            return self.push(Step {
-                name: self.graph.node(id).name.clone(),
-                slots,
-                kernel: StepKernel::MaxPool { pool, input: 0 },
-            });
+            return self.push_unary(id, StepKernel::MaxPool { pool, input: 0 });
         }
         let started = Instant::now();
         let lowered = lower_node(self.graph, id);

@@ -13,7 +13,7 @@
 //! their full extents), which the code generator tests once per vector iteration.
 
 use crate::kernel::index::{self, Index, Var};
-use crate::kernel::{CmpOp, Cond, Expr, Pred, Stmt};
+use crate::kernel::{CmpOp, Cond, Expr, Pred, Stmt, StmtRewrite};
 use std::collections::BTreeSet;
 
 /// `d op 0` must hold for every value of the iteration's variables (`op` is an ordering).
@@ -55,7 +55,7 @@ pub fn specialise(body: &[Stmt], lane: Var) -> Option<(Vec<Stmt>, Vec<Check>, BT
     for st in body {
         s.collect_free(st);
     }
-    let fast: Vec<Stmt> = body.iter().map(|st| s.stmt(st)).collect();
+    let fast: Vec<Stmt> = body.iter().map(|st| st.rewrite(&mut s)).collect();
     (!s.checks.is_empty()).then_some((fast, s.checks, s.free))
 }
 
@@ -64,6 +64,15 @@ struct Specialiser {
     /// Variables bound inside the body (loops and reductions).
     free: BTreeSet<Var>,
     checks: Vec<Check>,
+}
+
+impl StmtRewrite for Specialiser {
+    fn index(&mut self, x: &Index) -> Index {
+        Specialiser::index(self, x)
+    }
+    fn expr(&mut self, e: &Expr) -> Expr {
+        Specialiser::expr(self, e)
+    }
 }
 
 impl Specialiser {
@@ -108,34 +117,6 @@ impl Specialiser {
     fn check(&mut self, c: Check) {
         if !self.checks.contains(&c) {
             self.checks.push(c);
-        }
-    }
-
-    fn stmt(&mut self, st: &Stmt) -> Stmt {
-        match st {
-            Stmt::Loop { var, vector, body } => Stmt::Loop {
-                var: *var,
-                vector: *vector,
-                body: body.iter().map(|s| self.stmt(s)).collect(),
-            },
-            Stmt::Let { id, value } => Stmt::Let {
-                id: *id,
-                value: self.expr(value),
-            },
-            Stmt::Store { buf, index, value } => Stmt::Store {
-                buf: *buf,
-                index: self.index(index),
-                value: self.expr(value),
-            },
-            Stmt::ScratchStore {
-                scratch,
-                index,
-                value,
-            } => Stmt::ScratchStore {
-                scratch: *scratch,
-                index: self.index(index),
-                value: self.expr(value),
-            },
         }
     }
 

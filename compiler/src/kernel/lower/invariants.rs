@@ -13,7 +13,7 @@
 
 use super::Lowering;
 use crate::kernel::index::{self, Index, Var};
-use crate::kernel::{Binary, Body, Expr, Pred, Stmt, Unary, MAX_SCRATCH_LEN};
+use crate::kernel::{Binary, Body, Expr, Pred, Stmt, StmtRewrite, Unary, MAX_SCRATCH_LEN};
 use std::collections::BTreeSet;
 
 /// Rewrites the reductions of `body` to read their costly invariants from scratch tables
@@ -32,7 +32,7 @@ pub fn tabulate(cx: &mut Lowering, body: Body) -> Body {
         grid,
         fills: Vec::new(),
     };
-    let stmts: Vec<Stmt> = stmts.iter().map(|s| t.stmt(s)).collect();
+    let stmts: Vec<Stmt> = stmts.iter().map(|s| s.rewrite(&mut t)).collect();
     let mut body = t.fills;
     body.extend(stmts);
     Body::Loops {
@@ -107,35 +107,16 @@ fn costly(e: &Expr) -> bool {
     found
 }
 
-impl Tabulator<'_, '_> {
-    fn stmt(&mut self, s: &Stmt) -> Stmt {
-        match s {
-            Stmt::Loop { var, vector, body } => Stmt::Loop {
-                var: *var,
-                vector: *vector,
-                body: body.iter().map(|s| self.stmt(s)).collect(),
-            },
-            Stmt::Let { id, value } => Stmt::Let {
-                id: *id,
-                value: self.expr(value, &[]),
-            },
-            Stmt::Store { buf, index, value } => Stmt::Store {
-                buf: *buf,
-                index: index.clone(),
-                value: self.expr(value, &[]),
-            },
-            Stmt::ScratchStore {
-                scratch,
-                index,
-                value,
-            } => Stmt::ScratchStore {
-                scratch: *scratch,
-                index: index.clone(),
-                value: self.expr(value, &[]),
-            },
-        }
+impl StmtRewrite for Tabulator<'_, '_> {
+    fn index(&mut self, x: &Index) -> Index {
+        x.clone()
     }
+    fn expr(&mut self, e: &Expr) -> Expr {
+        Tabulator::expr(self, e, &[])
+    }
+}
 
+impl Tabulator<'_, '_> {
     /// `e` with its tabulable subexpressions replaced by table reads; `reduced` are the
     /// variables of the enclosing reductions.
     fn expr(&mut self, e: &Expr, reduced: &[Var]) -> Expr {
