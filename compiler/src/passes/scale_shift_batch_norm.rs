@@ -60,10 +60,8 @@ impl Pass for ScaleShiftBatchNorm {
             let shift = reshape(graph, shift, "shift_c");
             let scaled_name = names.fresh(&format!("{base}.scaled"));
             let scaled = add_op(graph, bn, scaled_name, "mul", Attrs::new(), &[x, scale]);
-            let name = graph.node(bn).name.clone();
-            // The shifted value takes the norm's name: it is the same value.
-            graph.nodes[bn].name = names.fresh(&format!("{base}.replaced"));
-            let y = add_op(graph, bn, name, "add", Attrs::new(), &[scaled, shift]);
+            // The shifted value takes the norm's name (it is the same value); the norm goes.
+            let y = add_op(graph, bn, base, "add", Attrs::new(), &[scaled, shift]);
             graph.replace_uses(bn, y);
             graph.nodes.remove_node(bn);
             changed = true;
