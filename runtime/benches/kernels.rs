@@ -632,6 +632,13 @@ fn main() {
             &report,
             &pools,
             budget,
+            "resnet18 3x3 128->128 @28",
+            conv_shape(128, 128, 28, 3, 1, 1, layout),
+        );
+        bench_conv(
+            &report,
+            &pools,
+            budget,
             "resnet18 3x3 256->256 @14",
             conv_shape(256, 256, 14, 3, 1, 1, layout),
         );

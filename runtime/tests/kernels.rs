@@ -1467,8 +1467,9 @@ fn conv_scratch_stays_bounded_for_large_images() {
     );
     check_conv(s, &pools, ConvStrategy::Winograd);
     let full_im2col = 64 * 9 * 56 * 56;
-    // Winograd's tiles hold 16 transformed values per input channel and 2x2 pixels (4 per
-    // pixel where im2col holds 9), plus the products, so its bound is looser.
+    // Winograd's tiles hold 36 transformed values per input channel and 4x4 pixels (16 per
+    // 2x2 on smaller maps: at most 4 per pixel where im2col holds 9), plus the products, so
+    // its bound is looser.
     for (strategy, bound) in [(ConvStrategy::Im2col, 8), (ConvStrategy::Winograd, 4)] {
         check_conv_with(s, &pools, strategy, Some(strategy));
         let conv = Conv2d::with_strategy(s, &random(24 * 64 * 9, 3), 1, strategy).unwrap();
@@ -1496,11 +1497,13 @@ fn conv_scratch_stays_bounded_for_large_images() {
     }
 }
 
-/// Winograd F(2x2, 3x3) against the direct reference: odd output sizes (a last tile row
-/// and column of one pixel), paddings 0 to 2, batches, channel counts that are not
-/// multiples of 8 (or 32), and plans split into bands and channel blocks over 1 to 3
-/// threads, with the epilogue seeing every output element once, on each build. Shapes it does not suit are
-/// refused when forced and planned as im2col otherwise.
+/// Winograd against the direct reference: odd output sizes (last tile rows and columns of
+/// one to three pixels), paddings 0 to 2, batches, channel counts that are not multiples of
+/// 8 (or 32), tile rows that are not whole vectors of tiles, and plans split into bands and
+/// channel blocks over 1 to 3 threads, with the epilogue seeing every output element once,
+/// on each build. Maps of at least 28 pixels a side run F(4x4, 3x3) on both builds, and
+/// those of 14 to 27 on the AVX2 build; the rest F(2x2, 3x3). Shapes it does not suit are
+/// refused when forced and planned otherwise.
 #[test]
 fn winograd_conv_matches_the_reference() {
     let pools = [1, 2, 3].map(|t| ThreadPool::new(t).unwrap());
@@ -1576,6 +1579,13 @@ fn winograd_conv_matches_the_reference() {
             [1, 1],
             [1, 1],
         ),
+        // A long narrow map: F(2x2, 3x3) on the AVX2 build too.
+        geometry(
+            shape(1, [24, 40], [9, 30], [3, 3], 1),
+            [1, 1],
+            [1, 1],
+            [1, 1],
+        ),
     ];
     for_each_build(|| {
         for s in cases {
@@ -1587,10 +1597,10 @@ fn winograd_conv_matches_the_reference() {
             );
         }
     });
-    // Which of them `Conv2d::new` computes this way: few output channels on a small map run
-    // channels-last instead.
+    // Which of them `Conv2d::new` computes this way: few output channels on a map smaller
+    // than 28x28 run channels-last instead.
     for (s, winograd) in cases.iter().zip([
-        false, true, false, false, true, true, true, false, true, true, true,
+        false, true, false, false, true, true, true, true, true, true, true, true,
     ]) {
         let chosen = ConvStrategy::of(s).unwrap();
         let want = if winograd {

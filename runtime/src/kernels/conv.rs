@@ -30,8 +30,8 @@
 //! spread over the threads by input channel, and the tasks then split output
 //! channels and read it like a pointwise input: split channels over per-task
 //! tiles would rebuild the same tile once per channel tile. **Winograd**: an NCHW 3x3
-//! stride-1 convolution with enough channels and pixels runs as F(2x2, 3x3) in
-//! `winograd` instead, its products on the lanes tile with AVX-512
+//! stride-1 convolution with enough channels and pixels runs as F(2x2, 3x3) or
+//! F(4x4, 3x3) in `winograd` instead, its products on the lanes tile with AVX-512
 //! ([`ConvStrategy::Winograd`]). **Direct**: an NCHW convolution with
 //! at most four input channels (a stem), stride 1 or 2 and one group runs on the register
 //! kernel in `direct` over the input's stride phases, without im2col, where the CPU has
@@ -322,8 +322,8 @@ pub enum ConvStrategy {
     Lanes1x1,
     /// The direct depthwise kernel.
     Depthwise,
-    /// 3x3 stride 1 by Winograd's F(2x2, 3x3): 16 GEMMs over transformed tiles
-    /// (`winograd`).
+    /// 3x3 stride 1 by Winograd's F(2x2, 3x3) or F(4x4, 3x3): 16 or 36 GEMMs over
+    /// transformed tiles (`winograd`).
     Winograd,
     /// A spatial kernel with stride 1 or 2, NCHW, one group, few input channels, on a CPU
     /// with AVX2 and FMA: the register kernel in `direct`, over the input's stride phases

@@ -17,7 +17,8 @@
 //! - [`isa`]: which vector instructions the register kernels use (AVX-512 where it
 //!   measured faster, `BBC_CPU_ISA=avx2` to cap), and the 16-float row they are written over.
 //! - [`pool`]: max pooling over NCHW planes.
-//! - `winograd`: 3x3 stride-1 convolutions as 16 GEMMs over F(2x2, 3x3) transformed tiles.
+//! - `winograd`: 3x3 stride-1 convolutions as GEMMs over F(2x2, 3x3) or F(4x4, 3x3)
+//!   transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
 //!   the native form of the most common epilogues.
 //! - [`norm`]: layer normalisation over the channels of NCHW pixels, on a depthwise

@@ -1,18 +1,29 @@
-//! 3x3 stride-1 convolutions by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray,
-//! "Fast Algorithms for Convolutional Neural Networks", 2016).
+//! 3x3 stride-1 convolutions by Winograd's minimal filtering F(m x m, 3x3) (Lavin & Gray,
+//! "Fast Algorithms for Convolutional Neural Networks", 2016), m = 2 or 4.
 //!
-//! Each 2x2 block of output pixels ("tile") of one output channel is
-//! `Y = Aᵀ [Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)] A` over the 4x4 input patch `d` of every input channel:
-//! with `U[ξ] = (G g Gᵀ)[ξ]` (one `[C_out, C_in]` matrix per position `ξ` of the 4x4
-//! transformed patch, computed once at load time) and `V[ξ] = (Bᵀ d B)[ξ]` (`[C_in, tiles]`),
-//! the sum over input channels is 16 independent matrix products `M[ξ] = U[ξ]·V[ξ]`, which
-//! run on the tuned GEMM. That is 16 multiply-adds per input channel and tile where im2col
-//! needs 36, so the products shrink 2.25x and only additions move into the transforms:
-//! `B` and `A` hold 0 and ±1 and `G` halves, so the transforms round no more than the direct
-//! sum's own reordering (the weight transform runs in f64 and rounds once).
+//! Each m x m block of output pixels ("tile") of one output channel is
+//! `Y = Aᵀ [Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)] A` over the n x n input patch `d` (n = m + 2) of
+//! every input channel: with `U[ξ] = (G g Gᵀ)[ξ]` (one `[C_out, C_in]` matrix per position
+//! `ξ` of the transformed patch, computed once at load time, in f64 and rounded once) and
+//! `V[ξ] = (Bᵀ d B)[ξ]` (`[C_in, tiles]`), the sum over input channels is n² independent
+//! matrix products `M[ξ] = U[ξ]·V[ξ]`, which run on the tuned GEMM. Per output pixel and
+//! input channel that is 4 multiply-adds for F(2x2, 3x3) and 2.25 for F(4x4, 3x3), where
+//! im2col needs 9. F(2x2, 3x3)'s `B` and `A` hold 0 and ±1, so its transforms round no
+//! more than the direct sum's own reordering; F(4x4, 3x3)'s hold up to 5 and 8 and lose
+//! about one decimal digit more, which stays inside the convolutions' tolerance
+//! (`runtime/tests/kernels.rs`). F(4x4, 3x3) runs on maps of at least 28x28 (14x14 where
+//! the products run on the `gemm` crate, [`Tiling::for_map`]). Kernels benchmark, 2
+//! threads, F(2x2, 3x3) before -> F(4x4, 3x3): ResNet's 64->64 at 56x56 0.92 -> 0.77 ms,
+//! 128->128 at 28x28 0.77 -> 0.49-0.57; with AVX2 only, 256->256 at 14x14 0.95 -> 0.73.
+//!
+//! The transforms run on vectors of 8 tiles (`Lanes`), one tile per lane: a patch column
+//! of 8 adjacent tiles is 8 runs of m columns of a padded input row, turned around into one
+//! vector per column in registers, and an output row's vectors are turned back into runs
+//! the same way. Written element by element through phase buffers, these turnarounds took
+//! more time than the products.
 //!
 //! Work is split into tasks of (image, band of tile rows, block of output channels). A task
-//! transforms its band's input patches into per-thread scratch, runs the 16 products,
+//! transforms its band's input patches into per-thread scratch, runs the n² products,
 //! transforms them back into the output rows of its band and runs the epilogue on those
 //! rows, a contiguous run of pixels of each of its channels, while they are in cache.
 //! Bands are sized so a task's transformed input and products fit a per-thread scratch
@@ -20,13 +31,15 @@
 //! into one block per thread (each channel block transforms the band's input again, and
 //! narrower blocks run narrower products).
 //!
-//! In a model the transformed weights (16/9 of the filters: 4 MiB for 256 channels) come
-//! from memory, not cache, each call: eight 256-channel convolutions at 14x14 in a row took
-//! 1.25-1.29 ms each against 1.0-1.05 for one alone. A task therefore prefetches its first
-//! weight block into L2 before transforming its input, and each next one while the product
-//! before it runs: the eight went 9.88 -> 9.56 ms (best of five medians, 2 threads).
+//! In a model the transformed weights (16/9 of the filters for F(2x2, 3x3): 4 MiB for 256
+//! channels) come from memory, not cache, each call: eight 256-channel convolutions at
+//! 14x14 in a row took 1.25-1.29 ms each against 1.0-1.05 for one alone. A task therefore
+//! prefetches its first weight block into L2 before transforming its input, and each next
+//! one while the product before it runs: the eight went 9.88 -> 9.56 ms (best of five
+//! medians, 2 threads).
 
 use crate::arena::AlignedBuffer;
+use crate::kernels::activation::simd_available;
 use crate::kernels::conv::{balance, Conv2dShape, Split};
 use crate::kernels::gemm::{gemm_unchecked, MatMut, MatRef, PackedMatrix};
 use crate::kernels::isa::wide_available;
@@ -37,8 +50,6 @@ use crate::kernels::{
 };
 use crate::pool::{run_scoped, ThreadPool};
 
-/// Positions of a transformed 4x4 patch: one matrix product each.
-const POSITIONS: usize = 16;
 /// Per-thread scratch target in floats (1 MiB: a Zen 4 L2), for a task's transformed input
 /// and products together.
 const SCRATCH_TARGET: usize = 256 * 1024;
@@ -47,32 +58,200 @@ const SCRATCH_TARGET: usize = 256 * 1024;
 const MIN_TASK_TILES: usize = 32;
 /// Smallest block of output channels a task computes.
 const MIN_CHANNEL_BLOCK: usize = 16;
+/// Tiles the transforms compute at once, one per lane.
+const WIDTH: usize = 8;
 
-/// One column of `(Bᵀ d) B` from a tile's even and odd columns `e0, o0` and the next
-/// pair's `e1, o1`.
-type Combine = fn(f32, f32, f32, f32) -> f32;
+/// Eight tiles' values of one patch position, one per lane: the transforms are written
+/// over these, so that each runs on whole vectors in either build.
+#[derive(Clone, Copy)]
+struct Lanes([f32; WIDTH]);
 
-/// `G x` for one column (or row) `x` of a filter: `G`, the 4x3 filter transform, is
-/// `[[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
-fn apply_g([x0, x1, x2]: [f64; 3]) -> [f64; 4] {
-    [x0, 0.5 * (x0 + x1 + x2), 0.5 * (x0 - x1 + x2), x2]
+impl Lanes {
+    /// Eight floats from `p`.
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Lanes {
+        Lanes(p.cast::<[f32; WIDTH]>().read_unaligned())
+    }
+
+    /// Eight floats to `p`.
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        p.cast::<[f32; WIDTH]>().write_unaligned(self.0)
+    }
+
+    #[inline(always)]
+    fn zip(mut self, other: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a = f(*a, b);
+        }
+        self
+    }
 }
 
-/// `G g Gᵀ` of one 3x3 filter `g` (row-major), computed in f64 and rounded once, as the 16
-/// positions `ξ = 4i + j`.
-fn transform_filter(g: &[f32]) -> [f32; POSITIONS] {
-    let x = |a: usize, b: usize| f64::from(g[a * 3 + b]);
-    // G applied down each column of g, then along each row of the result.
-    let col = |b: usize| apply_g([x(0, b), x(1, b), x(2, b)]);
-    let (c0, c1, c2) = (col(0), col(1), col(2));
-    let mut u = [0.0f32; POSITIONS];
-    for i in 0..4 {
-        let row = apply_g([c0[i], c1[i], c2[i]]);
-        for (j, v) in row.into_iter().enumerate() {
-            u[i * 4 + j] = v as f32;
+/// `[f(0), .., f(K - 1)]`, inlined (`std::array::from_fn` is not always, which leaves the
+/// transforms' vectors in memory).
+#[inline(always)]
+fn gather<const K: usize>(f: impl Fn(usize) -> Lanes) -> [Lanes; K] {
+    let mut out = [Lanes([0.0; WIDTH]); K];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = f(i);
+    }
+    out
+}
+
+impl std::ops::Add for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn add(self, o: Lanes) -> Lanes {
+        self.zip(o, |a, b| a + b)
+    }
+}
+
+impl std::ops::Sub for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn sub(self, o: Lanes) -> Lanes {
+        self.zip(o, |a, b| a - b)
+    }
+}
+
+impl std::ops::Mul<f32> for Lanes {
+    type Output = Lanes;
+    #[inline(always)]
+    fn mul(mut self, k: f32) -> Lanes {
+        for a in &mut self.0 {
+            *a *= k;
+        }
+        self
+    }
+}
+
+/// The three matrices of one variant F(m x m, 3x3) (`M` = m, `N` = m + 2 the patch side),
+/// each applied to one column (or row): `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`.
+trait Transform<const M: usize, const N: usize> {
+    /// `Bᵀ d` for a column `d` of an input patch.
+    fn input(d: [Lanes; N]) -> [Lanes; N];
+    /// `Aᵀ q` for a column `q` of a tile's products.
+    fn output(q: [Lanes; N]) -> [Lanes; M];
+    /// `G g` for a column `g` of a filter, in f64.
+    fn filter(g: [f64; 3]) -> [f64; N];
+}
+
+/// F(2x2, 3x3): `B` and `A` hold 0 and ±1 and `G` halves, so the transforms round no more
+/// than the direct sum's own reordering.
+struct F2;
+
+impl Transform<2, 4> for F2 {
+    #[inline(always)]
+    fn input([d0, d1, d2, d3]: [Lanes; 4]) -> [Lanes; 4] {
+        [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+    }
+
+    #[inline(always)]
+    fn output([q0, q1, q2, q3]: [Lanes; 4]) -> [Lanes; 2] {
+        [q0 + q1 + q2, q1 - q2 - q3]
+    }
+
+    fn filter([g0, g1, g2]: [f64; 3]) -> [f64; 4] {
+        [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+    }
+}
+
+/// F(4x4, 3x3) on the points 0, ±1, ±2 and ∞: 36 products per 16 pixels where F(2x2, 3x3)
+/// needs 64, at the price of coefficients up to 8 in `A` and 5 in `B` (Lavin & Gray's
+/// matrices), which cost about one more decimal digit.
+struct F4;
+
+impl Transform<4, 6> for F4 {
+    #[inline(always)]
+    fn input([d0, d1, d2, d3, d4, d5]: [Lanes; 6]) -> [Lanes; 6] {
+        let (s13, d13) = (d1 + d2, d1 - d3);
+        [
+            d0 * 4.0 - d2 * 5.0 + d4,
+            d3 + d4 - s13 * 4.0,
+            d4 - d3 + (d1 - d2) * 4.0,
+            d4 - d2 - d13 * 2.0,
+            d4 - d2 + d13 * 2.0,
+            d1 * 4.0 - d3 * 5.0 + d5,
+        ]
+    }
+
+    #[inline(always)]
+    fn output([q0, q1, q2, q3, q4, q5]: [Lanes; 6]) -> [Lanes; 4] {
+        let (s12, d12, s34, d34) = (q1 + q2, q1 - q2, q3 + q4, q3 - q4);
+        [
+            q0 + s12 + s34,
+            d12 + d34 * 2.0,
+            s12 + s34 * 4.0,
+            d12 + d34 * 8.0 + q5,
+        ]
+    }
+
+    fn filter([g0, g1, g2]: [f64; 3]) -> [f64; 6] {
+        let (even, odd) = (g0 + g2, g1);
+        [
+            g0 / 4.0,
+            -(even + odd) / 6.0,
+            -(even - odd) / 6.0,
+            g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
+            g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+            g2,
+        ]
+    }
+}
+
+/// Which variant a plan runs: the output tile's side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tiling {
+    /// F(2x2, 3x3): 16 products per 2x2 tile.
+    F2,
+    /// F(4x4, 3x3): 36 products per 4x4 tile.
+    F4,
+}
+
+impl Tiling {
+    /// The variant for an output map of `out` pixels, its products on the lanes tile
+    /// (`lanes`) or the `gemm` crate's. F(4x4, 3x3) pads a 14x14 map to 16x16, and its 16
+    /// tiles fill three of the lanes tile's 7-tile rows, so there F(2x2, 3x3) stays.
+    fn for_map(out: [usize; 2], lanes: bool) -> Tiling {
+        if out[0].min(out[1]) >= if lanes { 28 } else { 14 } {
+            Tiling::F4
+        } else {
+            Tiling::F2
         }
     }
-    u
+
+    /// Output pixels per tile side.
+    fn side(self) -> usize {
+        match self {
+            Tiling::F2 => 2,
+            Tiling::F4 => 4,
+        }
+    }
+
+    /// Positions of a transformed patch: one matrix product each.
+    fn positions(self) -> usize {
+        (self.side() + 2).pow(2)
+    }
+
+    /// `G g Gᵀ` of one 3x3 filter `g` (row-major), computed in f64 and rounded once, as the
+    /// positions `ξ = N·i + j`.
+    fn transform_filter(self, g: &[f32]) -> Vec<f32> {
+        match self {
+            Tiling::F2 => transform_filter::<F2, 2, 4>(g),
+            Tiling::F4 => transform_filter::<F4, 4, 6>(g),
+        }
+    }
+}
+
+fn transform_filter<T: Transform<M, N>, const M: usize, const N: usize>(g: &[f32]) -> Vec<f32> {
+    let x = |a: usize, b: usize| f64::from(g[a * 3 + b]);
+    // G applied down each column of g, then along each row of the result.
+    let cols: [[f64; N]; 3] = std::array::from_fn(|b| T::filter([x(0, b), x(1, b), x(2, b)]));
+    (0..N)
+        .flat_map(|i| T::filter([cols[0][i], cols[1][i], cols[2][i]]))
+        .map(|v| v as f32)
+        .collect()
 }
 
 /// The transformed weights `U[ξ]`, packed for the kernel that runs the products.
@@ -88,13 +267,18 @@ enum Transformed {
     Lanes(AlignedBuffer),
 }
 
-/// A 3x3, stride-1, dilation-1, single-group NCHW convolution planned for F(2x2, 3x3).
+/// A 3x3, stride-1, dilation-1, single-group NCHW convolution planned for F(2x2, 3x3) or
+/// F(4x4, 3x3).
 #[derive(Debug, Clone)]
 pub(crate) struct WinogradConv {
     shape: Conv2dShape,
     out: [usize; 2],
+    tiling: Tiling,
     /// Tiles per output row and column.
     tiles: [usize; 2],
+    /// Row stride of a task's transformed input and products: its longest band's tiles and
+    /// room for the last vector of tiles to spill into.
+    ld: usize,
     /// `U[ξ]`, `[C_out, C_in]` each.
     weights: Transformed,
     /// Tile rows per task.
@@ -130,13 +314,13 @@ impl WinogradConv {
     /// channels-last, which [`ConvStrategy::of`](crate::kernels::ConvStrategy::of) then
     /// picks instead. Few output channels on a small map leave too little product per
     /// transformed tile (kernels benchmark, 2 threads, bias + ReLU, Winograd against
-    /// channels-last): DenseNet's 128->32 at 28x28 0.325 / 0.303 ms, at 14x14 0.112 /
-    /// 0.085, at 7x7 0.043 / 0.023; 64->64 at 14x14 0.114 / 0.098, at 7x7 0.039 / 0.027.
-    /// With more channels Winograd stays ahead: Res2Net's 104->104 at 14x14 0.198 / 0.230,
-    /// 52->52 at 28x28 0.219 / 0.239, 26->26 at 56x56 0.238 / 0.280.
+    /// channels-last): DenseNet's 128->32 at 14x14 0.104 / 0.085 ms, at 7x7 0.057 / 0.022;
+    /// 64->64 at 14x14 0.114 / 0.098, at 7x7 0.039 / 0.027. From 28x28 F(4x4, 3x3) is
+    /// ahead even there (128->32 at 28x28 0.20 / 0.30), and with more channels Winograd
+    /// is: Res2Net's 104->104 at 14x14 0.14 / 0.23.
     pub(crate) fn pays(shape: &Conv2dShape, out: [usize; 2]) -> bool {
         let pixels = out[0] * out[1];
-        !((shape.out_channels <= 32 && pixels <= 28 * 28)
+        !((shape.out_channels <= 32 && pixels < 28 * 28)
             || (shape.out_channels <= 64 && pixels <= 14 * 14))
     }
 
@@ -149,26 +333,29 @@ impl WinogradConv {
         threads: usize,
     ) -> Result<WinogradConv, KernelError> {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
+        let lanes = cfg!(target_arch = "x86_64") && wide_available();
+        let tiling = Tiling::for_map(out, lanes);
+        let positions = tiling.positions();
         // U[ξ] an output channel at a time: that channel's pairs are transformed into
         // `row` (small enough for L1/L2), then written to row `co` of each U[ξ]. The 16
         // matrices are one allocation, U[ξ] its rows `ξ·C_out..(ξ+1)·C_out`: one buffer
         // large enough for huge pages instead of 16 page-faulting ones.
-        let lanes = cfg!(target_arch = "x86_64") && wide_available();
         let mut weights = if lanes {
             let per_position = cout.div_ceil(LANES) * LANES * cin;
-            Transformed::Lanes(AlignedBuffer::zeroed(POSITIONS * per_position))
+            Transformed::Lanes(AlignedBuffer::zeroed(positions * per_position))
         } else {
-            Transformed::Packed(PackedMatrix::zeroed(POSITIONS * cout, cin))
+            Transformed::Packed(PackedMatrix::zeroed(positions * cout, cin))
         };
-        let filter = |co: usize, ci: usize| transform_filter(&filters[(co * cin + ci) * 9..][..9]);
+        let filter =
+            |co: usize, ci: usize| tiling.transform_filter(&filters[(co * cin + ci) * 9..][..9]);
         match &mut weights {
             Transformed::Packed(packed) => {
-                let mut row = vec![[0.0f32; POSITIONS]; cin];
+                let mut row = vec![Vec::new(); cin];
                 for co in 0..cout {
                     for (ci, u) in row.iter_mut().enumerate() {
                         *u = filter(co, ci);
                     }
-                    for xi in 0..POSITIONS {
+                    for xi in 0..positions {
                         for (dst, u) in packed.row_mut(xi * cout + co).iter_mut().zip(&row) {
                             *dst = u[xi];
                         }
@@ -182,7 +369,7 @@ impl WinogradConv {
                 // across the 16 matrices, ResNet-50's 512->512 took 11 ms to pack. Large
                 // weights are packed on several threads, each taking whole blocks of all
                 // 16 matrices.
-                let per_position = buffer.len() / POSITIONS;
+                let per_position = buffer.len() / positions;
                 let (blocks, block_len) = (cout.div_ceil(LANES), cin * LANES);
                 let per_part = blocks_per_packing_thread(buffer.len(), blocks, threads);
                 let mut parts: Vec<Vec<&mut [f32]>> = Vec::new();
@@ -190,7 +377,7 @@ impl WinogradConv {
                     let shares = matrix.chunks_mut((per_part * block_len).max(1));
                     for (i, share) in shares.enumerate() {
                         if i == parts.len() {
-                            parts.push(Vec::with_capacity(POSITIONS));
+                            parts.push(Vec::with_capacity(positions));
                         }
                         parts[i].push(share);
                     }
@@ -199,7 +386,7 @@ impl WinogradConv {
                     parts.into_iter().enumerate().collect(),
                     |(part, mut matrices)| {
                         let first = part * per_part * LANES;
-                        let mut block = [[0.0f32; POSITIONS]; LANES];
+                        let mut block = vec![Vec::new(); LANES];
                         for b0 in (first..(first + per_part * LANES).min(cout)).step_by(LANES) {
                             let width = (cout - b0).min(LANES);
                             for ci in 0..cin {
@@ -221,12 +408,13 @@ impl WinogradConv {
             Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
         }
 
-        let tiles = [out[0].div_ceil(2), out[1].div_ceil(2)];
+        let side = tiling.side();
+        let tiles = [out[0].div_ceil(side), out[1].div_ceil(side)];
         let serial = shape.flops().is_ok_and(|f| f < SERIAL_FLOPS as u64);
         let threads = if serial { 1 } else { threads.max(1) };
         let wanted = if threads > 1 { 2 * threads } else { 1 };
         // Floats a task needs per tile for `channels` output channels.
-        let per_tile = |channels: usize| POSITIONS * (cin + channels);
+        let per_tile = |channels: usize| positions * (cin + channels);
         let band_tiles = |rows: usize| rows * tiles[1];
         // The most tile rows whose scratch fits the target, but never fewer tiles than
         // MIN_TASK_TILES (nor more rows than there are).
@@ -261,16 +449,18 @@ impl WinogradConv {
         let unit = if lanes { LANES } else { 8 };
         let channels = Split::new(cout, unit, channel_parts);
         let longest = band_tiles(bands.longest());
-        // Four padded input rows and eight rows of per-tile-row temporaries.
-        let row_buf = 4 * (2 * tiles[1] + 2) + 8 * (tiles[1] + 1);
+        let ld = longest + WIDTH;
+        let row_buf = Self::row_buffers(side, tiles[1]);
         Ok(WinogradConv {
             shape,
             out,
+            tiling,
             tiles,
+            ld,
             weights,
             bands,
             channels,
-            scratch_per_thread: per_tile(channels.longest()) * longest + row_buf,
+            scratch_per_thread: per_tile(channels.longest()) * ld + row_buf,
             serial,
         })
     }
@@ -278,6 +468,14 @@ impl WinogradConv {
     /// Floats of scratch [`WinogradConv::run`] needs on `threads` threads.
     pub(crate) fn scratch_len(&self, threads: usize) -> usize {
         self.scratch_per_thread.saturating_mul(threads.max(1))
+    }
+
+    /// Floats a task needs besides its transformed input and products, for tiles of `side`
+    /// pixels and `tiles` of them per row: a tile row's padded input rows, and its output
+    /// rows before they are copied out.
+    fn row_buffers(side: usize, tiles: usize) -> usize {
+        let span = tiles.next_multiple_of(WIDTH);
+        (side + 2) * side * (span + WIDTH) + side * side * span
     }
 
     /// Computes the convolution; lengths were checked by the caller.
@@ -294,11 +492,19 @@ impl WinogradConv {
         let out_ptr = SendPtr(output.as_mut_ptr());
         let scratch_ptr = SendPtr(scratch.as_mut_ptr());
         let per_thread = self.scratch_per_thread;
+        let task: TaskFn = match (self.tiling, simd_available()) {
+            #[cfg(target_arch = "x86_64")]
+            (Tiling::F2, true) => Self::run_task_avx2::<F2, 2, 4>,
+            #[cfg(target_arch = "x86_64")]
+            (Tiling::F4, true) => Self::run_task_avx2::<F4, 4, 6>,
+            (Tiling::F2, _) => Self::run_task::<F2, 2, 4>,
+            (Tiling::F4, _) => Self::run_task::<F4, 4, 6>,
+        };
         for_each_task(pool, tasks, self.serial, |range, thread| {
-            for task in range {
-                let ct = task % channels;
-                let bt = (task / channels) % bands;
-                let b = task / (channels * bands);
+            for t in range {
+                let ct = t % channels;
+                let bt = (t / channels) % bands;
+                let b = t / (channels * bands);
                 // SAFETY: `thread < pool.threads()`, and scratch holds a disjoint slice of
                 // `per_thread` floats per thread; tasks write disjoint (channel, band)
                 // blocks of the exclusively borrowed output.
@@ -307,10 +513,13 @@ impl WinogradConv {
                         scratch_ptr.get().add(thread * per_thread),
                         per_thread,
                     );
-                    self.run_task(
-                        b,
-                        self.bands.part(bt),
-                        self.channels.part(ct),
+                    task(
+                        self,
+                        Task {
+                            image: b,
+                            band: self.bands.part(bt),
+                            channels: self.channels.part(ct),
+                        },
                         input,
                         out_ptr.get(),
                         scratch,
@@ -322,21 +531,44 @@ impl WinogradConv {
         Ok(())
     }
 
-    /// One task: tile rows `band` of image `b`, output channels `chans`.
+    /// [`WinogradConv::run_task`] built for AVX2 and FMA.
     ///
     /// # Safety
-    /// `out` holds the whole output; the task's block of it is accessed by no one else.
-    #[allow(clippy::too_many_arguments)]
-    unsafe fn run_task(
+    /// As for `run_task`, on a CPU with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_task_avx2<T: Transform<M, N>, const M: usize, const N: usize>(
         &self,
-        b: usize,
-        (ty0, band_rows): (usize, usize),
-        (c0, cblk): (usize, usize),
+        task: Task,
         input: &[f32],
         out: *mut f32,
         scratch: &mut [f32],
         epilogue: Epilogue<'_>,
     ) {
+        self.run_task::<T, M, N>(task, input, out, scratch, epilogue)
+    }
+
+    /// One task: tile rows `band` of one image, output channels `channels`.
+    ///
+    /// # Safety
+    /// `out` holds the whole output; the task's block of it is accessed by no one else.
+    /// `scratch` holds `scratch_per_thread` floats.
+    #[inline(always)]
+    // The transforms' second halves read the first halves' columns across, by index.
+    #[allow(clippy::needless_range_loop)]
+    unsafe fn run_task<T: Transform<M, N>, const M: usize, const N: usize>(
+        &self,
+        task: Task,
+        input: &[f32],
+        out: *mut f32,
+        scratch: &mut [f32],
+        epilogue: Epilogue<'_>,
+    ) {
+        let Task {
+            image: b,
+            band: (ty0, band_rows),
+            channels: (c0, cblk),
+        } = task;
         let s = &self.shape;
         let (cin, cout) = (s.in_channels, s.out_channels);
         let [h, w] = s.in_size;
@@ -346,12 +578,16 @@ impl WinogradConv {
         if t == 0 || cblk == 0 {
             return;
         }
-        let padded = 2 * tx_count + 2;
-        let lane = tx_count + 1;
-        let (rows, rest) = scratch.split_at_mut(4 * padded);
-        let (tmp, rest) = rest.split_at_mut(8 * lane);
-        let (v, rest) = rest.split_at_mut(POSITIONS * cin * t);
-        let m = &mut rest[..POSITIONS * cblk * t];
+        let positions = N * N;
+        let ld = self.ld;
+        // Tile rows are computed in whole vectors of tiles: `span` lanes, whose last vector
+        // spills into the next tile row (computed after it) or the row stride's slack.
+        let span = tx_count.next_multiple_of(WIDTH);
+        let row_len = M * (span + WIDTH);
+        let (rows, rest) = scratch.split_at_mut(N * row_len);
+        let (out_rows, rest) = rest.split_at_mut(M * M * span);
+        let (v, rest) = rest.split_at_mut(positions * cin * ld);
+        let m = &mut rest[..positions * cblk * ld];
 
         // The products' weights come from memory in a model whose weights outgrow the
         // caches: fetch the first block while the input is transformed, and each next one
@@ -360,55 +596,48 @@ impl WinogradConv {
             packed.view().block(c0, 0, cblk, cin).prefetch();
         }
 
-        // V[ξ][ci][tile] = (Bᵀ d B)[ξ], tiles row-major over the band. Every loop below runs
-        // over a whole tile row at once, on contiguous slices, so that it vectorises.
+        // V[ξ][ci][tile] = (Bᵀ d B)[ξ], tiles row-major over the band, a vector of tiles at
+        // a time. Tile tx's patch column c is padded column M·tx + c: a vector of tiles
+        // reads its patch row as WIDTH runs of M columns, from M·tx and from M·(tx + 1),
+        // which the loads below turn around into one vector per column.
         let [pad_y, pad_x] = s.padding;
         for ci in 0..cin {
             let plane = &input[(b * cin + ci) * h * w..][..h * w];
             for r in 0..band_rows {
-                let y0 = 2 * (ty0 + r);
-                for (i, row) in rows.chunks_exact_mut(padded).enumerate() {
-                    row.fill(0.0);
-                    let Some(y) = (y0 + i).checked_sub(pad_y).filter(|&y| y < h) else {
-                        continue;
-                    };
-                    // Padded column x holds input column x - pad_x.
-                    let (lo, hi) = (pad_x.min(padded), (pad_x + w).min(padded));
-                    if lo < hi {
-                        row[lo..hi].copy_from_slice(&plane[y * w..][..hi - lo]);
+                let y0 = M * (ty0 + r);
+                for (i, row) in rows.chunks_exact_mut(row_len).enumerate() {
+                    match (y0 + i).checked_sub(pad_y).filter(|&y| y < h) {
+                        Some(y) => {
+                            row[..pad_x].fill(0.0);
+                            row[pad_x..pad_x + w].copy_from_slice(&plane[y * w..][..w]);
+                            row[pad_x + w..].fill(0.0);
+                        }
+                        None => row.fill(0.0),
                     }
                 }
-                // Bᵀ d (rows d0 - d2, d1 + d2, d2 - d1, d1 - d3), split into even and odd
-                // columns: tile tx reads columns 2tx..2tx+4, i.e. even/odd pairs tx, tx+1.
-                let (even, odd) = tmp.split_at_mut(4 * lane);
-                for k in 0..lane {
-                    for (half, store) in [(0, &mut *even), (1, &mut *odd)] {
-                        let x = 2 * k + half;
-                        let (d0, d1) = (rows[x], rows[padded + x]);
-                        let (d2, d3) = (rows[2 * padded + x], rows[3 * padded + x]);
-                        store[k] = d0 - d2;
-                        store[lane + k] = d1 + d2;
-                        store[2 * lane + k] = d2 - d1;
-                        store[3 * lane + k] = d1 - d3;
+                let at = ci * ld + r * tx_count;
+                for tx in (0..tx_count).step_by(WIDTH) {
+                    let mut patch = [[Lanes([0.0; WIDTH]); N]; N];
+                    for (i, patch_row) in patch.iter_mut().enumerate() {
+                        let run = rows.as_ptr().add(i * row_len + M * tx);
+                        let (lo, hi) = (runs::<M>(run), runs::<M>(run.add(M)));
+                        for (c, lanes) in patch_row.iter_mut().enumerate() {
+                            *lanes = if c < M {
+                                column(&lo, c)
+                            } else {
+                                column(&hi, c - M)
+                            };
+                        }
                     }
-                }
-                // (Bᵀ d) B: per row i, columns e0 - e1, o0 + e1, e1 - o0, o0 - o1 where e0/o0
-                // are the tile's first even/odd column and e1/o1 the next pair's.
-                let base = ci * t + r * tx_count;
-                for i in 0..4 {
-                    let e = &even[i * lane..][..lane];
-                    let o = &odd[i * lane..][..lane];
-                    let dst = |j: usize| (i * 4 + j) * cin * t + base;
-                    let combos: [Combine; 4] = [
-                        |e0, _o0, e1, _o1| e0 - e1,
-                        |_e0, o0, e1, _o1| o0 + e1,
-                        |_e0, o0, e1, _o1| e1 - o0,
-                        |_e0, o0, _e1, o1| o0 - o1,
-                    ];
-                    for (j, f) in combos.into_iter().enumerate() {
-                        let out = &mut v[dst(j)..][..tx_count];
-                        for (tx, val) in out.iter_mut().enumerate() {
-                            *val = f(e[tx], o[tx], e[tx + 1], o[tx + 1]);
+                    // Bᵀ d, a patch column at a time, then B along each row of the result.
+                    let mut columns = [[Lanes([0.0; WIDTH]); N]; N];
+                    for (c, out) in columns.iter_mut().enumerate() {
+                        *out = T::input(gather(|i| patch[i][c]));
+                    }
+                    for i in 0..N {
+                        let row = T::input(gather(|c| columns[c][i]));
+                        for (j, value) in row.into_iter().enumerate() {
+                            value.store(v.as_mut_ptr().add((i * N + j) * cin * ld + at + tx));
                         }
                     }
                 }
@@ -419,20 +648,26 @@ impl WinogradConv {
         match &self.weights {
             Transformed::Packed(packed) => {
                 let weight_block = |xi: usize| packed.view().block(xi * cout + c0, 0, cblk, cin);
-                for xi in 0..POSITIONS {
-                    if xi + 1 < POSITIONS {
+                for xi in 0..positions {
+                    if xi + 1 < positions {
                         weight_block(xi + 1).prefetch();
                     }
                     let u = weight_block(xi);
-                    let vm = MatRef::from_raw(v.as_ptr().add(xi * cin * t), cin, t, t as isize, 1);
-                    let mut mm =
-                        MatMut::from_raw(m.as_mut_ptr().add(xi * cblk * t), cblk, t, t as isize, 1);
+                    let vm =
+                        MatRef::from_raw(v.as_ptr().add(xi * cin * ld), cin, t, ld as isize, 1);
+                    let mut mm = MatMut::from_raw(
+                        m.as_mut_ptr().add(xi * cblk * ld),
+                        cblk,
+                        t,
+                        ld as isize,
+                        1,
+                    );
                     gemm_unchecked(u, vm, &mut mm, Output::Overwrite);
                 }
             }
             #[cfg(target_arch = "x86_64")]
             Transformed::Lanes(buffer) => {
-                let per_position = buffer.len() / POSITIONS;
+                let per_position = buffer.len() / positions;
                 let u = |xi: usize, co: usize| {
                     buffer
                         .as_slice()
@@ -444,20 +679,20 @@ impl WinogradConv {
                     if co + LANES < c0 + cblk {
                         Some(u(xi, co + LANES))
                     } else {
-                        (xi + 1 < POSITIONS).then(|| u(xi + 1, c0))
+                        (xi + 1 < positions).then(|| u(xi + 1, c0))
                     }
                 };
-                for (xi, co) in (0..POSITIONS)
+                for (xi, co) in (0..positions)
                     .flat_map(|xi| (c0..c0 + cblk).step_by(LANES).map(move |co| (xi, co)))
                 {
                     let product = LanesBlock {
-                        x: v.as_ptr().add(xi * cin * t),
-                        ldx: t,
+                        x: v.as_ptr().add(xi * cin * ld),
+                        ldx: ld,
                         k: cin,
                         w: u(xi, co),
                         next: next(xi, co),
-                        out: m.as_mut_ptr().add((xi * cblk + co - c0) * t),
-                        ldo: t,
+                        out: m.as_mut_ptr().add((xi * cblk + co - c0) * ld),
+                        ldo: ld,
                         channels: (c0 + cblk - co).min(LANES),
                         bias: [0.0; LANES],
                         residual: None,
@@ -472,43 +707,34 @@ impl WinogradConv {
             Transformed::Lanes(_) => unreachable!("packed only with AVX-512"),
         }
 
-        // Y = Aᵀ M A into the band's output rows, a tile row at a time: Aᵀ q has rows
-        // q0 + q1 + q2 and q1 - q2 - q3, and A combines columns the same way.
-        let y_first = 2 * ty0;
-        let y_end = (2 * (ty0 + band_rows)).min(oh);
-        let (top, bottom) = tmp.split_at_mut(4 * lane);
+        // Y = Aᵀ M A into the band's output rows: a vector of tiles at a time into the
+        // output rows' phases (Aᵀ down each column, then A along each row), then
+        // interleaved into the rows.
+        let y_first = M * ty0;
+        let y_end = (M * (ty0 + band_rows)).min(oh);
         for c in 0..cblk {
             let plane = out.add((b * cout + c0 + c) * oh * ow);
             for r in 0..band_rows {
-                let at = |xi: usize| &m[(xi * cblk + c) * t + r * tx_count..][..tx_count];
-                for j in 0..4 {
-                    let (q0, q1, q2, q3) = (at(j), at(4 + j), at(8 + j), at(12 + j));
-                    let (a, bo) = (
-                        &mut top[j * lane..][..tx_count],
-                        &mut bottom[j * lane..][..tx_count],
-                    );
-                    for tx in 0..tx_count {
-                        a[tx] = q0[tx] + q1[tx] + q2[tx];
-                        bo[tx] = q1[tx] - q2[tx] - q3[tx];
+                let at = c * ld + r * tx_count;
+                for tx in (0..tx_count).step_by(WIDTH) {
+                    let product =
+                        |i: usize, j: usize| m.as_ptr().add((i * N + j) * cblk * ld + at + tx);
+                    let mut columns = [[Lanes([0.0; WIDTH]); M]; N];
+                    for (j, column) in columns.iter_mut().enumerate() {
+                        *column = T::output(gather(|i| Lanes::load(product(i, j))));
+                    }
+                    for i in 0..M {
+                        let row = T::output(gather(|j| columns[j][i]));
+                        store_runs(row, out_rows.as_mut_ptr().add(i * M * span + M * tx));
                     }
                 }
-                let y = 2 * (ty0 + r);
-                for (dy, s2) in [&*top, &*bottom].into_iter().enumerate() {
-                    if y + dy >= oh {
-                        break;
-                    }
-                    let row = std::slice::from_raw_parts_mut(plane.add((y + dy) * ow), ow);
-                    let (c0s, c1s) = (&s2[..tx_count], &s2[lane..][..tx_count]);
-                    let (c2s, c3s) = (&s2[2 * lane..][..tx_count], &s2[3 * lane..][..tx_count]);
-                    let (pairs, last) = row.split_at_mut(ow / 2 * 2);
-                    for (tx, pair) in pairs.chunks_exact_mut(2).enumerate() {
-                        pair[0] = c0s[tx] + c1s[tx] + c2s[tx];
-                        pair[1] = c1s[tx] - c2s[tx] - c3s[tx];
-                    }
-                    if let Some(x) = last.first_mut() {
-                        let tx = tx_count - 1;
-                        *x = c0s[tx] + c1s[tx] + c2s[tx];
-                    }
+                let y = M * (ty0 + r);
+                for i in 0..M.min(oh - y) {
+                    std::ptr::copy_nonoverlapping(
+                        out_rows.as_ptr().add(i * M * span),
+                        plane.add((y + i) * ow),
+                        ow,
+                    );
                 }
             }
         }
@@ -520,5 +746,101 @@ impl WinogradConv {
             (y_end - y_first) * ow,
             oh * ow,
         );
+    }
+}
+
+/// WIDTH runs of `M` consecutive floats from `p`: the columns of a vector of tiles.
+#[inline(always)]
+unsafe fn runs<const M: usize>(p: *const f32) -> [[f32; M]; WIDTH] {
+    p.cast::<[[f32; M]; WIDTH]>().read_unaligned()
+}
+
+/// Lanes `c` of each run: one column of a vector of tiles.
+#[inline(always)]
+fn column<const M: usize>(runs: &[[f32; M]; WIDTH], c: usize) -> Lanes {
+    let mut out = [0.0; WIDTH];
+    for (o, run) in out.iter_mut().zip(runs) {
+        *o = run[c];
+    }
+    Lanes(out)
+}
+
+/// The `M` columns of a vector of tiles' output row, interleaved into WIDTH runs of `M`
+/// pixels at `p`.
+#[inline(always)]
+unsafe fn store_runs<const M: usize>(columns: [Lanes; M], p: *mut f32) {
+    let mut runs = [[0.0f32; M]; WIDTH];
+    for (k, run) in runs.iter_mut().enumerate() {
+        for (x, column) in run.iter_mut().zip(&columns) {
+            *x = column.0[k];
+        }
+    }
+    p.cast::<[[f32; M]; WIDTH]>().write_unaligned(runs)
+}
+
+/// One task's share: an image, a band of tile rows `(first, count)` and a block of output
+/// channels `(first, count)`.
+#[derive(Clone, Copy)]
+struct Task {
+    image: usize,
+    band: (usize, usize),
+    channels: (usize, usize),
+}
+
+/// A build of [`WinogradConv::run_task`] for one variant.
+type TaskFn = unsafe fn(&WinogradConv, Task, &[f32], *mut f32, &mut [f32], Epilogue<'_>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One tile through `T`'s three transforms against the direct 3x3 correlation of its
+    /// patch, in lane 0 (f32 transforms of small integers, so the sums are exact up to
+    /// the filter transform's rounding).
+    fn check_tile<T: Transform<M, N>, const M: usize, const N: usize>(tiling: Tiling) {
+        let d: Vec<f32> = (0..N * N)
+            .map(|i| ((i * 7 + 3) % 11) as f32 - 5.0)
+            .collect();
+        let g: Vec<f32> = (0..9).map(|i| ((i * 5 + 1) % 7) as f32 - 3.0).collect();
+        let u = tiling.transform_filter(&g);
+        let lanes = |x: f32| Lanes([x; WIDTH]);
+        // Bᵀ d B, then ⊙ U, then Aᵀ · A, columns first as the kernel does.
+        let cols: Vec<[Lanes; N]> = (0..N)
+            .map(|c| T::input(gather(|i| lanes(d[i * N + c]))))
+            .collect();
+        let v: Vec<[Lanes; N]> = (0..N).map(|i| T::input(gather(|c| cols[c][i]))).collect();
+        let q = |i: usize, j: usize| lanes(v[i][j].0[0] * u[i * N + j]);
+        let out_cols: Vec<[Lanes; M]> = (0..N).map(|j| T::output(gather(|i| q(i, j)))).collect();
+        for y in 0..M {
+            let row = T::output(gather(|j| out_cols[j][y]));
+            for (x, got) in row.iter().enumerate() {
+                let want: f32 = (0..9).map(|k| g[k] * d[(y + k / 3) * N + x + k % 3]).sum();
+                assert!(
+                    (got.0[0] - want).abs() <= 1e-4 * want.abs().max(1.0),
+                    "{tiling:?} ({y}, {x}): {} vs {want}",
+                    got.0[0]
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_variant_computes_the_correlation_of_its_patch() {
+        check_tile::<F2, 2, 4>(Tiling::F2);
+        check_tile::<F4, 4, 6>(Tiling::F4);
+    }
+
+    #[test]
+    fn large_maps_take_the_larger_tiles() {
+        for (side, lanes, want) in [
+            (56, true, Tiling::F4),
+            (28, true, Tiling::F4),
+            (14, true, Tiling::F2),
+            (14, false, Tiling::F4),
+            (7, false, Tiling::F2),
+        ] {
+            assert_eq!(Tiling::for_map([side, side], lanes), want, "{side} {lanes}");
+        }
+        assert_eq!(Tiling::for_map([9, 30], false), Tiling::F2);
     }
 }
