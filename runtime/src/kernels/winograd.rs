@@ -58,6 +58,8 @@ const SCRATCH_TARGET: usize = 256 * 1024;
 const MIN_TASK_TILES: usize = 32;
 /// Smallest block of output channels a task computes.
 const MIN_CHANNEL_BLOCK: usize = 16;
+/// Positions of F(4x4, 3x3)'s 6x6 patch, the larger variant.
+const MAX_POSITIONS: usize = 36;
 /// Tiles the transforms compute at once, one per lane.
 const WIDTH: usize = 8;
 
@@ -235,8 +237,8 @@ impl Tiling {
     }
 
     /// `G g Gᵀ` of one 3x3 filter `g` (row-major), computed in f64 and rounded once, as the
-    /// positions `ξ = N·i + j`.
-    fn transform_filter(self, g: &[f32]) -> Vec<f32> {
+    /// positions `ξ = N·i + j` (the first [`Tiling::positions`] of them).
+    fn transform_filter(self, g: &[f32]) -> [f32; MAX_POSITIONS] {
         match self {
             Tiling::F2 => transform_filter::<F2, 2, 4>(g),
             Tiling::F4 => transform_filter::<F4, 4, 6>(g),
@@ -244,14 +246,22 @@ impl Tiling {
     }
 }
 
-fn transform_filter<T: Transform<M, N>, const M: usize, const N: usize>(g: &[f32]) -> Vec<f32> {
+fn transform_filter<T: Transform<M, N>, const M: usize, const N: usize>(
+    g: &[f32],
+) -> [f32; MAX_POSITIONS] {
     let x = |a: usize, b: usize| f64::from(g[a * 3 + b]);
     // G applied down each column of g, then along each row of the result.
     let cols: [[f64; N]; 3] = std::array::from_fn(|b| T::filter([x(0, b), x(1, b), x(2, b)]));
-    (0..N)
-        .flat_map(|i| T::filter([cols[0][i], cols[1][i], cols[2][i]]))
-        .map(|v| v as f32)
-        .collect()
+    let mut u = [0.0; MAX_POSITIONS];
+    for (row, i) in u.chunks_exact_mut(N).zip(0..N) {
+        for (dst, v) in row
+            .iter_mut()
+            .zip(T::filter([cols[0][i], cols[1][i], cols[2][i]]))
+        {
+            *dst = v as f32;
+        }
+    }
+    u
 }
 
 /// The transformed weights `U[ξ]`, packed for the kernel that runs the products.
@@ -350,7 +360,7 @@ impl WinogradConv {
             |co: usize, ci: usize| tiling.transform_filter(&filters[(co * cin + ci) * 9..][..9]);
         match &mut weights {
             Transformed::Packed(packed) => {
-                let mut row = vec![Vec::new(); cin];
+                let mut row = vec![[0.0; MAX_POSITIONS]; cin];
                 for co in 0..cout {
                     for (ci, u) in row.iter_mut().enumerate() {
                         *u = filter(co, ci);
@@ -386,7 +396,7 @@ impl WinogradConv {
                     parts.into_iter().enumerate().collect(),
                     |(part, mut matrices)| {
                         let first = part * per_part * LANES;
-                        let mut block = vec![Vec::new(); LANES];
+                        let mut block = [[0.0; MAX_POSITIONS]; LANES];
                         for b0 in (first..(first + per_part * LANES).min(cout)).step_by(LANES) {
                             let width = (cout - b0).min(LANES);
                             for ci in 0..cin {
