@@ -4,7 +4,7 @@
 //! Each m x m block of output pixels ("tile") of one output channel is
 //! `Y = Aᵀ [Σ_ci (G g Gᵀ) ⊙ (Bᵀ d B)] A` over the n x n input patch `d` (n = m + 2) of
 //! every input channel: with `U[ξ] = (G g Gᵀ)[ξ]` (one `[C_out, C_in]` matrix per position
-//! `ξ` of the transformed patch, computed once at load time, in f64 and rounded once) and
+//! `ξ` of the transformed patch, computed once at load time, eight filters at a time) and
 //! `V[ξ] = (Bᵀ d B)[ξ]` (`[C_in, tiles]`), the sum over input channels is n² independent
 //! matrix products `M[ξ] = U[ξ]·V[ξ]`, which run on the tuned GEMM. Per output pixel and
 //! input channel that is 4 multiply-adds for F(2x2, 3x3) and 2.25 for F(4x4, 3x3), where
@@ -135,8 +135,8 @@ trait Transform<const M: usize, const N: usize> {
     fn input(d: [Lanes; N]) -> [Lanes; N];
     /// `Aᵀ q` for a column `q` of a tile's products.
     fn output(q: [Lanes; N]) -> [Lanes; M];
-    /// `G g` for a column `g` of a filter, in f64.
-    fn filter(g: [f64; 3]) -> [f64; N];
+    /// `G g` for a column `g` of a filter.
+    fn filter(g: [Lanes; 3]) -> [Lanes; N];
 }
 
 /// F(2x2, 3x3): `B` and `A` hold 0 and ±1 and `G` halves, so the transforms round no more
@@ -154,8 +154,9 @@ impl Transform<2, 4> for F2 {
         [q0 + q1 + q2, q1 - q2 - q3]
     }
 
-    fn filter([g0, g1, g2]: [f64; 3]) -> [f64; 4] {
-        [g0, 0.5 * (g0 + g1 + g2), 0.5 * (g0 - g1 + g2), g2]
+    #[inline(always)]
+    fn filter([g0, g1, g2]: [Lanes; 3]) -> [Lanes; 4] {
+        [g0, (g0 + g1 + g2) * 0.5, (g0 - g1 + g2) * 0.5, g2]
     }
 }
 
@@ -189,14 +190,15 @@ impl Transform<4, 6> for F4 {
         ]
     }
 
-    fn filter([g0, g1, g2]: [f64; 3]) -> [f64; 6] {
-        let (even, odd) = (g0 + g2, g1);
+    #[inline(always)]
+    fn filter([g0, g1, g2]: [Lanes; 3]) -> [Lanes; 6] {
+        let (even, odd) = (g0 * (1.0 / 24.0) + g2 * (1.0 / 6.0), g1 * (1.0 / 12.0));
         [
-            g0 / 4.0,
-            -(even + odd) / 6.0,
-            -(even - odd) / 6.0,
-            g0 / 24.0 + g1 / 12.0 + g2 / 6.0,
-            g0 / 24.0 - g1 / 12.0 + g2 / 6.0,
+            g0 * 0.25,
+            (g0 + g1 + g2) * (-1.0 / 6.0),
+            (g0 - g1 + g2) * (-1.0 / 6.0),
+            even + odd,
+            even - odd,
             g2,
         ]
     }
@@ -236,30 +238,43 @@ impl Tiling {
         (self.side() + 2).pow(2)
     }
 
-    /// `G g Gᵀ` of one 3x3 filter `g` (row-major), computed in f64 and rounded once, as the
-    /// positions `ξ = N·i + j` (the first [`Tiling::positions`] of them).
-    fn transform_filter(self, g: &[f32]) -> [f32; MAX_POSITIONS] {
+    /// `G g Gᵀ` of the 3x3 filters of output channels `co..co + width` (at most
+    /// [`WIDTH`]) for input channel `ci`, one channel per lane (the rest zero), as the
+    /// positions `ξ = N·i + j` (the first [`Tiling::positions`] of them). `filters` is
+    /// PyTorch's `[C_out, C_in, 3, 3]` with `cin` input channels.
+    fn transform_filters(
+        self,
+        filters: &[f32],
+        cin: usize,
+        (co, width): (usize, usize),
+        ci: usize,
+    ) -> [Lanes; MAX_POSITIONS] {
+        let mut g = [Lanes([0.0; WIDTH]); 9];
+        for j in 0..width.min(WIDTH) {
+            let filter = &filters[((co + j) * cin + ci) * 9..][..9];
+            for (taps, &tap) in g.iter_mut().zip(filter) {
+                taps.0[j] = tap;
+            }
+        }
         match self {
-            Tiling::F2 => transform_filter::<F2, 2, 4>(g),
-            Tiling::F4 => transform_filter::<F4, 4, 6>(g),
+            Tiling::F2 => transform_filters::<F2, 2, 4>(g),
+            Tiling::F4 => transform_filters::<F4, 4, 6>(g),
         }
     }
 }
 
-fn transform_filter<T: Transform<M, N>, const M: usize, const N: usize>(
-    g: &[f32],
-) -> [f32; MAX_POSITIONS] {
-    let x = |a: usize, b: usize| f64::from(g[a * 3 + b]);
+#[inline(always)]
+fn transform_filters<T: Transform<M, N>, const M: usize, const N: usize>(
+    g: [Lanes; 9],
+) -> [Lanes; MAX_POSITIONS] {
     // G applied down each column of g, then along each row of the result.
-    let cols: [[f64; N]; 3] = std::array::from_fn(|b| T::filter([x(0, b), x(1, b), x(2, b)]));
-    let mut u = [0.0; MAX_POSITIONS];
+    let mut cols = [[Lanes([0.0; WIDTH]); N]; 3];
+    for (b, col) in cols.iter_mut().enumerate() {
+        *col = T::filter([g[b], g[3 + b], g[6 + b]]);
+    }
+    let mut u = [Lanes([0.0; WIDTH]); MAX_POSITIONS];
     for (row, i) in u.chunks_exact_mut(N).zip(0..N) {
-        for (dst, v) in row
-            .iter_mut()
-            .zip(T::filter([cols[0][i], cols[1][i], cols[2][i]]))
-        {
-            *dst = v as f32;
-        }
+        row.copy_from_slice(&T::filter([cols[0][i], cols[1][i], cols[2][i]]));
     }
     u
 }
@@ -356,18 +371,25 @@ impl WinogradConv {
         } else {
             Transformed::Packed(PackedMatrix::zeroed(positions * cout, cin))
         };
-        let filter =
-            |co: usize, ci: usize| tiling.transform_filter(&filters[(co * cin + ci) * 9..][..9]);
+        let transform = |co: usize, width: usize, ci: usize| {
+            tiling.transform_filters(filters, cin, (co, width), ci)
+        };
         match &mut weights {
             Transformed::Packed(packed) => {
-                let mut row = vec![[0.0; MAX_POSITIONS]; cin];
-                for co in 0..cout {
-                    for (ci, u) in row.iter_mut().enumerate() {
-                        *u = filter(co, ci);
+                // Eight output channels at a time over all input channels, then written
+                // out a whole row of each U[ξ] at a time.
+                let mut block = vec![[Lanes([0.0; WIDTH]); MAX_POSITIONS]; cin];
+                for co in (0..cout).step_by(WIDTH) {
+                    let width = (cout - co).min(WIDTH);
+                    for (ci, u) in block.iter_mut().enumerate() {
+                        *u = transform(co, width, ci);
                     }
                     for xi in 0..positions {
-                        for (dst, u) in packed.row_mut(xi * cout + co).iter_mut().zip(&row) {
-                            *dst = u[xi];
+                        for j in 0..width {
+                            let row = packed.row_mut(xi * cout + co + j);
+                            for (dst, u) in row.iter_mut().zip(&block) {
+                                *dst = u[xi].0[j];
+                            }
                         }
                     }
                 }
@@ -396,17 +418,19 @@ impl WinogradConv {
                     parts.into_iter().enumerate().collect(),
                     |(part, mut matrices)| {
                         let first = part * per_part * LANES;
-                        let mut block = [[0.0; MAX_POSITIONS]; LANES];
                         for b0 in (first..(first + per_part * LANES).min(cout)).step_by(LANES) {
-                            let width = (cout - b0).min(LANES);
                             for ci in 0..cin {
-                                for (j, u) in block[..width].iter_mut().enumerate() {
-                                    *u = filter(b0 + j, ci);
-                                }
                                 let at = packed_index(b0 - first, ci, cin);
-                                for (xi, matrix) in matrices.iter_mut().enumerate() {
-                                    for (v, u) in matrix[at..][..width].iter_mut().zip(&block) {
-                                        *v = u[xi];
+                                // Eight channels at a time; the block's missing ones are
+                                // transformed from zeros, into its zero padding.
+                                for q in (0..LANES).step_by(WIDTH) {
+                                    let width = cout.saturating_sub(b0 + q).min(WIDTH);
+                                    if width == 0 {
+                                        break;
+                                    }
+                                    let u = transform(b0 + q, width, ci);
+                                    for (matrix, lanes) in matrices.iter_mut().zip(&u) {
+                                        matrix[at + q..][..WIDTH].copy_from_slice(&lanes.0);
                                     }
                                 }
                             }
@@ -805,21 +829,21 @@ mod tests {
     use super::*;
 
     /// One tile through `T`'s three transforms against the direct 3x3 correlation of its
-    /// patch, in lane 0 (f32 transforms of small integers, so the sums are exact up to
-    /// the filter transform's rounding).
+    /// patch, in lane 0 (transforms of small integers, so the sums are exact up to the
+    /// filter transform's rounding).
     fn check_tile<T: Transform<M, N>, const M: usize, const N: usize>(tiling: Tiling) {
         let d: Vec<f32> = (0..N * N)
             .map(|i| ((i * 7 + 3) % 11) as f32 - 5.0)
             .collect();
         let g: Vec<f32> = (0..9).map(|i| ((i * 5 + 1) % 7) as f32 - 3.0).collect();
-        let u = tiling.transform_filter(&g);
+        let u = tiling.transform_filters(&g, 1, (0, 1), 0);
         let lanes = |x: f32| Lanes([x; WIDTH]);
         // Bᵀ d B, then ⊙ U, then Aᵀ · A, columns first as the kernel does.
         let cols: Vec<[Lanes; N]> = (0..N)
             .map(|c| T::input(gather(|i| lanes(d[i * N + c]))))
             .collect();
         let v: Vec<[Lanes; N]> = (0..N).map(|i| T::input(gather(|c| cols[c][i]))).collect();
-        let q = |i: usize, j: usize| lanes(v[i][j].0[0] * u[i * N + j]);
+        let q = |i: usize, j: usize| lanes(v[i][j].0[0] * u[i * N + j].0[0]);
         let out_cols: Vec<[Lanes; M]> = (0..N).map(|j| T::output(gather(|i| q(i, j)))).collect();
         for y in 0..M {
             let row = T::output(gather(|j| out_cols[j][y]));
