@@ -15,9 +15,13 @@
 //! when no gap fits. The result depends on the order, so four orders are tried
 //! and the smallest plan kept: largest first ("greedy by size"), earliest
 //! definition first, longest lifetime first, and the values of the most
-//! crowded steps first ("greedy by breadth"). On random network-shaped
-//! lifetimes the best plan is typically within 2% of the lower bound and was
-//! never more than 1.3x in the property tests' measurements. Every offset and every reserved size is a multiple of
+//! crowded steps first ("greedy by breadth"). Then the value that ends highest
+//! in the best plan is moved to the front of its order and the values placed
+//! again, a few rounds, keeping the smallest plan: it had been placed after
+//! values that left it no gap, and placed first they may fit around it (a
+//! property-test case of four values went from 1.30x the lower bound to the
+//! bound). On random network-shaped lifetimes the best plan is typically within
+//! 2% of the lower bound. Every offset and every reserved size is a multiple of
 //! [`ARENA_ALIGN`] bytes, so each value starts on a cache line and SIMD loads
 //! never straddle a value's start. The plan reports its size together with a
 //! lower bound (the most bytes live at any one step), so a caller can see how
@@ -117,7 +121,7 @@ pub fn plan_arena(values: &[Lifetime]) -> Result<ArenaPlan, ArenaError> {
             *i,
         )
     };
-    let mut best: Option<(Vec<usize>, usize)> = None;
+    let mut best: Option<(Vec<usize>, Vec<usize>, usize)> = None;
     let mut order: Vec<usize> = (0..values.len()).collect();
     for pass in 0..4 {
         match pass {
@@ -127,11 +131,30 @@ pub fn plan_arena(values: &[Lifetime]) -> Result<ArenaPlan, ArenaError> {
             _ => order = breadth_order(&sizes, &intervals),
         }
         let (offsets, size) = place(&order, &sizes, &intervals)?;
-        if best.as_ref().is_none_or(|(_, s)| size < *s) {
-            best = Some((offsets, size));
+        if best.as_ref().is_none_or(|(_, _, s)| size < *s) {
+            best = Some((order.clone(), offsets, size));
         }
     }
-    let (offsets, size) = best.unwrap_or_default();
+    let (order, mut offsets, mut size) = best.unwrap_or_default();
+    // The value that ends highest was placed after others that left it no gap: placed
+    // first instead, the others may fit around it.
+    let mut current = (order, offsets.clone());
+    for _ in 0..PROMOTIONS {
+        let (mut promoted, placed) = current;
+        let Some(top) = (0..sizes.len()).max_by_key(|&i| placed[i] + sizes[i]) else {
+            break;
+        };
+        let at = promoted.iter().position(|&i| i == top).unwrap_or(0);
+        if at == 0 {
+            break;
+        }
+        promoted[..=at].rotate_right(1);
+        let (new_offsets, new_size) = place(&promoted, &sizes, &intervals)?;
+        if new_size < size {
+            (offsets, size) = (new_offsets.clone(), new_size);
+        }
+        current = (promoted, new_offsets);
+    }
 
     Ok(ArenaPlan {
         offsets,
@@ -139,6 +162,9 @@ pub fn plan_arena(values: &[Lifetime]) -> Result<ArenaPlan, ArenaError> {
         lower_bound: max_live_bytes(&sizes, &intervals)?,
     })
 }
+
+/// Rounds of moving the value that ends highest to the front of the best order.
+const PROMOTIONS: usize = 8;
 
 /// Placement order of greedy by breadth: the steps with the most live bytes
 /// first, and within a step its not yet ordered values largest first.
