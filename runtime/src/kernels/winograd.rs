@@ -20,7 +20,9 @@
 //! of 8 adjacent tiles is 8 runs of m columns of a padded input row, turned around into one
 //! vector per column in registers, and an output row's vectors are turned back into runs
 //! the same way. Written element by element through phase buffers, these turnarounds took
-//! more time than the products.
+//! more time than the products. A task is compiled for AVX2 and FMA as well, and runs that
+//! build where the CPU has them: 64->64 at 56x56 1.46 -> 1.33 ms, 128->128 at 28x28 0.90 ->
+//! 0.85 (kernels benchmark, one thread).
 //!
 //! Work is split into tasks of (image, band of tile rows, block of output channels). A task
 //! transforms its band's input patches into per-thread scratch, runs the n² products,
