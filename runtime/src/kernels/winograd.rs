@@ -9,8 +9,9 @@
 //! matrix products `M[ξ] = U[ξ]·V[ξ]`, which run on the tuned GEMM. Per output pixel and
 //! input channel that is 4 multiply-adds for F(2x2, 3x3) and 2.25 for F(4x4, 3x3), where
 //! im2col needs 9. F(2x2, 3x3)'s `B` and `A` hold 0 and ±1, so its transforms round no
-//! more than the direct sum's own reordering; F(4x4, 3x3)'s hold up to 5 and 8 and lose
-//! about one decimal digit more, which stays inside the convolutions' tolerance
+//! more than the direct sum's own reordering; F(4x4, 3x3)'s hold up to 5 and 8: its largest
+//! error on random convolutions of 64 to 1024 input channels was 1.2e-6 to 2.0e-6 of
+//! `Σ|w·x|`, 15-50x im2col's, inside the convolutions' tolerance of 1e-5
 //! (`runtime/tests/kernels.rs`). F(4x4, 3x3) runs on maps of at least 28x28 (14x14 where
 //! the products run on the `gemm` crate, [`Tiling::for_map`]). Kernels benchmark, 2
 //! threads, F(2x2, 3x3) before -> F(4x4, 3x3): ResNet's 64->64 at 56x56 0.92 -> 0.77 ms,
