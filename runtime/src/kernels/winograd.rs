@@ -17,7 +17,7 @@
 //! threads, F(2x2, 3x3) before -> F(4x4, 3x3): ResNet's 64->64 at 56x56 0.92 -> 0.77 ms,
 //! 128->128 at 28x28 0.77 -> 0.49-0.57; with AVX2 only, 256->256 at 14x14 0.95 -> 0.73.
 //!
-//! The transforms run on vectors of 8 tiles (`Lanes`), one tile per lane: a patch column
+//! The transforms run on vectors of 8 tiles (`TileVector`), one tile per lane: a patch column
 //! of 8 adjacent tiles is 8 runs of m columns of a padded input row, turned around into one
 //! vector per column in registers, and an output row's vectors are turned back into runs
 //! the same way. Written element by element through phase buffers, these turnarounds took
@@ -69,13 +69,13 @@ const WIDTH: usize = 8;
 /// Eight tiles' values of one patch position, one per lane: the transforms are written
 /// over these, so that each runs on whole vectors in either build.
 #[derive(Clone, Copy)]
-struct Lanes([f32; WIDTH]);
+struct TileVector([f32; WIDTH]);
 
-impl Lanes {
+impl TileVector {
     /// Eight floats from `p`.
     #[inline(always)]
-    unsafe fn load(p: *const f32) -> Lanes {
-        Lanes(p.cast::<[f32; WIDTH]>().read_unaligned())
+    unsafe fn load(p: *const f32) -> TileVector {
+        TileVector(p.cast::<[f32; WIDTH]>().read_unaligned())
     }
 
     /// Eight floats to `p`.
@@ -85,7 +85,7 @@ impl Lanes {
     }
 
     #[inline(always)]
-    fn zip(mut self, other: Lanes, f: impl Fn(f32, f32) -> f32) -> Lanes {
+    fn zip(mut self, other: TileVector, f: impl Fn(f32, f32) -> f32) -> TileVector {
         for (a, b) in self.0.iter_mut().zip(other.0) {
             *a = f(*a, b);
         }
@@ -96,34 +96,34 @@ impl Lanes {
 /// `[f(0), .., f(K - 1)]`, inlined (`std::array::from_fn` is not always, which leaves the
 /// transforms' vectors in memory).
 #[inline(always)]
-fn gather<const K: usize>(f: impl Fn(usize) -> Lanes) -> [Lanes; K] {
-    let mut out = [Lanes([0.0; WIDTH]); K];
+fn gather<const K: usize>(f: impl Fn(usize) -> TileVector) -> [TileVector; K] {
+    let mut out = [TileVector([0.0; WIDTH]); K];
     for (i, o) in out.iter_mut().enumerate() {
         *o = f(i);
     }
     out
 }
 
-impl std::ops::Add for Lanes {
-    type Output = Lanes;
+impl std::ops::Add for TileVector {
+    type Output = TileVector;
     #[inline(always)]
-    fn add(self, o: Lanes) -> Lanes {
+    fn add(self, o: TileVector) -> TileVector {
         self.zip(o, |a, b| a + b)
     }
 }
 
-impl std::ops::Sub for Lanes {
-    type Output = Lanes;
+impl std::ops::Sub for TileVector {
+    type Output = TileVector;
     #[inline(always)]
-    fn sub(self, o: Lanes) -> Lanes {
+    fn sub(self, o: TileVector) -> TileVector {
         self.zip(o, |a, b| a - b)
     }
 }
 
-impl std::ops::Mul<f32> for Lanes {
-    type Output = Lanes;
+impl std::ops::Mul<f32> for TileVector {
+    type Output = TileVector;
     #[inline(always)]
-    fn mul(mut self, k: f32) -> Lanes {
+    fn mul(mut self, k: f32) -> TileVector {
         for a in &mut self.0 {
             *a *= k;
         }
@@ -135,11 +135,11 @@ impl std::ops::Mul<f32> for Lanes {
 /// each applied to one column (or row): `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`.
 trait Transform<const M: usize, const N: usize> {
     /// `Bᵀ d` for a column `d` of an input patch.
-    fn input(d: [Lanes; N]) -> [Lanes; N];
+    fn input(d: [TileVector; N]) -> [TileVector; N];
     /// `Aᵀ q` for a column `q` of a tile's products.
-    fn output(q: [Lanes; N]) -> [Lanes; M];
+    fn output(q: [TileVector; N]) -> [TileVector; M];
     /// `G g` for a column `g` of a filter.
-    fn filter(g: [Lanes; 3]) -> [Lanes; N];
+    fn filter(g: [TileVector; 3]) -> [TileVector; N];
 }
 
 /// F(2x2, 3x3): `B` and `A` hold 0 and ±1 and `G` halves, so the transforms round no more
@@ -148,17 +148,17 @@ struct F2;
 
 impl Transform<2, 4> for F2 {
     #[inline(always)]
-    fn input([d0, d1, d2, d3]: [Lanes; 4]) -> [Lanes; 4] {
+    fn input([d0, d1, d2, d3]: [TileVector; 4]) -> [TileVector; 4] {
         [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
     }
 
     #[inline(always)]
-    fn output([q0, q1, q2, q3]: [Lanes; 4]) -> [Lanes; 2] {
+    fn output([q0, q1, q2, q3]: [TileVector; 4]) -> [TileVector; 2] {
         [q0 + q1 + q2, q1 - q2 - q3]
     }
 
     #[inline(always)]
-    fn filter([g0, g1, g2]: [Lanes; 3]) -> [Lanes; 4] {
+    fn filter([g0, g1, g2]: [TileVector; 3]) -> [TileVector; 4] {
         [g0, (g0 + g1 + g2) * 0.5, (g0 - g1 + g2) * 0.5, g2]
     }
 }
@@ -170,7 +170,7 @@ struct F4;
 
 impl Transform<4, 6> for F4 {
     #[inline(always)]
-    fn input([d0, d1, d2, d3, d4, d5]: [Lanes; 6]) -> [Lanes; 6] {
+    fn input([d0, d1, d2, d3, d4, d5]: [TileVector; 6]) -> [TileVector; 6] {
         let (s13, d13) = (d1 + d2, d1 - d3);
         [
             d0 * 4.0 - d2 * 5.0 + d4,
@@ -183,7 +183,7 @@ impl Transform<4, 6> for F4 {
     }
 
     #[inline(always)]
-    fn output([q0, q1, q2, q3, q4, q5]: [Lanes; 6]) -> [Lanes; 4] {
+    fn output([q0, q1, q2, q3, q4, q5]: [TileVector; 6]) -> [TileVector; 4] {
         let (s12, d12, s34, d34) = (q1 + q2, q1 - q2, q3 + q4, q3 - q4);
         [
             q0 + s12 + s34,
@@ -194,7 +194,7 @@ impl Transform<4, 6> for F4 {
     }
 
     #[inline(always)]
-    fn filter([g0, g1, g2]: [Lanes; 3]) -> [Lanes; 6] {
+    fn filter([g0, g1, g2]: [TileVector; 3]) -> [TileVector; 6] {
         let (even, odd) = (g0 * (1.0 / 24.0) + g2 * (1.0 / 6.0), g1 * (1.0 / 12.0));
         [
             g0 * 0.25,
@@ -251,8 +251,8 @@ impl Tiling {
         cin: usize,
         (co, width): (usize, usize),
         ci: usize,
-    ) -> [Lanes; MAX_POSITIONS] {
-        let mut g = [Lanes([0.0; WIDTH]); 9];
+    ) -> [TileVector; MAX_POSITIONS] {
+        let mut g = [TileVector([0.0; WIDTH]); 9];
         for j in 0..width.min(WIDTH) {
             let filter = &filters[((co + j) * cin + ci) * 9..][..9];
             for (taps, &tap) in g.iter_mut().zip(filter) {
@@ -268,14 +268,14 @@ impl Tiling {
 
 #[inline(always)]
 fn transform_filters<T: Transform<M, N>, const M: usize, const N: usize>(
-    g: [Lanes; 9],
-) -> [Lanes; MAX_POSITIONS] {
+    g: [TileVector; 9],
+) -> [TileVector; MAX_POSITIONS] {
     // G applied down each column of g, then along each row of the result.
-    let mut cols = [[Lanes([0.0; WIDTH]); N]; 3];
+    let mut cols = [[TileVector([0.0; WIDTH]); N]; 3];
     for (b, col) in cols.iter_mut().enumerate() {
         *col = T::filter([g[b], g[3 + b], g[6 + b]]);
     }
-    let mut u = [Lanes([0.0; WIDTH]); MAX_POSITIONS];
+    let mut u = [TileVector([0.0; WIDTH]); MAX_POSITIONS];
     for (row, i) in u.chunks_exact_mut(N).zip(0..N) {
         row.copy_from_slice(&T::filter([cols[0][i], cols[1][i], cols[2][i]]));
     }
@@ -301,7 +301,6 @@ enum Transformed {
 pub(crate) struct WinogradConv {
     shape: Conv2dShape,
     out: [usize; 2],
-    tiling: Tiling,
     /// Tiles per output row and column.
     tiles: [usize; 2],
     /// Row stride of a task's transformed input and products: its longest band's tiles and
@@ -316,6 +315,8 @@ pub(crate) struct WinogradConv {
     /// Floats of scratch per thread.
     scratch_per_thread: usize,
     serial: bool,
+    /// The task body for the variant, in the build this CPU runs (chosen at planning).
+    task: TaskFn,
 }
 
 impl WinogradConv {
@@ -381,7 +382,7 @@ impl WinogradConv {
             Transformed::Packed(packed) => {
                 // Eight output channels at a time over all input channels, then written
                 // out a whole row of each U[ξ] at a time.
-                let mut block = vec![[Lanes([0.0; WIDTH]); MAX_POSITIONS]; cin];
+                let mut block = vec![[TileVector([0.0; WIDTH]); MAX_POSITIONS]; cin];
                 for co in (0..cout).step_by(WIDTH) {
                     let width = (cout - co).min(WIDTH);
                     for (ci, u) in block.iter_mut().enumerate() {
@@ -491,7 +492,6 @@ impl WinogradConv {
         Ok(WinogradConv {
             shape,
             out,
-            tiling,
             tiles,
             ld,
             weights,
@@ -499,7 +499,20 @@ impl WinogradConv {
             channels,
             scratch_per_thread: per_tile(channels.longest()) * ld + row_buf,
             serial,
+            task: Self::task_fn(tiling),
         })
+    }
+
+    /// The build of [`WinogradConv::run_task`] for `tiling` on this CPU.
+    fn task_fn(tiling: Tiling) -> TaskFn {
+        match (tiling, simd_available()) {
+            #[cfg(target_arch = "x86_64")]
+            (Tiling::F2, true) => Self::run_task_avx2::<F2, 2, 4>,
+            #[cfg(target_arch = "x86_64")]
+            (Tiling::F4, true) => Self::run_task_avx2::<F4, 4, 6>,
+            (Tiling::F2, _) => Self::run_task::<F2, 2, 4>,
+            (Tiling::F4, _) => Self::run_task::<F4, 4, 6>,
+        }
     }
 
     /// Floats of scratch [`WinogradConv::run`] needs on `threads` threads.
@@ -529,14 +542,7 @@ impl WinogradConv {
         let out_ptr = SendPtr(output.as_mut_ptr());
         let scratch_ptr = SendPtr(scratch.as_mut_ptr());
         let per_thread = self.scratch_per_thread;
-        let task: TaskFn = match (self.tiling, simd_available()) {
-            #[cfg(target_arch = "x86_64")]
-            (Tiling::F2, true) => Self::run_task_avx2::<F2, 2, 4>,
-            #[cfg(target_arch = "x86_64")]
-            (Tiling::F4, true) => Self::run_task_avx2::<F4, 4, 6>,
-            (Tiling::F2, _) => Self::run_task::<F2, 2, 4>,
-            (Tiling::F4, _) => Self::run_task::<F4, 4, 6>,
-        };
+        let task = self.task;
         for_each_task(pool, tasks, self.serial, |range, thread| {
             for t in range {
                 let ct = t % channels;
@@ -654,7 +660,7 @@ impl WinogradConv {
                 }
                 let at = ci * ld + r * tx_count;
                 for tx in (0..tx_count).step_by(WIDTH) {
-                    let mut patch = [[Lanes([0.0; WIDTH]); N]; N];
+                    let mut patch = [[TileVector([0.0; WIDTH]); N]; N];
                     for (i, patch_row) in patch.iter_mut().enumerate() {
                         let run = rows.as_ptr().add(i * row_len + M * tx);
                         let (lo, hi) = (runs::<M>(run), runs::<M>(run.add(M)));
@@ -667,7 +673,7 @@ impl WinogradConv {
                         }
                     }
                     // Bᵀ d, a patch column at a time, then B along each row of the result.
-                    let mut columns = [[Lanes([0.0; WIDTH]); N]; N];
+                    let mut columns = [[TileVector([0.0; WIDTH]); N]; N];
                     for (c, out) in columns.iter_mut().enumerate() {
                         *out = T::input(gather(|i| patch[i][c]));
                     }
@@ -734,7 +740,7 @@ impl WinogradConv {
                         bias: [0.0; LANES],
                         residual: None,
                     };
-                    // SAFETY: the plan packs `Lanes` only where `wide_available`; `v` holds
+                    // SAFETY: the plan packs `TileVector` only where `wide_available`; `v` holds
                     // `U`'s `cin` rows of `t` tiles for each position, `m` `cblk` rows of
                     // `t` for each, this task's alone.
                     pointwise_lanes::product_block(&product, 0..t);
@@ -756,9 +762,9 @@ impl WinogradConv {
                 for tx in (0..tx_count).step_by(WIDTH) {
                     let product =
                         |i: usize, j: usize| m.as_ptr().add((i * N + j) * cblk * ld + at + tx);
-                    let mut columns = [[Lanes([0.0; WIDTH]); M]; N];
+                    let mut columns = [[TileVector([0.0; WIDTH]); M]; N];
                     for (j, column) in columns.iter_mut().enumerate() {
-                        *column = T::output(gather(|i| Lanes::load(product(i, j))));
+                        *column = T::output(gather(|i| TileVector::load(product(i, j))));
                     }
                     for i in 0..M {
                         let row = T::output(gather(|j| columns[j][i]));
@@ -792,20 +798,20 @@ unsafe fn runs<const M: usize>(p: *const f32) -> [[f32; M]; WIDTH] {
     p.cast::<[[f32; M]; WIDTH]>().read_unaligned()
 }
 
-/// Lanes `c` of each run: one column of a vector of tiles.
+/// TileVector `c` of each run: one column of a vector of tiles.
 #[inline(always)]
-fn column<const M: usize>(runs: &[[f32; M]; WIDTH], c: usize) -> Lanes {
+fn column<const M: usize>(runs: &[[f32; M]; WIDTH], c: usize) -> TileVector {
     let mut out = [0.0; WIDTH];
     for (o, run) in out.iter_mut().zip(runs) {
         *o = run[c];
     }
-    Lanes(out)
+    TileVector(out)
 }
 
 /// The `M` columns of a vector of tiles' output row, interleaved into WIDTH runs of `M`
 /// pixels at `p`.
 #[inline(always)]
-unsafe fn store_runs<const M: usize>(columns: [Lanes; M], p: *mut f32) {
+unsafe fn store_runs<const M: usize>(columns: [TileVector; M], p: *mut f32) {
     let mut runs = [[0.0f32; M]; WIDTH];
     for (k, run) in runs.iter_mut().enumerate() {
         for (x, column) in run.iter_mut().zip(&columns) {
@@ -840,14 +846,15 @@ mod tests {
             .collect();
         let g: Vec<f32> = (0..9).map(|i| ((i * 5 + 1) % 7) as f32 - 3.0).collect();
         let u = tiling.transform_filters(&g, 1, (0, 1), 0);
-        let lanes = |x: f32| Lanes([x; WIDTH]);
+        let lanes = |x: f32| TileVector([x; WIDTH]);
         // Bᵀ d B, then ⊙ U, then Aᵀ · A, columns first as the kernel does.
-        let cols: Vec<[Lanes; N]> = (0..N)
+        let cols: Vec<[TileVector; N]> = (0..N)
             .map(|c| T::input(gather(|i| lanes(d[i * N + c]))))
             .collect();
-        let v: Vec<[Lanes; N]> = (0..N).map(|i| T::input(gather(|c| cols[c][i]))).collect();
+        let v: Vec<[TileVector; N]> = (0..N).map(|i| T::input(gather(|c| cols[c][i]))).collect();
         let q = |i: usize, j: usize| lanes(v[i][j].0[0] * u[i * N + j].0[0]);
-        let out_cols: Vec<[Lanes; M]> = (0..N).map(|j| T::output(gather(|i| q(i, j)))).collect();
+        let out_cols: Vec<[TileVector; M]> =
+            (0..N).map(|j| T::output(gather(|i| q(i, j)))).collect();
         for y in 0..M {
             let row = T::output(gather(|j| out_cols[j][y]));
             for (x, got) in row.iter().enumerate() {
