@@ -835,6 +835,15 @@ fn bench_reports_latency_compile_stages_and_memory() {
     assert_eq!(number("fallback_nodes"), 0.0);
     assert_eq!(number("threads"), 2.0);
     assert_eq!(json["cpu_kernels"], kernels);
+    // The FMA peak it measured on the same threads, where the CPU has AVX2 and FMA, and
+    // the text's share of it.
+    match bbc::runtime::peak::fma_peak(1, std::time::Duration::ZERO) {
+        Some(_) => {
+            assert!(number("fma_peak_gflops") > 0.0, "{json}");
+            assert!(text.contains("of this machine's FMA peak"), "{text}");
+        }
+        None => assert!(json["fma_peak_gflops"].is_null(), "{json}"),
+    }
     let stages = json["compile_stages_ms"].as_object().expect("stages");
     for stage in ["lowering", "jit", "weights", "planning"] {
         assert!(stages[stage].as_f64().is_some(), "stage `{stage}`: {json}");

@@ -16,6 +16,7 @@ use bbc_runtime::kernels::{
     gemm, isa, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut,
     MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix,
 };
+use bbc_runtime::peak;
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
 
 fn random(len: usize) -> Vec<f32> {
@@ -47,72 +48,9 @@ fn best_time(budget: Duration, mut f: impl FnMut()) -> Duration {
 
 // ---- FMA peak ----
 
-/// FLOPs per iteration of the peak loops: independent accumulators x lanes x 2.
-const CHAINS: usize = 12;
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn fma_loop_avx2(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let a = _mm256_set1_ps(0.999_999);
-    let b = _mm256_set1_ps(1e-7);
-    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
-    for _ in 0..iters {
-        // Twelve independent chains cover FMA latency (4 cycles) x 2 ports.
-        for x in acc.iter_mut() {
-            *x = _mm256_fmadd_ps(*x, a, b);
-        }
-    }
-    let mut sum = _mm256_setzero_ps();
-    for x in acc {
-        sum = _mm256_add_ps(sum, x);
-    }
-    let mut out = [0.0f32; 8];
-    _mm256_storeu_ps(out.as_mut_ptr(), sum);
-    out.iter().sum()
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn fma_loop_avx512(iters: usize) -> f32 {
-    use std::arch::x86_64::*;
-    let a = _mm512_set1_ps(0.999_999);
-    let b = _mm512_set1_ps(1e-7);
-    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
-    for _ in 0..iters {
-        for x in acc.iter_mut() {
-            *x = _mm512_fmadd_ps(*x, a, b);
-        }
-    }
-    let mut sum = _mm512_setzero_ps();
-    for x in acc {
-        sum = _mm512_add_ps(sum, x);
-    }
-    _mm512_reduce_add_ps(sum)
-}
-
-/// Measured FMA GFLOP/s on `threads` threads with vectors of `lanes` f32.
+/// The measured FMA peak on `threads` threads with vectors of `lanes` (`bbc_runtime::peak`).
 fn fma_peak(threads: usize, lanes: usize) -> f64 {
-    let iters = 20_000_000 / lanes;
-    let run = || {
-        std::thread::scope(|s| {
-            for _ in 0..threads {
-                s.spawn(|| {
-                    // SAFETY: called only when the CPU has the features.
-                    #[cfg(target_arch = "x86_64")]
-                    unsafe {
-                        black_box(if lanes == 16 {
-                            fma_loop_avx512(black_box(iters))
-                        } else {
-                            fma_loop_avx2(black_box(iters))
-                        });
-                    }
-                });
-            }
-        })
-    };
-    let t = best_time(Duration::from_millis(400), run);
-    (threads * iters * CHAINS * lanes * 2) as f64 / t.as_secs_f64() / 1e9
+    peak::fma_peak_with(threads, lanes, Duration::from_millis(400)).expect("checked: AVX2 + FMA")
 }
 
 fn nominal_ghz() -> Option<f64> {
@@ -462,7 +400,7 @@ fn main() {
     let peak_1t = fma_peak(1, 8);
     let both = 2.min(cores);
     let peak_2t = fma_peak(both, 8);
-    println!("AVX2 FMA, {CHAINS} independent chains:");
+    println!("AVX2 FMA, {} independent chains:", peak::CHAINS);
     println!("  1 thread {peak_1t:.1} GFLOP/s, {both} threads {peak_2t:.1} GFLOP/s");
     println!(
         "  = {:.2} GHz effective x 2 FMA units x 8 lanes x 2 FLOP per thread",

@@ -16,6 +16,7 @@
 //! - [`libcalls`]: the functions generated code calls by symbol name.
 //! - [`program_dir`]: atomic writing of a compiled program's folder.
 //! - [`gpu`]: the GPU launch plan and its executors.
+//! - [`peak`]: this machine's FMA peak, measured.
 //!
 //! This crate never prints and returns errors instead of panicking on bad
 //! input files.
@@ -32,6 +33,7 @@ pub mod image;
 pub mod kernels;
 pub mod libcalls;
 pub mod npy;
+pub mod peak;
 pub mod pool;
 pub mod program_dir;
 pub mod rng;

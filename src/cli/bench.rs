@@ -1,5 +1,6 @@
 //! `bbc bench`: compile a model once and time repeated inferences on seeded random inputs:
-//! compile time by stage, median/p90/min latency, GFLOP/s from the model's FLOPs, the planned
+//! compile time by stage, median/p90/min latency, GFLOP/s from the model's FLOPs (on the cpu
+//! target also as a share of this machine's FMA peak, measured after the runs), the planned
 //! activation arena and the nodes without a kernel. `--json` prints one object for scripts.
 //! On a GPU target (`--target gpu|cuda`) a timed run is one whole inference as a caller sees
 //! it: inputs uploaded, every kernel launched, outputs read back.
@@ -7,6 +8,7 @@
 use super::run::{build, compile_options, ordered, DataArgs, EngineArgs};
 use super::{print, CliResult, OptArgs, SpecArgs};
 use bbc::compiler::stats;
+use bbc::runtime::peak::fma_peak;
 use bbc::{Model, StepTime, Target};
 use clap::Args;
 use std::collections::BTreeMap;
@@ -18,6 +20,9 @@ use std::time::{Duration, Instant};
 /// any useful measurement.
 const MAX_RUNS: u64 = 1_000_000;
 
+/// How long the FMA peak is measured for, per vector width (`bbc_runtime::peak`).
+const PEAK_BUDGET: Duration = Duration::from_millis(100);
+
 /// Time a model: compile it once, then run it repeatedly.
 ///
 /// Inputs come from --input files or are drawn from N(0, 1) with --seed; weights come from
@@ -26,7 +31,9 @@ const MAX_RUNS: u64 = 1_000_000;
 /// from the weights, such as folded BatchNorm), weights (packing them for the kernels) and
 /// planning; reading or initialising the weights happens before and is reported apart. Then
 /// the median, 90th percentile and minimum latency of the timed runs, GFLOP/s (the model's
-/// FLOPs as `bbc stats` counts them over the median latency), the planned activation arena,
+/// FLOPs as `bbc stats` counts them over the median latency; on the cpu target also as a
+/// share of this machine's FMA peak on as many threads, measured after the timed runs with
+/// independent multiply-add chains in registers), the planned activation arena,
 /// and the nodes that run their reference implementation. The graph is optimised at -O2
 /// unless -O is given. On --target cuda, products run on tensor cores (TF32) where their
 /// sizes allow.
@@ -187,6 +194,10 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let cpu_kernels = compiled
         .exec_stats()
         .map(|_| bbc::runtime::kernels::isa::name());
+    // The yardstick for the throughput, measured after the timed runs on as many threads.
+    let peak = compiled
+        .exec_stats()
+        .and_then(|_| fma_peak(threads, PEAK_BUDGET));
     if args.json {
         let stage_ms: serde_json::Map<String, serde_json::Value> = stages
             .iter()
@@ -208,6 +219,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "weights_load_ms": ms(load),
             "gflops": gflops,
             "flops": flops,
+            "fma_peak_gflops": peak.map(|p| p.gflops),
             "peak_arena_bytes": arena,
             "fallback_nodes": fallbacks,
             "threads": if threads == 0 { serde_json::Value::Null } else { threads.into() },
@@ -262,11 +274,26 @@ pub fn main(args: &BenchArgs) -> CliResult {
         out,
         "  latency   median {median:.3} ms  p90 {p90:.3} ms  min {min:.3} ms"
     );
-    let _ = writeln!(
+    let _ = write!(
         out,
         "  compute   {:.3} GFLOP per inference, {gflops:.2} GFLOP/s at the median",
         flops as f64 / 1e9
     );
+    match peak {
+        Some(p) => writeln!(
+            out,
+            ": {:.0}% of this machine's FMA peak ({:.1} GFLOP/s on {} thread{}, measured with \
+             {}-lane vectors), at which the model's FLOPs take {:.3} ms",
+            100.0 * gflops / p.gflops,
+            p.gflops,
+            p.threads,
+            if p.threads == 1 { "" } else { "s" },
+            p.lanes,
+            flops as f64 / p.gflops / 1e6,
+        ),
+        None => writeln!(out),
+    }
+    .expect("writing to a String");
     match (compiled.exec_stats(), &gpu_plan) {
         (Some(s), _) => {
             let _ = writeln!(
