@@ -679,6 +679,94 @@ def table_rows(results: list[ModelResult], engine: str) -> tuple[list[str], list
     return header, rows
 
 
+# The CPU backend's targets (bench/README.md, "What the targets ask of this machine").
+ORT_LIMIT = 1.0
+CONVNEXT_ORT_LIMIT = 0.8
+TORCH_LIMIT = 0.5
+COMPILE_LIMIT_MS = 100.0
+COMPILE_MODELS = ("convnext_tiny", "resnet50")
+PEER_NAMES = {"ort": "ORT", "torch": "torch"}
+TARGETS_TITLE = (f"Targets: bbc/ORT <= {ORT_LIMIT:.1f}x (ConvNeXt <= {CONVNEXT_ORT_LIMIT:.1f}x), "
+                 f"bbc/torch <= {TORCH_LIMIT:.1f}x (medians), compile <= "
+                 f"{COMPILE_LIMIT_MS:.0f} ms for {' and '.join(COMPILE_MODELS)}, "
+                 "peak memory <= ORT's")
+
+
+@dataclass
+class Target:
+    """One target checked on one model: `value` against `limit` (lower is better)."""
+    model: str
+    name: str
+    value: float
+    limit: float
+    unit: str  # "x" for ratios, "ms", "MiB"
+    note: str = ""
+
+    @property
+    def met(self) -> bool:
+        return self.value <= self.limit
+
+    def line(self) -> str:
+        fmt = (lambda v: f"{v:.2f}x") if self.unit == "x" else (lambda v: f"{v:.1f} {self.unit}")
+        verdict = "met" if self.met else f"missed by {100 * (self.value / self.limit - 1):.0f}%"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.name} {fmt(self.value)} <= {fmt(self.limit)}: {verdict}{note}"
+
+
+def latency_note(res: ModelResult, budget_ms: float) -> str:
+    """What a missed ratio target allows, beside the time the model's FLOPs (as `bbc stats`
+    counts them: direct convolutions, so more than Winograd's) take at the FMA peak `bbc
+    bench` measured."""
+    bench = res.bbc_bench or {}
+    flops, peak = number(bench, "flops"), number(bench, "fma_peak_gflops")
+    note = f"allows {budget_ms:.1f} ms"
+    if math.isnan(flops) or math.isnan(peak) or peak <= 0:
+        return note
+    return (f"{note}; the model's {flops / 1e9:.2f} GFLOP, counted direct, take "
+            f"{flops / peak / 1e6:.1f} ms at this machine's FMA peak ({peak:.0f} GFLOP/s)")
+
+
+def targets(res: ModelResult) -> list[Target]:
+    """The targets that apply to `res` and could be measured."""
+    out = []
+    bbc = res.timing.get("bbc")
+    for peer, limit in (("ort", CONVNEXT_ORT_LIMIT if res.model.startswith("convnext")
+                         else ORT_LIMIT), ("torch", TORCH_LIMIT)):
+        other = res.timing.get(peer)
+        if bbc is None or other is None:
+            continue
+        ratio = bbc.median_ms / other.median_ms
+        note = "" if ratio <= limit else latency_note(res, limit * other.median_ms)
+        out.append(Target(res.model, f"bbc/{PEER_NAMES[peer]}", ratio, limit, "x", note))
+    compile_ms = number(res.bbc_bench or {}, "compile_ms")
+    if res.model in COMPILE_MODELS and not math.isnan(compile_ms):
+        rounds = (res.bbc_bench or {}).get("compile_ms_rounds") or []
+        note = "rounds " + ", ".join(f"{v:.0f}" for v in rounds) if len(rounds) > 1 else ""
+        out.append(Target(res.model, "compile", compile_ms, COMPILE_LIMIT_MS, "ms", note))
+    bbc_mem, ort_mem = res.memory.get("bbc"), res.memory.get("ort")
+    if isinstance(bbc_mem, dict) and isinstance(ort_mem, dict):
+        arena, ort_peak = bbc_mem.get("peak_arena_bytes"), ort_mem.get("peak_growth_bytes")
+        if arena is not None and ort_peak:
+            out.append(Target(res.model, "peak memory", arena / 2**20, ort_peak / 2**20, "MiB"))
+    return out
+
+
+def render_targets(results: list[ModelResult], markdown: bool = False) -> str:
+    """Each model's targets, met or missed and by how much (ratios by median)."""
+    lines = [TARGETS_TITLE + ("" if markdown else ":")]
+    for r in results:
+        checks = targets(r)
+        if not checks:
+            lines.append(f"{'- ' if markdown else '  '}{r.model}: nothing measured")
+        for i, t in enumerate(checks):
+            if markdown:
+                lines.append(f"- {t.model}: {t.line()}")
+            else:
+                lines.append(f"  {t.model if i == 0 else '':{max(len(x.model) for x in results)}}"
+                             f"  {t.line()}")
+    return "\n".join(lines) + "\n"
+
+
 def render_text(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(c) for c in col) for col in zip(header, *rows, strict=True)]
 
@@ -798,8 +886,10 @@ def main(argv: list[str] | None = None) -> int:
 
     header, rows = table_rows(results, bbc.engine)
     print("\n" + render_text(header, rows))
+    print("\n" + render_targets(results), end="")
     if args.markdown:
-        args.markdown.write_text(render_markdown(header, rows))
+        args.markdown.write_text(render_markdown(header, rows) + "\n"
+                                 + render_targets(results, markdown=True))
     if args.json:
         meta = {"cpu": cpu, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                 "torch": torch.__version__, "timm": timm.__version__,
@@ -811,8 +901,9 @@ def main(argv: list[str] | None = None) -> int:
 def write_json(path: Path, meta: dict[str, Any], args, results: list) -> None:
     """Writes `meta`, the settings in `args` and every result (dataclasses) as JSON."""
     meta["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    path.write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in results]},
-                               indent=2, default=str) + "\n")
+    rows = [asdict(r) | {"targets": [asdict(t) | {"met": t.met} for t in targets(r)]}
+            for r in results]
+    path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2, default=str) + "\n")
 
 
 def run_cli(main: Callable[[], int]) -> None:
