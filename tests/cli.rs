@@ -813,6 +813,7 @@ fn bench_reports_latency_compile_stages_and_memory() {
         "slowest kernels",
         "all kernels",
         "(fastest ",
+        " MFLOP, ",
     ] {
         assert!(text.contains(needle), "`{needle}` missing:\n{text}");
     }
@@ -870,6 +871,23 @@ fn bench_reports_latency_compile_stages_and_memory() {
         .map(|k| k["mean_ms"].as_f64().unwrap())
         .collect();
     assert!(means.windows(2).all(|w| w[0] >= w[1]), "{profile}");
+    // The products among them carry their FLOPs and, where the peak was measured, the
+    // share of it their fastest run reached.
+    let rated = slowest
+        .iter()
+        .filter(|k| k["flops"].as_u64().is_some_and(|f| f > 0));
+    assert!(rated.clone().count() > 0, "{profile}");
+    for k in rated {
+        let gflops = k["fastest_gflops"].as_f64().expect("fastest_gflops");
+        let share = &k["fastest_peak_share"];
+        match json["fma_peak_gflops"].as_f64() {
+            Some(peak) => assert!(
+                (share.as_f64().unwrap() - gflops / peak).abs() < 1e-9,
+                "{k}"
+            ),
+            None => assert!(share.is_null(), "{k}"),
+        }
+    }
     for k in slowest {
         assert!(k["step"].as_str().is_some_and(|s| !s.is_empty()), "{k}");
         assert!(k["kind"].as_str().is_some(), "{k}");

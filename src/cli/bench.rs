@@ -11,7 +11,7 @@ use bbc::compiler::stats;
 use bbc::runtime::peak::fma_peak;
 use bbc::{Model, StepTime, Target};
 use clap::Args;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::io::{IsTerminal, Write as _};
 use std::time::{Duration, Instant};
@@ -62,7 +62,10 @@ pub struct BenchArgs {
 
     /// Also list the N slowest kernels, timed over the runs (on the gpu target, where the
     /// device has timestamp queries): the mean per run, and on the cpu target the fastest
-    /// run's time too. With --json, as the report's `profile` object.
+    /// run's time too, with the FLOPs of the node the kernel is named after and the share
+    /// of this machine's FMA peak its fastest run reached (FLOPs as `bbc stats` counts
+    /// them: a Winograd convolution does fewer, so it can pass 100%). With --json, as the
+    /// report's `profile` object.
     #[arg(long, value_name = "N", conflicts_with = "interp")]
     pub profile: Option<usize>,
 
@@ -198,6 +201,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let peak = compiled
         .exec_stats()
         .and_then(|_| fma_peak(threads, PEAK_BUDGET));
+    let yardstick = Yardstick::new(&model.graph, peak.map(|p| p.gflops));
     if args.json {
         let stage_ms: serde_json::Map<String, serde_json::Value> = stages
             .iter()
@@ -228,7 +232,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "samples_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
         });
         if let Some(n) = args.profile {
-            report["profile"] = profile_json(compiled.profile(), n, runs);
+            report["profile"] = profile_json(compiled.profile(), n, runs, &yardstick);
         }
         return print(&format!("{report}\n"));
     }
@@ -325,7 +329,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);
             }
             if let Some(n) = args.profile {
-                write_profile(&mut out, compiled.profile(), n, runs, "mean per timed run");
+                let what = "mean per timed run";
+                write_profile(&mut out, compiled.profile(), n, runs, what, &yardstick);
             }
         }
         (None, Some(plan)) => {
@@ -352,7 +357,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             );
             if let Some(n) = args.profile {
                 let what = "mean device time per timed run";
-                write_profile(&mut out, compiled.profile(), n, runs, what);
+                write_profile(&mut out, compiled.profile(), n, runs, what, &yardstick);
             }
         }
         (None, None) => {
@@ -362,20 +367,62 @@ pub fn main(args: &BenchArgs) -> CliResult {
     print(&out)
 }
 
+/// What a profiled step's time is measured against: the FLOPs of the graph node each step
+/// is named after (the contraction a fused group is built around; as `bbc stats` counts
+/// them, so a Winograd convolution's are its direct count), and this machine's FMA peak.
+struct Yardstick {
+    flops: HashMap<String, u64>,
+    peak_gflops: Option<f64>,
+}
+
+impl Yardstick {
+    fn new(graph: &bbc::compiler::ir::Graph, peak_gflops: Option<f64>) -> Yardstick {
+        let flops = stats::stats(graph)
+            .layers
+            .into_iter()
+            .filter(|l| l.flops > 0)
+            .map(|l| (l.name, l.flops))
+            .collect();
+        Yardstick { flops, peak_gflops }
+    }
+
+    /// A step's FLOPs, its GFLOP/s in its fastest run and that as a share of the peak,
+    /// where they are known.
+    fn rate(&self, step: &StepTime) -> (Option<u64>, Option<f64>, Option<f64>) {
+        let flops = self.flops.get(&step.step).copied();
+        let gflops = flops
+            .zip(step.fastest)
+            .filter(|(_, t)| !t.is_zero())
+            .map(|(f, t)| f as f64 / t.as_secs_f64() / 1e9);
+        let share = gflops.zip(self.peak_gflops).map(|(g, p)| g / p);
+        (flops, gflops, share)
+    }
+}
+
 /// The profile for `--json`: the total per run of every step, then the `n` slowest steps,
-/// each with its mean per run and, on the cpu target, its fastest run (null elsewhere).
-fn profile_json(steps: Vec<StepTime>, n: usize, runs: usize) -> serde_json::Value {
+/// each with its mean per run and, on the cpu target, its fastest run (null elsewhere) and
+/// that run's GFLOP/s and share of the FMA peak where the step's FLOPs are known.
+fn profile_json(
+    steps: Vec<StepTime>,
+    n: usize,
+    runs: usize,
+    yardstick: &Yardstick,
+) -> serde_json::Value {
     let per_run = |t: Duration| ms(t) / runs as f64;
     let total: f64 = steps.iter().map(|s| per_run(s.time)).sum();
     let slowest: Vec<serde_json::Value> = steps
         .into_iter()
         .take(n)
         .map(|s| {
+            let (flops, gflops, share) = yardstick.rate(&s);
             serde_json::json!({
                 "step": s.step,
                 "kind": s.kind,
                 "mean_ms": per_run(s.time),
                 "fastest_ms": s.fastest.map(ms),
+                "flops": flops,
+                "fastest_gflops": gflops,
+                "fastest_peak_share": share,
             })
         })
         .collect();
@@ -383,8 +430,16 @@ fn profile_json(steps: Vec<StepTime>, n: usize, runs: usize) -> serde_json::Valu
 }
 
 /// The `n` slowest steps of a profile over `runs` timed runs (each with its kind where the
-/// engine reports one), after the total time of all of them.
-fn write_profile(out: &mut String, steps: Vec<StepTime>, n: usize, runs: usize, what: &str) {
+/// engine reports one, and on the cpu target its fastest run, and that run's share of the
+/// FMA peak where the step's FLOPs are known), after the total time of all of them.
+fn write_profile(
+    out: &mut String,
+    steps: Vec<StepTime>,
+    n: usize,
+    runs: usize,
+    what: &str,
+    yardstick: &Yardstick,
+) {
     let per_run = |t: Duration| ms(t) / runs as f64;
     let total: f64 = steps.iter().map(|s| per_run(s.time)).sum();
     let _ = writeln!(
@@ -399,9 +454,20 @@ fn write_profile(out: &mut String, steps: Vec<StepTime>, n: usize, runs: usize, 
             .fastest
             .map(|f| format!("  (fastest {:>7.3})", ms(f)))
             .unwrap_or_default();
+        let rate = match yardstick.rate(&step) {
+            (Some(f), _, Some(share)) => {
+                format!(
+                    "  [{:.0} MFLOP, {:.0}% of peak]",
+                    f as f64 / 1e6,
+                    100.0 * share
+                )
+            }
+            (Some(f), Some(g), None) => format!("  [{:.0} MFLOP, {g:.1} GFLOP/s]", f as f64 / 1e6),
+            _ => String::new(),
+        };
         let _ = writeln!(
             out,
-            "    {:>9.3} ms{fastest}  {kind}{}",
+            "    {:>9.3} ms{fastest}  {kind}{}{rate}",
             per_run(step.time),
             step.step
         );
