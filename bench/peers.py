@@ -754,6 +754,7 @@ def targets(res: ModelResult) -> list[Target]:
 def render_targets(results: list[ModelResult], markdown: bool = False) -> str:
     """Each model's targets, met or missed and by how much (ratios by median)."""
     lines = [TARGETS_TITLE + ("" if markdown else ":")]
+    width = max((len(r.model) for r in results), default=0)
     for r in results:
         checks = targets(r)
         if not checks:
@@ -762,8 +763,7 @@ def render_targets(results: list[ModelResult], markdown: bool = False) -> str:
             if markdown:
                 lines.append(f"- {t.model}: {t.line()}")
             else:
-                lines.append(f"  {t.model if i == 0 else '':{max(len(x.model) for x in results)}}"
-                             f"  {t.line()}")
+                lines.append(f"  {t.model if i == 0 else '':{width}}  {t.line()}")
     return "\n".join(lines) + "\n"
 
 
@@ -894,16 +894,22 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"cpu": cpu, "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
                 "torch": torch.__version__, "timm": timm.__version__,
                 "onnxruntime": onnxruntime.__version__, "bbc_engine": bbc.engine}
-        write_json(args.json, meta, args, results)
+        write_json(args.json, meta, args, results, targets_json)
     return 0
 
 
-def write_json(path: Path, meta: dict[str, Any], args, results: list) -> None:
-    """Writes `meta`, the settings in `args` and every result (dataclasses) as JSON."""
+def write_json(path: Path, meta: dict[str, Any], args, results: list,
+               extra: Callable[[Any], dict[str, Any]] | None = None) -> None:
+    """Writes `meta`, the settings in `args` and every result (dataclasses) as JSON, each
+    result with the fields `extra(result)` adds."""
     meta["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    rows = [asdict(r) | {"targets": [asdict(t) | {"met": t.met} for t in targets(r)]}
-            for r in results]
+    rows = [asdict(r) | (extra(r) if extra else {}) for r in results]
     path.write_text(json.dumps({"meta": meta, "results": rows}, indent=2, default=str) + "\n")
+
+
+def targets_json(res: ModelResult) -> dict[str, Any]:
+    """A result's targets for the JSON output."""
+    return {"targets": [asdict(t) | {"met": t.met} for t in targets(res)]}
 
 
 def run_cli(main: Callable[[], int]) -> None:

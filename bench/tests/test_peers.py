@@ -63,3 +63,18 @@ def test_a_model_without_timings_is_reported_as_such():
     text = peers.render_targets([res])
     assert "resnet18: nothing measured" in text
     assert text.startswith(peers.TARGETS_TITLE)
+
+
+def test_json_carries_targets_only_where_asked(tmp_path):
+    import argparse
+    import json
+
+    res = result("resnet18", 8.5, 10.0, 20.0)
+    args = argparse.Namespace(out=tmp_path / "x.json")
+    plain, rated = tmp_path / "plain.json", tmp_path / "rated.json"
+    # gpu_peers.py shares write_json: its results get no CPU targets.
+    peers.write_json(plain, {}, args, [res])
+    peers.write_json(rated, {}, args, [res], peers.targets_json)
+    assert "targets" not in json.loads(plain.read_text())["results"][0]
+    checks = json.loads(rated.read_text())["results"][0]["targets"]
+    assert [(c["name"], c["met"]) for c in checks] == [("bbc/ORT", True), ("bbc/torch", True)]

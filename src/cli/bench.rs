@@ -139,7 +139,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let started = Instant::now();
     let (weights, inputs) = args.data.load(&program, &model)?;
     let load = started.elapsed();
-    let flops = stats::stats(&model.graph).flops;
+    let model_stats = stats::stats(&model.graph);
+    let flops = model_stats.flops;
 
     let target = args.engine.engine();
     let opts =
@@ -201,7 +202,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
     let peak = compiled
         .exec_stats()
         .and_then(|_| fma_peak(threads, PEAK_BUDGET));
-    let yardstick = Yardstick::new(&model.graph, peak.map(|p| p.gflops));
+    let yardstick = Yardstick::new(model_stats, peak.map(|p| p.gflops));
     if args.json {
         let stage_ms: serde_json::Map<String, serde_json::Value> = stages
             .iter()
@@ -283,7 +284,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
         "  compute   {:.3} GFLOP per inference, {gflops:.2} GFLOP/s at the median",
         flops as f64 / 1e9
     );
-    match peak {
+    let _ = match peak {
         Some(p) => writeln!(
             out,
             ": {:.0}% of this machine's FMA peak ({:.1} GFLOP/s on {} thread{}, measured with \
@@ -296,8 +297,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
             flops as f64 / p.gflops / 1e6,
         ),
         None => writeln!(out),
-    }
-    .expect("writing to a String");
+    };
     match (compiled.exec_stats(), &gpu_plan) {
         (Some(s), _) => {
             let _ = writeln!(
@@ -376,8 +376,8 @@ struct Yardstick {
 }
 
 impl Yardstick {
-    fn new(graph: &bbc::compiler::ir::Graph, peak_gflops: Option<f64>) -> Yardstick {
-        let flops = stats::stats(graph)
+    fn new(model: stats::Stats, peak_gflops: Option<f64>) -> Yardstick {
+        let flops = model
             .layers
             .into_iter()
             .filter(|l| l.flops > 0)
