@@ -270,11 +270,9 @@ struct Line([f32; ARENA_ALIGN / 4]);
 /// to [`ARENA_ALIGN`] bytes.
 ///
 /// Buffers of [`HUGE_PAGE`] bytes or more (packed weights, large arenas) are
-/// mapped directly, 2 MiB-aligned, and marked for transparent huge pages: the
-/// kernel hands out fresh zero pages lazily, so nothing is zero-filled twice,
-/// and one fault maps 2 MiB instead of 4 KiB. Faulting in 100 MB of packed
-/// weights measured 55-89 ms with 4 KiB pages and 12-21 ms with huge pages
-/// here, most of a large model's compile time.
+/// mapped directly, 2 MiB-aligned, and faulted in when made (see
+/// [`populate`]): the kernel's fresh pages are already zero, so nothing is
+/// zero-filled twice.
 pub struct AlignedBuffer {
     storage: Storage,
     len: usize,
@@ -327,12 +325,69 @@ impl Mapping {
         // SAFETY: `skip < HUGE_PAGE`, so `data..data + bytes` lies inside the
         // mapping. `madvise` is only advice: its failure changes nothing.
         let data = unsafe { base.cast::<u8>().add(skip) };
-        unsafe { libc::madvise(data.cast(), bytes, libc::MADV_HUGEPAGE) };
+        populate(data, bytes);
         Some(Mapping {
             base,
             map_len,
             data: data.cast(),
         })
+    }
+}
+
+/// Huge-page faults that took longer than [`SLOW_HUGE_FAULT`] in this process.
+#[cfg(target_os = "linux")]
+static SLOW_HUGE_FAULTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A 2 MiB fault that an unstalled kernel serves in about 0.25 ms, and 4 KiB
+/// pages in about 0.8 ms.
+#[cfg(target_os = "linux")]
+const SLOW_HUGE_FAULT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Slow huge-page faults after which this process maps with 4 KiB pages.
+#[cfg(target_os = "linux")]
+const SLOW_HUGE_FAULTS_TOLERATED: usize = 2;
+
+/// Faults in the `bytes` at `data` (2 MiB-aligned), with transparent huge
+/// pages while they come fast and 4 KiB pages once they do not.
+///
+/// One 2 MiB fault maps what takes 512 small ones: 112 MB of packed weights
+/// fault in within 11-25 ms in huge pages and 35-57 ms in small ones. But in a
+/// VM whose kernel reports free 2 MiB blocks back to the hypervisor (free page
+/// reporting), a huge page the host took back costs 4-14 ms to fault in again,
+/// and right after another process freed memory most of them are such: the
+/// same 112 MB then took 200-375 ms, in about 4 of 10 processes, while small
+/// pages never stalled. So each 2 MiB chunk is faulted in on its own and timed
+/// (`MADV_POPULATE_WRITE`), and after [`SLOW_HUGE_FAULTS_TOLERATED`] slow ones
+/// the rest of this buffer and every later one use small pages: the worst case
+/// becomes 27-49 ms for those 112 MB. Kernels before 5.14 lack the populate
+/// advice; there the pages fault in lazily on first write, as huge pages.
+#[cfg(target_os = "linux")]
+fn populate(data: *mut u8, bytes: usize) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let huge = || SLOW_HUGE_FAULTS.load(Relaxed) < SLOW_HUGE_FAULTS_TOLERATED;
+    // SAFETY (all `madvise` calls): the ranges lie inside one live mapping,
+    // and the advice only decides how its pages are backed, never their
+    // contents. Advice that fails leaves the pages to fault in on first write.
+    let mut done = 0;
+    if huge() {
+        unsafe { libc::madvise(data.cast(), bytes, libc::MADV_HUGEPAGE) };
+        while done < bytes && huge() {
+            let chunk = HUGE_PAGE.min(bytes - done);
+            let start = std::time::Instant::now();
+            let chunk_start = unsafe { data.add(done) };
+            if unsafe { libc::madvise(chunk_start.cast(), chunk, libc::MADV_POPULATE_WRITE) } != 0 {
+                return;
+            }
+            if start.elapsed() > SLOW_HUGE_FAULT {
+                SLOW_HUGE_FAULTS.fetch_add(1, Relaxed);
+            }
+            done += chunk;
+        }
+    }
+    if done < bytes {
+        let rest = unsafe { data.add(done) }.cast();
+        unsafe { libc::madvise(rest, bytes - done, libc::MADV_NOHUGEPAGE) };
+        unsafe { libc::madvise(rest, bytes - done, libc::MADV_POPULATE_WRITE) };
     }
 }
 
@@ -491,6 +546,48 @@ mod tests {
         assert_eq!(copy.len(), len);
         assert_eq!(copy.as_slice()[len - 1], 7.0);
         assert_eq!(copy.as_slice()[0], 0.0);
+    }
+
+    /// Whether every page of `buf` is mapped in (`mincore`), or `None` where it cannot say.
+    #[cfg(target_os = "linux")]
+    fn resident(buf: &AlignedBuffer) -> Option<bool> {
+        let page = 4096;
+        let (start, bytes) = (buf.data() as usize, buf.len() * 4);
+        let pages = bytes.div_ceil(page);
+        let mut flags = vec![0u8; pages];
+        // SAFETY: the buffer's range is one live mapping, page-aligned at its start (2 MiB).
+        let rc = unsafe { libc::mincore(start as *mut libc::c_void, bytes, flags.as_mut_ptr()) };
+        (rc == 0).then(|| flags.iter().all(|f| f & 1 == 1))
+    }
+
+    /// Large buffers are faulted in when made, in huge pages while those come fast and in
+    /// small ones after [`SLOW_HUGE_FAULTS_TOLERATED`] slow faults; either way they are
+    /// zero and usable. (Other tests in this process then get small pages too: only their
+    /// speed depends on it.)
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn large_buffers_are_faulted_in_on_either_page_size() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let len = 3 * HUGE_PAGE / 4 + 5;
+        // Kernels before 5.14 have no populate advice: there pages come on first write.
+        let advice_known = Mapping::zeroed(4096).is_some_and(|m| {
+            // SAFETY: one page of a live mapping.
+            unsafe { libc::madvise(m.data.cast(), 4096, libc::MADV_POPULATE_WRITE) == 0 }
+        });
+        let populated = |buf: &AlignedBuffer| {
+            // Before anything reads it: a read would map the pages in too.
+            if advice_known {
+                assert_eq!(resident(buf), Some(true));
+            }
+            assert!(buf.as_slice().iter().all(|&x| x == 0.0));
+        };
+        let huge = AlignedBuffer::zeroed(len);
+        populated(&huge);
+        SLOW_HUGE_FAULTS.fetch_max(SLOW_HUGE_FAULTS_TOLERATED, Relaxed);
+        let mut small = AlignedBuffer::zeroed(len);
+        populated(&small);
+        small.as_mut_slice()[len - 1] = 3.0;
+        assert_eq!(small.as_slice()[len - 1], 3.0);
     }
 
     #[test]
