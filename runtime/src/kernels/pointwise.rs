@@ -35,6 +35,7 @@ use crate::arena::AlignedBuffer;
 use crate::kernels::activation::{avx2, simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::conv::{balance, Conv2dShape, Layout, Split};
 use crate::kernels::isa::{wide_available, Row16};
+use crate::kernels::transpose::transpose;
 use crate::kernels::{
     blocks_per_packing_thread, check_len, for_each_task, Epilogue, KernelError, SendPtr,
     SERIAL_FLOPS,
@@ -264,7 +265,9 @@ pub(super) fn pack_channel_blocks(
 
 /// Packs the blocks of `width` channels from channel `first` (a multiple of `width`) into
 /// `dst`, as many as it holds: [`pack_channel_blocks`]' layout. Padding channels past
-/// `cout` are not written.
+/// `cout` are not written. A block is its channels' rows of `weights` transposed, in 8x8
+/// register blocks: element by element, with an index division per float, ResNet-50's
+/// 1x1 weights took about 12 ms of its compile to pack.
 fn pack_blocks(
     dst: &mut [f32],
     weights: &[f32],
@@ -273,12 +276,28 @@ fn pack_blocks(
     width: usize,
     first: usize,
 ) {
-    let blocks = dst.len() / (cin * width).max(1);
-    for co in first..(first + blocks * width).min(cout) {
-        let row = &weights[co * cin..][..cin];
-        for (ci, &w) in row.iter().enumerate() {
-            dst[packed_index(co - first, ci, cin, width)] = w;
+    if cin == 0 || width == 0 {
+        return;
+    }
+    for (b, block) in dst.chunks_exact_mut(cin * width).enumerate() {
+        let co = first + b * width;
+        let rows = width.min(cout.saturating_sub(co));
+        if rows == 0 {
+            break;
         }
+        let src = &weights[co * cin..][..rows * cin];
+        // SAFETY: `src` holds `rows` rows of `cin` floats and `block` `cin` rows of
+        // `width >= rows`; they are distinct borrows.
+        unsafe {
+            transpose(
+                src.as_ptr(),
+                cin as isize,
+                block.as_mut_ptr(),
+                width,
+                rows,
+                cin,
+            )
+        };
     }
 }
 
