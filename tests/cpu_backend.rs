@@ -15,7 +15,9 @@
 
 mod common;
 
-use bbc::compiler::codegen::cpu::plan::{compile, CompileError, ExecError, ExecOptions};
+use bbc::compiler::codegen::cpu::plan::{
+    compile, CompileError, ExecError, ExecOptions, Executable,
+};
 use bbc::compiler::codegen::cpu::Options;
 use bbc::compiler::{elab, interp, ir, stats, weights};
 use bbc::runtime::{Rng, Tensor};
@@ -142,6 +144,49 @@ fn more_threads_compute_what_one_thread_does() {
     for n in [2, 3] {
         let dev = deviation(&run(n), &one);
         assert!(dev <= 1e-5, "{n} threads deviate by {dev:e}");
+    }
+}
+
+/// With more than one thread, loop kernels are compiled on helper threads while the plan
+/// is built, and the steps that run them are resolved once they are compiled (a depthwise
+/// step whose band loop is one waits for it). The plan is the same as one thread's: the
+/// same steps in the same order, the same code, the same results.
+#[test]
+fn kernels_compiled_on_helper_threads_give_the_same_plan() {
+    for (spec, model) in [
+        // Concatenations read by BatchNorm + ReLU: many loop kernels.
+        ("specs/densenet.bb", "densenet_test"),
+        // Depthwise convolutions with LayerNorm in pixel bands: steps that must wait.
+        ("specs/convnext.bb", "convnext_test"),
+    ] {
+        let m = seeded(spec, model, &[]);
+        let graph = optimized(&m.graph);
+        let build = |n: usize| compile(&graph, &m.weights, &threads(n)).expect("compiles");
+        let (mut one, mut two) = (build(1), build(2));
+        let (a, b) = (one.stats(), two.stats());
+        assert!(a.loop_kernels > 0, "{model}");
+        if model == "convnext_test" {
+            assert!(
+                a.band_groups > 0,
+                "{model} has no depthwise step that waits"
+            );
+        }
+        assert_eq!(
+            (a.loop_kernels, a.code_bytes, a.reused_kernels),
+            (b.loop_kernels, b.code_bytes, b.reused_kernels),
+            "{model}"
+        );
+        let (want, got) = (one.run(&m.inputs).unwrap(), two.run(&m.inputs).unwrap());
+        let dev = deviation(&got, &want);
+        assert!(dev <= 1e-5, "{model}: 2 threads deviate by {dev:e}");
+        let steps = |e: &mut Executable| {
+            e.set_profiling(true);
+            e.run(&m.inputs).unwrap();
+            let mut steps: Vec<_> = e.profile().into_iter().map(|(n, k, _)| (n, k)).collect();
+            steps.sort();
+            steps
+        };
+        assert_eq!(steps(&mut one), steps(&mut two), "{model}");
     }
 }
 

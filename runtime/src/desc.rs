@@ -339,7 +339,8 @@ impl PlanDesc {
             .iter()
             .map(|step| {
                 let data = |c: usize| constants.get(c).map(AlignedBuffer::as_slice);
-                resolve_step(step, &data, functions, &mut |_| None, threads)
+                let function = |i: usize| functions.get(i).copied();
+                resolve_step(step, &data, &function, &mut |_| None, threads)
             })
             .collect::<Result<Vec<Step>, ExecError>>()?;
         Executor::new(self.assemble(steps, constants), pool)
@@ -347,13 +348,13 @@ impl PlanDesc {
 }
 
 /// Resolves a described step: convolution and GEMM weights packed from `constant(index)`
-/// (tiled for a pool of `threads`), functions taken from `functions`, host code from
+/// (tiled for a pool of `threads`), functions taken from `function(index)`, host code from
 /// `host(index)`. Sizes are checked by the kernels' constructors and, for slots, by the
 /// executor.
 pub fn resolve_step<'a>(
     step: &Step<Described>,
     constant: &dyn Fn(usize) -> Option<&'a [f32]>,
-    functions: &[Code],
+    function: &dyn Fn(usize) -> Option<Code>,
     host: &mut dyn FnMut(usize) -> Option<HostFn>,
     threads: usize,
 ) -> Result<Step, ExecError> {
@@ -363,12 +364,12 @@ pub fn resolve_step<'a>(
         source,
     };
     let data = |c: usize| constant(c).ok_or_else(|| fail(format!("no data for constant {c}")));
-    let loop_fn = |i: usize| match functions.get(i) {
-        Some(Code::Loop(f)) => Ok(*f),
+    let loop_fn = |i: usize| match function(i) {
+        Some(Code::Loop(f)) => Ok(f),
         _ => Err(fail(format!("function {i} is not a loop kernel"))),
     };
-    let tile_fn = |i: usize| match functions.get(i) {
-        Some(Code::Tile(f)) => Ok(*f),
+    let tile_fn = |i: usize| match function(i) {
+        Some(Code::Tile(f)) => Ok(f),
         _ => Err(fail(format!("function {i} is not an epilogue"))),
     };
     let product = |p: &ProductMap<Described>| -> Result<ProductMap, ExecError> {

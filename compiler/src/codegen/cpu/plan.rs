@@ -80,7 +80,8 @@ pub struct ExecOptions {
 pub struct CompileTimes {
     /// Graph IR to Kernel IR.
     pub lowering: Duration,
-    /// Cranelift code generation.
+    /// Cranelift code generation on the compiling thread, and the time it waited for the
+    /// loop kernels its helper threads compiled.
     pub jit: Duration,
     /// Evaluating the values computed from parameters alone (folded BatchNorm, weight
     /// slices, ...) once.
@@ -241,11 +242,39 @@ pub fn compile(
         constants: Vec::new(),
         hosts: Vec::new(),
         steps: Vec::new(),
+        helpers: None,
+        deferred: Vec::new(),
+        helper_code_bytes: 0,
+        waited: Duration::ZERO,
     };
-    let (desc, mut stats) = build(graph, weights, &opts.codegen, &mut jit)?;
+    let helpers = pool.threads().saturating_sub(1).min(MAX_JIT_HELPERS);
+    let (desc, mut stats) = std::thread::scope(|scope| {
+        if helpers > 0 {
+            jit.helpers = Some(JitHelpers::spawn(scope, helpers, opts.codegen));
+        }
+        let built = build(graph, weights, &opts.codegen, &mut jit);
+        let finished = match &built {
+            Ok((desc, _)) => jit.finish(&desc.steps),
+            Err(_) => {
+                // The helpers get no more work and end when theirs is done.
+                jit.helpers = None;
+                Ok(())
+            }
+        };
+        let (desc, stats) = built?;
+        finished.map_err(CompileError::Runtime)?;
+        Ok::<_, CompileError>((desc, stats))
+    })?;
+    stats.times.jit += jit.waited;
+    stats.code_bytes += jit.helper_code_bytes;
     stats.threads = pool.threads();
     let started = Instant::now();
-    let plan = desc.assemble(jit.steps, jit.constants);
+    let unresolved = || CompileError::Runtime("a step's kernel was never compiled".into());
+    let steps = jit.steps.into_iter().map(|s| s.ok_or_else(unresolved));
+    let steps = steps.collect::<Result<Vec<_>, _>>()?;
+    let kernels = jit.kernels.into_iter().map(|k| k.ok_or_else(unresolved));
+    let kernels = kernels.collect::<Result<Vec<_>, _>>()?;
+    let plan = desc.assemble(steps, jit.constants);
     let exec = Executor::new(plan, pool).map_err(|e| CompileError::Runtime(e.to_string()))?;
     stats.times.planning += started.elapsed();
     stats.arena_bytes = exec.arena_bytes();
@@ -255,7 +284,7 @@ pub fn compile(
     let named = |io: &IoDesc| (io.name.clone(), io.shape.clone());
     Ok(Executable {
         exec,
-        kernels: jit.kernels,
+        kernels,
         inputs: desc.inputs.iter().map(named).collect(),
         outputs: desc.outputs.iter().map(named).collect(),
         stats,
@@ -352,31 +381,179 @@ pub(crate) trait Backend {
     ) -> Result<(), String>;
 }
 
-/// The JIT: each kernel compiled into memory, each step resolved as it comes.
+/// Helper threads that compile loop kernels while the plan builder goes on.
+const MAX_JIT_HELPERS: usize = 3;
+
+/// The JIT: each kernel compiled into memory, each step resolved as it comes. With more
+/// than one thread, loop kernels are compiled on helper threads ([`JitHelpers`]) while the
+/// builder lowers the next nodes and packs their weights, and a step that runs one is
+/// resolved once it is compiled: at the end ([`JitBackend::finish`]) or, where the step
+/// also packs weights that are only in memory now, by waiting for it. Contraction
+/// epilogues, small and needed at once, are compiled in place. DenseNet-169's compile went
+/// from 324 to about 200 ms on 2 threads, the loop kernels of its concatenations being
+/// most of its code.
 struct JitBackend {
     codegen: Options,
     threads: usize,
-    /// The compiled kernels, in function-table order.
-    kernels: Vec<CompiledKernel>,
-    code: Vec<Code>,
+    /// The compiled kernels, in function-table order (`None` while a helper compiles one).
+    kernels: Vec<Option<CompiledKernel>>,
+    code: Vec<Option<Code>>,
     /// Copies of the constants read in place; empty for those only packed.
     constants: Vec<AlignedBuffer>,
     hosts: Vec<Option<HostFn>>,
-    steps: Vec<Step>,
+    /// In plan order; `None` for the deferred ones until [`JitBackend::finish`].
+    steps: Vec<Option<Step>>,
+    helpers: Option<JitHelpers>,
+    /// Loop steps whose kernel was not compiled yet, by their index in `steps` (the same
+    /// as in the description's steps).
+    deferred: Vec<usize>,
+    /// Machine code the helpers generated, in bytes.
+    helper_code_bytes: usize,
+    /// Time the builder waited for the helpers.
+    waited: Duration,
 }
 
-impl Backend for JitBackend {
-    fn function(&mut self, kernel: &Kernel) -> Result<usize, String> {
-        let compiled = jit(kernel, &self.codegen).map_err(|e| e.to_string())?;
+/// A loop kernel to compile, by function index.
+type JitJob = (usize, Kernel);
+
+/// The channels to and from the helper threads.
+struct JitHelpers {
+    jobs: std::sync::mpsc::Sender<JitJob>,
+    /// The jobs not taken yet, shared by the helpers (and the builder once it is done).
+    queue: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<JitJob>>>,
+    done: std::sync::mpsc::Receiver<(usize, Result<CompiledKernel, String>)>,
+}
+
+impl JitHelpers {
+    /// Starts `count` helper threads in `scope`, compiling with `codegen`; they end when
+    /// the [`JitHelpers`] is dropped and the jobs sent before are done.
+    fn spawn<'scope>(
+        scope: &'scope std::thread::Scope<'scope, '_>,
+        count: usize,
+        codegen: Options,
+    ) -> JitHelpers {
+        let (jobs, queue) = std::sync::mpsc::channel::<JitJob>();
+        let (finished, done) = std::sync::mpsc::channel();
+        let queue = std::sync::Arc::new(std::sync::Mutex::new(queue));
+        for _ in 0..count {
+            let (queue, finished) = (queue.clone(), finished.clone());
+            scope.spawn(move || loop {
+                let job = lock(&queue).recv();
+                let Ok((index, kernel)) = job else { return };
+                let compiled = jit(&kernel, &codegen).map_err(|e| e.to_string());
+                if finished.send((index, compiled)).is_err() {
+                    return;
+                }
+            });
+        }
+        JitHelpers { jobs, queue, done }
+    }
+}
+
+/// The job queue; the lock is held only to take a job, and a poisoned one still hands
+/// them out.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl JitBackend {
+    /// Installs compiled function `index`; returns its machine code size.
+    fn install(&mut self, index: usize, compiled: CompiledKernel) -> Result<usize, String> {
         let code = match compiled.entry {
             Entry::Loops(f) => Code::Loop(f),
             Entry::Contraction(Some(f)) => Code::Tile(f),
             Entry::Contraction(None) => return Err("a contraction without an epilogue".into()),
         };
         let size = compiled.code_size;
-        self.code.push(code);
-        self.kernels.push(compiled);
+        self.code[index] = Some(code);
+        self.kernels[index] = Some(compiled);
         Ok(size)
+    }
+
+    /// Waits for the helpers until every function in `wanted` is compiled.
+    fn wait_for(&mut self, wanted: &[usize]) -> Result<(), String> {
+        let started = Instant::now();
+        while wanted.iter().any(|&i| self.code[i].is_none()) {
+            let helpers = self
+                .helpers
+                .as_ref()
+                .ok_or("a loop kernel was never compiled")?;
+            let (index, compiled) = helpers
+                .done
+                .recv()
+                .map_err(|_| "the JIT's helper threads ended early".to_string())?;
+            self.helper_code_bytes += self.install(index, compiled?)?;
+        }
+        self.waited += started.elapsed();
+        Ok(())
+    }
+
+    /// Stops the helpers, takes the kernels they compiled and resolves the deferred steps
+    /// (`described`: the plan's steps, in the order they were handed over).
+    fn finish(&mut self, described: &[Step<Described>]) -> Result<(), String> {
+        let Some(helpers) = self.helpers.take() else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        drop(helpers.jobs);
+        // The builder is done: it compiles the jobs still queued beside the helpers, then
+        // takes what they compiled.
+        loop {
+            let job = lock(&helpers.queue).try_recv();
+            let Ok((index, kernel)) = job else { break };
+            let compiled = jit(&kernel, &self.codegen).map_err(|e| e.to_string())?;
+            self.helper_code_bytes += self.install(index, compiled)?;
+        }
+        for (index, compiled) in helpers.done {
+            self.helper_code_bytes += self.install(index, compiled?)?;
+        }
+        self.waited += started.elapsed();
+        for at in std::mem::take(&mut self.deferred) {
+            let step = described
+                .get(at)
+                .ok_or("a deferred step is not in the plan")?;
+            self.steps[at] = Some(self.resolve(step, &|_| None)?);
+        }
+        Ok(())
+    }
+
+    fn resolve<'d>(
+        &mut self,
+        step: &Step<Described>,
+        constant: &dyn Fn(usize) -> Option<&'d [f32]>,
+    ) -> Result<Step, String> {
+        let code = &self.code;
+        let function = |i: usize| code.get(i).copied().flatten();
+        let hosts = &mut self.hosts;
+        let mut host = |i: usize| hosts.get_mut(i).and_then(Option::take);
+        desc::resolve_step(step, constant, &function, &mut host, self.threads)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The loop kernels `step` runs, by function index.
+fn loop_entries(step: &Step<Described>) -> Vec<usize> {
+    match &step.kernel {
+        StepKernel::Loops { entry, .. } => vec![*entry],
+        StepKernel::Depthwise { rest, .. } => rest.iter().map(|r| r.entry).collect(),
+        _ => Vec::new(),
+    }
+}
+
+impl Backend for JitBackend {
+    fn function(&mut self, kernel: &Kernel) -> Result<usize, String> {
+        let index = self.code.len();
+        self.code.push(None);
+        self.kernels.push(None);
+        if let (Some(helpers), Body::Loops { .. }) = (&self.helpers, &kernel.body) {
+            helpers
+                .jobs
+                .send((index, kernel.clone()))
+                .map_err(|_| "the JIT's helper threads ended early".to_string())?;
+            return Ok(0);
+        }
+        let compiled = jit(kernel, &self.codegen).map_err(|e| e.to_string())?;
+        self.install(index, compiled)
     }
 
     fn constant(&mut self, index: usize, data: &[f32], in_place: bool) {
@@ -399,11 +576,21 @@ impl Backend for JitBackend {
         step: &Step<Described>,
         constant: &dyn Fn(usize) -> Option<&'d [f32]>,
     ) -> Result<(), String> {
-        let hosts = &mut self.hosts;
-        let mut host = |i: usize| hosts.get_mut(i).and_then(Option::take);
-        let resolved = desc::resolve_step(step, constant, &self.code, &mut host, self.threads)
-            .map_err(|e| e.to_string())?;
-        self.steps.push(resolved);
+        let pending: Vec<usize> = loop_entries(step)
+            .into_iter()
+            .filter(|&i| self.code.get(i).is_some_and(Option::is_none))
+            .collect();
+        if !pending.is_empty() {
+            if matches!(step.kernel, StepKernel::Loops { .. }) {
+                // A loop step reads no constant through `constant`: it can wait.
+                self.deferred.push(self.steps.len());
+                self.steps.push(None);
+                return Ok(());
+            }
+            self.wait_for(&pending)?;
+        }
+        let resolved = self.resolve(step, constant)?;
+        self.steps.push(Some(resolved));
         Ok(())
     }
 }
