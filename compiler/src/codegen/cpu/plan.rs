@@ -244,7 +244,7 @@ pub fn compile(
         steps: Vec::new(),
         helpers: None,
         deferred: Vec::new(),
-        helper_code_bytes: 0,
+        queued_code_bytes: 0,
         waited: Duration::ZERO,
     };
     let helpers = pool.threads().saturating_sub(1).min(MAX_JIT_HELPERS);
@@ -266,7 +266,7 @@ pub fn compile(
         Ok::<_, CompileError>((desc, stats))
     })?;
     stats.times.jit += jit.waited;
-    stats.code_bytes += jit.helper_code_bytes;
+    stats.code_bytes += jit.queued_code_bytes;
     stats.threads = pool.threads();
     let started = Instant::now();
     let unresolved = || CompileError::Runtime("a step's kernel was never compiled".into());
@@ -389,8 +389,8 @@ const MAX_JIT_HELPERS: usize = 3;
 /// builder lowers the next nodes and packs their weights, and a step that runs one is
 /// resolved once it is compiled: at the end ([`JitBackend::finish`]) or, where the step
 /// also packs weights that are only in memory now, by waiting for it. Contraction
-/// epilogues, small and needed at once, are compiled in place. DenseNet-169's compile went
-/// from 324 to about 200 ms on 2 threads, the loop kernels of its concatenations being
+/// epilogues, small and needed at once, are compiled in place. On 2 threads DenseNet-169's
+/// compile went from 286-347 to 172-199 ms, the loop kernels of its concatenations being
 /// most of its code.
 struct JitBackend {
     codegen: Options,
@@ -407,8 +407,8 @@ struct JitBackend {
     /// Loop steps whose kernel was not compiled yet, by their index in `steps` (the same
     /// as in the description's steps).
     deferred: Vec<usize>,
-    /// Machine code the helpers generated, in bytes.
-    helper_code_bytes: usize,
+    /// Machine code of the kernels queued for the helpers (wherever compiled), in bytes.
+    queued_code_bytes: usize,
     /// Time the builder waited for the helpers.
     waited: Duration,
 }
@@ -450,8 +450,8 @@ impl JitHelpers {
     }
 }
 
-/// The job queue; the lock is held only to take a job, and a poisoned one still hands
-/// them out.
+/// The job queue, held by a helper while it takes or waits for a job; a poisoned one
+/// still hands them out.
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -470,43 +470,70 @@ impl JitBackend {
         Ok(size)
     }
 
-    /// Waits for the helpers until every function in `wanted` is compiled.
+    /// Compiles one kernel still queued for the helpers on this thread; false when none is.
+    fn compile_queued(&mut self) -> Result<bool, String> {
+        let Some(helpers) = &self.helpers else {
+            return Ok(false);
+        };
+        // A helper holds the lock while it waits for a job, so a lock that is taken means
+        // an empty queue (or one a helper is taking a job from): never block on it here.
+        let job = match helpers.queue.try_lock() {
+            Ok(queue) => queue.try_recv().ok(),
+            Err(std::sync::TryLockError::Poisoned(queue)) => queue.into_inner().try_recv().ok(),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
+        let Some((index, kernel)) = job else {
+            return Ok(false);
+        };
+        let compiled = jit(&kernel, &self.codegen).map_err(|e| e.to_string())?;
+        self.queued_code_bytes += self.install(index, compiled)?;
+        Ok(true)
+    }
+
+    /// Takes one kernel a helper compiled, waiting for it.
+    fn receive(&mut self) -> Result<(), String> {
+        let helpers = self
+            .helpers
+            .as_ref()
+            .ok_or("a loop kernel was never compiled")?;
+        let (index, compiled) = helpers
+            .done
+            .recv()
+            .map_err(|_| "the JIT's helper threads ended early".to_string())?;
+        self.queued_code_bytes += self.install(index, compiled?)?;
+        Ok(())
+    }
+
+    /// Returns once every function in `wanted` is compiled: the queue is first-in
+    /// first-out, so the builder compiles the kernels queued (before and including the
+    /// wanted ones) itself rather than wait for a helper to reach them.
     fn wait_for(&mut self, wanted: &[usize]) -> Result<(), String> {
         let started = Instant::now();
         while wanted.iter().any(|&i| self.code[i].is_none()) {
-            let helpers = self
-                .helpers
-                .as_ref()
-                .ok_or("a loop kernel was never compiled")?;
-            let (index, compiled) = helpers
-                .done
-                .recv()
-                .map_err(|_| "the JIT's helper threads ended early".to_string())?;
-            self.helper_code_bytes += self.install(index, compiled?)?;
+            if !self.compile_queued()? {
+                self.receive()?;
+            }
         }
         self.waited += started.elapsed();
         Ok(())
     }
 
-    /// Stops the helpers, takes the kernels they compiled and resolves the deferred steps
-    /// (`described`: the plan's steps, in the order they were handed over).
+    /// Stops the helpers, takes the kernels they compiled (compiling those still queued
+    /// here, beside them) and resolves the deferred steps (`described`: the plan's steps,
+    /// in the order they were handed over).
     fn finish(&mut self, described: &[Step<Described>]) -> Result<(), String> {
-        let Some(helpers) = self.helpers.take() else {
+        let Some(helpers) = &mut self.helpers else {
             return Ok(());
         };
         let started = Instant::now();
-        drop(helpers.jobs);
-        // The builder is done: it compiles the jobs still queued beside the helpers, then
-        // takes what they compiled.
-        loop {
-            let job = lock(&helpers.queue).try_recv();
-            let Ok((index, kernel)) = job else { break };
-            let compiled = jit(&kernel, &self.codegen).map_err(|e| e.to_string())?;
-            self.helper_code_bytes += self.install(index, compiled)?;
+        // No more jobs: the helpers end once the queue is empty.
+        let (closed, _) = std::sync::mpsc::channel();
+        drop(std::mem::replace(&mut helpers.jobs, closed));
+        while self.compile_queued()? {}
+        while self.code.iter().any(Option::is_none) {
+            self.receive()?;
         }
-        for (index, compiled) in helpers.done {
-            self.helper_code_bytes += self.install(index, compiled?)?;
-        }
+        self.helpers = None;
         self.waited += started.elapsed();
         for at in std::mem::take(&mut self.deferred) {
             let step = described
