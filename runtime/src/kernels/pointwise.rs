@@ -266,8 +266,8 @@ pub(super) fn pack_channel_blocks(
 /// Packs the blocks of `width` channels from channel `first` (a multiple of `width`) into
 /// `dst`, as many as it holds: [`pack_channel_blocks`]' layout. Padding channels past
 /// `cout` are not written. A block is its channels' rows of `weights` transposed, in 8x8
-/// register blocks: element by element, with an index division per float, ResNet-50's
-/// 1x1 weights took about 12 ms of its compile to pack.
+/// register blocks: element by element, with an index division per float, planning six of
+/// ResNet-50's 1x1 convolutions (2.6 M weights) took 4.0-5.8 ms, and 2.9-4.1 this way.
 fn pack_blocks(
     dst: &mut [f32],
     weights: &[f32],
