@@ -575,9 +575,10 @@ mod tests {
             unsafe { libc::madvise(m.data.cast(), 4096, libc::MADV_POPULATE_WRITE) == 0 }
         });
         let populated = |buf: &AlignedBuffer| {
-            // Before anything reads it: a read would map the pages in too.
+            // Before anything reads it: a read would map the pages in too. (`None`: this
+            // system's `mincore` cannot say.)
             if advice_known {
-                assert_eq!(resident(buf), Some(true));
+                assert_ne!(resident(buf), Some(false));
             }
             assert!(buf.as_slice().iter().all(|&x| x == 0.0));
         };
