@@ -80,8 +80,9 @@ pub struct ExecOptions {
 pub struct CompileTimes {
     /// Graph IR to Kernel IR.
     pub lowering: Duration,
-    /// Cranelift code generation on the compiling thread, and the time it waited for the
-    /// loop kernels its helper threads compiled.
+    /// Cranelift code generation on the compiling thread, and the time it waited at the end
+    /// for the loop kernels its helper threads compiled (a wait for one that a step packing
+    /// weights needs at once counts in `weights`).
     pub jit: Duration,
     /// Evaluating the values computed from parameters alone (folded BatchNorm, weight
     /// slices, ...) once.
@@ -409,7 +410,7 @@ struct JitBackend {
     deferred: Vec<usize>,
     /// Machine code of the kernels queued for the helpers (wherever compiled), in bytes.
     queued_code_bytes: usize,
-    /// Time the builder waited for the helpers.
+    /// Time the builder waited for the helpers at the end.
     waited: Duration,
 }
 
@@ -418,7 +419,8 @@ type JitJob = (usize, Kernel);
 
 /// The channels to and from the helper threads.
 struct JitHelpers {
-    jobs: std::sync::mpsc::Sender<JitJob>,
+    /// `None` once no more jobs come ([`JitBackend::finish`]).
+    jobs: Option<std::sync::mpsc::Sender<JitJob>>,
     /// The jobs not taken yet, shared by the helpers (and the builder once it is done).
     queue: std::sync::Arc<std::sync::Mutex<std::sync::mpsc::Receiver<JitJob>>>,
     done: std::sync::mpsc::Receiver<(usize, Result<CompiledKernel, String>)>,
@@ -446,7 +448,11 @@ impl JitHelpers {
                 }
             });
         }
-        JitHelpers { jobs, queue, done }
+        JitHelpers {
+            jobs: Some(jobs),
+            queue,
+            done,
+        }
     }
 }
 
@@ -508,13 +514,11 @@ impl JitBackend {
     /// first-out, so the builder compiles the kernels queued (before and including the
     /// wanted ones) itself rather than wait for a helper to reach them.
     fn wait_for(&mut self, wanted: &[usize]) -> Result<(), String> {
-        let started = Instant::now();
         while wanted.iter().any(|&i| self.code[i].is_none()) {
             if !self.compile_queued()? {
                 self.receive()?;
             }
         }
-        self.waited += started.elapsed();
         Ok(())
     }
 
@@ -527,8 +531,7 @@ impl JitBackend {
         };
         let started = Instant::now();
         // No more jobs: the helpers end once the queue is empty.
-        let (closed, _) = std::sync::mpsc::channel();
-        drop(std::mem::replace(&mut helpers.jobs, closed));
+        helpers.jobs = None;
         while self.compile_queued()? {}
         while self.code.iter().any(Option::is_none) {
             self.receive()?;
@@ -572,10 +575,9 @@ impl Backend for JitBackend {
         let index = self.code.len();
         self.code.push(None);
         self.kernels.push(None);
-        if let (Some(helpers), Body::Loops { .. }) = (&self.helpers, &kernel.body) {
-            helpers
-                .jobs
-                .send((index, kernel.clone()))
+        let jobs = self.helpers.as_ref().and_then(|h| h.jobs.as_ref());
+        if let (Some(jobs), Body::Loops { .. }) = (jobs, &kernel.body) {
+            jobs.send((index, kernel.clone()))
                 .map_err(|_| "the JIT's helper threads ended early".to_string())?;
             return Ok(0);
         }
