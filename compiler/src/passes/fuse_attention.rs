@@ -11,7 +11,7 @@
 //! the kernel stores, as in `fuse-epilogue`.
 
 use super::fusion::{
-    chain_after, input_dependent, is_layout_change, make_group_named, must_be_written,
+    chain_after, is_layout_change, make_group_named, must_be_written, reads_input,
 };
 use super::Pass;
 use crate::ir::{Graph, NodeKind, ValueId};
@@ -101,7 +101,7 @@ fn check(
                 node.shape
             ));
         }
-        if input_dependent(graph).contains(&s) {
+        if reads_input(graph, s) {
             return Err(format!(
                 "the scale `{}` is computed from the input, not prepared once",
                 name(s)
@@ -130,17 +130,15 @@ fn check(
     Ok(())
 }
 
-/// The attention around `softmax` if it can be fused: its members in topological order, and
-/// the `q.k^T` product the group is named after.
-fn fusable_at(graph: &Graph, softmax: ValueId) -> Option<(Vec<ValueId>, ValueId)> {
+/// The attention around `softmax` if it can be fused: its members in topological order
+/// (`position`: each value's place in one), and the `q.k^T` product the group is named after.
+fn fusable_at(
+    graph: &Graph,
+    softmax: ValueId,
+    position: &HashMap<ValueId, usize>,
+) -> Option<(Vec<ValueId>, ValueId)> {
     let mut members = match_at(graph, softmax)?.ok()?;
     let scores = members[0];
-    let position: HashMap<ValueId, usize> = graph
-        .topo_order()
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (v, i))
-        .collect();
     members.sort_by_key(|m| position[m]);
     Some((members, scores))
 }
@@ -181,12 +179,23 @@ impl Pass for FuseAttention {
     fn run(&self, graph: &mut Graph) -> bool {
         let mut changed = false;
         // One at a time: a group may take a layout change another attention would have read.
-        for softmax in graph.topo_order() {
+        let order = graph.topo_order();
+        let mut position: HashMap<ValueId, usize> =
+            order.iter().enumerate().map(|(i, &v)| (v, i)).collect();
+        for softmax in order {
             if !graph.nodes.contains_node(softmax) {
                 continue;
             }
-            if let Some((members, scores)) = fusable_at(graph, softmax) {
-                make_group_named(graph, &members, "attention", scores);
+            if let Some((members, scores)) = fusable_at(graph, softmax, &position) {
+                let group = make_group_named(graph, &members, "attention", scores);
+                // The group sits where its last member did (its inputs come before, its
+                // readers after), so one order serves the whole pass; the group may reuse
+                // a removed node's index, whose stale place this overwrites.
+                let at = position[members.last().expect("a group has members")];
+                for m in &members {
+                    position.remove(m);
+                }
+                position.insert(group, at);
                 changed = true;
             }
         }

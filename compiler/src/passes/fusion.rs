@@ -201,6 +201,24 @@ pub fn input_dependent(graph: &Graph) -> HashSet<ValueId> {
     dependent
 }
 
+/// Whether `id` is computed per inference (a member of [`input_dependent`]), found by walking
+/// only its ancestors: for a question about one value, such as whether a scale is prepared
+/// once, where the whole graph's set would be rebuilt for every candidate.
+pub fn reads_input(graph: &Graph, id: ValueId) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![id];
+    while let Some(v) = stack.pop() {
+        if !seen.insert(v) {
+            continue;
+        }
+        if matches!(graph.node(v).kind, NodeKind::Input) {
+            return true;
+        }
+        stack.extend(graph.inputs(v));
+    }
+    false
+}
+
 /// `base`, or `base_1`, `base_2`, ... : the first name no value of `graph` has.
 pub fn fresh_name(graph: &Graph, base: &str) -> String {
     Names::of(graph).fresh(base)
@@ -252,4 +270,38 @@ pub fn add_op(
         chain: template.chain.clone(),
     };
     graph.add(node, inputs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::parse_text;
+
+    #[test]
+    fn reading_the_input_is_decided_by_ancestors_alone() {
+        let g = parse_text(
+            "graph t {
+  input %x: f32[1, 4]
+  param %w: f32[1, 4] = uniform(1.0)
+  param %s: f32[1] = uniform(1.0)
+  %ws = mul(%w, %s): f32[1, 4]
+  %y = add(%x, %ws): f32[1, 4]
+  %z = mul(%y, %s): f32[1, 4]
+  output %o = %z
+}",
+        )
+        .expect("valid IR");
+        let dependent = input_dependent(&g);
+        for id in g.nodes.node_indices() {
+            assert_eq!(
+                reads_input(&g, id),
+                dependent.contains(&id),
+                "{}",
+                g.node(id).name
+            );
+        }
+        let by_name = |n: &str| g.find(n).expect("named value");
+        assert!(!reads_input(&g, by_name("ws")));
+        assert!(reads_input(&g, by_name("z")));
+    }
 }
