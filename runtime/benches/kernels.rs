@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
+use bbc_runtime::kernels::norm::layer_norm_channels;
 use bbc_runtime::kernels::{
     gemm, isa, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut,
     MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix,
@@ -728,6 +729,11 @@ fn main() {
         for bands in [false, true] {
             bench_depthwise(&report, &pools, budget, name, shape, bands);
         }
+        if name.starts_with("convnext") {
+            for norm in [NormAfter::InPlace, NormAfter::ChannelsLast, NormAfter::Pass] {
+                bench_depthwise_norm(&report, &pools, budget, name, shape, norm);
+            }
+        }
     }
 
     println!(
@@ -821,6 +827,98 @@ fn bench_activation(report: &Report, budget: Duration, act: Activation) {
         line += &format!(", {tile_rows}x{tile_cols}: {ns:.3}");
     }
     println!("{line}");
+}
+
+/// How ConvNeXt's LayerNorm over channels follows its depthwise convolution.
+#[derive(Clone, Copy, PartialEq)]
+enum NormAfter {
+    /// On each finished band of output rows over all channels, in place (`layer_norm2d`).
+    InPlace,
+    /// On each finished band, from the product into a channels-last output (`layer_norm`
+    /// over the permute, ConvNeXt-T's spelling).
+    ChannelsLast,
+    /// The convolution in per-plane tasks, then the norm over the whole output.
+    Pass,
+}
+
+/// ConvNeXt's depthwise convolution and the LayerNorm over channels after it.
+fn bench_depthwise_norm(
+    report: &Report,
+    pools: &[ThreadPool],
+    budget: Duration,
+    name: &str,
+    shape: Conv2dShape,
+    norm: NormAfter,
+) {
+    let label = format!(
+        "{name} +norm {}",
+        match norm {
+            NormAfter::InPlace => "in bands",
+            NormAfter::ChannelsLast => "in bands, channels-last",
+            NormAfter::Pass => "after planes",
+        }
+    );
+    if !report.wants(&label) {
+        return;
+    }
+    let taps = shape.kernel[0] * shape.kernel[1];
+    let c = shape.out_channels;
+    let (weights, bias) = (random(c * taps), random(c));
+    let (gamma, beta) = (random(c), random(c));
+    let mut conv = DepthwiseConv2d::new(shape, &weights)
+        .and_then(|k| k.with_bias(&bias))
+        .unwrap();
+    if norm != NormAfter::Pass {
+        conv = conv.with_pixel_bands();
+    }
+    let [h, w] = shape.in_size;
+    let input = random(shape.batch * shape.in_channels * h * w);
+    let (mut out, mut normed) = (vec![0.0; conv.output_len()], vec![0.0; conv.output_len()]);
+    let pixels = conv.output_len() / (shape.batch * c);
+    let times: Vec<(usize, Duration)> = pools
+        .iter()
+        .map(|pool| {
+            let mut scratch = vec![0.0; conv.scratch_len(pool.threads())];
+            let t = best_time(budget, || match norm {
+                NormAfter::InPlace => {
+                    let epilogue = Epilogue::channel_norm(Some(&gamma), Some(&beta), 1e-6);
+                    conv.run(pool, &input, &mut out, &mut scratch, epilogue)
+                        .unwrap();
+                }
+                NormAfter::ChannelsLast => {
+                    // SAFETY: `normed` has the product's size and only the epilogue
+                    // writes it.
+                    let epilogue = unsafe {
+                        Epilogue::channel_norm_channels_last(
+                            normed.as_mut_ptr(),
+                            pixels,
+                            Some(&gamma),
+                            Some(&beta),
+                            1e-6,
+                        )
+                    };
+                    conv.run(pool, &input, &mut out, &mut scratch, epilogue)
+                        .unwrap();
+                }
+                NormAfter::Pass => {
+                    conv.run(pool, &input, &mut out, &mut scratch, Epilogue::NONE)
+                        .unwrap();
+                    layer_norm_channels(
+                        pool,
+                        &out,
+                        &mut normed,
+                        [shape.batch, c, pixels],
+                        Some(&gamma),
+                        Some(&beta),
+                        1e-6,
+                    )
+                    .unwrap();
+                }
+            });
+            (pool.threads(), t)
+        })
+        .collect();
+    report.line(&label, shape.flops().unwrap() as f64, &times);
 }
 
 /// A depthwise convolution with its bias, no epilogue: per-plane tasks, or bands of rows

@@ -202,14 +202,20 @@ pub enum StepKernel<F: Form = Resolved> {
 }
 
 /// A layer normalisation over the channels of a depthwise convolution's output (its
-/// group's `layer_norm2d`), run in place on each finished band of pixels
-/// ([`Epilogue::channel_norm`]): `weight` and `bias`, where the norm has them, are positions
-/// in the step's slots, one value per channel.
+/// group's `layer_norm2d`, or `layer_norm` over its channels-last permute), run on each
+/// finished band of pixels ([`Epilogue::channel_norm`]): `weight` and `bias`, where the norm
+/// has them, are positions in the step's slots, one value per channel.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ChannelNorm {
     pub weight: Option<usize>,
     pub bias: Option<usize>,
     pub eps: f32,
+    /// The step's output is the normalised pixels channels-last (`[B, H, W, C]`): the
+    /// convolution writes into scratch and each band is normalised from there into the
+    /// output ([`Epilogue::channel_norm_channels_last`]). Otherwise the output is NCHW,
+    /// normalised in place.
+    #[serde(default)]
+    pub channels_last: bool,
 }
 
 /// Generated loop code run on each finished band of a depthwise convolution with
@@ -818,16 +824,40 @@ impl Executor {
                         let out = unsafe {
                             std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos])
                         };
-                        let epilogue = match (activation, norm) {
-                            (Some(act), _) => Epilogue::activation(*act, None),
-                            (None, Some(n)) => Epilogue::channel_norm(
-                                n.weight.map(input),
-                                n.bias.map(input),
-                                n.eps,
-                            ),
-                            (None, None) => Epilogue::NONE,
-                        };
-                        conv.run(pool, input(*x), out, scratch, epilogue)
+                        match (*activation, *norm) {
+                            (None, Some(n)) if n.channels_last => {
+                                // The product goes to the start of scratch and each band
+                                // from there into the output.
+                                let (product, conv_scratch) =
+                                    scratch.split_at_mut(conv.output_len());
+                                let pixels = conv.out_size().iter().product();
+                                // SAFETY: `check_step` sized the output for the product;
+                                // the epilogue writes each band's own pixels of it, and
+                                // nothing else touches it meanwhile.
+                                let norm = unsafe {
+                                    Epilogue::channel_norm_channels_last(
+                                        out.as_mut_ptr(),
+                                        pixels,
+                                        n.weight.map(input),
+                                        n.bias.map(input),
+                                        n.eps,
+                                    )
+                                };
+                                conv.run(pool, input(*x), product, conv_scratch, norm)
+                            }
+                            _ => {
+                                let epilogue = match (*activation, *norm) {
+                                    (Some(act), _) => Epilogue::activation(act, None),
+                                    (None, Some(n)) => Epilogue::channel_norm(
+                                        n.weight.map(input),
+                                        n.bias.map(input),
+                                        n.eps,
+                                    ),
+                                    (None, None) => Epilogue::NONE,
+                                };
+                                conv.run(pool, input(*x), out, scratch, epilogue)
+                            }
+                        }
                     }
                     Some(BandLoop { entry, per_row }) => {
                         // The product goes to the start of scratch, where the step's
@@ -1267,8 +1297,11 @@ fn scratch_len(kernel: &StepKernel, threads: usize) -> usize {
                 }
         }
         StepKernel::Gemm(g) if g.product.scatter.is_some() => g.m * g.n,
-        StepKernel::Depthwise { conv, rest, .. } => {
-            conv.scratch_len(threads) + rest.map_or(0, |_| conv.output_len())
+        StepKernel::Depthwise {
+            conv, rest, norm, ..
+        } => {
+            let product = rest.is_some() || norm.is_some_and(|n| n.channels_last);
+            conv.scratch_len(threads) + if product { conv.output_len() } else { 0 }
         }
         StepKernel::MaxPool { pool, .. } => pool.scratch_len(threads),
         _ => 0,
@@ -1346,6 +1379,9 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
                     if at + 1 >= lens.len() || lens[at] < channels {
                         return fail(format!("a norm parameter at position {at}"));
                     }
+                }
+                if n.channels_last && out_len < conv.output_len() {
+                    return fail("an output smaller than the normalised product".into());
                 }
             }
             if rest.is_some() && (products != 1 || !conv.pixel_bands()) {
@@ -2191,9 +2227,9 @@ pub(crate) mod tests {
     }
 
     /// A depthwise step with a channel norm computes the convolution followed by
-    /// `layer_norm2d` (f64 here), with and without the affine parameters, on any thread
-    /// count; a norm without pixel bands, or with a parameter shorter than the channels, is
-    /// refused.
+    /// `layer_norm2d` (f64 here), with and without the affine parameters, in place or into
+    /// a channels-last output, on any thread count; a norm without pixel bands, or with a
+    /// parameter shorter than the channels, is refused.
     #[test]
     fn depthwise_channel_norm_normalises_each_pixel() {
         // Wider than a vector group, with a partial one, so the 4-vector, 1-vector and
@@ -2266,14 +2302,31 @@ pub(crate) mod tests {
                 },
             }],
         };
+        // The same values with each pixel's channels consecutive.
+        let channels_last = |nchw: &[f32]| -> Vec<f32> {
+            let mut y = vec![0.0; nchw.len()];
+            for b in 0..2 {
+                for ch in 0..c {
+                    for p in 0..plane {
+                        y[(b * plane + p) * c + ch] = nchw[(b * c + ch) * plane + p];
+                    }
+                }
+            }
+            y
+        };
         let banded = conv.clone().with_pixel_bands();
-        for affine in [true, false] {
+        for (affine, last) in [(true, false), (false, false), (true, true), (false, true)] {
             let norm = ChannelNorm {
                 weight: affine.then_some(1),
                 bias: affine.then_some(2),
                 eps,
+                channels_last: last,
             };
-            let want = want(affine);
+            let want = if last {
+                channels_last(&want(affine))
+            } else {
+                want(affine)
+            };
             for threads in [1, 2, 3] {
                 let params = vec![&gamma[..], &beta[..]];
                 let mut exec =
@@ -2282,7 +2335,7 @@ pub(crate) mod tests {
                 exec.run(&[&x], &mut [&mut y]).unwrap();
                 assert!(
                     max_diff(&y, &want) < 1e-4,
-                    "affine {affine}, {threads} threads"
+                    "affine {affine}, channels-last {last}, {threads} threads"
                 );
             }
         }
@@ -2290,6 +2343,7 @@ pub(crate) mod tests {
             weight: Some(1),
             bias: Some(2),
             eps,
+            channels_last: false,
         };
         for (conv, params) in [
             (conv.clone(), vec![&gamma[..], &beta[..]]),

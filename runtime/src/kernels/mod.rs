@@ -208,6 +208,9 @@ enum EpilogueKind<'a> {
         weight: Option<&'a [f32]>,
         bias: Option<&'a [f32]>,
         eps: f32,
+        /// The buffer the normalised tiles go to channels-last and the pixels per image;
+        /// `None`: in place.
+        channels_last: Option<(SendPtr, usize)>,
     },
 }
 
@@ -359,7 +362,38 @@ impl<'a> Epilogue<'a> {
         eps: f32,
     ) -> Epilogue<'a> {
         Epilogue {
-            kind: EpilogueKind::ChannelNorm { weight, bias, eps },
+            kind: EpilogueKind::ChannelNorm {
+                weight,
+                bias,
+                eps,
+                channels_last: None,
+            },
+        }
+    }
+
+    /// [`Epilogue::channel_norm`] that writes each normalised tile channels-last into `out`
+    /// (`[batch, pixels, C]`, `pixels` per image) instead of in place: the norm of a
+    /// depthwise convolution's output permuted to channels-last. Each tile's rows must be
+    /// one image's `C` channels, as a depthwise convolution's pixel bands are.
+    ///
+    /// # Safety
+    /// `out` holds `batch · pixels · C` floats for every image the kernel computes, does not
+    /// overlap the kernel's output, and is written only through this epilogue while the
+    /// kernel runs.
+    pub unsafe fn channel_norm_channels_last(
+        out: *mut f32,
+        pixels: usize,
+        weight: Option<&'a [f32]>,
+        bias: Option<&'a [f32]>,
+        eps: f32,
+    ) -> Epilogue<'a> {
+        Epilogue {
+            kind: EpilogueKind::ChannelNorm {
+                weight,
+                bias,
+                eps,
+                channels_last: Some((SendPtr(out), pixels)),
+            },
         }
     }
 
@@ -493,8 +527,21 @@ impl<'a> Epilogue<'a> {
                     }
                 }
             }
-            EpilogueKind::ChannelNorm { weight, bias, eps } => {
-                norm::normalize_columns(tile(base), tile(base), rows, cols, ld, weight, bias, eps);
+            EpilogueKind::ChannelNorm {
+                weight,
+                bias,
+                eps,
+                channels_last,
+            } => {
+                let (dst, layout) = match channels_last {
+                    None => (tile(base), norm::Layout::Tile),
+                    Some((out, pixels)) => {
+                        debug_assert!(row0.is_multiple_of(rows), "a tile of whole images");
+                        let first = (row0 / rows * pixels + col0) * rows;
+                        (out.get().add(first), norm::Layout::ChannelsLast)
+                    }
+                };
+                norm::normalize_columns(tile(base), dst, layout, rows, cols, ld, weight, bias, eps);
             }
             EpilogueKind::ColumnActivation { act, bias } => {
                 let tile = tile(base);

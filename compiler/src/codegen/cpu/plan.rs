@@ -1597,31 +1597,40 @@ fn standalone_channel_norm(graph: &Graph, id: ValueId) -> Option<([usize; 3], Ch
             weight,
             bias,
             eps: attrs.float("eps") as f32,
+            channels_last: false,
         },
     ))
 }
 
 /// The channel norm of a group that is its depthwise convolution `conv` and a
-/// `layer_norm2d` of it, nothing else (`band_rest`'s first form), over the group's operands:
-/// the norm's weight and bias are the group inputs at those positions.
+/// `layer_norm2d` of it, or a `layer_norm` of its channels-last permute, nothing else
+/// (`band_rest`'s two forms), over the group's operands: the norm's weight and bias are the
+/// group inputs at those positions.
 fn channel_norm(body: &Graph, conv: ValueId) -> Option<ChannelNorm> {
     let out = body.outputs.first()?.value;
     let NodeKind::Op { op, attrs } = &body.node(out).kind else {
         return None;
     };
-    if op.name != "layer_norm2d" || !band_rest(body, conv) {
+    let channels_last = match op.name {
+        "layer_norm2d" => false,
+        "layer_norm" => true,
+        _ => return None,
+    };
+    if !band_rest(body, conv) {
         return None;
     }
+    // `band_rest` checked that the norm reads the convolution, or its channels-last permute.
     let position = |i: &ValueId| body.inputs.iter().position(|b| b == i);
     let (weight, bias) = match body.inputs(out).as_slice() {
-        [x] if *x == conv => (None, None),
-        [x, w, b] if *x == conv => (Some(position(w)?), Some(position(b)?)),
+        [_] => (None, None),
+        [_, w, b] => (Some(position(w)?), Some(position(b)?)),
         _ => return None,
     };
     Some(ChannelNorm {
         weight,
         bias,
         eps: attrs.float("eps") as f32,
+        channels_last,
     })
 }
 
@@ -1869,9 +1878,10 @@ mod tests {
     use super::*;
     use crate::ir::parse_text;
 
-    /// A depthwise group that is the convolution and a `layer_norm2d` of it gets a native
-    /// channel norm over the group's operands (with its weight and bias, or none when not
-    /// affine); one that normalises channels-last through a permute does not.
+    /// A depthwise group that is the convolution and a `layer_norm2d` of it, or a
+    /// `layer_norm` of its channels-last permute, gets a native channel norm over the group's
+    /// operands (with its weight and bias, or none when not affine); a permute to another
+    /// order does not.
     #[test]
     fn depthwise_layer_norm2d_groups_get_a_channel_norm() {
         let group = |norm: &str, inputs: &str, tail: &str| {
@@ -1910,7 +1920,8 @@ mod tests {
             Some(ChannelNorm {
                 weight: Some(3),
                 bias: Some(4),
-                eps: 1e-6
+                eps: 1e-6,
+                channels_last: false,
             })
         );
         let plain = "%n = layer_norm2d(%c) {affine=false, eps=1e-5}: f32[1, 4, 9, 9]";
@@ -1919,7 +1930,8 @@ mod tests {
             Some(ChannelNorm {
                 weight: None,
                 bias: None,
-                eps: 1e-5
+                eps: 1e-5,
+                channels_last: false,
             })
         );
         let channels_last = "%p = permute(%c) {dims=[0, 2, 3, 1]}: f32[1, 9, 9, 4]
@@ -1928,7 +1940,18 @@ mod tests {
             "%y = fused dwconv_norm(%x, %w, %b, %g, %beta): f32[1, 4, 9, 9]",
             "%y = fused dwconv_norm(%x, %w, %b, %g, %beta): f32[1, 9, 9, 4]",
         );
-        assert_eq!(norm_of(&text), None);
+        assert_eq!(
+            norm_of(&text),
+            Some(ChannelNorm {
+                weight: Some(3),
+                bias: Some(4),
+                eps: 1e-6,
+                channels_last: true,
+            })
+        );
+        // Normalising over another axis of another permute is no channel norm.
+        let other = text.replace("dims=[0, 2, 3, 1]", "dims=[0, 3, 2, 1]");
+        assert_eq!(norm_of(&other), None);
     }
 
     /// Two chains that differ only in their names compile to one piece of code (unless
