@@ -271,6 +271,36 @@ fn max_pools_run_on_the_runtime_kernel() {
     assert_eq!(exe.stats().pool_kernels, 4, "{:?}", exe.stats());
 }
 
+/// Resizing runs on the runtime's kernel, one step per `upsample`, and computes the
+/// interpreter's values: nearest by a scale and to a size that is no multiple, bilinear with
+/// and without `align_corners`, up and down, on one to three threads.
+#[test]
+fn upsamples_run_on_the_runtime_kernel() {
+    let source = "bb 0.1;\nmodel resize() {\n    input x: f32[2, 3, 7, 5];\n    \
+                  a = upsample(x, scale=2);\n    \
+                  b = upsample(x, size=(11, 13));\n    \
+                  c = upsample(x, size=(16, 9), mode=\"bilinear\");\n    \
+                  d = upsample(x, size=(29, 3), mode=\"bilinear\", align_corners=true);\n    \
+                  e = upsample(x, size=(4, 2), mode=\"bilinear\");\n    \
+                  output ya = a;\n    output yb = b;\n    output yc = c;\n    \
+                  output yd = d;\n    output ye = e;\n}\n";
+    let graph = elaborated("resize.bb", source);
+    let resize = Model {
+        label: "resize".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([(
+            "x".to_string(),
+            Rng::new(4).standard_normal_tensor(&[2, 3, 7, 5]),
+        )]),
+        graph,
+    };
+    for n in [1, 2, 3] {
+        check(&resize, &threads(n));
+    }
+    let exe = compile(&optimized(&resize.graph), &resize.weights, &threads(2)).expect("compiles");
+    assert_eq!(exe.stats().pool_kernels, 5, "{:?}", exe.stats());
+}
+
 /// A softmax over the last axis runs on the runtime's kernel, one step each, and computes
 /// the interpreter's values: rows shorter than, equal to and longer than a vector, an
 /// attention's scores (its products on the GEMM kernels, the CPU leaving attention

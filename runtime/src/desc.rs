@@ -264,6 +264,7 @@ impl PlanDesc {
                 StepKernel::Norm { .. }
                 | StepKernel::Softmax { .. }
                 | StepKernel::MaxPool { .. }
+                | StepKernel::Resize { .. }
                 | StepKernel::Host(_) => true,
             };
             if !ok {
@@ -492,6 +493,10 @@ pub fn resolve_step<'a>(
         },
         StepKernel::MaxPool { pool, input } => StepKernel::MaxPool {
             pool: *pool,
+            input: *input,
+        },
+        StepKernel::Resize { resize, input } => StepKernel::Resize {
+            resize: resize.clone(),
             input: *input,
         },
         StepKernel::Host(i) => StepKernel::Host(host(*i).ok_or_else(|| {

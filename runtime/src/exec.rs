@@ -24,6 +24,7 @@
 //! - [`StepKernel::Norm`]: a layer normalisation over the channels of NCHW pixels.
 //! - [`StepKernel::Softmax`]: a softmax over the last axis.
 //! - [`StepKernel::MaxPool`]: a [`MaxPool2d`] over NCHW planes.
+//! - [`StepKernel::Resize`]: a [`Resize2d`] (`upsample`) of NCHW planes.
 //! - [`StepKernel::Host`]: a Rust closure over whole buffers (a reference implementation for
 //!   what has no kernel); it runs on the calling thread.
 //!
@@ -49,7 +50,7 @@ use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, activate_rows_with_residual, Activation, RowBias};
 use crate::kernels::{
     gemm, Conv2d, Conv2dShape, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef,
-    MaxPool2d, Output, PackedMatrix, PanelMatrix, Tile, SERIAL_FLOPS,
+    MaxPool2d, Output, PackedMatrix, PanelMatrix, Resize2d, Tile, SERIAL_FLOPS,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,11 @@ pub enum StepKernel<F: Form = Resolved> {
     /// Max pooling of buffer `input` (a position in the step's slots) into the output.
     MaxPool {
         pool: MaxPool2d,
+        input: usize,
+    },
+    /// Resizing of buffer `input` (a position in the step's slots) into the output.
+    Resize {
+        resize: Resize2d,
         input: usize,
     },
     Host(F::Host),
@@ -926,6 +932,13 @@ impl Executor {
                     .run(pool, input(*x), out, scratch.as_mut_slice())
                     .map_err(kernel_err)?;
             }
+            StepKernel::Resize { resize, input: x } => {
+                // SAFETY: the output slot, written only by this step.
+                let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                resize
+                    .run(pool, input(*x), out, scratch.as_mut_slice())
+                    .map_err(kernel_err)?;
+            }
             StepKernel::Host(f) => {
                 let ins: Vec<&[f32]> = (0..out_pos).map(input).collect();
                 // SAFETY: the output slot, written only by this step.
@@ -1304,6 +1317,7 @@ fn scratch_len(kernel: &StepKernel, threads: usize) -> usize {
             conv.scratch_len(threads) + if product { conv.output_len() } else { 0 }
         }
         StepKernel::MaxPool { pool, .. } => pool.scratch_len(threads),
+        StepKernel::Resize { resize, .. } => resize.scratch_len(threads),
         _ => 0,
     }
 }
@@ -1354,6 +1368,18 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             }
             if lens[*input] < pool.input_len() || out_len < pool.output_len() {
                 return fail("buffers smaller than the pooling".into());
+            }
+            return Ok(());
+        }
+        StepKernel::Resize { resize, input } => {
+            if *input + 1 >= lens.len() {
+                return fail(format!("input position {input}"));
+            }
+            if let Err(e) = resize.check() {
+                return fail(e.to_string());
+            }
+            if lens[*input] < resize.input_len() || out_len < resize.output_len() {
+                return fail("buffers smaller than the resize".into());
             }
             return Ok(());
         }

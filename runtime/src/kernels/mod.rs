@@ -17,12 +17,14 @@
 //! - [`isa`]: which vector instructions the register kernels use (AVX-512 where it
 //!   measured faster, `BBC_CPU_ISA=avx2` to cap), and the 16-float row they are written over.
 //! - [`pool`]: max pooling over NCHW planes.
+//! - [`resize`]: nearest and bilinear resizing of NCHW planes (`upsample`) by given tables.
 //! - `winograd`: 3x3 stride-1 convolutions as GEMMs over F(2x2, 3x3) or F(4x4, 3x3)
 //!   transformed tiles.
 //! - [`activation`]: bias + activation over finished rows in place (SiLU, GELU, ReLU, ...),
 //!   the native form of the most common epilogues.
 //! - [`norm`]: layer normalisation over the channels of NCHW pixels, on a depthwise
-//!   convolution's finished bands ([`Epilogue::channel_norm`]) or over whole tensors.
+//!   convolution's finished bands ([`Epilogue::channel_norm`], in place or into a
+//!   channels-last output) or over whole tensors.
 //!
 //! Every kernel calls an [`Epilogue`] exactly once per output element, on
 //! tiles that are still in cache; the epilogue is how a fused group's bias,
@@ -76,6 +78,7 @@ mod pointwise;
 #[cfg(target_arch = "x86_64")]
 mod pointwise_lanes;
 pub mod pool;
+pub mod resize;
 pub mod softmax;
 mod transpose;
 mod winograd;
@@ -91,6 +94,7 @@ pub use dense::PanelMatrix;
 pub use depthwise::DepthwiseConv2d;
 pub use gemm::{gemm, gemm_serial, MatMut, MatRef, PackedMatrix};
 pub use pool::MaxPool2d;
+pub use resize::{AxisMap, Resize2d};
 
 /// An error from a kernel call: a shape or buffer that does not match, or a
 /// panicking epilogue closure.

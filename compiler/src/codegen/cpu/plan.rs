@@ -48,7 +48,7 @@ use crate::kernel::{
     lower_node, Body, BufId, Contraction, ConvGeometry, Expr, Kernel, LowerError, Operand,
     ProductLayout, Stmt,
 };
-use crate::ops::pool::Pool;
+use crate::ops::pool::{Pool, Resize};
 use crate::ops::AttrsExt;
 use crate::passes::input_dependent;
 use bbc_runtime::arena::AlignedBuffer;
@@ -61,7 +61,9 @@ use bbc_runtime::exec::{
     Scatter, Slot, Step, StepKernel, StepTimes, TileEpilogue,
 };
 use bbc_runtime::kernels::activation::Activation;
-use bbc_runtime::kernels::{Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d};
+use bbc_runtime::kernels::{
+    AxisMap, Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d, Resize2d,
+};
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -127,7 +129,7 @@ pub struct ExecStats {
     pub loop_kernels: usize,
     pub conv_kernels: usize,
     pub gemm_kernels: usize,
-    /// Max poolings on the runtime's kernel.
+    /// Max poolings and resizes (`upsample`) on the runtime's kernels.
     pub pool_kernels: usize,
     /// Channel normalisations of their own (`layer_norm2d`) and last-axis softmaxes on the
     /// runtime's kernels.
@@ -744,6 +746,7 @@ fn kind_name(k: &StepKernel) -> &'static str {
         StepKernel::Gemm(_) => "gemm",
         StepKernel::Norm { .. } | StepKernel::Softmax { .. } => "norm",
         StepKernel::MaxPool { .. } => "pool",
+        StepKernel::Resize { .. } => "resize",
         StepKernel::Host(_) => "reference",
     }
 }
@@ -930,6 +933,10 @@ impl Builder<'_, '_> {
         if let Some(pool) = max_pool_shape(self.graph, id) {
             self.stats.pool_kernels += 1;
             return self.push_unary(id, StepKernel::MaxPool { pool, input: 0 });
+        }
+        if let Some(resize) = resize_shape(self.graph, id) {
+            self.stats.pool_kernels += 1;
+            return self.push_unary(id, StepKernel::Resize { resize, input: 0 });
         }
         let started = Instant::now();
         let lowered = lower_node(self.graph, id);
@@ -1423,6 +1430,7 @@ fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<
         | StepKernel::Norm { .. }
         | StepKernel::Softmax { .. }
         | StepKernel::MaxPool { .. }
+        | StepKernel::Resize { .. }
         | StepKernel::Host(_) => {}
     }
 }
@@ -1461,6 +1469,31 @@ fn max_pool_shape(graph: &Graph, id: ValueId) -> Option<MaxPool2d> {
         padding: p.pad,
     };
     shape.check().is_ok().then_some(shape)
+}
+
+/// The runtime kernel's resize for an `upsample` node over `[N, C, H, W]`: the op table's
+/// index and weight tables (`ops::pool::Resize`), which the kernel applies as given.
+fn resize_shape(graph: &Graph, id: ValueId) -> Option<Resize2d> {
+    let NodeKind::Op { op, attrs, .. } = &graph.node(id).kind else {
+        return None;
+    };
+    if op.name != "upsample" {
+        return None;
+    }
+    let in_shape = &graph.node(graph.inputs(id)[0]).shape;
+    let r = Resize::new(attrs, in_shape).ok()?;
+    let map = |axis: usize| match r.bilinear {
+        true => AxisMap::Linear(r.linear(axis)),
+        false => AxisMap::Nearest(r.nearest(axis)),
+    };
+    let resize = Resize2d {
+        planes: in_shape[..in_shape.len().checked_sub(2)?].iter().product(),
+        in_size: r.hw,
+        out_size: r.out_hw,
+        rows: map(0),
+        cols: map(1),
+    };
+    resize.check().is_ok().then_some(resize)
 }
 
 /// The depthwise convolution node `id` is or contains: the graph holding it, the node, and
