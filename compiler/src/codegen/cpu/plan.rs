@@ -1606,17 +1606,17 @@ fn rest_kernel(graph: &Graph, id: ValueId, conv: ValueId) -> Result<Kernel, Lowe
 }
 
 /// The runtime's norm for node `id` if it is a `layer_norm2d` of its own over an NCHW (or
-/// CHW) input: `[batch, channels, pixels]` and the norm over the node's operands.
+/// CHW) input, or a `layer_norm` of its own (over the last axis: `[rows, features, 1]`):
+/// `[batch, channels, pixels]` and the norm over the node's operands.
 fn standalone_channel_norm(graph: &Graph, id: ValueId) -> Option<([usize; 3], ChannelNorm)> {
     let NodeKind::Op { op, attrs } = &graph.node(id).kind else {
         return None;
     };
-    if op.name != "layer_norm2d" {
-        return None;
-    }
-    let shape = match graph.node(id).shape.as_slice() {
-        [n, c, h, w] => [*n, *c, h * w],
-        [c, h, w] => [1, *c, h * w],
+    let shape = match (op.name, graph.node(id).shape.as_slice()) {
+        ("layer_norm2d", [n, c, h, w]) => [*n, *c, h * w],
+        ("layer_norm2d", [c, h, w]) => [1, *c, h * w],
+        // Over the last axis: rows of one pixel each.
+        ("layer_norm", [lead @ .., c]) => [lead.iter().product(), *c, 1],
         _ => return None,
     };
     let (weight, bias) = match graph.inputs(id).len() {
