@@ -271,6 +271,37 @@ fn max_pools_run_on_the_runtime_kernel() {
     assert_eq!(exe.stats().pool_kernels, 4, "{:?}", exe.stats());
 }
 
+/// A residual add whose shortcut is the 1x1 convolution's own input (`x + conv(x)`, one
+/// group operand read both ways) keeps the shortcut's bytes apart from the output: the
+/// kernel stores each block of output channels while later blocks still read the input.
+/// Channel counts past one register block, on 1 to 3 threads, with a layer scale and with a
+/// ReLU after the add.
+#[test]
+fn a_residual_that_is_the_convolutions_input_is_not_overwritten() {
+    for (c, pixels) in [(8, 128), (64, 127), (24, 200)] {
+        let source = format!(
+            "bb 0.1;\nmodel m() {{\n    input x: f32[1, {c}, 1, {pixels}];\n    \
+             a = conv2d(x, out={c}, k=1, bias=false);\n    \
+             b = conv2d(x, out={c}, k=1);\n    \
+             param g: f32[{c}, 1, 1] = uniform(1.0);\n    \
+             output ya = x + a;\n    output yb = relu(b * g + x);\n}}\n"
+        );
+        let graph = elaborated("residual.bb", &source);
+        let model = Model {
+            label: format!("residual {c}x{pixels}"),
+            weights: weights::init_weights(&graph, 2),
+            inputs: HashMap::from([(
+                "x".to_string(),
+                Rng::new(5).standard_normal_tensor(&[1, c, 1, pixels]),
+            )]),
+            graph,
+        };
+        for n in [1, 2, 3] {
+            check(&model, &threads(n));
+        }
+    }
+}
+
 /// Resizing runs on the runtime's kernel, one step per `upsample`, and computes the
 /// interpreter's values: nearest by a scale and to a size that is no multiple, bilinear with
 /// and without `align_corners`, up and down, on one to three threads.

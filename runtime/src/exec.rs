@@ -1581,15 +1581,20 @@ struct Storage {
 }
 
 /// Gives the bytes of a convolution's shortcut to the convolution's output where the
-/// shortcut dies at that step, no other buffer of the step is the shortcut, both have the
-/// same length, and the kernel adds the shortcut in registers before storing over it
+/// shortcut dies at that step, no other buffer of the step (the convolution's input among
+/// them) is the shortcut, both have the same length, and the kernel adds the shortcut in registers before storing over it
 /// ([`Conv2d::writes_over_residual`]): the closing 1x1 of a ResNet bottleneck then needs no
 /// third block-sized buffer beside its input and shortcut. Every other value has a storage
 /// of its own.
 fn shared_storage(plan: &Plan, lifetimes: &[Lifetime]) -> Storage {
     let mut owner: Vec<usize> = (0..lifetimes.len()).collect();
     for (s, step) in plan.steps.iter().enumerate() {
-        let StepKernel::Conv { conv, product, .. } = &step.kernel else {
+        let StepKernel::Conv {
+            conv,
+            product,
+            input,
+        } = &step.kernel
+        else {
             continue;
         };
         let Some((_, _, Some(at))) = plain_activation(product, conv) else {
@@ -1600,12 +1605,16 @@ fn shared_storage(plan: &Plan, lifetimes: &[Lifetime]) -> Storage {
         else {
             continue;
         };
-        let read_once = step
-            .slots
-            .iter()
-            .filter(|&&slot| slot == Slot::Value(shortcut))
-            .count()
-            == 1;
+        // Once in the slots, and not the convolution's input too (`x + conv1x1(x)`, one
+        // slot read both ways): the kernel stores each block of channels over the shortcut
+        // while later blocks still read it as their input.
+        let read_once = at != *input
+            && step
+                .slots
+                .iter()
+                .filter(|&&slot| slot == Slot::Value(shortcut))
+                .count()
+                == 1;
         if read_once
             && lifetimes[shortcut].last_use == s + 1
             && plan.values[shortcut] == plan.values[out]
