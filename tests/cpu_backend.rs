@@ -438,6 +438,47 @@ fn zero_size_tensors_compile_and_run() {
     }
 }
 
+/// Ops on the runtime's kernels compile and run on an empty batch (no step computes an
+/// empty value), with a panic-free plan on every thread count: convolutions (direct,
+/// grouped, 1-D), pooling, resizing, a mean over the planes, a batched product; and a
+/// convolution over a concat with an empty part, which the concat fusion leaves alone.
+#[test]
+fn empty_batches_on_the_runtime_kernels_compile_and_run() {
+    let source = "bb 0.1;\nmodel empty() {\n    input x: f32[1, 4, 5, 5];\n    \
+                  input s: f32[1, 7, 6];\n    input t: f32[1, 6, 5];\n    \
+                  e = slice(x, axis=0, start=1, end=1);\n    \
+                  a = conv2d(e, out=3, k=3);\n    \
+                  b = conv2d(e, out=4, k=3, pad=1, groups=2);\n    \
+                  c = conv1d(slice(s, axis=0, start=1, end=1), out=3, k=3);\n    \
+                  n = slice(x, axis=1, start=0, end=0);\n    \
+                  d = conv2d(concat([n, x], axis=1), out=2, k=1);\n    \
+                  output ya = a;\n    output yb = b;\n    output yc = c;\n    \
+                  output yd = d;\n    output ye = max_pool2d(e, k=2);\n    \
+                  output yf = upsample(e, scale=2);\n    \
+                  output yg = mean(e, axes=[2, 3]);\n    \
+                  output yh = matmul(slice(s, axis=0, start=1, end=1), t);\n}\n";
+    let graph = elaborated("empty_batch.bb", source);
+    let mut rng = Rng::new(8);
+    let model = Model {
+        label: "empty batch".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([
+            ("x".to_string(), rng.standard_normal_tensor(&[1, 4, 5, 5])),
+            ("s".to_string(), rng.standard_normal_tensor(&[1, 7, 6])),
+            ("t".to_string(), rng.standard_normal_tensor(&[1, 6, 5])),
+        ]),
+        graph,
+    };
+    for n in [1, 2, 3] {
+        check(&model, &threads(n));
+    }
+    let mut exe = compile(&optimized(&model.graph), &model.weights, &threads(2)).expect("compiles");
+    let got = exe.run(&model.inputs).expect("runs");
+    assert_eq!(got["ya"].shape(), &[0, 3, 3, 3]);
+    assert_eq!(got["yh"].shape(), &[0, 7, 5]);
+    assert_eq!(got["yd"].shape(), &[1, 2, 5, 5]);
+}
+
 /// A chain of 1500 elementwise ops compiles and runs on a thread with a 2 MiB stack (an
 /// embedding program's): fusion cuts it into groups of bounded length, where one group's
 /// nested expression overflowed the stack.

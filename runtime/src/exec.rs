@@ -1523,7 +1523,8 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
                     last[v] = at;
                 }
                 Slot::Value(v) => {
-                    if def[check(v)?] == UNDEFINED {
+                    // An empty value has nothing to write: no step computes it.
+                    if def[check(v)?] == UNDEFINED && plan.values[v] > 0 {
                         return Err(invalid(format!(
                             "`{}` reads value {v} before it is written",
                             step.name
@@ -1542,7 +1543,7 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
     for &o in &plan.outputs {
         match o {
             Slot::Value(v) => {
-                if def[check(v)?] == UNDEFINED {
+                if def[check(v)?] == UNDEFINED && plan.values[v] > 0 {
                     return Err(invalid(format!("output value {v} is never written")));
                 }
                 last[v] = end;

@@ -341,6 +341,11 @@ fn concat_conv(
             "`{}` joins axis {axis}, not the channel axis",
             name(graph, concat)
         )
+    } else if let Some(&empty) = xs.iter().find(|&&x| graph.node(x).numel() == 0) {
+        format!(
+            "its part `{}` is empty, and a convolution over no channels is not an op",
+            name(graph, empty)
+        )
     } else if let Some(why) = channelwise
         .iter()
         .map(|c| c.node)

@@ -255,7 +255,18 @@ pub fn compile(
         if helpers > 0 {
             jit.helpers = Some(JitHelpers::spawn(scope, helpers, opts.codegen));
         }
-        let built = build(graph, weights, &opts.codegen, &mut jit);
+        // A panic while building must not leave the helpers waiting for jobs: the scope
+        // would wait for them forever. Their job sender is dropped before it goes on.
+        let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            build(graph, weights, &opts.codegen, &mut jit)
+        }));
+        let built = match built {
+            Ok(built) => built,
+            Err(panic) => {
+                jit.helpers = None;
+                std::panic::resume_unwind(panic)
+            }
+        };
         let finished = match &built {
             Ok((desc, _)) => jit.finish(&desc.steps),
             Err(_) => {
@@ -903,6 +914,12 @@ impl Builder<'_, '_> {
 
     /// Adds the step computing node `id`.
     fn step(&mut self, id: ValueId) -> Result<(), CompileError> {
+        // An empty value needs no step (the runtime takes it as written): the kernels size
+        // their work by it, and some would divide by an empty extent.
+        if self.graph.node(id).numel() == 0 {
+            self.value(id);
+            return Ok(());
+        }
         if self.depthwise_steps(id)? {
             return Ok(());
         }
