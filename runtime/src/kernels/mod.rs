@@ -391,14 +391,11 @@ impl<'a> Epilogue<'a> {
         bias: Option<&'a [f32]>,
         eps: f32,
     ) -> Epilogue<'a> {
-        Epilogue {
-            kind: EpilogueKind::ChannelNorm {
-                weight,
-                bias,
-                eps,
-                channels_last: Some((SendPtr(out), pixels)),
-            },
+        let mut norm = Epilogue::channel_norm(weight, bias, eps);
+        if let EpilogueKind::ChannelNorm { channels_last, .. } = &mut norm.kind {
+            *channels_last = Some((SendPtr(out), pixels));
         }
+        norm
     }
 
     /// The activation and bias of an [`Epilogue::column_activation`].
@@ -618,6 +615,60 @@ where
     } else {
         pool.parallel_for(0..tasks, Chunking::Grain(1), f)
     }
+}
+
+/// Runs `f(plane, rows, dst, buffer)` over tasks of (plane, band of output rows) of a
+/// `[planes, out_h, out_w]` `output`, about four tasks per thread where there are rows (on
+/// the calling thread alone when `serial`): `dst` is the band's rows of that plane, and
+/// `buffer` the running thread's `per_thread` floats of `scratch`. For kernels that compute
+/// NCHW planes row by row (pooling, resizing). The caller checked that `output` holds the
+/// shape and `scratch` `per_thread` floats for every thread of `pool`.
+pub(crate) fn for_each_plane_band<F>(
+    pool: &ThreadPool,
+    [planes, out_h, out_w]: [usize; 3],
+    serial: bool,
+    output: &mut [f32],
+    scratch: &mut [f32],
+    per_thread: usize,
+    f: F,
+) -> Result<(), PoolError>
+where
+    F: Fn(usize, std::ops::Range<usize>, &mut [f32], &mut [f32]) + Sync,
+{
+    assert!(
+        output.len() >= planes * out_h * out_w,
+        "an output smaller than its shape"
+    );
+    assert!(
+        scratch.len() >= pool.threads() * per_thread,
+        "scratch smaller than asked"
+    );
+    let wanted = if serial { 1 } else { 4 * pool.threads() };
+    let bands = wanted.div_ceil(planes.max(1)).clamp(1, out_h.max(1));
+    let band = out_h.div_ceil(bands).max(1);
+    let bands = out_h.div_ceil(band);
+    let (out, buffers) = (SendPtr(output.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
+    for_each_task(pool, planes * bands, serial, |range, thread| {
+        for task in range {
+            let (plane, b) = (task / bands, task % bands);
+            let rows = b * band..((b + 1) * band).min(out_h);
+            // SAFETY: the asserts above; each task writes its own rows of its plane, and
+            // each thread its own part of the scratch.
+            let (dst, buffer) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(
+                        out.get().add((plane * out_h + rows.start) * out_w),
+                        rows.len() * out_w,
+                    ),
+                    std::slice::from_raw_parts_mut(
+                        buffers.get().add(thread * per_thread),
+                        per_thread,
+                    ),
+                )
+            };
+            f(plane, rows, dst, buffer);
+        }
+    })
 }
 
 /// Checks that `data` holds `needed` elements.

@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{activation, check_len, for_each_task, KernelError, SendPtr};
+use crate::kernels::{activation, check_len, for_each_plane_band, KernelError};
 use crate::pool::ThreadPool;
 
 /// Output elements below which the pool runs on the calling thread.
@@ -115,35 +115,22 @@ impl MaxPool2d {
             self.scratch_len(pool.threads()),
             scratch.len(),
         )?;
+        let plane_len = self.in_size[0] * self.in_size[1];
         let [out_h, out_w] = self.out_size;
-        // Tasks are (plane, band of output rows): about four per thread where there are rows.
+        let shape = [self.planes, out_h, out_w];
         let serial = self.output_len() < SERIAL_OUTPUTS;
-        let wanted = if serial { 1 } else { 4 * pool.threads() };
-        let bands = wanted.div_ceil(self.planes).clamp(1, out_h);
-        let band = out_h.div_ceil(bands);
-        let bands = out_h.div_ceil(band);
         let row_len = self.thread_scratch();
-        let (out, rows) = (SendPtr(output.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
-        for_each_task(pool, self.planes * bands, serial, |range, thread| {
-            for task in range {
-                let (plane, b) = (task / bands, task % bands);
-                let oy = b * band..((b + 1) * band).min(out_h);
-                // SAFETY: `run` checked the buffers; each task writes its own output rows
-                // and each thread its own row buffer.
-                let (dst, row) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(
-                            out.get().add((plane * out_h + oy.start) * out_w),
-                            oy.len() * out_w,
-                        ),
-                        std::slice::from_raw_parts_mut(rows.get().add(thread * row_len), row_len),
-                    )
-                };
-                let src = &input[plane * self.in_size[0] * self.in_size[1]..]
-                    [..self.in_size[0] * self.in_size[1]];
-                self.rows(src, oy, dst, row);
-            }
-        })?;
+        for_each_plane_band(
+            pool,
+            shape,
+            serial,
+            output,
+            scratch,
+            row_len,
+            |plane, oy, dst, row| {
+                self.rows(&input[plane * plane_len..][..plane_len], oy, dst, row);
+            },
+        )?;
         Ok(())
     }
 

@@ -16,7 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::kernels::{check_len, for_each_task, KernelError, SendPtr};
+use crate::kernels::{check_len, for_each_plane_band, KernelError};
 use crate::pool::ThreadPool;
 
 /// Output elements below which the resize runs on the calling thread.
@@ -114,37 +114,22 @@ impl Resize2d {
         check_len("resize output", self.output_len(), output.len())?;
         let threads = pool.threads();
         check_len("resize scratch", self.scratch_len(threads), scratch.len())?;
-        let [out_h, out_w] = self.out_size;
         let plane_len = self.in_size[0] * self.in_size[1];
-        // Tasks are (plane, band of output rows): about four per thread where there are rows.
+        let [out_h, out_w] = self.out_size;
+        let shape = [self.planes, out_h, out_w];
         let serial = self.output_len() < SERIAL_OUTPUTS;
-        let wanted = if serial { 1 } else { 4 * threads };
-        let bands = wanted.div_ceil(self.planes).clamp(1, out_h);
-        let band = out_h.div_ceil(bands);
-        let bands = out_h.div_ceil(band);
-        let (out, rows) = (SendPtr(output.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
-        for_each_task(pool, self.planes * bands, serial, |range, thread| {
-            for task in range {
-                let (plane, b) = (task / bands, task % bands);
-                let oy = b * band..((b + 1) * band).min(out_h);
-                // SAFETY: `run` checked the buffers; each task writes its own output rows
-                // and each thread its own two row buffers.
-                let (dst, buffers) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(
-                            out.get().add((plane * out_h + oy.start) * out_w),
-                            oy.len() * out_w,
-                        ),
-                        std::slice::from_raw_parts_mut(
-                            rows.get().add(thread * 2 * out_w),
-                            2 * out_w,
-                        ),
-                    )
-                };
-                let src = &input[plane * plane_len..][..plane_len];
-                self.band(src, oy, dst, buffers);
-            }
-        })?;
+        let rows = 2 * out_w;
+        for_each_plane_band(
+            pool,
+            shape,
+            serial,
+            output,
+            scratch,
+            rows,
+            |plane, oy, dst, buf| {
+                self.band(&input[plane * plane_len..][..plane_len], oy, dst, buf);
+            },
+        )?;
         Ok(())
     }
 
