@@ -114,14 +114,23 @@ pub(crate) fn normalize_row(
         unsafe { avx2::row(x, y, weight, bias, eps) };
         return;
     }
-    let inv = 1.0 / x.len() as f32;
-    let mean = x.iter().sum::<f32>() * inv;
-    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() * inv;
-    let rstd = 1.0 / (var + eps).sqrt();
-    for (c, (o, &v)) in y.iter_mut().zip(x).enumerate() {
-        let scale = rstd * weight.map_or(1.0, |w| w[c]);
-        *o = (v - mean) * scale + bias.map_or(0.0, |b| b[c]);
-    }
+    // Without SIMD: the row is one column of `len` rows a float apart, scalar.
+    let n = x.len().min(y.len());
+    // SAFETY: `n` floats of `x` are read and of `y` written; the parameters, where given,
+    // hold the row's length (the caller's contract).
+    unsafe {
+        normalize_columns(
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            Layout::Tile,
+            n,
+            1,
+            1,
+            weight,
+            bias,
+            eps,
+        )
+    };
 }
 
 /// Where a normalised tile goes.
