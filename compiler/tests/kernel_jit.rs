@@ -675,8 +675,11 @@ fn approximation_errors() {
     // (intrinsic, sweep from, sweep to, f64 reference, relative error?, bound)
     type Case<'a> = (Unary, f32, f32, &'a dyn Fn(f64) -> f64, bool, f64);
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    let cases: [Case; 5] = [
+    let cases: [Case; 7] = [
         (Unary::Exp, -86.0, 88.0, &f64::exp, true, 3e-7),
+        (Unary::Expm1, -86.0, 88.0, &f64::exp_m1, true, 3e-7),
+        // Around 0, where `exp(x) − 1` would cancel, relative to its value.
+        (Unary::Expm1, -1.0, 1.0, &f64::exp_m1, true, 3e-7),
         (Unary::Tanh, -10.0, 10.0, &f64::tanh, false, 2e-6),
         (Unary::Erf, -6.0, 6.0, &erf, false, 2e-6),
         (Unary::Sigmoid, -30.0, 30.0, &sigmoid, false, 2e-6),
@@ -727,6 +730,23 @@ fn approximation_errors() {
     assert!(out[2] >= 0.0 && out[2] < 1e-37);
     assert_eq!(out[3], f32::INFINITY);
     assert_eq!(out[4], 1.0);
+    let k = unary_kernel(Unary::Expm1, 6);
+    let c = compile(&k, &Options::default()).expect("compiles");
+    let mut out = vec![0.0; 6];
+    c.run(
+        &[&[
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            100.0,
+            0.0,
+            -1e-30,
+        ]],
+        &mut out,
+    )
+    .expect("runs");
+    assert!(out[0].is_nan());
+    assert_eq!(out[1..], [f32::INFINITY, -1.0, f32::INFINITY, 0.0, -1e-30]);
     let k = unary_kernel(Unary::Sigmoid, 6);
     let c = compile(&k, &Options::default()).expect("compiles");
     let mut out = vec![0.0; 6];

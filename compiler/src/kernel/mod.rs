@@ -144,6 +144,8 @@ pub enum Unary {
     /// 1 / sqrt(x), computed as a division (not an estimate).
     Rsqrt,
     Exp,
+    /// e^x − 1, accurate near 0 where `exp(x) − 1` loses every digit (ELU's negative side).
+    Expm1,
     Log,
     Tanh,
     Erf,
@@ -158,6 +160,7 @@ impl Unary {
             Unary::Sqrt => "sqrt",
             Unary::Rsqrt => "rsqrt",
             Unary::Exp => "exp",
+            Unary::Expm1 => "expm1",
             Unary::Log => "log",
             Unary::Tanh => "tanh",
             Unary::Erf => "erf",

@@ -806,6 +806,7 @@ impl Emitter<'_, '_> {
                         m.b.ins().fdiv(one, s)
                     }
                     Unary::Exp => m.exp(x),
+                    Unary::Expm1 => m.expm1(x),
                     Unary::Tanh => m.tanh(x),
                     Unary::Erf => m.erf(x),
                     Unary::Sigmoid => m.sigmoid(x),

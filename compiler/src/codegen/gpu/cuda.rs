@@ -1,5 +1,5 @@
 //! CUDA C spelling of the GPU source printer, for NVRTC (`sm_80` and newer). The math
-//! library's `expf`, `tanhf`, `erff` and `powf` are accurate without `--use_fast_math`, so
+//! library's `expf`, `expm1f`, `tanhf`, `erff` and `powf` are accurate without `--use_fast_math`, so
 //! they are called directly. Tables are `__device__` constant arrays (global memory through
 //! the read-only cache: divergent lookups would serialise in `__constant__` memory). Every
 //! kernel is `extern "C"` so its entry keeps its name.
@@ -58,6 +58,7 @@ impl Syntax for Cuda {
     fn call(&self, f: Call, args: &[String]) -> String {
         let name = match f {
             Call::Exp => "expf",
+            Call::Expm1 => "expm1f",
             Call::Log => "logf",
             Call::Sqrt => "sqrtf",
             Call::Abs => "fabsf",

@@ -28,6 +28,8 @@ pub enum Ty {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Call {
     Exp,
+    /// `e^x − 1`, accurate near 0.
+    Expm1,
     Log,
     Sqrt,
     Abs,
@@ -258,6 +260,7 @@ impl<'a> Printer<'a> {
                     Unary::Abs => s.call(Call::Abs, &[x]),
                     Unary::Sqrt => s.call(Call::Sqrt, &[x]),
                     Unary::Exp => s.call(Call::Exp, &[x]),
+                    Unary::Expm1 => s.call(Call::Expm1, &[x]),
                     Unary::Log => s.call(Call::Log, &[x]),
                     Unary::Tanh => s.call(Call::Tanh, &[x]),
                     Unary::Erf => s.call(Call::Erf, &[x]),
@@ -722,6 +725,16 @@ pub fn common_helpers(s: &dyn Syntax) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// Horner evaluation of `coefs[0] + coefs[1]·t + …` (lowest degree first) in the variable
+/// `t`, as the CPU code generator evaluates its polynomials.
+pub fn horner(s: &dyn Syntax, t: &str, coefs: &[f32]) -> String {
+    let mut acc = s.float_literal(*coefs.last().expect("a polynomial has coefficients"));
+    for &c in coefs.iter().rev().skip(1) {
+        acc = s.call(Call::Fma, &[acc, t.into(), s.float_literal(c)]);
+    }
+    acc
+}
+
 /// A helper `name(x0)` computing `x·P(x²) / Q(x²)` with `x` clamped into `[-clamp, clamp]`
 /// (coefficients lowest degree first): the CPU code generator's rational approximations.
 pub fn rational_helper(
@@ -731,13 +744,7 @@ pub fn rational_helper(
     numerator: &[f32],
     denominator: &[f32],
 ) -> (&'static str, String) {
-    let horner = |coefs: &[f32]| {
-        let mut acc = s.float_literal(*coefs.last().expect("a polynomial has coefficients"));
-        for &c in coefs.iter().rev().skip(1) {
-            acc = s.call(Call::Fma, &[acc, "x2".into(), s.float_literal(c)]);
-        }
-        acc
-    };
+    let horner = |coefs: &[f32]| horner(s, "x2", coefs);
     let clamped = s.call(
         Call::Clamp,
         &["x0".into(), s.float_literal(-clamp), s.float_literal(clamp)],

@@ -1,12 +1,13 @@
-//! WGSL spelling of the GPU source printer. WGSL has no `erf`, and its `tanh` may be
-//! computed as `sinh/cosh` (NaN for large inputs on some drivers), so both use the CPU code
-//! generator's rational approximations (same coefficients); `pow` of a negative base is
+//! WGSL spelling of the GPU source printer. WGSL has no `erf` nor `expm1`, and its `tanh` may
+//! be computed as `sinh/cosh` (NaN for large inputs on some drivers), so all three use the CPU
+//! code generator's approximations (same coefficients); `pow` of a negative base is
 //! undefined in WGSL, so a helper handles the sign for integral exponents like C's `powf`.
 //! Infinities and NaN have no literal and are built from their bits.
 
-use super::source::{common_helpers, rational_helper, Call, Syntax, Ty};
+use super::source::{common_helpers, horner, rational_helper, Call, Syntax, Ty};
 use crate::codegen::cpu::math::{
-    ERF_CLAMP, ERF_DENOMINATOR, ERF_NUMERATOR, TANH_CLAMP, TANH_DENOMINATOR, TANH_NUMERATOR,
+    ERF_CLAMP, ERF_DENOMINATOR, ERF_NUMERATOR, EXP_LN2_HI, EXP_LN2_LO, EXP_MIN, EXP_OVERFLOW,
+    EXP_POLYNOMIAL, TANH_CLAMP, TANH_DENOMINATOR, TANH_NUMERATOR,
 };
 use crate::kernel::TableData;
 use bbc_runtime::gpu::BindingAccess;
@@ -30,6 +31,50 @@ const POW_HELPER: &str = "fn bb_pow(x: f32, y: f32) -> f32 {
     return select(m, negative, x < 0.0f);
 }
 ";
+
+/// `bb_expm1(x0)`, `e^x − 1`: the CPU code generator's `expm1` (`Math::expm1`) step for step,
+/// `exp`'s range reduction `x = n·ln 2 + r` then `2·(s·m + (s − ½))` with `s = 2^(n−1)` and
+/// `m = e^r − 1` from `exp`'s polynomial, so nothing is rounded against 1 near 0.
+fn expm1_helper(s: &Wgsl) -> (&'static str, String) {
+    let f = |v: f32| s.float_literal(v);
+    let body = [
+        s.constant(
+            Ty::F32,
+            "x",
+            &s.call(Call::Clamp, &["x0".into(), f(EXP_MIN), f(EXP_OVERFLOW)]),
+        ),
+        s.constant(
+            Ty::F32,
+            "n",
+            &format!("round(x * {})", f(std::f32::consts::LOG2_E)),
+        ),
+        s.constant(
+            Ty::F32,
+            "r",
+            &format!("fma(n, {}, fma(n, {}, x))", f(-EXP_LN2_LO), f(-EXP_LN2_HI)),
+        ),
+        s.constant(
+            Ty::F32,
+            "m",
+            &format!("fma({}, r * r, r)", horner(s, "r", &EXP_POLYNOMIAL)),
+        ),
+        s.constant(Ty::F32, "s", &format!("ldexp({}, i32(n))", f(0.5))),
+        s.constant(
+            Ty::F32,
+            "y",
+            &format!("({} * fma(s, m, s - {}))", f(2.0), f(0.5)),
+        ),
+    ];
+    let result = s.select(
+        &format!("(x0 > {})", f(EXP_OVERFLOW)),
+        &s.float_bits(f32::INFINITY.to_bits()),
+        "y",
+    );
+    (
+        "bb_expm1",
+        s.function(Ty::F32, "bb_expm1", &[("x0", Ty::F32)], &body, &result),
+    )
+}
 
 impl Syntax for Wgsl {
     fn constant(&self, t: Ty, name: &str, value: &str) -> String {
@@ -71,6 +116,7 @@ impl Syntax for Wgsl {
     fn call(&self, f: Call, args: &[String]) -> String {
         let name = match f {
             Call::Exp => "exp",
+            Call::Expm1 => "bb_expm1",
             Call::Log => "log",
             Call::Sqrt => "sqrt",
             Call::Abs => "abs",
@@ -179,6 +225,7 @@ impl Syntax for Wgsl {
             &ERF_NUMERATOR,
             &ERF_DENOMINATOR,
         ));
+        helpers.push(expm1_helper(self));
         helpers.push(("bb_pow", POW_HELPER.to_string()));
         helpers
     }

@@ -96,6 +96,7 @@ fn costly(e: &Expr) -> bool {
                 Unary::Sqrt
                     | Unary::Rsqrt
                     | Unary::Exp
+                    | Unary::Expm1
                     | Unary::Log
                     | Unary::Tanh
                     | Unary::Erf

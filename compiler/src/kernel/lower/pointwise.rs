@@ -198,7 +198,7 @@ impl Lowering<'_> {
             "elu" => {
                 let v = xb(self)?;
                 let alpha = attrs.float("alpha") as f32;
-                let neg = c(alpha) * (un(Unary::Exp, v.clone()) - c(1.0));
+                let neg = c(alpha) * un(Unary::Expm1, v.clone());
                 Expr::select_float(CmpOp::Gt, v.clone(), c(0.0), v, neg)
             }
             // The reference's f32 order: x · clamp(x + 3, 0, 6) / 6.
