@@ -533,6 +533,38 @@ fn elu_is_accurate_near_zero() {
     }
 }
 
+/// GELU of ±inf, both forms, is what the interpreter's formula gives (and PyTorch's kernels):
+/// +inf, and NaN at −inf (`−inf·0`, erf or tanh saturating to −1); large negative inputs give
+/// −0, not x times the approximations' last ulp; NaN propagates. The runtime's native GELU
+/// has the same checks in its own tests.
+#[test]
+fn gelu_of_infinities_matches_the_interpreter() {
+    let xs = [
+        f32::NEG_INFINITY,
+        f32::INFINITY,
+        f32::NAN,
+        -1e30,
+        1e30,
+        -10.0,
+        10.0,
+        -3.0,
+        0.5,
+    ];
+    let source = "bb 0.1;\nmodel m() {\n    input x: f32[9];\n    \
+                  output ya = gelu(x);\n    output yb = gelu(x, approximate=\"tanh\");\n}\n";
+    let x = Tensor::from_shape_vec(vec![xs.len()], xs.to_vec()).expect("sized");
+    let (got, want) = compiled_and_interpreted("gelu.bb", source, x);
+    for name in ["ya", "yb"] {
+        let (g, w) = (&got[name], &want[name]);
+        assert!(w[0].is_nan() && w[1] == f32::INFINITY, "{name}: {w:?}");
+        for ((&x, &g), &w) in xs.iter().zip(g).zip(w) {
+            let ok =
+                (g.is_nan() && w.is_nan()) || g == w || (g - w).abs() <= 1e-5 * w.abs().max(1.0);
+            assert!(ok, "{name}: gelu({x:e}) = {g:e}, the interpreter {w:e}");
+        }
+    }
+}
+
 /// A chain of 1500 elementwise ops compiles and runs on a thread with a 2 MiB stack (an
 /// embedding program's): fusion cuts it into groups of bounded length, where one group's
 /// nested expression overflowed the stack.

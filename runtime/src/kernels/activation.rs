@@ -769,7 +769,9 @@ pub(crate) fn exp_nonpositive<V: Lanes>(z: V) -> V {
 impl Act for Gelu {
     /// `x · (0.5 + c·P(c²)/Q(c²))` with `c` the clamped `x` ([`GELU_NUMERATOR`]): two
     /// multiplies and an add fewer than `0.5·x·(1 + erf(x·√½))` (ns per element on Zen 4, one
-    /// thread, in cache: 0.39 -> 0.35).
+    /// thread, in cache: 0.39 -> 0.35). The factor is zero below the clamp, where the
+    /// rational is an ulp short of −0.5 (x·3e-8 for large negative x, −inf at −inf) and
+    /// |gelu| < 5e-8: so GELU(−inf) is the op table's `−inf·0`, NaN, as in the code generator.
     #[inline(always)]
     fn apply<V: Lanes>(x: V) -> V {
         let c = x
@@ -777,7 +779,10 @@ impl Act for Gelu {
             .at_most(V::splat(GELU_CLAMP));
         let t = c.mul(c);
         let ratio = poly(t, &GELU_NUMERATOR).div(poly(t, &GELU_DENOMINATOR));
-        x.mul(c.mul_add(ratio, V::splat(0.5)))
+        let half_phi = c
+            .mul_add(ratio, V::splat(0.5))
+            .zero_where_below(x, V::splat(-GELU_CLAMP));
+        x.mul(half_phi)
     }
 }
 
@@ -1057,10 +1062,18 @@ mod tests {
                 std::iter::once((&mut ys[..], RowBias::None, None)),
                 simd,
             );
-            // −inf·0 is NaN at −inf, as in the op table's formula; erf's approximation at its
-            // clamp is 1 to within an ulp, times |x|/2.
+            // −inf·0 is NaN at −inf, as in the op table's formula, and below the clamp
+            // GELU is −0 (not x times erf's last ulp); erf's approximation at the clamp is 1
+            // to within an ulp, times |x|/2, above.
             assert_eq!(ys[1], f32::INFINITY);
-            for (i, want) in [(3, 100.0f32), (4, 0.0), (5, 0.0)] {
+            assert!(ys[2].is_nan(), "gelu(-inf) = {}", ys[2]);
+            assert_eq!(
+                ys[4].to_bits(),
+                (-0.0f32).to_bits(),
+                "gelu(-100) = {}",
+                ys[4]
+            );
+            for (i, want) in [(3, 100.0f32), (5, 0.0)] {
                 let err = (ys[i] - want).abs();
                 assert!(err <= 1e-7 * xs[i].abs(), "gelu({}) = {}", xs[i], ys[i]);
             }

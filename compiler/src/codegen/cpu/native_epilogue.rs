@@ -16,7 +16,7 @@
 
 use crate::ir::parse_text;
 use crate::kernel::index::{self, Index, Var};
-use crate::kernel::{lower_node, Binary, Body, Contraction, Expr, Kernel, ScalarId, Stmt};
+use crate::kernel::{lower_node, Binary, Body, Contraction, Expr, Kernel, Pred, ScalarId, Stmt};
 use bbc_runtime::exec::{NativeEpilogue, TileBias};
 use bbc_runtime::kernels::activation::Activation;
 use std::collections::HashMap;
@@ -231,8 +231,8 @@ pub fn elementwise_activation(kernel: &Kernel) -> Option<Activation> {
 }
 
 /// `value` with every `let`-bound scalar replaced by its definition, or `None` if a
-/// statement is not a `let` or the value uses something other than loads, constants and
-/// arithmetic.
+/// statement is not a `let` or the value uses something other than loads, constants,
+/// arithmetic and selects on float comparisons (GELU's zero tail).
 fn inline_lets(lets: &[Stmt], value: &Expr) -> Option<Expr> {
     let mut bound: HashMap<ScalarId, Expr> = HashMap::new();
     for s in lets {
@@ -251,9 +251,23 @@ fn substitute(e: &Expr, bound: &HashMap<ScalarId, Expr>) -> Option<Expr> {
         Expr::Scalar(id) => bound.get(id)?.clone(),
         Expr::Unary(op, x) => Expr::unary(*op, substitute(x, bound)?),
         Expr::Binary(op, a, b) => Expr::binary(*op, substitute(a, bound)?, substitute(b, bound)?),
-        Expr::Table { .. } | Expr::Scratch { .. } | Expr::Select { .. } | Expr::Reduce { .. } => {
-            return None
+        Expr::Select {
+            pred,
+            then,
+            otherwise,
+        } => {
+            let Pred::Float(op, a, b) = &**pred else {
+                return None;
+            };
+            Expr::select_float(
+                *op,
+                substitute(a, bound)?,
+                substitute(b, bound)?,
+                substitute(then, bound)?,
+                substitute(otherwise, bound)?,
+            )
         }
+        Expr::Table { .. } | Expr::Scratch { .. } | Expr::Reduce { .. } => return None,
     })
 }
 
@@ -274,6 +288,27 @@ fn unify_hole(pattern: &Expr, e: &Expr) -> Option<Expr> {
             (Expr::Binary(o, a1, b1), Expr::Binary(p2, a2, b2)) => {
                 o == p2 && go(a1, a2, hole) && go(b1, b2, hole)
             }
+            (
+                Expr::Select {
+                    pred: p1,
+                    then: t1,
+                    otherwise: o1,
+                },
+                Expr::Select {
+                    pred: p2,
+                    then: t2,
+                    otherwise: o2,
+                },
+            ) => match (&**p1, &**p2) {
+                (Pred::Float(c1, a1, b1), Pred::Float(c2, a2, b2)) => {
+                    c1 == c2
+                        && go(a1, a2, hole)
+                        && go(b1, b2, hole)
+                        && go(t1, t2, hole)
+                        && go(o1, o2, hole)
+                }
+                _ => false,
+            },
             _ => false,
         }
     }

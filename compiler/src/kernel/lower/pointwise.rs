@@ -11,6 +11,7 @@ use crate::kernel::{Binary, CmpOp, Expr, ReduceOp, Unary};
 use crate::ops::layout::SliceRange;
 use crate::ops::pool::{adaptive_bins, Pool, Resize};
 use crate::ops::{Attrs, AttrsExt};
+use bbc_runtime::kernels::activation::GELU_CLAMP;
 use std::f32::consts::FRAC_1_SQRT_2;
 
 fn c(v: f32) -> Expr {
@@ -186,14 +187,21 @@ impl Lowering<'_> {
             }
             "gelu" => {
                 let v = xb(self)?;
-                if attrs.str("approximate") == "tanh" {
+                let twice_phi = if attrs.str("approximate") == "tanh" {
                     let k = (2.0 / std::f64::consts::PI).sqrt() as f32;
                     let inner =
                         c(k) * (v.clone() + c(0.044715) * v.clone() * v.clone() * v.clone());
-                    c(0.5) * v * (c(1.0) + un(Unary::Tanh, inner))
+                    c(1.0) + un(Unary::Tanh, inner)
                 } else {
-                    c(0.5) * v.clone() * (c(1.0) + un(Unary::Erf, v * c(FRAC_1_SQRT_2)))
-                }
+                    c(1.0) + un(Unary::Erf, v.clone() * c(FRAC_1_SQRT_2))
+                };
+                // Past their clamps the erf and tanh approximations stop an ulp or two short
+                // of −1, so `1 + …` would leave x·1e-7 for large negative x (−inf at −inf,
+                // where the reference's `−inf·0` is NaN). Below −GELU_CLAMP, |gelu| < 5e-8 in
+                // either form: zero there, as the runtime's native GELU does.
+                let twice_phi =
+                    Expr::select_float(CmpOp::Lt, v.clone(), c(-GELU_CLAMP), c(0.0), twice_phi);
+                c(0.5) * v * twice_phi
             }
             "elu" => {
                 let v = xb(self)?;
