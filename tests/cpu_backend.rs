@@ -565,6 +565,43 @@ fn gelu_of_infinities_matches_the_interpreter() {
     }
 }
 
+/// `maximum` and `minimum` take a number on either side, as `+` and `*` do: a float, an int,
+/// and in a `seq`, where the number is the second operand (the running value the first).
+/// Compiled and interpreted alike, and the interpreter's values are the clamps they spell.
+#[test]
+fn maximum_and_minimum_take_numbers() {
+    let source = "bb 0.1;\nmodel clip() {\n    input x: f32[2, 3, 5, 7];\n    \
+                  output ya = maximum(x, 0.0);\n    output yb = minimum(0.5, x);\n    \
+                  output yc = maximum(minimum(x, 1), -1);\n    \
+                  output yd = x |> seq { maximum(-0.25); minimum(b=0.75); };\n}\n";
+    let graph = elaborated("clip.bb", source);
+    let mut x = Rng::new(6).standard_normal_tensor(&[2, 3, 5, 7]);
+    x.as_slice_mut().expect("contiguous")[11] = f32::NAN;
+    let model = Model {
+        label: "clip".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([("x".to_string(), x.clone())]),
+        graph,
+    };
+    check(&model, &threads(1));
+    let want = interp::run(&model.graph, &model.inputs, &model.weights).expect("interprets");
+    let clamps: [(&str, f32, f32); 4] = [
+        ("ya", 0.0, f32::INFINITY),
+        ("yb", f32::NEG_INFINITY, 0.5),
+        ("yc", -1.0, 1.0),
+        ("yd", -0.25, 0.75),
+    ];
+    for (name, lo, hi) in clamps {
+        for (&v, &y) in x.iter().zip(&want[name]) {
+            let clamped = if v.is_nan() { v } else { v.clamp(lo, hi) };
+            assert!(
+                y.to_bits() == clamped.to_bits() || (y.is_nan() && v.is_nan()),
+                "{name}({v}) = {y}"
+            );
+        }
+    }
+}
+
 /// A chain of 1500 elementwise ops compiles and runs on a thread with a 2 MiB stack (an
 /// embedding program's): fusion cuts it into groups of bounded length, where one group's
 /// nested expression overflowed the stack.

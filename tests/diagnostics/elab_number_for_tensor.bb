@@ -1,7 +1,7 @@
 bb 0.1;
-# `pow` takes two tensors: a number in the exponent's place is a wrong type (`x ** 2.0`
-# is how a number exponent is written), not an argument too many.
-model squares() {
+# `matmul` takes two tensors: a number in the second operand's place is a wrong type (`x * 2.0`
+# scales), not an argument too many.
+model products() {
     input x: f32[1, 3, 4, 4];
-    output y = pow(x, 2.0);
+    output y = matmul(x, 2.0);
 }

@@ -94,10 +94,27 @@ impl Ctx {
 /// An op call's arguments matched to its signature.
 struct BoundOpArgs {
     /// Per tensor argument, its values; `None` where it was not given.
-    tensors: Vec<Option<Vec<ValueId>>>,
+    tensors: Vec<Option<Vec<Operand>>>,
     attrs: Attrs,
     /// A tensor argument is missing: the call is a partial application (a layer value).
     missing_tensor: bool,
+}
+
+/// A value given for a tensor argument: a tensor, or a number the argument takes
+/// ([`ops::ArgSpec::number`]), made a scalar tensor only when the op is applied (a partial
+/// application adds no node).
+enum Operand {
+    Tensor(ValueId),
+    Number(f64, Span),
+}
+
+/// What a tensor argument takes, for diagnostics.
+fn tensor_kind(spec: &ops::ArgSpec) -> &'static str {
+    match spec.ty {
+        ArgType::Tensors => "a list of tensors",
+        _ if spec.number => "a tensor or a number",
+        _ => "a tensor",
+    }
 }
 
 /// State of a `seq` body being applied: the running value and the next element index.
@@ -1069,25 +1086,25 @@ impl<'s> Elab<'s> {
                         || a.value.items().is_some_and(|i| {
                             i.is_empty() || i.iter().any(|v| matches!(v, Value::Tensor(_)))
                         });
-                    // A non-tensor positional skips leading tensor slots: `conv2d(8, 3)` in a seq.
+                    let is_number = matches!(a.value, Value::Int(_) | Value::Float(_));
+                    // A non-tensor positional skips leading tensor slots: `conv2d(8, 3)` in a
+                    // seq; a number fills a slot that takes one (`maximum(x, 0.0)`).
                     while next < op.args.len()
                         && (slots[next].is_some()
                             || (!is_tensor
-                                && matches!(op.args[next].ty, ArgType::Tensor | ArgType::Tensors)))
+                                && matches!(op.args[next].ty, ArgType::Tensor | ArgType::Tensors)
+                                && !(is_number && op.args[next].number)))
                     {
                         next += 1;
                     }
                     if next >= op.args.len() {
-                        // A number or list where a tensor slot is still open (`pow(x, 2.0)`)
+                        // A number or list where a tensor slot is still open (`matmul(x, 2.0)`)
                         // is a wrong type, not one argument too many.
                         let open_tensor = op.args.iter().zip(&slots).find(|(spec, slot)| {
                             slot.is_none() && matches!(spec.ty, ArgType::Tensor | ArgType::Tensors)
                         });
                         if let (false, Some((spec, _))) = (is_tensor, open_tensor) {
-                            let want = match spec.ty {
-                                ArgType::Tensors => "a list of tensors",
-                                _ => "a tensor",
-                            };
+                            let want = tensor_kind(spec);
                             return Err(
                                 self.arg_type_error(op.name, spec.name, want, &a.value, a.span)
                             );
@@ -1110,12 +1127,14 @@ impl<'s> Elab<'s> {
         let mut missing_tensor = false;
         for (spec, slot) in op.args.iter().zip(&slots) {
             match (spec.ty, slot) {
-                (ArgType::Tensor, Some(a)) => match &a.value {
-                    Value::Tensor(t) => tensors.push(Some(vec![*t])),
-                    other => {
-                        return Err(
-                            self.arg_type_error(op.name, spec.name, "a tensor", other, a.span)
-                        )
+                (ArgType::Tensor, Some(a)) => match (&a.value, a.value.as_f64()) {
+                    (Value::Tensor(t), _) => tensors.push(Some(vec![Operand::Tensor(*t)])),
+                    (_, Some(v)) if spec.number => {
+                        tensors.push(Some(vec![Operand::Number(v, a.span)]))
+                    }
+                    (other, _) => {
+                        let want = tensor_kind(spec);
+                        return Err(self.arg_type_error(op.name, spec.name, want, other, a.span));
                     }
                 },
                 (ArgType::Tensors, Some(a)) => {
@@ -1134,7 +1153,7 @@ impl<'s> Elab<'s> {
                     let mut ids = Vec::new();
                     for v in items {
                         match v {
-                            Value::Tensor(t) => ids.push(t),
+                            Value::Tensor(t) => ids.push(Operand::Tensor(t)),
                             other => {
                                 return Err(self.arg_type_error(
                                     op.name,
@@ -1320,7 +1339,13 @@ impl<'s> Elab<'s> {
                 span,
             ));
         }
-        let inputs: Vec<ValueId> = tensors.into_iter().flatten().flatten().collect();
+        let mut inputs = Vec::new();
+        for x in tensors.into_iter().flatten().flatten() {
+            inputs.push(match x {
+                Operand::Tensor(t) => t,
+                Operand::Number(v, at) => self.scalar_node(v, at)?,
+            });
+        }
         self.emit_op(op, attrs, &inputs, span, hint)
     }
 

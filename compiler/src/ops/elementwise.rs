@@ -2,13 +2,13 @@
 //! (`neg` … `abs`) and `clamp`.
 
 use super::common::{broadcast_shapes, map_f64, nan_max, nan_min, opt_float, unary, X};
-use super::{arg, flops_per_output, no_params, ArgSpec, ArgType, AttrsExt, Default, OpDef};
+use super::{
+    arg, flops_per_output, no_params, operand, ArgSpec, ArgType, AttrsExt, Default, OpDef,
+};
 use ndarray::{ArrayD, IxDyn, Zip};
 
-const AB: &[ArgSpec] = &[
-    arg("a", ArgType::Tensor, Default::Required),
-    arg("b", ArgType::Tensor, Default::Required),
-];
+/// Either operand may be a number, in calls as with the operators (`maximum(x, 0.0)`).
+const AB: &[ArgSpec] = &[operand("a"), operand("b")];
 
 /// A broadcasting binary op; a macro so the shape rule's message can name the op.
 macro_rules! binary {

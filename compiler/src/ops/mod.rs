@@ -169,6 +169,9 @@ pub struct ArgSpec {
     pub default: Default,
     /// For `Str` arguments: the accepted values (empty = any string).
     pub choices: &'static [&'static str],
+    /// For `Tensor` arguments: an int or a float is accepted too, as a scalar tensor, as the
+    /// operands of `+` and `*` are.
+    pub number: bool,
 }
 
 /// Shorthand for table entries.
@@ -178,6 +181,15 @@ pub const fn arg(name: &'static str, ty: ArgType, default: Default) -> ArgSpec {
         ty,
         default,
         choices: &[],
+        number: false,
+    }
+}
+
+/// A required tensor argument that also takes a number (a scalar tensor): `maximum(x, 0.0)`.
+pub const fn operand(name: &'static str) -> ArgSpec {
+    ArgSpec {
+        number: true,
+        ..arg(name, ArgType::Tensor, Default::Required)
     }
 }
 
@@ -192,6 +204,7 @@ pub const fn choice(
         ty: ArgType::Str,
         default: Default::Str(default),
         choices,
+        number: false,
     }
 }
 
