@@ -1312,7 +1312,37 @@ impl<'s> Elab<'s> {
                 ArgType::OptFloat => "a number or none",
                 ArgType::Tensor | ArgType::Tensors => "a tensor",
             };
-            self.arg_type_error(op, spec.name, want, v, span)
+            // A list of ints with something else in it: name the element, not the list.
+            let element = matches!(spec.ty, ArgType::Ints | ArgType::Pair | ArgType::OptPair)
+                .then(|| v.items())
+                .flatten()
+                .and_then(|items| {
+                    items
+                        .iter()
+                        .enumerate()
+                        .find(|(_, x)| !matches!(x, Value::Int(_)))
+                });
+            let Some((i, item)) = element else {
+                return self.arg_type_error(op, spec.name, want, v, span);
+            };
+            let mut d = Diagnostic::new(
+                Phase::Elaboration,
+                codes::TYPE,
+                format!(
+                    "argument `{}` of `{op}` must be {want}, but element {i} is {}",
+                    spec.name,
+                    item.a_type()
+                ),
+            )
+            .at(span, format!("element {i} is {}", item.a_type()));
+            if let Value::Float(_) = item {
+                // `16 / 2` is the usual way to get here.
+                d = d.with_help(
+                    "`/` always gives a float; `//` divides ints to an int, and `int(...)` \
+                     truncates a float",
+                );
+            }
+            self.report(d)
         })
     }
 
