@@ -1129,6 +1129,22 @@ fn gemm_batch(
             .get(..g.n)
             .map(|b| Epilogue::column_activation(act, Some(b))),
     });
+    let fused = fused.or_else(|| {
+        let (act, bias, residual) = transposed_activation(g, b)?;
+        let bias = match bias {
+            None => None,
+            Some(slot) => Some(input(slot).get(..g.n)?),
+        };
+        Some(match residual {
+            None => Epilogue::activation(act, bias),
+            // A shortcut sharing the output's bytes is left to the tile epilogue's checks.
+            Some(slot) if bufs.table[slot] == bufs.table[out_pos] => return None,
+            Some(slot) => {
+                let residual = input(slot).get(g.out_offsets[b]..)?;
+                Epilogue::activation_with_residual(act, bias, residual)
+            }
+        })
+    });
     let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
     match &g.b {
         GemmOperand::Packed { matrices, of_batch } => match &matrices[of_batch[b]] {
@@ -1244,28 +1260,59 @@ fn plain_activation(
     {
         return None;
     }
+    row_activation(map, |e| {
+        e.offset == 0
+            && e.row_stride == pixels
+            && (s.batch == 1 || e.batch_stride == s.out_channels * pixels)
+    })
+}
+
+/// A [`ProductMap`]'s bias per row (its own or its native epilogue's, not both), activation
+/// and residual slot, when its epilogue is native and `in_place` accepts it, or it has a bias
+/// alone.
+fn row_activation(
+    map: &ProductMap,
+    in_place: impl Fn(&NativeEpilogue) -> bool,
+) -> Option<(Activation, Option<usize>, Option<usize>)> {
     match (map.bias, &map.epilogue) {
         (Some(slot), None) => Some((Activation::Identity, Some(slot), None)),
-        (bias, Some(TileEpilogue::Native(e)))
-            if e.offset == 0
-                && e.row_stride == pixels
-                && (s.batch == 1 || e.batch_stride == s.out_channels * pixels) =>
-        {
-            match (bias, e.bias) {
-                (None, None) => Some((e.activation, None, e.residual)),
-                (Some(slot), None)
-                | (
-                    None,
-                    Some(TileBias {
-                        slot,
-                        per_column: false,
-                    }),
-                ) => Some((e.activation, Some(slot), e.residual)),
-                _ => None,
-            }
-        }
+        (bias, Some(TileEpilogue::Native(e))) if in_place(e) => match (bias, e.bias) {
+            (None, None) => Some((e.activation, None, e.residual)),
+            (Some(slot), None)
+            | (
+                None,
+                Some(TileBias {
+                    slot,
+                    per_column: false,
+                }),
+            ) => Some((e.activation, Some(slot), e.residual)),
+            _ => None,
+        },
         _ => None,
     }
+}
+
+/// When all batch entry `b` of a GEMM's [`ProductMap`] does is `act((x + bias[row]) +
+/// residual)` on its presented `Cᵀ` in place, `C` column-major (a linear layer over
+/// channels-last pixels written back channels-first, then added to its shortcut): the
+/// activation and the slots of the bias and the residual, for [`Epilogue::activation`] or
+/// [`Epilogue::activation_with_residual`], which the dense kernel applies in registers.
+fn transposed_activation(g: &Gemm, b: usize) -> Option<(Activation, Option<usize>, Option<usize>)> {
+    let map = &g.product;
+    let column_major = map.scatter.is_none()
+        && map.transposed
+        && map.rows_per_batch == g.n
+        && g.out_row_stride == 1;
+    if !column_major {
+        return None;
+    }
+    row_activation(map, |e| {
+        e.row_stride == g.out_col_stride
+            && e.batch_stride
+                .checked_mul(b)
+                .and_then(|o| o.checked_add(e.offset))
+                == g.out_offsets.get(b).copied()
+    })
 }
 
 /// When all batch entry `b` of a GEMM's [`ProductMap`] does is `act(x + bias[column])` on

@@ -39,7 +39,9 @@ use crate::kernels::activation::avx2;
 use crate::kernels::activation::{simd_available, with_act, Act, Activation, WithAct};
 use crate::kernels::gemm::{check_presented, plan_tiles, present, MatMut, MatRef};
 use crate::kernels::transpose::transpose;
-use crate::kernels::{for_each_task, Epilogue, KernelError, SendPtr, SERIAL_FLOPS};
+#[cfg(target_arch = "x86_64")]
+use crate::kernels::transpose::transpose8;
+use crate::kernels::{for_each_task, Epilogue, KernelError, Residual, SendPtr, SERIAL_FLOPS};
 use crate::pool::ThreadPool;
 
 /// Rows per register tile.
@@ -181,10 +183,23 @@ impl PanelMatrix {
         // Column-major when the column stride is not 1 (`check_presented`).
         let (rs, cs) = (c.row_stride(), c.col_stride());
         let transposed = cs != 1;
-        // A bias per column and an activation are applied to the registers before the store
-        // (on a row-major output); any other epilogue runs on each finished tile.
-        let fused = epilogue.as_column_activation().filter(|_| !transposed);
-        if let Some((_, Some(bias))) = fused {
+        let ldc = if transposed { cs } else { rs }.max(0).unsigned_abs();
+        // A bias per column of `C` and an activation are applied to the registers before the
+        // store: on a row-major output as a column activation; on a column-major one as the
+        // presented `Cᵀ`'s bias per row, with its residual, if any (a linear layer over
+        // channels-last pixels written back channels-first and added to its shortcut). Any
+        // other epilogue runs on each finished tile.
+        let fused = if transposed {
+            let out_len = (n - 1) * ldc + m;
+            match epilogue.channel_epilogue(n, out_len)? {
+                Some((fused, None)) => Some((fused, None)),
+                Some((fused, Some(Residual::Buffer(r)))) => Some((fused, Some(r))),
+                _ => None,
+            }
+        } else {
+            epilogue.as_column_activation().map(|fused| (fused, None))
+        };
+        if let Some(((_, Some(bias)), _)) = fused {
             if bias.len() < n {
                 return Err(KernelError::Shape(format!(
                     "dense product: a bias of {} values for {n} columns",
@@ -192,14 +207,15 @@ impl PanelMatrix {
                 )));
             }
         }
-        let (act, bias) = fused.unwrap_or((Activation::Identity, None));
+        let ((act, bias), residual) = fused.unwrap_or(((Activation::Identity, None), None));
         let after = if fused.is_some() {
             Epilogue::NONE
         } else {
             epilogue
         };
         let bias_ptr = SendPtr(bias.map_or(std::ptr::null_mut(), |b| b.as_ptr().cast_mut()));
-        let ldc = if transposed { cs } else { rs }.max(0).unsigned_abs();
+        let residual_ptr =
+            SendPtr(residual.map_or(std::ptr::null_mut(), |r| r.as_ptr().cast_mut()));
         let (a_ptr, c_ptr) = (SendPtr(a.as_ptr().cast_mut()), SendPtr(c.as_mut_ptr()));
         let b_ptr = SendPtr(self.buf.as_slice().as_ptr().cast_mut());
         for_each_task(pool, tiles, serial, |range, _| {
@@ -215,6 +231,7 @@ impl PanelMatrix {
                     ldc,
                     transposed,
                     bias: bias_ptr.get().cast_const(),
+                    residual: residual_ptr.get().cast_const(),
                     rows: r0..r0 + rows,
                     cols: c0..c0 + cols,
                     n,
@@ -274,6 +291,7 @@ impl PanelMatrix {
             ldc: ldc.unsigned_abs(),
             transposed,
             bias: bias.map_or(std::ptr::null(), <[f32]>::as_ptr),
+            residual: std::ptr::null(),
             rows: 0..c.rows(),
             cols: 0..c.cols(),
             n: c.cols(),
@@ -295,6 +313,9 @@ struct Tile {
     transposed: bool,
     /// A value per column of `C` added before the activation, or null.
     bias: *const f32,
+    /// With a column-major `C`, its shortcut laid out like it, added after the bias and
+    /// before the activation; or null.
+    residual: *const f32,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     /// Columns of `C` (the last panel's valid width).
@@ -351,11 +372,15 @@ impl Tile {
                     5 => product::<5>(&a, panel, self.k, next),
                     _ => product::<MR>(&a, panel, self.k, next),
                 };
+                if self.transposed {
+                    self.store_columns::<A>(&acc, [i0, height], [j0, width], &bias);
+                    continue;
+                }
                 for [lo, hi] in acc.iter_mut().take(height) {
                     *lo = avx2::activate::<A>(*lo, b_lo);
                     *hi = avx2::activate::<A>(*hi, b_hi);
                 }
-                if !self.transposed && width == NR {
+                if width == NR {
                     let out = self.c.add(i0 * self.ldc + j0);
                     for (r, [lo, hi]) in acc.iter().take(height).enumerate() {
                         _mm256_storeu_ps(out.add(r * self.ldc), *lo);
@@ -368,25 +393,126 @@ impl Tile {
                     _mm256_storeu_ps(block.as_mut_ptr().add(r * NR), *lo);
                     _mm256_storeu_ps(block.as_mut_ptr().add(r * NR + 8), *hi);
                 }
-                if self.transposed {
-                    // Column `j` of the block is `height` consecutive floats of `C`.
-                    for j in 0..width {
-                        let column = self.c.add((j0 + j) * self.ldc + i0);
-                        for r in 0..height {
-                            *column.add(r) = block[r * NR + j];
-                        }
-                    }
-                } else {
-                    for r in 0..height {
-                        std::ptr::copy_nonoverlapping(
-                            block.as_ptr().add(r * NR),
-                            self.c.add((i0 + r) * self.ldc + j0),
-                            width,
-                        );
-                    }
+                for r in 0..height {
+                    std::ptr::copy_nonoverlapping(
+                        block.as_ptr().add(r * NR),
+                        self.c.add((i0 + r) * self.ldc + j0),
+                        width,
+                    );
                 }
             }
         }
+    }
+
+    /// Stores the block of `height` rows from `i0` and `width` columns from `j0` into a
+    /// column-major `C`: each half of the register tile transposed in 8x8 (`transpose8`), so
+    /// that each column of the block is one vector of `height` consecutive floats, which
+    /// takes its bias, its shortcut and the activation before the store.
+    ///
+    /// # Safety
+    /// As for [`Tile::run`]; the block lies inside the tile.
+    #[inline(always)]
+    unsafe fn store_columns<A: Act>(
+        &self,
+        acc: &[[__m256; 2]; MR],
+        [i0, height]: [usize; 2],
+        [j0, width]: [usize; 2],
+        bias: &[f32; NR],
+    ) {
+        for half in 0..2 {
+            let columns = width.saturating_sub(8 * half).min(8);
+            if columns == 0 {
+                break;
+            }
+            let mut rows = [_mm256_setzero_ps(); 8];
+            for (row, acc) in rows.iter_mut().zip(acc) {
+                *row = acc[half];
+            }
+            let mut sums = transpose8(rows);
+            for (t, v) in sums.iter_mut().enumerate().take(columns) {
+                let j = 8 * half + t;
+                if !self.bias.is_null() {
+                    *v = _mm256_add_ps(*v, _mm256_set1_ps(bias[j]));
+                }
+                if !self.residual.is_null() {
+                    let shortcut = self.residual.add((j0 + j) * self.ldc + i0);
+                    *v = _mm256_add_ps(*v, load_prefix(shortcut, height));
+                }
+            }
+            let sums = avx2::activate_all::<A, 8>(sums);
+            for (t, v) in sums.iter().enumerate().take(columns) {
+                store_prefix(self.c.add((j0 + 8 * half + t) * self.ldc + i0), *v, height);
+            }
+        }
+    }
+}
+
+/// The first `len ≤ 8` floats at `src`, the other lanes zero, reading nothing past them.
+///
+/// # Safety
+/// `src` starts `len` readable floats; the CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_prefix(src: *const f32, len: usize) -> __m256 {
+    if len >= 4 {
+        _mm256_set_m128(load_prefix4(src.add(4), len - 4), _mm_loadu_ps(src))
+    } else {
+        _mm256_castps128_ps256(load_prefix4(src, len))
+    }
+}
+
+/// [`load_prefix`] for `len ≤ 4`, into 4 lanes.
+///
+/// # Safety
+/// As for [`load_prefix`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn load_prefix4(src: *const f32, len: usize) -> __m128 {
+    match len {
+        0 => _mm_setzero_ps(),
+        1 => _mm_load_ss(src),
+        2 => _mm_castpd_ps(_mm_load_sd(src.cast())),
+        3 => _mm_movelh_ps(
+            _mm_castpd_ps(_mm_load_sd(src.cast())),
+            _mm_load_ss(src.add(2)),
+        ),
+        _ => _mm_loadu_ps(src),
+    }
+}
+
+/// Stores the first `len ≤ 8` lanes of `v` at `dst`, writing nothing past them (plain stores:
+/// AVX2's masked store is slow on some CPUs).
+///
+/// # Safety
+/// `dst` starts `len` writable floats; the CPU has AVX.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_prefix(dst: *mut f32, v: __m256, len: usize) {
+    let (lo, hi) = (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    if len >= 4 {
+        _mm_storeu_ps(dst, lo);
+        store_prefix4(dst.add(4), hi, len - 4);
+    } else {
+        store_prefix4(dst, lo, len);
+    }
+}
+
+/// [`store_prefix`] for `len ≤ 4` lanes of a 4-lane `v`.
+///
+/// # Safety
+/// As for [`store_prefix`].
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_prefix4(dst: *mut f32, v: __m128, len: usize) {
+    match len {
+        0 => {}
+        1 => _mm_store_ss(dst, v),
+        2 => _mm_store_sd(dst.cast(), _mm_castps_pd(v)),
+        3 => {
+            _mm_store_sd(dst.cast(), _mm_castps_pd(v));
+            _mm_store_ss(dst.add(2), _mm_movehl_ps(v, v));
+        }
+        _ => _mm_storeu_ps(dst, v),
     }
 }
 
@@ -630,6 +756,48 @@ mod tests {
                                 "{m}x{n}x{k} column-major {column_major}, ({i}, {j}): {got} {want}"
                             );
                         }
+                    }
+                }
+            }
+        }
+    }
+
+    /// On a column-major output, a bias per column, a shortcut laid out like the output and
+    /// an activation applied to the registers give what the same epilogue gives on the
+    /// finished product; columns past the output's rows are left alone.
+    #[test]
+    fn channel_epilogue_on_a_column_major_output_matches_the_tile_epilogue() {
+        if !PanelMatrix::supported() {
+            return;
+        }
+        for threads in [1, 2] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for (m, n, k) in [(13, 21, 9), (49, 40, 70), (200, 17, 33)] {
+                let ldc = m + 3;
+                let len = n * ldc;
+                let (a, w, bias) = (values(m * k, 11), values(k * n, 12), values(n, 13));
+                let residual = values(len, 14);
+                let panels = PanelMatrix::pack(MatRef::row_major(&w, k, n).unwrap());
+                let a = MatRef::row_major(&a, m, k).unwrap();
+                for act in [Activation::Identity, Activation::Relu, Activation::Gelu] {
+                    let epilogue = Epilogue::activation_with_residual(act, Some(&bias), &residual);
+                    let mut fused = vec![7.0; len];
+                    let out = MatMut::new(&mut fused, 0, m, n, 1, ldc as isize).unwrap();
+                    panels.gemm(&pool, a, out, epilogue).unwrap();
+                    let mut tiles = vec![7.0; len];
+                    let out = MatMut::new(&mut tiles, 0, m, n, 1, ldc as isize).unwrap();
+                    panels.gemm(&pool, a, out, Epilogue::NONE).unwrap();
+                    // SAFETY: the whole presented `Cᵀ`, finished.
+                    unsafe { epilogue.apply(tiles.as_mut_ptr(), 0, n, 0, m, ldc) };
+                    for (e, (x, y)) in fused.iter().zip(&tiles).enumerate() {
+                        if e % ldc >= m {
+                            assert_eq!(*x, 7.0, "{e}: padding written");
+                            continue;
+                        }
+                        assert!(
+                            (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                            "{m}x{n}x{k} {act:?} {e}: {x} {y}"
+                        );
                     }
                 }
             }
