@@ -717,53 +717,45 @@ fn approximation_errors() {
         );
     }
     // Special values propagate.
-    let k = unary_kernel(Unary::Exp, 5);
-    let c = compile(&k, &Options::default()).expect("compiles");
-    let mut out = vec![0.0; 5];
-    c.run(
-        &[&[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 100.0, 0.0]],
-        &mut out,
-    )
-    .expect("runs");
+    let out = run_unary(
+        Unary::Exp,
+        &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 100.0, 0.0],
+    );
     assert!(out[0].is_nan());
     assert_eq!(out[1], f32::INFINITY);
     assert!(out[2] >= 0.0 && out[2] < 1e-37);
     assert_eq!(out[3], f32::INFINITY);
     assert_eq!(out[4], 1.0);
-    let k = unary_kernel(Unary::Expm1, 6);
-    let c = compile(&k, &Options::default()).expect("compiles");
-    let mut out = vec![0.0; 6];
-    c.run(
-        &[&[
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            100.0,
-            0.0,
-            -1e-30,
-        ]],
-        &mut out,
-    )
-    .expect("runs");
+    let xs = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        100.0,
+        0.0,
+        -1e-30,
+    ];
+    let out = run_unary(Unary::Expm1, &xs);
     assert!(out[0].is_nan());
     assert_eq!(out[1..], [f32::INFINITY, -1.0, f32::INFINITY, 0.0, -1e-30]);
-    let k = unary_kernel(Unary::Sigmoid, 6);
-    let c = compile(&k, &Options::default()).expect("compiles");
-    let mut out = vec![0.0; 6];
-    c.run(
-        &[&[
-            f32::NAN,
-            f32::INFINITY,
-            f32::NEG_INFINITY,
-            100.0,
-            -100.0,
-            -0.0,
-        ]],
-        &mut out,
-    )
-    .expect("runs");
+    let xs = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        100.0,
+        -100.0,
+        -0.0,
+    ];
+    let out = run_unary(Unary::Sigmoid, &xs);
     assert!(out[0].is_nan());
     assert_eq!(out[1..], [1.0, 0.0, 1.0, 0.0, 0.5]);
+}
+
+/// `op` compiled over `xs`.
+fn run_unary(op: Unary, xs: &[f32]) -> Vec<f32> {
+    let c = compile(&unary_kernel(op, xs.len()), &Options::default()).expect("compiles");
+    let mut out = vec![0.0; xs.len()];
+    c.run(&[xs], &mut out).expect("runs");
+    out
 }
 
 #[test]
