@@ -332,6 +332,44 @@ fn upsamples_run_on_the_runtime_kernel() {
     assert_eq!(exe.stats().pool_kernels, 5, "{:?}", exe.stats());
 }
 
+/// A Haar transform read only by a slice is computed in one group with it, just the sliced
+/// elements (WaveCNet's LL band), and gives the interpreter's values: bands by stride, a
+/// channel range, rows of the inverse; a transform read twice is computed whole.
+#[test]
+fn sliced_haar_transforms_compute_only_the_slice() {
+    let source = "bb 0.1;\nmodel bands() {\n    input x: f32[2, 8, 6, 10];\n    \
+                  output ll = slice(haar_dwt(x), axis=1, start=0, end=32, step=4);\n    \
+                  output hh = slice(haar_dwt(x), axis=1, start=3, end=32, step=4);\n    \
+                  output some = relu(slice(haar_dwt(x), axis=1, start=4, end=9));\n    \
+                  output rows = slice(haar_idwt(x), axis=2, start=1, end=12, step=3);\n    \
+                  both = haar_dwt(x);\n    \
+                  output first = slice(both, axis=1, start=0, end=16);\n    \
+                  output whole = both;\n}\n";
+    let graph = elaborated("bands.bb", source);
+    let bands = Model {
+        label: "bands".into(),
+        weights: weights::init_weights(&graph, 1),
+        inputs: HashMap::from([(
+            "x".to_string(),
+            Rng::new(8).standard_normal_tensor(&[2, 8, 6, 10]),
+        )]),
+        graph,
+    };
+    for n in [1, 2] {
+        check(&bands, &threads(n));
+    }
+    let graph = optimized(&bands.graph);
+    let unfused: Vec<_> = graph
+        .topo_order()
+        .into_iter()
+        .filter(|&id| {
+            let op = graph.node(id).op().map(|op| op.name);
+            matches!(op, Some("haar_dwt" | "haar_idwt"))
+        })
+        .collect();
+    assert_eq!(unfused.len(), 1, "transforms outside a group: {unfused:?}");
+}
+
 /// A softmax over the last axis runs on the runtime's kernel, one step each, and computes
 /// the interpreter's values: rows shorter than, equal to and longer than a vector, an
 /// attention's scores (its products on the GEMM kernels, the CPU leaving attention

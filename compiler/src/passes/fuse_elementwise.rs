@@ -5,10 +5,15 @@
 //! A `concat` read only by such a chain heads it: the kernel reads each element from the
 //! part that holds it, so the concatenation is never written either (DenseNet's
 //! `concat -> BatchNorm -> ReLU` before each layer's convolution is one pass, not three).
+//!
+//! A Haar transform read only by a `slice` heads a group with it, so only the sliced
+//! elements are computed: WaveCNet's downsampling keeps the LL band of `haar_dwt`, a quarter
+//! of its channels, and computing all four bands to keep one made its stem's transform a
+//! full pass over four times the output.
 
-use super::fusion::{chain_after, is_elementwise, make_group};
+use super::fusion::{chain_after, is_elementwise, make_group, must_be_written};
 use super::Pass;
-use crate::ir::Graph;
+use crate::ir::{Graph, ValueId};
 
 pub struct FuseElementwise;
 
@@ -28,17 +33,34 @@ impl Pass for FuseElementwise {
                 continue;
             }
             let node = graph.node(start);
-            if !is_elementwise(node) && node.op().map(|op| op.name) != Some("concat") {
+            let op = node.op().map(|op| op.name);
+            let members: Vec<_> = if let Some(slice) = sliced_transform(graph, start) {
+                let (chain, _) = chain_after(graph, slice);
+                [start, slice].into_iter().chain(chain).collect()
+            } else if is_elementwise(node) || op == Some("concat") {
+                let (chain, _) = chain_after(graph, start);
+                if chain.is_empty() {
+                    continue;
+                }
+                std::iter::once(start).chain(chain).collect()
+            } else {
                 continue;
-            }
-            let (chain, _) = chain_after(graph, start);
-            if chain.is_empty() {
-                continue;
-            }
-            let members: Vec<_> = std::iter::once(start).chain(chain).collect();
+            };
             make_group(graph, &members, "elementwise");
             changed = true;
         }
         changed
     }
+}
+
+/// The `slice` that alone reads `id`, when `id` is a Haar transform (computed element by
+/// element from its input, so its group computes just what the slice keeps).
+fn sliced_transform(graph: &Graph, id: ValueId) -> Option<ValueId> {
+    let op = graph.node(id).op()?.name;
+    if !matches!(op, "haar_dwt" | "haar_idwt") || must_be_written(graph, id).is_some() {
+        return None;
+    }
+    let slice = graph.users(id)[0];
+    let reads_once = graph.inputs(slice).iter().filter(|&&i| i == id).count() == 1;
+    (graph.node(slice).op()?.name == "slice" && reads_once).then_some(slice)
 }
