@@ -422,6 +422,24 @@ fn syntax_error(
                 .with_help(format!("did you mean `{kw}`?"));
         }
     }
+    // A common spelling of a type the language names otherwise (`string` for `str`).
+    if found_word && names.contains(&"a type") {
+        if let Some(ty) = type_spelling(&text[pos..pos + found_len]) {
+            return d
+                .at(found_span, format!("expected {expected}"))
+                .with_help(format!(
+                    "this type is spelled `{ty}`; the types are `int`, `float`, `bool`, `str`, \
+                     `layer`, `tensor[...]`, `[T]` and tuples"
+                ));
+        }
+    }
+    // An operator after a tag: the tag binds loosest, so it ends the expression.
+    if names.contains(&"an operator") && ends_with_tag(&text[..pos]) {
+        return d.at(found_span, format!("expected {expected}")).with_help(
+            "a tag `@\"...\"` binds looser than every operator but `|>`, so only `|>` can \
+                 follow it; parenthesise the tagged value: `(conv2d(x, out=4, k=1) @\"c\") + x`",
+        );
+    }
     // A letter outside ASCII where a name could start: identifiers are ASCII only.
     if text[pos..].starts_with(|c: char| !c.is_ascii() && c.is_alphabetic()) {
         return d
@@ -472,6 +490,33 @@ fn item_keyword_typo(word: &str) -> Option<&'static str> {
         .filter(|&(d, kw)| d <= 2 && 2 * d <= kw.len())
         .min_by_key(|&(d, _)| d)
         .map(|(_, kw)| kw)
+}
+
+/// The language's name for a type spelled as in other languages, if `word` is one.
+fn type_spelling(word: &str) -> Option<&'static str> {
+    Some(match word {
+        "string" | "String" | "Str" => "str",
+        "integer" | "Int" | "i32" | "i64" | "usize" => "int",
+        "Float" | "f32" | "f64" | "double" => "float",
+        "boolean" | "Bool" => "bool",
+        "Tensor" => "tensor[...]",
+        "Layer" | "module" | "Module" => "layer",
+        _ => return None,
+    })
+}
+
+/// Whether `before` (the text before an error) ends with a tag, `@"..."` or `@_`.
+fn ends_with_tag(before: &str) -> bool {
+    let before = before.trim_end();
+    let Some(at) = before.rfind('@') else {
+        return false;
+    };
+    let label = before[at + 1..].trim_start();
+    label == "_"
+        || (label.len() >= 2
+            && label.starts_with('"')
+            && label.ends_with('"')
+            && !label[1..label.len() - 1].contains('"'))
 }
 
 /// Whether `rest` starts with a lone `=` (not `==` or `=>`).

@@ -690,6 +690,52 @@ fn assignment_in_a_condition_suggests_equality() {
 }
 
 #[test]
+fn an_operator_after_a_tag_says_the_tag_binds_loosest() {
+    let help = "a tag `@\"...\"` binds looser than every operator but `|>`, so only `|>` can \
+                follow it; parenthesise the tagged value: `(conv2d(x, out=4, k=1) @\"c\") + x`";
+    for (src, message, loc) in [
+        (
+            "let y = relu(conv2d(x, out=4) @\"c\" + x);",
+            "expected `,`, `)` or an operator, found `+`",
+            "1:36",
+        ),
+        (
+            "let y = f(x) @_ * 2;",
+            "expected `;` or an operator, found `*`",
+            "1:17",
+        ),
+    ] {
+        check(src, "E0101", message, loc, Some(help));
+    }
+    // A pipe may follow a tag; an operator after a string that is no tag gets no hint.
+    ok("let y = x @\"a\" |> relu;");
+    let (d, _) = err("let y = \"a\" \"b\";");
+    assert_ne!(d.help.as_deref(), Some(help));
+}
+
+#[test]
+fn other_languages_type_names_suggest_this_ones() {
+    for (word, ty) in [
+        ("string", "str"),
+        ("f32", "float"),
+        ("Tensor", "tensor[...]"),
+    ] {
+        let src = format!("fn f(a: {word}) -> int {{ return 1; }}");
+        let (d, text) = err(&src);
+        assert_eq!(
+            d.message,
+            format!("expected a type, found `{word}`"),
+            "{text}"
+        );
+        let help = d.help.expect("a hint");
+        assert!(
+            help.starts_with(&format!("this type is spelled `{ty}`")),
+            "{help}"
+        );
+    }
+}
+
+#[test]
 fn unsupported_version_is_reported() {
     check(
         "bb 9.9;\nlet x = 1;\n",
