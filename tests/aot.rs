@@ -398,9 +398,9 @@ fn weights_that_do_not_match_are_errors() {
         assert!(stderr.contains(message), "{name}: {stderr}");
     }
 }
-/// A node without a CPU kernel (a transposed convolution: the runtime has no col2im
-/// product) runs its reference implementation in the JIT, which an object file cannot
-/// hold: compiling is refused with the node listed, and nothing is written.
+/// A node without a planned CPU kernel (a transposed convolution, which the JIT runs as
+/// host code: a product, then col2im) cannot go into an object file: compiling is refused
+/// with the node listed, and nothing is written.
 #[test]
 fn models_with_reference_fallbacks_are_refused() {
     let dir = scratch("fallback");

@@ -692,12 +692,15 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     assert!(s.code_bytes > 0);
     assert_eq!(s.times.total(), s.times.stages().iter().map(|x| x.1).sum());
 
-    // The runtime has no col2im product: the transposed convolution falls back, is reported,
-    // and still computes the interpreter's values.
+    // A transposed convolution has no planned kernel: it runs as host code (the runtime's
+    // product and col2im), is reported as a fallback, and computes the interpreter's values,
+    // with groups, dilation, padding, output padding and a batch too.
     let program = elab::Program::from_source(
         "up.bb",
-        "bb 0.1;\nmodel up() {\n    input x: f32[1, 3, 5, 6];\n    \
-         up = conv_transpose2d(x, out=4, k=3, s=2);\n    output y = relu(up);\n}\n",
+        "bb 0.1;\nmodel up() {\n    input x: f32[1, 3, 5, 6];\n    input z: f32[2, 4, 3, 4];\n    \
+         up = conv_transpose2d(x, out=4, k=3, s=2);\n    output y = relu(up);\n    \
+         dn = conv_transpose2d(z, out=6, k=2, s=3, pad=1, output_padding=2, dilation=2, \
+         groups=2);\n    output w = dn;\n}\n",
     )
     .unwrap_or_else(|e| panic!("{}", e.render()));
     let graph = program
@@ -707,23 +710,27 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     let up = Model {
         label: "up".into(),
         weights: weights::init_weights(&graph, 1),
-        inputs: HashMap::from([(
-            "x".to_string(),
-            Rng::new(2).standard_normal_tensor(&[1, 3, 5, 6]),
-        )]),
+        inputs: HashMap::from([
+            (
+                "x".to_string(),
+                Rng::new(2).standard_normal_tensor(&[1, 3, 5, 6]),
+            ),
+            (
+                "z".to_string(),
+                Rng::new(5).standard_normal_tensor(&[2, 4, 3, 4]),
+            ),
+        ]),
         graph,
     };
     check(&up, &threads(2));
     let graph = optimized(&up.graph);
     let exe = compile(&graph, &up.weights, &threads(1)).expect("compiles");
     let s = exe.stats();
-    assert_eq!(s.fallbacks.len(), 1, "{:?}", s.fallbacks);
-    assert_eq!(s.fallbacks[0].op, "conv_transpose2d");
-    assert!(
-        s.fallbacks[0].reason.contains("col2im"),
-        "{:?}",
-        s.fallbacks
-    );
+    assert_eq!(s.fallbacks.len(), 2, "{:?}", s.fallbacks);
+    for f in &s.fallbacks {
+        assert_eq!(f.op, "conv_transpose2d");
+        assert!(f.reason.contains("col2im"), "{:?}", s.fallbacks);
+    }
     assert_eq!(s.steps(), stats::stats(&graph).kernels);
 }
 

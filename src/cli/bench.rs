@@ -34,7 +34,7 @@ const PEAK_BUDGET: Duration = Duration::from_millis(100);
 /// FLOPs as `bbc stats` counts them over the median latency; on the cpu target also as a
 /// share of this machine's FMA peak on as many threads, measured after the timed runs with
 /// independent multiply-add chains in registers), the planned activation arena,
-/// and the nodes that run their reference implementation. The graph is optimised at -O2
+/// and the nodes that run as host code, with why. The graph is optimised at -O2
 /// unless -O is given. On --target cuda, products run on tensor cores (TF32) where their
 /// sizes allow.
 #[derive(Args, Debug)]

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 /// PyTorch's defaults from --seed; inputs come from .npy or .png files (a PNG is a
 /// [1, C, H, W] image in [0, 1]) or are drawn from N(0, 1) with --seed. By default the graph
 /// is optimised (-O2), compiled to native code for this CPU and run on a thread pool; nodes
-/// without a kernel run their reference implementation and are listed on stderr.
+/// without a planned kernel run as host code and are listed on stderr.
 /// --target gpu runs it on a Vulkan device (WGSL through wgpu; BBC_GPU_ADAPTER picks an
 /// adapter by name), --target cuda on an NVIDIA GPU (CUDA C compiled by NVRTC). --interp
 /// runs the reference interpreter instead, the oracle every backend is checked against:
@@ -224,7 +224,8 @@ pub fn optimize(
     Ok(graph)
 }
 
-/// `note: N of M nodes run their reference implementation (no kernel): OP (n), ...`, if any.
+/// `note: N of M nodes have no planned kernel and run as host code: OP (n), ...`, if any (the
+/// op table's reference, or a runtime routine on one thread; `bbc bench` says which and why).
 pub fn fallback_note(stats: &ExecStats) -> Option<String> {
     if stats.fallbacks.is_empty() {
         return None;
@@ -235,7 +236,7 @@ pub fn fallback_note(stats: &ExecStats) -> Option<String> {
     }
     let list: Vec<String> = ops.iter().map(|(op, n)| format!("{op} ({n})")).collect();
     Some(format!(
-        "note: {} of {} nodes run their reference implementation (no kernel): {}",
+        "note: {} of {} nodes have no planned kernel and run as host code: {}",
         stats.fallbacks.len(),
         stats.steps(),
         list.join(", ")

@@ -9,6 +9,8 @@
 //! - [`conv`]: conv2d / conv1d (NCHW and NHWC, stride, padding, dilation,
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
+//! - [`conv_transpose`]: transposed convolutions, one product and a col2im scatter per image
+//!   and group, on the calling thread.
 //! - [`depthwise`]: direct depthwise convolution, vectorised over a row, or on small maps
 //!   over eight channels (`depthwise_lanes`).
 //! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 (or AVX-512)
@@ -64,6 +66,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod conv_transpose;
 pub mod dense;
 pub mod depthwise;
 #[cfg(target_arch = "x86_64")]
@@ -90,6 +93,7 @@ use crate::pool::{Chunking, PoolError, ThreadPool};
 use activation::{Activation, RowBias};
 
 pub use conv::{Conv1dShape, Conv2d, Conv2dShape, ConvStrategy, Layout};
+pub use conv_transpose::{conv_transpose2d, ConvTranspose2dShape};
 pub use dense::PanelMatrix;
 pub use depthwise::DepthwiseConv2d;
 pub use gemm::{gemm, gemm_serial, MatMut, MatRef, PackedMatrix};

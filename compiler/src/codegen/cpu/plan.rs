@@ -23,8 +23,9 @@
 //!   convolution's result never reaching the arena; otherwise it is a second step reading
 //!   that result;
 //! - a node with no kernel (a group the Kernel IR cannot express yet, or a contraction form
-//!   the runtime has no kernel for) runs the op table's reference implementation, or the
-//!   interpreter on the group's body. Every such node is recorded in
+//!   the runtime has no kernel for) runs as host code: the op table's reference
+//!   implementation, the interpreter on the group's body, or, for a transposed convolution,
+//!   the runtime's product-and-col2im routine on one thread. Every such node is recorded in
 //!   [`ExecStats::fallbacks`] with the reason.
 //!
 //! The lowering (`build`) is shared with ahead-of-time compilation
@@ -49,7 +50,7 @@ use crate::kernel::{
     ProductLayout, Stmt,
 };
 use crate::ops::pool::{Pool, Resize};
-use crate::ops::AttrsExt;
+use crate::ops::{Attrs, AttrsExt};
 use crate::passes::input_dependent;
 use bbc_runtime::arena::AlignedBuffer;
 use bbc_runtime::desc::{
@@ -62,7 +63,8 @@ use bbc_runtime::exec::{
 };
 use bbc_runtime::kernels::activation::Activation;
 use bbc_runtime::kernels::{
-    AxisMap, Conv2d, Conv2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d, Resize2d,
+    conv_transpose2d, AxisMap, Conv2d, Conv2dShape, ConvTranspose2dShape, DepthwiseConv2d, Layout,
+    MatRef, MaxPool2d, Resize2d,
 };
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
@@ -1233,7 +1235,11 @@ impl Builder<'_, '_> {
             col_stride,
         } = c.layout
         else {
-            return Err("a transposed convolution's col2im product has no runtime kernel".into());
+            return Err(
+                "a transposed convolution runs as host code on one thread (a product, then \
+                        col2im), with no planned kernel"
+                    .into(),
+            );
         };
         let out_strides: Vec<usize> = c.batch.iter().map(|d| d.out_stride).collect();
         let out_offsets = batch_offsets(c, 0, &out_strides);
@@ -1875,6 +1881,9 @@ fn reference_step(graph: &Graph, id: ValueId) -> HostFn {
         .collect();
     type Eval = Box<dyn Fn(&[&Tensor]) -> Result<Tensor, String> + Send>;
     let eval: Eval = match &node.kind {
+        NodeKind::Op { op, attrs } if op.name == "conv_transpose2d" => {
+            return conv_transpose_step(attrs, &shapes[0], &node.shape);
+        }
         NodeKind::Op { op, attrs } => {
             let (op, attrs) = (*op, attrs.clone());
             Box::new(move |args| Ok((op.eval)(&attrs, args)))
@@ -1921,6 +1930,39 @@ fn reference_step(graph: &Graph, id: ValueId) -> HostFn {
         Ok(())
     });
     host
+}
+
+/// Host code for a `conv_transpose2d` node: the runtime's product-and-scatter kernel
+/// ([`conv_transpose2d`](bbc_runtime::kernels::conv_transpose2d)) on the calling thread, which
+/// does the reference's multiply-adds in f32 vectors instead of one f64 at a time.
+fn conv_transpose_step(attrs: &Attrs, x: &[usize], out: &[usize]) -> HostFn {
+    let pair = |name: &str| {
+        let v = attrs.ints(name);
+        [v[0] as usize, v[1] as usize]
+    };
+    // An unbatched input is [C, H, W].
+    let (batch, x, out) = if x.len() == 4 {
+        (x[0], &x[1..], &out[1..])
+    } else {
+        (1, x, out)
+    };
+    let shape = ConvTranspose2dShape {
+        batch,
+        in_channels: x[0],
+        out_channels: out[0],
+        groups: attrs.int("groups") as usize,
+        in_hw: [x[1], x[2]],
+        out_hw: [out[1], out[2]],
+        k: pair("k"),
+        stride: pair("s"),
+        pad: pair("pad"),
+        dilation: pair("dilation"),
+    };
+    let mut scratch = Vec::new();
+    Box::new(move |ins: &[&[f32]], out: &mut [f32]| {
+        let bias = ins.get(2).copied();
+        conv_transpose2d(&shape, ins[0], ins[1], bias, out, &mut scratch).map_err(|e| e.to_string())
+    })
 }
 
 #[cfg(test)]
