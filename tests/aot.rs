@@ -16,8 +16,9 @@ use std::sync::OnceLock;
 /// Models compiled ahead of time and checked against the JIT, with their size arguments:
 /// ConvNeXt with 1x1-conv MLPs (convolutions, banded depthwise + LayerNorm groups, the
 /// head's GEMM, loop kernels) first, then folded BatchNorm, depthwise groups run as two
-/// steps, attention, two inputs, three outputs and wavelet-folded filters.
-const MODELS: [(&str, &str, &[&str]); 7] = [
+/// steps, attention, two inputs, three outputs, wavelet-folded filters and transposed
+/// convolutions.
+const MODELS: [(&str, &str, &[&str]); 8] = [
     (
         "specs/convnext.bb",
         "convnext_test",
@@ -33,6 +34,7 @@ const MODELS: [(&str, &str, &[&str]); 7] = [
     ("specs/deep_sets.bb", "deep_sets_masked", &[]),
     ("specs/fff.bb", "fff_bifpn_test", &[]),
     ("specs/wavelet.bb", "wavecnet_test", &[]),
+    ("tests/aot/decoder.bb", "decoder", &[]),
 ];
 /// The descriptor symbol `tests/aot/main.c` refers to.
 const SYMBOL: &str = "aot_test_model";
@@ -398,17 +400,18 @@ fn weights_that_do_not_match_are_errors() {
         assert!(stderr.contains(message), "{name}: {stderr}");
     }
 }
-/// A node without a planned CPU kernel (a transposed convolution, which the JIT runs as
-/// host code: a product, then col2im) cannot go into an object file: compiling is refused
-/// with the node listed, and nothing is written.
+
+/// A node without a planned CPU kernel (`uiqi`, which the JIT runs as host code: the op
+/// table's reference) cannot go into an object file: compiling is refused with the node
+/// listed, and nothing is written.
 #[test]
 fn models_with_reference_fallbacks_are_refused() {
     let dir = scratch("fallback");
-    let spec = dir.join("up.bb");
+    let spec = dir.join("score.bb");
     std::fs::write(
         &spec,
-        "bb 0.1;\nmodel up() {\n    input x: f32[1, 3, 5, 6];\n    \
-         up = conv_transpose2d(x, out=4, k=3, s=2);\n    output y = relu(up);\n}\n",
+        "bb 0.1;\nmodel score() {\n    input a: f32[1, 3, 16, 16];\n    \
+         input b: f32[1, 3, 16, 16];\n    output q = uiqi(a, b);\n}\n",
     )
     .expect("spec written");
     let out_dir = dir.join("out");
@@ -416,8 +419,7 @@ fn models_with_reference_fallbacks_are_refused() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no CPU kernel"), "{stderr}");
-    assert!(stderr.contains("(conv_transpose2d)"), "{stderr}");
-    assert!(stderr.contains("col2im"), "{stderr}");
+    assert!(stderr.contains("(uiqi)"), "{stderr}");
     assert!(!out_dir.exists(), "a refused compile writes nothing");
     let out = compile_cpu(&spec, &out_dir, &["--symbol", "9lives"]);
     assert!(text(&out.stderr).contains("is not a C identifier"));

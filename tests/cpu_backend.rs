@@ -692,45 +692,87 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     assert!(s.code_bytes > 0);
     assert_eq!(s.times.total(), s.times.stages().iter().map(|x| x.1).sum());
 
-    // A transposed convolution has no planned kernel: it runs as host code (the runtime's
-    // product and col2im), is reported as a fallback, and computes the interpreter's values,
-    // with groups, dilation, padding, output padding and a batch too.
-    let program = elab::Program::from_source(
-        "up.bb",
-        "bb 0.1;\nmodel up() {\n    input x: f32[1, 3, 5, 6];\n    input z: f32[2, 4, 3, 4];\n    \
-         up = conv_transpose2d(x, out=4, k=3, s=2);\n    output y = relu(up);\n    \
-         dn = conv_transpose2d(z, out=6, k=2, s=3, pad=1, output_padding=2, dilation=2, \
-         groups=2);\n    output w = dn;\n}\n",
-    )
-    .unwrap_or_else(|e| panic!("{}", e.render()));
+    // `uiqi` has no planned kernel: it runs as host code (the op table's reference), is
+    // reported as a fallback, and computes the interpreter's values.
+    let source = "bb 0.1;\nmodel q() {\n    input a: f32[2, 3, 12, 10];\n    \
+                  input b: f32[2, 3, 12, 10];\n    output y = uiqi(a, b * 0.5 + a);\n}\n";
+    let program =
+        elab::Program::from_source("q.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
     let graph = program
         .elaborate(&elab::Options::default())
         .unwrap_or_else(|d| panic!("{d:?}"))
         .graph;
+    let rng = Rng::new(4);
+    let inputs = ["a", "b"].map(|name| {
+        (
+            name.to_string(),
+            rng.fork(name).standard_normal_tensor(&[2, 3, 12, 10]),
+        )
+    });
+    let q = Model {
+        label: "uiqi".into(),
+        weights: BTreeMap::new(),
+        inputs: HashMap::from(inputs),
+        graph,
+    };
+    check(&q, &threads(2));
+    let graph = optimized(&q.graph);
+    let exe = compile(&graph, &q.weights, &threads(1)).expect("compiles");
+    let s = exe.stats();
+    assert_eq!(s.fallbacks.len(), 1, "{:?}", s.fallbacks);
+    assert_eq!(s.fallbacks[0].op, "uiqi", "{:?}", s.fallbacks);
+    assert_eq!(s.steps(), stats::stats(&graph).kernels);
+}
+
+/// Transposed convolutions run on the runtime's planned kernel, with the chain after them
+/// (bias, activation, residual add) as their epilogue, and compute the interpreter's values
+/// on 1 to 3 threads: with groups, dilation, padding, output padding, a batch, and maps large
+/// enough to be cut into several bands and channel blocks; a permute after one stays out of
+/// its group.
+#[test]
+fn transposed_convolutions_are_planned_and_match_the_interpreter() {
+    let source = "bb 0.1;\nmodel up() {\n    \
+        input x: f32[1, 3, 5, 6];\n    input z: f32[2, 4, 3, 4];\n    \
+        input r: f32[1, 8, 11, 13];\n    input big: f32[1, 24, 40, 33];\n    \
+        up = conv_transpose2d(x, out=4, k=3, s=2);\n    output y = relu(up);\n    \
+        dn = conv_transpose2d(z, out=6, k=2, s=3, pad=1, output_padding=2, dilation=2, \
+        groups=2);\n    output w = dn;\n    \
+        res = conv_transpose2d(x, out=8, k=3, s=2, bias=false);\n    output v = gelu(res + r);\n    \
+        wide = conv_transpose2d(big, out=40, k=4, s=2, pad=1);\n    \
+        output u = permute(silu(wide), [0, 2, 3, 1]);\n}\n";
+    let program =
+        elab::Program::from_source("up.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
+    let graph = program
+        .elaborate(&elab::Options::default())
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph;
+    let rng = Rng::new(2);
+    let inputs = graph
+        .inputs
+        .iter()
+        .map(|&i| {
+            let n = graph.node(i);
+            let t = rng.fork(&n.name).standard_normal_tensor(&n.shape);
+            (n.name.clone(), t)
+        })
+        .collect();
     let up = Model {
         label: "up".into(),
         weights: weights::init_weights(&graph, 1),
-        inputs: HashMap::from([
-            (
-                "x".to_string(),
-                Rng::new(2).standard_normal_tensor(&[1, 3, 5, 6]),
-            ),
-            (
-                "z".to_string(),
-                Rng::new(5).standard_normal_tensor(&[2, 4, 3, 4]),
-            ),
-        ]),
+        inputs,
         graph,
     };
-    check(&up, &threads(2));
-    let graph = optimized(&up.graph);
-    let exe = compile(&graph, &up.weights, &threads(1)).expect("compiles");
-    let s = exe.stats();
-    assert_eq!(s.fallbacks.len(), 2, "{:?}", s.fallbacks);
-    for f in &s.fallbacks {
-        assert_eq!(f.op, "conv_transpose2d");
-        assert!(f.reason.contains("col2im"), "{:?}", s.fallbacks);
+    for n in [1, 2, 3] {
+        check(&up, &threads(n));
     }
+    let graph = optimized(&up.graph);
+    let exe = compile(&graph, &up.weights, &threads(2)).expect("compiles");
+    let s = exe.stats();
+    assert!(s.fallbacks.is_empty(), "{:?}", s.fallbacks);
+    assert_eq!(s.conv_kernels, 4, "{s:?}");
+    // ReLU, GELU after the residual add, and SiLU are each their convolution's epilogue:
+    // the permute is the only other step.
+    assert_eq!(s.steps(), 5, "{s:?}");
     assert_eq!(s.steps(), stats::stats(&graph).kernels);
 }
 

@@ -143,6 +143,65 @@ fn every_test_model_matches_the_interpreter_on_cuda() {
     });
 }
 
+/// Transposed convolutions with the chain after them as their epilogue (a grouped one with
+/// output padding and ReLU, one with GELU, a dilated one with a residual add) match the
+/// interpreter on each GPU dialect present.
+#[test]
+fn transposed_convolution_epilogues_match_the_interpreter_on_gpus() {
+    let source = "bb 0.1;\nmodel decoder() {\n    input z: f32[2, 8, 5, 6];\n    \
+        input r: f32[2, 3, 13, 16];\n    \
+        up1 = conv_transpose2d(z, out=6, k=3, s=2, pad=1, output_padding=1, groups=2);\n    \
+        up2 = conv_transpose2d(relu(up1), out=4, k=4, s=2, pad=1);\n    \
+        output y = gelu(up2);\n    \
+        side = conv_transpose2d(z, out=3, k=2, s=3, pad=1, dilation=2);\n    \
+        output x = side + r;\n}\n";
+    let program = bbc::compiler::elab::Program::from_source("decoder.bb", source)
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let graph = program
+        .elaborate(&bbc::compiler::elab::Options::default())
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph;
+    let rng = bbc::runtime::Rng::new(7);
+    let inputs = graph
+        .inputs
+        .iter()
+        .map(|&i| {
+            let n = graph.node(i);
+            (
+                n.name.clone(),
+                rng.fork(&n.name).standard_normal_tensor(&n.shape),
+            )
+        })
+        .collect();
+    let m = Model {
+        label: "decoder".into(),
+        weights: bbc::compiler::weights::init_weights(&graph, 2),
+        inputs,
+        graph,
+    };
+    let optimized = optimized_for(&m.graph, bbc::Target::Gpu);
+    let kernels = bbc::compiler::stats::stats(&optimized).kernels;
+    assert_eq!(
+        kernels, 3,
+        "one kernel per transposed convolution, with its chain"
+    );
+    if let Some(gpu) = device() {
+        check(&m, Dialect::Wgsl, &|m| {
+            let (plan, constants) = plan(m, Dialect::Wgsl);
+            Box::new(WgpuExecutor::with_device(gpu, plan, &constants).expect("loads"))
+        });
+    }
+    match cuda_missing() {
+        Some(why) => skipped(&format!("no CUDA ({why})")),
+        None => {
+            check(&m, Dialect::Cuda, &|m| {
+                let (plan, constants) = plan(m, Dialect::Cuda);
+                bbc::runtime::gpu::open(plan, &constants).expect("loads")
+            });
+        }
+    }
+}
+
 /// ELU near 0 on each GPU dialect present, relative to its value (as on the CPU): WGSL's
 /// `bb_expm1`, the CPU code generator's `expm1` step for step, and CUDA's `expm1f`, where
 /// `exp(x) − 1` left 2e-4 relative error at −2.5e-4 and gave 0 for |x| < 3e-8.

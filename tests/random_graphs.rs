@@ -14,9 +14,9 @@
 //! numbers so that proptest shrinks a failure toward fewer motifs and simpler choices (0 is
 //! always the first, simplest option). The motifs are the shapes the passes look for:
 //! elementwise chains whose values get second users or become graph outputs;
-//! conv2d/conv1d/linear/matmul with an epilogue (activation, layer scale, residual);
-//! depthwise conv + `layer_norm2d` or `permute` + `layer_norm` (ConvNeXt blocks); conv +
-//! `batch_norm2d`; concat of resized tensors + conv, FPN and BiFPN fusion; attention
+//! conv2d/conv1d/linear/matmul/conv_transpose2d with an epilogue (activation, layer scale,
+//! residual); depthwise conv + `layer_norm2d` or `permute` + `layer_norm` (ConvNeXt blocks);
+//! conv + `batch_norm2d`; concat of resized tensors + conv, FPN and BiFPN fusion; attention
 //! (`softmax(matmul * scale)` then `matmul`, one or two heads, optional bias); reshape and
 //! permute chains; dropout / drop_path / identity; `haar_dwt` + conv; `full`, `const` and
 //! `coord_grid` constants; repeated expressions and shared layer values; pooling,
@@ -366,6 +366,43 @@ impl Gen {
         self.bind(format!("conv2d({}, {args})", x.name), shape)
     }
 
+    /// A transposed convolution (a decoder's upsampling) of a small image, with output
+    /// padding, dilation and groups; a larger image keeps its size (3x3, stride 1).
+    fn conv_transpose(&mut self, p: &mut Picks) -> Val {
+        let small = self.pick(p, |s| is_image(s) && s[2] * s[3] <= 64);
+        let (x, (k, s, pad, dilation)) = match small {
+            Some(x) => (
+                x,
+                p.of(&[
+                    (3, 1, 1, 1),
+                    (2, 2, 0, 1),
+                    (4, 2, 1, 1),
+                    (3, 2, 1, 2),
+                    (1, 3, 0, 1),
+                ]),
+            ),
+            None => (self.pick_image(p), (3, 1, 1, 1)),
+        };
+        let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+        let output_padding = p.below(s.max(dilation));
+        let out = p.of(&[c, 4, 6]);
+        let groups = if p.chance(30) && c % 2 == 0 && out % 2 == 0 {
+            2
+        } else {
+            1
+        };
+        let bias = !p.chance(30);
+        let size = |x: usize| (x - 1) * s + dilation * (k - 1) + output_padding + 1 - 2 * pad;
+        self.bind(
+            format!(
+                "conv_transpose2d({}, out={out}, k={k}, s={s}, pad={pad}, dilation={dilation}, \
+                 output_padding={output_padding}, groups={groups}, bias={bias})",
+                x.name
+            ),
+            vec![n, out, size(h), size(w)],
+        )
+    }
+
     fn linear(&mut self, p: &mut Picks, x: &Val, out: Option<usize>) -> Val {
         let last = *x.shape.last().expect("rank >= 1");
         let out = out.unwrap_or_else(|| p.of(&[last, 4, 8, 3]));
@@ -429,7 +466,7 @@ impl Gen {
     }
 
     fn contraction(&mut self, p: &mut Picks) {
-        let anchor = match p.below(5) {
+        let anchor = match p.below(6) {
             0 => {
                 let x = self.pick_image(p);
                 self.conv(p, &x, None, false)
@@ -479,6 +516,7 @@ impl Gen {
                 );
                 return;
             }
+            5 => self.conv_transpose(p),
             _ => {
                 // conv1d over tokens read as [N, C, L].
                 let t = self.pick_tokens(p);

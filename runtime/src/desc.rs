@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// The version of the [`PlanDesc`] layout; a description of another version is refused.
-pub const PLAN_FORMAT: u32 = 3;
+pub const PLAN_FORMAT: u32 = 4;
 
 /// The form of a described step: indices and shapes, no code or packed data.
 #[derive(Clone, Copy, Debug, Default)]
@@ -256,6 +256,7 @@ impl PlanDesc {
                     conv, product: p, ..
                 } => constant(conv.weight) && product(p),
                 StepKernel::Gemm(g) => operand(&g.a) && operand(&g.b) && product(&g.product),
+                StepKernel::ConvTranspose { product: p, .. } => product(p),
                 StepKernel::Depthwise { conv, rest, .. } => {
                     constant(conv.weight)
                         && conv.bias.is_none_or(constant)
@@ -437,6 +438,17 @@ pub fn resolve_step<'a>(
         } => StepKernel::Conv {
             conv: Conv2d::new(conv.shape, data(conv.weight)?, threads).map_err(kernel_err)?,
             input: *input,
+            product: product(p)?,
+        },
+        StepKernel::ConvTranspose {
+            shape,
+            input,
+            weight,
+            product: p,
+        } => StepKernel::ConvTranspose {
+            shape: *shape,
+            input: *input,
+            weight: *weight,
             product: product(p)?,
         },
         StepKernel::Gemm(g) => StepKernel::Gemm(Gemm {

@@ -15,6 +15,8 @@
 //!   one that is a 1x1 convolution of one image with a weight computed per inference runs on
 //!   the 1x1 convolution kernel instead, planned here and given each weight repacked
 //!   (`computed_weight_conv`).
+//! - [`StepKernel::ConvTranspose`]: a transposed convolution ([`conv_transpose2d`]), its
+//!   weight read in place.
 //! - [`StepKernel::Depthwise`]: a direct [`DepthwiseConv2d`], optionally with the rest of its
 //!   fusion group as generated loop code run on each finished band of pixels while it is in
 //!   cache ([`BandLoop`]); the convolution's product then lives in scratch
@@ -49,8 +51,9 @@ use crate::arena::{plan_arena, AlignedBuffer, ArenaError, Lifetime};
 use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, activate_rows_with_residual, Activation, RowBias};
 use crate::kernels::{
-    gemm, Conv2d, Conv2dShape, DepthwiseConv2d, Epilogue, KernelError, Layout, MatMut, MatRef,
-    MaxPool2d, Output, PackedMatrix, PanelMatrix, Resize2d, Tile, SERIAL_FLOPS,
+    conv_transpose2d, gemm, Conv2d, Conv2dShape, ConvTranspose2dShape, DepthwiseConv2d, Epilogue,
+    KernelError, Layout, MatMut, MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix, Resize2d,
+    Tile, SERIAL_FLOPS,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -163,6 +166,15 @@ pub enum StepKernel<F: Form = Resolved> {
         product: ProductMap<F>,
     },
     Gemm(Gemm<F>),
+    /// A transposed convolution of buffer `input` by the weight at position `weight`, read
+    /// where it is ([`conv_transpose2d`]), into the output, NCHW and contiguous; the product
+    /// is presented as a convolution's (row `b·C_out + c`), with no scatter.
+    ConvTranspose {
+        shape: ConvTranspose2dShape,
+        input: usize,
+        weight: usize,
+        product: ProductMap<F>,
+    },
     /// A depthwise convolution of buffer `input` (its weight and bias held by the kernel).
     /// Without `rest` it writes the step's output, `activation` applied to each finished
     /// tile (on the runtime's 8-lane kernel); with `rest` (and no activation), it writes its
@@ -759,6 +771,43 @@ impl Executor {
                     .run(pool, conv, input(*x), scratch.as_mut_slice())
                     .map_err(kernel_err)?;
             }
+            StepKernel::ConvTranspose {
+                shape,
+                input: x,
+                weight,
+                product,
+            } => {
+                // SAFETY: the output slot, written only by this step.
+                let out = unsafe { std::slice::from_raw_parts_mut(table[out_pos], lens[out_pos]) };
+                let sink = Sink::new(product, table, 0);
+                let f = |tile: Tile<'_>| sink.finish(tile);
+                let pixels = shape.out_hw[0] * shape.out_hw[1];
+                let fused = nchw_activation(product, shape.batch, shape.out_channels, pixels)
+                    .and_then(|(act, bias, residual)| {
+                        let bias = match bias {
+                            None => None,
+                            Some(slot) => Some(input(slot).get(..shape.out_channels)?),
+                        };
+                        Some(match residual {
+                            None => Epilogue::activation(act, bias),
+                            Some(slot) => {
+                                let residual = input(slot).get(..shape.output_len())?;
+                                Epilogue::activation_with_residual(act, bias, residual)
+                            }
+                        })
+                    });
+                let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
+                conv_transpose2d(
+                    pool,
+                    shape,
+                    input(*x),
+                    input(*weight),
+                    out,
+                    scratch.as_mut_slice(),
+                    epilogue,
+                )
+                .map_err(kernel_err)?;
+            }
             StepKernel::Gemm(g) if computed_convs[s].is_some() => {
                 let conv = computed_convs[s].as_mut().expect("checked by the guard");
                 let (
@@ -1253,17 +1302,27 @@ fn plain_activation(
 ) -> Option<(Activation, Option<usize>, Option<usize>)> {
     let s = conv.shape();
     let pixels = conv.out_size()[0] * conv.out_size()[1];
-    if s.layout != Layout::Nchw
-        || map.scatter.is_some()
-        || map.transposed
-        || map.rows_per_batch != s.out_channels
-    {
+    if s.layout != Layout::Nchw {
+        return None;
+    }
+    nchw_activation(map, s.batch, s.out_channels, pixels)
+}
+
+/// [`plain_activation`] for a kernel whose output is `batch` NCHW images of `channels`
+/// planes of `pixels`, presented a row per plane.
+fn nchw_activation(
+    map: &ProductMap,
+    batch: usize,
+    channels: usize,
+    pixels: usize,
+) -> Option<(Activation, Option<usize>, Option<usize>)> {
+    if map.scatter.is_some() || map.transposed || map.rows_per_batch != channels {
         return None;
     }
     row_activation(map, |e| {
         e.offset == 0
             && e.row_stride == pixels
-            && (s.batch == 1 || e.batch_stride == s.out_channels * pixels)
+            && (batch == 1 || e.batch_stride == channels * pixels)
     })
 }
 
@@ -1357,6 +1416,7 @@ fn scratch_len(kernel: &StepKernel, threads: usize) -> usize {
                 }
         }
         StepKernel::Gemm(g) if g.product.scatter.is_some() => g.m * g.n,
+        StepKernel::ConvTranspose { shape, .. } => shape.scratch_len(threads),
         StepKernel::Depthwise {
             conv, rest, norm, ..
         } => {
@@ -1475,6 +1535,35 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
             let batches = rows.div_ceil(rpb);
             let [oh, ow] = conv.out_size();
             (product, rpb, oh * ow, batches)
+        }
+        StepKernel::ConvTranspose {
+            shape,
+            input,
+            weight,
+            product,
+        } => {
+            for (what, at, len) in [
+                ("input", *input, shape.input_len()),
+                ("weight", *weight, shape.weight_len()),
+            ] {
+                if at + 1 >= lens.len() || lens[at] < len {
+                    return fail(format!("a {what} smaller than the transposed convolution"));
+                }
+            }
+            if let Err(e) = shape.check() {
+                return fail(e.to_string());
+            }
+            if out_len < shape.output_len() || product.scatter.is_some() {
+                return fail("an output other than the transposed convolution's".into());
+            }
+            let rpb = product.rows_per_batch.max(1);
+            let rows = shape.batch * shape.out_channels;
+            (
+                product,
+                rpb,
+                shape.out_hw[0] * shape.out_hw[1],
+                rows.div_ceil(rpb),
+            )
         }
         StepKernel::Gemm(g) => {
             for op in [&g.a, &g.b] {

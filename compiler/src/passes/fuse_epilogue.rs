@@ -1,10 +1,12 @@
-//! `fuse-epilogue`: a contraction (`conv2d`, `conv1d`, `linear`, `matmul`) and the chain of
-//! elementwise ops that consume only its result (activation, layer scale, residual add, ...)
-//! become one fusion group, so a code generator can apply the chain while the contraction's
-//! output tile is still in cache. The chain grows while each value has exactly one user, is
-//! not a graph output, and the next op keeps its shape or is a layout change (`permute`),
-//! which the kernel applies by storing each element at its permuted position; ConvNeXt's
-//! `permute(fc2 * gamma, [0, 3, 1, 2])` and the residual add after it join this way.
+//! `fuse-epilogue`: a contraction (`conv2d`, `conv1d`, `linear`, `matmul`, `conv_transpose2d`)
+//! and the chain of elementwise ops that consume only its result (activation, layer scale,
+//! residual add, ...) become one fusion group, so a code generator can apply the chain while
+//! the contraction's output tile is still in cache. The chain grows while each value has
+//! exactly one user, is not a graph output, and the next op keeps its shape or is a layout
+//! change (`permute`), which the kernel applies by storing each element at its permuted
+//! position; ConvNeXt's `permute(fc2 * gamma, [0, 3, 1, 2])` and the residual add after it
+//! join this way. A transposed convolution scatters its product into its own layout
+//! (col2im), so its chain stops before a `permute`.
 
 use super::fusion::{chain_after, make_group};
 use super::Pass;
@@ -15,12 +17,40 @@ pub struct FuseEpilogue;
 /// The contractions a group may start with; their kernels apply the chain to each output tile.
 pub(super) const ANCHORS: &[&str] = &["conv2d", "conv1d", "linear", "matmul"];
 
+/// Contractions whose kernels scatter their product (col2im): they anchor a group too, but
+/// cannot store through a layout change.
+const SCATTERING: &[&str] = &["conv_transpose2d"];
+
 fn is_anchor(graph: &Graph, id: ValueId) -> bool {
     graph.nodes.contains_node(id)
         && graph
             .node(id)
             .op()
-            .is_some_and(|op| ANCHORS.contains(&op.name))
+            .is_some_and(|op| ANCHORS.contains(&op.name) || SCATTERING.contains(&op.name))
+}
+
+/// The chain `chain_after` finds after `anchor`, cut before the first `permute` where the
+/// anchor scatters its product; with why it stops early, if it does.
+fn epilogue_chain(graph: &Graph, anchor: ValueId) -> (Vec<ValueId>, Option<String>) {
+    let (mut chain, why) = chain_after(graph, anchor);
+    let scatters = graph
+        .node(anchor)
+        .op()
+        .is_some_and(|op| SCATTERING.contains(&op.name));
+    let permute = chain
+        .iter()
+        .position(|&n| graph.node(n).op().is_some_and(|op| op.name == "permute"));
+    match permute {
+        Some(at) if scatters => {
+            let why = format!(
+                "`{}` is a layout change, which a transposed convolution's scatter cannot store through",
+                graph.node(chain[at]).name
+            );
+            chain.truncate(at);
+            (chain, Some(why))
+        }
+        _ => (chain, why),
+    }
 }
 
 impl Pass for FuseEpilogue {
@@ -38,7 +68,7 @@ impl Pass for FuseEpilogue {
             if !is_anchor(graph, anchor) {
                 continue;
             }
-            let (chain, _) = chain_after(graph, anchor);
+            let (chain, _) = epilogue_chain(graph, anchor);
             if chain.is_empty() {
                 continue;
             }
@@ -55,7 +85,7 @@ impl Pass for FuseEpilogue {
             .into_iter()
             .filter(|&a| is_anchor(graph, a))
             .filter_map(|a| {
-                let (_, why) = chain_after(graph, a);
+                let (_, why) = epilogue_chain(graph, a);
                 why.map(|w| format!("fuse-epilogue: `{}` stops early: {w}", graph.node(a).name))
             })
             .collect()

@@ -1,18 +1,40 @@
 //! Transposed 2-D convolutions (`nn.ConvTranspose2d`, NCHW, PyTorch's `[C_in, C_out / groups,
-//! kh, kw]` weight) on the calling thread, as a product and a scatter.
+//! kh, kw]` weight) as products and col2im scatters, split over a thread pool.
 //!
-//! Each image and group is one product `P = Wᵀ·X` (`[C_out/g·kh·kw, H·W]` from the group's
-//! `[C_in/g, C_out/g·kh·kw]` weight and `[C_in/g, H·W]` input, on the `gemm` crate), whose row
-//! for output channel `co` and tap `(ky, kx)` then adds into the output at `(iy·s + ky·d − pad,
-//! ix·s + kx·d − pad)` for every input pixel `(iy, ix)` that lands inside (col2im). The
-//! output starts as the bias. The op table's reference does the same multiply-adds one
-//! scalar at a time in f64, some fifty times slower.
+//! Output channel `co` of group `g` is the sum over the group's input channels of its
+//! weight taps times the input, each tap's product row scattered to `(iy·s + ky·d − pad,
+//! ix·s + kx·d − pad)` for every input pixel `(iy, ix)` that lands inside (col2im). A task
+//! owns a block of output channels of one image and group: it zeroes their planes, then, for
+//! each band of input rows, computes the block's product rows `P = Wᵀ·X` (`[channels·kh·kw,
+//! band]` from the group's `[C_in/g, C_out/g·kh·kw]` weight and `[C_in/g, band]` input, on the
+//! `gemm` crate) into its thread's scratch and adds them into its planes. No two tasks
+//! write the same output element, so the scatter needs no synchronisation, and the block's
+//! planes are final when its last band is in: the epilogue runs on them then, while they
+//! are in cache. The kernel presents its output as the convolutions do (row `b·C_out + co`,
+//! column `oy·W_out + ox`), so a bias per channel and an activation come as
+//! [`Epilogue::activation`].
+//!
+//! The weight is read where it is, not packed at load: each product packs its operands
+//! (the `gemm` crate does), which costs a `1 / band` share of the product's work, and the
+//! weight may then be computed per inference too. The op table's reference does the same
+//! multiply-adds one scalar at a time in f64, some fifty times slower than one thread here.
+
+use serde::{Deserialize, Serialize};
 
 use crate::kernels::gemm::{gemm_serial, MatMut, MatRef};
-use crate::kernels::{KernelError, Output};
+use crate::kernels::SERIAL_FLOPS;
+use crate::kernels::{check_len, for_each_task, Epilogue, KernelError, Output, SendPtr};
+use crate::pool::ThreadPool;
+
+/// Floats of product a task computes per band (one thread's scratch, 256 KiB): the band is
+/// as many input rows as fit, at least one.
+const BAND_FLOATS: usize = 64 << 10;
+/// Fewest product rows (channels times taps) a task's block gets where the channels allow:
+/// shorter products spend their time packing.
+const MIN_BLOCK_ROWS: usize = 32;
 
 /// The geometry of a transposed convolution over `batch` images.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConvTranspose2dShape {
     pub batch: usize,
     pub in_channels: usize,
@@ -28,138 +50,259 @@ pub struct ConvTranspose2dShape {
     pub dilation: [usize; 2],
 }
 
+/// How the work is cut: blocks of output channels per task, input rows per band.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Split {
+    channels: usize,
+    band_rows: usize,
+}
+
 impl ConvTranspose2dShape {
-    /// Floats of scratch [`conv_transpose2d`] needs: one group's product.
-    pub fn scratch_len(&self) -> usize {
-        let groups = self.groups.max(1);
-        (self.out_channels / groups) * self.k[0] * self.k[1] * self.in_hw[0] * self.in_hw[1]
+    /// Input floats.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_hw[0] * self.in_hw[1]
     }
 
-    fn check(
-        &self,
-        x: usize,
-        w: usize,
-        bias: Option<usize>,
-        out: usize,
-    ) -> Result<(), KernelError> {
+    /// Weight floats (`[C_in, C_out / groups, kh, kw]`).
+    pub fn weight_len(&self) -> usize {
+        self.in_channels * (self.out_channels / self.groups.max(1)) * self.taps()
+    }
+
+    /// Output floats.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_hw[0] * self.out_hw[1]
+    }
+
+    /// Multiply-adds times two.
+    pub fn flops(&self) -> usize {
+        2 * self.input_len() * (self.out_channels / self.groups.max(1)) * self.taps()
+    }
+
+    /// Floats of scratch [`conv_transpose2d`] needs on `threads` threads: one band of
+    /// product per thread.
+    pub fn scratch_len(&self, threads: usize) -> usize {
+        let split = self.split(threads);
+        threads.max(1) * split.channels * self.taps() * split.band_rows * self.in_hw[1]
+    }
+
+    /// Refuses a shape the kernel cannot run: no groups, channels groups do not divide, a
+    /// zero stride or dilation, or an output size other than the geometry's.
+    pub fn check(&self) -> Result<(), KernelError> {
         let s = self;
-        let g = s.groups;
         let bad = |what: String| {
             Err(KernelError::Shape(format!(
                 "transposed convolution: {what}"
             )))
         };
+        let g = s.groups;
         if g == 0 || !s.in_channels.is_multiple_of(g) || !s.out_channels.is_multiple_of(g) {
             return bad(format!(
-                "{} groups for {} -> {} channels",
-                g, s.in_channels, s.out_channels
+                "{g} groups for {} -> {} channels",
+                s.in_channels, s.out_channels
             ));
         }
         if s.stride.contains(&0) || s.dilation.contains(&0) {
             return bad("a stride or dilation of 0".into());
         }
-        let want = [
-            (
-                "input",
-                x,
-                s.batch * s.in_channels * s.in_hw[0] * s.in_hw[1],
-            ),
-            (
-                "weight",
-                w,
-                s.in_channels * (s.out_channels / g) * s.k[0] * s.k[1],
-            ),
-            (
-                "output",
-                out,
-                s.batch * s.out_channels * s.out_hw[0] * s.out_hw[1],
-            ),
-        ];
-        for (what, got, need) in want {
-            if got != need {
+        for axis in 0..2 {
+            // The last input pixel's last tap, less the padding, and less output padding
+            // past it than the stride or the dilation (as PyTorch allows).
+            let reach = s.in_hw[axis].saturating_sub(1) * s.stride[axis]
+                + s.k[axis].saturating_sub(1) * s.dilation[axis]
+                + 1;
+            let least = reach.saturating_sub(2 * s.pad[axis]);
+            let out = s.out_hw[axis];
+            let extra = s.stride[axis].max(s.dilation[axis]);
+            if s.in_hw[axis] > 0 && (out < least || out >= least + extra) {
                 return bad(format!(
-                    "the {what} has {got} floats, the shape needs {need}"
+                    "an output of {out} along axis {axis}, where the geometry gives {least}"
                 ));
             }
         }
-        if let Some(b) = bias.filter(|&b| b != s.out_channels) {
-            return bad(format!(
-                "a bias of {b} values for {} channels",
-                s.out_channels
-            ));
-        }
         Ok(())
+    }
+
+    fn taps(&self) -> usize {
+        self.k[0] * self.k[1]
+    }
+
+    /// Channels per block: the group's channels cut into at least two blocks per thread
+    /// over all images and groups, but not below [`MIN_BLOCK_ROWS`] product rows. Input rows
+    /// per band: as many as [`BAND_FLOATS`] of product hold.
+    fn split(&self, threads: usize) -> Split {
+        let cout_g = (self.out_channels / self.groups.max(1)).max(1);
+        let taps = self.taps().max(1);
+        let parts = (2 * threads.max(1)).div_ceil((self.batch * self.groups).max(1));
+        let channels = cout_g
+            .div_ceil(parts)
+            .max(MIN_BLOCK_ROWS.div_ceil(taps))
+            .min(cout_g);
+        let row = (channels * taps * self.in_hw[1]).max(1);
+        Split {
+            channels,
+            band_rows: (BAND_FLOATS / row).clamp(1, self.in_hw[0].max(1)),
+        }
     }
 }
 
-/// `out = conv_transpose2d(x, weight) + bias` for `shape`, using `scratch` (at least
-/// [`ConvTranspose2dShape::scratch_len`] floats, grown if shorter).
+/// `out = conv_transpose2d(x, weight)` for `shape`, then `epilogue` on each finished block
+/// of output channels, using `scratch` (at least [`ConvTranspose2dShape::scratch_len`]
+/// floats for the pool's threads).
 pub fn conv_transpose2d(
+    pool: &ThreadPool,
     shape: &ConvTranspose2dShape,
     x: &[f32],
     weight: &[f32],
-    bias: Option<&[f32]>,
     out: &mut [f32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut [f32],
+    epilogue: Epilogue<'_>,
 ) -> Result<(), KernelError> {
-    shape.check(x.len(), weight.len(), bias.map(<[f32]>::len), out.len())?;
-    let s = shape;
+    let s = *shape;
+    s.check()?;
+    check_len("transposed convolution input", s.input_len(), x.len())?;
+    check_len(
+        "transposed convolution weight",
+        s.weight_len(),
+        weight.len(),
+    )?;
+    check_len("transposed convolution output", s.output_len(), out.len())?;
+    let threads = pool.threads();
+    check_len(
+        "transposed convolution scratch",
+        s.scratch_len(threads),
+        scratch.len(),
+    )?;
+    if epilogue.residual_in_output() {
+        return Err(KernelError::Shape(
+            "a transposed convolution cannot store over its shortcut".into(),
+        ));
+    }
+    epilogue.channel_epilogue(s.out_channels, s.output_len())?;
     let (cin_g, cout_g) = (s.in_channels / s.groups, s.out_channels / s.groups);
-    let taps = s.k[0] * s.k[1];
+    let taps = s.taps();
     let rows = cout_g * taps;
-    let (plane, out_plane) = (s.in_hw[0] * s.in_hw[1], s.out_hw[0] * s.out_hw[1]);
-    if scratch.len() < rows * plane {
-        scratch.resize(rows * plane, 0.0);
-    }
-    for (co, dst) in out.chunks_exact_mut(out_plane.max(1)).enumerate() {
-        dst.fill(bias.map_or(0.0, |b| b[co % s.out_channels]));
-    }
-    if plane == 0 || rows == 0 {
-        return Ok(());
-    }
+    let [in_h, in_w] = s.in_hw;
+    let (plane, out_plane) = (in_h * in_w, s.out_hw[0] * s.out_hw[1]);
+    let split = s.split(threads);
+    let per_thread = split.channels * taps * split.band_rows * in_w;
+    let blocks = cout_g.div_ceil(split.channels.max(1));
+    let tasks = if out_plane == 0 {
+        0
+    } else {
+        s.batch * s.groups * blocks
+    };
+    let serial = s.flops() < SERIAL_FLOPS;
+    let (dst, buffers) = (SendPtr(out.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
     // Input and output offsets of each tap along one axis: input `i` lands at `i·s + t·d − pad`.
     let landing = |axis: usize, i: usize, tap: usize| {
         (i * s.stride[axis] + tap * s.dilation[axis])
             .checked_sub(s.pad[axis])
             .filter(|&o| o < s.out_hw[axis])
     };
-    for n in 0..s.batch {
-        for g in 0..s.groups {
+    let failed = std::sync::Mutex::new(None);
+    for_each_task(pool, tasks, serial, |range, thread| {
+        for task in range {
+            let (image_group, block) = (task / blocks, task % blocks);
+            let (n, g) = (image_group / s.groups, image_group % s.groups);
+            let co0 = block * split.channels;
+            let channels = split.channels.min(cout_g - co0);
+            let first_row = n * s.out_channels + g * cout_g + co0;
+            // SAFETY: the task's channels of image `n` are its own output elements, and the
+            // thread's part of the scratch its own (both checked long enough above).
+            let (planes, product) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(
+                        dst.get().add(first_row * out_plane),
+                        channels * out_plane,
+                    ),
+                    std::slice::from_raw_parts_mut(
+                        buffers.get().add(thread * per_thread),
+                        per_thread,
+                    ),
+                )
+            };
+            planes.fill(0.0);
             let w = &weight[g * cin_g * rows..][..cin_g * rows];
             let xg = &x[(n * s.in_channels + g * cin_g) * plane..][..cin_g * plane];
-            let a = MatRef::row_major(w, cin_g, rows)?.t();
-            let b = MatRef::row_major(xg, cin_g, plane)?;
-            let p = &mut scratch[..rows * plane];
-            gemm_serial(a, b, MatMut::row_major(p, rows, plane)?, Output::Overwrite)?;
-            for co in 0..cout_g {
-                let dst =
-                    &mut out[(n * s.out_channels + g * cout_g + co) * out_plane..][..out_plane];
-                for ky in 0..s.k[0] {
-                    for kx in 0..s.k[1] {
-                        let row = &p[((co * s.k[0] + ky) * s.k[1] + kx) * plane..][..plane];
-                        for iy in 0..s.in_hw[0] {
-                            let Some(oy) = landing(0, iy, ky) else {
-                                continue;
-                            };
-                            let src = &row[iy * s.in_hw[1]..][..s.in_hw[1]];
-                            let line = &mut dst[oy * s.out_hw[1]..][..s.out_hw[1]];
-                            for (ix, &v) in src.iter().enumerate() {
-                                if let Some(ox) = landing(1, ix, kx) {
-                                    line[ox] += v;
-                                }
+            for iy0 in (0..in_h).step_by(split.band_rows) {
+                let band = split.band_rows.min(in_h - iy0);
+                let block_rows = channels * taps;
+                let p = &mut product[..block_rows * band * in_w];
+                let result = MatRef::row_major(w, cin_g, rows).and_then(|a| {
+                    let b = MatRef::row_major(xg, cin_g, plane)?;
+                    let a = a.block(0, co0 * taps, cin_g, block_rows).t();
+                    let b = b.block(0, iy0 * in_w, cin_g, band * in_w);
+                    let c = MatMut::row_major(p, block_rows, band * in_w)?;
+                    gemm_serial(a, b, c, Output::Overwrite)
+                });
+                if let Err(e) = result {
+                    *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    return;
+                }
+                for (co, dst) in planes.chunks_exact_mut(out_plane).enumerate() {
+                    for ky in 0..s.k[0] {
+                        for kx in 0..s.k[1] {
+                            let row = &p[((co * s.k[0] + ky) * s.k[1] + kx) * band * in_w..]
+                                [..band * in_w];
+                            let ox0 = (kx * s.dilation[1]) as isize - s.pad[1] as isize;
+                            for (dy, src) in row.chunks_exact(in_w).enumerate() {
+                                let Some(oy) = landing(0, iy0 + dy, ky) else {
+                                    continue;
+                                };
+                                let line = &mut dst[oy * s.out_hw[1]..][..s.out_hw[1]];
+                                scatter_row(src, line, s.stride[1], ox0);
                             }
                         }
                     }
                 }
             }
+            // SAFETY: the block's planes, finished, are rows `first_row..first_row +
+            // channels` of the `[B·C_out, H·W]` output matrix, owned by this task.
+            unsafe { epilogue.apply(dst.get(), first_row, channels, 0, out_plane, out_plane) };
+        }
+    })?;
+    match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// `line[i·stride + offset] += src[i]` for every `i` that lands inside `line`: one input row's
+/// products for one tap, added into the output row they land on. Stride 1 is a plain
+/// vectorised add.
+fn scatter_row(src: &[f32], line: &mut [f32], stride: usize, offset: isize) {
+    // First and one-past-last `i` inside: `0 <= i·stride + offset < line.len()`.
+    let first = if offset < 0 {
+        offset.unsigned_abs().div_ceil(stride)
+    } else {
+        0
+    };
+    let end = match (line.len() as isize - offset).checked_sub(1) {
+        Some(last) if last >= 0 => (last as usize / stride + 1).min(src.len()),
+        _ => return,
+    };
+    if first >= end {
+        return;
+    }
+    let (src, line) = (
+        &src[first..end],
+        &mut line[(first * stride).wrapping_add_signed(offset)..],
+    );
+    if stride == 1 {
+        for (d, v) in line.iter_mut().zip(src) {
+            *d += v;
+        }
+    } else {
+        for (d, v) in line.iter_mut().step_by(stride).zip(src) {
+            *d += v;
         }
     }
-    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::activation::Activation;
     use crate::rng::Rng;
 
     /// `len` values drawn from N(0, 1) with `seed`.
@@ -207,8 +350,9 @@ mod tests {
         out
     }
 
-    /// Strides, padding, dilation, groups, output padding and batches agree with the
-    /// definition; a buffer of the wrong size is an error.
+    /// Strides, padding, dilation, groups, output padding, batches, several bands and
+    /// channel blocks agree with the definition on 1 to 3 threads, with a bias and ReLU or a
+    /// residual applied to the finished planes; bad buffers and geometry are errors.
     #[test]
     fn matches_the_definition() {
         let shape = |batch, cin, cout, groups, hw: [usize; 2], k, s, p, d, op: [usize; 2]| {
@@ -232,32 +376,78 @@ mod tests {
             shape(1, 4, 4, 4, [6, 6], 3, 1, 1, 2, [0, 0]),
             shape(1, 3, 5, 1, [1, 1], 2, 3, 0, 1, [2, 0]),
             shape(1, 16, 8, 2, [9, 5], 5, 3, 2, 1, [0, 2]),
+            // Several bands of input rows and blocks of channels per image.
+            shape(1, 24, 40, 1, [70, 66], 4, 2, 1, 1, [0, 0]),
+            shape(2, 12, 20, 2, [40, 9], 2, 2, 0, 1, [1, 0]),
         ];
-        let mut scratch = Vec::new();
-        for (i, s) in cases.iter().enumerate() {
-            let x = values(s.batch * s.in_channels * s.in_hw[0] * s.in_hw[1], 1);
-            let w = values(
-                s.in_channels * s.out_channels / s.groups * s.k[0] * s.k[1],
-                2,
-            );
-            let bias = values(s.out_channels, 3);
-            let mut out = vec![f32::NAN; s.batch * s.out_channels * s.out_hw[0] * s.out_hw[1]];
-            let b = (i % 2 == 0).then_some(&bias[..]);
-            conv_transpose2d(s, &x, &w, b, &mut out, &mut scratch).unwrap();
-            for (j, (got, want)) in out.iter().zip(naive(s, &x, &w, b)).enumerate() {
-                assert!(
-                    (f64::from(*got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
-                    "case {i}, element {j}: {got} against {want}"
-                );
+        for threads in [1, 2, 3] {
+            let pool = ThreadPool::new(threads).unwrap();
+            for (i, s) in cases.iter().enumerate() {
+                assert!(s.scratch_len(threads) <= threads * (BAND_FLOATS + 66 * 160));
+                let mut scratch = vec![f32::NAN; s.scratch_len(threads)];
+                let x = values(s.input_len(), 1);
+                let w = values(s.weight_len(), 2);
+                let bias = values(s.out_channels, 3);
+                let residual = values(s.output_len(), 4);
+                let mut out = vec![f32::NAN; s.output_len()];
+                let (epilogue, b) = match i % 3 {
+                    0 => (
+                        Epilogue::activation(Activation::Relu, Some(&bias)),
+                        Some(&bias[..]),
+                    ),
+                    1 => (Epilogue::NONE, None),
+                    _ => (
+                        Epilogue::activation_with_residual(Activation::Identity, None, &residual),
+                        None,
+                    ),
+                };
+                conv_transpose2d(&pool, s, &x, &w, &mut out, &mut scratch, epilogue).unwrap();
+                let want = naive(s, &x, &w, b);
+                for (j, (got, want)) in out.iter().zip(want).enumerate() {
+                    let want = match i % 3 {
+                        0 => want.max(0.0),
+                        1 => want,
+                        _ => want + f64::from(residual[j]),
+                    };
+                    assert!(
+                        (f64::from(*got) - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{threads} threads, case {i}, element {j}: {got} against {want}"
+                    );
+                }
             }
         }
+
+        let pool = ThreadPool::new(2).unwrap();
         let s = cases[0];
-        let mut out = vec![0.0; 3];
-        let x = values(s.batch * s.in_channels * s.in_hw[0] * s.in_hw[1], 1);
-        let w = values(s.in_channels * s.out_channels * 16, 2);
+        let (x, w) = (values(s.input_len(), 1), values(s.weight_len(), 2));
+        let mut scratch = vec![0.0; s.scratch_len(2)];
+        let mut out = vec![0.0; s.output_len()];
+        let mut run = |s: &ConvTranspose2dShape, x: &[f32], w: &[f32], e: Epilogue<'_>| {
+            conv_transpose2d(&pool, s, x, w, &mut out, &mut scratch, e)
+        };
+        let none = Epilogue::NONE;
         assert!(matches!(
-            conv_transpose2d(&s, &x, &w, None, &mut out, &mut scratch),
+            run(&s, &x, &w[1..], none),
+            Err(KernelError::BufferTooSmall { .. })
+        ));
+        let bias = [0.0; 3];
+        let short_bias = Epilogue::activation(Activation::Identity, Some(&bias));
+        assert!(matches!(
+            run(&s, &x, &w, short_bias),
             Err(KernelError::Shape(_))
         ));
+        let mut wrong = s;
+        wrong.out_hw[1] += 2;
+        assert!(matches!(
+            run(&wrong, &x, &w, none),
+            Err(KernelError::Shape(_))
+        ));
+        wrong = s;
+        wrong.groups = 3;
+        assert!(matches!(
+            run(&wrong, &x, &w, none),
+            Err(KernelError::Shape(_))
+        ));
+        assert!(run(&s, &x, &w, none).is_ok());
     }
 }

@@ -9,8 +9,8 @@
 //! - [`conv`]: conv2d / conv1d (NCHW and NHWC, stride, padding, dilation,
 //!   groups) as GEMMs over bounded im2col tiles; 1x1 stride-1 convolutions read
 //!   the input in place.
-//! - [`conv_transpose`]: transposed convolutions, one product and a col2im scatter per image
-//!   and group, on the calling thread.
+//! - [`conv_transpose`]: transposed convolutions, a product and a col2im scatter per block of
+//!   output channels.
 //! - [`depthwise`]: direct depthwise convolution, vectorised over a row, or on small maps
 //!   over eight channels (`depthwise_lanes`).
 //! - `pointwise`: NCHW 1x1 convolutions with few input channels on an AVX2 (or AVX-512)

@@ -50,7 +50,7 @@ use crate::kernel::{
     ProductLayout, Stmt,
 };
 use crate::ops::pool::{Pool, Resize};
-use crate::ops::{Attrs, AttrsExt};
+use crate::ops::AttrsExt;
 use crate::passes::input_dependent;
 use bbc_runtime::arena::AlignedBuffer;
 use bbc_runtime::desc::{
@@ -63,8 +63,8 @@ use bbc_runtime::exec::{
 };
 use bbc_runtime::kernels::activation::Activation;
 use bbc_runtime::kernels::{
-    conv_transpose2d, AxisMap, Conv2d, Conv2dShape, ConvTranspose2dShape, DepthwiseConv2d, Layout,
-    MatRef, MaxPool2d, Resize2d,
+    AxisMap, Conv2d, Conv2dShape, ConvTranspose2dShape, DepthwiseConv2d, Layout, MatRef, MaxPool2d,
+    Resize2d,
 };
 use bbc_runtime::pool::ThreadPool;
 use bbc_runtime::Tensor;
@@ -754,7 +754,7 @@ impl Executable {
 fn kind_name(k: &StepKernel) -> &'static str {
     match k {
         StepKernel::Loops { .. } => "loops",
-        StepKernel::Conv { .. } => "conv",
+        StepKernel::Conv { .. } | StepKernel::ConvTranspose { .. } => "conv",
         StepKernel::Depthwise { .. } => "depthwise",
         StepKernel::Gemm(_) => "gemm",
         StepKernel::Norm { .. } | StepKernel::Softmax { .. } => "norm",
@@ -1203,7 +1203,8 @@ impl Builder<'_, '_> {
                     set_epilogue(&mut step, epilogue);
                 }
                 let product = match &step {
-                    StepKernel::Conv { product, .. } => {
+                    StepKernel::Conv { product, .. }
+                    | StepKernel::ConvTranspose { product, .. } => {
                         self.stats.conv_kernels += 1;
                         Some(product)
                     }
@@ -1235,11 +1236,24 @@ impl Builder<'_, '_> {
             col_stride,
         } = c.layout
         else {
-            return Err(
-                "a transposed convolution runs as host code on one thread (a product, then \
-                        col2im), with no planned kernel"
-                    .into(),
-            );
+            let (shape, weight, input) = transposed_conv_shape(kernel, c).ok_or(
+                "a transposed convolution whose operands are not whole NCHW buffers has no \
+                 planned kernel",
+            )?;
+            let product = ProductMap {
+                rows_per_batch: shape.out_channels,
+                transposed: false,
+                bias: None,
+                scatter: None,
+                epilogue: None,
+            };
+            let step = StepKernel::ConvTranspose {
+                shape,
+                input,
+                weight,
+                product,
+            };
+            return Ok((step, vec![input, weight]));
         };
         let out_strides: Vec<usize> = c.batch.iter().map(|d| d.out_stride).collect();
         let out_offsets = batch_offsets(c, 0, &out_strides);
@@ -1438,7 +1452,9 @@ fn unnamed(kernel: &Kernel) -> Kernel {
 /// Whether a contraction step's kernel presents its product transposed to the epilogue.
 fn transposed_product(step: &StepKernel<Described>) -> bool {
     match step {
-        StepKernel::Conv { product, .. } => product.transposed,
+        StepKernel::Conv { product, .. } | StepKernel::ConvTranspose { product, .. } => {
+            product.transposed
+        }
         StepKernel::Gemm(g) => g.product.transposed,
         _ => false,
     }
@@ -1446,7 +1462,9 @@ fn transposed_product(step: &StepKernel<Described>) -> bool {
 
 fn set_epilogue(step: &mut StepKernel<Described>, epilogue: Option<TileEpilogue<Described>>) {
     match step {
-        StepKernel::Conv { product, .. } => product.epilogue = epilogue,
+        StepKernel::Conv { product, .. } | StepKernel::ConvTranspose { product, .. } => {
+            product.epilogue = epilogue
+        }
         StepKernel::Gemm(g) => g.product.epilogue = epilogue,
         StepKernel::Loops { .. }
         | StepKernel::Depthwise { .. }
@@ -1861,6 +1879,92 @@ fn conv_shape(kernel: &Kernel, c: &Contraction) -> Option<(Conv2dShape, BufId, B
     Some((shape, *weight, input))
 }
 
+/// The transposed convolution a col2im contraction computes, if the runtime's
+/// [`conv_transpose2d`](bbc_runtime::kernels::conv_transpose2d) runs it as is: `A` the
+/// `[C_in, C_out/groups, kh, kw]` weight read transposed, `B` the channel planes of an NCHW
+/// input, batched over (image, group), and the output NCHW. Returns the shape with the
+/// weight's and the input's buffers.
+fn transposed_conv_shape(
+    kernel: &Kernel,
+    c: &Contraction,
+) -> Option<(ConvTranspose2dShape, BufId, BufId)> {
+    let ProductLayout::Col2im { geometry: g } = &c.layout else {
+        return None;
+    };
+    let Operand::Strided {
+        buf: weight,
+        offset: 0,
+        row_stride: 1,
+        col_stride,
+        batch_strides: a_strides,
+    } = &c.a
+    else {
+        return None;
+    };
+    let Operand::Strided {
+        buf: input,
+        offset: 0,
+        row_stride,
+        col_stride: 1,
+        batch_strides: b_strides,
+    } = &c.b
+    else {
+        return None;
+    };
+    let (plane, out_plane) = (g.in_hw[0] * g.in_hw[1], g.out_hw[0] * g.out_hw[1]);
+    let layout_ok = *col_stride == c.m
+        && *row_stride == plane
+        && c.n == plane
+        && c.m == g.channels * g.k[0] * g.k[1];
+    if !layout_ok || c.m == 0 || c.k == 0 || plane == 0 {
+        return None;
+    }
+    let weight_len = kernel.buffers[*weight].len();
+    let groups = weight_len / (c.k * c.m);
+    if groups == 0 || groups * c.k * c.m != weight_len {
+        return None;
+    }
+    let (in_channels, out_channels) = (groups * c.k, groups * g.channels);
+    let images = kernel.buffers[*input].len() / (in_channels * plane);
+    if images * in_channels * plane != kernel.buffers[*input].len()
+        || kernel.buffers[c.out].len() != images * out_channels * out_plane
+    {
+        return None;
+    }
+    // The batch axes must be (image, group), outermost first, extent-1 axes dropped: batch
+    // entry `image·groups + group` reads its group's weight and input planes and writes its
+    // group's output planes.
+    let expected: Vec<[usize; 4]> = [
+        [images, 0, in_channels * plane, out_channels * out_plane],
+        [groups, c.k * c.m, c.k * plane, g.channels * out_plane],
+    ]
+    .into_iter()
+    .filter(|axis| axis[0] > 1)
+    .collect();
+    let actual: Vec<[usize; 4]> = c
+        .batch
+        .iter()
+        .zip(a_strides.iter().zip(b_strides))
+        .map(|(d, (&a, &b))| [d.extent, a, b, d.out_stride])
+        .collect();
+    if actual != expected || a_strides.len() != c.batch.len() || b_strides.len() != c.batch.len() {
+        return None;
+    }
+    let shape = ConvTranspose2dShape {
+        batch: images,
+        in_channels,
+        out_channels,
+        groups,
+        in_hw: g.in_hw,
+        out_hw: g.out_hw,
+        k: g.k,
+        stride: g.stride,
+        pad: g.pad,
+        dilation: g.dilation,
+    };
+    Some((shape, *weight, *input))
+}
+
 /// The output size of the convolution whose input operand is `b`.
 fn conv_out_hw(b: &Operand) -> [usize; 2] {
     match b {
@@ -1881,9 +1985,6 @@ fn reference_step(graph: &Graph, id: ValueId) -> HostFn {
         .collect();
     type Eval = Box<dyn Fn(&[&Tensor]) -> Result<Tensor, String> + Send>;
     let eval: Eval = match &node.kind {
-        NodeKind::Op { op, attrs } if op.name == "conv_transpose2d" => {
-            return conv_transpose_step(attrs, &shapes[0], &node.shape);
-        }
         NodeKind::Op { op, attrs } => {
             let (op, attrs) = (*op, attrs.clone());
             Box::new(move |args| Ok((op.eval)(&attrs, args)))
@@ -1930,39 +2031,6 @@ fn reference_step(graph: &Graph, id: ValueId) -> HostFn {
         Ok(())
     });
     host
-}
-
-/// Host code for a `conv_transpose2d` node: the runtime's product-and-scatter kernel
-/// ([`conv_transpose2d`](bbc_runtime::kernels::conv_transpose2d)) on the calling thread, which
-/// does the reference's multiply-adds in f32 vectors instead of one f64 at a time.
-fn conv_transpose_step(attrs: &Attrs, x: &[usize], out: &[usize]) -> HostFn {
-    let pair = |name: &str| {
-        let v = attrs.ints(name);
-        [v[0] as usize, v[1] as usize]
-    };
-    // An unbatched input is [C, H, W].
-    let (batch, x, out) = if x.len() == 4 {
-        (x[0], &x[1..], &out[1..])
-    } else {
-        (1, x, out)
-    };
-    let shape = ConvTranspose2dShape {
-        batch,
-        in_channels: x[0],
-        out_channels: out[0],
-        groups: attrs.int("groups") as usize,
-        in_hw: [x[1], x[2]],
-        out_hw: [out[1], out[2]],
-        k: pair("k"),
-        stride: pair("s"),
-        pad: pair("pad"),
-        dilation: pair("dilation"),
-    };
-    let mut scratch = Vec::new();
-    Box::new(move |ins: &[&[f32]], out: &mut [f32]| {
-        let bias = ins.get(2).copied();
-        conv_transpose2d(&shape, ins[0], ins[1], bias, out, &mut scratch).map_err(|e| e.to_string())
-    })
 }
 
 #[cfg(test)]
