@@ -386,7 +386,7 @@ impl Gen {
         let (n, c, h, w) = (x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
         let output_padding = p.below(s.max(dilation));
         let out = p.of(&[c, 4, 6]);
-        let groups = if p.chance(30) && c % 2 == 0 && out % 2 == 0 {
+        let groups = if p.chance(30) && c.is_multiple_of(2) && out.is_multiple_of(2) {
             2
         } else {
             1
