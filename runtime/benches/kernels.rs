@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use bbc_runtime::kernels::activation::{activate_rows, Activation, RowBias};
 use bbc_runtime::kernels::norm::layer_norm_channels;
 use bbc_runtime::kernels::{
-    gemm, isa, Conv2d, Conv2dShape, ConvStrategy, DepthwiseConv2d, Epilogue, Layout, MatMut,
-    MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix,
+    conv_transpose2d, gemm, isa, Conv2d, Conv2dShape, ConvStrategy, ConvTranspose2dShape,
+    DepthwiseConv2d, Epilogue, Layout, MatMut, MatRef, MaxPool2d, Output, PackedMatrix,
+    PanelMatrix,
 };
 use bbc_runtime::peak;
 use bbc_runtime::pool::{Chunking, PoolConfig, ThreadPool};
@@ -744,6 +745,27 @@ fn main() {
         bench_activation(&report, budget, act);
     }
 
+    println!("\n== Transposed convolutions (NCHW, bias + ReLU on each finished block) ==");
+    for (name, cin, cout, size) in [
+        ("decoder 4x4/2 64->32 @28", 64, 32, 28),
+        ("decoder 4x4/2 128->64 @32", 128, 64, 32),
+        ("decoder 4x4/2 32->3 @64", 32, 3, 64),
+    ] {
+        let shape = ConvTranspose2dShape {
+            batch: 1,
+            in_channels: cin,
+            out_channels: cout,
+            groups: 1,
+            in_hw: [size, size],
+            out_hw: [2 * size, 2 * size],
+            k: [4, 4],
+            stride: [2, 2],
+            pad: [1, 1],
+            dilation: [1, 1],
+        };
+        bench_conv_transpose(&report, &pools, budget, name, shape);
+    }
+
     println!("\n== Max pooling (NCHW) ==");
     bench_max_pool(
         &report,
@@ -759,6 +781,38 @@ fn main() {
             padding: [1, 1],
         },
     );
+}
+
+/// A transposed convolution with a bias and ReLU.
+fn bench_conv_transpose(
+    report: &Report,
+    pools: &[ThreadPool],
+    budget: Duration,
+    name: &str,
+    shape: ConvTranspose2dShape,
+) {
+    if !report.wants(name) {
+        return;
+    }
+    let (x, w, bias) = (
+        random(shape.input_len()),
+        random(shape.weight_len()),
+        random(shape.out_channels),
+    );
+    let mut out = vec![0.0; shape.output_len()];
+    let times: Vec<(usize, Duration)> = pools
+        .iter()
+        .map(|pool| {
+            let mut scratch = vec![0.0; shape.scratch_len(pool.threads())];
+            let epilogue = Epilogue::activation(Activation::Relu, Some(&bias));
+            let t = best_time(budget, || {
+                conv_transpose2d(pool, &shape, &x, &w, &mut out, &mut scratch, epilogue).unwrap();
+                black_box(&out);
+            });
+            (pool.threads(), t)
+        })
+        .collect();
+    report.line(name, shape.flops() as f64, &times);
 }
 
 /// A max pooling over fresh input each call (the layer reads what the convolution before it

@@ -4,13 +4,14 @@
 //! Output channel `co` of group `g` is the sum over the group's input channels of its
 //! weight taps times the input, each tap's product row scattered to `(iy·s + ky·d − pad,
 //! ix·s + kx·d − pad)` for every input pixel `(iy, ix)` that lands inside (col2im). A task
-//! owns a block of output channels of one image and group: it zeroes their planes, then, for
-//! each band of input rows, computes the block's product rows `P = Wᵀ·X` (`[channels·kh·kw,
-//! band]` from the group's `[C_in/g, C_out/g·kh·kw]` weight and `[C_in/g, band]` input, on the
-//! `gemm` crate) into its thread's scratch and adds them into its planes. No two tasks
-//! write the same output element, so the scatter needs no synchronisation, and the block's
-//! planes are final when its last band is in: the epilogue runs on them then, while they
-//! are in cache. The kernel presents its output as the convolutions do (row `b·C_out + co`,
+//! owns a band of output rows of a block of output channels of one image and group: it
+//! computes the block's product rows `P = Wᵀ·X` over the input rows that reach its band
+//! (`[channels·kh·kw, rows·W]` from the group's `[C_in/g, C_out/g·kh·kw]` weight and `[C_in/g,
+//! rows·W]` input, on the `gemm` crate) into its thread's scratch, zeroes its band and adds
+//! into it what lands there. Neighbouring bands recompute the input rows they share (about
+//! `(k − s) / s` rows per band), and in exchange no two tasks write the same output element:
+//! the scatter needs no synchronisation, and a band is final when its task ends, so the
+//! epilogue runs on it then, while it is in cache. The kernel presents its output as the convolutions do (row `b·C_out + co`,
 //! column `oy·W_out + ox`), so a bias per channel and an activation come as
 //! [`Epilogue::activation`].
 //!
@@ -50,11 +51,13 @@ pub struct ConvTranspose2dShape {
     pub dilation: [usize; 2],
 }
 
-/// How the work is cut: blocks of output channels per task, input rows per band.
+/// How the work is cut: a task is a block of `channels` output channels by a band of
+/// `out_rows` output rows, and computes its product `in_rows` input rows at a time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Split {
     channels: usize,
-    band_rows: usize,
+    out_rows: usize,
+    in_rows: usize,
 }
 
 impl ConvTranspose2dShape {
@@ -82,7 +85,7 @@ impl ConvTranspose2dShape {
     /// product per thread.
     pub fn scratch_len(&self, threads: usize) -> usize {
         let split = self.split(threads);
-        threads.max(1) * split.channels * self.taps() * split.band_rows * self.in_hw[1]
+        threads.max(1) * split.channels * self.taps() * split.in_rows * self.in_hw[1]
     }
 
     /// Refuses a shape the kernel cannot run: no groups, channels groups do not divide, a
@@ -127,21 +130,36 @@ impl ConvTranspose2dShape {
     }
 
     /// Channels per block: the group's channels cut into at least two blocks per thread
-    /// over all images and groups, but not below [`MIN_BLOCK_ROWS`] product rows. Input rows
-    /// per band: as many as [`BAND_FLOATS`] of product hold.
+    /// over all images and groups, but not below [`MIN_BLOCK_ROWS`] product rows. Output rows
+    /// per band: all of them, unless the blocks are fewer than two per thread (a decoder's
+    /// last layer, to three channels); bands share the input rows between them, which each
+    /// computes. Input rows per product: as many as [`BAND_FLOATS`] of product hold.
     fn split(&self, threads: usize) -> Split {
         let cout_g = (self.out_channels / self.groups.max(1)).max(1);
         let taps = self.taps().max(1);
-        let parts = (2 * threads.max(1)).div_ceil((self.batch * self.groups).max(1));
+        let wanted = 2 * threads.max(1);
+        let entries = (self.batch * self.groups).max(1);
         let channels = cout_g
-            .div_ceil(parts)
+            .div_ceil(wanted.div_ceil(entries))
             .max(MIN_BLOCK_ROWS.div_ceil(taps))
             .min(cout_g);
+        let tasks = entries * cout_g.div_ceil(channels);
+        let out_h = self.out_hw[0].max(1);
         let row = (channels * taps * self.in_hw[1]).max(1);
         Split {
             channels,
-            band_rows: (BAND_FLOATS / row).clamp(1, self.in_hw[0].max(1)),
+            out_rows: out_h.div_ceil(wanted.div_ceil(tasks)),
+            in_rows: (BAND_FLOATS / row).clamp(1, self.in_hw[0].max(1)),
         }
+    }
+
+    /// The input rows that reach output rows `rows` (through some tap).
+    fn input_rows_of(&self, rows: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let (s, reach) = (self.stride[0], (self.k[0] - 1) * self.dilation[0]);
+        // Input row `iy` lands on `iy·s + ky·d − pad` for `ky` in `0..k`.
+        let first = (rows.start + self.pad[0]).saturating_sub(reach).div_ceil(s);
+        let end = ((rows.end - 1 + self.pad[0]) / s + 1).min(self.in_hw[0]);
+        first.min(end)..end
     }
 }
 
@@ -182,83 +200,97 @@ pub fn conv_transpose2d(
     let taps = s.taps();
     let rows = cout_g * taps;
     let [in_h, in_w] = s.in_hw;
-    let (plane, out_plane) = (in_h * in_w, s.out_hw[0] * s.out_hw[1]);
+    let [out_h, out_w] = s.out_hw;
+    let (plane, out_plane) = (in_h * in_w, out_h * out_w);
     let split = s.split(threads);
-    let per_thread = split.channels * taps * split.band_rows * in_w;
+    let per_thread = split.channels * taps * split.in_rows * in_w;
     let blocks = cout_g.div_ceil(split.channels.max(1));
+    let bands = out_h.div_ceil(split.out_rows.max(1));
     let tasks = if out_plane == 0 {
         0
     } else {
-        s.batch * s.groups * blocks
+        s.batch * s.groups * blocks * bands
     };
     let serial = s.flops() < SERIAL_FLOPS;
     let (dst, buffers) = (SendPtr(out.as_mut_ptr()), SendPtr(scratch.as_mut_ptr()));
-    // Input and output offsets of each tap along one axis: input `i` lands at `i·s + t·d − pad`.
-    let landing = |axis: usize, i: usize, tap: usize| {
-        (i * s.stride[axis] + tap * s.dilation[axis])
-            .checked_sub(s.pad[axis])
-            .filter(|&o| o < s.out_hw[axis])
-    };
     let failed = std::sync::Mutex::new(None);
     for_each_task(pool, tasks, serial, |range, thread| {
         for task in range {
-            let (image_group, block) = (task / blocks, task % blocks);
-            let (n, g) = (image_group / s.groups, image_group % s.groups);
+            let (entry_block, band) = (task / bands, task % bands);
+            let (entry, block) = (entry_block / blocks, entry_block % blocks);
+            let (n, g) = (entry / s.groups, entry % s.groups);
             let co0 = block * split.channels;
             let channels = split.channels.min(cout_g - co0);
             let first_row = n * s.out_channels + g * cout_g + co0;
-            // SAFETY: the task's channels of image `n` are its own output elements, and the
-            // thread's part of the scratch its own (both checked long enough above).
-            let (planes, product) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(
-                        dst.get().add(first_row * out_plane),
-                        channels * out_plane,
-                    ),
-                    std::slice::from_raw_parts_mut(
-                        buffers.get().add(thread * per_thread),
-                        per_thread,
-                    ),
-                )
+            let out_rows = band * split.out_rows..((band + 1) * split.out_rows).min(out_h);
+            // SAFETY: the thread's part of the scratch is its own (checked long enough above).
+            let product = unsafe {
+                std::slice::from_raw_parts_mut(buffers.get().add(thread * per_thread), per_thread)
             };
-            planes.fill(0.0);
+            let out_band = |co: usize| {
+                // SAFETY: the band's rows of the task's channels of image `n` are its own
+                // output elements (checked long enough above).
+                unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dst.get()
+                            .add((first_row + co) * out_plane + out_rows.start * out_w),
+                        out_rows.len() * out_w,
+                    )
+                }
+            };
+            (0..channels).for_each(|co| out_band(co).fill(0.0));
             let w = &weight[g * cin_g * rows..][..cin_g * rows];
             let xg = &x[(n * s.in_channels + g * cin_g) * plane..][..cin_g * plane];
-            for iy0 in (0..in_h).step_by(split.band_rows) {
-                let band = split.band_rows.min(in_h - iy0);
-                let block_rows = channels * taps;
-                let p = &mut product[..block_rows * band * in_w];
+            let reaching = s.input_rows_of(out_rows.clone());
+            for iy0 in reaching.clone().step_by(split.in_rows) {
+                let in_rows = iy0..(iy0 + split.in_rows).min(reaching.end);
+                let columns = in_rows.len() * in_w;
+                let p = &mut product[..channels * taps * columns];
                 let result = MatRef::row_major(w, cin_g, rows).and_then(|a| {
                     let b = MatRef::row_major(xg, cin_g, plane)?;
-                    let a = a.block(0, co0 * taps, cin_g, block_rows).t();
-                    let b = b.block(0, iy0 * in_w, cin_g, band * in_w);
-                    let c = MatMut::row_major(p, block_rows, band * in_w)?;
+                    let a = a.block(0, co0 * taps, cin_g, channels * taps).t();
+                    let b = b.block(0, iy0 * in_w, cin_g, columns);
+                    let c = MatMut::row_major(p, channels * taps, columns)?;
                     gemm_serial(a, b, c, Output::Overwrite)
                 });
                 if let Err(e) = result {
                     *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     return;
                 }
-                for (co, dst) in planes.chunks_exact_mut(out_plane).enumerate() {
+                for co in 0..channels {
+                    let band = out_band(co);
                     for ky in 0..s.k[0] {
                         for kx in 0..s.k[1] {
-                            let row = &p[((co * s.k[0] + ky) * s.k[1] + kx) * band * in_w..]
-                                [..band * in_w];
+                            let at = ((co * s.k[0] + ky) * s.k[1] + kx) * columns;
                             let ox0 = (kx * s.dilation[1]) as isize - s.pad[1] as isize;
-                            for (dy, src) in row.chunks_exact(in_w).enumerate() {
-                                let Some(oy) = landing(0, iy0 + dy, ky) else {
+                            for (iy, src) in
+                                in_rows.clone().zip(p[at..][..columns].chunks_exact(in_w))
+                            {
+                                // Input row `iy` lands on `iy·s + ky·d − pad` through this tap.
+                                let oy =
+                                    (iy * s.stride[0] + ky * s.dilation[0]).checked_sub(s.pad[0]);
+                                let Some(oy) = oy.filter(|oy| out_rows.contains(oy)) else {
                                     continue;
                                 };
-                                let line = &mut dst[oy * s.out_hw[1]..][..s.out_hw[1]];
+                                let line = &mut band[(oy - out_rows.start) * out_w..][..out_w];
                                 scatter_row(src, line, s.stride[1], ox0);
                             }
                         }
                     }
                 }
             }
-            // SAFETY: the block's planes, finished, are rows `first_row..first_row +
-            // channels` of the `[B·C_out, H·W]` output matrix, owned by this task.
-            unsafe { epilogue.apply(dst.get(), first_row, channels, 0, out_plane, out_plane) };
+            // SAFETY: the band, finished, is rows `first_row..first_row + channels` by the
+            // band's columns of the `[B·C_out, H·W]` output matrix, owned by this task.
+            unsafe {
+                epilogue.apply(
+                    dst.get(),
+                    first_row,
+                    channels,
+                    out_rows.start * out_w,
+                    out_rows.len() * out_w,
+                    out_plane,
+                )
+            };
         }
     })?;
     match failed.into_inner().unwrap_or_else(|p| p.into_inner()) {
@@ -379,6 +411,9 @@ mod tests {
             // Several bands of input rows and blocks of channels per image.
             shape(1, 24, 40, 1, [70, 66], 4, 2, 1, 1, [0, 0]),
             shape(2, 12, 20, 2, [40, 9], 2, 2, 0, 1, [1, 0]),
+            // Few channels: bands of output rows make the tasks; some rows receive nothing.
+            shape(1, 8, 3, 1, [20, 17], 4, 2, 1, 1, [0, 0]),
+            shape(1, 4, 2, 1, [9, 6], 1, 3, 0, 1, [2, 2]),
         ];
         for threads in [1, 2, 3] {
             let pool = ThreadPool::new(threads).unwrap();
