@@ -16,9 +16,9 @@ use std::sync::OnceLock;
 /// Models compiled ahead of time and checked against the JIT, with their size arguments:
 /// ConvNeXt with 1x1-conv MLPs (convolutions, banded depthwise + LayerNorm groups, the
 /// head's GEMM, loop kernels) first, then folded BatchNorm, depthwise groups run as two
-/// steps, attention, two inputs, three outputs, wavelet-folded filters and transposed
-/// convolutions.
-const MODELS: [(&str, &str, &[&str]); 8] = [
+/// steps, attention, two inputs, three outputs, wavelet-folded filters, transposed
+/// convolutions and concatenations written in place (RDN's dense blocks).
+const MODELS: [(&str, &str, &[&str]); 9] = [
     (
         "specs/convnext.bb",
         "convnext_test",
@@ -35,6 +35,11 @@ const MODELS: [(&str, &str, &[&str]); 8] = [
     ("specs/fff.bb", "fff_bifpn_test", &[]),
     ("specs/wavelet.bb", "wavecnet_test", &[]),
     ("tests/aot/decoder.bb", "decoder", &[]),
+    (
+        "specs/rdn.bb",
+        "rdn_test",
+        &["--arg", "C=4", "--arg", "G=32", "--arg", "G0=32"],
+    ),
 ];
 /// The descriptor symbol `tests/aot/main.c` refers to.
 const SYMBOL: &str = "aot_test_model";

@@ -724,6 +724,60 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     assert_eq!(s.steps(), stats::stats(&graph).kernels);
 }
 
+/// RDN's dense blocks concatenate a growing prefix; the chain is one buffer that each
+/// layer's step writes its part of, so the concatenations need no steps, and the model
+/// computes the interpreter's values on 1 to 3 threads.
+#[test]
+fn concatenations_are_written_in_place() {
+    // Four layers per block, 32 channels (at 8 the local fusions split over the layers'
+    // outputs and the last concatenation goes).
+    let program = elab::Program::load(std::path::Path::new("specs/rdn.bb"), &elab::FsLoader)
+        .unwrap_or_else(|e| panic!("{}", e.render()));
+    let opts = elab::Options {
+        model: Some("rdn".into()),
+        args: [
+            ("D", "2"),
+            ("C", "4"),
+            ("G", "32"),
+            ("G0", "32"),
+            ("size", "8"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .to_vec(),
+        ..Default::default()
+    };
+    let graph = program
+        .elaborate(&opts)
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .graph;
+    let rdn = Model {
+        label: "rdn".into(),
+        weights: weights::init_weights(&graph, 3),
+        inputs: HashMap::from([(
+            "x".to_string(),
+            Rng::new(6).standard_normal_tensor(&[1, 3, 8, 8]),
+        )]),
+        graph,
+    };
+    for n in [1, 2, 3] {
+        check(&rdn, &threads(n));
+    }
+    let graph = optimized(&rdn.graph);
+    let exe = compile(&graph, &rdn.weights, &threads(2)).expect("compiles");
+    let s = exe.stats();
+    let concats = graph
+        .nodes
+        .node_weights()
+        .filter(|n| n.op().is_some_and(|op| op.name == "concat"))
+        .count();
+    // The first block's four are views of one buffer. The second's first copies the block
+    // input (which the global fusion reads again) and its first layer into its buffer, the
+    // other three are views; the global fusion's concatenation is written by the blocks'
+    // last steps.
+    assert_eq!((concats, s.concats_in_place), (9, 8), "{s:?}");
+    assert_eq!(s.steps() + s.concats_in_place, stats::stats(&graph).kernels);
+}
+
 /// Transposed convolutions run on the runtime's planned kernel, with the chain after them
 /// (bias, activation, residual add) as their epilogue, and compute the interpreter's values
 /// on 1 to 3 threads: with groups, dilation, padding, output padding, a batch, and maps large

@@ -16,7 +16,8 @@
 //! elementwise chains whose values get second users or become graph outputs;
 //! conv2d/conv1d/linear/matmul/conv_transpose2d with an epilogue (activation, layer scale,
 //! residual); depthwise conv + `layer_norm2d` or `permute` + `layer_norm` (ConvNeXt blocks);
-//! conv + `batch_norm2d`; concat of resized tensors + conv, FPN and BiFPN fusion; attention
+//! conv + `batch_norm2d`; concat of resized tensors + conv, dense blocks (each layer over
+//! the concatenation of every earlier output), FPN and BiFPN fusion; attention
 //! (`softmax(matmul * scale)` then `matmul`, one or two heads, optional bias); reshape and
 //! permute chains; dropout / drop_path / identity; `haar_dwt` + conv; `full`, `const` and
 //! `coord_grid` constants; repeated expressions and shared layer values; pooling,
@@ -673,7 +674,30 @@ impl Gen {
     fn merge(&mut self, p: &mut Picks) {
         let a = self.pick_image(p);
         let (n, c, h, w) = (a.shape[0], a.shape[1], a.shape[2], a.shape[3]);
-        match p.below(3) {
+        match p.below(4) {
+            3 => {
+                // A dense block (DenseNet, RDN): each layer reads the concatenation of the
+                // block input and every earlier layer's output, a growing chain.
+                let mut parts = vec![a.name.clone()];
+                let mut channels = c;
+                let mut input = a.clone();
+                for _ in 0..2 + p.below(3) {
+                    let g = p.of(&[2, 4]);
+                    let conv = self.bind(
+                        format!("conv2d({}, out={g}, k=3, pad=1)", input.name),
+                        vec![n, g, h, w],
+                    );
+                    let layer = self.bind_pure(format!("relu({})", conv.name), conv.shape.clone());
+                    parts.push(layer.name.clone());
+                    channels += g;
+                    input = self.bind_pure(
+                        format!("concat([{}], axis=1)", parts.join(", ")),
+                        vec![n, channels, h, w],
+                    );
+                }
+                let fused = self.conv(p, &input, None, false);
+                self.epilogue(p, fused);
+            }
             0 => {
                 let mut parts = vec![a.name.clone()];
                 let mut channels = c;

@@ -18,7 +18,7 @@
 use crate::arena::AlignedBuffer;
 use crate::exec::{
     BandLoop, ExecError, Executor, Form, Gemm, GemmOperand, HostFn, LoopFn, PackedWeight, Plan,
-    ProductMap, Resolved, Slot, Step, StepKernel, TileEpilogue, TileFn,
+    ProductMap, Resolved, Slot, Step, StepKernel, TileEpilogue, TileFn, View,
 };
 use crate::kernels::{
     Conv2d, Conv2dShape, DepthwiseConv2d, KernelError, MatRef, PackedMatrix, PanelMatrix,
@@ -160,6 +160,9 @@ pub struct PlanDesc {
     pub inputs: Vec<IoDesc>,
     pub outputs: Vec<IoDesc>,
     pub steps: Vec<Step<Described>>,
+    /// [`Plan::views`].
+    #[serde(default)]
+    pub views: Vec<View>,
 }
 
 /// Whether a GEMM step's constant right operand is packed in panels for the dense kernel:
@@ -191,6 +194,7 @@ impl PlanDesc {
             inputs: Vec::new(),
             outputs: Vec::new(),
             steps: Vec::new(),
+            views: Vec::new(),
         }
     }
 
@@ -304,6 +308,7 @@ impl PlanDesc {
             inputs: self.inputs.iter().map(value).collect(),
             outputs: self.outputs.iter().map(|o| o.slot).collect(),
             steps,
+            views: self.views.clone(),
         }
     }
 

@@ -135,6 +135,18 @@ pub struct Plan {
     /// What the caller reads back, in [`Executor::run`]'s output order.
     pub outputs: Vec<Slot>,
     pub steps: Vec<Step>,
+    /// Values stored inside others: the parts of a concatenation written in place by the
+    /// steps that compute them, and the concatenation itself, which no step writes.
+    pub views: Vec<View>,
+}
+
+/// A value stored inside another: element `i` of `value` is element `offset + i` of `base`
+/// (which may itself be a view). Neither is a graph input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct View {
+    pub value: usize,
+    pub base: usize,
+    pub offset: usize,
 }
 
 /// One kernel launch.
@@ -549,17 +561,19 @@ fn invalid(message: String) -> ExecError {
 impl Executor {
     /// Checks `plan`, places its values and resolves every pointer.
     pub fn new(plan: Plan, pool: ThreadPool) -> Result<Executor, ExecError> {
-        let lifetimes = lifetimes(&plan)?;
-        let storage = shared_storage(&plan, &lifetimes);
+        let views = resolve_views(&plan)?;
+        let lifetimes = lifetimes(&plan, &views)?;
+        let storage = shared_storage(&plan, &lifetimes, &views);
         let arena_plan = plan_arena(&storage.lifetimes)?;
         let mut arena = AlignedBuffer::zeroed(arena_plan.size / 4);
         let base = arena.as_mut_slice().as_mut_ptr();
         let value_ptrs: Vec<*mut f32> = storage
             .of_value
             .iter()
+            .zip(&views)
             // SAFETY: every offset plus its storage's size lies inside the planned arena, and
-            // a value's storage is at least as large as the value.
-            .map(|&g| unsafe { base.add(arena_plan.offsets[g] / 4) })
+            // a value lies inside its storage (`resolve_views` checked a view's extent).
+            .map(|(&g, &(_, at))| unsafe { base.add(arena_plan.offsets[g] / 4 + at) })
             .collect();
         let computed_convs: Vec<Option<Conv2d>> = plan
             .steps
@@ -1628,11 +1642,61 @@ fn check_step(step: &Step, lens: &[usize]) -> Result<(), ExecError> {
     Ok(())
 }
 
+/// Where each value is stored, from the plan's views: `(root, offset)`, the value that is
+/// no view whose storage holds it and its first element's offset there (`(v, 0)` for a
+/// value that is no view). Refuses views out of range, past their base's end, of graph
+/// inputs, given twice for one value, or in a cycle.
+fn resolve_views(plan: &Plan) -> Result<Vec<(usize, usize)>, ExecError> {
+    let n = plan.values.len();
+    let mut parent: Vec<Option<(usize, usize)>> = vec![None; n];
+    for view in &plan.views {
+        let View {
+            value,
+            base,
+            offset,
+        } = *view;
+        let inside = value < n
+            && base < n
+            && value != base
+            && offset
+                .checked_add(plan.values[value])
+                .is_some_and(|end| end <= plan.values[base]);
+        if !inside || plan.inputs.contains(&value) || plan.inputs.contains(&base) {
+            return Err(invalid(format!("a view out of range: {view:?}")));
+        }
+        if parent[value].replace((base, offset)).is_some() {
+            return Err(invalid(format!("value {value} is a view twice")));
+        }
+    }
+    (0..n)
+        .map(|v| {
+            let (mut root, mut at) = (v, 0);
+            for _ in 0..=n {
+                match parent[root] {
+                    None => return Ok((root, at)),
+                    Some((base, offset)) => (root, at) = (base, at + offset),
+                }
+            }
+            Err(invalid(format!("views in a cycle through value {v}")))
+        })
+        .collect()
+}
+
 /// Every value's lifetime in steps: inputs are written at step 0, step `s` of the plan is
-/// step `s + 1`, and outputs are read at the step after the last.
-fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
+/// step `s + 1`, and outputs are read at the step after the last. A value stored with others
+/// (`views`: a concatenation and its parts) is written by its parts' steps: one that no
+/// step writes (the concatenation) is live from its first read.
+fn lifetimes(plan: &Plan, views: &[(usize, usize)]) -> Result<Vec<Lifetime>, ExecError> {
     const UNDEFINED: usize = usize::MAX;
+    let mut shared = vec![false; plan.values.len()];
+    for (v, &(root, _)) in views.iter().enumerate() {
+        if root != v {
+            shared[v] = true;
+            shared[root] = true;
+        }
+    }
     let mut def = vec![UNDEFINED; plan.values.len()];
+    let mut first_read = vec![UNDEFINED; plan.values.len()];
     let mut last = vec![0; plan.values.len()];
     let check = |v: usize| {
         if v < plan.values.len() {
@@ -1660,12 +1724,13 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
                 }
                 Slot::Value(v) => {
                     // An empty value has nothing to write: no step computes it.
-                    if def[check(v)?] == UNDEFINED && plan.values[v] > 0 {
+                    if def[check(v)?] == UNDEFINED && plan.values[v] > 0 && !shared[v] {
                         return Err(invalid(format!(
                             "`{}` reads value {v} before it is written",
                             step.name
                         )));
                     }
+                    first_read[v] = first_read[v].min(at);
                     last[v] = at;
                 }
                 Slot::Constant(c) if c >= plan.constants.len() => {
@@ -1679,9 +1744,10 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
     for &o in &plan.outputs {
         match o {
             Slot::Value(v) => {
-                if def[check(v)?] == UNDEFINED && plan.values[v] > 0 {
+                if def[check(v)?] == UNDEFINED && plan.values[v] > 0 && !shared[v] {
                     return Err(invalid(format!("output value {v} is never written")));
                 }
+                first_read[v] = first_read[v].min(end);
                 last[v] = end;
             }
             Slot::Constant(c) if c >= plan.constants.len() => {
@@ -1698,7 +1764,11 @@ fn lifetimes(plan: &Plan) -> Result<Vec<Lifetime>, ExecError> {
         .iter()
         .enumerate()
         .map(|(v, &len)| {
-            let first_def = if def[v] == UNDEFINED { 0 } else { def[v] };
+            let first_def = match (def[v], first_read[v]) {
+                (UNDEFINED, read) if shared[v] && read != UNDEFINED => read,
+                (UNDEFINED, _) => 0,
+                (d, _) => d,
+            };
             Lifetime {
                 bytes: len * 4,
                 first_def,
@@ -1721,10 +1791,19 @@ struct Storage {
 /// shortcut dies at that step, no other buffer of the step (the convolution's input among
 /// them) is the shortcut, both have the same length, and the kernel adds the shortcut in registers before storing over it
 /// ([`Conv2d::writes_over_residual`]): the closing 1x1 of a ResNet bottleneck then needs no
-/// third block-sized buffer beside its input and shortcut. Every other value has a storage
-/// of its own.
-fn shared_storage(plan: &Plan, lifetimes: &[Lifetime]) -> Storage {
-    let mut owner: Vec<usize> = (0..lifetimes.len()).collect();
+/// third block-sized buffer beside its input and shortcut. A view lives in its root's
+/// storage (`views`, from [`resolve_views`]). Every other value has a storage of its own.
+fn shared_storage(plan: &Plan, lifetimes: &[Lifetime], views: &[(usize, usize)]) -> Storage {
+    // A view lives in its root's storage; values stored with others take no shortcut's
+    // bytes, nor give theirs.
+    let mut owner: Vec<usize> = views.iter().map(|&(root, _)| root).collect();
+    let mut in_tree = vec![false; lifetimes.len()];
+    for (v, &o) in owner.iter().enumerate() {
+        if o != v {
+            in_tree[v] = true;
+            in_tree[o] = true;
+        }
+    }
     for (s, step) in plan.steps.iter().enumerate() {
         let StepKernel::Conv {
             conv,
@@ -1753,6 +1832,8 @@ fn shared_storage(plan: &Plan, lifetimes: &[Lifetime]) -> Storage {
                 .count()
                 == 1;
         if read_once
+            && !in_tree[shortcut]
+            && !in_tree[out]
             && lifetimes[shortcut].last_use == s + 1
             && plan.values[shortcut] == plan.values[out]
             && conv.writes_over_residual()
@@ -1982,6 +2063,7 @@ pub(crate) mod tests {
             inputs: vec![0],
             outputs: vec![Slot::Value(4)],
             steps: (0..4).map(step).collect(),
+            views: Vec::new(),
         }
     }
 
@@ -2004,6 +2086,71 @@ pub(crate) mod tests {
                     .all(|(a, b)| *b == *a + 1.0 + 1.0 + 1.0 + 1.0));
             }
         }
+    }
+
+    /// Two steps write the halves of value 3 through views (values 1 and 2), and a third
+    /// reads all of it: a concatenation with no step. The three share one storage. Views
+    /// out of range, of an input, given twice or in a cycle are refused.
+    #[test]
+    fn views_put_values_inside_others() {
+        let n = 20;
+        let step = |name: &str, slots: Vec<Slot>, grid: usize| Step {
+            name: name.into(),
+            slots,
+            kernel: StepKernel::Loops {
+                entry: add_one as LoopFn,
+                grid,
+            },
+        };
+        let plan = || Plan {
+            values: vec![n, n, n, 2 * n, 2 * n],
+            constants: Vec::new(),
+            inputs: vec![0],
+            outputs: vec![Slot::Value(4)],
+            steps: vec![
+                step("a", vec![Slot::Value(0), Slot::Value(1)], n),
+                step("b", vec![Slot::Value(1), Slot::Value(2)], n),
+                step("y", vec![Slot::Value(3), Slot::Value(4)], 2 * n),
+            ],
+            views: vec![
+                View {
+                    value: 1,
+                    base: 3,
+                    offset: 0,
+                },
+                View {
+                    value: 2,
+                    base: 3,
+                    offset: n,
+                },
+            ],
+        };
+        let mut exec = Executor::new(plan(), pool(2)).unwrap();
+        // At most the concatenation (holding its parts) and the output are live at once.
+        let bytes = |floats: usize| (floats * 4).next_multiple_of(64);
+        assert_eq!(exec.arena_lower_bound(), 2 * bytes(2 * n));
+        let x = data(n, 3);
+        let mut y = vec![0.0; 2 * n];
+        exec.run(&[&x], &mut [&mut y]).unwrap();
+        for i in 0..n {
+            assert_eq!(y[i], x[i] + 1.0 + 1.0);
+            assert_eq!(y[n + i], x[i] + 1.0 + 1.0 + 1.0);
+        }
+        let refused = |views: Vec<View>| {
+            let mut p = plan();
+            p.views = views;
+            matches!(Executor::new(p, pool(1)), Err(ExecError::Plan(_)))
+        };
+        let view = |value, base, offset| View {
+            value,
+            base,
+            offset,
+        };
+        assert!(refused(vec![view(2, 3, n + 1)]), "past the end");
+        assert!(refused(vec![view(0, 3, 0)]), "an input");
+        assert!(refused(vec![view(1, 3, 0), view(1, 3, n)]), "twice");
+        assert!(refused(vec![view(1, 2, 0), view(2, 1, 0)]), "a cycle");
+        assert!(refused(vec![view(1, 9, 0)]), "no such value");
     }
 
     #[test]
@@ -2041,6 +2188,7 @@ pub(crate) mod tests {
                 slots: vec![Slot::Value(0), Slot::Constant(0), Slot::Value(1)],
                 kernel: StepKernel::Gemm(g),
             }],
+            views: Vec::new(),
         }
     }
 
@@ -2199,6 +2347,7 @@ pub(crate) mod tests {
                         },
                     }),
                 }],
+                views: Vec::new(),
             };
             for threads in [1, 2] {
                 let mut exec = Executor::new(plan(), pool(threads)).unwrap();
@@ -2289,6 +2438,7 @@ pub(crate) mod tests {
                     kernel: StepKernel::Host(triple),
                 },
             ],
+            views: Vec::new(),
         };
         let mut exec = Executor::new(plan, pool(2)).unwrap();
         exec.set_profiling(true);
@@ -2376,6 +2526,7 @@ pub(crate) mod tests {
                     norm: None,
                 },
             }],
+            views: Vec::new(),
         };
         for threads in [1, 2, 3] {
             let mut exec = Executor::new(
@@ -2473,6 +2624,7 @@ pub(crate) mod tests {
                     norm: Some(norm),
                 },
             }],
+            views: Vec::new(),
         };
         // The same values with each pixel's channels consecutive.
         let channels_last = |nchw: &[f32]| -> Vec<f32> {
@@ -2578,6 +2730,7 @@ pub(crate) mod tests {
                     },
                 },
             }],
+            views: Vec::new(),
         };
         let mut exec = Executor::new(plan, pool(2)).unwrap();
         let mut y = vec![f32::NAN; want.len()];
@@ -2676,6 +2829,7 @@ pub(crate) mod tests {
                             },
                         },
                     }],
+                    views: Vec::new(),
                 };
                 let mut exec = Executor::new(plan, pool(2)).unwrap();
                 // Every value's bytes, less the output's where it takes the shortcut's.

@@ -312,7 +312,7 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 out,
                 "  kernels   {} per inference: {} loop, {} conv, {} gemm, {} pool, {} norm, {} \
                  reference; {} values prepared at load, {} KiB of code ({} kernels reuse \
-                 identical code, {} epilogues run natively)",
+                 identical code, {} epilogues run natively, {} concatenations written in place)",
                 s.steps(),
                 s.loop_kernels,
                 s.conv_kernels,
@@ -323,7 +323,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
                 s.prepared_values,
                 s.code_bytes / 1024,
                 s.reused_kernels,
-                s.native_epilogues
+                s.native_epilogues,
+                s.concats_in_place
             );
             for f in &s.fallbacks {
                 let _ = writeln!(out, "  fallback  {} ({}): {}", f.node, f.op, f.reason);

@@ -152,8 +152,8 @@ fn compile_cpu(
     let stats = &program.stats;
     note!(
         "wrote `{}`: symbol `{symbol}`, {} steps ({} loop, {} conv ({} banded depthwise \
-         groups), {} gemm, {} pool, {} norm), {} functions ({:.1} KiB of code), weights {:.1} \
-         MiB; needs {}",
+         groups), {} gemm, {} pool, {} norm; {} concatenations written in place), {} functions \
+         ({:.1} KiB of code), weights {:.1} MiB; needs {}",
         args.output.display(),
         stats.steps(),
         stats.loop_kernels,
@@ -162,6 +162,7 @@ fn compile_cpu(
         stats.gemm_kernels,
         stats.pool_kernels,
         stats.norm_kernels,
+        stats.concats_in_place,
         program.desc.functions.len(),
         stats.code_bytes as f64 / 1024.0,
         program.constants.iter().map(Vec::len).sum::<usize>() as f64 * 4.0 / (1 << 20) as f64,

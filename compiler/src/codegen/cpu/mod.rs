@@ -17,6 +17,7 @@
 //! first one as [`RunError::OutOfBounds`].
 
 mod emit;
+mod in_place;
 pub(crate) mod math;
 pub mod native_epilogue;
 pub mod object;

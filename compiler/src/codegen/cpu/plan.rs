@@ -40,6 +40,7 @@
 //! recorded per stage ([`CompileTimes`]). In bounds-checked codegen mode
 //! ([`Options::bounds_checked`]) every run ends by checking each kernel's violation record.
 
+use super::in_place::concats_in_place;
 use super::native_epilogue::{elementwise_activation, native_epilogue};
 use super::{compile as jit, CompiledKernel, Entry, Options, RunError};
 use crate::codegen::prepare::Preparer;
@@ -59,7 +60,7 @@ use bbc_runtime::desc::{
 };
 use bbc_runtime::exec::{
     self, BandLoop, ChannelNorm, Executor, Gemm, GemmOperand, HostFn, NativeEpilogue, ProductMap,
-    Scatter, Slot, Step, StepKernel, StepTimes, TileEpilogue,
+    Scatter, Slot, Step, StepKernel, StepTimes, TileEpilogue, View,
 };
 use bbc_runtime::kernels::activation::Activation;
 use bbc_runtime::kernels::{
@@ -156,6 +157,9 @@ pub struct ExecStats {
     /// Contractions whose product goes to scratch and is scattered into a permuted output
     /// tile by tile (counted in `conv_kernels` or `gemm_kernels`).
     pub scattered_products: usize,
+    /// Concatenations that need no step: the steps computing their operands write them in
+    /// place.
+    pub concats_in_place: usize,
     pub arena_bytes: usize,
     /// No arena placement can be smaller than this (the most bytes live at once).
     pub arena_lower_bound: usize,
@@ -348,18 +352,31 @@ pub(crate) fn build(
         };
         b.desc.inputs.push(io);
     }
+    let in_place = concats_in_place(graph, &dependent);
     for id in graph.topo_order() {
         let computed = matches!(
             graph.node(id).kind,
             NodeKind::Op { .. } | NodeKind::Fused { .. }
         );
-        if computed && dependent.contains(&id) {
+        if in_place.elided.contains(&id) {
+            // Its operands' steps write it.
+            b.value(id);
+            b.stats.concats_in_place += 1;
+        } else if computed && dependent.contains(&id) {
             // Parameter-only operands are evaluated just before the node that reads them
             // and freed after the last one, so folded weights are never all alive at once.
             b.prepare(&graph.inputs(id))?;
             b.step(id)?;
             b.prepared.done_with(id);
         }
+    }
+    for &(value, base, offset) in &in_place.placed {
+        let view = View {
+            value: b.value(value),
+            base: b.value(base),
+            offset,
+        };
+        b.desc.views.push(view);
     }
     let outputs: Vec<ValueId> = graph.outputs.iter().map(|o| o.value).collect();
     b.prepare(&outputs)?;
