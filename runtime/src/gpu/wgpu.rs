@@ -481,6 +481,28 @@ fn map_for_reading(buffer: &::wgpu::Buffer) -> MapStatus {
     status
 }
 
+/// How long [`wait_mapped`] waits for a mapping's outcome after the work is done.
+const MAP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Polls `device` until every mapping of `pending` has its outcome. One poll that waits for
+/// the queue is not enough: when several threads share the device (as the tests do),
+/// another thread's poll may have taken this mapping's callback and still be running it
+/// when this poll returns, which read the outcome as missing now and then.
+fn wait_mapped(device: &::wgpu::Device, pending: &[&MapStatus]) -> Result<(), GpuError> {
+    let started = std::time::Instant::now();
+    loop {
+        device
+            .poll(::wgpu::PollType::wait_indefinitely())
+            .map_err(|e| GpuError::Device(e.to_string()))?;
+        let done = |s: &&MapStatus| s.lock().map_or(true, |outcome| outcome.is_some());
+        if pending.iter().all(done) || started.elapsed() > MAP_TIMEOUT {
+            // A mapping still without an outcome is reported by `read_mapped`.
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Hands the mapped bytes of `buffer` to `read`, then unmaps it.
 fn read_mapped(
     buffer: &::wgpu::Buffer,
@@ -583,9 +605,10 @@ impl Executor for WgpuExecutor {
         gpu.queue.submit([encoder.finish()]);
         let outputs_mapped = map_for_reading(&self.staging);
         let timestamps_mapped = self.profiler.as_ref().map(|p| map_for_reading(&p.readback));
-        gpu.device
-            .poll(::wgpu::PollType::wait_indefinitely())
-            .map_err(|e| GpuError::Device(e.to_string()))?;
+        let pending: Vec<&MapStatus> = std::iter::once(&outputs_mapped)
+            .chain(timestamps_mapped.as_ref())
+            .collect();
+        wait_mapped(&gpu.device, &pending)?;
         gpu.take_errors()?;
         read_mapped(&self.staging, outputs_mapped, "the outputs", |bytes| {
             for (out, &at) in outputs.iter_mut().zip(&self.staging_offsets) {
