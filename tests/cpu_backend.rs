@@ -21,7 +21,7 @@ use bbc::compiler::codegen::cpu::plan::{
 use bbc::compiler::codegen::cpu::Options;
 use bbc::compiler::{elab, interp, ir, stats, weights};
 use bbc::runtime::{Rng, Tensor};
-use common::models::{deviation, optimized, seeded, test_models, Model};
+use common::models::{deviation, from_source, optimized, seeded, test_models, with_data, Model};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
@@ -696,25 +696,7 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     // reported as a fallback, and computes the interpreter's values.
     let source = "bb 0.1;\nmodel q() {\n    input a: f32[2, 3, 12, 10];\n    \
                   input b: f32[2, 3, 12, 10];\n    output y = uiqi(a, b * 0.5 + a);\n}\n";
-    let program =
-        elab::Program::from_source("q.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
-    let graph = program
-        .elaborate(&elab::Options::default())
-        .unwrap_or_else(|d| panic!("{d:?}"))
-        .graph;
-    let rng = Rng::new(4);
-    let inputs = ["a", "b"].map(|name| {
-        (
-            name.to_string(),
-            rng.fork(name).standard_normal_tensor(&[2, 3, 12, 10]),
-        )
-    });
-    let q = Model {
-        label: "uiqi".into(),
-        weights: BTreeMap::new(),
-        inputs: HashMap::from(inputs),
-        graph,
-    };
+    let q = with_data("uiqi", from_source("q.bb", source), 0, 4);
     check(&q, &threads(2));
     let graph = optimized(&q.graph);
     let exe = compile(&graph, &q.weights, &threads(1)).expect("compiles");
@@ -750,15 +732,7 @@ fn concatenations_are_written_in_place() {
         .elaborate(&opts)
         .unwrap_or_else(|d| panic!("{d:?}"))
         .graph;
-    let rdn = Model {
-        label: "rdn".into(),
-        weights: weights::init_weights(&graph, 3),
-        inputs: HashMap::from([(
-            "x".to_string(),
-            Rng::new(6).standard_normal_tensor(&[1, 3, 8, 8]),
-        )]),
-        graph,
-    };
+    let rdn = with_data("rdn", graph, 3, 6);
     for n in [1, 2, 3] {
         check(&rdn, &threads(n));
     }
@@ -794,28 +768,7 @@ fn transposed_convolutions_are_planned_and_match_the_interpreter() {
         res = conv_transpose2d(x, out=8, k=3, s=2, bias=false);\n    output v = gelu(res + r);\n    \
         wide = conv_transpose2d(big, out=40, k=4, s=2, pad=1);\n    \
         output u = permute(silu(wide), [0, 2, 3, 1]);\n}\n";
-    let program =
-        elab::Program::from_source("up.bb", source).unwrap_or_else(|e| panic!("{}", e.render()));
-    let graph = program
-        .elaborate(&elab::Options::default())
-        .unwrap_or_else(|d| panic!("{d:?}"))
-        .graph;
-    let rng = Rng::new(2);
-    let inputs = graph
-        .inputs
-        .iter()
-        .map(|&i| {
-            let n = graph.node(i);
-            let t = rng.fork(&n.name).standard_normal_tensor(&n.shape);
-            (n.name.clone(), t)
-        })
-        .collect();
-    let up = Model {
-        label: "up".into(),
-        weights: weights::init_weights(&graph, 1),
-        inputs,
-        graph,
-    };
+    let up = with_data("up", from_source("up.bb", source), 1, 2);
     for n in [1, 2, 3] {
         check(&up, &threads(n));
     }

@@ -24,7 +24,9 @@ use bbc::compiler::interp;
 use bbc::runtime::gpu::wgpu::{WgpuDevice, WgpuExecutor};
 use bbc::runtime::gpu::{load_dir, Executor};
 use bbc::runtime::read_npy;
-use common::models::{deviation, optimized_for, seeded, test_models, Model};
+use common::models::{
+    deviation, from_source, optimized_for, seeded, test_models, with_data, Model,
+};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -155,30 +157,7 @@ fn transposed_convolution_epilogues_match_the_interpreter_on_gpus() {
         output y = gelu(up2);\n    \
         side = conv_transpose2d(z, out=3, k=2, s=3, pad=1, dilation=2);\n    \
         output x = side + r;\n}\n";
-    let program = bbc::compiler::elab::Program::from_source("decoder.bb", source)
-        .unwrap_or_else(|e| panic!("{}", e.render()));
-    let graph = program
-        .elaborate(&bbc::compiler::elab::Options::default())
-        .unwrap_or_else(|d| panic!("{d:?}"))
-        .graph;
-    let rng = bbc::runtime::Rng::new(7);
-    let inputs = graph
-        .inputs
-        .iter()
-        .map(|&i| {
-            let n = graph.node(i);
-            (
-                n.name.clone(),
-                rng.fork(&n.name).standard_normal_tensor(&n.shape),
-            )
-        })
-        .collect();
-    let m = Model {
-        label: "decoder".into(),
-        weights: bbc::compiler::weights::init_weights(&graph, 2),
-        inputs,
-        graph,
-    };
+    let m = with_data("decoder", from_source("decoder.bb", source), 2, 7);
     let optimized = optimized_for(&m.graph, bbc::Target::Gpu);
     let kernels = bbc::compiler::stats::stats(&optimized).kernels;
     assert_eq!(

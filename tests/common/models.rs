@@ -35,8 +35,25 @@ pub fn elaborate(spec: &Path, model: &str, dims: Vec<(String, i64)>) -> Graph {
 pub fn seeded(spec: &str, model: &str, dims: &[(&str, i64)]) -> Model {
     let dims = dims.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     let graph = elaborate(Path::new(spec), model, dims);
-    let weights = weights::init_weights(&graph, 3);
-    let rng = Rng::new(5);
+    with_data(model, graph, 3, 5)
+}
+
+/// The graph of the one model `source` (`.bb` text, named `file` in diagnostics) defines;
+/// panics with the rendered diagnostics.
+pub fn from_source(file: &str, source: &str) -> Graph {
+    let program =
+        elab::Program::from_source(file, source).unwrap_or_else(|e| panic!("{}", e.render()));
+    program
+        .elaborate(&elab::Options::default())
+        .unwrap_or_else(|d| panic!("{file}: {}", bbc::render(&d, Some(&program.sources))))
+        .graph
+}
+
+/// `graph` with weights initialised from `weight_seed` and N(0, 1) inputs drawn from
+/// `input_seed` (forked per input name).
+pub fn with_data(label: &str, graph: Graph, weight_seed: u64, input_seed: u64) -> Model {
+    let weights = weights::init_weights(&graph, weight_seed);
+    let rng = Rng::new(input_seed);
     let inputs = graph
         .inputs
         .iter()
@@ -49,7 +66,7 @@ pub fn seeded(spec: &str, model: &str, dims: &[(&str, i64)]) -> Model {
         })
         .collect();
     Model {
-        label: model.to_string(),
+        label: label.to_string(),
         graph,
         weights,
         inputs,

@@ -1872,13 +1872,8 @@ fn conv_shape(kernel: &Kernel, c: &Contraction) -> Option<(Conv2dShape, BufId, B
     .into_iter()
     .filter(|axis| axis.0 > 1)
     .collect();
-    let actual: Vec<(usize, usize, usize)> = c
-        .batch
-        .iter()
-        .zip(a_strides.iter().zip(b_strides))
-        .map(|(d, (&a, &b))| (d.extent, a, b))
-        .collect();
-    if actual != expected || a_strides.len() != c.batch.len() || b_strides.len() != c.batch.len() {
+    let actual = batch_axes(c, a_strides, b_strides)?;
+    if !actual.iter().map(|x| (x[0], x[1], x[2])).eq(expected) {
         return None;
     }
     let shape = Conv2dShape {
@@ -1958,13 +1953,7 @@ fn transposed_conv_shape(
     .into_iter()
     .filter(|axis| axis[0] > 1)
     .collect();
-    let actual: Vec<[usize; 4]> = c
-        .batch
-        .iter()
-        .zip(a_strides.iter().zip(b_strides))
-        .map(|(d, (&a, &b))| [d.extent, a, b, d.out_stride])
-        .collect();
-    if actual != expected || a_strides.len() != c.batch.len() || b_strides.len() != c.batch.len() {
+    if batch_axes(c, a_strides, b_strides)? != expected {
         return None;
     }
     let shape = ConvTranspose2dShape {
@@ -1980,6 +1969,18 @@ fn transposed_conv_shape(
         dilation: g.dilation,
     };
     Some((shape, *weight, *input))
+}
+
+/// A contraction's batch axes as `[extent, A's stride, B's stride, the output's stride]`,
+/// outermost first, given the operands' batch strides (`None` if they do not cover them).
+fn batch_axes(c: &Contraction, a: &[usize], b: &[usize]) -> Option<Vec<[usize; 4]>> {
+    (a.len() == c.batch.len() && b.len() == c.batch.len()).then(|| {
+        c.batch
+            .iter()
+            .zip(a.iter().zip(b))
+            .map(|(d, (&a, &b))| [d.extent, a, b, d.out_stride])
+            .collect()
+    })
 }
 
 /// The output size of the convolution whose input operand is `b`.
