@@ -259,13 +259,16 @@ pub fn conv_transpose2d(
                 }
                 for co in 0..channels {
                     let band = out_band(co);
+                    // At stride 2 without dilation, taps `kx` and `kx + 1` interleave.
+                    let paired = s.stride[1] == 2 && s.dilation[1] == 1;
                     for ky in 0..s.k[0] {
-                        for kx in 0..s.k[1] {
+                        let mut kx = 0;
+                        while kx < s.k[1] {
+                            let taps = if paired && kx + 1 < s.k[1] { 2 } else { 1 };
                             let at = ((co * s.k[0] + ky) * s.k[1] + kx) * columns;
                             let ox0 = (kx * s.dilation[1]) as isize - s.pad[1] as isize;
-                            for (iy, src) in
-                                in_rows.clone().zip(p[at..][..columns].chunks_exact(in_w))
-                            {
+                            let rows = p[at..][..columns].chunks_exact(in_w);
+                            for (r, (iy, src)) in in_rows.clone().zip(rows).enumerate() {
                                 // Input row `iy` lands on `iy·s + ky·d − pad` through this tap.
                                 let oy =
                                     (iy * s.stride[0] + ky * s.dilation[0]).checked_sub(s.pad[0]);
@@ -273,8 +276,14 @@ pub fn conv_transpose2d(
                                     continue;
                                 };
                                 let line = &mut band[(oy - out_rows.start) * out_w..][..out_w];
-                                scatter_row(src, line, s.stride[1], ox0);
+                                if taps == 2 {
+                                    let next = &p[at + columns + r * in_w..][..in_w];
+                                    scatter_pair(src, next, line, ox0);
+                                } else {
+                                    scatter_row(src, line, s.stride[1], ox0);
+                                }
                             }
+                            kx += taps;
                         }
                     }
                 }
@@ -299,27 +308,31 @@ pub fn conv_transpose2d(
     }
 }
 
-/// `line[i·stride + offset] += src[i]` for every `i` that lands inside `line`: one input row's
-/// products for one tap, added into the output row they land on. Stride 1 is a plain
-/// vectorised add.
-fn scatter_row(src: &[f32], line: &mut [f32], stride: usize, offset: isize) {
-    // First and one-past-last `i` inside: `0 <= i·stride + offset < line.len()`.
+/// The `i < n` with `0 <= i·stride + offset < len`: the inputs of a row that land inside an
+/// output row of `len`.
+fn landing(n: usize, len: usize, stride: usize, offset: isize) -> std::ops::Range<usize> {
     let first = if offset < 0 {
         offset.unsigned_abs().div_ceil(stride)
     } else {
         0
     };
-    let end = match (line.len() as isize - offset).checked_sub(1) {
-        Some(last) if last >= 0 => (last as usize / stride + 1).min(src.len()),
-        _ => return,
+    let end = match (len as isize - offset).checked_sub(1) {
+        Some(last) if last >= 0 => (last as usize / stride + 1).min(n),
+        _ => 0,
     };
-    if first >= end {
+    first.min(end)..end
+}
+
+/// `line[i·stride + offset] += src[i]` for every `i` that lands inside `line`: one input row's
+/// products for one tap, added into the output row they land on. Stride 1 is a plain
+/// vectorised add.
+fn scatter_row(src: &[f32], line: &mut [f32], stride: usize, offset: isize) {
+    let inside = landing(src.len(), line.len(), stride, offset);
+    if inside.is_empty() {
         return;
     }
-    let (src, line) = (
-        &src[first..end],
-        &mut line[(first * stride).wrapping_add_signed(offset)..],
-    );
+    let at = (inside.start * stride).wrapping_add_signed(offset);
+    let (src, line) = (&src[inside], &mut line[at..]);
     if stride == 1 {
         for (d, v) in line.iter_mut().zip(src) {
             *d += v;
@@ -327,6 +340,34 @@ fn scatter_row(src: &[f32], line: &mut [f32], stride: usize, offset: isize) {
     } else {
         for (d, v) in line.iter_mut().step_by(stride).zip(src) {
             *d += v;
+        }
+    }
+}
+
+/// [`scatter_row`] of two neighbouring taps at stride 2: `a` lands on `2i + offset` and `b`
+/// on `2i + offset + 1`, so together they cover a run of `line` once, interleaved, which
+/// vectorises where one tap at a time is a strided scalar loop. The ends, where only one of
+/// the two lands inside, are added one by one.
+fn scatter_pair(a: &[f32], b: &[f32], line: &mut [f32], offset: isize) {
+    let (ra, rb) = (
+        landing(a.len(), line.len(), 2, offset),
+        landing(b.len(), line.len(), 2, offset + 1),
+    );
+    let both = ra.start.max(rb.start)..ra.end.min(rb.end);
+    if both.is_empty() {
+        scatter_row(a, line, 2, offset);
+        scatter_row(b, line, 2, offset + 1);
+        return;
+    }
+    let at = (2 * both.start).wrapping_add_signed(offset);
+    let pairs = line[at..].chunks_exact_mut(2);
+    for ((d, &x), &y) in pairs.zip(&a[both.clone()]).zip(&b[both.clone()]) {
+        d[0] += x;
+        d[1] += y;
+    }
+    for (src, inside, shift) in [(a, ra, offset), (b, rb, offset + 1)] {
+        for i in (inside.start..both.start).chain(both.end..inside.end) {
+            line[(2 * i).wrapping_add_signed(shift)] += src[i];
         }
     }
 }
@@ -413,6 +454,9 @@ mod tests {
             shape(2, 12, 20, 2, [40, 9], 2, 2, 0, 1, [1, 0]),
             // Few channels: bands of output rows make the tasks; some rows receive nothing.
             shape(1, 8, 3, 1, [20, 17], 4, 2, 1, 1, [0, 0]),
+            // Stride 2, taps paired: an odd kernel, padding past a tap, output padding.
+            shape(1, 5, 4, 1, [6, 9], 5, 2, 3, 1, [1, 1]),
+            shape(2, 4, 6, 2, [7, 1], 3, 2, 0, 1, [1, 0]),
             shape(1, 4, 2, 1, [9, 6], 1, 3, 0, 1, [2, 2]),
         ];
         for threads in [1, 2, 3] {
