@@ -12,11 +12,15 @@
 //! family's root, so the whole chain is one buffer written once, where each concatenation
 //! copied everything before it again.
 //!
-//! A value can only be stored in one place. RDN's block outputs are both the start of the
-//! next block's chain and one of the global feature fusion's operands: families are placed
-//! largest first (by the elements their concatenations would copy), and one whose operands
-//! are already stored elsewhere keeps its copying steps, all of them, so that no step ever
-//! copies a value onto itself.
+//! A value can only be stored in one place, and a family's buffer lives as long as the last
+//! value in it. Families are placed largest first (by the elements their concatenations would
+//! copy). An operand already stored elsewhere, or read after the family's last reader (RDN's
+//! block input, read again by the global feature fusion with every other block's output,
+//! would keep each block's whole buffer alive to the end), is not placed: the family's
+//! smallest concatenation keeps its step and copies it, with its other operands, into its
+//! part of the buffer. That concatenation must hold every such operand, lie inside every
+//! other one of the family and come before them; otherwise the whole family keeps its
+//! copying steps, so that no step ever copies a value onto itself.
 
 use std::collections::{HashMap, HashSet};
 
