@@ -52,8 +52,8 @@ use crate::desc::SerialForm;
 use crate::kernels::activation::{activate_rows, activate_rows_with_residual, Activation, RowBias};
 use crate::kernels::{
     conv_transpose2d, gemm, Conv2d, Conv2dShape, ConvTranspose2dShape, DepthwiseConv2d, Epilogue,
-    KernelError, Layout, MatMut, MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix, Resize2d,
-    Tile, SERIAL_FLOPS,
+    KernelError, Layout, MatMut, MatRef, MaxPool2d, Output, PackedMatrix, PanelMatrix, Residual,
+    Resize2d, Tile, SERIAL_FLOPS,
 };
 use crate::pool::{Chunking, PoolError, ThreadPool};
 use serde::{Deserialize, Serialize};
@@ -797,17 +797,10 @@ impl Executor {
                 let f = |tile: Tile<'_>| sink.finish(tile);
                 let pixels = shape.out_hw[0] * shape.out_hw[1];
                 let fused = nchw_activation(product, shape.batch, shape.out_channels, pixels)
-                    .and_then(|(act, bias, residual)| {
-                        let bias = match bias {
-                            None => None,
-                            Some(slot) => Some(input(slot).get(..shape.out_channels)?),
-                        };
-                        Some(match residual {
-                            None => Epilogue::activation(act, bias),
-                            Some(slot) => {
-                                let residual = input(slot).get(..shape.output_len())?;
-                                Epilogue::activation_with_residual(act, bias, residual)
-                            }
+                    .and_then(|fusion| {
+                        bufs.fused_epilogue(fusion, shape.out_channels, |slot| {
+                            let residual = input(slot).get(..shape.output_len())?;
+                            Some(Residual::Buffer(residual))
                         })
                     });
                 let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
@@ -1154,6 +1147,30 @@ impl<'a> StepBuffers<'a> {
         // one step disjoint, and only the last one is written.
         unsafe { std::slice::from_raw_parts(self.table[i].cast_const(), self.lens[i]) }
     }
+
+    /// The epilogue a kernel applies in registers for a [`row_activation`]: the activation,
+    /// the first `bias_len` values of the bias slot, and the shortcut where `shortcut` says
+    /// the kernel reads the residual slot (`None`: it cannot). `None` also when the bias
+    /// slot is shorter.
+    fn fused_epilogue(
+        self,
+        (act, bias, residual): (Activation, Option<usize>, Option<usize>),
+        bias_len: usize,
+        shortcut: impl FnOnce(usize) -> Option<Residual<'a>>,
+    ) -> Option<Epilogue<'a>> {
+        let bias = match bias {
+            None => None,
+            Some(slot) => Some(self.input(slot).get(..bias_len)?),
+        };
+        Some(match residual.map(shortcut) {
+            None => Epilogue::activation(act, bias),
+            Some(None) => return None,
+            Some(Some(Residual::Buffer(r))) => Epilogue::activation_with_residual(act, bias, r),
+            Some(Some(Residual::InOutput)) => {
+                Epilogue::activation_with_residual_in_output(act, bias)
+            }
+        })
+    }
 }
 
 /// Batch entry `b` of GEMM step `g` into the step's output (or, with a scatter, into
@@ -1193,19 +1210,12 @@ fn gemm_batch(
             .map(|b| Epilogue::column_activation(act, Some(b))),
     });
     let fused = fused.or_else(|| {
-        let (act, bias, residual) = transposed_activation(g, b)?;
-        let bias = match bias {
-            None => None,
-            Some(slot) => Some(input(slot).get(..g.n)?),
-        };
-        Some(match residual {
-            None => Epilogue::activation(act, bias),
+        bufs.fused_epilogue(transposed_activation(g, b)?, g.n, |slot| {
             // A shortcut sharing the output's bytes is left to the tile epilogue's checks.
-            Some(slot) if bufs.table[slot] == bufs.table[out_pos] => return None,
-            Some(slot) => {
-                let residual = input(slot).get(g.out_offsets[b]..)?;
-                Epilogue::activation_with_residual(act, bias, residual)
+            if bufs.table[slot] == bufs.table[out_pos] {
+                return None;
             }
+            Some(Residual::Buffer(input(slot).get(g.out_offsets[b]..)?))
         })
     });
     let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
@@ -1251,23 +1261,16 @@ impl<'a> ConvStep<'a> {
         let sink = Sink::new(product, table, 0);
         let f = |tile: Tile<'_>| sink.finish(tile);
         let channels = conv.shape().out_channels;
-        let fused = plain_activation(product, conv).and_then(|(act, bias, residual)| {
-            let bias = match bias {
-                None => None,
-                Some(slot) => Some(self.bufs.input(slot).get(..channels)?),
-            };
-            Some(match residual {
-                None => Epilogue::activation(act, bias),
+        let fused = plain_activation(product, conv).and_then(|fusion| {
+            self.bufs.fused_epilogue(fusion, channels, |slot| {
                 // The planner gave the dying shortcut's bytes to the output
                 // (`shared_storage`): the kernel reads it there. (Empty values may share an
                 // address without that.)
-                Some(slot) if table[slot] == table[out_pos] && conv.writes_over_residual() => {
-                    Epilogue::activation_with_residual_in_output(act, bias)
+                if table[slot] == table[out_pos] && conv.writes_over_residual() {
+                    return Some(Residual::InOutput);
                 }
-                Some(slot) => {
-                    let residual = self.bufs.input(slot).get(..conv.output_len())?;
-                    Epilogue::activation_with_residual(act, bias, residual)
-                }
+                let residual = self.bufs.input(slot).get(..conv.output_len())?;
+                Some(Residual::Buffer(residual))
             })
         });
         let epilogue = fused.unwrap_or_else(|| sink.epilogue(&f));
@@ -1682,19 +1685,26 @@ fn resolve_views(plan: &Plan) -> Result<Vec<(usize, usize)>, ExecError> {
         .collect()
 }
 
-/// Every value's lifetime in steps: inputs are written at step 0, step `s` of the plan is
-/// step `s + 1`, and outputs are read at the step after the last. A value stored with others
-/// (`views`: a concatenation and its parts) is written by its parts' steps: one that no
-/// step writes (the concatenation) is live from its first read.
-fn lifetimes(plan: &Plan, views: &[(usize, usize)]) -> Result<Vec<Lifetime>, ExecError> {
-    const UNDEFINED: usize = usize::MAX;
-    let mut shared = vec![false; plan.values.len()];
+/// Which values share a storage through views (`views` from [`resolve_views`]): the views
+/// and their roots.
+fn stored_with_others(views: &[(usize, usize)]) -> Vec<bool> {
+    let mut shared = vec![false; views.len()];
     for (v, &(root, _)) in views.iter().enumerate() {
         if root != v {
             shared[v] = true;
             shared[root] = true;
         }
     }
+    shared
+}
+
+/// Every value's lifetime in steps: inputs are written at step 0, step `s` of the plan is
+/// step `s + 1`, and outputs are read at the step after the last. A value stored with others
+/// (`views`: a concatenation and its parts) is written by its parts' steps: one that no
+/// step writes (the concatenation) is live from its first read.
+fn lifetimes(plan: &Plan, views: &[(usize, usize)]) -> Result<Vec<Lifetime>, ExecError> {
+    const UNDEFINED: usize = usize::MAX;
+    let shared = stored_with_others(views);
     let mut def = vec![UNDEFINED; plan.values.len()];
     let mut first_read = vec![UNDEFINED; plan.values.len()];
     let mut last = vec![0; plan.values.len()];
@@ -1797,13 +1807,7 @@ fn shared_storage(plan: &Plan, lifetimes: &[Lifetime], views: &[(usize, usize)])
     // A view lives in its root's storage; values stored with others take no shortcut's
     // bytes, nor give theirs.
     let mut owner: Vec<usize> = views.iter().map(|&(root, _)| root).collect();
-    let mut in_tree = vec![false; lifetimes.len()];
-    for (v, &o) in owner.iter().enumerate() {
-        if o != v {
-            in_tree[v] = true;
-            in_tree[o] = true;
-        }
-    }
+    let in_tree = stored_with_others(views);
     for (s, step) in plan.steps.iter().enumerate() {
         let StepKernel::Conv {
             conv,

@@ -116,21 +116,22 @@ pub(crate) fn concats_in_place(graph: &Graph, dependent: &HashSet<ValueId>) -> I
         });
         family.push(joined.unwrap_or((i, 0)));
     }
-    let members_of = |root: usize| -> Vec<usize> {
-        let mut m: Vec<usize> = (0..concats.len())
-            .filter(|&i| family[i].0 == root)
-            .collect();
-        m.sort_by_key(|&i| graph.node(concats[i].0).numel());
-        m
-    };
-    let mut roots: Vec<usize> = (0..concats.len()).filter(|&i| family[i].0 == i).collect();
-    let copied = |root: usize| -> usize {
-        members_of(root)
-            .iter()
-            .map(|&i| graph.node(concats[i].0).numel())
-            .sum()
-    };
-    roots.sort_by_key(|&r| std::cmp::Reverse(copied(r)));
+    // Each family's members, smallest first; the largest families (by the elements their
+    // concatenations copy) first.
+    let numel = |i: usize| graph.node(concats[i].0).numel();
+    let mut families: Vec<(usize, Vec<usize>)> = (0..concats.len())
+        .filter(|&i| family[i].0 == i)
+        .map(|root| {
+            let mut members: Vec<usize> = (0..concats.len())
+                .filter(|&i| family[i].0 == root)
+                .collect();
+            members.sort_by_key(|&i| numel(i));
+            (root, members)
+        })
+        .collect();
+    families.sort_by_key(|(_, members)| {
+        std::cmp::Reverse(members.iter().map(|&i| numel(i)).sum::<usize>())
+    });
 
     let mut placed: HashMap<ValueId, (ValueId, usize)> = HashMap::new();
     let resolve = |placed: &HashMap<ValueId, (ValueId, usize)>, v: ValueId| {
@@ -141,8 +142,7 @@ pub(crate) fn concats_in_place(graph: &Graph, dependent: &HashSet<ValueId>) -> I
         (root, at)
     };
     let mut out = InPlace::default();
-    for root in roots {
-        let members = members_of(root);
+    for (root, members) in families {
         let root_id = concats[root].0;
         let (anchor, anchor_at) = resolve(&placed, root_id);
         let spot = |i: usize| anchor_at + family[i].1;
