@@ -1730,11 +1730,25 @@ fn depthwise_bias_and_pixel_bands_match_reference() {
         // A 1x1 map and a single row.
         geometry(shape(1, [5, 5], [1, 1], [7, 7], 5), [1, 1], [3, 3], [1, 1]),
         geometry(shape(1, [3, 3], [1, 29], [3, 3], 3), [1, 1], [1, 1], [1, 1]),
-        // Taller than a chunk of padded rows, rows of 4 vectors plus a partial one.
+        // Rows of 4 vectors plus a partial one.
         geometry(
             shape(1, [3, 3], [37, 41], [5, 5], 3),
             [1, 1],
             [2, 2],
+            [1, 1],
+        ),
+        // Taller than a chunk of padded rows (wide rows leave a chunk fewer of them), at
+        // stride 1 and 2.
+        geometry(
+            shape(1, [2, 2], [90, 121], [7, 7], 2),
+            [1, 1],
+            [3, 3],
+            [1, 1],
+        ),
+        geometry(
+            shape(1, [2, 2], [131, 203], [3, 3], 2),
+            [2, 2],
+            [1, 1],
             [1, 1],
         ),
         // Stride 2 with odd (3x3 pad 1) and even (5x5 pad 2) padding, odd widths.
@@ -1752,8 +1766,8 @@ fn depthwise_bias_and_pixel_bands_match_reference() {
         ),
         // Maps past the eight-channel kernel's 14x14, where the AVX2 build computes pairs
         // of vectors in column tiles (3x3, 5x5 and 7x7 at stride 1, 3x3 and 5x5 at stride
-        // 2): odd vector counts leave a last single vector, and chunks of rows leave tiles
-        // of every height up to the most.
+        // 2; the odd last vector of a row in a column tile of its own), and chunks of rows
+        // leave tiles of every height up to the most.
         geometry(
             shape(1, [3, 3], [33, 35], [3, 3], 3),
             [1, 1],

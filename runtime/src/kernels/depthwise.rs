@@ -14,7 +14,8 @@
 //!   row width so that 7x7 and 14x14 maps fill their vectors too) then
 //!   accumulates all `kh * kw` taps before one store. Where the CPU has AVX2
 //!   and FMA, 3x3, 5x5 and 7x7 kernels (3x3 and 5x5 also at vertical stride
-//!   2) take column tiles instead, two vectors wide: one kernel column at a
+//!   2) take column tiles instead, two vectors wide (one for a row's odd last
+//!   vector): one kernel column at a
 //!   time, its weights held in registers, each input vector loaded once and
 //!   multiplied into every output row that reads it (the tap-by-tap tile loads
 //!   an input vector per multiply-add; 1 thread, with bias: ConvNeXt-T's 7x7
@@ -97,9 +98,13 @@ fn cpu_has_avx2_fma() -> bool {
 const BLOCK: usize = 32;
 /// Floats per vector (one AVX2 register).
 const LANES: usize = 8;
-/// NCHW output rows whose input rows are padded into scratch at once: bounds the scratch
-/// whatever the image size, while the halo of `kh - 1` rows re-read per chunk stays small.
+/// Fewest NCHW output rows whose input rows are padded into scratch at once.
 const CHUNK_ROWS: usize = 16;
+/// Floats of padded input rows a chunk may take: more rows than [`CHUNK_ROWS`] where they
+/// fit, since each chunk re-pads the `kh - 1` rows of halo it shares with the next (a 7x7
+/// over a 56x56 plane in chunks of 16 rows padded 80 input rows; in one chunk, 62), while
+/// the chunk still fits in the first-level cache beside the plane it writes.
+const CHUNK_FLOATS: usize = 6 * 1024;
 /// Fewest output rows per band task (NCHW with pixel bands) unless the image is shorter:
 /// each band pads its own input rows, `kh - 1` more than it has outputs, and a short band
 /// leaves the register tile few rows to reuse a weight across (measured: 14x14 maps in bands
@@ -379,16 +384,15 @@ unsafe fn column_tile<const R: usize, const NV: usize, const KH: usize, const SY
     store_tile::<R, NV, true>(&lanes, a, out, out_at, cols);
 }
 
-/// Rows of a [`column_tile`] of two vectors for a kernel of `kh` rows: the most that leave
-/// a register for the input vector (`2 * R + kh + 1 <= 16`), or `None` where the kernel
-/// has no column tile.
-fn column_tile_rows(kh: usize) -> Option<usize> {
-    match kh {
-        3 => Some(6),
-        5 => Some(5),
-        7 => Some(4),
-        _ => None,
-    }
+/// Rows of a [`column_tile`] of `nv` vectors (one or two) for a kernel of `kh` rows at
+/// vertical stride `sy`: the most that leave registers for the weights and the input vector
+/// (`nv * R + kh + 1 <= 16`) and whose input rows the tile unrolls (`(R - 1) * sy + kh <=
+/// 16`), or `None` where the kernel has no column tile.
+fn column_tile_rows(kh: usize, sy: usize, nv: usize) -> Option<usize> {
+    let kernel = matches!((kh, sy), (3 | 5 | 7, 1) | (3 | 5, 2));
+    let rows = (16 - kh - 1) / nv;
+    let unrolled = (16 - kh) / sy + 1;
+    (kernel && (nv == 1 || nv == 2)).then_some(rows.min(unrolled))
 }
 
 /// Writes `lanes[..n]` to `out[at..at + n]`. A partial vector is stored whole when the
@@ -554,9 +558,9 @@ fn dispatch_tile<const FMA: bool>(
     )
 }
 
-/// Runs the [`column_tile`] of `rows` rows by two vectors for a kernel of `kh` rows and
-/// vertical stride `sy` (the shapes [`column_tile_rows`] allows: stride 1 or 2, and 2 only
-/// for 3 and 5 rows); `false` where there is none.
+/// Runs the [`column_tile`] of `rows` rows by `nv` vectors for a kernel of `kh` rows and
+/// vertical stride `sy` (the shapes [`column_tile_rows`] allows); `false` where there is
+/// none.
 ///
 /// # Safety
 /// The CPU has AVX2 and FMA.
@@ -564,6 +568,7 @@ fn dispatch_tile<const FMA: bool>(
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 unsafe fn dispatch_column_tile(
+    nv: usize,
     kh: usize,
     sy: usize,
     rows: usize,
@@ -574,40 +579,26 @@ unsafe fn dispatch_column_tile(
     cols: usize,
 ) -> bool {
     macro_rules! tiles {
-        ($(($kh:literal, $sy:literal, $r:literal)),*) => {
-            match (kh, sy, rows) {
-                $(($kh, $sy, $r) => column_tile::<$r, 2, $kh, $sy>(a, at, out, out_at, cols),)*
+        ($(($nv:literal, $kh:literal, $sy:literal: $($r:literal)*)),*) => {
+            match (nv, kh, sy, rows) {
+                $($(($nv, $kh, $sy, $r) => {
+                    column_tile::<$r, $nv, $kh, $sy>(a, at, out, out_at, cols)
+                })*)*
                 _ => return false,
             }
         };
     }
     tiles!(
-        (3, 1, 1),
-        (3, 1, 2),
-        (3, 1, 3),
-        (3, 1, 4),
-        (3, 1, 5),
-        (3, 1, 6),
-        (5, 1, 1),
-        (5, 1, 2),
-        (5, 1, 3),
-        (5, 1, 4),
-        (5, 1, 5),
-        (7, 1, 1),
-        (7, 1, 2),
-        (7, 1, 3),
-        (7, 1, 4),
-        (3, 2, 1),
-        (3, 2, 2),
-        (3, 2, 3),
-        (3, 2, 4),
-        (3, 2, 5),
-        (3, 2, 6),
-        (5, 2, 1),
-        (5, 2, 2),
-        (5, 2, 3),
-        (5, 2, 4),
-        (5, 2, 5)
+        (2, 3, 1: 1 2 3 4 5 6),
+        (2, 5, 1: 1 2 3 4 5),
+        (2, 7, 1: 1 2 3 4),
+        (2, 3, 2: 1 2 3 4 5 6),
+        (2, 5, 2: 1 2 3 4 5),
+        (1, 3, 1: 1 2 3 4 5 6 7 8 9 10 11 12),
+        (1, 5, 1: 1 2 3 4 5 6 7 8 9 10),
+        (1, 7, 1: 1 2 3 4 5 6 7 8),
+        (1, 3, 2: 1 2 3 4 5 6 7),
+        (1, 5, 2: 1 2 3 4 5 6)
     );
     true
 }
@@ -740,6 +731,17 @@ impl DepthwiseConv2d {
         self.padded_chunk_len().saturating_mul(threads.max(1))
     }
 
+    /// NCHW output rows per chunk of padded input rows: [`CHUNK_ROWS`], or as many more
+    /// as [`CHUNK_FLOATS`] holds, and no more than the output has.
+    fn chunk_rows(&self) -> usize {
+        let s = &self.shape;
+        let halo = s.kernel[0].saturating_sub(1) * s.dilation[0] + 1;
+        let fit = (CHUNK_FLOATS / self.padded.row_stride.max(1)).saturating_sub(halo)
+            / s.stride[0].max(1)
+            + 1;
+        fit.max(CHUNK_ROWS).min(self.out[0]).max(1)
+    }
+
     /// Padded input rows read by `rows` consecutive output rows.
     fn rows_in(&self, rows: usize) -> usize {
         let s = &self.shape;
@@ -760,7 +762,7 @@ impl DepthwiseConv2d {
         }
         match self.shape.layout {
             Layout::Nchw => self
-                .rows_in(self.out[0].min(CHUNK_ROWS))
+                .rows_in(self.chunk_rows())
                 .saturating_mul(self.padded.row_stride),
             Layout::Nhwc => 0,
         }
@@ -963,7 +965,7 @@ impl DepthwiseConv2d {
     }
 
     /// Output rows `oy0..oy1` of output channel `co` of image `b` (NCHW) into `plane`, that
-    /// channel's output plane, a chunk of [`CHUNK_ROWS`] rows at a time.
+    /// channel's output plane, a chunk of [`DepthwiseConv2d::chunk_rows`] rows at a time.
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     fn channel_rows<const FMA: bool>(
@@ -986,9 +988,8 @@ impl DepthwiseConv2d {
         let (kh, sy) = (s.kernel[0], s.stride[0]);
         // Column tiles where the AVX2 + FMA build runs, the kernel has one and rows are not
         // dilated.
-        let column_rows = column_tile_rows(kh)
-            .filter(|_| FMA && s.dilation[0] == 1 && (sy == 1 || (sy == 2 && kh <= 5)));
-        for (c0, c1) in even_parts(oy0, oy1, CHUNK_ROWS) {
+        let column_tiles = FMA && s.dilation[0] == 1 && column_tile_rows(kh, sy, 2).is_some();
+        for (c0, c1) in even_parts(oy0, oy1, self.chunk_rows()) {
             let region = &mut padded.buf[..self.rows_in(c1 - c0) * row_stride];
             if region.len() > padded.zeroed {
                 region.fill(0.0);
@@ -1004,34 +1005,32 @@ impl DepthwiseConv2d {
                 out_w,
                 room_end: oy1 * out_w,
             };
-            if let Some(column_rows) = column_rows {
-                // Pairs of vectors in column tiles, right to left; an odd last vector (the
-                // rightmost) in the tap-by-tap tile.
+            if column_tiles {
+                // Pairs of vectors, right to left, after an odd last vector (the rightmost).
                 let pairs = out_w.div_ceil(LANES) / 2;
                 let single = (out_w.div_ceil(LANES) % 2 == 1).then_some((pairs * 2 * LANES, 1));
                 let blocks = (0..pairs).rev().map(|p| (p * 2 * LANES, 2));
                 for (x0, nv) in single.into_iter().chain(blocks) {
                     let cols = (nv * LANES).min(out_w - x0);
-                    let most = if nv == 2 { column_rows } else { tile_rows(nv) };
+                    let most = column_tile_rows(kh, sy, nv).unwrap_or_else(|| tile_rows(nv));
                     for (r0, r1) in even_parts(c0, c1, most) {
                         let at = (r0 - c0) * args.out_row_step + x0;
                         let out_at = r0 * out_w + x0;
                         #[cfg(target_arch = "x86_64")]
                         // SAFETY: column tiles are planned only in the AVX2 + FMA build.
-                        if nv == 2
-                            && unsafe {
-                                dispatch_column_tile(
-                                    kh,
-                                    sy,
-                                    r1 - r0,
-                                    &args,
-                                    at,
-                                    plane,
-                                    out_at,
-                                    cols,
-                                )
-                            }
-                        {
+                        if unsafe {
+                            dispatch_column_tile(
+                                nv,
+                                kh,
+                                sy,
+                                r1 - r0,
+                                &args,
+                                at,
+                                plane,
+                                out_at,
+                                cols,
+                            )
+                        } {
                             continue;
                         }
                         dispatch_tile::<FMA>(nv, r1 - r0, &args, at, plane, out_at, cols);
