@@ -783,6 +783,27 @@ fn transposed_convolutions_are_planned_and_match_the_interpreter() {
     assert_eq!(s.steps(), stats::stats(&graph).kernels);
 }
 
+/// `layer_norm2d` normalises over axis 1 whatever the rank (`[N, C]`, `[N, C, L]`, `[N, C,
+/// D, H, W]`), as the interpreter does; the planned norm used to read a rank-3 input as
+/// `[C, H, W]` and normalise each value alone.
+#[test]
+fn channel_norms_of_every_rank_match_the_interpreter() {
+    let source = "bb 0.1;\nmodel norms() {\n    \
+        input a: f32[3, 5];\n    input b: f32[2, 4, 3];\n    input c: f32[1, 6, 2, 3, 4];\n    \
+        output y = layer_norm2d(a);\n    output z = layer_norm2d(b, affine=false);\n    \
+        output w = layer_norm2d(c, eps=1e-3);\n}\n";
+    let norms = with_data("norms", from_source("norms.bb", source), 3, 4);
+    for n in [1, 2] {
+        check(&norms, &threads(n));
+    }
+    let exe = compile(&optimized(&norms.graph), &norms.weights, &threads(2)).expect("compiles");
+    assert!(
+        exe.stats().fallbacks.is_empty(),
+        "{:?}",
+        exe.stats().fallbacks
+    );
+}
+
 #[test]
 fn bad_inputs_and_missing_weights_are_errors() {
     let m = seeded("specs/deep_sets.bb", "deep_sets_sum", &[]);

@@ -198,8 +198,9 @@ impl MaxPool2d {
                     (*e, *o) = (pair[0], pair[1]);
                 }
             } else if sw > 2 {
+                // A stride wider than the padded row leaves its last phases empty.
                 for (r, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
-                    for (p, &v) in phase.iter_mut().zip(padded[r..].iter().step_by(sw)) {
+                    for (p, &v) in phase.iter_mut().zip(padded.iter().skip(r).step_by(sw)) {
                         *p = v;
                     }
                 }
@@ -326,6 +327,10 @@ mod tests {
             ([2, 112, 112], [56, 56], [3, 3], [2, 2], [1, 1]),
             ([3, 9, 36], [5, 18], [3, 3], [2, 2], [1, 1]),
             ([2, 1, 16], [1, 8], [3, 3], [2, 2], [1, 1]),
+            // Strides wider than the padded row, and windows one column wide.
+            ([2, 2, 2], [1, 1], [2, 2], [4, 4], [0, 0]),
+            ([3, 4, 7], [2, 2], [3, 1], [3, 5], [1, 0]),
+            ([1, 5, 1], [3, 1], [5, 1], [2, 1], [2, 0]),
         ];
         for ([planes, h, w], out_size, kernel, stride, padding) in shapes {
             let p = MaxPool2d {

@@ -1663,16 +1663,16 @@ fn rest_kernel(graph: &Graph, id: ValueId, conv: ValueId) -> Result<Kernel, Lowe
     lower_node(&outer, group)
 }
 
-/// The runtime's norm for node `id` if it is a `layer_norm2d` of its own over an NCHW (or
-/// CHW) input, or a `layer_norm` of its own (over the last axis: `[rows, features, 1]`):
-/// `[batch, channels, pixels]` and the norm over the node's operands.
+/// The runtime's norm for node `id` if it is a `layer_norm2d` of its own (over axis 1 of
+/// an `[N, C, ...]` input, whatever its rank), or a `layer_norm` of its own (over the last
+/// axis: `[rows, features, 1]`): `[batch, channels, pixels]` and the norm over the node's
+/// operands.
 fn standalone_channel_norm(graph: &Graph, id: ValueId) -> Option<([usize; 3], ChannelNorm)> {
     let NodeKind::Op { op, attrs } = &graph.node(id).kind else {
         return None;
     };
     let shape = match (op.name, graph.node(id).shape.as_slice()) {
-        ("layer_norm2d", [n, c, h, w]) => [*n, *c, h * w],
-        ("layer_norm2d", [c, h, w]) => [1, *c, h * w],
+        ("layer_norm2d", [n, c, rest @ ..]) => [*n, *c, rest.iter().product()],
         // Over the last axis: rows of one pixel each.
         ("layer_norm", [lead @ .., c]) => [lead.iter().product(), *c, 1],
         _ => return None,
