@@ -675,8 +675,10 @@ fn approximation_errors() {
     // (intrinsic, sweep from, sweep to, f64 reference, relative error?, bound)
     type Case<'a> = (Unary, f32, f32, &'a dyn Fn(f64) -> f64, bool, f64);
     let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         (Unary::Exp, -86.0, 88.0, &f64::exp, true, 3e-7),
+        // In the subnormals (below −87.34; 2^−149 = 1.4e-45 apart), absolute.
+        (Unary::Exp, -104.0, -87.4, &f64::exp, false, 1.5e-45),
         (Unary::Expm1, -86.0, 88.0, &f64::exp_m1, true, 3e-7),
         // Around 0, where `exp(x) − 1` would cancel, relative to its value.
         (Unary::Expm1, -1.0, 1.0, &f64::exp_m1, true, 3e-7),
@@ -723,9 +725,18 @@ fn approximation_errors() {
     );
     assert!(out[0].is_nan());
     assert_eq!(out[1], f32::INFINITY);
-    assert!(out[2] >= 0.0 && out[2] < 1e-37);
+    assert_eq!(out[2], 0.0);
     assert_eq!(out[3], f32::INFINITY);
     assert_eq!(out[4], 1.0);
+    // The last subnormals, and 0 past them.
+    let out = run_unary(Unary::Exp, &[-100.0, -103.0, -103.99, -104.5, -1e9]);
+    assert!(out[0] > 2.6e-44 && out[0] < 3.9e-44, "{}", out[0]);
+    assert_eq!(
+        out[1],
+        f32::from_bits(1),
+        "e^−103 is the smallest subnormal"
+    );
+    assert_eq!(out[2..], [0.0; 3]);
     let xs = [
         f32::NAN,
         f32::INFINITY,
