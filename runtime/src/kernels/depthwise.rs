@@ -110,6 +110,11 @@ const CHUNK_FLOATS: usize = 6 * 1024;
 /// leaves the register tile few rows to reuse a weight across (measured: 14x14 maps in bands
 /// of 4 rows ran 25% slower than in whole planes).
 const MIN_BAND_ROWS: usize = 3;
+/// Rows of a band from which one band per thread is cut rather than two: each band pads
+/// `kh - 1` rows of halo, and at two per thread ConvNeXt-T's 7x7 + LayerNorm bands were 14
+/// and 7 rows (2 threads, kernels benchmark, channels-last norm: 96 channels at 56x56
+/// 0.267-0.277 -> 0.240-0.267 ms, 192 at 28x28 0.188-0.231 -> 0.162-0.166).
+const ONE_BAND_ROWS: usize = 12;
 
 /// `c + a * b`, fused when `FMA` (only instantiated under the `fma` feature).
 #[inline(always)]
@@ -768,11 +773,16 @@ impl DepthwiseConv2d {
         }
     }
 
-    /// Bands per image with pixel bands: two tasks per thread (claimed dynamically, so a
-    /// thread that gets its core late still gets work), with bands of at least
-    /// [`MIN_BAND_ROWS`] rows.
+    /// Bands per image with pixel bands: one task per thread where that gives each band
+    /// [`ONE_BAND_ROWS`] rows or more, otherwise two (claimed dynamically, so a thread that
+    /// gets its core late still gets work), with bands of at least [`MIN_BAND_ROWS`] rows.
     fn bands_per_image(&self, threads: usize) -> usize {
-        let tasks = (2 * threads.max(1)).div_ceil(self.shape.batch.max(1));
+        let per_thread = if self.out[0] / threads.max(1) >= ONE_BAND_ROWS {
+            1
+        } else {
+            2
+        };
+        let tasks = (per_thread * threads.max(1)).div_ceil(self.shape.batch.max(1));
         tasks.min(self.out[0] / MIN_BAND_ROWS).max(1)
     }
 
