@@ -182,6 +182,70 @@ fn transposed_convolution_epilogues_match_the_interpreter_on_gpus() {
 }
 
 /// ELU near 0 on each GPU dialect present, relative to its value (as on the CPU): WGSL's
+/// `m` loaded for every GPU dialect this machine can run (WGSL where a Vulkan device is,
+/// CUDA where a driver and device are).
+fn executors(m: &Model) -> Vec<(Dialect, Box<dyn Executor>)> {
+    let mut exes: Vec<(Dialect, Box<dyn Executor>)> = Vec::new();
+    if let Some(gpu) = device() {
+        let (plan, constants) = plan(m, Dialect::Wgsl);
+        let exe = WgpuExecutor::with_device(gpu, plan, &constants).expect("loads");
+        exes.push((Dialect::Wgsl, Box::new(exe)));
+    }
+    match cuda_missing() {
+        Some(why) => skipped(&format!("no CUDA ({why})")),
+        None => {
+            let (plan, constants) = plan(m, Dialect::Cuda);
+            exes.push((
+                Dialect::Cuda,
+                bbc::runtime::gpu::open(plan, &constants).expect("loads"),
+            ));
+        }
+    }
+    exes
+}
+
+/// NaN propagates through max and min (`relu`, `maximum`, a `max` reduction, max pooling)
+/// and through the clamped approximations (`tanh`, `elu`, `relu6`) on the GPUs as in the
+/// interpreter. WGSL lets a driver assume no float is NaN, and lavapipe folded the helpers'
+/// `a != a` away (`relu(NaN)` was 0, `tanh(NaN)` −1).
+#[test]
+fn nan_propagates_on_gpus() {
+    let xs = [
+        f32::NAN,
+        2.0,
+        -1.0,
+        f32::INFINITY,
+        -3.0,
+        0.5,
+        f32::NAN,
+        -0.25,
+    ];
+    let source = "bb 0.1;\nmodel m() {\n    input x: f32[1, 2, 2, 2];\n    \
+                  output r = relu(x);\n    output r6 = relu6(x);\n    \
+                  output mx = maximum(x, 0.0);\n    output mn = minimum(x, 0.0);\n    \
+                  output t = tanh(x);\n    output e = elu(x);\n    \
+                  output s = max(x, axes=[1]);\n    output p = max_pool2d(x, k=2);\n}\n";
+    let x = bbc::runtime::Tensor::from_shape_vec(vec![1, 2, 2, 2], xs.to_vec()).expect("sized");
+    let m = Model {
+        label: "nan".into(),
+        weights: BTreeMap::new(),
+        inputs: HashMap::from([("x".to_string(), x)]),
+        graph: from_source("nan.bb", source),
+    };
+    let want = interp::run(&m.graph, &m.inputs, &m.weights).expect("interprets");
+    for (dialect, mut exe) in executors(&m) {
+        let got = exe.run(&m.inputs).expect("runs");
+        for (name, w) in &want {
+            for (i, (&g, &w)) in got[name].iter().zip(w.iter()).enumerate() {
+                assert!(
+                    g.is_nan() == w.is_nan() && (w.is_nan() || g == w || (g - w).abs() <= 1e-6),
+                    "{dialect:?} {name}[{i}]: {g}, the interpreter {w}"
+                );
+            }
+        }
+    }
+}
+
 /// `bb_expm1`, the CPU code generator's `expm1` step for step, and CUDA's `expm1f`, where
 /// `exp(x) − 1` left 2e-4 relative error at −2.5e-4 and gave 0 for |x| < 3e-8.
 #[test]
@@ -206,23 +270,7 @@ fn elu_is_accurate_near_zero_on_gpus() {
         graph,
     };
     let want = interp::run(&m.graph, &m.inputs, &m.weights).expect("interprets");
-    let mut exes: Vec<(Dialect, Box<dyn Executor>)> = Vec::new();
-    if let Some(gpu) = device() {
-        let (plan, constants) = plan(&m, Dialect::Wgsl);
-        let exe = WgpuExecutor::with_device(gpu, plan, &constants).expect("loads");
-        exes.push((Dialect::Wgsl, Box::new(exe)));
-    }
-    match cuda_missing() {
-        Some(why) => skipped(&format!("no CUDA ({why})")),
-        None => {
-            let (plan, constants) = plan(&m, Dialect::Cuda);
-            exes.push((
-                Dialect::Cuda,
-                bbc::runtime::gpu::open(plan, &constants).expect("loads"),
-            ));
-        }
-    }
-    for (dialect, mut exe) in exes {
+    for (dialect, mut exe) in executors(&m) {
         let got = exe.run(&m.inputs).expect("runs");
         for name in ["ya", "yb"] {
             for ((&x, &g), &w) in xs.iter().zip(&got[name]).zip(&want[name]) {

@@ -55,6 +55,10 @@ impl Syntax for Cuda {
         format!("({cond} ? {then} : {otherwise})")
     }
 
+    fn is_nan(&self, x: &str) -> String {
+        format!("isnan({x})")
+    }
+
     fn call(&self, f: Call, args: &[String]) -> String {
         let name = match f {
             Call::Exp => "expf",
@@ -73,8 +77,9 @@ impl Syntax for Cuda {
             Call::FloorRem => "bb_floor_rem",
             Call::Sigmoid => "bb_sigmoid",
             Call::Fma => "fmaf",
+            // `fmaxf` and `fminf` drop NaN; these keep it.
             Call::Clamp => {
-                return format!("fminf(fmaxf({}, {}), {})", args[0], args[1], args[2]);
+                return format!("bb_min(bb_max({}, {}), {})", args[0], args[1], args[2]);
             }
         };
         format!("{name}({})", args.join(", "))

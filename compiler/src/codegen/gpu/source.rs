@@ -70,6 +70,9 @@ pub trait Syntax {
     fn float_bits(&self, bits: u32) -> String;
     /// `then` where `cond` holds, else `otherwise` (both evaluated).
     fn select(&self, cond: &str, then: &str, otherwise: &str) -> String;
+    /// Whether the f32 `x` is NaN, by a test the compiler cannot fold away (WGSL lets an
+    /// implementation assume no float is NaN, so `x != x` may become `false`).
+    fn is_nan(&self, x: &str) -> String;
     fn call(&self, f: Call, args: &[String]) -> String;
     /// A constant table at module scope.
     fn table(&self, name: &str, data: &TableData) -> String;
@@ -685,7 +688,7 @@ pub fn common_helpers(s: &dyn Syntax) -> Vec<(&'static str, String)> {
     let float2 = [("a", Ty::F32), ("b", Ty::F32)];
     let int2 = [("a", Ty::I32), ("b", Ty::I32)];
     let extreme = |name: &'static str, op: &str| {
-        let cond = format!("(a {op} b || a != a)");
+        let cond = format!("(a {op} b || {})", s.is_nan("a"));
         let result = s.select(&cond, &a(), &b());
         (name, s.function(Ty::F32, name, &float2, &[], &result))
     };

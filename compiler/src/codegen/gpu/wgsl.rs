@@ -113,6 +113,10 @@ impl Syntax for Wgsl {
         format!("select({otherwise}, {then}, {cond})")
     }
 
+    fn is_nan(&self, x: &str) -> String {
+        format!("((bitcast<u32>({x}) & 0x7fffffffu) > 0x7f800000u)")
+    }
+
     fn call(&self, f: Call, args: &[String]) -> String {
         let name = match f {
             Call::Exp => "exp",
@@ -131,7 +135,10 @@ impl Syntax for Wgsl {
             Call::FloorRem => "bb_floor_rem",
             Call::Sigmoid => "bb_sigmoid",
             Call::Fma => "fma",
-            Call::Clamp => "clamp",
+            // The built-in `clamp` may drop NaN; these keep it.
+            Call::Clamp => {
+                return format!("bb_min(bb_max({}, {}), {})", args[0], args[1], args[2]);
+            }
         };
         format!("{name}({})", args.join(", "))
     }
