@@ -77,10 +77,7 @@ impl Syntax for Cuda {
             Call::FloorRem => "bb_floor_rem",
             Call::Sigmoid => "bb_sigmoid",
             Call::Fma => "fmaf",
-            // `fmaxf` and `fminf` drop NaN; these keep it.
-            Call::Clamp => {
-                return format!("bb_min(bb_max({}, {}), {})", args[0], args[1], args[2]);
-            }
+            Call::Clamp => "bb_clamp",
         };
         format!("{name}({})", args.join(", "))
     }

@@ -682,7 +682,8 @@ pub fn linear_invocation(p: &mut Printer, total: usize) {
 }
 
 /// Helpers both dialects define the same way through their [`Syntax`]: NaN-propagating
-/// float max/min, floor division and remainder of an index, and the logistic function.
+/// float max/min and clamp (the built-in ones may drop NaN), floor division and remainder
+/// of an index, and the logistic function.
 pub fn common_helpers(s: &dyn Syntax) -> Vec<(&'static str, String)> {
     let (a, b) = (|| "a".to_string(), || "b".to_string());
     let float2 = [("a", Ty::F32), ("b", Ty::F32)];
@@ -716,9 +717,20 @@ pub fn common_helpers(s: &dyn Syntax) -> Vec<(&'static str, String)> {
         "({one} / ({one} + {}))",
         s.call(Call::Exp, &["(-x)".into()])
     );
+    let clamp = (
+        "bb_clamp",
+        s.function(
+            Ty::F32,
+            "bb_clamp",
+            &[("x", Ty::F32), ("lo", Ty::F32), ("hi", Ty::F32)],
+            &[],
+            "bb_min(bb_max(x, lo), hi)",
+        ),
+    );
     vec![
         extreme("bb_max", ">"),
         extreme("bb_min", "<"),
+        clamp,
         floor_div,
         floor_rem,
         (
