@@ -246,6 +246,26 @@ fn nan_propagates_on_gpus() {
     }
 }
 
+/// Reductions over a strided axis (a softmax over axis 0, a `layer_norm2d` over the
+/// channels of each pixel, a global pool of a large map) share a workgroup per output
+/// instead of looping in one invocation: on lavapipe an invocation's loops stop being right
+/// past about 65,535 iterations, which a softmax over 21,845 rows of axis 0 reaches.
+#[test]
+fn long_strided_reductions_match_the_interpreter() {
+    let source = "bb 0.1;\nmodel m() {\n    input a: f32[21845, 2];\n    \
+                  input b: f32[1, 70001, 1, 2];\n    input c: f32[1, 2, 254, 257];\n    \
+                  output sa = softmax(a, axis=0);\n    \
+                  output nb = layer_norm2d(b, affine=false);\n    \
+                  output pc = adaptive_avg_pool2d(c, size=(1, 1));\n}\n";
+    let m = with_data("long", from_source("long.bb", source), 1, 2);
+    let want = interp::run(&m.graph, &m.inputs, &m.weights).expect("interprets");
+    for (dialect, mut exe) in executors(&m) {
+        let got = exe.run(&m.inputs).expect("runs");
+        let dev = deviation(&got, &want);
+        assert!(dev <= TOLERANCE, "{dialect:?}: deviation {dev:e}");
+    }
+}
+
 /// `bb_expm1`, the CPU code generator's `expm1` step for step, and CUDA's `expm1f`, where
 /// `exp(x) − 1` left 2e-4 relative error at −2.5e-4 and gave 0 for |x| < 3e-8.
 #[test]

@@ -3,12 +3,16 @@
 //! - where the grid's body is a single vector loop (an elementwise group over rows), one
 //!   invocation per (grid, vector) iteration pair, so that even a kernel with few rows fills
 //!   the device;
-//! - where a grid iteration reduces over many elements (a normalisation or softmax row, a
+//! - where an iteration reduces over many elements (a normalisation or softmax row, a
 //!   global pool), or the grid is short and each iteration has wide independent work (a
-//!   depthwise convolution + LayerNorm over a 7x7 map's 49 pixels), one workgroup per grid
+//!   depthwise convolution + LayerNorm over a 7x7 map's 49 pixels), one workgroup per
 //!   iteration ([`cooperative`]): its invocations share the reductions and split the
 //!   independent loops, with a barrier wherever one statement reads what an earlier one
-//!   wrote to the output.
+//!   wrote to the output. The iteration is the grid's, or, where the second shape's
+//!   vector loop holds the reductions (a softmax over axis 0, a `layer_norm2d` over the
+//!   channels of each pixel), a (grid, vector) pair's: one invocation would otherwise loop
+//!   over a whole strided axis, tens of thousands of serial iterations for a long one,
+//!   past what llvmpipe runs in one invocation (about 65,535).
 //!
 //! Scratch arrays are private to an invocation, so a kernel with scratch keeps the first
 //! shape.
@@ -43,18 +47,28 @@ pub fn emit(mut p: Printer, entry: &str, bindings: &[bbc_runtime::gpu::BindingAc
     let Body::Loops { grid, body, .. } = &k.body else {
         unreachable!("the caller dispatches on the body")
     };
-    if cooperative_applies(k, *grid, body) {
-        return cooperative(p, *grid, body, entry, bindings);
-    }
     // The invocation index covers the grid, times the vector loop when it is all there is.
-    let (total, inner): (usize, Option<(Var, &[Stmt])>) = match body.as_slice() {
+    let inner: Option<(Var, &[Stmt])> = match body.as_slice() {
         [Stmt::Loop {
             var,
             vector: true,
             body,
-        }] => (grid.extent * var.extent, Some((*var, body.as_slice()))),
-        _ => (grid.extent, None),
+        }] => Some((*var, body.as_slice())),
+        _ => None,
     };
+    // A (grid, vector) pair whose body reduces gets a workgroup before the grid does: the
+    // grid's workgroup would leave each invocation whole reductions to run alone (a softmax
+    // over axis 0 loops over every row in one invocation).
+    if let Some((v, rest)) = inner {
+        let pair = [*grid, v];
+        if reduced_elements_of(rest) > 0 && cooperative_applies(k, &pair, rest) {
+            return cooperative(p, &pair, rest, entry, bindings);
+        }
+    }
+    if cooperative_applies(k, &[*grid], body) {
+        return cooperative(p, &[*grid], body, entry, bindings);
+    }
+    let total = grid.extent * inner.map_or(1, |(v, _)| v.extent);
     linear_invocation(&mut p, total);
     match inner {
         Some((v, rest)) => {
@@ -79,12 +93,13 @@ pub fn emit(mut p: Printer, entry: &str, bindings: &[bbc_runtime::gpu::BindingAc
     }
 }
 
-/// Whether a grid iteration's body is worth a workgroup and safe to share: no scratch,
-/// every top-level loop independent (each store in it indexed by the loop's variable) and
-/// reading the output only at elements it stores itself (so only at elements its own
-/// invocation writes), and either enough elements reduced at the top level or a short grid
-/// with wide iterations.
-fn cooperative_applies(k: &Kernel, grid: Var, body: &[Stmt]) -> bool {
+/// Whether an iteration's body is worth a workgroup and safe to share. The iteration is
+/// the grid's, or a (grid, vector loop) pair's (`outer`, outermost first). No scratch, every
+/// top-level loop independent (each store in it indexed by the loop's variable) and reading
+/// the output only at elements it stores itself (so only at elements its own invocation
+/// writes), and either enough elements reduced at the top level or few iterations with wide
+/// ones.
+fn cooperative_applies(k: &Kernel, outer: &[Var], body: &[Stmt]) -> bool {
     if !k.scratch.is_empty() {
         return false;
     }
@@ -92,7 +107,8 @@ fn cooperative_applies(k: &Kernel, grid: Var, body: &[Stmt]) -> bool {
     for s in body {
         match s {
             Stmt::Loop { var, body, .. } => {
-                if !stores_indexed_by(body, *var) || !partitioned_by(body, k.output(), *var, grid) {
+                if !stores_indexed_by(body, *var) || !partitioned_by(body, k.output(), *var, outer)
+                {
                     return false;
                 }
                 width = width.max(var.extent);
@@ -105,8 +121,19 @@ fn cooperative_applies(k: &Kernel, grid: Var, body: &[Stmt]) -> bool {
             Stmt::ScratchStore { .. } => return false,
         }
     }
+    let iterations: usize = outer.iter().map(|v| v.extent).product();
     reduced >= COOPERATIVE_MIN_ELEMENTS
-        || (grid.extent < FEW_ITERATIONS && width >= COOPERATIVE_MIN_WIDTH)
+        || (iterations < FEW_ITERATIONS && width >= COOPERATIVE_MIN_WIDTH)
+}
+
+/// Elements reduced by the top-level statements of `body` (see [`reduced_elements`]).
+fn reduced_elements_of(body: &[Stmt]) -> usize {
+    body.iter()
+        .map(|s| match s {
+            Stmt::Let { value, .. } | Stmt::Store { value, .. } => reduced_elements(value),
+            Stmt::Loop { .. } | Stmt::ScratchStore { .. } => 0,
+        })
+        .sum()
 }
 
 /// Elements reduced by the reductions of `e` (nested ones count once per element of the
@@ -172,10 +199,11 @@ fn writes_buffer(body: &[Stmt], buf: usize) -> bool {
 /// Whether the elements of `buf` that `body` reads or writes belong to one iteration of
 /// loop `v` each, so that invocations sharing the loop's iterations never touch each
 /// other's. Every such index must make `v` one digit of a mixed-radix position: `v · a`
-/// (the same `a > 0` throughout) plus terms of the grid variable (the same for a whole
-/// workgroup), terms whose coefficients are multiples of `a · extent(v)` (higher digits)
-/// and variables with positive coefficients that together stay below `a` (lower digits).
-fn partitioned_by(body: &[Stmt], buf: usize, v: Var, grid: Var) -> bool {
+/// (the same `a > 0` throughout) plus terms of the workgroup's own iteration variables
+/// (`outer`, the same for a whole workgroup), terms whose coefficients are multiples of
+/// `a · extent(v)` (higher digits) and variables with positive coefficients that together
+/// stay below `a` (lower digits).
+fn partitioned_by(body: &[Stmt], buf: usize, v: Var, outer: &[Var]) -> bool {
     let mut indices = Vec::new();
     accesses(body, buf, false, &mut indices);
     accesses(body, buf, true, &mut indices);
@@ -192,7 +220,7 @@ fn partitioned_by(body: &[Stmt], buf: usize, v: Var, grid: Var) -> bool {
             if t.mentions(v) {
                 return None;
             }
-            if only_mentions(t, grid) || k % radix == 0 {
+            if only_mentions(t, outer) || k % radix == 0 {
                 continue;
             }
             match t {
@@ -209,11 +237,11 @@ fn partitioned_by(body: &[Stmt], buf: usize, v: Var, grid: Var) -> bool {
     }
 }
 
-/// Whether `t` depends on no variable but `grid`.
-fn only_mentions(t: &Index, grid: Var) -> bool {
+/// Whether `t` depends on no variables but `outer`.
+fn only_mentions(t: &Index, outer: &[Var]) -> bool {
     let mut vars = Vec::new();
     collect_vars(t, &mut vars);
-    vars.iter().all(|&x| x == grid)
+    vars.iter().all(|x| outer.contains(x))
 }
 
 fn collect_vars(t: &Index, out: &mut Vec<Var>) {
@@ -237,25 +265,52 @@ fn stores_indexed_by(body: &[Stmt], v: Var) -> bool {
     })
 }
 
-/// One workgroup per grid iteration. Every invocation runs the top-level statements, so
-/// the barriers of the cooperative reductions are reached in uniform control flow (an
-/// out-of-range workgroup leaves as a whole); top-level loops stride their iterations over
-/// the invocations, a top-level store outside a loop is written by invocation 0.
+/// One workgroup per iteration of `outer` (the grid, or a grid and vector loop pair).
+/// Every invocation runs the top-level statements, so the barriers of the cooperative
+/// reductions are reached in uniform control flow (an out-of-range workgroup leaves as a
+/// whole); top-level loops stride their iterations over the invocations, a top-level
+/// store outside a loop is written by invocation 0.
 fn cooperative(
     mut p: Printer,
-    grid: Var,
+    outer: &[Var],
     body: &[Stmt],
     entry: &str,
     bindings: &[bbc_runtime::gpu::BindingAccess],
 ) -> Emitted {
     let n = COOPERATIVE_WORKGROUP;
-    let groups = group_grid(grid.extent);
+    let iterations: usize = outer.iter().map(|v| v.extent).product();
+    let groups = group_grid(iterations);
     p.declare_partials(n);
-    p.bind_var(1, grid, &group_index(groups));
+    let flat = match outer {
+        [grid] => {
+            p.bind_var(1, *grid, &group_index(groups));
+            var_name(*grid)
+        }
+        _ => {
+            let decl = p.syntax.constant(Ty::I32, "gid", &group_index(groups));
+            p.line(1, &decl);
+            "gid".to_string()
+        }
+    };
     if groups[1] > 1 {
         let exit = p.syntax.exit();
-        let name = var_name(grid);
-        p.line(1, &format!("if ({name} >= {}) {{ {exit} }}", grid.extent));
+        p.line(1, &format!("if ({flat} >= {iterations}) {{ {exit} }}"));
+    }
+    if outer.len() > 1 {
+        // Mixed-radix digits of the flat index, outermost first.
+        let mut below = iterations;
+        for (i, v) in outer.iter().enumerate() {
+            below /= v.extent;
+            let quotient = match below {
+                1 => flat.clone(),
+                _ => format!("({flat} / {below})"),
+            };
+            let digit = match i {
+                0 => quotient,
+                _ => format!("({quotient} % {})", v.extent),
+            };
+            p.bind_var(1, *v, &digit);
+        }
     }
     // Storage writes and reads of the output since the last barrier: a statement that
     // reads what another invocation may have written, or writes what another may still be
