@@ -754,6 +754,36 @@ fn ir_explain_says_why_a_fusion_did_not_fire() {
     );
 }
 
+/// `--explain` goes where `-o` says, and at a level without fusion passes says that nothing
+/// was looked for rather than that every fusion fired.
+#[test]
+fn ir_explain_honours_output_and_names_a_pipeline_without_fusion() {
+    let dir = scratch("explain");
+    let file = dir.join("explain.txt");
+    let spec = [
+        "ir",
+        "specs/deep_sets.bb",
+        "--model",
+        "deep_sets_sum",
+        "--explain",
+    ];
+    let printed = ok(&[&spec[..], &["-o", &file.to_string_lossy()]].concat());
+    assert_eq!(printed, "", "the explanation went to stdout");
+    let written = std::fs::read_to_string(&file).expect("--explain -o writes the file");
+    assert!(
+        written.contains("the -O0 pipeline runs no fusion passes") && written.contains("-O2"),
+        "{written}"
+    );
+    assert!(!written.contains("every fusion"), "{written}");
+    let o1 = ok(&[&spec[..], &["-O1"]].concat());
+    assert!(
+        o1.contains("the -O1 pipeline runs no fusion passes"),
+        "{o1}"
+    );
+    let named = ok(&[&spec[..], &["--passes", "cse,dce"]].concat());
+    assert!(named.contains("--passes names no fusion pass"), "{named}");
+}
+
 /// `bbc run` compiles for the CPU by default; its outputs match the interpreter's, for any
 /// thread count.
 #[test]

@@ -79,18 +79,55 @@ pub fn main(args: &IrArgs) -> CliResult {
             );
         }
     }
-    if args.explain {
-        let notes: Vec<String> = runs
-            .iter()
-            .flat_map(|r| r.explained.iter().cloned())
-            .collect();
-        let text = if notes.is_empty() {
-            "every fusion the pipeline looks for either fired or had nothing to fuse\n".to_string()
-        } else {
-            notes.join("\n") + "\n"
-        };
-        return print(&text);
+    let text = if args.explain {
+        explanation(args, &runs)
+    } else {
+        printed_ir(&model.graph, &runs)
+    };
+    match &args.output {
+        Some(path) => write_text(path, &text),
+        None => print(&text),
     }
+}
+
+/// What `--explain` prints: each pass's near misses, or why there are none.
+fn explanation(args: &IrArgs, runs: &[passes::PassRun]) -> String {
+    let mut lines: Vec<String> = runs
+        .iter()
+        .flat_map(|r| r.explained.iter().cloned())
+        .collect();
+    // Without a fusion pass nothing was looked for: "every fusion fired" would mislead.
+    if !runs.iter().any(|r| r.name.starts_with("fuse-")) {
+        let level = args.opt.level.unwrap_or(0);
+        let fuses = |p: &Box<dyn passes::Pass>| p.name().starts_with("fuse-");
+        let (why, hint) = if args.opt.passes.is_some() {
+            (
+                "--passes names no fusion pass (fuse-*)".to_string(),
+                "name one",
+            )
+        } else if passes::pipeline(level).iter().any(fuses) {
+            (
+                "--skip-pass leaves out every fusion pass".to_string(),
+                "skip fewer",
+            )
+        } else {
+            (
+                format!("the -O{level} pipeline runs no fusion passes"),
+                "-O2 runs them all",
+            )
+        };
+        lines.push(format!("{why}, so no fusion was looked for ({hint})"));
+    } else if lines.is_empty() {
+        lines.push(
+            "every fusion the pipeline looks for either fired or had nothing to fuse".to_string(),
+        );
+    }
+    lines.join("\n") + "\n"
+}
+
+/// The IR at the end of the pipeline, or after the passes `--after` or `--print-after-all`
+/// name.
+fn printed_ir(graph: &bbc::compiler::ir::Graph, runs: &[passes::PassRun]) -> String {
     let printed: Vec<String> = runs
         .iter()
         .filter_map(|r| {
@@ -99,13 +136,9 @@ pub fn main(args: &IrArgs) -> CliResult {
                 .map(|t| format!("// after {}\n{t}", r.name))
         })
         .collect();
-    let text = if printed.is_empty() {
-        print_text(&model.graph)
+    if printed.is_empty() {
+        print_text(graph)
     } else {
         printed.join("\n")
-    };
-    match &args.output {
-        Some(path) => write_text(path, &text),
-        None => print(&text),
     }
 }
