@@ -853,6 +853,7 @@ impl<'s> Elab<'s> {
                         name: None,
                         value,
                         span: a.span,
+                        origin: None,
                     });
                 }
                 ArgKind::Keyword(k, e) => {
@@ -876,6 +877,7 @@ impl<'s> Elab<'s> {
                         name: Some(k.name.clone()),
                         value,
                         span: a.span,
+                        origin: None,
                     });
                 }
                 ArgKind::Spread(e) => {
@@ -888,6 +890,7 @@ impl<'s> Elab<'s> {
                             name: None,
                             value: item,
                             span: a.span,
+                            origin: None,
                         });
                     }
                 }
@@ -927,6 +930,7 @@ impl<'s> Elab<'s> {
                 name: None,
                 value: input,
                 span,
+                origin: None,
             }];
             vals.extend(self.eval_args(ctx, args)?);
             return self.call_value(ctx, f, vals, rhs.span, hint);
@@ -936,6 +940,7 @@ impl<'s> Elab<'s> {
             name: None,
             value: input,
             span,
+            origin: None,
         };
         self.call_value(ctx, f, vec![arg], rhs.span, hint)
     }
@@ -1596,10 +1601,10 @@ impl<'s> Elab<'s> {
             given[i] = Some(a);
         }
         for (p, g) in params.iter().zip(given) {
-            let (v, at) = match g {
-                Some(a) => (a.value, a.span),
+            let (v, at, origin) = match g {
+                Some(a) => (a.value, a.span, a.origin),
                 None => match &p.default {
-                    Some(d) => (self.eval(ctx, d, Hint::None)?, d.span),
+                    Some(d) => (self.eval(ctx, d, Hint::None)?, d.span, None),
                     None => {
                         let d = Diagnostic::new(
                             Phase::Resolution,
@@ -1623,7 +1628,11 @@ impl<'s> Elab<'s> {
                 return Err(self.report(d));
             }
             if let Some(ty) = &p.ty {
-                self.check_type(ctx, &v, ty, at, &format!("parameter `{}`", p.name.name))?;
+                let what = match origin {
+                    Some(o) => format!("parameter `{}` (given as `{o}`)", p.name.name),
+                    None => format!("parameter `{}`", p.name.name),
+                };
+                self.check_type(ctx, &v, ty, at, &what)?;
             }
             let v = match (&p.ty, v) {
                 (
@@ -1758,6 +1767,7 @@ impl<'s> Elab<'s> {
                         name: None,
                         value: input,
                         span,
+                        origin: None,
                     }];
                     all.extend(args.iter().cloned());
                     let mut ctx = Ctx::new(0, BodyKind::Fn);

@@ -7,6 +7,7 @@
 mod builtins;
 mod einops;
 mod eval;
+mod literal;
 mod value;
 
 pub use builtins::{make_divisible, round_half_even};
@@ -16,6 +17,7 @@ use crate::ir::{self, Graph};
 use bbc_grammar::ast::{self, Item};
 use bbc_grammar::{did_you_mean, Diagnostic, FileId, Frame, Phase, SourceMap, Span};
 use eval::{BodyKind, Ctx, Elab};
+pub use literal::{parse_literal, LiteralError};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -375,31 +377,31 @@ impl Program {
         let mut overrides = Vec::new();
         for (k, text) in &opts.args {
             match parse_literal(text) {
-                Some(value) => overrides.push(ArgValue {
+                Ok(value) => overrides.push(ArgValue {
                     name: Some(k.clone()),
                     value,
                     span: entry_span,
+                    origin: Some(format!("--arg {k}={text}").into()),
                 }),
-                None => {
-                    let d = Diagnostic::new(
+                Err(why) => {
+                    let column = text[..why.at].chars().count() + 1;
+                    let mut d = Diagnostic::new(
                         Phase::Elaboration,
                         codes::BAD_VALUE,
-                        format!("cannot read the value of model argument `{k}`: `{text}`"),
+                        format!(
+                            "cannot read the value of model argument `{k}`: {}",
+                            why.message
+                        ),
                     )
-                    .with_help(
-                        // An integer literal too large for i64 reads as nothing at all.
-                        if text
-                            .trim()
-                            .trim_start_matches('-')
-                            .bytes()
-                            .all(|b| b.is_ascii_digit())
-                            && !text.trim().trim_start_matches('-').is_empty()
-                        {
-                            "the integer is out of range (a 64-bit signed integer)"
-                        } else {
-                            "use a literal: an int, a float, true/false, a \"string\" or a [list]"
-                        },
-                    );
+                    .with_note(format!(
+                        "in `--arg {k}={}`, at character {column} of the value",
+                        excerpt(text, why.at)
+                    ));
+                    if why.syntax {
+                        d = d.with_help(
+                            "use a literal: an int, a float, true/false/none, a \"string\" or a [list]",
+                        );
+                    }
                     return Err(vec![d]);
                 }
             }
@@ -698,6 +700,7 @@ impl Program {
                         name,
                         value,
                         span: a.span,
+                        origin: None,
                     });
                 }
                 // Outer overrides win over this variant's settings.
@@ -729,53 +732,27 @@ impl Program {
     }
 }
 
-/// A compile-time literal given on the command line: int, float, bool, `none`, a quoted
-/// string, or a bracketed list of those.
-pub fn parse_literal(text: &str) -> Option<Value> {
-    let t = text.trim();
-    if let Some(inner) = t.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        if inner.trim().is_empty() {
-            return Some(Value::list(Vec::new()));
-        }
-        // Nested lists are split at top-level commas only.
-        let mut items = Vec::new();
-        let (mut depth, mut start) = (0i32, 0);
-        for (i, c) in inner.char_indices() {
-            match c {
-                '[' => depth += 1,
-                ']' => depth -= 1,
-                ',' if depth == 0 => {
-                    items.push(parse_literal(&inner[start..i])?);
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-        items.push(parse_literal(&inner[start..])?);
-        return Some(Value::list(items));
+/// `text`, or where it is long the 30 characters either side of byte `at`, elided with `…`.
+fn excerpt(text: &str, at: usize) -> String {
+    const SIDE: usize = 30;
+    if text.chars().count() <= 2 * SIDE {
+        return text.to_string();
     }
-    if let Some(s) = t.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-        return Some(Value::str(s));
-    }
-    match t {
-        "true" => return Some(Value::Bool(true)),
-        "false" => return Some(Value::Bool(false)),
-        "none" => return Some(Value::None),
-        _ => {}
-    }
-    if let Ok(i) = t.parse::<i64>() {
-        return Some(Value::Int(i));
-    }
-    if t.trim_start_matches(['-', '+'])
+    let before = text[..at]
         .chars()
-        .all(|c| c.is_ascii_digit())
-    {
-        return None; // an integer too large for i64, not a float
-    }
-    t.parse::<f64>()
-        .ok()
-        .filter(|f| f.is_finite())
-        .map(Value::Float)
+        .rev()
+        .take(SIDE)
+        .map(char::len_utf8)
+        .sum::<usize>();
+    let after = text[at..]
+        .chars()
+        .take(SIDE)
+        .map(char::len_utf8)
+        .sum::<usize>();
+    let (start, end) = (at - before, at + after);
+    let open = if start > 0 { "…" } else { "" };
+    let close = if end < text.len() { "…" } else { "" };
+    format!("{open}{}{close}", &text[start..end])
 }
 
 /// Lexically normalised path (resolves `.` and `..`), used to recognise a file imported twice.

@@ -205,4 +205,7 @@ pub struct ArgValue {
     pub name: Option<String>,
     pub value: Value,
     pub span: Span,
+    /// Where the value was written when that is not at `span`: the command line's
+    /// `--arg NAME=VALUE`, whose span is the model it was given to.
+    pub origin: Option<Rc<str>>,
 }
