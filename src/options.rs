@@ -377,6 +377,27 @@ impl CompileOptions {
             Some(names) => names.iter().filter_map(|n| passes::lookup(n)).collect(),
             None => passes::pipeline(level),
         };
+        // Skipping a pass that would not run anyway is a mistaken expectation, not a no-op.
+        for name in &self.skip_passes {
+            if self.passes.iter().flatten().any(|n| n == name) {
+                return Err(Error::Options(format!(
+                    "pass `{name}` is both in the pass list and skipped"
+                )));
+            }
+            if !chosen.iter().any(|p| p.name() == name) {
+                let names: Vec<&str> = chosen.iter().map(|p| p.name()).collect();
+                let runs = match (&self.passes, names.is_empty()) {
+                    (Some(_), _) => format!("the pass list runs {}", names.join(", ")),
+                    (None, true) => format!("optimisation level {level} runs no passes"),
+                    (None, false) => {
+                        format!("optimisation level {level} runs {}", names.join(", "))
+                    }
+                };
+                return Err(Error::Options(format!(
+                    "cannot skip pass `{name}`: it is not in the pipeline ({runs})"
+                )));
+            }
+        }
         Ok(chosen
             .into_iter()
             .filter(|p| !self.skip_passes.iter().any(|s| s == p.name()))
@@ -629,6 +650,16 @@ mod tests {
         };
         assert!(err.to_string().contains("did you mean `dce`?"), "{err}");
         assert!(CompileOptions::new().opt_level(3).pipeline().is_err());
+        let Err(err) = CompileOptions::new()
+            .opt_level(0)
+            .skip_pass("cse")
+            .pipeline()
+        else {
+            panic!("skipping a pass the pipeline does not run is accepted");
+        };
+        assert!(err.to_string().contains("level 0 runs no passes"), "{err}");
+        let named_and_skipped = CompileOptions::new().passes(["dce"]).skip_pass("dce");
+        assert!(named_and_skipped.pipeline().is_err());
     }
 
     #[test]

@@ -705,6 +705,30 @@ fn ir_runs_optimisation_pipelines_by_level_and_by_name() {
     assert!(listed.contains("fold-batch-norm"));
 }
 
+/// `--skip-pass` of a pass the pipeline does not run is refused like `--after` of one, on
+/// every command that takes it; beside `--passes` it contradicts the list.
+#[test]
+fn skipping_a_pass_outside_the_pipeline_is_an_error() {
+    let spec = ["specs/deep_sets.bb", "--model", "deep_sets_sum"];
+    for command in [&["ir"][..], &["stats"], &["run", "--interp"]] {
+        let args = [command, &spec[..], &["-O0", "--skip-pass", "cse"]].concat();
+        let err = fails(&args, 1);
+        assert!(
+            err.contains("cannot skip pass `cse`: it is not in the pipeline")
+                && err.contains("level 0 runs no passes"),
+            "bbc {args:?}: {err}"
+        );
+    }
+    let err = fails(&["ir", spec[0], "-O1", "--skip-pass", "fuse-epilogue"], 1);
+    assert!(err.contains("level 1 runs remove-identities"), "{err}");
+    let err = fails(&["ir", spec[0], "--passes", "dce", "--skip-pass", "dce"], 2);
+    assert!(
+        err.contains("--skip-pass") && err.contains("--passes"),
+        "{err}"
+    );
+    ok(&["ir", spec[0], "-O1", "--skip-pass", "cse"]);
+}
+
 #[test]
 fn ir_explain_says_why_a_fusion_did_not_fire() {
     let text = ok(&[

@@ -120,8 +120,8 @@ pub struct OptArgs {
     )]
     pub passes: Option<Vec<String>>,
 
-    /// Leave this pass out of the pipeline; repeatable.
-    #[arg(long = "skip-pass", value_name = "PASS")]
+    /// Leave this pass out of the level's pipeline; repeatable.
+    #[arg(long = "skip-pass", value_name = "PASS", conflicts_with = "passes")]
     pub skip: Vec<String>,
 }
 
