@@ -2232,6 +2232,33 @@ impl<'s> Elab<'s> {
                 self.expect_int(&v, n.span, "a dimension")?
             }
             (Some(n), default) => {
+                // `N=5` after `N` is bound to 4 would make one name mean two sizes. Where
+                // `--dim` gives the value, it decides both.
+                if let (Some(e), Some(bound), false) = (
+                    default,
+                    ctx.get(&n.name).cloned(),
+                    self.dims.contains_key(&n.name),
+                ) {
+                    let bound = self.expect_int(&bound, n.span, "a dimension")?;
+                    let v = self.eval(ctx, e, Hint::None)?;
+                    let v = self.expect_int(&v, e.span, "a dimension")?;
+                    if v != bound {
+                        let d = Diagnostic::new(
+                            Phase::Elaboration,
+                            codes::DUPLICATE_PATH,
+                            format!(
+                                "size parameter `{}` is already {bound}, and is declared again with {v}",
+                                n.name
+                            ),
+                        )
+                        .at(e.span, format!("a second default for `{}`", n.name))
+                        .with_help(format!(
+                            "write `{}` alone to reuse the size bound earlier, or give this dimension another name",
+                            n.name
+                        ));
+                        return Err(self.report(d));
+                    }
+                }
                 self.size_params.push(n.name.clone());
                 if let Some((v, used)) = self.dims.get_mut(&n.name) {
                     *used = true;
