@@ -729,6 +729,53 @@ fn skipping_a_pass_outside_the_pipeline_is_an_error() {
     ok(&["ir", spec[0], "-O1", "--skip-pass", "cse"]);
 }
 
+/// Options that would have no effect are refused rather than ignored: a seed nothing is
+/// drawn from, a profile of no kernels, an explanation in place of the IR asked for.
+#[test]
+fn options_that_would_be_ignored_are_refused() {
+    let dir = scratch("ignored");
+    let w = dir.join("w.safetensors");
+    let w = w.to_string_lossy();
+    let spec = ["specs/deep_sets.bb", "--model", "deep_sets_sum"];
+    let err = fails(&[&["weights"], &spec[..], &["--seed", "3"]].concat(), 2);
+    assert!(err.contains("--save"), "{err}");
+    ok(&[&["weights"], &spec[..], &["--seed", "3", "--save", &w]].concat());
+    let err = fails(
+        &[
+            &["compile", "--target", "cpu", "-o"],
+            &[
+                &dir.join("p").to_string_lossy(),
+                "--seed",
+                "3",
+                "--weights",
+                &w,
+            ][..],
+            &spec[..],
+        ]
+        .concat(),
+        2,
+    );
+    assert!(err.contains("--seed") && err.contains("--weights"), "{err}");
+    let x = format!("{FIXTURES}/deep_sets_sum/x.npy");
+    let all_given = [&["run"], &spec[..], &["--weights", &w, "--input", &x]].concat();
+    ok(&all_given);
+    let err = fails(&[&all_given[..], &["--seed", "4"]].concat(), 1);
+    assert!(
+        err.contains("--seed 4 is not used") && err.contains("help: leave out --seed"),
+        "{err}"
+    );
+    // A seed still draws the inputs not given, or the weights not given.
+    ok(&[&["run"], &spec[..], &["--weights", &w, "--seed", "4"]].concat());
+    ok(&[&["run"], &spec[..], &["--input", &x, "--seed", "4"]].concat());
+    let err = fails(&[&["bench"], &spec[..], &["--profile", "0"]].concat(), 2);
+    assert!(err.contains("--profile"), "{err}");
+    for printing in ["--after=dce", "--print-after-all"] {
+        let args = [&["ir"], &spec[..], &["-O1", "--explain", printing]].concat();
+        let err = fails(&args, 2);
+        assert!(err.contains("--explain"), "{err}");
+    }
+}
+
 #[test]
 fn ir_explain_says_why_a_fusion_did_not_fire() {
     let text = ok(&[

@@ -66,7 +66,12 @@ pub struct BenchArgs {
     /// of this machine's FMA peak its fastest run reached (FLOPs as `bbc stats` counts
     /// them: a Winograd convolution does fewer, so it can pass 100%). With --json, as the
     /// report's `profile` object.
-    #[arg(long, value_name = "N", conflicts_with = "interp")]
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with = "interp",
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+    )]
     pub profile: Option<usize>,
 
     /// Print one JSON object instead of the report.

@@ -60,7 +60,12 @@ pub struct CompileArgs {
     pub weights: Option<PathBuf>,
 
     /// Seed for initialised weights.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 0,
+        conflicts_with = "weights"
+    )]
     pub seed: u64,
 
     /// CUDA only: run matrix products on tensor cores (TF32) where their sizes allow.

@@ -32,7 +32,7 @@ pub struct IrArgs {
     pub time_passes: bool,
 
     /// Instead of the IR, say where a fusion almost applied and why it did not.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["after", "print_after_all"])]
     pub explain: bool,
 
     /// List the available passes and exit.

@@ -85,9 +85,9 @@ pub struct DataArgs {
     #[arg(short, long = "input", value_name = "[NAME=]FILE.npy|.png")]
     pub inputs: Vec<String>,
 
-    /// Seed for initialised weights and random inputs.
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    pub seed: u64,
+    /// Seed for initialised weights and random inputs [default: 0].
+    #[arg(long, value_name = "N")]
+    pub seed: Option<u64>,
 }
 
 impl DataArgs {
@@ -97,8 +97,18 @@ impl DataArgs {
         program: &Program,
         model: &Elaborated,
     ) -> Result<(Weights, Inputs), CliError> {
-        let weights = load_weights(program, model, self.weights.as_deref(), self.seed)?;
-        Ok((weights, inputs(&self.inputs, self.seed, model)?))
+        let files = input_files(&self.inputs, model)?;
+        if let (Some(seed), Some(_)) = (self.seed, &self.weights) {
+            if files.len() == model.graph.inputs.len() {
+                return Err(CliError::msg(format!(
+                    "--seed {seed} is not used: the weights come from --weights and every \
+                     input from --input\nhelp: leave out --seed"
+                )));
+            }
+        }
+        let seed = self.seed.unwrap_or(0);
+        let weights = load_weights(program, model, self.weights.as_deref(), seed)?;
+        Ok((weights, inputs(&files, seed, model)?))
     }
 }
 
@@ -265,13 +275,11 @@ fn model_inputs(model: &Elaborated) -> Vec<(String, Vec<usize>)> {
         .collect()
 }
 
-/// Reads the `--input` files (`[NAME=]FILE`) and draws the inputs that were not given from
-/// N(0, 1) with `seed`.
-fn inputs(
+/// The `--input` files (`[NAME=]FILE`) by input name, each name checked.
+fn input_files(
     given: &[String],
-    seed: u64,
     model: &Elaborated,
-) -> Result<HashMap<String, Tensor>, CliError> {
+) -> Result<BTreeMap<String, PathBuf>, CliError> {
     let declared = model_inputs(model);
     let names: Vec<&str> = declared.iter().map(|(n, _)| n.as_str()).collect();
     let mut files: BTreeMap<String, PathBuf> = BTreeMap::new();
@@ -307,8 +315,18 @@ fn inputs(
     for path in files.values() {
         known_format(path, "input")?;
     }
+    Ok(files)
+}
+
+/// Reads the input `files` (by input name) and draws the inputs that were not given from
+/// N(0, 1) with `seed`.
+fn inputs(
+    files: &BTreeMap<String, PathBuf>,
+    seed: u64,
+    model: &Elaborated,
+) -> Result<HashMap<String, Tensor>, CliError> {
     let mut out = HashMap::new();
-    for (name, expected) in declared {
+    for (name, expected) in model_inputs(model) {
         let t = match files.get(&name) {
             Some(path) if is_png_path(path) => png_input(&name, path, &expected, model)?,
             Some(path) => {

@@ -29,7 +29,7 @@ pub struct WeightsArgs {
     pub save: Option<PathBuf>,
 
     /// Seed for --save.
-    #[arg(long, value_name = "N", default_value_t = 0)]
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "save")]
     pub seed: u64,
 }
 
