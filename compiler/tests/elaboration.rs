@@ -294,3 +294,23 @@ fn a_let_used_before_it_is_defined_is_reported() {
     );
     assert!(e.contains("E0201") && e.contains("`B`"), "{e}");
 }
+
+/// `resolve` checks the spec as a whole, as listing its models (`bbc models`) needs: a model
+/// defined twice was listed twice while every `check` refused it.
+#[test]
+fn resolving_a_spec_finds_names_defined_twice() {
+    let one = "bb 0.1;\nmodel m() { input x: f32[1, 4]; output y = x; }\n";
+    let program = Program::from_source("t.bb", one).expect("parses");
+    assert!(program.resolve().is_ok());
+    assert_eq!(program.models(), ["m"]);
+    let twice = format!("{one}model m() {{ input x: f32[1, 4]; output y = x; }}\n");
+    let program = Program::from_source("t.bb", &twice).expect("parses");
+    let diags = program.resolve().expect_err("defined twice");
+    assert_eq!(diags.len(), 1);
+    assert_eq!(diags[0].code, "E0202");
+    assert!(
+        diags[0].message.contains("defined twice"),
+        "{}",
+        diags[0].message
+    );
+}

@@ -1,6 +1,6 @@
 //! `bbc models`: list the models and variants a spec defines.
 
-use super::{load, print, CliResult};
+use super::{load, print, CliError, CliResult};
 use clap::Args;
 use std::path::PathBuf;
 
@@ -17,6 +17,10 @@ pub struct ModelsArgs {
 
 pub fn main(args: &ModelsArgs) -> CliResult {
     let program = load(&args.spec)?;
+    // A spec that defines a name twice lists no models: `check` would refuse every one.
+    program
+        .resolve()
+        .map_err(|d| CliError::diags(&d, Some(&program.sources)))?;
     let models = program.models();
     if models.is_empty() {
         super::note!("note: `{}` defines no model", args.spec.display());

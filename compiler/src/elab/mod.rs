@@ -314,6 +314,28 @@ impl Program {
             .collect()
     }
 
+    /// Checks what holds for the spec as a whole, before any model is chosen: every file's
+    /// names resolve once (no item defined twice, imports that exist) and its top-level
+    /// `let`s evaluate.
+    pub fn resolve(&self) -> Result<(), Vec<Diagnostic>> {
+        self.resolved(HashMap::new()).map(drop)
+    }
+
+    /// An elaborator with every file's module built and its `let`s evaluated.
+    fn resolved(&self, dims: HashMap<String, i64>) -> Result<Elab<'_>, Vec<Diagnostic>> {
+        let mut e = Elab::new(&self.sources, Vec::new(), dims);
+        for (index, parsed) in self.parsed.iter().enumerate() {
+            let module = self.build_module(&mut e, index, parsed);
+            e.modules.push(module);
+            self.eval_lets(&mut e, index, parsed);
+        }
+        if e.diags.is_empty() {
+            Ok(e)
+        } else {
+            Err(e.diags)
+        }
+    }
+
     /// Elaborates one model of the root file.
     pub fn elaborate(&self, opts: &Options) -> Result<Elaborated, Vec<Diagnostic>> {
         if let Some((k, v)) = opts.dims.iter().find(|(_, v)| *v <= 0) {
@@ -325,15 +347,7 @@ impl Program {
             return Err(vec![d]);
         }
         let dims: HashMap<String, i64> = opts.dims.iter().cloned().collect();
-        let mut e = Elab::new(&self.sources, Vec::new(), dims);
-        for (index, parsed) in self.parsed.iter().enumerate() {
-            let module = self.build_module(&mut e, index, parsed);
-            e.modules.push(module);
-            self.eval_lets(&mut e, index, parsed);
-        }
-        if !e.diags.is_empty() {
-            return Err(e.diags);
-        }
+        let mut e = self.resolved(dims)?;
         let root = self.parsed.len() - 1;
         let models = self.models();
         let name = match &opts.model {
