@@ -537,6 +537,86 @@ fn file_destinations_are_checked_alike_by_every_writer() {
     }
 }
 
+/// No command writes over a file it reads (the spec, a checkpoint, an input), through a
+/// symbolic link either, nor replaces a folder that holds one; each refusal leaves the
+/// file as it was.
+#[test]
+fn outputs_never_replace_the_inputs_they_are_made_from() {
+    let dir = scratch("output-is-input");
+    let spec = dir.join("s.bb");
+    std::fs::copy("specs/deep_sets.bb", &spec).expect("a copy of the spec");
+    let spec_text = std::fs::read(&spec).unwrap();
+    let link = dir.join("link.bb");
+    std::os::unix::fs::symlink(&spec, &link).expect("a link to the spec");
+    let ckpt = dir.join("w.safetensors");
+    let x = dir.join("x.npy");
+    std::fs::copy(format!("{FIXTURES}/deep_sets_sum/x.npy"), &x).expect("an input");
+    let [spec, link, ckpt, x] = [&spec, &link, &ckpt, &x].map(|p| p.to_string_lossy().into_owned());
+    let model = ["--model", "deep_sets_sum"];
+    ok(&[&["weights", &spec][..], &model, &["--save", &ckpt]].concat());
+    let ckpt_bytes = std::fs::read(&ckpt).unwrap();
+    let cases: [(Vec<&str>, &str); 7] = [
+        (vec!["weights", &spec, "--save", &spec], "it is the spec"),
+        (
+            vec!["weights", &spec, "--save", &ckpt, "--against", &ckpt],
+            "it is the checkpoint --against",
+        ),
+        (vec!["ir", &spec, "-o", &spec], "it is the spec"),
+        (vec!["ir", &spec, "-o", &link], "it is the spec"),
+        (vec!["graph", &spec, "-o", &spec], "it is the spec"),
+        (
+            vec!["run", &spec, "--interp", "-i", &x, "-o", &x],
+            "it is input `x`",
+        ),
+        (
+            vec![
+                "compile",
+                &spec,
+                "--target",
+                "cpu",
+                "-o",
+                dir.0.to_str().unwrap(),
+                "--force",
+            ],
+            "it holds the spec",
+        ),
+    ];
+    for (mut args, why) in cases {
+        args.extend_from_slice(&model);
+        let err = fails(&args, 1);
+        assert!(
+            err.contains(why) && err.contains("help: write the output to another"),
+            "bbc {args:?}: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&spec).unwrap(),
+        spec_text,
+        "the spec was replaced"
+    );
+    assert_eq!(
+        std::fs::read(&ckpt).unwrap(),
+        ckpt_bytes,
+        "the checkpoint was replaced"
+    );
+    assert!(read_npy(&x).is_ok());
+    // The output folder's own `<name>.npy` is refused when it is an input.
+    let out = dir.join("out");
+    std::fs::create_dir(&out).unwrap();
+    let y = out.join("y.npy");
+    std::fs::copy(&x, &y).unwrap();
+    let err = fails(
+        &[
+            &["run", &spec, "--interp", "-i", &y.to_string_lossy()][..],
+            &["--output-dir", &out.to_string_lossy()],
+            &model,
+        ]
+        .concat(),
+        1,
+    );
+    assert!(err.contains("it is input `x`"), "{err}");
+}
+
 #[test]
 fn output_dir_destinations_are_checked_before_writing() {
     let dir = scratch("output-dir");

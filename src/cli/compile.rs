@@ -89,6 +89,13 @@ pub fn main(args: &CompileArgs) -> CliResult {
     // Before compiling: the folder the program goes into must exist.
     bbc::runtime::check_parent(&args.output).map_err(CliError::msg)?;
     let (program, model) = args.spec.build()?;
+    let mut reads = super::spec_files(&program);
+    reads.extend(
+        args.weights
+            .iter()
+            .map(|path| ("the checkpoint --weights".to_string(), path.clone())),
+    );
+    super::refuse_replacing(&args.output, &reads)?;
     let weights = load_weights(&program, &model, args.weights.as_deref(), args.seed)?;
     let graph = optimize(&model.graph, &args.opt.pipeline_or(2)?)?;
     match args.target.dialect() {

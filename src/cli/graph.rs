@@ -1,6 +1,6 @@
 //! `bbc graph`: the elaborated graph as Graphviz DOT.
 
-use super::{print, write_text, CliResult, SpecArgs};
+use super::{print, refuse_overwriting, spec_files, write_text, CliResult, SpecArgs};
 use bbc::compiler::ir::to_dot;
 use clap::Args;
 use std::path::PathBuf;
@@ -20,7 +20,10 @@ pub struct GraphArgs {
 }
 
 pub fn main(args: &GraphArgs) -> CliResult {
-    let (_, model) = args.spec.build()?;
+    let (program, model) = args.spec.build()?;
+    if let Some(path) = &args.output {
+        refuse_overwriting(path, &spec_files(&program))?;
+    }
     let dot = to_dot(&model.graph);
     match &args.output {
         Some(path) => write_text(path, &dot),

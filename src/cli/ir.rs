@@ -1,6 +1,8 @@
 //! `bbc ir`: print the elaborated Graph IR in its text form.
 
-use super::{print, write_text, CliError, CliResult, OptArgs, SpecArgs};
+use super::{
+    print, refuse_overwriting, spec_files, write_text, CliError, CliResult, OptArgs, SpecArgs,
+};
 use bbc::compiler::ir::print_text;
 use bbc::compiler::passes;
 use clap::Args;
@@ -60,7 +62,10 @@ pub fn main(args: &IrArgs) -> CliResult {
             )));
         }
     }
-    let (_, mut model) = args.spec.build()?;
+    let (program, mut model) = args.spec.build()?;
+    if let Some(path) = &args.output {
+        refuse_overwriting(path, &spec_files(&program))?;
+    }
     let opts = passes::Options {
         print_after: args.after.clone(),
         print_after_all: args.print_after_all,

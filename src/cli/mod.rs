@@ -252,6 +252,72 @@ pub fn write_text(path: &Path, text: &str) -> CliResult {
     bbc::runtime::write_atomic(path, text.as_bytes()).map_err(|e| write_failed(path, e))
 }
 
+/// The files a spec command reads, each with what it is: the spec and what it imports.
+pub fn spec_files(program: &Program) -> Vec<(String, PathBuf)> {
+    let sources = &program.sources;
+    (0..sources.len())
+        .map(|id| {
+            let what = if id == 0 {
+                "the spec"
+            } else {
+                "a file the spec imports"
+            };
+            (what.to_string(), PathBuf::from(sources.name(id)))
+        })
+        .collect()
+}
+
+/// Whether `a` and `b` are the same existing file, through hard or symbolic links too.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        a.dev() == b.dev() && a.ino() == b.ino()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
+/// Refuses to write `output` over a file the command reads (`reads`, each with what it
+/// is): the input would be lost, or checked and then replaced.
+pub fn refuse_overwriting(output: &Path, reads: &[(String, PathBuf)]) -> CliResult {
+    match reads.iter().find(|(_, input)| same_file(output, input)) {
+        Some((what, input)) => Err(CliError::msg(format!(
+            "cannot write `{}`: it is {what} (`{}`), which this command reads\n\
+             help: write the output to another file",
+            output.display(),
+            input.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses to replace the folder `dir` while it holds a file the command reads (`reads`,
+/// each with what it is): replacing the folder would delete it. Where `dir` is not a
+/// folder, refuses it as [`refuse_overwriting`] does.
+pub fn refuse_replacing(dir: &Path, reads: &[(String, PathBuf)]) -> CliResult {
+    let Some(dir_real) = std::fs::canonicalize(dir).ok().filter(|d| d.is_dir()) else {
+        return refuse_overwriting(dir, reads);
+    };
+    let inside =
+        |input: &Path| std::fs::canonicalize(input).is_ok_and(|real| real.starts_with(&dir_real));
+    match reads.iter().find(|(_, input)| inside(input)) {
+        Some((what, input)) => Err(CliError::msg(format!(
+            "cannot write `{}`: it holds {what} (`{}`), which this command reads; writing \
+             the folder would delete it\nhelp: write the output to another folder",
+            dir.display(),
+            input.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A write that failed after [`bbc::runtime::check_writable`] passed (a full disk, a
 /// permission), worded as that check words its refusals.
 pub fn write_failed(path: &Path, e: bbc::runtime::IoError) -> CliError {

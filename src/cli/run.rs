@@ -110,6 +110,18 @@ impl DataArgs {
         let weights = load_weights(program, model, self.weights.as_deref(), seed)?;
         Ok((weights, inputs(&files, seed, model)?))
     }
+
+    /// The files this command reads, each with what it is: the checkpoint and the inputs.
+    pub fn files(&self, model: &Elaborated) -> Result<Vec<(String, PathBuf)>, CliError> {
+        let weights = self
+            .weights
+            .iter()
+            .map(|path| ("the checkpoint --weights".to_string(), path.clone()));
+        let inputs = input_files(&self.inputs, model)?
+            .into_iter()
+            .map(|(name, path)| (format!("input `{name}`"), path));
+        Ok(weights.chain(inputs).collect())
+    }
 }
 
 /// Where a model runs.
@@ -471,6 +483,16 @@ pub fn main(args: &RunArgs) -> CliResult {
     }
     if let Some(path) = &args.output {
         bbc::runtime::check_writable(path).map_err(CliError::msg)?;
+    }
+    let mut reads = super::spec_files(&program);
+    reads.extend(args.data.files(&model)?);
+    if let Some(path) = &args.output {
+        super::refuse_overwriting(path, &reads)?;
+    }
+    if let Some(dir) = &args.output_dir {
+        for name in &outputs {
+            super::refuse_overwriting(&dir.join(format!("{name}.npy")), &reads)?;
+        }
     }
     if let Some(dir) = args
         .output_dir

@@ -38,6 +38,15 @@ pub fn main(args: &WeightsArgs) -> CliResult {
         bbc::runtime::check_writable(path).map_err(CliError::msg)?;
     }
     let (program, model) = args.spec.build()?;
+    if let Some(path) = &args.save {
+        let mut reads = super::spec_files(&program);
+        reads.extend(
+            args.against
+                .iter()
+                .map(|ckpt| ("the checkpoint --against".to_string(), ckpt.clone())),
+        );
+        super::refuse_overwriting(path, &reads)?;
+    }
     let entries = param_table(&model.graph);
     match &args.against {
         Some(ckpt) => {
