@@ -471,3 +471,93 @@ fn an_existing_program_is_replaced_only_with_force() {
     );
     std::fs::remove_dir_all(&dir).expect("cleaned up");
 }
+
+/// What a write killed between its two renames leaves (the previous program moved aside,
+/// its process gone) never blocks a later one: it is put back where no program took its
+/// place, and removed where one did.
+#[test]
+fn a_program_an_interrupted_write_moved_aside_is_recovered() {
+    let dir = scratch("aside");
+    let spec = dir.join("tiny.bb");
+    std::fs::write(
+        &spec,
+        "bb 0.1;\nmodel tiny() {\n    input x: f32[2, 3];\n    output y = relu(x);\n}\n",
+    )
+    .expect("spec written");
+    let out_dir = dir.join("out");
+    // No process has this id (Linux's pid_max is at most 2^22).
+    let aside = dir.join(".out.old-4294967294");
+    let leave_aside = |marker: &str| {
+        std::fs::create_dir(&aside).expect("a folder moved aside");
+        std::fs::write(aside.join("model.o"), marker).expect("its program");
+    };
+    assert!(compile_cpu(&spec, &out_dir, &[]).status.success());
+    leave_aside("previous");
+    let forced = compile_cpu(&spec, &out_dir, &["--force"]);
+    assert!(forced.status.success(), "{}", text(&forced.stderr));
+    assert!(!aside.exists(), "the replaced program was left aside");
+    // Killed before the new program took its place: the previous one comes back.
+    std::fs::remove_dir_all(&out_dir).expect("removed");
+    leave_aside("previous");
+    let refused = compile_cpu(&spec, &out_dir, &[]);
+    assert!(
+        text(&refused.stderr).contains("--force"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(out_dir.join("model.o"))
+            .ok()
+            .as_deref(),
+        Some("previous")
+    );
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+}
+
+/// `-o LINK` writes the folder the link points to and keeps the link, as the file writers
+/// do; a link to nothing is refused. Errors name the destination given, never the
+/// temporary folder beside it.
+#[test]
+fn program_folders_are_written_through_links_and_named_as_given() {
+    let dir = scratch("links");
+    let spec = dir.join("tiny.bb");
+    std::fs::write(
+        &spec,
+        "bb 0.1;\nmodel tiny() {\n    input x: f32[2, 3];\n    output y = relu(x);\n}\n",
+    )
+    .expect("spec written");
+    let real = dir.join("real");
+    let link = dir.join("link");
+    std::fs::create_dir(&real).expect("a folder");
+    std::os::unix::fs::symlink(&real, &link).expect("a link to it");
+    for extra in [&[][..], &["--force"]] {
+        let out = compile_cpu(&spec, &link, extra);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let meta = std::fs::symlink_metadata(&link).expect("the link");
+        assert!(meta.file_type().is_symlink(), "the link was replaced");
+        assert!(
+            real.join("model.o").is_file(),
+            "the program is not where the link points"
+        );
+    }
+    let dangling = dir.join("dangling");
+    std::os::unix::fs::symlink(dir.join("nowhere"), &dangling).expect("a dangling link");
+    let out = compile_cpu(&spec, &dangling, &[]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("symbolic link") && stderr.contains("help:"),
+        "{stderr}"
+    );
+    // A folder where nothing can be created (`/proc` takes no new entries).
+    if Path::new("/proc/self").exists() {
+        let out = compile_cpu(&spec, Path::new("/proc/bbc-program"), &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains("cannot write `/proc/bbc-program`") && !stderr.contains(".partial"),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).expect("cleaned up");
+}

@@ -134,7 +134,7 @@ pub(crate) fn sweep_abandoned(parent: &Path, prefix: &str) {
 }
 
 /// Whether process `pid` runs; `true` where that cannot be told (nothing is removed then).
-fn process_runs(pid: u32) -> bool {
+pub(crate) fn process_runs(pid: u32) -> bool {
     if cfg!(target_os = "linux") {
         Path::new(&format!("/proc/{pid}")).exists()
     } else {

@@ -14,34 +14,108 @@ pub const PROGRAM_MARKERS: &[&str] = &["plan.json", "model.o"];
 /// Writes the folder `dir`: `fill` writes the files into a temporary folder beside it, which
 /// is then renamed into place. An existing non-empty `dir` is replaced only with `force` and
 /// only if it holds a compiled program ([`PROGRAM_MARKERS`]), so a mistyped path never
-/// deletes unrelated files. `io` turns a message into the caller's error type.
+/// deletes unrelated files. A symbolic link is followed: the folder it points to is
+/// written, and the link kept (as the file writers do, `crate::write_atomic`). `io` turns
+/// a message into the caller's error type; messages name `dir` as given, not the
+/// temporary folder.
 pub fn write_program_dir<E>(
     dir: &Path,
     force: bool,
     fill: impl FnOnce(&Path) -> Result<(), E>,
     io: impl Fn(String) -> E,
 ) -> Result<(), E> {
-    let replace = check_destination(dir, force).map_err(&io)?;
-    let parent = match dir.parent() {
+    let target = follow_link(dir).map_err(&io)?;
+    let parent = match target.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let stem = dir
+    let stem = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "program".into());
-    check_parent(dir).map_err(&io)?;
+    check_parent(&target).map_err(&io)?;
+    recover_interrupted(&target, &parent, &stem).map_err(&io)?;
+    let replace = check_destination(dir, &target, force).map_err(&io)?;
     // A write that fails removes its own temporary folder; one killed mid-way cannot.
     sweep_abandoned(&parent, &format!(".{stem}.partial-"));
     let temp = parent.join(format!(".{stem}.partial-{}", std::process::id()));
     let written = std::fs::create_dir(&temp)
-        .map_err(|e| io(format!("cannot write `{}`: {e}", temp.display())))
+        .map_err(|e| {
+            io(format!(
+                "cannot write `{}`: cannot create a folder in `{}`: {e}",
+                dir.display(),
+                parent.display()
+            ))
+        })
         .and_then(|()| fill(&temp));
-    let placed = written.and_then(|()| move_into_place(&temp, dir, replace).map_err(&io));
+    let placed = written
+        .and_then(|()| move_into_place(&temp, dir, &target, &parent, &stem, replace).map_err(&io));
     if placed.is_err() {
         let _ = std::fs::remove_dir_all(&temp);
     }
     placed
+}
+
+/// `dir`, or the folder it points to where it is a symbolic link, which must exist.
+fn follow_link(dir: &Path) -> Result<PathBuf, String> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.file_type().is_symlink() => std::fs::canonicalize(dir).map_err(|e| {
+            let to = std::fs::read_link(dir)
+                .map(|t| format!(" to `{}`", t.display()))
+                .unwrap_or_default();
+            format!(
+                "cannot write `{}`: it is a symbolic link{to} that cannot be followed: {e}\n\
+                 help: remove the link, or create the folder it points to",
+                dir.display()
+            )
+        }),
+        _ => Ok(dir.to_path_buf()),
+    }
+}
+
+/// The name a replaced program is moved aside to until the new one is in place.
+fn aside_prefix(stem: &str) -> String {
+    format!(".{stem}.old-")
+}
+
+/// Finishes what a write killed between its two renames left: the previous program moved
+/// aside (`.{stem}.old-PID`, its process gone) is put back where no program took its
+/// place, and removed where one did.
+fn recover_interrupted(target: &Path, parent: &Path, stem: &str) -> Result<(), String> {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return Ok(());
+    };
+    let prefix = aside_prefix(stem);
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if pid == std::process::id() || crate::atomic::process_runs(pid) {
+            continue;
+        }
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        let aside = entry.path();
+        let outcome = if std::fs::symlink_metadata(target).is_err() {
+            std::fs::rename(&aside, target)
+        } else {
+            std::fs::remove_dir_all(&aside)
+        };
+        outcome.map_err(|e| {
+            format!(
+                "cannot write `{}`: `{}`, a previous program an interrupted write moved \
+                 aside, cannot be put back or removed: {e}\nhelp: remove `{}` or move it back",
+                target.display(),
+                aside.display(),
+                aside.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// What is at the destination: nothing (or an empty folder) to replace
@@ -53,19 +127,20 @@ enum Destination {
     Program,
 }
 
-fn check_destination(dir: &Path, force: bool) -> Result<Destination, String> {
-    if !dir.exists() {
+/// `target` is `dir` with a symbolic link followed; messages name `dir`.
+fn check_destination(dir: &Path, target: &Path, force: bool) -> Result<Destination, String> {
+    if !target.exists() {
         return Ok(Destination::Free);
     }
-    if !dir.is_dir() {
+    if !target.is_dir() {
         return Err(format!("`{}` exists and is not a folder", dir.display()));
     }
     let mut entries =
-        std::fs::read_dir(dir).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
+        std::fs::read_dir(target).map_err(|e| format!("cannot read `{}`: {e}", dir.display()))?;
     if entries.next().is_none() {
         return Ok(Destination::EmptyDir);
     }
-    if !PROGRAM_MARKERS.iter().any(|m| dir.join(m).is_file()) {
+    if !PROGRAM_MARKERS.iter().any(|m| target.join(m).is_file()) {
         return Err(format!(
             "`{}` is not empty and holds no compiled program; choose another folder",
             dir.display()
@@ -80,21 +155,36 @@ fn check_destination(dir: &Path, force: bool) -> Result<Destination, String> {
     Ok(Destination::Program)
 }
 
-/// Renames the finished `temp` folder to `dir`, moving a previous program
-/// aside first and deleting it only once the new one is in place.
-fn move_into_place(temp: &Path, dir: &Path, replace: Destination) -> Result<(), String> {
+/// Renames the finished `temp` folder to `target` (`dir` with a link followed), moving a
+/// previous program aside first and deleting it only once the new one is in place.
+fn move_into_place(
+    temp: &Path,
+    dir: &Path,
+    target: &Path,
+    parent: &Path,
+    stem: &str,
+    replace: Destination,
+) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("cannot create `{}`: {e}", dir.display());
     match replace {
-        Destination::Free => std::fs::rename(temp, dir).map_err(fail),
+        Destination::Free => std::fs::rename(temp, target).map_err(fail),
         Destination::EmptyDir => {
-            std::fs::remove_dir(dir).map_err(fail)?;
-            std::fs::rename(temp, dir).map_err(fail)
+            std::fs::remove_dir(target).map_err(fail)?;
+            std::fs::rename(temp, target).map_err(fail)
         }
         Destination::Program => {
-            let old = temp.with_extension("old");
-            std::fs::rename(dir, &old).map_err(fail)?;
-            if let Err(e) = std::fs::rename(temp, dir) {
-                let _ = std::fs::rename(&old, dir);
+            let old = parent.join(format!("{}{}", aside_prefix(stem), std::process::id()));
+            std::fs::rename(target, &old).map_err(|e| {
+                format!(
+                    "cannot replace `{}`: cannot move the previous program aside to `{}`: \
+                     {e}\nhelp: if `{}` is left from an earlier write, remove it",
+                    dir.display(),
+                    old.display(),
+                    old.display()
+                )
+            })?;
+            if let Err(e) = std::fs::rename(temp, target) {
+                let _ = std::fs::rename(&old, target);
                 return Err(fail(e));
             }
             let _ = std::fs::remove_dir_all(&old);

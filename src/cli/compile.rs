@@ -146,19 +146,26 @@ fn compile_cpu(
         .map_err(|e| CliError::msg(format!("cannot compile for --target cpu: {e}")))?;
     let header = object::c_header(&program, model);
     let readme = cpu_readme(args, model, &program);
-    let fill = |dir: &Path| -> Result<(), CliError> {
+    // Files go to a temporary folder; errors name where they were meant to end up.
+    let failed = |name: &str, e: std::io::Error| {
+        CliError::msg(format!(
+            "cannot write `{}`: {e}",
+            args.output.join(name).display()
+        ))
+    };
+    let fill = |temp: &Path| -> Result<(), CliError> {
         let write = |name: &str, bytes: &[u8]| {
-            let path = dir.join(name);
-            std::fs::write(&path, bytes)
-                .map_err(|e| CliError::msg(format!("cannot write `{}`: {e}", path.display())))
+            std::fs::write(temp.join(name), bytes).map_err(|e| failed(name, e))
         };
         write("model.o", &program.object)?;
         write("model.h", header.as_bytes())?;
         write("bbcrt.h", BBCRT_HEADER.as_bytes())?;
         write("README.txt", readme.as_bytes())?;
-        let path = dir.join("weights.bin");
-        write_weights(&path, program.constants.iter().map(Vec::as_slice))
-            .map_err(|e| CliError::msg(format!("cannot write `{}`: {e}", path.display())))
+        write_weights(
+            &temp.join("weights.bin"),
+            program.constants.iter().map(Vec::as_slice),
+        )
+        .map_err(|e| failed("weights.bin", e))
     };
     write_program_dir(&args.output, args.force, fill, |m: String| CliError::msg(m))?;
     let stats = &program.stats;

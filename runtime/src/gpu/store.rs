@@ -55,31 +55,33 @@ pub fn save_dir(
             )));
         }
     }
-    let io = |what: &Path, e: std::io::Error| {
-        GpuError::Io(format!("cannot write `{}`: {e}", what.display()))
+    // Files go to a temporary folder; errors name where they were meant to end up.
+    let io = |name: &Path, e: &dyn std::fmt::Display| {
+        GpuError::Io(format!("cannot write `{}`: {e}", dir.join(name).display()))
     };
     let fill = |temp: &Path| {
-        let kernels = temp.join(KERNELS_DIR);
-        std::fs::create_dir(&kernels).map_err(|e| io(&kernels, e))?;
+        std::fs::create_dir(temp.join(KERNELS_DIR)).map_err(|e| io(Path::new(KERNELS_DIR), &e))?;
         let mut stored = plan.clone();
         for kernel in &mut stored.kernels {
-            let path = temp.join(kernel_path(&kernel.name, plan.dialect));
-            std::fs::write(&path, &kernel.source).map_err(|e| io(&path, e))?;
+            let name = kernel_path(&kernel.name, plan.dialect);
+            std::fs::write(temp.join(&name), &kernel.source).map_err(|e| io(&name, &e))?;
             kernel.source.clear();
         }
         let json = serde_json::to_string_pretty(&stored)
             .map_err(|e| GpuError::Io(format!("cannot encode the plan: {e}")))?;
-        let path = temp.join(PLAN_FILE);
-        std::fs::write(&path, json + "\n").map_err(|e| io(&path, e))?;
+        std::fs::write(temp.join(PLAN_FILE), json + "\n")
+            .map_err(|e| io(Path::new(PLAN_FILE), &e))?;
         let refs: Vec<(String, &crate::Tensor)> = plan
             .constant_keys()
             .into_iter()
             .map(|key| (key.to_string(), &constants[key]))
             .collect();
-        checkpoint::save(temp.join(WEIGHTS_FILE), &refs)
-            .map_err(|e| GpuError::Io(format!("cannot write the weights: {e}")))?;
-        let path = temp.join("README.txt");
-        std::fs::write(&path, readme).map_err(|e| io(&path, e))?;
+        checkpoint::save(temp.join(WEIGHTS_FILE), &refs).map_err(|e| match e {
+            crate::IoError::Io { source, .. } => io(Path::new(WEIGHTS_FILE), &source),
+            other => io(Path::new(WEIGHTS_FILE), &other),
+        })?;
+        std::fs::write(temp.join("README.txt"), readme)
+            .map_err(|e| io(Path::new("README.txt"), &e))?;
         Ok(())
     };
     write_program_dir(dir, force, fill, GpuError::Io)
