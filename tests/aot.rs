@@ -404,6 +404,16 @@ fn weights_that_do_not_match_are_errors() {
         assert!(stderr.contains("load: weights"), "{name}: {stderr}");
         assert!(stderr.contains(message), "{name}: {stderr}");
     }
+    // A folder is not taken for a truncated file.
+    let folder = p.dir.join("a-folder");
+    std::fs::create_dir_all(&folder).expect("a folder");
+    let out = p.main(&folder, &[&input, &p.dir.join("unused.bin")]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("it is a folder, not a weights file") && !stderr.contains("truncated"),
+        "{stderr}"
+    );
 }
 
 /// A node without a planned CPU kernel (`uiqi`, which the JIT runs as host code: the op

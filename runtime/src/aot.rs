@@ -281,10 +281,18 @@ pub fn read_weights(
         )));
     }
     let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    let actual = file
+    let meta = file
         .metadata()
-        .map_err(|e| fail(format!("cannot read: {e}")))?
-        .len();
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    // A folder opens on Unix, and its size would read as a truncated weights file.
+    if meta.is_dir() {
+        return Err(fail(
+            "it is a folder, not a weights file (`bbc compile` writes one as weights.bin in \
+             the program folder)"
+                .into(),
+        ));
+    }
+    let actual = meta.len();
     if actual != bytes {
         return Err(fail(format!(
             "{actual} bytes, the model expects {bytes}: the file is truncated or belongs to \
