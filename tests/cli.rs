@@ -617,6 +617,34 @@ fn outputs_never_replace_the_inputs_they_are_made_from() {
     assert!(err.contains("it is input `x`"), "{err}");
 }
 
+/// A descriptor symbol that would clash when linked (the C entry point, the runtime
+/// library's names) is refused before compiling, and nothing is written.
+#[test]
+fn compile_refuses_symbols_that_cannot_link() {
+    let dir = scratch("symbols");
+    let out = dir.join("program");
+    let out_text = out.to_string_lossy();
+    let spec = ["specs/deep_sets.bb", "--model", "deep_sets_sum"];
+    for (symbol, owner) in [
+        ("main", "the C program's entry point"),
+        ("bbcrt_model_load", "the runtime library"),
+        ("bbc_powf", "the runtime library's math routines"),
+    ] {
+        let args = [
+            &["compile", "--target", "cpu", "--symbol", symbol, "-o"][..],
+            &[&out_text],
+            &spec,
+        ]
+        .concat();
+        let err = fails(&args, 1);
+        assert!(
+            err.contains(&format!("`{symbol}` is taken by {owner}")),
+            "{err}"
+        );
+        assert!(!out.exists(), "a refused symbol wrote {}", out.display());
+    }
+}
+
 #[test]
 fn output_dir_destinations_are_checked_before_writing() {
     let dir = scratch("output-dir");

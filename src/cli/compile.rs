@@ -83,8 +83,12 @@ pub fn main(args: &CompileArgs) -> CliResult {
             "--tensor-cores applies to --target cuda only",
         ));
     }
-    if args.symbol.is_some() && args.target != Target::Cpu {
-        return Err(CliError::msg("--symbol applies to --target cpu only"));
+    if let Some(symbol) = &args.symbol {
+        if args.target != Target::Cpu {
+            return Err(CliError::msg("--symbol applies to --target cpu only"));
+        }
+        // Before compiling: a symbol that cannot link is known from its name alone.
+        object::check_symbol(symbol).map_err(|e| CliError::msg(format!("--symbol: {e}")))?;
     }
     // Before compiling: the folder the program goes into must exist.
     bbc::runtime::check_parent(&args.output).map_err(CliError::msg)?;

@@ -82,11 +82,18 @@ impl std::fmt::Display for ObjectError {
                 }
                 Ok(())
             }
-            ObjectError::Symbol(s) => write!(
-                f,
-                "`{s}` is not a C identifier (letters, digits and `_`, not starting with a \
-                 digit, and not a C keyword)"
-            ),
+            ObjectError::Symbol(s) => match taken_by(s) {
+                Some(owner) => write!(
+                    f,
+                    "`{s}` is taken by {owner}: a program linking model.o with it would not \
+                     link; choose another symbol"
+                ),
+                None => write!(
+                    f,
+                    "`{s}` is not a C identifier (letters, digits and `_`, not starting with \
+                     a digit, and not a C keyword)"
+                ),
+            },
             ObjectError::Compile(e) => write!(f, "{e}"),
             ObjectError::Codegen(e) => write!(f, "code generation failed: {e}"),
         }
@@ -155,13 +162,30 @@ const C_KEYWORDS: &[&str] = &[
     "while",
 ];
 
-fn check_symbol(symbol: &str) -> Result<(), ObjectError> {
+/// What else defines `symbol` in a program that links a model's object file: the C entry
+/// point, or the runtime library (its API and the math routines the kernels call).
+fn taken_by(symbol: &str) -> Option<&'static str> {
+    if symbol == "main" {
+        Some("the C program's entry point")
+    } else if symbol.starts_with("bbcrt_") {
+        Some("the runtime library (its names start with `bbcrt_`)")
+    } else if ["bbc_logf", "bbc_powf"].contains(&symbol) {
+        Some("the runtime library's math routines, which the kernels call")
+    } else {
+        None
+    }
+}
+
+/// Checks that `symbol` can name a model's descriptor: a C identifier that nothing else
+/// linked with the object file defines.
+pub fn check_symbol(symbol: &str) -> Result<(), ObjectError> {
     let mut chars = symbol.chars();
     let ok = chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !C_KEYWORDS.contains(&symbol);
+        && !C_KEYWORDS.contains(&symbol)
+        && taken_by(symbol).is_none();
     if ok {
         Ok(())
     } else {
@@ -532,7 +556,17 @@ mod tests {
         assert!(header.contains(&format!("extern const bbcrt_descriptor {symbol};")));
         assert!(header.contains("BBC_MODEL_TINY_MODEL_V2_INPUT_0_LEN 6"));
         assert!(header.contains("BBC_MODEL_TINY_MODEL_V2_NUM_OUTPUTS 1"));
-        for bad in ["", "9lives", "a-b", "x y", "int", "static"] {
+        for bad in [
+            "",
+            "9lives",
+            "a-b",
+            "x y",
+            "int",
+            "static",
+            "main",
+            "bbcrt_model_load",
+            "bbc_logf",
+        ] {
             assert!(matches!(
                 compile_object(&graph, &weights, bad),
                 Err(ObjectError::Symbol(_))
