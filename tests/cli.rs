@@ -265,6 +265,32 @@ fn weights_against_checkpoints() {
 
 /// A checkpoint that matches the model key for key but holds NaN, infinite or negative
 /// variance values passes `weights --against` with a warning for each tensor.
+/// A NumPy array or a PyTorch checkpoint given where a safetensors checkpoint goes is named
+/// as what it is, with a hint, rather than read as a nonsense header length.
+#[test]
+fn checkpoints_of_another_format_are_named() {
+    let dir = scratch("other-format");
+    let pt = dir.join("model.pt");
+    std::fs::write(&pt, b"PK\x03\x04 and the rest of a zip archive").expect("a zip file");
+    let npy = format!("{FIXTURES}/deep_sets_sum/x.npy");
+    let spec = ["specs/deep_sets.bb", "--model", "deep_sets_sum"];
+    for (file, format) in [
+        (npy.as_str(), "it is a NumPy .npy array"),
+        (&pt.to_string_lossy(), "it is a zip archive"),
+    ] {
+        for command in [&["weights", "--against"][..], &["run", "--weights"]] {
+            let args = [command, &[file], &spec].concat();
+            let err = fails(&args, 1);
+            assert!(
+                err.contains(&format!("not a safetensors file: {format}"))
+                    && err.contains("help:")
+                    && !err.contains("header length"),
+                "bbc {args:?}: {err}"
+            );
+        }
+    }
+}
+
 #[test]
 fn weights_against_warns_about_poisoned_values() {
     let dir = scratch("poisoned");

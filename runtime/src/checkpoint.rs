@@ -286,6 +286,27 @@ fn read_prefix(path: &Path, prefix: Option<&[u8]>, file_len: u64) -> Result<u64,
             path: path.to_path_buf(),
             len: file_len,
         })?;
+    // Another format's magic would otherwise read as a nonsense header length.
+    let other = if prefix.starts_with(b"\x93NUMPY") {
+        Some((
+            "a NumPy .npy array",
+            "a checkpoint holds named tensors; save them with safetensors.numpy.save_file",
+        ))
+    } else if prefix.starts_with(b"PK\x03\x04") {
+        Some((
+            "a zip archive, such as a PyTorch .pt/.pth checkpoint",
+            "convert it with safetensors.torch.save_file(torch.load(path), \"model.safetensors\")",
+        ))
+    } else {
+        None
+    };
+    if let Some((format, hint)) = other {
+        return Err(IoError::OtherFormat {
+            path: path.to_path_buf(),
+            format,
+            hint,
+        });
+    }
     let header_len = u64::from_le_bytes(prefix);
     if header_len > file_len - PREFIX {
         return Err(IoError::HeaderLength {

@@ -33,6 +33,17 @@ pub enum IoError {
         len: u64,
     },
 
+    /// The file is recognisably of another format (a NumPy array, a PyTorch checkpoint).
+    #[error("{}: not a safetensors file: it is {format}\nhelp: {hint}", path.display())]
+    OtherFormat {
+        /// File involved.
+        path: PathBuf,
+        /// What the file is, e.g. "a NumPy .npy array".
+        format: &'static str,
+        /// How to get a safetensors file instead.
+        hint: &'static str,
+    },
+
     /// The header-length prefix points past the end of the file.
     #[error(
         "{}: not a safetensors file: header length {header_len} exceeds file size {file_len}",
