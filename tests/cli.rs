@@ -487,6 +487,20 @@ fn bad_dims_are_usage_errors() {
         let err = fails(&["check", "specs/deep_sets.bb", "--dim", dim], 2);
         assert!(err.contains("--dim"), "{err}");
     }
+    // An integer too large is out of range, not "not an integer".
+    let err = fails(
+        &[
+            "check",
+            "specs/deep_sets.bb",
+            "--dim",
+            "B=99999999999999999999",
+        ],
+        2,
+    );
+    assert!(
+        err.contains("out of range") && err.contains("1..=9223372036854775807"),
+        "{err}"
+    );
     fails(&["stats", "specs/deep_sets.bb", "--depth", "0"], 2);
     // An explicit pass list and a level would leave one of them ignored.
     fails(

@@ -170,10 +170,16 @@ fn parse_dim(s: &str) -> Result<(String, i64), String> {
     if !ident {
         return Err(format!("`{name}` is not a size-parameter name"));
     }
-    let value: i64 = value
-        .trim()
-        .parse()
-        .map_err(|_| format!("the value of `{name}` must be an integer, got `{value}`"))?;
+    let value: i64 = value.trim().parse().map_err(|e: std::num::ParseIntError| {
+        use std::num::IntErrorKind::{NegOverflow, PosOverflow};
+        match e.kind() {
+            PosOverflow | NegOverflow => format!(
+                "the value of `{name}` is out of range: `{value}` is not in 1..={}",
+                i64::MAX
+            ),
+            _ => format!("the value of `{name}` must be an integer, got `{value}`"),
+        }
+    })?;
     Ok((name.to_string(), value))
 }
 
@@ -404,6 +410,8 @@ mod tests {
         assert!(parse_dim("B=x").is_err());
         assert!(parse_dim("=3").is_err());
         assert!(parse_dim("1x=3").is_err());
+        let too_big = parse_dim("B=99999999999999999999").unwrap_err();
+        assert!(too_big.contains("out of range"), "{too_big}");
     }
 
     #[test]
