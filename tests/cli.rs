@@ -207,6 +207,24 @@ fn run_succeeds_on_tiny_models_with_random_weights_and_inputs() {
     }
 }
 
+/// `--show 0` prints each output's summary line alone, not an empty list.
+#[test]
+fn run_show_zero_prints_only_the_summaries() {
+    let text = ok(&[
+        "run",
+        "specs/deep_sets.bb",
+        "--model",
+        "deep_sets_sum",
+        "--interp",
+        "--show",
+        "0",
+    ]);
+    assert!(
+        text.starts_with("y: f32[") && text.lines().count() == 1,
+        "{text}"
+    );
+}
+
 #[test]
 fn convnext_atto_has_the_timm_parameter_count() {
     let out = ok(&["weights", "specs/convnext.bb", "--model", "convnext_atto"]);

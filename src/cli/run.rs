@@ -62,7 +62,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub output_dir: Option<PathBuf>,
 
-    /// How many leading values of each output to print.
+    /// How many leading values of each output to print (0: only the summary line).
     #[arg(long, value_name = "N", default_value_t = 6)]
     pub show: usize,
 }
@@ -540,13 +540,16 @@ pub fn main(args: &RunArgs) -> CliResult {
         };
         let summary = Summary::of(t).map_or_else(|| "empty".to_string(), |s| s.to_string());
         let _ = writeln!(out, "{name}: f32{}  {summary}", shape(t.shape()));
-        let first: Vec<String> = t
-            .iter()
-            .take(args.show)
-            .map(|v| format!("{v:.6}"))
-            .collect();
-        let more = if t.len() > args.show { ", ..." } else { "" };
-        let _ = writeln!(out, "  [{}{more}]", first.join(", "));
+        // `--show 0`: the summary line alone.
+        if args.show > 0 {
+            let first: Vec<String> = t
+                .iter()
+                .take(args.show)
+                .map(|v| format!("{v:.6}"))
+                .collect();
+            let more = if t.len() > args.show { ", ..." } else { "" };
+            let _ = writeln!(out, "  [{}{more}]", first.join(", "));
+        }
     }
     print(&out)?;
 
