@@ -104,13 +104,15 @@ fn explanation(args: &IrArgs, runs: &[passes::PassRun]) -> String {
     // Without a fusion pass nothing was looked for: "every fusion fired" would mislead.
     if !runs.iter().any(|r| r.name.starts_with("fuse-")) {
         let level = args.opt.level.unwrap_or(0);
-        let fuses = |p: &Box<dyn passes::Pass>| p.name().starts_with("fuse-");
         let (why, hint) = if args.opt.passes.is_some() {
             (
                 "--passes names no fusion pass (fuse-*)".to_string(),
                 "name one",
             )
-        } else if passes::pipeline(level).iter().any(fuses) {
+        } else if passes::pipeline(level)
+            .iter()
+            .any(|p| p.name().starts_with("fuse-"))
+        {
             (
                 "--skip-pass leaves out every fusion pass".to_string(),
                 "skip fewer",
