@@ -616,12 +616,87 @@ pub fn check_memory(graph: &Graph) -> Result<()> {
     )))
 }
 
-/// `MemAvailable` from /proc/meminfo, where there is one.
+/// The memory this process can still take: the least of what the kernel reports available
+/// (`MemAvailable`), what its cgroup's limit leaves (a container's limit, which
+/// `MemAvailable` does not show) and what its address-space limit leaves (`ulimit -v`,
+/// where an allocation past it fails and aborts). `None` where none can be read.
 fn available_memory() -> Option<u64> {
+    [
+        meminfo_available(),
+        cgroup_headroom(),
+        address_space_headroom(),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+}
+
+/// `MemAvailable` from /proc/meminfo, where there is one.
+fn meminfo_available() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The memory cgroup's limit less its usage: cgroup v2 (`memory.max`, `memory.current`) or
+/// v1 (`memory.limit_in_bytes`, `memory.usage_in_bytes`), in the process's own cgroup folder
+/// or, as inside most containers, mounted at the root. `None` without a limit.
+fn cgroup_headroom() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read =
+        |path: String| -> Option<u64> { std::fs::read_to_string(path).ok()?.trim().parse().ok() };
+    let mut least: Option<u64> = None;
+    for line in cgroups.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let (root, limit, usage) = if controllers.is_empty() {
+            ("/sys/fs/cgroup", "memory.max", "memory.current")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            (
+                "/sys/fs/cgroup/memory",
+                "memory.limit_in_bytes",
+                "memory.usage_in_bytes",
+            )
+        } else {
+            continue;
+        };
+        let path = path.trim_end_matches('/');
+        for folder in [format!("{root}{path}"), root.to_string()] {
+            // v2's "max" (no limit) does not parse, and reads as none.
+            if let (Some(l), Some(u)) = (
+                read(format!("{folder}/{limit}")),
+                read(format!("{folder}/{usage}")),
+            ) {
+                let headroom = l.saturating_sub(u);
+                least = Some(least.map_or(headroom, |m| m.min(headroom)));
+                break;
+            }
+        }
+    }
+    least
+}
+
+/// The address-space limit (`ulimit -v`, the soft limit in /proc/self/limits) less the
+/// process's virtual size; `None` where it is unlimited.
+fn address_space_headroom() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    let limit: u64 = line["Max address space".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let size = status.lines().find(|l| l.starts_with("VmSize:"))?;
+    let kib: u64 = size.split_whitespace().nth(1)?.parse().ok()?;
+    Some(limit.saturating_sub(kib * 1024))
 }
 
 #[cfg(test)]

@@ -1182,3 +1182,35 @@ fn bench_reports_latency_compile_stages_and_memory() {
     assert!(interp["median_ms"].as_f64().is_some_and(|m| m > 0.0));
     fails(&[&common[..], &["--runs", "0"]].concat(), 2);
 }
+
+/// A model that cannot fit in what the process may still allocate is refused before anything
+/// large is allocated. Under `ulimit -v` (as under a container's memory limit) the kernel's
+/// `MemAvailable` says nothing of the limit, and the 8 GiB input's allocation had aborted the
+/// process (exit 134).
+#[cfg(target_os = "linux")]
+#[test]
+fn models_past_the_address_space_limit_are_refused() {
+    let dir = scratch("address-space");
+    let spec = dir.join("big.bb");
+    let text =
+        "bb 0.1;\nmodel m() {\n    input x: f32[1, 1, 46341, 46340];\n    output y = relu(x);\n}\n";
+    std::fs::write(&spec, text).expect("spec written");
+    for target in [&["--threads", "1"][..], &["--interp"]] {
+        let script = format!(
+            "ulimit -v 4000000 && exec \"$0\" run \"$1\" {}",
+            target.join(" ")
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_bbc")])
+            .arg(&spec)
+            .output()
+            .expect("bash runs");
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{target:?}: {err}");
+        assert!(err.contains("needs about 16.0 GiB"), "{target:?}: {err}");
+        assert!(
+            err.contains("GiB of memory are available"),
+            "{target:?}: {err}"
+        );
+    }
+}
