@@ -15,7 +15,11 @@
 //! shapes, ResNet's 64->256 and 512->128 and the 7x7 stem (kernels benchmark, one thread,
 //! alternated runs), so they have both builds; the linear layers' kernel (`dense`), whose
 //! broadcasts come from six rows of its left operand rather than one packed weight line,
-//! took 10-12% more on ConvNeXt-T's MLP shapes, so it stays AVX2. `Row16` is the row,
+//! took 10-12% more on ConvNeXt-T's MLP shapes, so it stays AVX2. Its AVX2 build compiled
+//! with AVX-512VL's 32 registers (still 8 lanes, for GELU's constants) gained 1-2.5% on
+//! stages 1-3's fc1 and lost 2-5% on stage 4's products, and the model's sum was unchanged
+//! (45.3-45.4 ms both, three alternated `bbc bench --profile` processes each), so it was not
+//! kept. `Row16` is the row,
 //! written once for both: a kernel is one body compiled twice, behind `#[target_feature]`
 //! entry points, and each plan records its build when it is made.
 //!
