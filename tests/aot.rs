@@ -84,6 +84,17 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// `dir/tiny.bb`: one ReLU over a 2x3 input, for tests about the folder rather than the model.
+fn tiny_spec(dir: &Path) -> PathBuf {
+    let spec = dir.join("tiny.bb");
+    std::fs::write(
+        &spec,
+        "bb 0.1;\nmodel tiny() {\n    input x: f32[2, 3];\n    output y = relu(x);\n}\n",
+    )
+    .expect("spec written");
+    spec
+}
+
 /// The C compiler, or `None` when there is none (`$CC`, else `cc`).
 fn c_compiler() -> Option<String> {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
@@ -446,12 +457,7 @@ fn models_with_reference_fallbacks_are_refused() {
 #[test]
 fn an_existing_program_is_replaced_only_with_force() {
     let dir = scratch("force");
-    let spec = dir.join("tiny.bb");
-    std::fs::write(
-        &spec,
-        "bb 0.1;\nmodel tiny() {\n    input x: f32[2, 3];\n    output y = relu(x);\n}\n",
-    )
-    .expect("spec written");
+    let spec = tiny_spec(&dir);
     let out_dir = dir.join("out");
     let compile =
         |force: bool| compile_cpu(&spec, &out_dir, if force { &["--force"] } else { &[] });
@@ -488,12 +494,7 @@ fn an_existing_program_is_replaced_only_with_force() {
 #[test]
 fn a_program_an_interrupted_write_moved_aside_is_recovered() {
     let dir = scratch("aside");
-    let spec = dir.join("tiny.bb");
-    std::fs::write(
-        &spec,
-        "bb 0.1;\nmodel tiny() {\n    input x: f32[2, 3];\n    output y = relu(x);\n}\n",
-    )
-    .expect("spec written");
+    let spec = tiny_spec(&dir);
     let out_dir = dir.join("out");
     // No process has this id (Linux's pid_max is at most 2^22).
     let aside = dir.join(".out.old-4294967294");
@@ -530,12 +531,7 @@ fn a_program_an_interrupted_write_moved_aside_is_recovered() {
 #[test]
 fn program_folders_are_written_through_links_and_named_as_given() {
     let dir = scratch("links");
-    let spec = dir.join("tiny.bb");
-    std::fs::write(
-        &spec,
-        "bb 0.1;\nmodel tiny() {\n    input x: f32[2, 3];\n    output y = relu(x);\n}\n",
-    )
-    .expect("spec written");
+    let spec = tiny_spec(&dir);
     let real = dir.join("real");
     let link = dir.join("link");
     std::fs::create_dir(&real).expect("a folder");
