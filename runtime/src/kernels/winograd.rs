@@ -12,18 +12,22 @@
 //! more than the direct sum's own reordering; F(4x4, 3x3)'s hold up to 5 and 8: its largest
 //! error on random convolutions of 64 to 1024 input channels was 1.2e-6 to 2.0e-6 of
 //! `Σ|w·x|`, 15-50x im2col's, inside the convolutions' tolerance of 1e-5
-//! (`runtime/tests/kernels.rs`). F(4x4, 3x3) runs on maps of at least 28x28 (14x14 where
-//! the products run on the `gemm` crate, [`Tiling::for_map`]). Kernels benchmark, 2
-//! threads, F(2x2, 3x3) before -> F(4x4, 3x3): ResNet's 64->64 at 56x56 0.92 -> 0.77 ms,
-//! 128->128 at 28x28 0.77 -> 0.49-0.57; with AVX2 only, 256->256 at 14x14 0.95 -> 0.73.
+//! (`runtime/tests/kernels.rs`). F(4x4, 3x3) runs on maps of at least 14x14
+//! ([`Tiling::for_map`]). Kernels benchmark, 2 threads, F(2x2, 3x3) before -> F(4x4, 3x3):
+//! ResNet's 64->64 at 56x56 0.92 -> 0.77 ms, 128->128 at 28x28 0.77 -> 0.49-0.57; with
+//! AVX2 only, 256->256 at 14x14 0.95 -> 0.73.
 //!
-//! The transforms run on vectors of 8 tiles (`TileVector`), one tile per lane: a patch column
+//! The transforms run on vectors of 8 tiles ([`Lanes`]), one tile per lane: a patch column
 //! of 8 adjacent tiles is 8 runs of m columns of a padded input row, turned around into one
 //! vector per column in registers, and an output row's vectors are turned back into runs
 //! the same way. Written element by element through phase buffers, these turnarounds took
 //! more time than the products. A task is compiled for AVX2 and FMA as well, and runs that
-//! build where the CPU has them: 64->64 at 56x56 1.46 -> 1.33 ms, 128->128 at 28x28 0.90 ->
-//! 0.85 (kernels benchmark, one thread).
+//! build where the CPU has them, its vectors registers and its turnarounds shuffles.
+//! Each position's matrix of transformed input (and of products) starts a cache line past
+//! a whole number of rows, so the 36 vectors a tile vector writes (and reads) do not all
+//! fall in one first-level cache set. Those two took ResNet's 64->64 at 56x56 from 1.33 to
+//! 0.86 ms on one thread, 0.77 to 0.49 on two (kernels benchmark); its input transform had
+//! taken longer than the products.
 //!
 //! Work is split into tasks of (image, band of tile rows, block of output channels). A task
 //! transforms its band's input patches into per-thread scratch, runs the n² products,
@@ -63,6 +67,11 @@ const MIN_TASK_TILES: usize = 32;
 const MIN_CHANNEL_BLOCK: usize = 16;
 /// Positions of F(4x4, 3x3)'s 6x6 patch, the larger variant.
 const MAX_POSITIONS: usize = 36;
+/// Floats between one position's matrix of a task's transformed input (or products) and
+/// the next beyond its rows: one cache line. Rows of a whole number of lines put all 36
+/// matrices a multiple of 4 KiB apart, on the same first-level cache set, and the
+/// transforms write (and read) one element vector in each.
+const SKEW: usize = 16;
 /// Tiles the transforms compute at once, one per lane.
 const WIDTH: usize = 8;
 
@@ -72,18 +81,6 @@ const WIDTH: usize = 8;
 struct TileVector([f32; WIDTH]);
 
 impl TileVector {
-    /// Eight floats from `p`.
-    #[inline(always)]
-    unsafe fn load(p: *const f32) -> TileVector {
-        TileVector(p.cast::<[f32; WIDTH]>().read_unaligned())
-    }
-
-    /// Eight floats to `p`.
-    #[inline(always)]
-    unsafe fn store(self, p: *mut f32) {
-        p.cast::<[f32; WIDTH]>().write_unaligned(self.0)
-    }
-
     #[inline(always)]
     fn zip(mut self, other: TileVector, f: impl Fn(f32, f32) -> f32) -> TileVector {
         for (a, b) in self.0.iter_mut().zip(other.0) {
@@ -93,15 +90,17 @@ impl TileVector {
     }
 }
 
-/// `[f(0), .., f(K - 1)]`, inlined (`std::array::from_fn` is not always, which leaves the
-/// transforms' vectors in memory).
+/// `[f(0), .., f(K - 1)]`, inlined and without first zeroing the array (`std::array::from_fn`
+/// is not always inlined, which leaves the transforms' vectors in memory; a zeroed array of
+/// 36 vectors became a `memset` call per vector of tiles).
 #[inline(always)]
-fn gather<const K: usize>(f: impl Fn(usize) -> TileVector) -> [TileVector; K] {
-    let mut out = [TileVector([0.0; WIDTH]); K];
+fn gather<T: Copy, const K: usize>(f: impl Fn(usize) -> T) -> [T; K] {
+    let mut out = [std::mem::MaybeUninit::<T>::uninit(); K];
     for (i, o) in out.iter_mut().enumerate() {
-        *o = f(i);
+        o.write(f(i));
     }
-    out
+    // SAFETY: every element was written; `[MaybeUninit<T>; K]` has `[T; K]`'s layout.
+    unsafe { std::mem::transmute_copy(&out) }
 }
 
 impl std::ops::Add for TileVector {
@@ -135,11 +134,11 @@ impl std::ops::Mul<f32> for TileVector {
 /// each applied to one column (or row): `Y = Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`.
 trait Transform<const M: usize, const N: usize> {
     /// `Bᵀ d` for a column `d` of an input patch.
-    fn input(d: [TileVector; N]) -> [TileVector; N];
+    fn input<V: Lanes>(d: [V; N]) -> [V; N];
     /// `Aᵀ q` for a column `q` of a tile's products.
-    fn output(q: [TileVector; N]) -> [TileVector; M];
+    fn output<V: Lanes>(q: [V; N]) -> [V; M];
     /// `G g` for a column `g` of a filter.
-    fn filter(g: [TileVector; 3]) -> [TileVector; N];
+    fn filter<V: Lanes>(g: [V; 3]) -> [V; N];
 }
 
 /// F(2x2, 3x3): `B` and `A` hold 0 and ±1 and `G` halves, so the transforms round no more
@@ -148,17 +147,17 @@ struct F2;
 
 impl Transform<2, 4> for F2 {
     #[inline(always)]
-    fn input([d0, d1, d2, d3]: [TileVector; 4]) -> [TileVector; 4] {
+    fn input<V: Lanes>([d0, d1, d2, d3]: [V; 4]) -> [V; 4] {
         [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
     }
 
     #[inline(always)]
-    fn output([q0, q1, q2, q3]: [TileVector; 4]) -> [TileVector; 2] {
+    fn output<V: Lanes>([q0, q1, q2, q3]: [V; 4]) -> [V; 2] {
         [q0 + q1 + q2, q1 - q2 - q3]
     }
 
     #[inline(always)]
-    fn filter([g0, g1, g2]: [TileVector; 3]) -> [TileVector; 4] {
+    fn filter<V: Lanes>([g0, g1, g2]: [V; 3]) -> [V; 4] {
         [g0, (g0 + g1 + g2) * 0.5, (g0 - g1 + g2) * 0.5, g2]
     }
 }
@@ -170,7 +169,7 @@ struct F4;
 
 impl Transform<4, 6> for F4 {
     #[inline(always)]
-    fn input([d0, d1, d2, d3, d4, d5]: [TileVector; 6]) -> [TileVector; 6] {
+    fn input<V: Lanes>([d0, d1, d2, d3, d4, d5]: [V; 6]) -> [V; 6] {
         let (s13, d13) = (d1 + d2, d1 - d3);
         [
             d0 * 4.0 - d2 * 5.0 + d4,
@@ -183,7 +182,7 @@ impl Transform<4, 6> for F4 {
     }
 
     #[inline(always)]
-    fn output([q0, q1, q2, q3, q4, q5]: [TileVector; 6]) -> [TileVector; 4] {
+    fn output<V: Lanes>([q0, q1, q2, q3, q4, q5]: [V; 6]) -> [V; 4] {
         let (s12, d12, s34, d34) = (q1 + q2, q1 - q2, q3 + q4, q3 - q4);
         [
             q0 + s12 + s34,
@@ -194,7 +193,7 @@ impl Transform<4, 6> for F4 {
     }
 
     #[inline(always)]
-    fn filter([g0, g1, g2]: [TileVector; 3]) -> [TileVector; 6] {
+    fn filter<V: Lanes>([g0, g1, g2]: [V; 3]) -> [V; 6] {
         let (even, odd) = (g0 * (1.0 / 24.0) + g2 * (1.0 / 6.0), g1 * (1.0 / 12.0));
         [
             g0 * 0.25,
@@ -217,11 +216,14 @@ pub(crate) enum Tiling {
 }
 
 impl Tiling {
-    /// The variant for an output map of `out` pixels, its products on the lanes tile
-    /// (`lanes`) or the `gemm` crate's. F(4x4, 3x3) pads a 14x14 map to 16x16, and its 16
-    /// tiles fill three of the lanes tile's 7-tile rows, so there F(2x2, 3x3) stays.
-    fn for_map(out: [usize; 2], lanes: bool) -> Tiling {
-        if out[0].min(out[1]) >= if lanes { 28 } else { 14 } {
+    /// The variant for an output map of `out` pixels. F(4x4, 3x3) pads a 14x14 map to 16x16
+    /// and stores 36 transformed weights per 9 against F(2x2, 3x3)'s 16, and still wins
+    /// there on either build: with the lanes tile, ResNet's 256->256 at 14x14 took 0.52
+    /// against 0.63 ms with its weights from memory (kernels benchmark, 2 threads). On a
+    /// 7x7 map (4 tiles against 16) the weights outweigh the products: 512->512 took 0.87
+    /// against 0.74 ms, its weights in cache.
+    fn for_map(out: [usize; 2]) -> Tiling {
+        if out[0].min(out[1]) >= 14 {
             Tiling::F4
         } else {
             Tiling::F2
@@ -342,15 +344,15 @@ impl WinogradConv {
     /// Whether a shape it [suits](WinogradConv::suits) is better computed this way than
     /// channels-last, which [`ConvStrategy::of`](crate::kernels::ConvStrategy::of) then
     /// picks instead. Few output channels on a small map leave too little product per
-    /// transformed tile (kernels benchmark, 2 threads, bias + ReLU, Winograd against
-    /// channels-last): DenseNet's 128->32 at 14x14 0.104 / 0.085 ms, at 7x7 0.057 / 0.022;
-    /// 64->64 at 14x14 0.114 / 0.098, at 7x7 0.039 / 0.027. From 28x28 F(4x4, 3x3) is
-    /// ahead even there (128->32 at 28x28 0.20 / 0.30), and with more channels Winograd
-    /// is: Res2Net's 104->104 at 14x14 0.14 / 0.23.
+    /// transformed tile (best of 300 calls, 2 threads, bias + ReLU, Winograd against
+    /// channels-last): DenseNet's 128->32 at 14x14 0.096-0.132 / 0.092-0.116 ms, 32->32
+    /// 0.032 / 0.028, 64->64 at 7x7 0.032-0.045 / 0.022-0.027. From 10x10 Winograd is ahead
+    /// with 64 (64->64 at 10x10 0.033-0.046 / 0.047-0.061, at 14x14 0.055-0.075 /
+    /// 0.077), and from 28x28 with 32 (128->32 at 28x28 0.14 / 0.30).
     pub(crate) fn pays(shape: &Conv2dShape, out: [usize; 2]) -> bool {
         let pixels = out[0] * out[1];
         !((shape.out_channels <= 32 && pixels < 28 * 28)
-            || (shape.out_channels <= 64 && pixels <= 14 * 14))
+            || (shape.out_channels <= 64 && pixels < 10 * 10))
     }
 
     /// Transforms the PyTorch-layout weight `[C_out, C_in, 3, 3]` and plans tasks for
@@ -363,7 +365,7 @@ impl WinogradConv {
     ) -> Result<WinogradConv, KernelError> {
         let (cin, cout) = (shape.in_channels, shape.out_channels);
         let lanes = cfg!(target_arch = "x86_64") && wide_available();
-        let tiling = Tiling::for_map(out, lanes);
+        let tiling = Tiling::for_map(out);
         let positions = tiling.positions();
         // U[ξ] an output channel at a time: that channel's pairs are transformed into
         // `row` (small enough for L1/L2), then written to row `co` of each U[ξ]. The 16
@@ -497,7 +499,7 @@ impl WinogradConv {
             weights,
             bands,
             channels,
-            scratch_per_thread: per_tile(channels.longest()) * ld + row_buf,
+            scratch_per_thread: per_tile(channels.longest()) * ld + 2 * positions * SKEW + row_buf,
             serial,
             task: Self::task_fn(tiling),
         })
@@ -510,8 +512,8 @@ impl WinogradConv {
             (Tiling::F2, true) => Self::run_task_avx2::<F2, 2, 4>,
             #[cfg(target_arch = "x86_64")]
             (Tiling::F4, true) => Self::run_task_avx2::<F4, 4, 6>,
-            (Tiling::F2, _) => Self::run_task::<F2, 2, 4>,
-            (Tiling::F4, _) => Self::run_task::<F4, 4, 6>,
+            (Tiling::F2, _) => Self::run_task::<F2, TileVector, 2, 4>,
+            (Tiling::F4, _) => Self::run_task::<F4, TileVector, 4, 6>,
         }
     }
 
@@ -588,7 +590,7 @@ impl WinogradConv {
         scratch: &mut [f32],
         epilogue: Epilogue<'_>,
     ) {
-        self.run_task::<T, M, N>(task, input, out, scratch, epilogue)
+        self.run_task::<T, avx2::Ymm, M, N>(task, input, out, scratch, epilogue)
     }
 
     /// One task: tile rows `band` of one image, output channels `channels`.
@@ -599,7 +601,7 @@ impl WinogradConv {
     #[inline(always)]
     // The transforms' second halves read the first halves' columns across, by index.
     #[allow(clippy::needless_range_loop)]
-    unsafe fn run_task<T: Transform<M, N>, const M: usize, const N: usize>(
+    unsafe fn run_task<T: Transform<M, N>, V: Lanes, const M: usize, const N: usize>(
         &self,
         task: Task,
         input: &[f32],
@@ -629,8 +631,10 @@ impl WinogradConv {
         let row_len = M * (span + WIDTH);
         let (rows, rest) = scratch.split_at_mut(N * row_len);
         let (out_rows, rest) = rest.split_at_mut(M * M * span);
-        let (v, rest) = rest.split_at_mut(positions * cin * ld);
-        let m = &mut rest[..positions * cblk * ld];
+        // One matrix per position, each a cache line further than a whole number of rows.
+        let (v_stride, m_stride) = (cin * ld + SKEW, cblk * ld + SKEW);
+        let (v, rest) = rest.split_at_mut(positions * v_stride);
+        let m = &mut rest[..positions * m_stride];
 
         // The products' weights come from memory in a model whose weights outgrow the
         // caches: fetch the first block while the input is transformed, and each next one
@@ -660,27 +664,16 @@ impl WinogradConv {
                 }
                 let at = ci * ld + r * tx_count;
                 for tx in (0..tx_count).step_by(WIDTH) {
-                    let mut patch = [[TileVector([0.0; WIDTH]); N]; N];
-                    for (i, patch_row) in patch.iter_mut().enumerate() {
-                        let run = rows.as_ptr().add(i * row_len + M * tx);
-                        let (lo, hi) = (runs::<M>(run), runs::<M>(run.add(M)));
-                        for (c, lanes) in patch_row.iter_mut().enumerate() {
-                            *lanes = if c < M {
-                                column(&lo, c)
-                            } else {
-                                column(&hi, c - M)
-                            };
-                        }
-                    }
-                    // Bᵀ d, a patch column at a time, then B along each row of the result.
-                    let mut columns = [[TileVector([0.0; WIDTH]); N]; N];
-                    for (c, out) in columns.iter_mut().enumerate() {
-                        *out = T::input(gather(|i| patch[i][c]));
-                    }
-                    for i in 0..N {
-                        let row = T::input(gather(|c| columns[c][i]));
-                        for (j, value) in row.into_iter().enumerate() {
-                            value.store(v.as_mut_ptr().add((i * N + j) * cin * ld + at + tx));
+                    // d B along each patch row, then Bᵀ down each column of the result.
+                    let along: [[V; N]; N] = gather(|i| {
+                        T::input(V::patch_row::<M, N>(
+                            rows.as_ptr().add(i * row_len + M * tx),
+                        ))
+                    });
+                    for j in 0..N {
+                        let column = T::input(gather(|i| along[i][j]));
+                        for (i, value) in column.into_iter().enumerate() {
+                            value.store(v.as_mut_ptr().add((i * N + j) * v_stride + at + tx));
                         }
                     }
                 }
@@ -697,9 +690,9 @@ impl WinogradConv {
                     }
                     let u = weight_block(xi);
                     let vm =
-                        MatRef::from_raw(v.as_ptr().add(xi * cin * ld), cin, t, ld as isize, 1);
+                        MatRef::from_raw(v.as_ptr().add(xi * v_stride), cin, t, ld as isize, 1);
                     let mut mm = MatMut::from_raw(
-                        m.as_mut_ptr().add(xi * cblk * ld),
+                        m.as_mut_ptr().add(xi * m_stride),
                         cblk,
                         t,
                         ld as isize,
@@ -729,12 +722,12 @@ impl WinogradConv {
                     .flat_map(|xi| (c0..c0 + cblk).step_by(LANES).map(move |co| (xi, co)))
                 {
                     let product = LanesBlock {
-                        x: v.as_ptr().add(xi * cin * ld),
+                        x: v.as_ptr().add(xi * v_stride),
                         ldx: ld,
                         k: cin,
                         w: u(xi, co),
                         next: next(xi, co),
-                        out: m.as_mut_ptr().add((xi * cblk + co - c0) * ld),
+                        out: m.as_mut_ptr().add(xi * m_stride + (co - c0) * ld),
                         ldo: ld,
                         channels: (c0 + cblk - co).min(LANES),
                         bias: [0.0; LANES],
@@ -751,8 +744,7 @@ impl WinogradConv {
         }
 
         // Y = Aᵀ M A into the band's output rows: a vector of tiles at a time into the
-        // output rows' phases (Aᵀ down each column, then A along each row), then
-        // interleaved into the rows.
+        // output rows' phases, then interleaved into the rows.
         let y_first = M * ty0;
         let y_end = (M * (ty0 + band_rows)).min(oh);
         for c in 0..cblk {
@@ -761,14 +753,14 @@ impl WinogradConv {
                 let at = c * ld + r * tx_count;
                 for tx in (0..tx_count).step_by(WIDTH) {
                     let product =
-                        |i: usize, j: usize| m.as_ptr().add((i * N + j) * cblk * ld + at + tx);
-                    let mut columns = [[TileVector([0.0; WIDTH]); M]; N];
-                    for (j, column) in columns.iter_mut().enumerate() {
-                        *column = T::output(gather(|i| TileVector::load(product(i, j))));
-                    }
+                        |i: usize, j: usize| m.as_ptr().add((i * N + j) * m_stride + at + tx);
+                    // M A along each row of the products, then Aᵀ down each column.
+                    let along: [[V; M]; N] =
+                        gather(|i| T::output(gather(|j| V::load(product(i, j)))));
+                    let columns: [[V; M]; M] = gather(|j| T::output(gather(|i| along[i][j])));
                     for i in 0..M {
-                        let row = T::output(gather(|j| columns[j][i]));
-                        store_runs(row, out_rows.as_mut_ptr().add(i * M * span + M * tx));
+                        let row: [V; M] = gather(|j| columns[j][i]);
+                        V::store_row(row, out_rows.as_mut_ptr().add(i * M * span + M * tx));
                     }
                 }
                 let y = M * (ty0 + r);
@@ -792,33 +784,220 @@ impl WinogradConv {
     }
 }
 
-/// WIDTH runs of `M` consecutive floats from `p`: the columns of a vector of tiles.
-#[inline(always)]
-unsafe fn runs<const M: usize>(p: *const f32) -> [[f32; M]; WIDTH] {
-    p.cast::<[[f32; M]; WIDTH]>().read_unaligned()
+/// A vector of [`WIDTH`] tiles' values of one patch position, one tile per lane, as the
+/// transforms see it: [`TileVector`] in portable code, a register in the AVX2 build.
+trait Lanes:
+    Copy
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<f32, Output = Self>
+{
+    /// Eight floats from `p`.
+    ///
+    /// # Safety
+    /// `p` is readable for [`WIDTH`] floats.
+    unsafe fn load(p: *const f32) -> Self;
+
+    /// Eight floats to `p`.
+    ///
+    /// # Safety
+    /// `p` is writable for [`WIDTH`] floats.
+    unsafe fn store(self, p: *mut f32);
+
+    /// The `N` columns of a vector of tiles' patch row, turned around from pixel runs:
+    /// column `c`'s lane `k` is `p[M·k + c]` (the last `N - M` columns are the next tile's
+    /// first).
+    ///
+    /// # Safety
+    /// `p` is readable for `M·(WIDTH + 1)` floats.
+    unsafe fn patch_row<const M: usize, const N: usize>(p: *const f32) -> [Self; N];
+
+    /// The inverse for an output row: lane `k` of column `c` to `p[M·k + c]`.
+    ///
+    /// # Safety
+    /// `p` is writable for `M·WIDTH` floats.
+    unsafe fn store_row<const M: usize>(columns: [Self; M], p: *mut f32);
 }
 
-/// TileVector `c` of each run: one column of a vector of tiles.
-#[inline(always)]
-fn column<const M: usize>(runs: &[[f32; M]; WIDTH], c: usize) -> TileVector {
-    let mut out = [0.0; WIDTH];
-    for (o, run) in out.iter_mut().zip(runs) {
-        *o = run[c];
+impl Lanes for TileVector {
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> TileVector {
+        TileVector(p.cast::<[f32; WIDTH]>().read_unaligned())
     }
-    TileVector(out)
-}
 
-/// The `M` columns of a vector of tiles' output row, interleaved into WIDTH runs of `M`
-/// pixels at `p`.
-#[inline(always)]
-unsafe fn store_runs<const M: usize>(columns: [TileVector; M], p: *mut f32) {
-    let mut runs = [[0.0f32; M]; WIDTH];
-    for (k, run) in runs.iter_mut().enumerate() {
-        for (x, column) in run.iter_mut().zip(&columns) {
-            *x = column.0[k];
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        p.cast::<[f32; WIDTH]>().write_unaligned(self.0)
+    }
+
+    #[inline(always)]
+    unsafe fn patch_row<const M: usize, const N: usize>(p: *const f32) -> [TileVector; N] {
+        gather(|c| TileVector(std::array::from_fn(|k| *p.add(M * k + c))))
+    }
+
+    #[inline(always)]
+    unsafe fn store_row<const M: usize>(columns: [TileVector; M], p: *mut f32) {
+        for (c, column) in columns.iter().enumerate() {
+            for (k, &x) in column.0.iter().enumerate() {
+                *p.add(M * k + c) = x;
+            }
         }
     }
-    p.cast::<[[f32; M]; WIDTH]>().write_unaligned(runs)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! The transforms' vectors as AVX registers, for the AVX2 build of the task. Written
+    //! over `[f32; 8]`, the compiler left parts of the transforms scalar and the
+    //! turnarounds element by element: the input transform of ResNet's 64->64 at 56x56
+    //! took longer than its products. The turnarounds are in-register shuffles: runs of 4
+    //! are a 4x4 transpose within each 128-bit half of four vectors, each loaded as two
+    //! runs four tiles apart; runs of 2 one shuffle of two such vectors.
+
+    use super::{Lanes, TileVector};
+    use std::arch::x86_64::*;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Ymm(__m256);
+
+    impl std::ops::Add for Ymm {
+        type Output = Ymm;
+        #[inline(always)]
+        fn add(self, o: Ymm) -> Ymm {
+            // SAFETY: only built in the AVX2 task (`run_task_avx2`).
+            Ymm(unsafe { _mm256_add_ps(self.0, o.0) })
+        }
+    }
+
+    impl std::ops::Sub for Ymm {
+        type Output = Ymm;
+        #[inline(always)]
+        fn sub(self, o: Ymm) -> Ymm {
+            // SAFETY: as for `add`.
+            Ymm(unsafe { _mm256_sub_ps(self.0, o.0) })
+        }
+    }
+
+    impl std::ops::Mul<f32> for Ymm {
+        type Output = Ymm;
+        #[inline(always)]
+        fn mul(self, k: f32) -> Ymm {
+            // SAFETY: as for `add`.
+            Ymm(unsafe { _mm256_mul_ps(self.0, _mm256_set1_ps(k)) })
+        }
+    }
+
+    /// Tile `k`'s run of `M` floats from `p` in the low half and tile `k + 4`'s in the
+    /// high half.
+    #[inline(always)]
+    unsafe fn halves<const M: usize>(p: *const f32, k: usize) -> __m256 {
+        _mm256_loadu2_m128(p.add(M * (k + 4)), p.add(M * k))
+    }
+
+    /// Rows 0 and 1 of the 4x4 transposes (one per 128-bit half) of `[a, b, c, d]`.
+    #[inline(always)]
+    unsafe fn first_two(a: __m256, b: __m256, c: __m256, d: __m256) -> [__m256; 2] {
+        let (ab, cd) = (_mm256_unpacklo_ps(a, b), _mm256_unpacklo_ps(c, d));
+        [
+            _mm256_shuffle_ps::<0x44>(ab, cd),
+            _mm256_shuffle_ps::<0xEE>(ab, cd),
+        ]
+    }
+
+    /// Rows 2 and 3 of the same transposes.
+    #[inline(always)]
+    unsafe fn last_two(a: __m256, b: __m256, c: __m256, d: __m256) -> [__m256; 2] {
+        let (ab, cd) = (_mm256_unpackhi_ps(a, b), _mm256_unpackhi_ps(c, d));
+        [
+            _mm256_shuffle_ps::<0x44>(ab, cd),
+            _mm256_shuffle_ps::<0xEE>(ab, cd),
+        ]
+    }
+
+    /// `[f(0), .., f(K - 1)]` as registers.
+    #[inline(always)]
+    fn ymms<const K: usize>(f: impl Fn(usize) -> __m256) -> [Ymm; K] {
+        super::gather(|i| Ymm(f(i)))
+    }
+
+    impl Lanes for Ymm {
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Ymm {
+            Ymm(_mm256_loadu_ps(p))
+        }
+
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            _mm256_storeu_ps(p, self.0)
+        }
+
+        #[inline(always)]
+        unsafe fn patch_row<const M: usize, const N: usize>(p: *const f32) -> [Ymm; N] {
+            match M {
+                4 => {
+                    let x: [__m256; 5] = super::gather(|k| halves::<4>(p, k));
+                    let [c0, c1] = first_two(x[0], x[1], x[2], x[3]);
+                    let [c2, c3] = last_two(x[0], x[1], x[2], x[3]);
+                    // The next tile's first two columns.
+                    let [c4, c5] = first_two(x[1], x[2], x[3], x[4]);
+                    let columns = [c0, c1, c2, c3, c4, c5];
+                    ymms(|c| columns[c])
+                }
+                2 => {
+                    // Tiles 0, 1 | 4, 5 and 2, 3 | 6, 7 (runs from `q`), even and odd
+                    // columns apart; then the same one column on.
+                    let pair = |q: *const f32| {
+                        let a = _mm256_loadu2_m128(q.add(8), q);
+                        let b = _mm256_loadu2_m128(q.add(12), q.add(4));
+                        [
+                            _mm256_shuffle_ps::<0x88>(a, b),
+                            _mm256_shuffle_ps::<0xDD>(a, b),
+                        ]
+                    };
+                    let ([c0, c1], [c2, c3]) = (pair(p), pair(p.add(2)));
+                    let columns = [c0, c1, c2, c3];
+                    ymms(|c| columns[c])
+                }
+                _ => {
+                    let row = TileVector::patch_row::<M, N>(p);
+                    ymms(|c| _mm256_loadu_ps(row[c].0.as_ptr()))
+                }
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn store_row<const M: usize>(columns: [Ymm; M], p: *mut f32) {
+            let r = |c: usize| columns[c].0;
+            match M {
+                4 => {
+                    // Tile k's run in the low half, tile k + 4's in the high, k = 0..4.
+                    let [t0, t1] = first_two(r(0), r(1), r(2), r(3));
+                    let [t2, t3] = last_two(r(0), r(1), r(2), r(3));
+                    _mm256_storeu_ps(p, _mm256_permute2f128_ps::<0x20>(t0, t1));
+                    _mm256_storeu_ps(p.add(8), _mm256_permute2f128_ps::<0x20>(t2, t3));
+                    _mm256_storeu_ps(p.add(16), _mm256_permute2f128_ps::<0x31>(t0, t1));
+                    _mm256_storeu_ps(p.add(24), _mm256_permute2f128_ps::<0x31>(t2, t3));
+                }
+                2 => {
+                    // Tiles 0, 1 | 4, 5 and 2, 3 | 6, 7.
+                    let (lo, hi) = (
+                        _mm256_unpacklo_ps(r(0), r(1)),
+                        _mm256_unpackhi_ps(r(0), r(1)),
+                    );
+                    _mm256_storeu_ps(p, _mm256_permute2f128_ps::<0x20>(lo, hi));
+                    _mm256_storeu_ps(p.add(8), _mm256_permute2f128_ps::<0x31>(lo, hi));
+                }
+                _ => {
+                    let columns: [TileVector; M] = super::gather(|c| {
+                        let mut lanes = TileVector([0.0; super::WIDTH]);
+                        _mm256_storeu_ps(lanes.0.as_mut_ptr(), r(c));
+                        lanes
+                    });
+                    TileVector::store_row(columns, p)
+                }
+            }
+        }
+    }
 }
 
 /// One task's share: an image, a band of tile rows `(first, count)` and a block of output
@@ -874,17 +1053,101 @@ mod tests {
         check_tile::<F4, 4, 6>(Tiling::F4);
     }
 
+    /// Floats from a fixed pseudo-random sequence in [-1, 1).
+    fn floats(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The registers' turnarounds put every float where the portable ones do.
+    #[cfg(target_arch = "x86_64")]
+    fn check_turnarounds<const M: usize, const N: usize>() {
+        let runs = floats(M * (WIDTH + 1), M as u32);
+        // SAFETY: checked for AVX2 by the caller; `runs` holds M·(WIDTH + 1) floats.
+        unsafe {
+            let want = TileVector::patch_row::<M, N>(runs.as_ptr());
+            let got = avx2::Ymm::patch_row::<M, N>(runs.as_ptr());
+            for (c, (want, got)) in want.iter().zip(got).enumerate() {
+                let mut lanes = [0.0; WIDTH];
+                got.store(lanes.as_mut_ptr());
+                assert_eq!(lanes, want.0, "M = {M}, column {c}");
+            }
+            let columns: [TileVector; M] = gather(|c| TileVector::load(runs[c * WIDTH..].as_ptr()));
+            let (mut want, mut got) = (vec![0.0; M * WIDTH], vec![0.0; M * WIDTH]);
+            TileVector::store_row(columns, want.as_mut_ptr());
+            avx2::Ymm::store_row(
+                columns.map(|c| avx2::Ymm::load(c.0.as_ptr())),
+                got.as_mut_ptr(),
+            );
+            assert_eq!(got, want, "M = {M}");
+        }
+    }
+
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn register_turnarounds_match_the_portable_ones() {
+        if simd_available() {
+            check_turnarounds::<2, 4>();
+            check_turnarounds::<4, 6>();
+        }
+    }
+
+    /// The portable task (what a CPU without AVX2 runs) computes exactly what the task this
+    /// CPU runs does: the same operations in the same order, on either kind of tile.
+    #[test]
+    fn the_portable_task_computes_what_the_chosen_one_does() {
+        let pool = ThreadPool::new(2).unwrap();
+        for (cin, cout, side) in [(20, 36, 30), (24, 40, 13), (16, 48, 7)] {
+            let shape = Conv2dShape {
+                batch: 2,
+                in_channels: cin,
+                out_channels: cout,
+                in_size: [side, side + 3],
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [1, 1],
+                dilation: [1, 1],
+                groups: 1,
+                layout: crate::kernels::Layout::Nchw,
+            };
+            let out = [side, side + 3];
+            let filters = floats(cout * cin * 9, 1);
+            let input = floats(2 * cin * side * (side + 3), 2);
+            let mut conv = WinogradConv::new(shape, out, &filters, 2).unwrap();
+            let mut scratch = vec![0.0; conv.scratch_len(2)];
+            let mut run = |conv: &WinogradConv| {
+                let mut output = vec![0.0; 2 * cout * out[0] * out[1]];
+                conv.run(&pool, &input, &mut output, &mut scratch, Epilogue::NONE)
+                    .unwrap();
+                output
+            };
+            let chosen = run(&conv);
+            conv.task = match Tiling::for_map(out) {
+                Tiling::F2 => WinogradConv::run_task::<F2, TileVector, 2, 4>,
+                Tiling::F4 => WinogradConv::run_task::<F4, TileVector, 4, 6>,
+            };
+            assert!(chosen == run(&conv), "{cin}->{cout} at {side}");
+        }
+    }
+
     #[test]
     fn large_maps_take_the_larger_tiles() {
-        for (side, lanes, want) in [
-            (56, true, Tiling::F4),
-            (28, true, Tiling::F4),
-            (14, true, Tiling::F2),
-            (14, false, Tiling::F4),
-            (7, false, Tiling::F2),
+        for (out, want) in [
+            ([56, 56], Tiling::F4),
+            ([14, 14], Tiling::F4),
+            ([30, 14], Tiling::F4),
+            ([13, 13], Tiling::F2),
+            ([9, 30], Tiling::F2),
+            ([7, 7], Tiling::F2),
         ] {
-            assert_eq!(Tiling::for_map([side, side], lanes), want, "{side} {lanes}");
+            assert_eq!(Tiling::for_map(out), want, "{out:?}");
         }
-        assert_eq!(Tiling::for_map([9, 30], false), Tiling::F2);
     }
 }
