@@ -1053,23 +1053,18 @@ mod tests {
         check_tile::<F4, 4, 6>(Tiling::F4);
     }
 
-    /// Floats from a fixed pseudo-random sequence in [-1, 1).
-    fn floats(len: usize, seed: u32) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(2_654_435_761).max(1);
+    /// Seeded uniform floats in [-1, 1).
+    fn floats(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
         (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 17;
-                state ^= state << 5;
-                (state >> 8) as f32 / (1u32 << 23) as f32 - 1.0
-            })
+            .map(|_| (2.0 * rng.uniform01() - 1.0) as f32)
             .collect()
     }
 
     /// The registers' turnarounds put every float where the portable ones do.
     #[cfg(target_arch = "x86_64")]
     fn check_turnarounds<const M: usize, const N: usize>() {
-        let runs = floats(M * (WIDTH + 1), M as u32);
+        let runs = floats(M * (WIDTH + 1), M as u64);
         // SAFETY: checked for AVX2 by the caller; `runs` holds M·(WIDTH + 1) floats.
         unsafe {
             let want = TileVector::patch_row::<M, N>(runs.as_ptr());
