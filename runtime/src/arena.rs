@@ -334,7 +334,9 @@ impl Mapping {
     }
 }
 
-/// Huge-page faults that took longer than [`SLOW_HUGE_FAULT`] in this process.
+/// Slow huge-page faults in this process: one for each that took longer than
+/// [`SLOW_HUGE_FAULT`], [`SLOW_HUGE_FAULTS_TOLERATED`] for one longer than
+/// [`STALLED_HUGE_FAULT`].
 #[cfg(target_os = "linux")]
 static SLOW_HUGE_FAULTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
@@ -342,6 +344,12 @@ static SLOW_HUGE_FAULTS: std::sync::atomic::AtomicUsize = std::sync::atomic::Ato
 /// pages in about 0.8 ms.
 #[cfg(target_os = "linux")]
 const SLOW_HUGE_FAULT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// A 2 MiB fault the hypervisor had to back anew: those took 4.3-6.7 ms on the
+/// development VM, and the next ones were as slow, while stray slow faults among
+/// fast ones stayed under 3 ms. One such fault is enough to switch.
+#[cfg(target_os = "linux")]
+const STALLED_HUGE_FAULT: std::time::Duration = std::time::Duration::from_millis(4);
 
 /// Slow huge-page faults after which this process maps with 4 KiB pages.
 #[cfg(target_os = "linux")]
@@ -357,9 +365,9 @@ const SLOW_HUGE_FAULTS_TOLERATED: usize = 2;
 /// and right after another process freed memory most of them are such: the
 /// same 112 MB then took 200-375 ms, in about 4 of 10 processes, while small
 /// pages never stalled. So each 2 MiB chunk is faulted in on its own and timed
-/// (`MADV_POPULATE_WRITE`), and after [`SLOW_HUGE_FAULTS_TOLERATED`] slow ones
-/// the rest of this buffer and every later one use small pages: the worst case
-/// becomes 27-49 ms for those 112 MB. Kernels before 5.14 lack the populate
+/// (`MADV_POPULATE_WRITE`), and after [`SLOW_HUGE_FAULTS_TOLERATED`] slow ones,
+/// or one that stalled, the rest of this buffer and every later one use small
+/// pages: the worst case becomes 27-49 ms for those 112 MB. Kernels before 5.14 lack the populate
 /// advice; there the pages fault in lazily on first write, as huge pages.
 #[cfg(target_os = "linux")]
 fn populate(data: *mut u8, bytes: usize) {
@@ -378,7 +386,10 @@ fn populate(data: *mut u8, bytes: usize) {
             if unsafe { libc::madvise(chunk_start.cast(), chunk, libc::MADV_POPULATE_WRITE) } != 0 {
                 return;
             }
-            if start.elapsed() > SLOW_HUGE_FAULT {
+            let took = start.elapsed();
+            if took > STALLED_HUGE_FAULT {
+                SLOW_HUGE_FAULTS.fetch_add(SLOW_HUGE_FAULTS_TOLERATED, Relaxed);
+            } else if took > SLOW_HUGE_FAULT {
                 SLOW_HUGE_FAULTS.fetch_add(1, Relaxed);
             }
             done += chunk;
