@@ -986,7 +986,9 @@ fn ir_explain_says_why_a_fusion_did_not_fire() {
         "--arena",
     ]);
     assert!(
-        planned.contains("arena (planned):") && planned.contains("(0 fallbacks)"),
+        planned.contains("arena (planned):")
+            && planned.contains("weights packed:")
+            && planned.contains("(0 fallbacks)"),
         "{planned}"
     );
 }
@@ -1076,6 +1078,7 @@ fn bench_reports_latency_compile_stages_and_memory() {
         "p90",
         "GFLOP/s",
         "arena",
+        "weights packed",
         "0 reference",
         "slowest kernels",
         "all kernels",
@@ -1100,6 +1103,7 @@ fn bench_reports_latency_compile_stages_and_memory() {
     assert!(number("min_ms") <= number("median_ms") && number("median_ms") <= number("p90_ms"));
     assert!(number("gflops") > 0.0 && number("compile_ms") > 0.0);
     assert!(number("peak_arena_bytes") > 0.0);
+    assert!(number("packed_weight_bytes") > 0.0);
     assert_eq!(number("fallback_nodes"), 0.0);
     assert_eq!(number("threads"), 2.0);
     assert_eq!(json["cpu_kernels"], kernels);

@@ -689,6 +689,17 @@ fn steps_prepared_weights_and_fallbacks_are_reported() {
     assert!(s.conv_kernels > 0 && s.loop_kernels > 0, "{s:?}");
     assert!(s.prepared_values > 0, "nothing prepared from the weights");
     assert!(s.arena_bytes >= s.arena_lower_bound && s.arena_lower_bound > 0);
+    // Every convolution and linear weight is held by the executable, packed by its
+    // kernel (padding included) or kept as is.
+    let matrices: usize = (convnext.weights.values())
+        .filter(|w| w.ndim() >= 2)
+        .map(|w| w.len() * 4)
+        .sum();
+    assert!(s.packed_weight_bytes > 0, "{s:?}");
+    assert!(
+        s.packed_weight_bytes + s.constant_bytes >= matrices,
+        "{s:?}"
+    );
     assert!(s.code_bytes > 0);
     assert_eq!(s.times.total(), s.times.stages().iter().map(|x| x.1).sum());
 

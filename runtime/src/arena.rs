@@ -425,6 +425,11 @@ impl std::fmt::Debug for AlignedBuffer {
 }
 
 impl AlignedBuffer {
+    /// Bytes of its elements.
+    pub fn bytes(&self) -> usize {
+        self.len * 4
+    }
+
     /// `len` zeros.
     pub fn zeroed(len: usize) -> AlignedBuffer {
         #[cfg(target_os = "linux")]

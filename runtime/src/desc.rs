@@ -649,6 +649,8 @@ mod tests {
             let pool = ThreadPool::new(threads).unwrap();
             let mut exec = desc.instantiate(constants.clone(), &code, pool).unwrap();
             assert_eq!(exec.constant_bytes(), 0, "both constants are packed");
+            // Both weights, each in its kernel's layout: at least their own floats.
+            assert!(exec.packed_weight_bytes() >= (w.len() + w2.len()) * 4);
             let (mut y, mut z) = (vec![f32::NAN; 36], vec![f32::NAN; 24]);
             exec.run(&[&x], &mut [&mut y, &mut z]).unwrap();
             for (e, &got) in y.iter().enumerate() {

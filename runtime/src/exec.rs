@@ -461,6 +461,16 @@ pub enum PackedWeight {
     Panels(PanelMatrix),
 }
 
+impl PackedWeight {
+    /// Bytes it holds, padding included.
+    pub fn bytes(&self) -> usize {
+        match self {
+            PackedWeight::Rows(m) => m.bytes(),
+            PackedWeight::Panels(p) => p.bytes(),
+        }
+    }
+}
+
 /// A GEMM operand.
 #[derive(Serialize, Deserialize)]
 #[serde(bound = "F: SerialForm")]
@@ -653,6 +663,21 @@ impl Executor {
     /// Bytes of the constants prepared at load time (packed weights are held by their steps).
     pub fn constant_bytes(&self) -> usize {
         self.plan.constants.iter().map(|c| c.len() * 4).sum()
+    }
+
+    /// Bytes of the weights the steps' kernels hold, packed (and transformed) at load time.
+    pub fn packed_weight_bytes(&self) -> usize {
+        let packed = |operand: &GemmOperand| match operand {
+            GemmOperand::Packed { matrices, .. } => matrices.iter().map(PackedWeight::bytes).sum(),
+            GemmOperand::Buffer { .. } => 0,
+        };
+        let step_bytes = |step: &Step| match &step.kernel {
+            StepKernel::Conv { conv, .. } => conv.weight_bytes(),
+            StepKernel::Depthwise { conv, .. } => conv.weight_bytes(),
+            StepKernel::Gemm(g) => packed(&g.a) + packed(&g.b),
+            _ => 0,
+        };
+        self.plan.steps.iter().map(step_bytes).sum()
     }
 
     pub fn threads(&self) -> usize {

@@ -237,6 +237,9 @@ pub fn main(args: &BenchArgs) -> CliResult {
             "runs": runs,
             "samples_ms": times.iter().map(|t| ms(*t)).collect::<Vec<_>>(),
         });
+        if let Some(s) = compiled.exec_stats() {
+            report["packed_weight_bytes"] = s.packed_weight_bytes.into();
+        }
         if let Some(n) = args.profile {
             report["profile"] = profile_json(compiled.profile(), n, runs, &yardstick);
         }
@@ -307,10 +310,12 @@ pub fn main(args: &BenchArgs) -> CliResult {
         (Some(s), _) => {
             let _ = writeln!(
                 out,
-                "  memory    arena {} (lower bound {}), scratch {}, weights kept unpacked {}",
+                "  memory    arena {} (lower bound {}), scratch {}, weights packed {}, weights \
+                 kept unpacked {}",
                 mib(s.arena_bytes),
                 mib(s.arena_lower_bound),
                 mib(s.scratch_bytes),
+                mib(s.packed_weight_bytes),
                 mib(s.constant_bytes)
             );
             let _ = writeln!(

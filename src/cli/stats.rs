@@ -15,7 +15,7 @@ use clap::Args;
 /// consumer. The peak is the largest set of op outputs alive at once when running in
 /// topological order, freeing each value after its last use; graph inputs and weights are not
 /// part of it and are reported separately. With --arena, the CPU executable's planned arena
-/// (values placed by liveness) is reported too.
+/// (values placed by liveness) and the size of its packed weights are reported too.
 #[derive(Args, Debug)]
 pub struct StatsArgs {
     #[command(flatten)]
@@ -31,7 +31,8 @@ pub struct StatsArgs {
 
     /// Also compile the graph for this CPU (seeded weights; the plan does not depend on their
     /// values) and report the executable's planned activation arena, its lower bound (the
-    /// most bytes live at once), kernel scratch and steps per inference.
+    /// most bytes live at once), kernel scratch, the weights as its kernels pack them and
+    /// steps per inference.
     #[arg(long)]
     pub arena: bool,
 }
@@ -167,10 +168,12 @@ fn arena_report(graph: &bbc::compiler::ir::Graph) -> Result<String, CliError> {
     Ok(format!(
         "arena (planned):     {} (lower bound {})\n\
          scratch:             {}\n\
+         weights packed:      {}\n\
          steps:               {} ({} fallbacks)\n",
         bytes(e.arena_bytes as u64),
         bytes(e.arena_lower_bound as u64),
         bytes(e.scratch_bytes as u64),
+        bytes(e.packed_weight_bytes as u64),
         e.steps(),
         e.fallbacks.len(),
     ))

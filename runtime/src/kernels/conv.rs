@@ -645,6 +645,25 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// Bytes of weights the plan holds, packed (and transformed) at load time.
+    pub fn weight_bytes(&self) -> usize {
+        match &self.plan {
+            Plan::Gemm(g) => {
+                let rows: usize = g.weights.iter().map(PackedMatrix::bytes).sum();
+                rows + g.panels.iter().map(PanelMatrix::bytes).sum::<usize>()
+            }
+            Plan::Depthwise(d) => d.weight_bytes(),
+            Plan::Winograd(w) => w.weight_bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct1x1(p) => p.weight_bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Direct(d) => d.weight_bytes(),
+            #[cfg(target_arch = "x86_64")]
+            Plan::Lanes1x1(p) => p.weight_bytes(),
+            Plan::ChannelsLast(c) | Plan::Subsample(c) => c.weight_bytes(),
+        }
+    }
+
     /// Plans `shape` with `weights` in PyTorch layout `[C_out, C_in/groups, kh, kw]`.
     /// Tiles are sized so that a pool of `threads` threads gets at least two
     /// tasks per thread; the plan runs correctly on a pool of any size.

@@ -59,6 +59,11 @@ pub struct PanelMatrix {
 }
 
 impl PanelMatrix {
+    /// Bytes it holds, padding included.
+    pub fn bytes(&self) -> usize {
+        self.buf.bytes()
+    }
+
     /// Copies `src` (any strides) into panels.
     ///
     /// A weight stored `[n, k]` (a linear layer's, read as `Bᵀ`) has each column contiguous:

@@ -609,6 +609,15 @@ unsafe fn dispatch_column_tile(
 }
 
 impl DepthwiseConv2d {
+    /// Bytes of weights and bias it holds.
+    pub fn weight_bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        let lanes = self.lanes.as_ref().map_or(0, ChannelLanes::weight_bytes);
+        #[cfg(not(target_arch = "x86_64"))]
+        let lanes = 0;
+        self.weights.bytes() + self.bias.len() * 4 + lanes
+    }
+
     /// Plans `shape` (which must have `groups == in_channels`) with weights in
     /// PyTorch layout `[C_out, 1, kh, kw]`.
     pub fn new(shape: Conv2dShape, weights: &[f32]) -> Result<DepthwiseConv2d, KernelError> {

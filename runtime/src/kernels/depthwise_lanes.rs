@@ -40,6 +40,11 @@ pub(crate) struct ChannelLanes {
 }
 
 impl ChannelLanes {
+    /// Bytes of packed weights it holds.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
     /// Whether this kernel computes `shape` (output `out`): NCHW, one output channel per
     /// input channel, no dilation, at most [`MAX_PIXELS`] output pixels. The caller checks
     /// for AVX2 and FMA.

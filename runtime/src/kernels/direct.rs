@@ -60,6 +60,11 @@ pub(crate) struct DirectConv {
 }
 
 impl DirectConv {
+    /// Bytes of packed weights it holds.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
     /// Whether this kernel computes `shape` on this CPU.
     pub(crate) fn suits(shape: &Conv2dShape) -> bool {
         shape.layout == Layout::Nchw

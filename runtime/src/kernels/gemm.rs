@@ -342,6 +342,11 @@ pub struct PackedMatrix {
 }
 
 impl PackedMatrix {
+    /// Bytes it holds, padding included.
+    pub fn bytes(&self) -> usize {
+        self.buf.bytes()
+    }
+
     /// Copies `src` (any strides) into the packed layout.
     ///
     /// Packing runs once per weight at load time, over every weight of the model, so it is

@@ -88,6 +88,11 @@ pub(crate) struct PointwiseConv {
 }
 
 impl PointwiseConv {
+    /// Bytes of packed weights it holds.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
     /// Whether this kernel computes `shape` on this CPU.
     pub(crate) fn suits(shape: &Conv2dShape) -> bool {
         shape.kernel == [1, 1]

@@ -61,6 +61,11 @@ pub(crate) struct PointwiseLanes {
 }
 
 impl PointwiseLanes {
+    /// Bytes of packed weights it holds.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        self.weights.bytes()
+    }
+
     /// Whether this kernel computes `shape` on this CPU: a 1x1, stride-1, unpadded, one-group
     /// NCHW convolution on a map of at most [`MAX_PIXELS`], where the AVX-512 build runs.
     pub(crate) fn suits(shape: &Conv2dShape) -> bool {

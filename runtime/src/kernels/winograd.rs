@@ -322,6 +322,14 @@ pub(crate) struct WinogradConv {
 }
 
 impl WinogradConv {
+    /// Bytes of transformed weights it holds.
+    pub(crate) fn weight_bytes(&self) -> usize {
+        match &self.weights {
+            Transformed::Packed(packed) => packed.bytes(),
+            Transformed::Lanes(buffer) => buffer.bytes(),
+        }
+    }
+
     /// Whether `shape` is one this kernel computes, and one where it beats im2col: 3x3,
     /// stride 1, no dilation, one group, NCHW, with enough channels and pixels for the 16
     /// products to stay efficient. A 7x7 map pads to 8x8 and stores 16 transformed weights

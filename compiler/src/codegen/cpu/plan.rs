@@ -166,6 +166,8 @@ pub struct ExecStats {
     pub scratch_bytes: usize,
     /// Constant buffers kept for the kernels (weights read directly, not packed).
     pub constant_bytes: usize,
+    /// Weights packed (and transformed) for the kernels at load time, held by the steps.
+    pub packed_weight_bytes: usize,
     pub threads: usize,
 }
 
@@ -301,6 +303,7 @@ pub fn compile(
     stats.arena_lower_bound = exec.arena_lower_bound();
     stats.scratch_bytes = exec.scratch_bytes();
     stats.constant_bytes = exec.constant_bytes();
+    stats.packed_weight_bytes = exec.packed_weight_bytes();
     let named = |io: &IoDesc| (io.name.clone(), io.shape.clone());
     Ok(Executable {
         exec,
