@@ -334,6 +334,40 @@ impl Mapping {
     }
 }
 
+/// Fresh memory faulted in for large buffers ([`HUGE_PAGE`] bytes or more) when
+/// they were made, and how long that took: a compile's packed weights are most of
+/// it, and faulting them in most of a large model's compile time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Faulted {
+    pub bytes: usize,
+    pub time: std::time::Duration,
+}
+
+impl Faulted {
+    /// What was faulted in since `earlier`, a reading of the same thread.
+    pub fn since(self, earlier: Faulted) -> Faulted {
+        Faulted {
+            bytes: self.bytes.saturating_sub(earlier.bytes),
+            time: self.time.saturating_sub(earlier.time),
+        }
+    }
+}
+
+thread_local! {
+    static FAULTED: std::cell::Cell<Faulted> = const {
+        std::cell::Cell::new(Faulted {
+            bytes: 0,
+            time: std::time::Duration::ZERO,
+        })
+    };
+}
+
+/// Large buffers made on this thread so far: the memory faulted in for them and the time
+/// it took (zero where buffers are not mapped, off Linux).
+pub fn faulted_on_this_thread() -> Faulted {
+    FAULTED.with(|f| f.get())
+}
+
 /// Slow huge-page faults in this process: one for each that took longer than
 /// [`SLOW_HUGE_FAULT`], [`SLOW_HUGE_FAULTS_TOLERATED`] for one longer than
 /// [`STALLED_HUGE_FAULT`].
@@ -371,6 +405,18 @@ const SLOW_HUGE_FAULTS_TOLERATED: usize = 2;
 /// advice; there the pages fault in lazily on first write, as huge pages.
 #[cfg(target_os = "linux")]
 fn populate(data: *mut u8, bytes: usize) {
+    let started = std::time::Instant::now();
+    populate_pages(data, bytes);
+    FAULTED.with(|f| {
+        f.set(Faulted {
+            bytes: f.get().bytes + bytes,
+            time: f.get().time + started.elapsed(),
+        })
+    });
+}
+
+#[cfg(target_os = "linux")]
+fn populate_pages(data: *mut u8, bytes: usize) {
     use std::sync::atomic::Ordering::Relaxed;
     let huge = || SLOW_HUGE_FAULTS.load(Relaxed) < SLOW_HUGE_FAULTS_TOLERATED;
     // SAFETY (all `madvise` calls): the ranges lie inside one live mapping,
@@ -605,6 +651,23 @@ mod tests {
         populated(&small);
         small.as_mut_slice()[len - 1] = 3.0;
         assert_eq!(small.as_slice()[len - 1], 3.0);
+    }
+
+    /// Faulting in is counted for the thread that made the buffer, and only for it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn faulting_in_is_counted_per_thread() {
+        let before = faulted_on_this_thread();
+        let buf = AlignedBuffer::zeroed(HUGE_PAGE / 4 + 3);
+        let made = faulted_on_this_thread().since(before);
+        assert_eq!(made.bytes, buf.bytes());
+        assert!(made.time > std::time::Duration::ZERO);
+        let elsewhere = std::thread::spawn(faulted_on_this_thread).join().unwrap();
+        assert_eq!(elsewhere, Faulted::default());
+        // Small buffers are not mapped, so nothing is faulted in when they are made.
+        let small = AlignedBuffer::zeroed(16);
+        assert_eq!(faulted_on_this_thread().since(before).bytes, buf.bytes());
+        drop(small);
     }
 
     #[test]

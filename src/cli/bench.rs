@@ -29,12 +29,13 @@ const PEAK_BUDGET: Duration = Duration::from_millis(100);
 /// --weights or seeded initialisation. Reports the compile time (spec text to a runnable
 /// executable) of every stage: elaborate, optimize, lowering, jit, prepare (values computed
 /// from the weights, such as folded BatchNorm), weights (packing them for the kernels) and
-/// planning; reading or initialising the weights happens before and is reported apart. Then
+/// planning, and on the cpu target how much of it went to faulting in fresh memory for
+/// large buffers; reading or initialising the weights happens before and is reported apart. Then
 /// the median, 90th percentile and minimum latency of the timed runs, GFLOP/s (the model's
 /// FLOPs as `bbc stats` counts them over the median latency; on the cpu target also as a
 /// share of this machine's FMA peak on as many threads, measured after the timed runs with
-/// independent multiply-add chains in registers), the planned activation arena,
-/// and the nodes that run as host code, with why. The graph is optimised at -O2
+/// independent multiply-add chains in registers), the planned activation arena, the size of
+/// the packed weights, and the nodes that run as host code, with why. The graph is optimised at -O2
 /// unless -O is given. On --target cuda, products run on tensor cores (TF32) where their
 /// sizes allow.
 #[derive(Args, Debug)]
@@ -239,6 +240,8 @@ pub fn main(args: &BenchArgs) -> CliResult {
         });
         if let Some(s) = compiled.exec_stats() {
             report["packed_weight_bytes"] = s.packed_weight_bytes.into();
+            report["compile_faulted_bytes"] = s.faulted.bytes.into();
+            report["compile_faulting_ms"] = ms(s.faulted.time).into();
         }
         if let Some(n) = args.profile {
             report["profile"] = profile_json(compiled.profile(), n, runs, &yardstick);
@@ -273,6 +276,16 @@ pub fn main(args: &BenchArgs) -> CliResult {
         ms(compile),
         stage_list.join(", ")
     );
+    if let Some(f) = compiled.exec_stats().map(|s| s.faulted) {
+        if f.bytes > 0 {
+            let _ = writeln!(
+                out,
+                "            {:.1} ms of it faulting in {} of fresh memory for large buffers",
+                ms(f.time),
+                mib(f.bytes)
+            );
+        }
+    }
     let _ = writeln!(
         out,
         "  weights   {} in {:.1} ms, before and not part of the compile time",

@@ -168,6 +168,9 @@ pub struct ExecStats {
     pub constant_bytes: usize,
     /// Weights packed (and transformed) for the kernels at load time, held by the steps.
     pub packed_weight_bytes: usize,
+    /// Fresh memory the compile faulted in for its large buffers (packed weights, the
+    /// arena), and the time that took, within the weights and planning stages.
+    pub faulted: bbc_runtime::arena::Faulted,
     pub threads: usize,
 }
 
@@ -244,6 +247,7 @@ pub fn compile(
     weights: &BTreeMap<String, Tensor>,
     opts: &ExecOptions,
 ) -> Result<Executable, CompileError> {
+    let faulted = bbc_runtime::arena::faulted_on_this_thread();
     let pool = ThreadPool::new(opts.threads).map_err(|e| CompileError::Runtime(e.to_string()))?;
     let mut jit = JitBackend {
         codegen: opts.codegen,
@@ -304,6 +308,7 @@ pub fn compile(
     stats.scratch_bytes = exec.scratch_bytes();
     stats.constant_bytes = exec.constant_bytes();
     stats.packed_weight_bytes = exec.packed_weight_bytes();
+    stats.faulted = bbc_runtime::arena::faulted_on_this_thread().since(faulted);
     let named = |io: &IoDesc| (io.name.clone(), io.shape.clone());
     Ok(Executable {
         exec,
