@@ -401,8 +401,9 @@ const SLOW_HUGE_FAULTS_TOLERATED: usize = 2;
 /// pages never stalled. So each 2 MiB chunk is faulted in on its own and timed
 /// (`MADV_POPULATE_WRITE`), and after [`SLOW_HUGE_FAULTS_TOLERATED`] slow ones,
 /// or one that stalled, the rest of this buffer and every later one use small
-/// pages: the worst case becomes 27-49 ms for those 112 MB. Kernels before 5.14 lack the populate
-/// advice; there the pages fault in lazily on first write, as huge pages.
+/// pages: the worst case becomes 27-49 ms for those 112 MB. Kernels before 5.14
+/// lack the populate advice; there the pages fault in lazily on first write, as
+/// huge pages.
 #[cfg(target_os = "linux")]
 fn populate(data: *mut u8, bytes: usize) {
     let started = std::time::Instant::now();

@@ -657,12 +657,12 @@ impl Executor {
 
     /// Bytes of the scratch shared by the steps (im2col tiles, permuted products).
     pub fn scratch_bytes(&self) -> usize {
-        self.scratch.len() * 4
+        self.scratch.bytes()
     }
 
     /// Bytes of the constants prepared at load time (packed weights are held by their steps).
     pub fn constant_bytes(&self) -> usize {
-        self.plan.constants.iter().map(|c| c.len() * 4).sum()
+        self.plan.constants.iter().map(AlignedBuffer::bytes).sum()
     }
 
     /// Bytes of the weights the steps' kernels hold, packed (and transformed) at load time.
